@@ -74,6 +74,8 @@ class FrameKind(enum.IntEnum):
     STREAM_END = 7     # end of a streamed body (empty payload)
     CANCEL = 8         # the caller gave up on stream_id
     CREDIT = 9         # payload: u32 frames the sender of STREAM_DATA may add
+    REQUEST_STREAM = 10   # a REQUEST whose body follows as STREAM_DATA frames
+    RESPONSE_STREAM = 11  # a RESPONSE whose body follows as STREAM_DATA frames
 
 
 class Role(enum.Enum):
@@ -357,6 +359,12 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes not yet parsed (to hand them to another decoder)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
 
     def frames(self) -> Iterator[Frame]:
         while True:

@@ -1,0 +1,389 @@
+"""Cluster identities: the CA, node and client certificates, node ids, TLS contexts.
+
+Key type: Ed25519. Python's ssl module (OpenSSL 3) negotiates TLS 1.3 with
+Ed25519 certificates on both ends; the keys are small, signing is fast, and
+there are no curve parameters to get wrong. The bulk cipher (AES-256-GCM) is
+the same whatever the key type, so the choice costs nothing in throughput.
+
+A node's id is the SHA-256 of its certificate's SubjectPublicKeyInfo, in hex.
+It cannot be claimed without the private key: after the TLS handshake each end
+computes the peer's id from the certificate the peer proved it holds.
+
+The role is in the certificate's Extended Key Usage: a node certificate has
+serverAuth and clientAuth (it accepts and dials connections), a client
+certificate only clientAuth. OpenSSL's purpose check therefore refuses a client
+certificate on the accepting end of a TLS connection, and our handshake refuses
+a connection whose certificate says client but whose hello says node.
+
+On disk (an identity directory)::
+
+    key.pem    private key, mode 0600
+    cert.pem   this identity's certificate, signed by the cluster CA
+    ca.pem     the cluster CA certificate (a copy)
+
+and a CA directory holds ``ca.key`` (0600) and ``ca.pem``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from p2pfs.wire import Role
+
+CA_KEY_FILE = "ca.key"
+CA_CERT_FILE = "ca.pem"
+KEY_FILE = "key.pem"
+CERT_FILE = "cert.pem"
+
+# Ten years: certificate rotation is not built yet, so a cluster must not
+# stop working because a default expiry passed. `--days` sets another.
+CERT_VALIDITY_DAYS_DEFAULT = 3650
+
+NODE_ID_HEX_CHARS = 64
+
+
+class IdentityError(Exception):
+    """An identity cannot be created or loaded; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    """Who is on the other end of a TLS connection, from its verified certificate."""
+
+    node_id: str
+    role: Role
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.node_id)
+
+
+def short_id(node_id: str) -> str:
+    """The first 12 hex characters: enough to tell members apart in logs and tables."""
+    return node_id[:12]
+
+
+def node_id_of(cert: x509.Certificate) -> str:
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+def role_of(cert: x509.Certificate) -> Role:
+    """NODE if the certificate may accept connections (serverAuth), else CLIENT."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return Role.CLIENT
+    return Role.NODE if ExtendedKeyUsageOID.SERVER_AUTH in eku else Role.CLIENT
+
+
+def peer_identity_from_der(der: bytes) -> PeerIdentity:
+    cert = x509.load_der_x509_certificate(der)
+    return PeerIdentity(node_id_of(cert), role_of(cert))
+
+
+def cluster_id_of(ca_cert: x509.Certificate) -> bytes:
+    """Identifies the cluster: the SHA-256 of its CA certificate."""
+    return hashlib.sha256(ca_cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+# ---------------------------------------------------------------------------
+# Writing files
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create a file readable by its owner only; never overwrite."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise IdentityError(f"{path} already exists; refusing to overwrite it") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o600)  # in case a umask widened nothing but an ACL did
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise IdentityError(f"{path} already exists; refusing to overwrite it") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _key_pem(key: ed25519.Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _prepare_dir(directory: Path, files: tuple[str, ...]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = [name for name in files if (directory / name).exists()]
+    if existing:
+        raise IdentityError(
+            f"{directory} already holds {', '.join(existing)}; refusing to overwrite "
+            "(choose another directory or remove it first)"
+        )
+
+
+# ---------------------------------------------------------------------------
+# The CA
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertificateAuthority:
+    key: ed25519.Ed25519PrivateKey
+    cert: x509.Certificate
+
+    @property
+    def cluster_id(self) -> bytes:
+        return cluster_id_of(self.cert)
+
+    def issue(
+        self,
+        public_key: ed25519.Ed25519PublicKey,
+        role: Role,
+        *,
+        common_name: str,
+        not_valid_before: datetime.datetime | None = None,
+        not_valid_after: datetime.datetime | None = None,
+    ) -> x509.Certificate:
+        """Sign a certificate for a node or a client. The validity window is settable for tests."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        start = not_valid_before or now - datetime.timedelta(minutes=5)  # tolerate small clock skew
+        end = not_valid_after or now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if role is Role.NODE:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),
+                critical=False,
+            )
+            .sign(self.key, None)  # Ed25519 signs without a separate digest
+        )
+
+
+def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
+    key = ed25519.Ed25519PrivateKey.generate()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, None)
+    )
+    return CertificateAuthority(key, cert)
+
+
+def init_ca(directory: Path) -> CertificateAuthority:
+    """Create a CA in ``directory``. Refuses to overwrite an existing one."""
+    _prepare_dir(directory, (CA_KEY_FILE, CA_CERT_FILE))
+    ca = create_ca()
+    _write_private(directory / CA_KEY_FILE, _key_pem(ca.key))
+    _write_public(directory / CA_CERT_FILE, _cert_pem(ca.cert))
+    return ca
+
+
+def load_ca(directory: Path) -> CertificateAuthority:
+    key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
+    for path in (key_path, cert_path):
+        if not path.is_file():
+            raise IdentityError(f"{path} not found: is {directory} a CA directory (p2pfs ca init)?")
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read the CA in {directory}: {exc}") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise IdentityError(f"{key_path} is not an Ed25519 key")
+    return CertificateAuthority(key, cert)
+
+
+# ---------------------------------------------------------------------------
+# Node and client identities
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    """A loaded identity directory: this end's certificate and the CA to trust."""
+
+    directory: Path
+    cert: x509.Certificate
+    ca_cert: x509.Certificate
+
+    @property
+    def node_id(self) -> str:
+        return node_id_of(self.cert)
+
+    @property
+    def role(self) -> Role:
+        return role_of(self.cert)
+
+    @property
+    def cluster_id(self) -> bytes:
+        return cluster_id_of(self.ca_cert)
+
+    @property
+    def key_path(self) -> Path:
+        return self.directory / KEY_FILE
+
+    @property
+    def cert_path(self) -> Path:
+        return self.directory / CERT_FILE
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / CA_CERT_FILE
+
+    def server_context(self) -> ssl.SSLContext:
+        """Accepting end: TLS 1.3 only, a certificate from the cluster CA required."""
+        if self.role is not Role.NODE:
+            raise IdentityError("a client identity cannot accept connections")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._configure(ctx)
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        """Dialling end. Host names are not checked: peers are named by their node id,
+        which the caller checks against the verified certificate after the handshake."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        self._configure(ctx)
+        return ctx
+
+    def _configure(self, ctx: ssl.SSLContext) -> None:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        try:
+            ctx.load_verify_locations(cafile=str(self.ca_path))
+            ctx.load_cert_chain(certfile=str(self.cert_path), keyfile=str(self.key_path))
+        except (OSError, ssl.SSLError) as exc:
+            raise IdentityError(f"cannot load the identity in {self.directory}: {exc}") from None
+
+
+def create_identity(
+    directory: Path,
+    ca: CertificateAuthority,
+    role: Role,
+    *,
+    not_valid_before: datetime.datetime | None = None,
+    not_valid_after: datetime.datetime | None = None,
+) -> Identity:
+    """Generate a key, have the CA sign it, and write key, certificate and CA copy."""
+    _prepare_dir(directory, (KEY_FILE, CERT_FILE, CA_CERT_FILE))
+    key = ed25519.Ed25519PrivateKey.generate()
+    public_spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    node_id = hashlib.sha256(public_spki).hexdigest()
+    cert = ca.issue(
+        key.public_key(),
+        role,
+        common_name=f"{role.value}-{short_id(node_id)}",
+        not_valid_before=not_valid_before,
+        not_valid_after=not_valid_after,
+    )
+    _write_private(directory / KEY_FILE, _key_pem(key))
+    _write_public(directory / CERT_FILE, _cert_pem(cert))
+    _write_public(directory / CA_CERT_FILE, _cert_pem(ca.cert))
+    return Identity(directory, cert, ca.cert)
+
+
+def load_identity(directory: Path) -> Identity:
+    """Load an identity directory, with errors that say which file is wrong."""
+    if not directory.is_dir():
+        raise IdentityError(f"identity directory {directory} does not exist")
+    paths = {name: directory / name for name in (KEY_FILE, CERT_FILE, CA_CERT_FILE)}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise IdentityError(f"{path} not found: is {directory} an identity directory?")
+    try:
+        key_pem = paths[KEY_FILE].read_bytes()
+        cert = x509.load_pem_x509_certificate(paths[CERT_FILE].read_bytes())
+        ca_cert = x509.load_pem_x509_certificate(paths[CA_CERT_FILE].read_bytes())
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except PermissionError as exc:
+        raise IdentityError(f"cannot read {exc.filename}: permission denied") from None
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read the identity in {directory}: {exc}") from None
+    if key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    ) != cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw):
+        raise IdentityError(f"{paths[KEY_FILE]} does not match {paths[CERT_FILE]}")
+    return Identity(directory, cert, ca_cert)

@@ -1,0 +1,31 @@
+"""Shared fixtures: identities are generated per test session, never committed."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from p2pfs import identity
+from p2pfs.wire import Role
+
+
+@pytest.fixture(scope="session")
+def ca_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("ca")
+    identity.init_ca(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def make_identity(ca_dir, tmp_path_factory):
+    """Create a fresh identity signed by the session CA: make_identity(Role.NODE)."""
+    counter = itertools.count()
+    ca = identity.load_ca(ca_dir)
+
+    def make(role: Role = Role.NODE, *, authority: identity.CertificateAuthority | None = None, **kwargs):
+        directory = tmp_path_factory.mktemp(f"{role.value}{next(counter)}")
+        return identity.create_identity(directory, authority or ca, role, **kwargs)
+
+    return make
