@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from p2pfs.errors import ExitCode, UserError
 from p2pfs.wire import Role
 
 CA_KEY_FILE = "ca.key"
@@ -52,8 +53,10 @@ CERT_VALIDITY_DAYS_DEFAULT = 3650
 NODE_ID_HEX_CHARS = 64
 
 
-class IdentityError(Exception):
+class IdentityError(UserError):
     """An identity cannot be created or loaded; the message says what to do."""
+
+    exit_code = ExitCode.AUTH
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,7 +111,7 @@ def _write_private(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise IdentityError(f"{path} already exists; refusing to overwrite it") from None
+        raise IdentityError(f"{path} already exists; refusing to overwrite it", ExitCode.BAD_INPUT) from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -120,7 +123,7 @@ def _write_public(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise IdentityError(f"{path} already exists; refusing to overwrite it") from None
+        raise IdentityError(f"{path} already exists; refusing to overwrite it", ExitCode.BAD_INPUT) from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -140,12 +143,16 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def _prepare_dir(directory: Path, files: tuple[str, ...]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IdentityError(f"cannot create {directory}: {exc.strerror}", ExitCode.BAD_INPUT) from None
     existing = [name for name in files if (directory / name).exists()]
     if existing:
         raise IdentityError(
             f"{directory} already holds {', '.join(existing)}; refusing to overwrite "
-            "(choose another directory or remove it first)"
+            "(choose another directory or remove it first)",
+            ExitCode.BAD_INPUT,
         )
 
 
@@ -262,7 +269,7 @@ def load_ca(directory: Path) -> CertificateAuthority:
     key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
     for path in (key_path, cert_path):
         if not path.is_file():
-            raise IdentityError(f"{path} not found: is {directory} a CA directory (p2pfs ca init)?")
+            raise IdentityError(f"{path} not found: is {directory} a CA directory (p2pfs ca init)?", ExitCode.BAD_INPUT)
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -368,11 +375,11 @@ def create_identity(
 def load_identity(directory: Path) -> Identity:
     """Load an identity directory, with errors that say which file is wrong."""
     if not directory.is_dir():
-        raise IdentityError(f"identity directory {directory} does not exist")
+        raise IdentityError(f"identity directory {directory} does not exist", ExitCode.BAD_INPUT)
     paths = {name: directory / name for name in (KEY_FILE, CERT_FILE, CA_CERT_FILE)}
     for name, path in paths.items():
         if not path.is_file():
-            raise IdentityError(f"{path} not found: is {directory} an identity directory?")
+            raise IdentityError(f"{path} not found: is {directory} an identity directory?", ExitCode.BAD_INPUT)
     try:
         key_pem = paths[KEY_FILE].read_bytes()
         cert = x509.load_pem_x509_certificate(paths[CERT_FILE].read_bytes())

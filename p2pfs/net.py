@@ -35,6 +35,7 @@ import trio
 
 from p2pfs import wire
 from p2pfs.address import Address
+from p2pfs.config import doc
 from p2pfs.identity import Identity, PeerIdentity, peer_identity_from_der, short_id
 from p2pfs.wire import ErrorCode, Frame, FrameKind, Role
 
@@ -56,20 +57,27 @@ _RECEIVE_BYTES = 256 * 1024
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NetConfig:
-    """Network timings. Units are seconds."""
+    """The ``[net]`` section: transport timings, in seconds."""
 
-    # A peer that connects and does not finish TLS plus hello within this is dropped.
-    handshake_timeout_s: float = 5.0
-    # Time to establish the TCP connection when dialling.
-    connect_timeout_s: float = 3.0
-    # A single write that does not complete in this time means the peer stopped
-    # reading (frozen or gone): the connection is closed.
-    send_timeout_s: float = 10.0
-    # Longest wait for the next frame of a streamed body, or for credit to send one.
-    stream_idle_timeout_s: float = 15.0
-    # Redial back-off after a failed dial: starts at the minimum, doubles, capped.
-    redial_backoff_s_min: float = 0.1
-    redial_backoff_s_max: float = 5.0
+    handshake_timeout_s: float = doc(
+        "A peer that connects and does not finish TLS and the hello within this many seconds is dropped.",
+        default=5.0,
+    )
+    connect_timeout_s: float = doc("Seconds to establish a TCP connection when dialling.", default=3.0)
+    send_timeout_s: float = doc(
+        "A single write that does not complete in this many seconds means the peer stopped reading "
+        "(frozen or gone): the connection is closed.",
+        default=10.0,
+    )
+    stream_idle_timeout_s: float = doc(
+        "Longest wait, in seconds, for the next piece of a streamed body or for credit to send one.",
+        default=15.0,
+    )
+    redial_backoff_s_min: float = doc(
+        "After a failed dial, seconds before the address is tried again; doubles on each failure...",
+        default=0.1,
+    )
+    redial_backoff_s_max: float = doc("... up to this many seconds.", default=5.0)
 
 
 class NetError(Exception):

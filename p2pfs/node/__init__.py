@@ -1,0 +1,1 @@
+"""The daemon room: configuration and the service that runs every other room."""

@@ -1,0 +1,73 @@
+"""The whole of a node's configuration: one section per room, in one TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from p2pfs import config
+from p2pfs.config import NodeSettings
+from p2pfs.errors import ConfigError
+from p2pfs.net import NetConfig
+
+# Section name -> the room's config dataclass. The order is the order in the file.
+SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "net": NetConfig,
+}
+
+_HEADER = """\
+# p2pfs node configuration.
+#
+# Every option is listed with its documentation and default. Lines starting
+# with '#' are defaults left as they are: uncomment and edit to change one.
+# Units are in the option names (_s: seconds, _bytes: bytes; sizes may also be
+# written like "10GiB"). `p2pfs daemon DIR` reads DIR/p2pfs.toml.
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node: NodeSettings
+    net: NetConfig
+    path: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory, relative paths taken from the config file's directory."""
+        if self.node.data_dir.is_absolute() or self.path is None:
+            return self.node.data_dir
+        return self.path.parent / self.node.data_dir
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and check a node's config file. Raises ConfigError naming the key."""
+    table = config.read_toml(path)
+    for key in table:
+        if key not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+    sections = {
+        name: config.load_section(cls, table.get(name, {}), name) for name, cls in SECTIONS.items()
+    }
+    if "node" not in table or "listen" not in table["node"]:
+        raise ConfigError(f"{path}: [node] listen is required")
+    return NodeConfig(**sections, path=path)
+
+
+def render_node_config(node: NodeSettings) -> str:
+    """A complete, documented config file: [node] values set, everything else at defaults."""
+    parts = [_HEADER]
+    for name, cls in SECTIONS.items():
+        values = node if name == "node" else cls()
+        rendered = config.render_section(name, values, commented=name != "node")
+        parts.append(rendered)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def example_config() -> str:
+    """The text of configs/node.example.toml: every option at its default."""
+    return render_node_config(NodeSettings())
+
+
+if __name__ == "__main__":
+    print(example_config(), end="")
