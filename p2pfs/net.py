@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import math
 import random
@@ -113,12 +114,22 @@ class ProtocolViolation(Exception):
     """The peer broke the protocol; the connection is closed."""
 
 
+BodyWriter = Callable[[Callable[[bytes | memoryview], Awaitable[None]]], Awaitable[None]]
+
+
 @dataclasses.dataclass(slots=True)
 class Reply:
-    """A handler's answer with a streamed body following the response message."""
+    """A handler's answer with a streamed body following the response message.
+
+    ``body`` is called with a ``send(data)`` coroutine function and sends the
+    body through it. It is a callback rather than an async generator so that a
+    handler can run a nursery (say, to fetch ahead) around its sends: trio
+    forbids nurseries that span a ``yield``. If ``body`` raises RemoteError
+    after sending has begun, the caller's body iterator raises it.
+    """
 
     msg: wire.Message
-    body: AsyncIterable[bytes]
+    body: BodyWriter
 
 
 class Handlers(Protocol):
@@ -139,11 +150,14 @@ class _InStream:
     def __init__(self, conn: "Connection", stream_id: int) -> None:
         self._conn = conn
         self._stream_id = stream_id
-        self._send, self._receive = trio.open_memory_channel[bytes | None](STREAM_WINDOW_FRAMES + 1)
+        # Items: data, None for the end, or a RemoteError the sender raised mid-stream.
+        self._send, self._receive = trio.open_memory_channel[bytes | RemoteError | None](
+            STREAM_WINDOW_FRAMES + 1
+        )
         self._consumed_since_credit = 0
         self.finished = False
 
-    def push(self, data: bytes | None) -> None:
+    def push(self, data: bytes | RemoteError | None) -> None:
         """Called by the reader. ``None`` ends the stream. Raises on credit overrun."""
         try:
             self._send.send_nowait(data)
@@ -168,6 +182,9 @@ class _InStream:
             if data is None:
                 self.finished = True
                 return
+            if isinstance(data, RemoteError):
+                self.finished = True
+                raise data
             self._consumed_since_credit += 1
             if self._consumed_since_credit >= STREAM_WINDOW_FRAMES // 2:
                 credit, self._consumed_since_credit = self._consumed_since_credit, 0
@@ -359,8 +376,12 @@ class Connection:
         kind = frame.kind
         if kind in (FrameKind.RESPONSE, FrameKind.RESPONSE_STREAM, FrameKind.ERROR):
             pending = self._pending.get(frame.stream_id)
-            if pending is None or pending.header is not None:
+            if pending is None:
                 return  # a late answer to a request we gave up on
+            if pending.header is not None:
+                if kind is FrameKind.ERROR and pending.body is not None:
+                    pending.body.push(RemoteError(*wire.decode_error(frame.payload)))
+                return
             if kind is FrameKind.RESPONSE_STREAM:
                 pending.body = _InStream(self, frame.stream_id)
             pending.header = frame
@@ -441,7 +462,16 @@ class Connection:
                     return
                 if isinstance(result, Reply):
                     await self._send_message(FrameKind.RESPONSE_STREAM, stream_id, result.msg)
-                    await self._send_body(stream_id, result.body, out)
+                    try:
+                        await result.body(functools.partial(self._send_data, stream_id, out))
+                    except RemoteError as exc:
+                        await self._send_error(stream_id, exc.code, exc.text)
+                        return
+                    except Exception as exc:
+                        log.exception("streaming the answer to %s failed", type(msg).__name__)
+                        await self._send_error(stream_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                        return
+                    await self._send_frame(FrameKind.STREAM_END, stream_id, 0, b"")
                 else:
                     await self._send_message(FrameKind.RESPONSE, stream_id, result)
         except (NetError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
@@ -480,14 +510,18 @@ class Connection:
         with contextlib.suppress(NetError):
             await self._send_frame(FrameKind.ERROR, stream_id, 0, wire.encode_error(code, text[:1000]))
 
+    async def _send_data(self, stream_id: int, out: _OutStream, data: bytes | memoryview) -> None:
+        """Send one piece of a streamed body, cut to frame size, each frame paced by credit."""
+        view = memoryview(data)
+        for start in range(0, len(view), STREAM_DATA_BYTES_MAX):
+            await out.acquire(self.config.stream_idle_timeout_s)
+            await self._send_frame(
+                FrameKind.STREAM_DATA, stream_id, 0, view[start : start + STREAM_DATA_BYTES_MAX]
+            )
+
     async def _send_body(self, stream_id: int, body: AsyncIterable[bytes], out: _OutStream) -> None:
         async for data in body:
-            view = memoryview(data)
-            for start in range(0, len(view), STREAM_DATA_BYTES_MAX):
-                await out.acquire(self.config.stream_idle_timeout_s)
-                await self._send_frame(
-                    FrameKind.STREAM_DATA, stream_id, 0, view[start : start + STREAM_DATA_BYTES_MAX]
-                )
+            await self._send_data(stream_id, out, data)
         await self._send_frame(FrameKind.STREAM_END, stream_id, 0, b"")
 
     async def send_oneway(self, msg: wire.Message) -> None:

@@ -46,6 +46,9 @@ class NodeOnly(wire.Message):
     value: int
 
 
+FAIL_MIDWAY_BYTES = 1_000_001  # a Download of this size fails after sending its bytes
+
+
 def pattern(size: int) -> bytes:
     return bytes(i % 251 for i in range(size))
 
@@ -70,11 +73,13 @@ class EchoHandlers:
                 raise net.RemoteError(ErrorCode.CORRUPT, "body differs")
             return Upload(len(received))
         if isinstance(msg, Download):
-            async def body():
+            async def body(send):
                 data = pattern(msg.size_bytes)
                 for start in range(0, len(data), 300_000):
-                    yield data[start : start + 300_000]
-            return net.Reply(msg, body())
+                    await send(data[start : start + 300_000])
+                if msg.size_bytes == FAIL_MIDWAY_BYTES:
+                    raise net.RemoteError(ErrorCode.CORRUPT, "went bad midway")
+            return net.Reply(msg, body)
         if isinstance(msg, NodeOnly):
             return msg
         raise net.RemoteError(ErrorCode.BAD_REQUEST, "unexpected")
@@ -318,6 +323,17 @@ async def test_streamed_bodies_both_ways(server, make_identity):
                 received += chunk
         assert bytes(received) == data
         # Requests interleave with streams on the same connection.
+        assert await conn.request(wire.Echo(b"after"), timeout_s=5) == wire.Echo(b"after")
+
+
+async def test_error_midway_through_a_streamed_answer_reaches_the_reader(server, make_identity):
+    async with net.client_connection(make_identity(Role.CLIENT), server.address, config=FAST) as conn:
+        received = bytearray()
+        with pytest.raises(net.RemoteError, match="went bad midway"):
+            async with conn.open_request(Download(FAIL_MIDWAY_BYTES), timeout_s=30) as response:
+                async for chunk in response.body:
+                    received += chunk
+        assert bytes(received) == pattern(FAIL_MIDWAY_BYTES)
         assert await conn.request(wire.Echo(b"after"), timeout_s=5) == wire.Echo(b"after")
 
 
