@@ -1,0 +1,353 @@
+"""The content-addressed chunk store on a node's disk.
+
+Layout under the node's data dir ``root``::
+
+    root/chunks/ab/cdef...      one file per chunk, named by its hex id (first byte
+                                as a fan-out dir, 256 dirs, so no dir grows huge)
+    root/chunks/ab/.cdef....<random>.tmp   a write in progress
+    root/quarantine/abcdef....<ns>         chunks that failed verification
+
+Crash safety: a chunk is written to a temp file in its final dir, fsynced, renamed
+into place and the dir fsynced, so a chunk file is either absent or complete; temp
+files left by a crash are removed at open. Integrity: bytes are checked against the
+id before they are written and every time they are read (disks rot, operators copy
+files around); a chunk that fails is moved to quarantine, logged, raised as
+ChunkCorrupt and from then on is simply missing, for replication to repair.
+
+Capacity: ``used_bytes`` is the sum of chunk sizes (content bytes, not disk blocks),
+found by scanning at open and kept up to date; a put that would pass
+``capacity_bytes`` raises StorageFull before writing anything. The file system is
+the only index (an in-memory map of a million chunks would cost ~200 MB), so a chunk
+is uncounted by its file's size when it is removed: if rot changed that size, the
+count is off by the difference until the next open rescans.
+
+Threads: every method is synchronous and may be called from many threads at once
+(trio callers use ``trio.to_thread.run_sync``). Hashing runs outside any lock.
+Writers of the same id are serialised by one of ``LOCK_STRIPES`` locks chosen by the
+id's first byte, which makes "is it there? then write it and count it" atomic, so two
+concurrent puts of one chunk both succeed and it is counted once. Reads take no lock:
+files are only ever created whole (rename) or removed, never changed in place.
+Open one ChunkStore per data dir: two would not see each other's accounting.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from p2pfs.storage.hlc import StorageError
+from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, chunk_id_of
+
+log = logging.getLogger(__name__)
+
+CHUNKS_DIR_NAME = "chunks"
+QUARANTINE_DIR_NAME = "quarantine"
+TEMP_SUFFIX = ".tmp"
+# Number of locks serialising writers; ids are uniform, so 64 stripes make two
+# unrelated puts contend with probability 1/64, at the cost of 64 small objects.
+LOCK_STRIPES = 64
+# Hex digits naming the fan-out dir (one byte: 256 dirs).
+_FANOUT_HEX_CHARS = 2
+_FANOUT_NAMES = tuple(f"{prefix:02x}" for prefix in range(256))
+_CHUNK_ID_HEX_CHARS = 2 * CHUNK_ID_BYTES
+_HEX_DIGITS = frozenset("0123456789abcdef")
+# errnos that mean "the disk (or our quota on it) is full".
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class ChunkMissing(StorageError):
+    """This node does not hold the chunk (never had it, deleted, or quarantined)."""
+
+
+class ChunkCorrupt(StorageError):
+    """A stored chunk's bytes no longer match its id; it has been quarantined."""
+
+
+class ChunkMismatch(StorageError, ValueError):
+    """Bytes offered to ``put`` do not hash to the given id (a peer or caller fault)."""
+
+
+class StorageFull(StorageError):
+    """Storing the chunk would exceed the node's capacity, or the disk is full."""
+
+
+class ChunkStore:
+    """Content-addressed chunk files under ``root``, at most ``capacity_bytes`` in total."""
+
+    def __init__(self, root: Path, capacity_bytes: int) -> None:
+        """Open (creating if needed) the store in the node's data dir ``root``.
+
+        Removes temp files a crash left behind and scans the chunks to find
+        ``used_bytes``: O(number of chunks) stat calls.
+        """
+        if type(capacity_bytes) is not int or capacity_bytes < 0:
+            raise ValueError(f"capacity_bytes must be an int >= 0, got {capacity_bytes!r}")
+        self._root = Path(root)
+        self._chunks_dir = self._root / CHUNKS_DIR_NAME
+        self._quarantine_dir = self._root / QUARANTINE_DIR_NAME
+        self._capacity_bytes = capacity_bytes
+        self._stripes = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
+        self._used_lock = threading.Lock()
+        self._create_dirs()
+        self._used_bytes = self._scan()
+        if self._used_bytes > capacity_bytes:
+            log.warning(
+                "chunk store %s holds %d bytes, over its capacity of %d bytes; puts will fail",
+                self._chunks_dir,
+                self._used_bytes,
+                capacity_bytes,
+            )
+
+    # ---- accounting -------------------------------------------------------------
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of chunks held, including puts in progress (they reserve first)."""
+        with self._used_lock:
+            return self._used_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        """How many more chunk bytes a put may add (0 if over capacity)."""
+        with self._used_lock:
+            return max(0, self._capacity_bytes - self._used_bytes)
+
+    def _reserve(self, size_bytes: int) -> None:
+        with self._used_lock:
+            if self._used_bytes + size_bytes > self._capacity_bytes:
+                raise StorageFull(
+                    f"storing {size_bytes} bytes would exceed capacity: "
+                    f"{self._used_bytes} of {self._capacity_bytes} bytes used"
+                )
+            self._used_bytes += size_bytes
+
+    def _release(self, size_bytes: int) -> None:
+        """Undo a reservation, or uncount a chunk file being removed.
+
+        A file removed is uncounted by its size now; if something outside the store
+        changed that size, the count is off by the difference until the next open
+        rescans, so the count is kept from going below zero rather than asserted.
+        """
+        with self._used_lock:
+            self._used_bytes = max(0, self._used_bytes - size_bytes)
+
+    # ---- operations -------------------------------------------------------------
+
+    def put(self, chunk_id: bytes, data: bytes | bytearray | memoryview) -> bool:
+        """Store ``data`` under ``chunk_id``; True if newly written, False if already held.
+
+        A copy already held is not re-read: ``get`` and ``verify`` catch a rotten one,
+        which then counts as missing and is put again by repair.
+
+        Raises ChunkMismatch if ``data`` does not hash to ``chunk_id`` and StorageFull
+        if it does not fit (capacity or a full disk); either way nothing is left behind.
+        Durable when it returns.
+        """
+        path = self._path(chunk_id)
+        view = memoryview(data).cast("B")
+        size_bytes = view.nbytes
+        if not 1 <= size_bytes <= CHUNK_SIZE_BYTES_MAX:
+            raise ValueError(f"a chunk is 1 to {CHUNK_SIZE_BYTES_MAX} bytes, got {size_bytes}")
+        if chunk_id_of(view) != chunk_id:
+            raise ChunkMismatch(f"data does not hash to chunk {chunk_id.hex()}")
+        with self._stripe(chunk_id):
+            if path.exists():
+                return False
+            self._reserve(size_bytes)
+            try:
+                self._write_new(path, view)
+            except BaseException:
+                self._release(size_bytes)
+                raise
+        # The rename is done: the chunk is visible and counted. Make it durable.
+        _fsync_dir(path.parent)
+        return True
+
+    def get(self, chunk_id: bytes) -> bytes:
+        """The chunk's bytes, verified. Raises ChunkMissing, or ChunkCorrupt after quarantining."""
+        path = self._path(chunk_id)
+        data, inode = self._read(path, chunk_id)
+        if len(data) > CHUNK_SIZE_BYTES_MAX:
+            reason = f"file is larger than {CHUNK_SIZE_BYTES_MAX} bytes"
+        elif (actual_id := chunk_id_of(data)) != chunk_id:
+            reason = f"content hashes to {actual_id.hex()}"
+        else:
+            return data
+        self._quarantine(path, inode, reason)
+        raise ChunkCorrupt(f"chunk {chunk_id.hex()} failed verification ({reason}) and was quarantined")
+
+    def verify(self, chunk_id: bytes) -> bool:
+        """Read and check one chunk (for a background scrub); quarantine it if bad.
+
+        Returns False if it was corrupt (and is now quarantined); raises ChunkMissing
+        if it is not held.
+        """
+        try:
+            self.get(chunk_id)
+        except ChunkCorrupt:
+            return False
+        return True
+
+    def has(self, chunk_id: bytes) -> bool:
+        """Whether the chunk is held (not verified; ``get`` or ``verify`` check bytes)."""
+        return self._path(chunk_id).exists()
+
+    def size_of(self, chunk_id: bytes) -> int:
+        """The chunk's size in bytes; raises ChunkMissing if not held."""
+        try:
+            return self._path(chunk_id).stat().st_size
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {chunk_id.hex()} is not held") from None
+
+    def delete(self, chunk_id: bytes) -> bool:
+        """Remove the chunk; True if it was held.
+
+        Not fsynced: if a crash undoes the delete the chunk simply reappears, is
+        counted by the scan at open, and garbage collection deletes it again.
+        """
+        path = self._path(chunk_id)
+        with self._stripe(chunk_id):
+            try:
+                size_bytes = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            self._release(size_bytes)
+        return True
+
+    def iter_ids(self) -> Iterator[bytes]:
+        """Every chunk id held, in no particular order, one fan-out dir at a time.
+
+        Chunks put or deleted while iterating may or may not appear.
+        """
+        for fanout_name in _FANOUT_NAMES:
+            with os.scandir(self._chunks_dir / fanout_name) as entries:
+                names = [entry.name for entry in entries]
+            for name in names:
+                chunk_id = _parse_chunk_name(fanout_name, name)
+                if chunk_id is not None:
+                    yield chunk_id
+
+    # ---- internals --------------------------------------------------------------
+
+    def _path(self, chunk_id: bytes) -> Path:
+        if type(chunk_id) is not bytes or len(chunk_id) != CHUNK_ID_BYTES:
+            raise ValueError(f"a chunk id is {CHUNK_ID_BYTES} bytes, got {chunk_id!r:.80}")
+        hex_id = chunk_id.hex()
+        return self._chunks_dir / hex_id[:_FANOUT_HEX_CHARS] / hex_id[_FANOUT_HEX_CHARS:]
+
+    def _stripe(self, chunk_id: bytes) -> threading.Lock:
+        return self._stripes[chunk_id[0] % LOCK_STRIPES]
+
+    def _write_new(self, path: Path, view: memoryview) -> None:
+        """Write ``view`` to a temp file beside ``path``, fsync it, rename it to ``path``."""
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                written_bytes = 0
+                while written_bytes < view.nbytes:
+                    written_bytes += os.write(fd, view[written_bytes:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, path)
+        except BaseException as exc:
+            temp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+                raise StorageFull(f"disk full writing chunk {path.name}: {exc}") from exc
+            raise
+
+    def _read(self, path: Path, chunk_id: bytes) -> tuple[bytes, tuple[int, int]]:
+        """The file's bytes and its (device, inode), read without trusting its size."""
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {chunk_id.hex()} is not held") from None
+        with f:
+            stat = os.fstat(f.fileno())
+            # Read one byte more than the file should hold, and never more than one
+            # byte past the largest chunk: a file that grew or was replaced by
+            # something huge is caught without reading all of it.
+            limit_bytes = min(stat.st_size, CHUNK_SIZE_BYTES_MAX) + 1
+            parts = []
+            got_bytes = 0
+            while got_bytes < limit_bytes:
+                part = f.read(limit_bytes - got_bytes)
+                if not part:
+                    break
+                parts.append(part)
+                got_bytes += len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data, (stat.st_dev, stat.st_ino)
+
+    def _quarantine(self, path: Path, inode: tuple[int, int], reason: str) -> None:
+        """Move the bad file at ``path`` to quarantine, unless it was replaced meanwhile.
+
+        ``inode`` identifies the file we read; if a delete and a fresh put replaced it
+        after our read, the new file is a different inode and is left alone.
+        """
+        hex_id = path.parent.name + path.name
+        with self._stripe(bytes.fromhex(hex_id)):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                return
+            if (stat.st_dev, stat.st_ino) != inode:
+                return
+            target = self._quarantine_dir / f"{hex_id}.{time.time_ns()}"
+            os.rename(path, target)
+            self._release(stat.st_size)
+        log.error("chunk %s is corrupt (%s); moved to %s", hex_id, reason, target)
+
+    def _create_dirs(self) -> None:
+        self._quarantine_dir.mkdir(parents=True, exist_ok=True)
+        self._chunks_dir.mkdir(parents=True, exist_ok=True)
+        for fanout_name in _FANOUT_NAMES:
+            (self._chunks_dir / fanout_name).mkdir(exist_ok=True)
+        _fsync_dir(self._chunks_dir)
+        _fsync_dir(self._root)
+
+    def _scan(self) -> int:
+        """Remove leftover temp files and return the total size of the chunks held."""
+        used_bytes = 0
+        for fanout_name in _FANOUT_NAMES:
+            with os.scandir(self._chunks_dir / fanout_name) as entries:
+                for entry in entries:
+                    if entry.name.endswith(TEMP_SUFFIX):
+                        log.info("removing temp file %s left by an interrupted write", entry.path)
+                        os.unlink(entry.path)
+                    elif _parse_chunk_name(fanout_name, entry.name) is not None:
+                        used_bytes += entry.stat(follow_symlinks=False).st_size
+                    else:
+                        log.warning("ignoring unexpected file %s in the chunk store", entry.path)
+        return used_bytes
+
+
+def _parse_chunk_name(fanout_name: str, name: str) -> bytes | None:
+    """The chunk id a file in ``chunks/<fanout_name>/`` stands for, or None if it isn't one."""
+    hex_id = fanout_name + name
+    if len(fanout_name) != _FANOUT_HEX_CHARS or len(hex_id) != _CHUNK_ID_HEX_CHARS:
+        return None
+    if not _HEX_DIGITS.issuperset(hex_id):  # we only ever write lowercase hex
+        return None
+    return bytes.fromhex(hex_id)
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename or create in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
