@@ -1,0 +1,171 @@
+"""A simulated membership cluster: many ``MembershipService``s on one ``SimNetwork``.
+
+Used by the simulation tests and ``scripts/bench_membership.py``. Run it inside
+``p2pfs.sim.run_simulation`` so that time is a ``MockClock`` and the run is a
+function of its seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import random
+from typing import Callable, Iterable
+
+import trio
+
+from p2pfs import wire
+from p2pfs.address import Address
+from p2pfs.sim.network import SimNetwork
+
+from .config import MembershipConfig
+from .driver import MembershipService
+from .messages import MemberState
+from .state import Membership
+
+log = logging.getLogger(__name__)
+
+SIM_PORT = 7000
+SIM_CAPACITY_BYTES = 10 * 1024**3
+
+
+def sim_node_id(index: int) -> str:
+    """A node id shaped like a real one (hex SHA-256), so message sizes are realistic."""
+    return hashlib.sha256(f"sim-node-{index}".encode()).hexdigest()
+
+
+def sim_address(index: int) -> Address:
+    return Address(f"node{index}.sim", SIM_PORT)
+
+
+@dataclasses.dataclass(slots=True)
+class SimNode:
+    index: int
+    node_id: str
+    address: Address
+    service: MembershipService
+    scope: trio.CancelScope
+    crashed: bool = False
+
+    @property
+    def core(self) -> Membership:
+        return self.service.core
+
+
+class SimCluster:
+    """Start, crash, pause and inspect simulated members.
+
+    With ``record_states``, every node records each (subject, state) it ever
+    holds other than ALIVE, in ``seen`` keyed by (observer id, subject id),
+    so tests can assert that something never happened (e.g. a live node was
+    never declared dead by anyone).
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        network: SimNetwork,
+        config: MembershipConfig,
+        rng: random.Random,
+        *,
+        record_states: bool = False,
+    ) -> None:
+        self._nursery = nursery
+        self.network = network
+        self.config = config
+        self._rng = rng
+        self._record_states = record_states
+        self.nodes: dict[int, SimNode] = {}
+        self.seen: dict[tuple[str, str], set[MemberState]] = {}
+
+    async def start(
+        self, index: int, seeds: Iterable[Address] = (), *, incarnation_initial: int = 1, zone: str = ""
+    ) -> SimNode:
+        """Start node ``index`` (again, after a crash: same id and address, a new process)."""
+        old = self.nodes.get(index)
+        assert old is None or old.crashed, f"node {index} is running"
+        address = sim_address(index)
+        core = Membership(
+            node_id=sim_node_id(index), address=address, zone=zone, capacity_bytes=SIM_CAPACITY_BYTES,
+            protocol_version=wire.PROTOCOL_VERSION, incarnation_initial=incarnation_initial,
+            config=self.config, rng=random.Random(self._rng.getrandbits(64)), now_s=trio.current_time(),
+        )
+        holder: list[MembershipService] = []
+        transport = self.network.attach(address, lambda sender, msg: holder[0].deliver(sender, msg))
+        service = MembershipService(core, transport)
+        holder.append(service)
+        node = SimNode(index, core.node_id, address, service, trio.CancelScope())
+        self.nodes[index] = node
+        await self._nursery.start(self._run_node, node, tuple(seeds))
+        return node
+
+    async def _run_node(self, node: SimNode, seeds: tuple[Address, ...], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with node.scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.service.run, seeds)
+                if self._record_states:
+                    nursery.start_soon(self._watch, node)
+                task_status.started()
+
+    async def _watch(self, node: SimNode) -> None:
+        while True:  # until the node is crashed or the simulation ends
+            version = node.core.version
+            for member in node.core.members():
+                if member.state != MemberState.ALIVE:
+                    self.seen.setdefault((node.node_id, member.node_id), set()).add(member.state)
+            await node.service.wait_changed(version)
+
+    def crash(self, node: SimNode) -> None:
+        """Stop the node's tasks and drop its traffic."""
+        node.crashed = True
+        node.scope.cancel()
+        self.network.crash(node.address)
+
+    def pause(self, node: SimNode) -> None:
+        self.network.pause(node.address)
+
+    def resume(self, node: SimNode) -> None:
+        self.network.resume(node.address)
+
+    def running(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if not n.crashed]
+
+    def ever(self, state: MemberState, subject_id: str) -> set[str]:
+        """Observers that ever held ``subject_id`` in ``state`` (needs ``record_states``)."""
+        assert self._record_states
+        return {obs for (obs, subj), states in self.seen.items() if subj == subject_id and state in states}
+
+    def converged(self, nodes: list[SimNode] | None = None) -> bool:
+        """Every given (default: running) node sees exactly the given nodes, all ALIVE."""
+        nodes = self.running() if nodes is None else nodes
+        expected = {n.node_id for n in nodes}
+        for node in nodes:
+            live = node.core.live_members()
+            if len(live) != len(expected):
+                return False
+            for member in live:
+                if member.state != MemberState.ALIVE or member.node_id not in expected:
+                    return False
+        return True
+
+    def dead_everywhere(self, subject_id: str, nodes: list[SimNode] | None = None) -> bool:
+        """Every given (default: running) node holds ``subject_id`` as DEAD (or has reaped it)."""
+        for node in self.running() if nodes is None else nodes:
+            member = node.core.member(subject_id)
+            if member is not None and member.state != MemberState.DEAD:
+                return False
+        return True
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, poll_s: float) -> float | None:
+    """Simulated seconds until ``predicate()`` holds, checked every ``poll_s``; None on timeout.
+
+    Polling is fine here: on a MockClock the sleeps are simulated time.
+    """
+    start_s = trio.current_time()
+    with trio.move_on_after(timeout_s):
+        while not predicate():
+            await trio.sleep(poll_s)
+        return trio.current_time() - start_s
+    return None
