@@ -1,0 +1,553 @@
+"""Consistent-hash ring: where each key lives, and what moves when membership changes.
+
+Consistent hashing (Karger et al., "Consistent Hashing and Random Trees", STOC 1997) puts keys
+and nodes on one circle of hash positions; a key belongs to the nodes met first walking clockwise
+from it. Adding or removing a node then moves only the keys next to that node's positions, about
+K/N of them, instead of nearly all keys as ``hash(key) % N`` would. Like Dynamo (DeCandia et al.,
+SOSP 2007, §4.2) each member gets many positions on the circle ("virtual nodes", here called
+tokens) so that load evens out, and a member's token count is proportional to its capacity weight.
+
+Tokens come from the node id alone: token ``i`` of a member is the ``i``-th 64-bit word of
+SHAKE-128(domain || node_id). So every node that sees the same member set builds the same ring,
+with no coordination and nothing extra to gossip, and raising a member's weight only adds tokens
+(the stream is prefix-stable), which moves only the keys the added tokens take.
+
+Why ``TOKENS_PER_WEIGHT_DEFAULT = 2048``. The share of a member with T random tokens is a sum of T
+gap lengths, so its relative standard deviation is 1/sqrt(T) whatever the member count. Tokens
+must depend on the node id alone (so that a join or leave moves only that member's keys); then, to
+any one member, the union of everyone else's tokens looks random, and no cleverer placement of its
+own tokens shrinks the gaps in front of them. That leaves the token count. We want max/mean load
+<= 1.10 over 100 equal members. Measured over 200 random sets of 100 node ids
+(docs/BENCHMARKS-ring.md): T = 1024 has a median max/mean of 1.078 and exceeds 1.10 in 9% of sets,
+T = 1536 in 0.5%; T = 2048 has a median of 1.055, a worst of 1.082, and never exceeded 1.10. The
+cost is linear in tokens and paid only when membership changes: 100 members (204,800 tokens)
+build in about 0.1 s and take 2.3 MiB, 1,000 members in about 1.7 s and 23 MiB; lookups stay
+O(log tokens), about 4 us. Dynamo's equal fixed partitions (strategy 3) and Cassandra's token
+allocator balance better with fewer tokens, but both hand tokens out with knowledge of the
+current ring, which needs agreement or history we do not have.
+
+Preference lists follow Dynamo §4.3: the first ``rf`` distinct members clockwise from the key. When
+members carry zones (racks, hosts, availability zones), replicas spread over zones the way
+Cassandra's NetworkTopologyStrategy spreads over racks: walking clockwise, the first member met in
+each zone is taken, until ``rf`` zones are covered; if there are fewer zones than ``rf``, one member
+of every zone is taken and the rest are the next members clockwise. Members with ``zone == ""`` form
+one unnamed zone, so a ring without zones is plain clockwise order. Beyond the preference list,
+``fallback_list`` gives the next members clockwise: the order in which a coordinator picks stand-ins
+for hinted handoff (Dynamo §4.6, sloppy quorum).
+
+The preference list of a key depends only on which inter-token range its hash falls in, so it is
+constant on each range ``(token[i-1], token[i]]``. That is what makes ``owned_ranges`` and
+``ring_diff`` exact: they compute one list per range, not per key.
+
+Contract with the caller: the ring does not know who is alive. Which members take part is the
+caller's choice, and the design brief's rule is: a node that is merely dead (suspected or confirmed,
+within its grace period) stays in the ring, and writes meant for it go to the fallback members with
+a hint; a node that left gracefully, or whose grace period expired, leaves the ring, and
+``ring_diff(old, new, rf)`` says which ranges must be re-replicated. Skipping a dead member for one
+request is the caller's job (walk the preference list, then the fallback list), not a new ring.
+
+Ranges are ``(start, end]`` on the 2**64 circle: ``start`` exclusive, ``end`` inclusive. A
+range with ``start >= end`` wraps through zero, and ``start == end`` is the whole circle (the
+convention of Cassandra's ``Range``); use ``in_range`` to test membership.
+
+Pure: no I/O, no clock, no randomness beyond the hash functions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import struct
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+HASH_BITS = 64
+HASH_SPACE_SIZE = 1 << HASH_BITS  # positions on the circle: 0 .. HASH_SPACE_SIZE - 1
+
+# Tokens per unit of capacity weight. 2048 keeps max/mean load <= 1.10 over 100 equal members
+# (relative std 1/sqrt(2048) = 2.2%); 1024 does not reliably. See the module docstring.
+TOKENS_PER_WEIGHT_DEFAULT = 2048
+
+# Cap on one member's tokens (weight * tokens_per_weight): 16x the default, i.e. a weight of 16 at
+# the default. Weights are relative; a bigger figure only costs memory (8 + 4 bytes a token) and
+# build time without making placement better.
+TOKENS_PER_MEMBER_MAX = 16 * TOKENS_PER_WEIGHT_DEFAULT
+
+# How many placement tables (one per replication factor asked for) a ring keeps. A table costs
+# O(tokens) memory; a node uses one or two replication factors.
+PLACEMENT_TABLES_CACHED_MAX = 4
+
+_TOKEN_DOMAIN = b"p2pfs/ring/token\x00"  # keeps token streams apart from any other use of SHAKE-128
+_KEY_PERSON = b"p2pfs/ring/key"  # BLAKE2b personalisation (<= 16 bytes) for key positions
+_TOKEN_BYTES = HASH_BITS // 8
+_RANK_BITS = 32  # a member's rank (index in sorted node ids) is stored in array("I")
+_RANK_MASK = (1 << _RANK_BITS) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RingMember:
+    """One member of the ring as the caller sees it.
+
+    node_id: the node's id, a hex string (SHA-256 of its public key); tokens derive from it.
+    zone: failure domain; "" means none given, and all such members form one unnamed zone.
+    weight: relative capacity (> 0); the member gets round(weight * tokens_per_weight) tokens,
+        at least one.
+    """
+
+    node_id: str
+    zone: str = ""
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node_id, str) or not self.node_id:
+            raise ValueError(f"node_id must be a non-empty string, got {self.node_id!r}")
+        if not isinstance(self.zone, str):
+            raise ValueError(f"zone must be a string, got {self.zone!r}")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"weight must be finite and > 0, got {self.weight!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RangeChange:
+    """A range ``(start, end]`` whose replica set differs between two rings.
+
+    Owners are listed in preference order. A node in ``old_owners`` holds the range's data and may
+    have to send it to ``added_owners``; a node in ``removed_owners`` may drop it once the new
+    owners have it.
+    """
+
+    start: int  # exclusive
+    end: int  # inclusive; start >= end wraps through zero, start == end is the whole circle
+    old_owners: tuple[str, ...]
+    new_owners: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start < HASH_SPACE_SIZE and 0 <= self.end < HASH_SPACE_SIZE):
+            raise ValueError(f"range ({self.start}, {self.end}] is not on the circle")
+        if set(self.old_owners) == set(self.new_owners):
+            raise ValueError(f"not a change: owners {self.old_owners} -> {self.new_owners}")
+
+    @property
+    def added_owners(self) -> tuple[str, ...]:
+        return tuple(n for n in self.new_owners if n not in self.old_owners)
+
+    @property
+    def removed_owners(self) -> tuple[str, ...]:
+        return tuple(n for n in self.old_owners if n not in self.new_owners)
+
+
+def key_hash(key: bytes) -> int:
+    """Position of ``key`` on the circle: BLAKE2b-64 of the key, big-endian.
+
+    Chunk ids are already uniform, but names are not, and hashing again costs under a microsecond
+    and makes placement uniform for any key.
+    """
+    digest = hashlib.blake2b(key, digest_size=_TOKEN_BYTES, person=_KEY_PERSON).digest()
+    return int.from_bytes(digest, "big")
+
+
+def member_tokens(node_id: str, count: int) -> tuple[int, ...]:
+    """The first ``count`` tokens of ``node_id``: a prefix-stable, deterministic stream."""
+    assert count >= 1
+    stream = hashlib.shake_128(_TOKEN_DOMAIN + node_id.encode("utf-8")).digest(count * _TOKEN_BYTES)
+    return struct.unpack(f">{count}Q", stream)
+
+
+def in_range(position: int, start: int, end: int) -> bool:
+    """Whether ``position`` lies in ``(start, end]`` on the circle (wrapping if start >= end)."""
+    assert 0 <= position < HASH_SPACE_SIZE
+    assert 0 <= start < HASH_SPACE_SIZE
+    assert 0 <= end < HASH_SPACE_SIZE
+    if start < end:
+        return start < position <= end
+    return position > start or position <= end
+
+
+def range_size(start: int, end: int) -> int:
+    """Number of positions in ``(start, end]``; ``start == end`` is the whole circle."""
+    assert 0 <= start < HASH_SPACE_SIZE
+    assert 0 <= end < HASH_SPACE_SIZE
+    return (end - start) % HASH_SPACE_SIZE or HASH_SPACE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class _PlacementTable:
+    """Replica sets over the whole circle for one replication factor, stored flat.
+
+    Run ``k`` covers ``(ends[k-1], ends[k]]`` (run 0 starts at ``ends[-1]``, wrapping) and is
+    replicated on ``owners[k * width : (k + 1) * width]`` (member ranks, preference order).
+    Neighbouring runs differ (the last and the first may not). Flat arrays cost 8 + 4 * width
+    bytes a run, where a tuple per run would cost about ten times that.
+    """
+
+    ends: array  # array("Q"), strictly increasing
+    owners: array  # array("I"), width ranks per run
+    width: int  # min(rf, members)
+
+    def __post_init__(self) -> None:
+        assert len(self.owners) == len(self.ends) * self.width
+
+    def run_owners(self, run: int) -> tuple[int, ...]:
+        return tuple(self.owners[run * self.width : (run + 1) * self.width])
+
+
+# The table of a ring without members: no runs; ring_diff treats it as ownerless everywhere.
+_EMPTY_TABLE = _PlacementTable(ends=array("Q"), owners=array("I"), width=0)
+
+
+class Ring:
+    """An immutable consistent-hash ring over a set of members.
+
+    Build a new ``Ring`` when membership changes: O(tokens log members) time, 12 bytes a token.
+    Lookups are a binary search over the sorted tokens plus a short clockwise walk. The first
+    ``owned_ranges``, ``ownership_fraction`` or ``ring_diff`` call for an ``rf`` builds that
+    rf's placement table: O(tokens * rf) time, 8 + 4 * rf bytes a token, kept with the ring.
+    """
+
+    __slots__ = (
+        "members",
+        "tokens_per_weight",
+        "_node_ids",
+        "_zone_of",
+        "_zone_count",
+        "_tokens",
+        "_owners",
+        "_tables",
+    )
+
+    def __init__(
+        self,
+        members: Iterable[RingMember],
+        tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT,
+    ) -> None:
+        if not (isinstance(tokens_per_weight, int) and tokens_per_weight >= 1):
+            raise ValueError(f"tokens_per_weight must be an int >= 1, got {tokens_per_weight!r}")
+        by_id: dict[str, RingMember] = {}
+        for member in members:
+            seen = by_id.setdefault(member.node_id, member)
+            if seen != member:
+                raise ValueError(f"conflicting members for {member.node_id}: {seen}, {member}")
+        node_ids = sorted(by_id)
+        if len(node_ids) > _RANK_MASK + 1:
+            raise ValueError(f"{len(node_ids)} members, over the {_RANK_MASK + 1} a ring can rank")
+        zones = sorted({by_id[n].zone for n in node_ids})
+        zone_index = {zone: i for i, zone in enumerate(zones)}
+
+        # Sort (token, rank) pairs packed into one int, so ties (probability ~ tokens^2 / 2^65)
+        # go by node id and the order never depends on the order members were given in. Each
+        # member's tokens are sorted first: Timsort then merges those runs instead of sorting
+        # from scratch. Rank r is node_ids[r].
+        packed: list[int] = []
+        for rank, node_id in enumerate(node_ids):
+            count = max(1, round(by_id[node_id].weight * tokens_per_weight))
+            if count > TOKENS_PER_MEMBER_MAX:
+                raise ValueError(
+                    f"{node_id} would get {count} tokens, over TOKENS_PER_MEMBER_MAX "
+                    f"({TOKENS_PER_MEMBER_MAX}); scale the weights down"
+                )
+            packed.extend(sorted([(t << _RANK_BITS) | rank for t in member_tokens(node_id, count)]))
+        packed.sort()
+
+        self.members: Mapping[str, RingMember] = MappingProxyType({n: by_id[n] for n in node_ids})
+        self.tokens_per_weight = tokens_per_weight
+        self._node_ids = tuple(node_ids)
+        self._zone_of = tuple(zone_index[by_id[n].zone] for n in node_ids)
+        self._zone_count = len(zones)
+        self._tokens = array("Q", [p >> _RANK_BITS for p in packed])
+        self._owners = array("I", [p & _RANK_MASK for p in packed])
+        self._tables: dict[int, _PlacementTable] = {}
+        assert len(self._tokens) == len(self._owners)
+        assert len(self._tokens) >= len(self._node_ids)
+
+    def __len__(self) -> int:
+        return len(self._node_ids)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.members
+
+    def __repr__(self) -> str:
+        return f"Ring(members={len(self)}, tokens={len(self._tokens)}, zones={self._zone_count})"
+
+    @property
+    def token_count(self) -> int:
+        return len(self._tokens)
+
+    def preference_list(self, key: bytes, rf: int) -> list[str]:
+        """The ``min(rf, len(self))`` members that replicate ``key``, coordinator first."""
+        return self.preference_list_at(key_hash(key), rf)
+
+    def preference_list_at(self, position: int, rf: int) -> list[str]:
+        """``preference_list`` for whatever key hashes to ``position``.
+
+        Equal for every position in one inter-token range, which ``owned_ranges`` and
+        ``ring_diff`` rely on.
+        """
+        assert 0 <= position < HASH_SPACE_SIZE
+        _check_rf(rf)
+        if not self._node_ids:
+            return []
+        picked, _ = self._select(self._walk_ranks(self._index(position)), rf)
+        return [self._node_ids[r] for r in picked]
+
+    def walk(self, key: bytes) -> Iterator[str]:
+        """Every member once, in clockwise order from ``key``, ignoring zones.
+
+        Without zones the first ``rf`` are ``preference_list(key, rf)``; with zones they may not
+        be, because zone spreading skips members. Use ``fallback_list`` for the members beyond
+        the preference list.
+        """
+        if not self._node_ids:
+            return
+        for rank in self._walk_ranks(self._index(key_hash(key))):
+            yield self._node_ids[rank]
+
+    def fallback_list(self, key: bytes, rf: int) -> list[str]:
+        """The members not in ``preference_list(key, rf)``, in clockwise order from ``key``.
+
+        A coordinator that cannot reach a preferred replica writes to the first reachable of
+        these with a hint naming the intended owner (Dynamo §4.6).
+        """
+        preferred = set(self.preference_list(key, rf))
+        return [n for n in self.walk(key) if n not in preferred]
+
+    def owned_ranges(self, node_id: str, rf: int) -> list[tuple[int, int]]:
+        """The ``(start, end]`` ranges whose keys ``node_id`` replicates at ``rf``, sorted by start.
+
+        Maximal: neighbouring owned ranges are merged, through zero too (the wrapping range is
+        last).
+        A node not in the ring owns nothing. Costs O(tokens * rf) the first time per ``rf``.
+        """
+        _check_rf(rf)
+        if node_id not in self.members:
+            return []
+        rank = self._node_ids.index(node_id)
+        table = self._table(rf)
+        owned = ((end, rank in table.run_owners(run)) for run, end in enumerate(table.ends))
+        merged = _merge_runs(owned, table.ends[-1])
+        return [(start, end) for start, end, is_owned in merged if is_owned]
+
+    def ownership_fraction(self, rf: int) -> dict[str, float]:
+        """Each member's fraction of the circle (hence of uniform keys) replicated at ``rf``.
+
+        Fractions sum to ``min(rf, len(self))``; at ``rf=1`` this is each member's primary load.
+        """
+        _check_rf(rf)
+        positions = [0] * len(self._node_ids)
+        table = self._table(rf) if self._node_ids else None
+        if table is not None:
+            previous_end = table.ends[-1]
+            for run, end in enumerate(table.ends):
+                size = range_size(previous_end, end)
+                for rank in table.run_owners(run):
+                    positions[rank] += size
+                previous_end = end
+        return {n: p / HASH_SPACE_SIZE for n, p in zip(self._node_ids, positions)}
+
+    def _index(self, position: int) -> int:
+        """Index of the token that ends the range holding ``position``."""
+        return bisect.bisect_left(self._tokens, position) % len(self._tokens)
+
+    def _walk_ranks(self, index: int) -> Iterator[int]:
+        """Distinct member ranks met walking clockwise from token ``index`` (one lap at most)."""
+        token_count = len(self._tokens)
+        member_count = len(self._node_ids)
+        seen: set[int] = set()
+        for step in range(token_count):
+            rank = self._owners[(index + step) % token_count]
+            if rank not in seen:
+                seen.add(rank)
+                yield rank
+                if len(seen) == member_count:
+                    return
+        raise AssertionError("a full lap of the ring must meet every member")
+
+    def _select(self, ranks: Iterable[int], rf: int) -> tuple[tuple[int, ...], int]:
+        """Zone-spread preference list from distinct ranks in clockwise order.
+
+        Returns the list (first member of each zone in order met, up to rf zones; then, when
+        there are fewer zones than rf, the next members met, in order) and how many ranks were
+        read to decide it: the rest of the walk cannot change the answer.
+        """
+        replicas = min(rf, len(self._node_ids))
+        zones_wanted = min(self._zone_count, replicas)
+        others_wanted = replicas - zones_wanted
+        zone_firsts: list[int] = []
+        others: list[int] = []
+        zones_seen: set[int] = set()
+        read = 0
+        for rank in ranks:
+            read += 1
+            zone = self._zone_of[rank]
+            if zone not in zones_seen:
+                zones_seen.add(zone)
+                if len(zone_firsts) < zones_wanted:
+                    zone_firsts.append(rank)
+            elif len(others) < others_wanted:
+                others.append(rank)
+            if len(zone_firsts) == zones_wanted and len(others) == others_wanted:
+                break
+        assert len(zone_firsts) == zones_wanted, "walk ended before every wanted zone was met"
+        assert len(others) == others_wanted, "walk ended before enough members were met"
+        return tuple(zone_firsts) + tuple(others), read
+
+    def _table(self, rf: int) -> _PlacementTable:
+        """The preference list of every inter-token range, merged into runs. Cached per rf.
+
+        Walks the tokens backwards, deriving each list from the next token's instead of walking
+        the ring each time, so each step costs O(rf):
+
+        - One zone, or at least as many zones as replicas: the list at token i is owner[i]
+          followed by the list at i+1 without the member (one zone) or zone (zone spreading)
+          of owner[i], cut to the width.
+        - Otherwise (fill mode), keep the distinct members clockwise from token i up to where
+          ``_select`` stops reading: owner[i] followed by those from i+1 without owner[i].
+          That prefix stays enough, since prepending a member never removes one the decision
+          needs.
+        """
+        assert self._node_ids
+        cached = self._tables.get(rf)
+        if cached is not None:
+            return cached
+        tokens = self._tokens
+        owners = self._owners
+        select = self._select
+        walk = list(self._walk_ranks(0))
+        first_preference, read = select(walk, rf)
+        width = len(first_preference)
+        spread_by: Sequence[int] | None = None  # what two replicas must not share
+        if self._zone_count >= width:
+            spread_by = self._zone_of
+        elif self._zone_count == 1:
+            spread_by = range(len(self._node_ids))
+        state = first_preference if spread_by is not None else tuple(walk[:read])
+        preference = first_preference
+        # Runs are found from the last token down, so both arrays are filled back to front
+        # (each run's ranks reversed too) and reversed once at the end.
+        ends = array("Q")
+        owners_reversed = array("I")
+        run_preference: tuple[int, ...] = ()
+        for i in range(len(tokens) - 1, -1, -1):
+            rank = owners[i]
+            if i == 0:
+                preference = first_preference
+            elif rank == state[0]:
+                pass  # same owner as the next token: same walk, same list
+            elif spread_by is not None:
+                clash = spread_by[rank]
+                state = (rank, *[r for r in state if spread_by[r] != clash][: width - 1])
+                preference = state
+            else:
+                if rank in state:
+                    k = state.index(rank)
+                    candidate = (rank,) + state[:k] + state[k + 1 :]
+                else:
+                    candidate = (rank,) + state
+                preference, read = select(candidate, rf)
+                state = candidate[:read]
+            if i > 0 and tokens[i] == tokens[i - 1]:
+                continue  # an empty range: keys at this position belong to the first equal token
+            if preference != run_preference:
+                ends.append(tokens[i])
+                owners_reversed.extend(reversed(preference))
+                run_preference = preference
+        ends.reverse()
+        owners_reversed.reverse()
+        table = _PlacementTable(ends=ends, owners=owners_reversed, width=width)
+        if len(self._tables) >= PLACEMENT_TABLES_CACHED_MAX:
+            del self._tables[next(iter(self._tables))]
+        self._tables[rf] = table
+        return table
+
+
+def ring_diff(old: Ring, new: Ring, rf: int) -> list[RangeChange]:
+    """The ranges whose replica set at ``rf`` differs between ``old`` and ``new``, sorted by start.
+
+    Exact, not sampled: both rings are constant between their tokens, so one comparison per
+    piece of the common refinement of their runs covers every key. A change of order alone (same
+    set) is not reported, because it moves no data. Neighbouring changes with the same old and
+    new owners are merged. Costs O((old + new tokens) * rf), time and memory.
+    """
+    _check_rf(rf)
+    if not len(old) and not len(new):
+        return []
+    old_table = old._table(rf) if len(old) else _EMPTY_TABLE
+    new_table = new._table(rf) if len(new) else _EMPTY_TABLE
+    last_end = max(table.ends[-1] for table in (old_table, new_table) if table.ends)
+    # Compare owner sets in new's rank space; a member only in old gets a negative rank.
+    new_rank = {node_id: rank for rank, node_id in enumerate(new._node_ids)}
+    old_to_new_rank = [
+        new_rank.get(node_id, -1 - rank) for rank, node_id in enumerate(old._node_ids)
+    ]
+
+    def pieces() -> Iterator[tuple[int, tuple[tuple[str, ...], tuple[str, ...]] | None]]:
+        # Two pointers over both tables' run ends. Past a table's last end its run 0 applies
+        # again (the circle wraps); the empty table has one ownerless run everywhere.
+        old_run = new_run = 0
+        old_set = new_set = None
+        while True:
+            old_end = old_table.ends[old_run] if old_run < len(old_table.ends) else last_end
+            new_end = new_table.ends[new_run] if new_run < len(new_table.ends) else last_end
+            if old_set is None:
+                old_owners = old_table.run_owners(old_run % max(1, len(old_table.ends)))
+                old_set = {old_to_new_rank[r] for r in old_owners}
+            if new_set is None:
+                new_owners = new_table.run_owners(new_run % max(1, len(new_table.ends)))
+                new_set = set(new_owners)
+            end = min(old_end, new_end)
+            if old_set == new_set:
+                yield end, None
+            else:
+                yield end, (
+                    tuple(old._node_ids[r] for r in old_owners),
+                    tuple(new._node_ids[r] for r in new_owners),
+                )
+            if end == last_end:
+                return
+            if old_end == end:
+                old_run += 1
+                old_set = None
+            if new_end == end:
+                new_run += 1
+                new_set = None
+
+    return [
+        RangeChange(start=start, end=end, old_owners=change[0], new_owners=change[1])
+        for start, end, change in _merge_runs(pieces(), last_end)
+        if change is not None
+    ]
+
+
+def _merge_runs(
+    pieces: Iterable[tuple[int, object]], last_end: int
+) -> list[tuple[int, int, object]]:
+    """Merge neighbouring pieces with equal labels, through zero too.
+
+    ``pieces`` are ``(end, label)`` in increasing ``end``, each starting where the one before it
+    ends; the first starts at ``last_end``, the end of the last. Returns ``(start, end, label)``
+    sorted by start: a run wrapping through zero comes last, and one label over the whole circle
+    comes back as ``(last_end, last_end, label)``.
+    """
+    runs: list[list] = []  # [start, end, label]
+    previous_end = last_end
+    for end, label in pieces:
+        assert runs == [] or end > previous_end
+        if runs and runs[-1][2] == label:
+            runs[-1][1] = end
+        else:
+            runs.append([previous_end, end, label])
+        previous_end = end
+    assert previous_end == last_end
+    if len(runs) == 1:
+        return [(last_end, last_end, runs[0][2])]
+    if runs[0][2] == runs[-1][2]:
+        first = runs.pop(0)
+        runs[-1][1] = first[1]
+    return sorted((tuple(run) for run in runs), key=lambda run: run[0])
+
+
+def _check_rf(rf: int) -> None:
+    if not (isinstance(rf, int) and rf >= 1):
+        raise ValueError(f"rf must be an int >= 1, got {rf!r}")
