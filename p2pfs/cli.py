@@ -7,6 +7,7 @@ the same facts. Errors go to stderr as one line with an exit code from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -96,18 +97,45 @@ SIZE = SizeType()
 pass_context = click.make_pass_decorator(Context)
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
 class _Group(click.Group):
-    """Turns UserError into a one-line message on stderr and its exit code."""
+    """Turns UserError into a one-line message on stderr and its exit code.
+
+    trio's nurseries wrap what escapes them in exception groups; a group made
+    only of UserErrors (or interrupts) is reported like a single one.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(int(exc.exit_code))
+            self._fail(ctx, exc)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            self._interrupted(ctx)
+        except BaseExceptionGroup as group:
+            leaves = _leaves(group)
+            if leaves and all(isinstance(e, KeyboardInterrupt) for e in leaves):
+                self._interrupted(ctx)
+            errors = [e for e in leaves if isinstance(e, UserError)]
+            if len(errors) != len(leaves):
+                raise
+            self._fail(ctx, errors[0])
+
+    @staticmethod
+    def _fail(ctx: click.Context, exc: UserError) -> None:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(int(exc.exit_code))
+
+    @staticmethod
+    def _interrupted(ctx: click.Context) -> None:
+        click.echo("interrupted", err=True)
+        ctx.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -242,6 +270,396 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
     click.echo(f"role:      {facts['role']}")
     click.echo(f"cluster:   {facts['cluster_id'][:16]}")
     click.echo(f"valid to:  {expires:%Y-%m-%d} ({days} days)")
+
+
+# ---------------------------------------------------------------------------
+# The daemon
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Config file (default: DIR/p2pfs.toml).")
+def daemon(directory: Path, config_file: Path | None) -> None:
+    """Run a node in the foreground, with its identity in DIR.
+
+    Logs go to stderr. SIGTERM or SIGINT make the node leave the cluster
+    gracefully and exit 0.
+    """
+    import trio
+
+    from p2pfs.node.config import load_node_config
+    from p2pfs.node.daemon import serve
+    from p2pfs.observe import setup_logging
+
+    cfg = load_node_config(config_file or directory / CONFIG_FILE)
+    ident = identity.load_identity(directory)
+    if ident.role is not Role.NODE:
+        raise UserError(f"{directory} holds a client identity; a daemon needs a node's", ExitCode.AUTH)
+    ident.server_context()  # fail now, clearly, if the key or certificate cannot be loaded
+    setup_logging(cfg.node.log_level, ident.node_id[:12])
+    trio.run(serve, cfg, ident)
+
+
+# ---------------------------------------------------------------------------
+# Cluster views
+
+
+def _call(ctx: Context, method: str, *args: Any) -> Any:
+    from p2pfs.client import Client, run
+
+    ident, node_address = ctx.client_identity(), ctx.node_address()
+
+    async def go() -> Any:
+        async with Client.connect(ident, node_address) as c:
+            return await getattr(c, method)(*args)
+
+    return run(go)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def members(ctx: Context, as_json: bool) -> None:
+    """List the cluster's members as the node sees them."""
+    found = _call(ctx, "members")
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(mb) for mb in found], indent=2))
+        return
+    _table(
+        [[mb.node_id[:12], f"{mb.host}:{mb.port}", mb.state, str(mb.incarnation), mb.zone or "-",
+          format_size(mb.capacity_bytes)] for mb in found],
+        ["NODE", "ADDRESS", "STATE", "INCARNATION", "ZONE", "CAPACITY"],
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def status(ctx: Context, as_json: bool) -> None:
+    """Show the node: id, address, uptime, members by state, version."""
+    reply = _call(ctx, "status")
+    facts = dataclasses.asdict(reply)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    click.echo(f"node:     {reply.node_id}")
+    click.echo(f"address:  {reply.host}:{reply.port}")
+    click.echo(f"version:  {reply.version}")
+    click.echo(f"uptime:   {reply.uptime_s:.0f} s")
+    click.echo(f"zone:     {reply.zone or '-'}")
+    click.echo(f"storage:  {format_size(reply.used_bytes)} of {format_size(reply.capacity_bytes)}")
+    click.echo(
+        f"members:  {reply.members_alive} alive, {reply.members_suspect} suspect, "
+        f"{reply.members_dead} dead, {reply.members_left} left"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Files
+
+
+def _check_name(name: str) -> str:
+    from p2pfs.storage import BadName, validate_name
+
+    try:
+        return validate_name(name)
+    except BadName as exc:
+        raise UserError(f"bad name {name!r}: {exc}", ExitCode.BAD_INPUT) from None
+
+
+def _open_source(path: str) -> tuple[Any, int]:
+    """The file to put and its size (-1 for stdin), with errors a person can act on."""
+    import os
+
+    if path == "-":
+        return sys.stdin.buffer, -1
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file", ExitCode.BAD_INPUT) from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory; put takes one file", ExitCode.BAD_INPUT) from None
+    except PermissionError:
+        raise UserError(f"{path}: permission denied", ExitCode.BAD_INPUT) from None
+    except OSError as exc:
+        raise UserError(f"{path}: {exc.strerror}", ExitCode.BAD_INPUT) from None
+    info = os.fstat(f.fileno())
+    import stat as stat_module
+
+    if stat_module.S_ISDIR(info.st_mode):
+        f.close()
+        raise UserError(f"{path} is a directory; put takes one file", ExitCode.BAD_INPUT)
+    size = info.st_size if stat_module.S_ISREG(info.st_mode) else -1
+    return f, size
+
+
+@cli.command()
+@click.argument("path", metavar="PATH")
+@click.option("--name", help="Name to store it under (default: PATH's file name; required for stdin).")
+@pass_context
+def put(ctx: Context, path: str, name: str | None) -> None:
+    """Store a file (PATH, or - for stdin) in the cluster.
+
+    Succeeds only when every chunk and the name are stored at the write quorum;
+    otherwise the name is left as it was.
+    """
+    from p2pfs.client import Client, run
+    from p2pfs.progress import Progress
+
+    if name is None and path == "-":
+        raise UserError("reading stdin needs --name NAME", ExitCode.BAD_INPUT)
+    ident, node_address = ctx.client_identity(), ctx.node_address()
+    source, size = _open_source(path)
+    try:
+        name = _check_name(Path(path).name if name is None else name)
+    except UserError:
+        source.close()
+        raise
+    progress = Progress(f"put {name}", size)
+
+    async def go():
+        async with Client.connect(ident, node_address) as c:
+            return await c.put(source, name, size, progress)
+
+    try:
+        reply = run(go)
+    finally:
+        progress.finish()
+        if source is not sys.stdin.buffer:
+            source.close()
+    click.echo(f"stored {reply.name}: {format_size(reply.size_bytes)} in {reply.chunks} chunk(s), "
+               f"blake3 {reply.file_hash.hex()[:16]}")
+
+
+def _default_output(name: str) -> Path:
+    """``get NAME`` without -o writes the last part of NAME in the current directory.
+
+    Only the part after the last '/' is used, and never '.', '..' or an empty
+    string, so no name can lead a get outside the current directory.
+    """
+    base = name.rsplit("/", 1)[-1]
+    if base in ("", ".", "..") or "\0" in base:
+        raise UserError(f"cannot make a file name from {name!r}; give -o PATH", ExitCode.BAD_INPUT)
+    return Path(base)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-o", "--output", metavar="PATH",
+              help="Where to write (default: NAME's last part, in this directory; - for stdout).")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@pass_context
+def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
+    """Fetch a file, verified against its hash.
+
+    The file is written to a temporary file beside PATH and renamed into place
+    only when every byte has arrived and matched, so a failed get leaves nothing.
+    """
+    import os
+    import tempfile
+
+    from p2pfs.client import Client, run
+    from p2pfs.progress import Progress
+
+    name = _check_name(name)
+    ident, node_address = ctx.client_identity(), ctx.node_address()
+    progress = Progress(f"get {name}", None)
+
+    async def fetch(sink) -> Any:
+        async with Client.connect(ident, node_address) as c:
+            def track(n: int) -> None:
+                progress(n)
+            return await c.get(name, sink, track)
+
+    if output == "-":
+        try:
+            run(fetch, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        finally:
+            progress.finish()
+        return
+    target = Path(output) if output else _default_output(name)
+    if target.is_dir():
+        raise UserError(f"{target} is a directory; give a file path with -o", ExitCode.BAD_INPUT)
+    if target.exists() and not force:
+        raise UserError(f"{target} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".p2pfs-part", dir=directory)
+    except FileNotFoundError:
+        raise UserError(f"directory {directory} does not exist", ExitCode.BAD_INPUT) from None
+    except PermissionError:
+        raise UserError(f"cannot write in {directory}: permission denied", ExitCode.BAD_INPUT) from None
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            header = run(fetch, sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        if target.exists() and not force:
+            raise UserError(f"{target} appeared meanwhile; use --force to overwrite it", ExitCode.BAD_INPUT)
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    finally:
+        progress.finish()
+    click.echo(f"wrote {target}: {format_size(header.size_bytes)}, verified", err=True)
+
+
+def _version_text(wall_ms: int, logical: int) -> str:
+    stamp = datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.timezone.utc)
+    return f"{stamp:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z+{logical}"
+
+
+@cli.command()
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def ls(ctx: Context, prefix: str, as_json: bool) -> None:
+    """List stored files (optionally those whose name starts with PREFIX)."""
+    reply = _call(ctx, "ls", prefix)
+    if as_json:
+        click.echo(json.dumps({"complete": reply.complete,
+                               "files": [dataclasses.asdict(f) for f in reply.files]}, indent=2))
+    else:
+        _table([[format_size(f.size_bytes), _version_text(f.version_wall_ms, f.version_logical), f.name]
+                for f in reply.files], ["SIZE", "VERSION", "NAME"])
+    if not reply.complete:
+        click.echo("warning: some nodes could not be asked; the list may be incomplete", err=True)
+
+
+@cli.command()
+@click.argument("name")
+@pass_context
+def rm(ctx: Context, name: str) -> None:
+    """Delete a file (a tombstone that wins over older versions everywhere)."""
+    name = _check_name(name)
+    _call(ctx, "rm", name)
+    click.echo(f"removed {name}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def stat(ctx: Context, name: str, as_json: bool) -> None:
+    """Show a file: size, hash, version, and each chunk with the nodes holding it."""
+    name = _check_name(name)
+    reply = _call(ctx, "stat", name)
+    facts = {
+        "name": reply.name,
+        "size_bytes": reply.size_bytes,
+        "file_hash": reply.file_hash.hex(),
+        "created_ms": reply.created_ms,
+        "version": {"wall_ms": reply.version_wall_ms, "logical": reply.version_logical,
+                    "writer": reply.writer},
+        "chunks": [{"chunk_id": c.chunk_id.hex(), "size_bytes": c.size_bytes, "replicas": list(c.replicas)}
+                   for c in reply.chunks],
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    click.echo(f"name:     {reply.name}")
+    click.echo(f"size:     {format_size(reply.size_bytes)} ({reply.size_bytes} bytes)")
+    click.echo(f"blake3:   {reply.file_hash.hex()}")
+    click.echo(f"version:  {_version_text(reply.version_wall_ms, reply.version_logical)} "
+               f"by {reply.writer[:12]}")
+    click.echo(f"chunks:   {len(reply.chunks)}")
+    for index, chunk in enumerate(reply.chunks):
+        holders = " ".join(r[:12] for r in chunk.replicas) or "NONE"
+        click.echo(f"  {index:5d} {chunk.chunk_id.hex()[:16]} {format_size(chunk.size_bytes):>10}  {holders}")
+
+
+# ---------------------------------------------------------------------------
+# The local test network
+
+
+@cli.group()
+def testnet() -> None:
+    """A real multi-process network on this machine (127.0.0.1)."""
+
+
+_DIR_OPTION = click.option("--dir", "directory", required=True, metavar="DIR",
+                           type=click.Path(path_type=Path, file_okay=False),
+                           help="Directory holding the network's identities, data and logs.")
+
+
+@testnet.command("up")
+@_DIR_OPTION
+@click.option("--nodes", default=5, show_default=True, help="Number of nodes.")
+@click.option("--base-port", default=7001, show_default=True,
+              help="Port of node1; node I listens on base-port + I - 1.")
+def testnet_up(directory: Path, nodes: int, base_port: int) -> None:
+    """Create (if needed) and start a network; wait until every node sees every other.
+
+    Prints the two environment lines that point the CLI at it.
+    """
+    from p2pfs import testnet as tn
+
+    procs = tn.up(directory, nodes, base_port, progress=lambda s: click.echo(s, err=True))
+    click.echo(f"{len(procs)} nodes up; point the CLI at the network with:", err=True)
+    click.echo(f"export P2PFS_IDENTITY={(directory / tn.CLIENT_DIR).resolve()}")
+    click.echo(f"export P2PFS_NODE={procs[0].address}")
+
+
+@testnet.command("status")
+@_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def testnet_status(directory: Path, as_json: bool) -> None:
+    """Each node: name, node id, address, pid, running."""
+    from p2pfs import testnet as tn
+
+    procs = tn.status(directory)
+    if as_json:
+        click.echo(json.dumps([p.as_json() for p in procs], indent=2))
+        return
+    _table([[p.name, p.node_id[:12], str(p.address), str(p.pid or "-"), "yes" if p.running else "no"]
+            for p in procs], ["NAME", "NODE", "ADDRESS", "PID", "RUNNING"])
+
+
+@testnet.command("stop")
+@_DIR_OPTION
+@click.argument("name")
+@click.option("--kill", is_flag=True, help="SIGKILL instead of a graceful SIGTERM.")
+def testnet_stop(directory: Path, name: str, kill: bool) -> None:
+    """Stop node NAME (e.g. node3): gracefully, or at once with --kill."""
+    from p2pfs import testnet as tn
+
+    node_dir = tn.resolve_node(directory, name)
+    if tn.stop_node(node_dir, kill=kill):
+        click.echo(f"{node_dir.name} {'killed' if kill else 'stopped'}")
+    else:
+        click.echo(f"{node_dir.name} was not running")
+
+
+@testnet.command("start")
+@_DIR_OPTION
+@click.argument("name")
+def testnet_start(directory: Path, name: str) -> None:
+    """Start node NAME again, with its identity and data."""
+    from p2pfs import testnet as tn
+
+    node_dir = tn.resolve_node(directory, name)
+    pid = tn.start_node(node_dir)
+    click.echo(f"{node_dir.name} running (pid {pid})")
+
+
+@testnet.command("down")
+@_DIR_OPTION
+def testnet_down(directory: Path) -> None:
+    """Stop every node; no process is left behind. Identities and data stay in DIR."""
+    from p2pfs import testnet as tn
+
+    stopped = tn.down(directory)
+    click.echo(f"stopped {len(stopped)} node(s)")
 
 
 def main() -> None:

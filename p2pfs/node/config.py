@@ -8,11 +8,15 @@ from pathlib import Path
 from p2pfs import config
 from p2pfs.config import NodeSettings
 from p2pfs.errors import ConfigError
+from p2pfs.membership import MembershipConfig
 from p2pfs.net import NetConfig
+from p2pfs.replication.config import ReplicationConfig
 
 # Section name -> the room's config dataclass. The order is the order in the file.
 SECTIONS: dict[str, type] = {
     "node": NodeSettings,
+    "replication": ReplicationConfig,
+    "membership": MembershipConfig,
     "net": NetConfig,
 }
 
@@ -29,6 +33,8 @@ _HEADER = """\
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeConfig:
     node: NodeSettings
+    replication: ReplicationConfig
+    membership: MembershipConfig
     net: NetConfig
     path: Path | None = None
 

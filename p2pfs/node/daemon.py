@@ -1,0 +1,192 @@
+"""The daemon: one nursery holding every service of a node.
+
+``Node.run`` opens the listener (failing early and clearly if the address is
+taken), starts membership, and serves requests. SIGTERM or SIGINT triggers a
+graceful leave: the node announces its departure and exits within
+``leave_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import signal
+import time
+from typing import Awaitable, Callable
+
+import trio
+
+from p2pfs import __version__, net, wire
+from p2pfs.errors import ExitCode, UserError
+from p2pfs.identity import Identity, short_id
+from p2pfs.membership import (
+    MEMBERSHIP_MESSAGES,
+    Membership,
+    MembershipService,
+    MemberState,
+    incarnation_from_wall_clock,
+)
+from p2pfs.node import messages as m
+from p2pfs.node.config import NodeConfig
+from p2pfs.replication.service import DataService
+from p2pfs.storage import StorageError
+from p2pfs.wire import Role
+
+log = logging.getLogger(__name__)
+
+# Time a graceful leave may take before the daemon exits regardless.
+LEAVE_TIMEOUT_S = 10.0
+
+Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
+
+
+class EndpointGossip:
+    """Membership's transport over the node's mutual-TLS endpoint: best-effort one-way sends."""
+
+    def __init__(self, endpoint: net.Endpoint) -> None:
+        self._endpoint = endpoint
+
+    async def send(self, to, msg: wire.Message) -> None:
+        await self._endpoint.send_oneway(to, msg)
+
+
+class Node:
+    """A running node: transport, membership, and the request routes of each room."""
+
+    def __init__(self, cfg: NodeConfig, ident: Identity) -> None:
+        if ident.role is not Role.NODE:
+            raise UserError(f"{ident.directory} holds a client identity, not a node's", ExitCode.AUTH)
+        self.cfg = cfg
+        self.identity = ident
+        self.node_id = ident.node_id
+        self.started_at_s = time.monotonic()
+        self.endpoint = net.Endpoint(
+            ident,
+            cfg.node.listen,
+            self,
+            config=cfg.net,
+            bind_host=cfg.node.listen.host if cfg.node.bind_outgoing else None,
+        )
+        self.membership = MembershipService(
+            Membership(
+                node_id=self.node_id,
+                address=cfg.node.listen,
+                zone=cfg.node.zone,
+                capacity_bytes=cfg.node.capacity_bytes,
+                protocol_version=wire.PROTOCOL_VERSION,
+                # A restarted node keeps its id (the hash of its key), so its
+                # incarnation must outrank anything said about its last life:
+                # start from the wall clock.
+                incarnation_initial=incarnation_from_wall_clock(),
+                config=cfg.membership,
+                rng=random.Random(),
+                now_s=trio.current_time(),
+            ),
+            EndpointGossip(self.endpoint),
+        )
+        self.data = DataService(
+            node_id=self.node_id,
+            data_dir=cfg.data_dir,
+            capacity_bytes=cfg.node.capacity_bytes,
+            config=cfg.replication,
+            endpoint=self.endpoint,
+            members=self.membership.members,
+        )
+        self._routes: dict[type, Route] = {
+            m.StatusRequest: self._status,
+            m.MembersRequest: self._members,
+            **self.data.routes(),
+        }
+
+    # -- running ------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(self.data.run)
+            except StorageError as exc:
+                raise UserError(f"cannot open the data dir {self.cfg.data_dir}: {exc}") from None
+            try:
+                await nursery.start(self.endpoint.run)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UserError(
+                        f"address {self.cfg.node.listen} is already in use "
+                        "(is another daemon running? change [node] listen)",
+                        ExitCode.BAD_INPUT,
+                    ) from None
+                raise UserError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
+            await nursery.start(self.membership.run, self.cfg.node.seeds)
+            log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
+            task_status.started()
+
+    async def leave(self) -> None:
+        """Announce departure and give gossip a bounded time to carry it."""
+        log.info("leaving the cluster")
+        await self.membership.leave(timeout_s=LEAVE_TIMEOUT_S)
+
+    # -- requests -----------------------------------------------------------
+
+    async def handle_request(self, request: net.IncomingRequest) -> wire.Message | net.Reply:
+        route = self._routes.get(type(request.msg))
+        if route is None:
+            raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"{type(request.msg).__name__} is not served here")
+        return await route(request)
+
+    def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
+        if isinstance(msg, MEMBERSHIP_MESSAGES) and conn.peer_address is not None:
+            self.membership.deliver(conn.peer_address, msg)
+        else:
+            log.debug("ignored one-way %s from %s", type(msg).__name__, conn.peer.short_id)
+
+    async def _status(self, request: net.IncomingRequest) -> m.StatusReply:
+        counts = {state: 0 for state in MemberState}
+        for member in self.membership.members():
+            counts[member.state] += 1
+        return m.StatusReply(
+            node_id=self.node_id,
+            host=self.cfg.node.listen.host,
+            port=self.cfg.node.listen.port,
+            version=__version__,
+            uptime_s=time.monotonic() - self.started_at_s,
+            zone=self.cfg.node.zone,
+            capacity_bytes=self.cfg.node.capacity_bytes,
+            used_bytes=self.data.store.used_bytes,
+            members_alive=counts[MemberState.ALIVE],
+            members_suspect=counts[MemberState.SUSPECT],
+            members_dead=counts[MemberState.DEAD],
+            members_left=counts[MemberState.LEFT],
+        )
+
+    async def _members(self, request: net.IncomingRequest) -> m.MembersReply:
+        return m.MembersReply(
+            tuple(
+                m.MemberInfo(
+                    node_id=member.node_id,
+                    host=member.address.host,
+                    port=member.address.port,
+                    state=member.state.name.lower(),
+                    incarnation=member.incarnation,
+                    zone=member.zone,
+                    capacity_bytes=member.capacity_bytes,
+                    protocol_version=member.protocol_version,
+                )
+                for member in sorted(self.membership.members(), key=lambda mb: mb.node_id)
+            )
+        )
+
+
+async def serve(cfg: NodeConfig, ident: Identity) -> None:
+    """Run a node until SIGTERM or SIGINT, then leave gracefully."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            node = Node(cfg, ident)
+            await nursery.start(node.run)
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                break
+            with trio.move_on_after(LEAVE_TIMEOUT_S + 1.0):
+                await node.leave()
+            nursery.cancel_scope.cancel()
+    log.info("stopped")

@@ -1,0 +1,292 @@
+"""A real multi-process network on one machine, for trying, developing and testing p2pfs.
+
+``up`` creates a CA, N node identities (``DIR/node1`` ... ``DIR/nodeN``) and a
+client identity (``DIR/client``), starts N daemons as detached processes bound
+to 127.0.0.1 (ports ``base_port`` ... ``base_port+N-1``), and waits until every
+node sees every other as alive. Each node's log is ``DIR/nodeI/daemon.log``
+and its pid ``DIR/nodeI/daemon.pid``. Running ``up`` again on the same
+directory starts whichever nodes are not running, with their data.
+
+Fixed ports sit below 32768 on purpose: Linux hands out 32768-60999 as
+ephemeral source ports, and a fixed port there could be taken by any outgoing
+connection on the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from p2pfs import identity
+from p2pfs.address import Address
+from p2pfs.client import Client
+from p2pfs.config import CONFIG_FILE, NodeSettings
+from p2pfs.errors import ExitCode, UserError
+from p2pfs.node.config import load_node_config, render_node_config
+from p2pfs.wire import Role
+
+BASE_PORT_DEFAULT = 7001
+NODES_DEFAULT = 5
+NODES_MAX = 200
+# Time for a freshly started network to converge before `up` gives up.
+CONVERGE_TIMEOUT_S = 60.0
+# Time a SIGTERMed daemon has to leave and exit before it is killed.
+STOP_TIMEOUT_S = 20.0
+PID_FILE = "daemon.pid"
+LOG_FILE = "daemon.log"
+CLIENT_DIR = "client"
+CA_DIR = "ca"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeProcess:
+    name: str
+    directory: Path
+    node_id: str
+    address: Address
+    pid: int | None
+    running: bool
+
+    def as_json(self) -> dict:
+        return {
+            "name": self.name,
+            "node_id": self.node_id,
+            "address": str(self.address),
+            "pid": self.pid,
+            "running": self.running,
+        }
+
+
+def _node_dirs(directory: Path) -> list[Path]:
+    dirs = [p for p in directory.glob("node*") if (p / CONFIG_FILE).is_file()]
+    return sorted(dirs, key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0)
+
+
+def _pid_alive(pid: int, node_dir: Path) -> bool:
+    """True if ``pid`` is a live daemon for ``node_dir`` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie has exited
+        return False
+    return b"daemon" in cmdline and str(node_dir.resolve()).encode() in cmdline
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def _read_pid(node_dir: Path) -> int | None:
+    try:
+        return int((node_dir / PID_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def node_process(node_dir: Path) -> NodeProcess:
+    cfg = load_node_config(node_dir / CONFIG_FILE)
+    ident = identity.load_identity(node_dir)
+    pid = _read_pid(node_dir)
+    return NodeProcess(
+        name=node_dir.name,
+        directory=node_dir,
+        node_id=ident.node_id,
+        address=cfg.node.listen,
+        pid=pid,
+        running=pid is not None and _pid_alive(pid, node_dir),
+    )
+
+
+def status(directory: Path) -> list[NodeProcess]:
+    _require_testnet(directory)
+    return [node_process(d) for d in _node_dirs(directory)]
+
+
+def _require_testnet(directory: Path) -> None:
+    if not (directory / CA_DIR / identity.CA_CERT_FILE).is_file():
+        raise UserError(f"{directory} is not a test network (create one with `p2pfs testnet up --dir {directory}`)",
+                        ExitCode.BAD_INPUT)
+
+
+def _port_free(address: Address) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError:
+            return False
+    return True
+
+
+def create(directory: Path, nodes: int, base_port: int, extra_config: str = "") -> None:
+    """Create the CA, node and client identities and node configs."""
+    if not 1 <= nodes <= NODES_MAX:
+        raise UserError(f"--nodes must be between 1 and {NODES_MAX}", ExitCode.BAD_INPUT)
+    if not 1024 <= base_port <= 65535 - nodes:
+        raise UserError("--base-port must leave room for every node's port (1024-65535)", ExitCode.BAD_INPUT)
+    addresses = [Address("127.0.0.1", base_port + i) for i in range(nodes)]
+    busy = [str(a) for a in addresses if not _port_free(a)]
+    if busy:
+        raise UserError(
+            f"port(s) already in use: {', '.join(busy)}; choose another --base-port", ExitCode.BAD_INPUT
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = identity.init_ca(directory / CA_DIR)
+    seeds = tuple(addresses[:2])
+    for i, address in enumerate(addresses, start=1):
+        node_dir = directory / f"node{i}"
+        identity.create_identity(node_dir, authority, Role.NODE)
+        settings = NodeSettings(
+            listen=address,
+            seeds=tuple(s for s in seeds if s != address),
+            capacity_bytes=NodeSettings().capacity_bytes,
+        )
+        (node_dir / CONFIG_FILE).write_text(render_node_config(settings) + extra_config)
+    identity.create_identity(directory / CLIENT_DIR, authority, Role.CLIENT)
+
+
+def start_node(node_dir: Path) -> int:
+    """Start one daemon as a detached process; return its pid."""
+    proc = node_process(node_dir)
+    if proc.running:
+        return proc.pid
+    if not _port_free(proc.address):
+        raise UserError(f"{proc.name}: port {proc.address} is in use by another program", ExitCode.UNAVAILABLE)
+    log_file = open(node_dir / LOG_FILE, "ab")
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "p2pfs", "daemon", str(node_dir.resolve())],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,  # survives the CLI; not killed by the terminal's signals
+            close_fds=True,
+        )
+    finally:
+        log_file.close()
+    (node_dir / PID_FILE).write_text(f"{child.pid}\n")
+    return child.pid
+
+
+def stop_node(node_dir: Path, *, kill: bool, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """SIGTERM (graceful leave) or SIGKILL a daemon, and wait for it to exit.
+
+    Returns False if it was not running.
+    """
+    proc = node_process(node_dir)
+    if not proc.running:
+        return False
+    os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(proc.pid, node_dir):
+        if time.monotonic() > deadline:
+            os.kill(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+        _reap(proc.pid)
+        time.sleep(0.02)  # polling a process we do not parent: no event to wait on
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the daemon happens to be our child (started by this process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def resolve_node(directory: Path, name: str) -> Path:
+    _require_testnet(directory)
+    node_dir = directory / name
+    if name.isdigit():
+        node_dir = directory / f"node{name}"
+    if not (node_dir / CONFIG_FILE).is_file() or not node_dir.name.startswith("node"):
+        names = ", ".join(d.name for d in _node_dirs(directory))
+        raise UserError(f"no node {name!r} in {directory} (nodes: {names})", ExitCode.BAD_INPUT)
+    return node_dir
+
+
+async def wait_converged(directory: Path, *, timeout_s: float, expect_alive: int | None = None,
+                         progress: Callable[[str], None] | None = None) -> None:
+    """Wait until every running node sees every running node as alive."""
+    procs = [p for p in status(directory) if p.running]
+    client_ident = identity.load_identity(directory / CLIENT_DIR)
+    want = {p.node_id for p in procs}
+    last_note = ""
+    with trio.move_on_after(timeout_s) as scope:
+        while True:
+            for proc in procs:
+                if not _pid_alive(proc.pid, proc.directory):
+                    raise UserError(
+                        f"{proc.name} exited: {_last_line(proc.directory / LOG_FILE)} "
+                        f"(log: {proc.directory / LOG_FILE})", ExitCode.UNAVAILABLE,
+                    )
+            lagging = []
+            for proc in procs:
+                try:
+                    with trio.fail_after(3):
+                        async with Client.connect(client_ident, proc.address) as client:
+                            members = await client.members()
+                except (UserError, trio.TooSlowError):
+                    lagging.append(proc.name)
+                    continue
+                alive = {mb.node_id for mb in members if mb.state == "alive"}
+                if not want <= alive:
+                    lagging.append(proc.name)
+            if not lagging:
+                return
+            note = f"waiting for {', '.join(lagging)} to see all {len(want)} nodes"
+            if progress and note != last_note:
+                progress(note)
+                last_note = note
+            await trio.sleep(0.2)  # poll the cluster's own view again
+    if scope.cancelled_caught:
+        logs = ", ".join(str(directory / name / LOG_FILE) for name in lagging)
+        raise UserError(
+            f"the network did not converge within {timeout_s:.0f} s ({', '.join(lagging)} lagging); "
+            f"see {logs}",
+            ExitCode.UNAVAILABLE,
+        )
+
+
+def up(directory: Path, nodes: int, base_port: int, *, extra_config: str = "",
+       progress: Callable[[str], None] = lambda s: None) -> list[NodeProcess]:
+    if not (directory / CA_DIR / identity.CA_CERT_FILE).is_file():
+        progress(f"creating a {nodes}-node network in {directory}")
+        create(directory, nodes, base_port, extra_config)
+    else:
+        progress(f"{directory} exists: starting whatever is not running")
+    for node_dir in _node_dirs(directory):
+        start_node(node_dir)
+    trio.run(lambda: wait_converged(directory, timeout_s=CONVERGE_TIMEOUT_S, progress=progress))
+    return status(directory)
+
+
+def down(directory: Path, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+    """Stop every node: SIGTERM all at once, SIGKILL whatever has not exited in time."""
+    running = [p for p in status(directory) if p.running]
+    for proc in running:
+        os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
+        while _pid_alive(proc.pid, proc.directory):
+            if time.monotonic() > deadline:
+                os.kill(proc.pid, signal.SIGKILL)
+            _reap(proc.pid)
+            time.sleep(0.02)  # polling processes we do not parent, under a deadline
+    return [p.name for p in running]
