@@ -162,6 +162,9 @@ class ChunkStore:
             raise ChunkMismatch(f"data does not hash to chunk {chunk_id.hex()}")
         with self._stripe(chunk_id):
             if path.exists():
+                # Held already (deduplicated): restart its garbage-collection grace, so a
+                # chunk that a new manifest is about to reference is not collected as unused.
+                os.utime(path)
                 return False
             self._reserve(size_bytes)
             try:
@@ -223,6 +226,31 @@ class ChunkStore:
             except FileNotFoundError:
                 return False
             self._release(size_bytes)
+        return True
+
+    def written_at_s(self, chunk_id: bytes) -> float:
+        """When the chunk was last written or re-put (wall clock, seconds); ChunkMissing if absent."""
+        try:
+            return self._path(chunk_id).stat().st_mtime
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {chunk_id.hex()} is not held") from None
+
+    def delete_if_unused_since(self, chunk_id: bytes, before_s: float) -> bool:
+        """Delete the chunk only if it was not written or re-put since ``before_s`` (wall clock).
+
+        Atomic against ``put`` of the same chunk (same stripe lock), so garbage collection
+        cannot remove a chunk that a concurrent put has just relied on.
+        """
+        path = self._path(chunk_id)
+        with self._stripe(chunk_id):
+            try:
+                info = path.stat()
+                if info.st_mtime >= before_s:
+                    return False
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            self._release(info.st_size)
         return True
 
     def iter_ids(self) -> Iterator[bytes]:

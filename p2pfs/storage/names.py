@@ -296,6 +296,27 @@ class NameIndex:
                 return
             lower = rows[-1][0] + b"\x00"  # the next byte string after the last name seen
 
+    def summaries(self) -> list[tuple[str, Timestamp, str, bool]]:
+        """(name, version, writer, is_tombstone) of every entry, without decoding manifests.
+
+        What anti-entropy compares: the version decides which replica is behind.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT name, wall_ms, logical, writer, manifest IS NULL FROM names"
+            ).fetchall()
+        return [(n.decode("utf-8"), Timestamp(w, lg), wr, bool(t)) for n, w, lg, wr, t in rows]
+
+    def remove_if(self, name: str, version: Timestamp, writer: str) -> bool:
+        """Drop ``name``'s entry if it is still exactly this version (a node handing a name
+        off must not drop a newer version that arrived meanwhile); True if removed."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "DELETE FROM names WHERE name = ? AND wall_ms = ? AND logical = ? AND writer = ?",
+                (_name_bytes(name), version.wall_ms, version.logical, writer),
+            )
+            return cursor.rowcount > 0
+
     def iter_all(self) -> Iterator[NameEntry]:
         """Every entry, tombstones included (for anti-entropy)."""
         return self.list("", include_tombstones=True)
