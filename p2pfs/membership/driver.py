@@ -70,7 +70,8 @@ class MembershipService:
         self._sends_in_flight = 0
         self._leaving = False
         self._progress = trio.Event()  # set on each tick and finished send while leaving
-        self.sends_dropped = 0
+        self.sends_dropped = 0    # send queue full
+        self.sends_timed_out = 0  # abandoned at config.send_timeout_s
         self._tag = core.node_id[:12]
 
     async def run(self, seeds: Sequence[Address], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -110,9 +111,14 @@ class MembershipService:
         if scope is not None:
             scope.deadline = min(scope.deadline, self.core.next_deadline_s())
         with trio.move_on_after(timeout_s):
-            while self.core.pending_broadcasts or self._sends_in_flight or self._send_out.statistics().current_buffer_used:
+            while self._leave_unfinished():
                 await self._progress.wait()
         log.info("%s: left", self._tag)
+
+    def _leave_unfinished(self) -> bool:
+        core = self.core
+        gossip_pending = core.pending_broadcasts > 0 and core.live_count > 0  # nobody left to tell: done
+        return gossip_pending or self._sends_in_flight > 0 or self._send_out.statistics().current_buffer_used > 0
 
     def members(self) -> list[Member]:
         return self.core.members()
@@ -158,6 +164,7 @@ class MembershipService:
                 with trio.move_on_after(self.core.config.send_timeout_s) as scope:
                     await self._transport.send(send.to, send.msg)
                 if scope.cancelled_caught:
+                    self.sends_timed_out += 1
                     log.debug("%s: send of %s to %s timed out", self._tag, type(send.msg).__name__, send.to)
             finally:
                 self._sends_in_flight -= 1

@@ -7,17 +7,18 @@ function of its seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import random
-from typing import Callable, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 import trio
 
 from p2pfs import wire
 from p2pfs.address import Address
-from p2pfs.sim.network import SimNetwork
+from p2pfs.sim.network import LinkFaults, SimNetwork
 
 from .config import MembershipConfig
 from .driver import MembershipService
@@ -137,15 +138,16 @@ class SimCluster:
         return {obs for (obs, subj), states in self.seen.items() if subj == subject_id and state in states}
 
     def converged(self, nodes: list[SimNode] | None = None) -> bool:
-        """Every given (default: running) node sees exactly the given nodes, all ALIVE."""
+        """Every given (default: running) node has the same view: exactly the given
+        nodes live, all ALIVE, each at the incarnation it has itself."""
         nodes = self.running() if nodes is None else nodes
-        expected = {n.node_id for n in nodes}
+        expected = {n.node_id: n.core.incarnation for n in nodes}
         for node in nodes:
             live = node.core.live_members()
             if len(live) != len(expected):
                 return False
             for member in live:
-                if member.state != MemberState.ALIVE or member.node_id not in expected:
+                if member.state != MemberState.ALIVE or expected.get(member.node_id) != member.incarnation:
                     return False
         return True
 
@@ -156,6 +158,24 @@ class SimCluster:
             if member is not None and member.state != MemberState.DEAD:
                 return False
         return True
+
+
+@contextlib.asynccontextmanager
+async def open_sim_cluster(
+    seed: int,
+    *,
+    config: MembershipConfig = MembershipConfig(),
+    faults: LinkFaults = LinkFaults(),
+    codec: bool = True,
+    record_states: bool = False,
+) -> AsyncIterator[SimCluster]:
+    """A network and an empty cluster, all randomness from ``seed``; torn down on exit."""
+    rng = random.Random(seed)
+    network = SimNetwork(random.Random(rng.getrandbits(64)), faults, encode=codec)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(network.run)
+        yield SimCluster(nursery, network, config, rng, record_states=record_states)
+        nursery.cancel_scope.cancel()
 
 
 async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, poll_s: float) -> float | None:
