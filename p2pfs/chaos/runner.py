@@ -1,0 +1,282 @@
+"""One chaos run, start to verdict: cluster up, workload under the nemesis, quiet, check.
+
+Runs inside the sandbox (``netns.enter_sandbox``): the packet filter it drives
+is the sandbox's own. Every phase has a deadline; whatever happens, the
+daemons are killed and the network healed before it returns, and the history
+(JSON lines) and a JSON summary are left in the output directory.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import trio
+
+from p2pfs.chaos import checker, nemesis
+from p2pfs.chaos.checker import READ_ERROR_PREFIX, Violation
+from p2pfs.chaos.cluster import DATA_DIR, LOG_FILE, Cluster, Timings, user_error_in
+from p2pfs.chaos.history import ABSENT, Fault, HistoryWriter, Op
+from p2pfs.chaos.netns import Firewall, bring_up_loopback
+from p2pfs.chaos.workload import Workload, name_pool
+from p2pfs.client import Client
+from p2pfs.errors import ExitCode, UserError
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.jsonl"
+SUMMARY_FILE = "summary.json"
+# Seconds for all daemons to start and see each other, at the start and after the heal.
+CONVERGE_TIMEOUT_S = 60.0
+# Seconds after the heal for every node to read every name the same (hints, repair).
+SETTLE_TIMEOUT_S = 90.0
+# Seconds for `p2pfs fsck` to come back clean after the reads agree (anti-entropy).
+FSCK_TIMEOUT_S = 90.0
+# Deadline of one CLI fsck call.
+FSCK_CALL_TIMEOUT_S = 60.0
+# Deadline of one read made while checking; generous, as the cluster is quiet by then.
+CHECK_READ_TIMEOUT_S = 30.0
+# Pause between two polls of the cluster while waiting for it to settle.
+SETTLE_POLL_S = 1.0
+# Log lines quoted from a daemon that died on its own.
+CRASH_LOG_LINES = 15
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunOptions:
+    seed: int
+    duration_s: float  # workload and nemesis; setting up and checking come on top
+    out_dir: Path
+    nodes: int = 5
+    kinds: tuple[str, ...] = nemesis.FAULT_KINDS
+    workers: int = 4
+    names: int = 16
+    op_timeout_s: float = 20.0
+    timings: Timings = Timings()
+
+    def header(self) -> dict:
+        return {
+            "seed": self.seed, "duration_s": self.duration_s, "nodes": self.nodes, "kinds": list(self.kinds),
+            "workers": self.workers, "names": self.names, "op_timeout_s": self.op_timeout_s,
+            "timings": dataclasses.asdict(self.timings),
+        }
+
+    @classmethod
+    def from_header(cls, header: dict, out_dir: Path) -> "RunOptions":
+        return cls(seed=header["seed"], duration_s=header["duration_s"], out_dir=out_dir, nodes=header["nodes"],
+                   kinds=tuple(header["kinds"]), workers=header["workers"], names=header["names"],
+                   op_timeout_s=header["op_timeout_s"], timings=Timings(**header["timings"]))
+
+
+class Run:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.ops: list[Op] = []
+        self.faults: list[Fault] = []
+        self.violations: list[Violation] = []
+        self.notes: list[str] = []
+        self._t0 = 0.0
+        self._history: HistoryWriter | None = None
+        self.cluster = Cluster(options.out_dir / "cluster", options.nodes, options.timings)
+        self.firewall = Firewall(options.out_dir)
+
+    def clock(self) -> float:
+        return round(trio.current_time() - self._t0, 4)
+
+    def _record_op(self, op: Op) -> None:
+        self.ops.append(op)
+        self._history.write(op.as_json())
+
+    def _record_fault(self, fault: Fault) -> None:
+        self.faults.append(fault)
+        self._history.write(fault.as_json())
+
+    async def run(self) -> dict:
+        """The whole run; returns the summary (violations empty means pass)."""
+        options = self.options
+        self._t0 = trio.current_time()
+        self._history = HistoryWriter(options.out_dir / HISTORY_FILE, options.header())
+        try:
+            await bring_up_loopback()
+            await self.firewall.setup()
+            self.cluster.create()
+            log.info("starting %d daemons in %s", options.nodes, self.cluster.directory)
+            async with trio.open_nursery() as nursery:
+                for node in self.cluster.nodes:
+                    nursery.start_soon(self.cluster.start, node)
+            lagging = await self.cluster.wait_converged(CONVERGE_TIMEOUT_S)
+            if lagging:
+                raise UserError(f"the cluster did not converge at the start ({', '.join(lagging)} lagging)",
+                                ExitCode.UNAVAILABLE)
+            await self._chaos()
+            await self._check()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.cluster.stop_all()
+                await self.firewall.heal()
+        summary = checker.summarize(options.seed, self.ops, self.faults, self.violations, self.notes)
+        self._history.write({"type": "result", **summary})
+        self._history.close()
+        (options.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if not self.violations:
+            for node in self.cluster.nodes:  # chunks are bulky; logs and history stay
+                shutil.rmtree(node.directory / DATA_DIR, ignore_errors=True)
+        return summary
+
+    async def _chaos(self) -> None:
+        """The workload for ``duration_s`` while the nemesis works through its schedule."""
+        options = self.options
+        names = [n.name for n in self.cluster.nodes]
+        faults = nemesis.schedule(options.seed, options.kinds, options.duration_s, names, options.timings)
+        missing = sorted(set(options.kinds) - {f.kind for f in faults})
+        if missing:
+            self.notes.append(f"too short for every fault kind: {', '.join(missing)} not scheduled")
+        log.info("workload for %.0f s with %d faults scheduled", options.duration_s, len(faults))
+        workload = Workload(cluster=self.cluster, seed=options.seed, workers=options.workers,
+                            names=name_pool(options.names), op_timeout_s=options.op_timeout_s,
+                            clock=self.clock, record=self._record_op)
+        chaos = nemesis.Nemesis(cluster=self.cluster, firewall=self.firewall, clock=self.clock,
+                                record=self._record_fault)
+        stop = trio.Event()
+        started_s = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(workload.run, stop)
+            nursery.start_soon(chaos.run, faults, started_s)
+            await trio.sleep_until(started_s + options.duration_s)  # the run's length, not a sync
+            stop.set()
+        log.info("workload done: %d operations; healing and checking", len(self.ops))
+
+    # -- checking -----------------------------------------------------------------------
+
+    async def _check(self) -> None:
+        await self._restart_crashed()
+        log.info("waiting for membership to converge")
+        lagging = await self.cluster.wait_converged(CONVERGE_TIMEOUT_S)
+        if lagging:
+            self.notes.append(f"membership had not converged {CONVERGE_TIMEOUT_S:.0f} s after the heal")
+        final = await self._settle()
+        self.violations += checker.check_reads(self.ops)
+        self.violations += checker.check_final_values(self.ops, self.faults, final)
+        views = {n.name: await self.cluster.members_seen_by(n) for n in self.cluster.nodes}
+        self.violations += checker.check_membership(views, {n.name: n.node_id for n in self.cluster.nodes})
+        log.info("checking fsck")
+        self.violations += await self.check_fsck()
+        self.violations += await self._check_listing()
+
+    async def _restart_crashed(self) -> None:
+        """A daemon that is not running after the heal died on its own: a violation, then a restart."""
+        for node in self.cluster.nodes:
+            if not node.running:
+                lines = (node.directory / LOG_FILE).read_text(errors="replace").splitlines()[-CRASH_LOG_LINES:]
+                self.violations.append(Violation(
+                    "crashed", node.name, f"exited {node.process.returncode} on its own; log ends: "
+                    + " | ".join(lines)))
+                await self.cluster.start(node)
+
+    async def _read_everywhere(self, name: str, full: bool) -> dict[str, str]:
+        """What a read of ``name`` through each node returns: a hash, ABSENT, or an error."""
+        found = {}
+        for node in self.cluster.nodes:
+            try:
+                with trio.fail_after(CHECK_READ_TIMEOUT_S):
+                    async with Client.connect(self.cluster.client_identity, node.address) as client:
+                        if full:
+                            sink = io.BytesIO()
+                            await client.get(name, sink)
+                            found[node.name] = hashlib.sha256(sink.getvalue()).hexdigest()
+                        else:
+                            reply = await client.stat(name)
+                            found[node.name] = f"{reply.version_wall_ms}.{reply.version_logical}.{reply.writer}"
+            except trio.TooSlowError:
+                found[node.name] = f"{READ_ERROR_PREFIX} no answer in {CHECK_READ_TIMEOUT_S} s"
+            except (UserError, BaseExceptionGroup) as exc:
+                error = user_error_in(exc)
+                if error is None:
+                    raise
+                found[node.name] = ABSENT if error.exit_code is ExitCode.NOT_FOUND else f"{READ_ERROR_PREFIX} {error}"
+        return found
+
+    async def _settle(self) -> dict[str, dict[str, str]]:
+        """Wait until every node reports the same version of every name, then read each in full."""
+        names = name_pool(self.options.names)
+        unsettled = names
+        with trio.move_on_after(SETTLE_TIMEOUT_S):
+            while unsettled:
+                unsettled = []
+                for name in names:
+                    seen = await self._read_everywhere(name, full=False)
+                    if len(set(seen.values())) != 1 or any(v.startswith(READ_ERROR_PREFIX) for v in seen.values()):
+                        unsettled.append(name)
+                if unsettled:
+                    log.info("settling: %d names differ between nodes", len(unsettled))
+                    await trio.sleep(SETTLE_POLL_S)  # polling the cluster's state, under a deadline
+        if unsettled:
+            self.notes.append(f"{len(unsettled)} names still differed between nodes {SETTLE_TIMEOUT_S:.0f} s "
+                              "after the heal")
+        log.info("reading every name through every node")
+        return {name: await self._read_everywhere(name, full=True) for name in names}
+
+    async def _check_listing(self) -> list[Violation]:
+        """``ls`` must list only names the workload used."""
+        try:
+            with trio.fail_after(CHECK_READ_TIMEOUT_S):
+                async with Client.connect(self.cluster.client_identity, self.cluster.nodes[0].address) as client:
+                    listing = await client.ls("")
+        except trio.TooSlowError:
+            return [Violation("unreadable", "ls", "no answer in time")]
+        except (UserError, BaseExceptionGroup) as exc:
+            error = user_error_in(exc)
+            if error is None:
+                raise
+            return [Violation("unreadable", "ls", str(error))]
+        unknown = sorted({f.name for f in listing.files} - set(name_pool(self.options.names)))
+        return [Violation("phantom-name", name, "listed by ls, never written") for name in unknown]
+
+    async def check_fsck(self) -> list[Violation]:
+        """`p2pfs fsck --json` through the CLI, polled until clean; skipped with a note if it does not exist.
+
+        fsck exits non-zero while data is at risk. Right after the heal,
+        anti-entropy may still be refilling a wiped node, so a non-zero exit is
+        a violation only if it lasts ``FSCK_TIMEOUT_S``.
+        """
+        node = self.cluster.nodes[0]
+        command = [sys.executable, "-m", "p2pfs", "--identity", str(self.cluster.directory / "client"),
+                   "--node", str(node.address), "fsck", "--json"]
+        last = None
+        with trio.move_on_after(FSCK_TIMEOUT_S):
+            while True:
+                with trio.fail_after(FSCK_CALL_TIMEOUT_S):
+                    last = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+                if last.returncode == ExitCode.BAD_INPUT and b"No such command" in last.stderr:
+                    self.notes.append("fsck skipped: this build has no `p2pfs fsck`")
+                    return []
+                if last.returncode == 0:
+                    self.notes.append(f"fsck clean: {_fsck_counts(last.stdout)}")
+                    return []
+                await trio.sleep(SETTLE_POLL_S)  # polling fsck under a deadline
+        detail = f"exit {last.returncode}: {_fsck_counts(last.stdout)} {last.stderr.decode(errors='replace').strip()}"
+        return [Violation("fsck", "cluster", f"not clean after {FSCK_TIMEOUT_S:.0f} s: {detail}")]
+
+
+def _fsck_counts(stdout: bytes) -> str:
+    """The numbers from fsck's JSON (whatever its exact shape), for the summary."""
+    try:
+        report = json.loads(stdout)
+    except json.JSONDecodeError:
+        return stdout.decode(errors="replace").strip()[:500]
+    if not isinstance(report, dict):
+        return json.dumps(report)[:500]
+    counts = collections.OrderedDict((k, v) for k, v in report.items() if isinstance(v, (int, float, bool)))
+    return json.dumps(counts or report, sort_keys=True)[:500]
+
+
+def run_chaos(options: RunOptions) -> dict:
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    return trio.run(Run(options).run)
