@@ -283,8 +283,9 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
 def daemon(directory: Path, config_file: Path | None) -> None:
     """Run a node in the foreground, with its identity in DIR.
 
-    Logs go to stderr. SIGTERM or SIGINT make the node leave the cluster
-    gracefully and exit 0.
+    Logs go to stderr. SIGTERM or SIGINT make the node hand its data to the
+    other nodes, leave the cluster and exit 0; SIGUSR2 stops it at once without
+    leaving (it rejoins with its data when started again).
     """
     import trio
 
@@ -578,6 +579,57 @@ def stat(ctx: Context, name: str, as_json: bool) -> None:
         click.echo(f"  {index:5d} {chunk.chunk_id.hex()[:16]} {format_size(chunk.size_bytes):>10}  {holders}")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def fsck(ctx: Context, as_json: bool) -> None:
+    """Check the cluster's replication health (as the node's ring sees it).
+
+    Counts names and chunks checked, under-replicated (fewer than rf live
+    copies), misplaced (enough copies, not yet on the nodes that own them),
+    over-replicated, missing and corrupt. Exits 1 when data is at risk
+    (anything under-replicated, missing or corrupt, or a node that did not
+    answer); 0 otherwise.
+    """
+    reply = _call(ctx, "fsck")
+    at_risk = bool(
+        reply.names_under_replicated or reply.chunks_under_replicated or reply.chunks_missing
+        or reply.chunks_corrupt or reply.nodes_unreachable
+    )
+    facts = dataclasses.asdict(reply)
+    facts["at_risk"] = at_risk
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        click.echo(f"nodes asked:        {reply.nodes_asked} ({len(reply.nodes_unreachable)} unreachable)")
+        click.echo(f"names checked:      {reply.names_checked}")
+        click.echo(f"chunks checked:     {reply.chunks_checked}")
+        click.echo(f"under-replicated:   {reply.names_under_replicated} names, "
+                   f"{reply.chunks_under_replicated} chunks")
+        click.echo(f"over-replicated:    {reply.names_over_replicated} names, "
+                   f"{reply.chunks_over_replicated} chunks")
+        click.echo(f"misplaced:          {reply.names_misplaced} names, "
+                   f"{reply.chunks_misplaced} chunks (enough copies; moving to their owners)")
+        click.echo(f"missing chunks:     {reply.chunks_missing}")
+        click.echo(f"corrupt chunks:     {reply.chunks_corrupt}")
+        for problem in reply.problems:
+            click.echo(f"  {problem.kind} {problem.what[:-1]} {problem.key[:40]} "
+                       f"held by [{' '.join(h[:12] for h in problem.holders)}] "
+                       f"wanted on [{' '.join(w[:12] for w in problem.wanted)}]")
+        click.echo("status:             " + ("DATA AT RISK" if at_risk else "healthy"))
+    if at_risk:
+        ctx_exit = click.get_current_context()
+        ctx_exit.exit(int(ExitCode.FAILURE))
+
+
+@cli.command()
+@pass_context
+def leave(ctx: Context) -> None:
+    """Ask the node to hand its data to the other nodes, leave the cluster and exit."""
+    _call(ctx, "leave")
+    click.echo(f"{ctx.node_address()} is handing off its data and will leave (see its log)")
+
+
 # ---------------------------------------------------------------------------
 # The local test network
 
@@ -597,17 +649,47 @@ _DIR_OPTION = click.option("--dir", "directory", required=True, metavar="DIR",
 @click.option("--nodes", default=5, show_default=True, help="Number of nodes.")
 @click.option("--base-port", default=7001, show_default=True,
               help="Port of node1; node I listens on base-port + I - 1.")
-def testnet_up(directory: Path, nodes: int, base_port: int) -> None:
+@click.option("--dead-grace-s", type=float, default=None, metavar="SECONDS",
+              help="How long a dead node stays in the ring before its data is re-replicated "
+                   "(every node's [replication] dead_grace_s).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.OPTION=VALUE",
+              help="Any other node option, for every node (repeatable), e.g. "
+                   "replication.anti_entropy_interval_s=5.")
+def testnet_up(directory: Path, nodes: int, base_port: int, dead_grace_s: float | None,
+               settings: tuple[str, ...]) -> None:
     """Create (if needed) and start a network; wait until every node sees every other.
 
-    Prints the two environment lines that point the CLI at it.
+    Prints the two environment lines that point the CLI at it. Options that shape
+    the nodes (--dead-grace-s, --set) apply when the network is created.
     """
     from p2pfs import testnet as tn
+    from p2pfs.node.config import parse_override
 
-    procs = tn.up(directory, nodes, base_port, progress=lambda s: click.echo(s, err=True))
+    overrides: dict[str, dict] = {}
+    for text in settings:
+        section, option, value = parse_override(text)
+        overrides.setdefault(section, {})[option] = value
+    if dead_grace_s is not None:
+        if dead_grace_s < 0:
+            raise UserError("--dead-grace-s cannot be negative", ExitCode.BAD_INPUT)
+        overrides.setdefault("replication", {})["dead_grace_s"] = dead_grace_s
+    procs = tn.up(directory, nodes, base_port, overrides=overrides,
+                  progress=lambda s: click.echo(s, err=True))
     click.echo(f"{len(procs)} nodes up; point the CLI at the network with:", err=True)
     click.echo(f"export P2PFS_IDENTITY={(directory / tn.CLIENT_DIR).resolve()}")
     click.echo(f"export P2PFS_NODE={procs[0].address}")
+
+
+@testnet.command("add")
+@_DIR_OPTION
+@click.option("--nodes", default=1, show_default=True, help="Number of nodes to add.")
+def testnet_add(directory: Path, nodes: int) -> None:
+    """Add nodes to a running network (next names and ports, the same settings) and start them."""
+    from p2pfs import testnet as tn
+
+    added = tn.add(directory, nodes, progress=lambda s: click.echo(s, err=True))
+    for proc in added:
+        click.echo(f"{proc.name} {proc.node_id[:12]} {proc.address} running")
 
 
 @testnet.command("status")
@@ -630,7 +712,7 @@ def testnet_status(directory: Path, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--kill", is_flag=True, help="SIGKILL instead of a graceful SIGTERM.")
 def testnet_stop(directory: Path, name: str, kill: bool) -> None:
-    """Stop node NAME (e.g. node3): gracefully, or at once with --kill."""
+    """Stop node NAME (e.g. node3): a graceful leave (hand-off, then exit), or at once with --kill."""
     from p2pfs import testnet as tn
 
     node_dir = tn.resolve_node(directory, name)
@@ -655,7 +737,10 @@ def testnet_start(directory: Path, name: str) -> None:
 @testnet.command("down")
 @_DIR_OPTION
 def testnet_down(directory: Path) -> None:
-    """Stop every node; no process is left behind. Identities and data stay in DIR."""
+    """Stop every node; no process is left behind. Identities and data stay in DIR.
+
+    Nodes stop without leaving the cluster, so `testnet up` brings the same cluster back.
+    """
     from p2pfs import testnet as tn
 
     stopped = tn.down(directory)

@@ -28,6 +28,8 @@ REQUEST_TIMEOUT_S = 10.0
 PUT_COMMIT_TIMEOUT_S = 120.0
 # Deadline for the first answer of a get, ls, rm or stat: a quorum read, or asking every node.
 CLUSTER_REQUEST_TIMEOUT_S = 60.0
+# Deadline for fsck, which lists every node's names and chunks.
+FSCK_TIMEOUT_S = 300.0
 # Bytes read from a local file per step: large reads keep per-call overhead low.
 READ_BYTES = 1024 * 1024
 
@@ -129,6 +131,12 @@ class Client:
 
     async def rm(self, name: str) -> dm.RemoveFileReply:
         return await self._call(dm.RemoveFile(name), dm.RemoveFileReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)
+
+    async def fsck(self) -> dm.FsckReply:
+        return await self._call(dm.Fsck(), dm.FsckReply, timeout_s=FSCK_TIMEOUT_S)
+
+    async def leave(self) -> m.LeaveReply:
+        return await self._call(m.LeaveRequest(), m.LeaveReply)
 
     async def stat(self, name: str) -> dm.StatFileReply:
         return await self._call(dm.StatFile(name), dm.StatFileReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)

@@ -15,6 +15,7 @@ connection on the machine.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -39,9 +40,14 @@ NODES_DEFAULT = 5
 NODES_MAX = 200
 # Time for a freshly started network to converge before `up` gives up.
 CONVERGE_TIMEOUT_S = 60.0
-# Time a SIGTERMed daemon has to leave and exit before it is killed.
-STOP_TIMEOUT_S = 20.0
+# Time a SIGTERMed daemon has to hand off its data, leave and exit before it is killed
+# (the default leave_handoff_timeout_s plus the leave announcement).
+STOP_TIMEOUT_S = 330.0
+# Time `down` gives daemons to exit after SIGUSR2 (stop without leaving).
+DOWN_TIMEOUT_S = 20.0
 PID_FILE = "daemon.pid"
+# The config overrides the network was created with, applied to nodes added later.
+OVERRIDES_FILE = "overrides.json"
 LOG_FILE = "daemon.log"
 CLIENT_DIR = "client"
 CA_DIR = "ca"
@@ -133,7 +139,7 @@ def _port_free(address: Address) -> bool:
     return True
 
 
-def create(directory: Path, nodes: int, base_port: int, extra_config: str = "") -> None:
+def create(directory: Path, nodes: int, base_port: int, overrides: dict[str, dict] | None = None) -> None:
     """Create the CA, node and client identities and node configs."""
     if not 1 <= nodes <= NODES_MAX:
         raise UserError(f"--nodes must be between 1 and {NODES_MAX}", ExitCode.BAD_INPUT)
@@ -145,19 +151,48 @@ def create(directory: Path, nodes: int, base_port: int, extra_config: str = "") 
         raise UserError(
             f"port(s) already in use: {', '.join(busy)}; choose another --base-port", ExitCode.BAD_INPUT
         )
+    render_node_config(NodeSettings(), overrides)  # check the overrides before creating anything
     directory.mkdir(parents=True, exist_ok=True)
     authority = identity.init_ca(directory / CA_DIR)
-    seeds = tuple(addresses[:2])
+    (directory / OVERRIDES_FILE).write_text(json.dumps(overrides or {}, indent=2) + "\n")
     for i, address in enumerate(addresses, start=1):
-        node_dir = directory / f"node{i}"
-        identity.create_identity(node_dir, authority, Role.NODE)
-        settings = NodeSettings(
-            listen=address,
-            seeds=tuple(s for s in seeds if s != address),
-            capacity_bytes=NodeSettings().capacity_bytes,
-        )
-        (node_dir / CONFIG_FILE).write_text(render_node_config(settings) + extra_config)
+        _create_node(directory, authority, i, address, tuple(addresses[:2]), overrides)
     identity.create_identity(directory / CLIENT_DIR, authority, Role.CLIENT)
+
+
+def _create_node(directory: Path, authority: identity.CertificateAuthority, index: int,
+                 address: Address, seeds: tuple[Address, ...], overrides: dict | None) -> Path:
+    node_dir = directory / f"node{index}"
+    identity.create_identity(node_dir, authority, Role.NODE)
+    settings = NodeSettings(listen=address, seeds=tuple(s for s in seeds if s != address))
+    (node_dir / CONFIG_FILE).write_text(render_node_config(settings, overrides))
+    return node_dir
+
+
+def add(directory: Path, count: int, progress: Callable[[str], None] = lambda s: None) -> list[NodeProcess]:
+    """Add ``count`` nodes to a network (next names, next ports, same settings) and start them."""
+    _require_testnet(directory)
+    if not 1 <= count <= NODES_MAX:
+        raise UserError(f"--nodes must be between 1 and {NODES_MAX}", ExitCode.BAD_INPUT)
+    existing = status(directory)
+    if not existing:
+        raise UserError(f"{directory} has no nodes", ExitCode.BAD_INPUT)
+    overrides = json.loads((directory / OVERRIDES_FILE).read_text())
+    authority = identity.load_ca(directory / CA_DIR)
+    last_index = max(int(p.name[4:]) for p in existing)
+    last_port = max(p.address.port for p in existing)
+    seeds = tuple(p.address for p in existing[:2])
+    new_dirs = []
+    for offset in range(1, count + 1):
+        address = Address("127.0.0.1", last_port + offset)
+        if not _port_free(address):
+            raise UserError(f"port {address} is in use", ExitCode.BAD_INPUT)
+        new_dirs.append(_create_node(directory, authority, last_index + offset, address, seeds, overrides))
+    for node_dir in new_dirs:
+        progress(f"starting {node_dir.name}")
+        start_node(node_dir)
+    trio.run(lambda: wait_converged(directory, timeout_s=CONVERGE_TIMEOUT_S, progress=progress))
+    return [node_process(d) for d in new_dirs]
 
 
 def start_node(node_dir: Path) -> int:
@@ -264,11 +299,11 @@ async def wait_converged(directory: Path, *, timeout_s: float, expect_alive: int
         )
 
 
-def up(directory: Path, nodes: int, base_port: int, *, extra_config: str = "",
+def up(directory: Path, nodes: int, base_port: int, *, overrides: dict[str, dict] | None = None,
        progress: Callable[[str], None] = lambda s: None) -> list[NodeProcess]:
     if not (directory / CA_DIR / identity.CA_CERT_FILE).is_file():
         progress(f"creating a {nodes}-node network in {directory}")
-        create(directory, nodes, base_port, extra_config)
+        create(directory, nodes, base_port, overrides)
     else:
         progress(f"{directory} exists: starting whatever is not running")
     for node_dir in _node_dirs(directory):
@@ -277,11 +312,12 @@ def up(directory: Path, nodes: int, base_port: int, *, extra_config: str = "",
     return status(directory)
 
 
-def down(directory: Path, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
-    """Stop every node: SIGTERM all at once, SIGKILL whatever has not exited in time."""
+def down(directory: Path, timeout_s: float = DOWN_TIMEOUT_S) -> list[str]:
+    """Stop every node without leaving the cluster (SIGUSR2), so that `up` brings the same
+    cluster back with its data; SIGKILL whatever has not exited in time."""
     running = [p for p in status(directory) if p.running]
     for proc in running:
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGUSR2)
     deadline = time.monotonic() + timeout_s
     for proc in running:
         while _pid_alive(proc.pid, proc.directory):

@@ -59,6 +59,12 @@ def test_network_converges_detects_kill_and_leave_and_takes_a_node_back(tmp_path
         assert "leaving the cluster" in log and "stopped" in log
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
 
+        # `p2pfs leave` does the same on request.
+        net.cli("leave", node="node5")
+        wait_for(lambda: not net.status()["node5"].running, timeout_s=30, what="node5 to exit after leave")
+        wait_for(lambda: all(states_seen_by(net, o)[ids["node5"]] == "left" for o in ["node1", "node2", "node3"]),
+                 timeout_s=15, what="node5 to be marked left")
+
 
 def test_status_reports_this_node_and_members_by_state(tmp_path):
     with running_testnet(tmp_path / "net", nodes=3) as net:

@@ -60,14 +60,43 @@ def load_node_config(path: Path) -> NodeConfig:
     return NodeConfig(**sections, path=path)
 
 
-def render_node_config(node: NodeSettings) -> str:
-    """A complete, documented config file: [node] values set, everything else at defaults."""
+def render_node_config(node: NodeSettings, overrides: dict[str, dict] | None = None) -> str:
+    """A complete, documented config file: [node] values set, ``overrides`` (section ->
+    option -> value) set in other sections, everything else commented out at its default."""
+    overrides = overrides or {}
+    unknown = set(overrides) - set(SECTIONS) - {"node"}
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     parts = [_HEADER]
     for name, cls in SECTIONS.items():
-        values = node if name == "node" else cls()
-        rendered = config.render_section(name, values, commented=name != "node")
-        parts.append(rendered)
+        if name == "node":
+            values = node
+        else:
+            try:
+                values = dataclasses.replace(cls(), **overrides.get(name, {}))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"[{name}] {exc}") from None
+        parts.append(config.render_section(name, values, commented=name != "node"))
     return "\n".join(parts).rstrip() + "\n"
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``SECTION.OPTION=VALUE`` (VALUE as TOML) for ``testnet up --set``; ConfigError if malformed."""
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    section, dot, option = key.strip().partition(".")
+    if not sep or not dot or section not in SECTIONS:
+        raise ConfigError(f"{text!r} is not SECTION.OPTION=VALUE (sections: {', '.join(SECTIONS)})")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word: take it as a string
+    known = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if option not in known:
+        raise ConfigError(f"[{section}] {option}: unknown option")
+    table = config.load_section(SECTIONS[section], {option: parsed}, section)
+    return section, option, getattr(table, option)
 
 
 def example_config() -> str:

@@ -93,9 +93,11 @@ class Node:
             endpoint=self.endpoint,
             members=self.membership.members,
         )
+        self.leave_requested = trio.Event()
         self._routes: dict[type, Route] = {
             m.StatusRequest: self._status,
             m.MembersRequest: self._members,
+            m.LeaveRequest: self._leave_request,
             **self.data.routes(),
         }
 
@@ -122,8 +124,19 @@ class Node:
             task_status.started()
 
     async def leave(self) -> None:
-        """Announce departure and give gossip a bounded time to carry it."""
+        """Hand every chunk and name to its next owners, then announce the departure.
+
+        The hand-off is bounded by ``leave_handoff_timeout_s``; past it the node
+        leaves anyway and anti-entropy re-replicates whatever was not handed over.
+        """
         log.info("leaving the cluster")
+        timeout_s = self.cfg.replication.leave_handoff_timeout_s
+        with trio.move_on_after(timeout_s) as scope:
+            complete = await self.data.healer.hand_off_everything()
+        if scope.cancelled_caught:
+            log.warning("hand-off took longer than %s s; leaving anyway", timeout_s)
+        elif not complete:
+            log.warning("hand-off incomplete; anti-entropy will re-replicate the rest")
         await self.membership.leave(timeout_s=LEAVE_TIMEOUT_S)
 
     # -- requests -----------------------------------------------------------
@@ -159,6 +172,11 @@ class Node:
             members_left=counts[MemberState.LEFT],
         )
 
+    async def _leave_request(self, request: net.IncomingRequest) -> m.LeaveReply:
+        log.info("leave requested by client %s", request.peer.short_id)
+        self.leave_requested.set()
+        return m.LeaveReply(True)
+
     async def _members(self, request: net.IncomingRequest) -> m.MembersReply:
         return m.MembersReply(
             tuple(
@@ -177,16 +195,39 @@ class Node:
         )
 
 
+# Stop without leaving: the node's data stays its own and it rejoins when started again
+# (what `testnet down` uses, so that `testnet up` brings back the same cluster).
+SHUTDOWN_SIGNAL = signal.SIGUSR2
+
+
 async def serve(cfg: NodeConfig, ident: Identity) -> None:
-    """Run a node until SIGTERM or SIGINT, then leave gracefully."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Run a node until SIGTERM, SIGINT or a client's leave request, then leave gracefully.
+
+    SIGUSR2 stops it at once without leaving: the others will see it die.
+    """
+    leave = True
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, SHUTDOWN_SIGNAL) as signals:
         async with trio.open_nursery() as nursery:
             node = Node(cfg, ident)
             await nursery.start(node.run)
-            async for signum in signals:
-                log.info("received %s", signal.Signals(signum).name)
-                break
-            with trio.move_on_after(LEAVE_TIMEOUT_S + 1.0):
-                await node.leave()
+            async with trio.open_nursery() as waiting:
+
+                async def on_signal() -> None:
+                    nonlocal leave
+                    async for signum in signals:
+                        log.info("received %s", signal.Signals(signum).name)
+                        leave = signum != SHUTDOWN_SIGNAL
+                        break
+                    waiting.cancel_scope.cancel()
+
+                async def on_request() -> None:
+                    await node.leave_requested.wait()
+                    waiting.cancel_scope.cancel()
+
+                waiting.start_soon(on_signal)
+                waiting.start_soon(on_request)
+            if leave:
+                with trio.move_on_after(cfg.replication.leave_handoff_timeout_s + LEAVE_TIMEOUT_S + 1.0):
+                    await node.leave()
             nursery.cancel_scope.cancel()
     log.info("stopped")

@@ -79,6 +79,11 @@ class HintStore:
                 (hint.owner, int(hint.kind), hint.key),
             )
 
+    def remove_owner(self, owner: str) -> int:
+        """Drop every hint for ``owner`` (it left the ring for good); returns how many."""
+        with self._lock:
+            return self._db.execute("DELETE FROM hints WHERE owner = ?", (owner,)).rowcount
+
     def is_hinted(self, kind: HintKind, key: bytes) -> bool:
         """Whether any owner still waits for this key (then the stand-in must keep its copy)."""
         with self._lock:

@@ -243,6 +243,19 @@ class ListChunksReply(wire.Message):
     corrupt: bytes  # ids found corrupt here and not yet repaired (first page only)
 
 
+@wire.message(58)
+class Leaving(wire.Message):
+    """The sender is handing off its data to leave: take it out of the ring now, so
+    that the new owners keep what it hands them. Expires after ``for_s`` seconds."""
+
+    for_s: float
+
+
+@wire.message(59)
+class LeavingReply(wire.Message):
+    pass
+
+
 # --- fsck (client to coordinator) ------------------------------------------
 
 
@@ -253,7 +266,7 @@ class Fsck(wire.Message):
 
 @wire.record
 class FsckProblem:
-    kind: str  # under_replicated, missing, corrupt, over_replicated
+    kind: str  # under_replicated, missing, corrupt, misplaced, over_replicated
     what: str  # "chunk" or "name"
     key: str  # chunk id (hex) or name
     holders: tuple[str, ...]
@@ -268,6 +281,8 @@ class FsckReply(wire.Message):
     chunks_under_replicated: int
     chunks_over_replicated: int
     names_over_replicated: int
+    names_misplaced: int  # enough live copies, but not all on the preferred nodes yet
+    chunks_misplaced: int
     chunks_missing: int
     chunks_corrupt: int
     nodes_asked: int

@@ -32,16 +32,20 @@ def ring_weight(capacity_bytes: int) -> float:
     return min(WEIGHT_MAX, max(WEIGHT_MIN, capacity_bytes / WEIGHT_REFERENCE_BYTES))
 
 
-def ring_members(members: Iterable[Member], now_s: float, dead_grace_s: float) -> list[RingMember]:
+def ring_members(
+    members: Iterable[Member], now_s: float, dead_grace_s: float, leaving: Iterable[str] = ()
+) -> list[RingMember]:
     """The members that take part in placement.
 
     Alive and suspect members are in. A dead member stays in for ``dead_grace_s``
     after it was declared dead (temporary failure is not departure: writes meant
-    for it go to stand-ins with hints). A member that left is out at once.
+    for it go to stand-ins with hints). A member that left, or announced that it
+    is leaving (it is handing its data to the owners of the ring without it), is out.
     """
+    leaving = set(leaving)
     chosen = []
     for member in members:
-        if member.state is MemberState.LEFT:
+        if member.state is MemberState.LEFT or member.node_id in leaving:
             continue
         if member.state is MemberState.DEAD and now_s - member.state_since_s >= dead_grace_s:
             continue

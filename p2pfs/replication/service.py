@@ -25,9 +25,10 @@ import collections
 import dataclasses
 import itertools
 import logging
+import random
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import AsyncIterable, Awaitable, Callable
 
 import trio
 
@@ -38,6 +39,7 @@ from p2pfs.membership import Member, MemberState
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.hints import HINTS_FILE_NAME, HintKind, HintStore
+from p2pfs.replication.repair import Healer
 from p2pfs.replication.placement import (
     ReplicaHealth,
     Target,
@@ -103,6 +105,10 @@ class _Slot:
     error: str | None = None
 
 
+async def _to_thread(fn: Callable, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -127,8 +133,14 @@ class DataService:
         config: ReplicationConfig,
         endpoint: net.Endpoint,
         members: Callable[[], list[Member]],
+        offload: Callable[..., Awaitable] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
+        # Disk work and hashing of large buffers leave the event loop through this
+        # (a worker thread); the simulation runs them inline, as time must not pass.
+        self._offload = offload or _to_thread
+        self.rng = rng or random.Random()
         self.config = config
         self._data_dir = data_dir
         self._capacity_bytes = capacity_bytes
@@ -143,6 +155,12 @@ class DataService:
         self.store: ChunkStore | None = None
         self.names: NameIndex | None = None
         self.hints: HintStore | None = None
+        # Chunks found corrupt here and not yet stored again: fsck reports them.
+        self.corrupt_pending: set[bytes] = set()
+        # Members handing off to leave (this one too, when it leaves), and until when
+        # (trio clock) they stay out of the ring: see Healer.hand_off_everything.
+        self.leaving: dict[str, float] = {}
+        self.healer = Healer(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -152,13 +170,14 @@ class DataService:
             self._data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create data dir {self._data_dir}: {exc.strerror}") from None
-        self.store = await trio.to_thread.run_sync(ChunkStore, self._data_dir, self._capacity_bytes)
-        self.names = await trio.to_thread.run_sync(NameIndex, self._data_dir / NAMES_FILE_NAME)
-        self.hints = await trio.to_thread.run_sync(HintStore, self._data_dir / HINTS_FILE_NAME)
+        self.store = await self._offload(ChunkStore, self._data_dir, self._capacity_bytes)
+        self.names = await self._offload(NameIndex, self._data_dir / NAMES_FILE_NAME)
+        self.hints = await self._offload(HintStore, self._data_dir / HINTS_FILE_NAME)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._deliver_hints_forever)
+                await nursery.start(self.healer.run)
                 task_status.started()
         finally:
             self.names.close()
@@ -177,13 +196,19 @@ class DataService:
             dm.ListFiles: self._list_files,
             dm.RemoveFile: self._remove_file,
             dm.StatFile: self._stat_file,
+            **self.healer.routes(),
         }
 
     # -- the ring and the members -------------------------------------------
 
     def ring(self) -> Ring:
         """The current ring, rebuilt only when the set of ring members changed."""
-        chosen = frozenset(ring_members(self._members(), trio.current_time(), self.config.dead_grace_s))
+        now_s = trio.current_time()
+        for node_id in [n for n, until in self.leaving.items() if until <= now_s]:
+            del self.leaving[node_id]
+        chosen = frozenset(
+            ring_members(self._members(), now_s, self.config.dead_grace_s, self.leaving)
+        )
         if chosen != self._ring_key:
             self._ring = Ring(chosen)
             self._ring_key = chosen
@@ -246,18 +271,19 @@ class DataService:
 
     async def _store_on(self, target: Target, chunk_id: bytes, data: bytes) -> None:
         if target.node_id == self.node_id:
-            await trio.to_thread.run_sync(self._store_local, chunk_id, data, target.hint_for)
+            await self._offload(self._store_local, chunk_id, data, target.hint_for)
         else:
             await self._call(target.node_id, dm.StoreChunk(chunk_id, data, target.hint_for))
 
     def _store_local(self, chunk_id: bytes, data: bytes, hint_for: str) -> None:
         self.store.put(chunk_id, data)
+        self.corrupt_pending.discard(chunk_id)
         if hint_for:
             self.hints.add(hint_for, HintKind.CHUNK, chunk_id, _wall_ms())
 
     async def _put_name_on(self, target: Target, entry: NameEntry) -> None:
         if target.node_id == self.node_id:
-            await trio.to_thread.run_sync(self._apply_local, entry, target.hint_for)
+            await self._offload(self._apply_local, entry, target.hint_for)
         else:
             await self._call(target.node_id, dm.PutName(entry.encode(), target.hint_for))
 
@@ -280,7 +306,7 @@ class DataService:
         if msg.hint_for and len(msg.hint_for) != 64:
             raise net.RemoteError(ErrorCode.BAD_REQUEST, "hint_for is not a node id")
         try:
-            await trio.to_thread.run_sync(self._store_local, msg.chunk_id, msg.data, msg.hint_for)
+            await self._offload(self._store_local, msg.chunk_id, msg.data, msg.hint_for)
         except ChunkMismatch as exc:
             raise net.RemoteError(ErrorCode.BAD_REQUEST, str(exc)) from None
         except StorageFull as exc:
@@ -289,7 +315,7 @@ class DataService:
 
     async def _on_fetch_chunk(self, request: net.IncomingRequest) -> dm.ChunkData:
         try:
-            data = await trio.to_thread.run_sync(self.store.get, request.msg.chunk_id)
+            data = await self._offload(self.store.get, request.msg.chunk_id)
         except ChunkMissing:
             raise net.RemoteError(ErrorCode.NOT_FOUND, "chunk not held here") from None
         except ChunkCorrupt:
@@ -300,7 +326,7 @@ class DataService:
         ids = request.msg.chunk_ids
         if len(ids) > HAS_CHUNKS_MAX:
             raise net.RemoteError(ErrorCode.BAD_REQUEST, f"at most {HAS_CHUNKS_MAX} ids per request")
-        present = await trio.to_thread.run_sync(lambda: tuple(self.store.has(i) for i in ids))
+        present = await self._offload(lambda: tuple(self.store.has(i) for i in ids))
         return dm.HasChunksReply(present)
 
     async def _on_put_name(self, request: net.IncomingRequest) -> dm.PutNameReply:
@@ -309,18 +335,18 @@ class DataService:
         except ManifestError as exc:
             raise net.RemoteError(ErrorCode.BAD_REQUEST, f"bad name entry: {exc}") from None
         self._observe(entry)
-        applied = await trio.to_thread.run_sync(self._apply_local, entry, request.msg.hint_for)
+        applied = await self._offload(self._apply_local, entry, request.msg.hint_for)
         return dm.PutNameReply(applied)
 
     async def _on_get_name(self, request: net.IncomingRequest) -> dm.GetNameReply:
         name = self._check_name(request.msg.name)
-        entry = await trio.to_thread.run_sync(self.names.get, name)
+        entry = await self._offload(self.names.get, name)
         return dm.GetNameReply(None if entry is None else entry.encode())
 
     async def _on_list_names(self, request: net.IncomingRequest) -> dm.ListNamesReply:
         msg = request.msg
         limit = max(1, min(msg.limit, LIST_PAGE_NAMES))
-        entries = await trio.to_thread.run_sync(self._list_local, msg.prefix, msg.start_after, limit + 1)
+        entries = await self._offload(self._list_local, msg.prefix, msg.start_after, limit + 1)
         return dm.ListNamesReply(tuple(e.encode() for e in entries[:limit]), len(entries) > limit)
 
     def _list_local(self, prefix: str, start_after: str, limit: int) -> list[NameEntry]:
@@ -338,7 +364,7 @@ class DataService:
 
     async def _get_name_from(self, node_id: str, name: str) -> NameEntry | None:
         if node_id == self.node_id:
-            return await trio.to_thread.run_sync(self.names.get, name)
+            return await self._offload(self.names.get, name)
         reply = await self._call(node_id, dm.GetName(name))
         if reply.entry is None:
             return None
@@ -420,6 +446,19 @@ class DataService:
         name = self._check_name(msg.name)
         if request.body is None:
             raise net.RemoteError(ErrorCode.BAD_REQUEST, "a put carries the file as its body")
+        entry = await self.put(name, request.body, msg.size_bytes)
+        manifest = entry.manifest
+        return dm.PutFileReply(
+            name, manifest.size_bytes, manifest.file_hash, entry.version.wall_ms,
+            entry.version.logical, len(manifest.chunks),
+        )
+
+    async def put(self, name: str, pieces: AsyncIterable[bytes], size_bytes: int = -1) -> NameEntry:
+        """Store a file from a stream of byte pieces of any size; return its name entry.
+
+        Raises RemoteError (UNAVAILABLE when a quorum is not met, BAD_REQUEST when
+        the stream does not have the announced size). The name changes only on success.
+        """
         try:
             await self.read_name(name)  # orders this version after the one it replaces
         except QuorumError as exc:
@@ -450,13 +489,13 @@ class DataService:
             chunk_indexes = itertools.count()
 
             async def dispatch(data: bytes) -> None:
-                chunk_id = await trio.to_thread.run_sync(hash_chunk, data)
+                chunk_id = await self._offload(hash_chunk, data)
                 builder.add(chunk_id, len(data))
                 await window.acquire()
                 nursery.start_soon(write_chunk, next(chunk_indexes), chunk_id, data)
 
             buffer = bytearray()
-            async for piece in request.body:
+            async for piece in pieces:
                 buffer += piece
                 while len(buffer) >= chunk_size:
                     data = bytes(buffer[:chunk_size])
@@ -466,10 +505,10 @@ class DataService:
                 await dispatch(bytes(buffer))
         if failures:
             raise net.RemoteError(ErrorCode.UNAVAILABLE, f"put {name!r} failed: {failures[0]}")
-        if msg.size_bytes >= 0 and hasher.size_bytes != msg.size_bytes:
+        if size_bytes >= 0 and hasher.size_bytes != size_bytes:
             raise net.RemoteError(
                 ErrorCode.BAD_REQUEST,
-                f"received {hasher.size_bytes} bytes but the client announced {msg.size_bytes} "
+                f"received {hasher.size_bytes} bytes but the client announced {size_bytes} "
                 "(did the file change while it was read?)",
             )
         wall_ms = _wall_ms()
@@ -480,10 +519,7 @@ class DataService:
         except QuorumError as exc:
             raise net.RemoteError(ErrorCode.UNAVAILABLE, f"put {name!r} failed: {exc}") from None
         log.info("put %r: %d bytes in %d chunks", name, manifest.size_bytes, len(manifest.chunks))
-        return dm.PutFileReply(
-            name, manifest.size_bytes, manifest.file_hash, entry.version.wall_ms,
-            entry.version.logical, len(manifest.chunks),
-        )
+        return entry
 
     # -- get --------------------------------------------------------------------
 
@@ -537,7 +573,7 @@ class DataService:
         Replicas found without it (or with a corrupt copy) while a later one
         served it are repaired in the background.
         """
-        held = await trio.to_thread.run_sync(self.store.has, chunk_id)
+        held = await self._offload(self.store.has, chunk_id)
         ring = self.ring()
         order = read_order(
             ring, chunk_id, self.config.rf, self._unavailable(),
@@ -550,15 +586,17 @@ class DataService:
         for node_id in order:
             try:
                 if node_id == self.node_id:
-                    data = await trio.to_thread.run_sync(self.store.get, chunk_id)
+                    data = await self._offload(self.store.get, chunk_id)
                 else:
                     reply = await self._call(node_id, dm.FetchChunk(chunk_id))
                     data = reply.data
-                    if await trio.to_thread.run_sync(chunk_id_of, data) != chunk_id:
+                    if await self._offload(chunk_id_of, data) != chunk_id:
                         raise net.RemoteError(ErrorCode.CORRUPT, "sent bytes that do not match the id")
             except (ChunkMissing, ChunkCorrupt) as exc:
                 errors.append(f"{short_id(node_id)}: {_reason(exc)}")
                 lacking.append(node_id)
+                if isinstance(exc, ChunkCorrupt):
+                    self.corrupt_pending.add(chunk_id)
                 continue
             except net.RemoteError as exc:
                 errors.append(f"{short_id(node_id)}: {_reason(exc)}")
@@ -575,6 +613,17 @@ class DataService:
                     self._spawn_repair(self._store_on, Target(other), chunk_id, data)
             return data
         raise QuorumError(f"chunk {chunk_id.hex()[:16]}: no replica could serve it ({'; '.join(errors)})")
+
+    async def repair_chunk(self, chunk_id: bytes) -> bool:
+        """Fetch a good copy of a chunk this node lost (to corruption) and store it again."""
+        try:
+            data = await self.fetch_chunk(chunk_id)
+        except QuorumError as exc:
+            log.warning("cannot repair chunk %s yet: %s", chunk_id.hex()[:16], exc)
+            return False
+        await self._offload(self._store_local, chunk_id, data, "")
+        log.info("repaired chunk %s from a replica", chunk_id.hex()[:16])
+        return True
 
     # -- ls, rm, stat -------------------------------------------------------------
 
@@ -594,7 +643,7 @@ class DataService:
             while True:
                 try:
                     if node_id == self.node_id:
-                        entries = await trio.to_thread.run_sync(
+                        entries = await self._offload(
                             self._list_local, prefix, start_after, LIST_PAGE_NAMES + 1
                         )
                         more = len(entries) > LIST_PAGE_NAMES
@@ -632,6 +681,11 @@ class DataService:
 
     async def _remove_file(self, request: net.IncomingRequest) -> dm.RemoveFileReply:
         name = self._check_name(request.msg.name)
+        await self.remove(name)
+        return dm.RemoveFileReply(name)
+
+    async def remove(self, name: str) -> None:
+        """Write a tombstone for ``name`` at quorum; RemoteError NOT_FOUND if there is no file."""
         current = await self._must_read(name)
         if current is None or current.manifest is None:
             raise net.RemoteError(ErrorCode.NOT_FOUND, f"no file named {name!r}")
@@ -641,7 +695,6 @@ class DataService:
         except QuorumError as exc:
             raise net.RemoteError(ErrorCode.UNAVAILABLE, f"rm {name!r} failed: {exc}") from None
         log.info("removed %r", name)
-        return dm.RemoveFileReply(name)
 
     async def _stat_file(self, request: net.IncomingRequest) -> dm.StatFileReply:
         name = self._check_name(request.msg.name)
@@ -660,7 +713,7 @@ class DataService:
                 batch = tuple(ids[start : start + HAS_CHUNKS_MAX])
                 try:
                     if node_id == self.node_id:
-                        present = await trio.to_thread.run_sync(lambda: [self.store.has(i) for i in batch])
+                        present = await self._offload(lambda: [self.store.has(i) for i in batch])
                     else:
                         present = (await self._call(node_id, dm.HasChunks(batch))).present
                 except (net.NetError, net.RemoteError) as exc:
@@ -696,23 +749,30 @@ class DataService:
 
     async def deliver_hints(self) -> int:
         """Hand hinted chunks and names to owners that are alive again; returns how many."""
-        expired = await trio.to_thread.run_sync(
+        expired = await self._offload(
             self.hints.expire, _wall_ms() - int(self.config.hint_ttl_s * 1000)
         )
         if expired:
             log.info("dropped %d expired hints", expired)
         alive = {m.node_id for m in self._members() if m.state is MemberState.ALIVE}
+        in_ring = self.ring().members
         delivered = 0
-        for owner in await trio.to_thread.run_sync(self.hints.owners):
+        for owner in await self._offload(self.hints.owners):
+            if owner not in in_ring:
+                # Left, or dead past its grace period: it will not take these back. The
+                # keys now belong to others, and anti-entropy and hand-off place them.
+                dropped = await self._offload(self.hints.remove_owner, owner)
+                log.info("dropped %d hints for %s, which is out of the ring", dropped, short_id(owner))
+                continue
             if owner not in alive or owner == self.node_id:
                 continue
-            for hint in await trio.to_thread.run_sync(self.hints.for_owner, owner):
+            for hint in await self._offload(self.hints.for_owner, owner):
                 try:
                     if hint.kind is HintKind.CHUNK:
-                        data = await trio.to_thread.run_sync(self.store.get, hint.key)
+                        data = await self._offload(self.store.get, hint.key)
                         await self._call(owner, dm.StoreChunk(hint.key, data, ""))
                     else:
-                        entry = await trio.to_thread.run_sync(self.names.get, hint.key.decode("utf-8"))
+                        entry = await self._offload(self.names.get, hint.key.decode("utf-8"))
                         if entry is not None:
                             await self._call(owner, dm.PutName(entry.encode(), ""))
                 except (ChunkMissing, ChunkCorrupt):
@@ -720,7 +780,7 @@ class DataService:
                 except (net.NetError, net.RemoteError) as exc:
                     log.info("handing hints to %s paused: %s", short_id(owner), _reason(exc))
                     break
-                await trio.to_thread.run_sync(self.hints.remove, hint)
+                await self._offload(self.hints.remove, hint)
                 delivered += 1
                 if hint.kind is HintKind.CHUNK:
                     await self._drop_if_not_ours(hint.key)
@@ -737,4 +797,4 @@ class DataService:
             if not self.hints.is_hinted(HintKind.CHUNK, chunk_id):
                 self.store.delete(chunk_id)
 
-        await trio.to_thread.run_sync(drop)
+        await self._offload(drop)

@@ -94,7 +94,7 @@ class SimNetwork:
     def __init__(self, rng: random.Random, faults: LinkFaults = LinkFaults(), *, encode: bool = True) -> None:
         self._rng = rng
         self.faults = faults
-        self._encode = encode
+        self.encode = encode  # may be switched during a run, e.g. on only for a measured phase
         self._endpoints: dict[Address, DeliverFn] = {}
         self._heap: list[tuple[float, int, Address, Address, Any]] = []
         self._counter = itertools.count()
@@ -147,6 +147,11 @@ class SimNetwork:
     def reset_stats(self) -> None:
         self.stats = NetworkStats()
 
+    def blocked(self, src: Address, dst: Address) -> bool:
+        """Whether ``src`` cannot reach ``dst`` now (crash, pause or partition), for
+        layers that simulate requests over this network (``p2pfs.sim.data``)."""
+        return self._blocked(src, dst)
+
     def _blocked(self, src: Address, dst: Address) -> bool:
         if src in self._crashed or dst in self._crashed or src in self._paused or dst in self._paused:
             return True
@@ -162,7 +167,7 @@ class SimNetwork:
     def send(self, src: Address, dst: Address, msg: wire.Message) -> None:
         stats = self.stats
         stats.messages_sent += 1
-        if self._encode:
+        if self.encode:
             payload = wire.encode_message(msg)
             size_bytes = wire.FRAME_HEADER_BYTES + len(payload)
             item: Any = payload
@@ -209,7 +214,7 @@ class SimNetwork:
                 if deliver is None or self._blocked(src, dst):
                     self.stats.messages_dropped += 1
                     continue
-                msg = wire.decode_message(msg_type, item) if self._encode else item
+                msg = wire.decode_message(msg_type, item) if self.encode else item
                 self.stats.messages_delivered += 1
                 deliver(src, msg)
 

@@ -1,0 +1,107 @@
+"""Pure parts of self-healing: buckets, digests, who should hold what, pacing.
+
+Anti-entropy compares, for each pair of replicas, compact digests of what both
+should hold, bucket by bucket, and exchanges lists only for buckets that differ
+(a one-level Merkle tree: Dynamo section 4.7 uses a full tree per range; with
+``BUCKETS`` leaves a round costs one small message per peer when nothing
+differs, and one bucket's ids when something does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+from p2pfs.ring import HASH_BITS, Ring, key_hash
+from p2pfs.storage import Timestamp
+
+# Leaves of the digest tree. A differing bucket costs its id list (~1/BUCKETS of
+# what the pair shares); 256 keeps the digest message near 10 KiB.
+BUCKETS = 256
+_BUCKET_SHIFT = HASH_BITS - 8
+DIGEST_BYTES = 16
+
+
+def bucket_of(key: bytes) -> int:
+    return key_hash(key) >> _BUCKET_SHIFT
+
+
+def digest_of(items: Iterable[bytes]) -> bytes:
+    """Order-independent digest of a bucket's items (hashed in sorted order)."""
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    for item in sorted(items):
+        h.update(len(item).to_bytes(4, "big"))
+        h.update(item)
+    return h.digest()
+
+
+def bucket_digests(items_by_bucket: dict[int, list[bytes]]) -> dict[int, tuple[bytes, int]]:
+    return {b: (digest_of(items), len(items)) for b, items in items_by_bucket.items() if items}
+
+
+def name_item(name: str, version: Timestamp, writer: str, tombstone: bool) -> bytes:
+    """What a name's replicas must agree on: the name and which version they hold."""
+    return b"%s\x00%d\x00%d\x00%s\x00%d" % (
+        name.encode("utf-8"), version.wall_ms, version.logical, writer.encode(), tombstone
+    )
+
+
+def shared_keys(
+    ring: Ring, rf: int, me: str, keys: Iterable[bytes]
+) -> tuple[dict[str, list[bytes]], list[bytes]]:
+    """Split held keys into, per peer, the keys we both replicate, and keys that are not ours."""
+    by_peer: dict[str, list[bytes]] = defaultdict(list)
+    not_ours: list[bytes] = []
+    for key in keys:
+        preferred = ring.preference_list(key, rf)
+        if me not in preferred:
+            not_ours.append(key)
+            continue
+        for peer in preferred:
+            if peer != me:
+                by_peer[peer].append(key)
+    return by_peer, not_ours
+
+
+def by_bucket(keys: Iterable[bytes], item_of=lambda key: key) -> dict[int, list[bytes]]:
+    grouped: dict[int, list[bytes]] = defaultdict(list)
+    for key in keys:
+        grouped[bucket_of(key)].append(item_of(key))
+    return grouped
+
+
+def differing_buckets(
+    ours: dict[int, tuple[bytes, int]], theirs: dict[int, tuple[bytes, int]]
+) -> list[int]:
+    """Buckets where the two sides hold different sets (absent = empty)."""
+    return sorted(b for b in set(ours) | set(theirs) if ours.get(b, (b"", 0))[0] != theirs.get(b, (b"", 0))[0])
+
+
+def split_ids(concatenated: bytes, size: int = 32) -> Iterator[bytes]:
+    if len(concatenated) % size:
+        raise ValueError(f"id list of {len(concatenated)} bytes is not a multiple of {size}")
+    for start in range(0, len(concatenated), size):
+        yield concatenated[start : start + size]
+
+
+class Pacer:
+    """A token bucket in bytes, with an explicit clock: how long to wait before sending.
+
+    Bounds the bandwidth of repair so that it never starves foreground puts and gets.
+    """
+
+    def __init__(self, rate_bytes_per_s: float, burst_bytes: float) -> None:
+        assert rate_bytes_per_s > 0 and burst_bytes > 0
+        self._rate = rate_bytes_per_s
+        self._burst = burst_bytes
+        self._tokens = burst_bytes
+        self._at_s: float | None = None
+
+    def delay_s(self, size_bytes: int, now_s: float) -> float:
+        """Take ``size_bytes``; return how long the caller must wait first (0 if none)."""
+        if self._at_s is not None:
+            self._tokens = min(self._burst, self._tokens + (now_s - self._at_s) * self._rate)
+        self._at_s = now_s
+        self._tokens -= size_bytes
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
