@@ -204,7 +204,7 @@ def summarize(seed: int, ops: list[Op], faults: list[Fault], violations: list[Vi
 def render_summary(summary: dict) -> str:
     """The summary for people."""
     lines = [
-        f"chaos run, seed {summary['seed']}: {summary['operations']} operations, "
+        f"chaos run, seed {summary['seed']}, {summary.get('elapsed_s', 0):.0f} s: {summary['operations']} operations, "
         f"{summary['successes']} ok, {summary['indeterminate']} indeterminate, {summary['faults']} faults",
         "  operations: " + ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items()),
         "  failures:   " + (", ".join(f"{k} {v}" for k, v in summary["failures_by_kind"].items()) or "none"),

@@ -77,6 +77,10 @@ class Timings:
     dead_grace_s: float = 120.0  # longer than any outage the nemesis makes: nodes stay in the ring
     hint_delivery_interval_s: float = 1.0  # hints reach owners that are back within a second
     anti_entropy_interval_s: float = 5.0  # a wiped node is refilled within seconds, not minutes
+    gc_interval_s: float = 15.0  # garbage collection runs many times, under faults, in a run
+    # Longer than any put can take (op timeout 20 s, plus a 12 s pause of its coordinator, plus
+    # 8 s of skew), so GC racing a put in progress is a bug, not the configuration.
+    chunk_gc_grace_s: float = 60.0
     replica_timeout_s: float = 3.0  # a frozen replica costs a put 3 s, not 10 s
     replica_backoff_s: float = 2.0
     chunk_size_bytes: int = 256 * 1024  # multi-chunk files without megabytes of traffic
@@ -101,6 +105,8 @@ class Timings:
                 "dead_grace_s": self.dead_grace_s,
                 "hint_delivery_interval_s": self.hint_delivery_interval_s,
                 "anti_entropy_interval_s": self.anti_entropy_interval_s,
+                "gc_interval_s": self.gc_interval_s,
+                "chunk_gc_grace_s": self.chunk_gc_grace_s,
                 "replica_timeout_s": self.replica_timeout_s,
                 "replica_backoff_s": self.replica_backoff_s,
                 "chunk_size_bytes": self.chunk_size_bytes,
@@ -175,7 +181,6 @@ class ChaosNode:
         self.node_id = node_id
         self.process: trio.Process | None = None
         self.paused = False
-        self.starts = 0
 
     @property
     def host(self) -> str:
@@ -238,7 +243,6 @@ class Cluster:
         finally:
             log_file.close()
         node.paused = False
-        node.starts += 1
         with trio.move_on_after(START_TIMEOUT_S):
             while node.running:
                 if await self._answers(node):

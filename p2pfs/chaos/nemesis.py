@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 KILL, WIPE, PAUSE_SHORT, PAUSE_LONG = "kill", "wipe", "pause-short", "pause-long"
 PARTITION, LOSS, DELAY, SKEW = "partition", "loss", "delay", "skew"
 FAULT_KINDS = (KILL, WIPE, PAUSE_SHORT, PAUSE_LONG, PARTITION, LOSS, DELAY, SKEW)
-PROCESS_KINDS = (KILL, WIPE, PAUSE_SHORT, PAUSE_LONG)
 
 # Seconds of quiet after each heal before the next fault (uniform).
 GAP_S_MIN, GAP_S_MAX = 2.0, 4.0

@@ -214,7 +214,3 @@ class Firewall:
                 delayer.kill()
                 with trio.fail_after(DELAYER_STOP_TIMEOUT_S):
                     await delayer.wait()
-
-    async def rules(self) -> str:
-        """The fault rules in force (for logs when something goes wrong)."""
-        return await _run(["nft", "list", "table", "inet", NFT_TABLE])

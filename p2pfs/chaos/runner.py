@@ -122,6 +122,7 @@ class Run:
                 await self.cluster.stop_all()
                 await self.firewall.heal()
         summary = checker.summarize(options.seed, self.ops, self.faults, self.violations, self.notes)
+        summary["elapsed_s"] = round(trio.current_time() - self._t0, 1)
         self._history.write({"type": "result", **summary})
         self._history.close()
         (options.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
