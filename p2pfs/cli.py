@@ -181,6 +181,12 @@ def ca_init(directory: Path) -> None:
     click.echo(f"cluster id: {authority.cluster_id.hex()[:16]}")
 
 
+_CA_OPTION = click.option(
+    "--ca", "ca_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+    metavar="CA_DIR", help="The cluster CA directory (from `p2pfs ca init`).",
+)
+
+
 @cli.group()
 def node() -> None:
     """Node identities."""
@@ -188,8 +194,7 @@ def node() -> None:
 
 @node.command("init")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              metavar="CA_DIR", help="The cluster CA directory (from `p2pfs ca init`).")
+@_CA_OPTION
 @click.option("--listen", required=True, type=ADDRESS, help="Address the node accepts connections on.")
 @click.option("--seed", "seeds", multiple=True, type=ADDRESS,
               help="A member to join through (repeatable).")
@@ -225,8 +230,7 @@ def client() -> None:
 
 @client.command("init")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              metavar="CA_DIR", help="The cluster CA directory (from `p2pfs ca init`).")
+@_CA_OPTION
 @click.option("--node", "node_address", type=ADDRESS, default=None,
               help="Node this client talks to by default.")
 def client_init(directory: Path, ca_dir: Path, node_address: Address | None) -> None:

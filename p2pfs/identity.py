@@ -34,7 +34,7 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -106,28 +106,25 @@ def cluster_id_of(ca_cert: x509.Certificate) -> bytes:
 # Writing files
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create a file readable by its owner only; never overwrite."""
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create a file with ``mode`` (0600 for private keys), durably; never overwrite."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise IdentityError(f"{path} already exists; refusing to overwrite it", ExitCode.BAD_INPUT) from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(path, 0o600)  # in case a umask widened nothing but an ACL did
+    os.chmod(path, mode)  # the umask may have narrowed it; a key must not be wider either
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    _write_new(path, data, 0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        raise IdentityError(f"{path} already exists; refusing to overwrite it", ExitCode.BAD_INPUT) from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_new(path, data, 0o644)
 
 
 def _key_pem(key: ed25519.Ed25519PrivateKey) -> bytes:

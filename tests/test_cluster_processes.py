@@ -116,27 +116,18 @@ def test_daemon_refuses_to_start_with_clear_messages(tmp_path):
         assert result.returncode == 2
         assert b"already in use" in result.stderr and b"Traceback" not in result.stderr
 
-    bad_config = tmp_path / "badcfg"
-    identity.create_identity(bad_config, ca, Role.NODE)
-    (bad_config / CONFIG_FILE).write_text('[node]\nlisten = "127.0.0.1:7999"\nprobe_interval_s = 1\n')
-    result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(bad_config)],
-                            capture_output=True, timeout=60)
-    assert result.returncode == 2
-    assert b"[node] probe_interval_s: unknown option" in result.stderr
+    def refuses(name: str, role: Role, config_text: str, code: int, message: bytes) -> None:
+        directory = tmp_path / name
+        identity.create_identity(directory, ca, role)
+        (directory / CONFIG_FILE).write_text(config_text)
+        if name == "broken-key":
+            (directory / identity.KEY_FILE).write_text("not a key")
+        result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(directory)],
+                                capture_output=True, timeout=60)
+        assert result.returncode == code, result.stderr
+        assert message in result.stderr and b"Traceback" not in result.stderr
 
-    client_dir = tmp_path / "client-as-node"
-    identity.create_identity(client_dir, ca, Role.CLIENT)
-    (client_dir / CONFIG_FILE).write_text('[node]\nlisten = "127.0.0.1:7998"\n')
-    result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(client_dir)],
-                            capture_output=True, timeout=60)
-    assert result.returncode == 5
-    assert b"client identity" in result.stderr
-
-    broken_key = tmp_path / "broken-key"
-    identity.create_identity(broken_key, ca, Role.NODE)
-    (broken_key / CONFIG_FILE).write_text('[node]\nlisten = "127.0.0.1:7997"\n')
-    (broken_key / identity.KEY_FILE).write_text("not a key")
-    result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(broken_key)],
-                            capture_output=True, timeout=60)
-    assert result.returncode == 5
-    assert b"cannot read the identity" in result.stderr and b"Traceback" not in result.stderr
+    refuses("bad-config", Role.NODE, '[node]\nlisten = "127.0.0.1:7999"\nprobe_interval_s = 1\n', 2,
+            b"[node] probe_interval_s: unknown option")
+    refuses("client-as-node", Role.CLIENT, '[node]\nlisten = "127.0.0.1:7998"\n', 5, b"client identity")
+    refuses("broken-key", Role.NODE, '[node]\nlisten = "127.0.0.1:7997"\n', 5, b"cannot read the identity")

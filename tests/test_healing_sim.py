@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import random
 
-import pytest
 import trio
 
 from p2pfs import net

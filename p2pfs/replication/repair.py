@@ -47,10 +47,9 @@ from p2pfs.replication.healing import (
     split_ids,
 )
 from p2pfs.replication.hints import HintKind
-from p2pfs.replication.placement import Target, name_key, newest
+from p2pfs.replication.placement import Target, name_key
 from p2pfs.ring import Ring
-from p2pfs.storage import ChunkCorrupt, ChunkMissing, ManifestError, NameEntry, StorageError, Timestamp
-from p2pfs.wire import ErrorCode
+from p2pfs.storage import ChunkCorrupt, ChunkMissing, StorageError, Timestamp
 
 if TYPE_CHECKING:
     from p2pfs.replication.service import DataService
@@ -407,7 +406,7 @@ class Healer:
             self.s.names.purge_tombstones,
             Timestamp(max(0, now_ms - int(self.config.tombstone_gc_grace_s * 1000)), 0),
         )
-        entries, _, unreachable = await self.collect_names(self._everyone(self.s.ring()))
+        entries, _, unreachable = await self.s.collect_names(self._everyone(self.s.ring()))
         if unreachable:
             log.info("gc skipped: %d ring members did not answer", len(unreachable))
             return 0, purged
@@ -426,44 +425,6 @@ class Healer:
     def _everyone(self, ring: Ring) -> list[str]:
         """Nodes that may hold data: the ring's members, and live ones out of it (leaving)."""
         return sorted(set(ring.members) | self._alive())
-
-    async def collect_names(
-        self, node_ids: Iterable[str]
-    ) -> tuple[dict[str, NameEntry], dict[str, dict[str, tuple]], list[str]]:
-        """The newest entry of every name from the given nodes, which version each of
-        them holds of each name, and who did not answer."""
-        merged: dict[str, NameEntry] = {}
-        holders: dict[str, dict[str, tuple]] = {}
-        unreachable: list[str] = []
-
-        async def collect(node_id: str) -> None:
-            start_after = ""
-            while True:
-                try:
-                    if node_id == self.s.node_id:
-                        entries = await self.s._offload(self.s._list_local, "", start_after, 1001)
-                        more = len(entries) > 1000
-                        entries = entries[:1000]
-                    else:
-                        reply = await self.s._call(node_id, dm.ListNames("", start_after, 1000))
-                        entries = [NameEntry.decode(raw) for raw in reply.entries]
-                        more = reply.more
-                except (net.NetError, net.RemoteError, ManifestError):
-                    unreachable.append(node_id)
-                    return
-                for entry in entries:
-                    holders.setdefault(entry.name, {})[node_id] = entry.key
-                    held = merged.get(entry.name)
-                    if held is None or entry.supersedes(held):
-                        merged[entry.name] = entry
-                if not more or not entries:
-                    return
-                start_after = entries[-1].name
-
-        async with trio.open_nursery() as nursery:
-            for node_id in node_ids:
-                nursery.start_soon(collect, node_id)
-        return merged, holders, unreachable
 
     async def collect_chunks(self, node_ids: Iterable[str]) -> tuple[dict[str, set[bytes]], set[bytes], list[str]]:
         """Each node's chunk ids, the ids reported corrupt, and who did not answer."""
@@ -519,7 +480,7 @@ class Healer:
         wanted_copies = min(rf, len(ring))
         alive = self._alive()
         everyone = self._everyone(ring)
-        entries, name_holders, names_unreachable = await self.collect_names(everyone)
+        entries, name_holders, names_unreachable = await self.s.collect_names(everyone)
         held, corrupt, chunks_unreachable = await self.collect_chunks(everyone)
         unreachable = sorted(set(names_unreachable) | set(chunks_unreachable))
         problems: list[dm.FsckProblem] = []

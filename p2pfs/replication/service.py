@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import AsyncIterable, Awaitable, Callable
+from typing import AsyncIterable, Awaitable, Callable, Iterable
 
 import trio
 
@@ -525,10 +525,7 @@ class DataService:
 
     async def _get_file(self, request: net.IncomingRequest) -> net.Reply:
         name = self._check_name(request.msg.name)
-        entry = await self._must_read(name)
-        if entry is None or entry.manifest is None:
-            raise net.RemoteError(ErrorCode.NOT_FOUND, f"no file named {name!r}")
-        manifest = entry.manifest
+        manifest = (await self._existing_file(name)).manifest
 
         async def body(send: Callable[[bytes], Awaitable[None]]) -> None:
             await self._stream_chunks(manifest.chunks, send)
@@ -627,25 +624,25 @@ class DataService:
 
     # -- ls, rm, stat -------------------------------------------------------------
 
-    async def _list_files(self, request: net.IncomingRequest) -> dm.ListFilesReply:
-        prefix = request.msg.prefix
-        if len(prefix.encode("utf-8", "surrogatepass")) > PREFIX_BYTES_MAX:
-            raise net.RemoteError(ErrorCode.BAD_REQUEST, f"a prefix is at most {PREFIX_BYTES_MAX} bytes")
+    async def collect_names(
+        self, node_ids: Iterable[str], prefix: str = "", names_max: int | None = None
+    ) -> tuple[dict[str, NameEntry], dict[str, dict[str, tuple]], list[str]]:
+        """Every entry with ``prefix`` held by the given nodes, page by page.
+
+        Returns the newest entry of each name, which version each node holds of
+        each name, and the nodes that did not answer. Raises RemoteError past
+        ``names_max`` names.
+        """
         merged: dict[str, NameEntry] = {}
-        complete = True
-        live = [m.node_id for m in self._members() if m.state is MemberState.ALIVE]
-        if self.node_id not in live:
-            live.append(self.node_id)
+        holders: dict[str, dict[str, tuple]] = {}
+        unreachable: list[str] = []
 
         async def collect(node_id: str) -> None:
-            nonlocal complete
             start_after = ""
             while True:
                 try:
                     if node_id == self.node_id:
-                        entries = await self._offload(
-                            self._list_local, prefix, start_after, LIST_PAGE_NAMES + 1
-                        )
+                        entries = await self._offload(self._list_local, prefix, start_after, LIST_PAGE_NAMES + 1)
                         more = len(entries) > LIST_PAGE_NAMES
                         entries = entries[:LIST_PAGE_NAMES]
                     else:
@@ -654,30 +651,49 @@ class DataService:
                         more = reply.more
                 except (net.NetError, net.RemoteError, ManifestError) as exc:
                     log.info("listing names on %s failed: %s", short_id(node_id), exc)
-                    complete = False
+                    unreachable.append(node_id)
                     return
                 for entry in entries:
+                    holders.setdefault(entry.name, {})[node_id] = entry.key
                     held = merged.get(entry.name)
                     if held is None or entry.supersedes(held):
                         merged[entry.name] = entry
-                if len(merged) > LIST_NAMES_MAX:
+                if names_max is not None and len(merged) > names_max:
                     raise net.RemoteError(
-                        ErrorCode.BAD_REQUEST, f"more than {LIST_NAMES_MAX} names: give a longer prefix"
+                        ErrorCode.BAD_REQUEST, f"more than {names_max} names: give a longer prefix"
                     )
                 if not more or not entries:
                     return
                 start_after = entries[-1].name
 
         async with trio.open_nursery() as nursery:
-            for node_id in live:
+            for node_id in node_ids:
                 nursery.start_soon(collect, node_id)
+        return merged, holders, unreachable
+
+    def _live_nodes(self) -> list[str]:
+        live = [m.node_id for m in self._members() if m.state is MemberState.ALIVE]
+        return live if self.node_id in live else [*live, self.node_id]
+
+    async def _list_files(self, request: net.IncomingRequest) -> dm.ListFilesReply:
+        prefix = request.msg.prefix
+        if len(prefix.encode("utf-8", "surrogatepass")) > PREFIX_BYTES_MAX:
+            raise net.RemoteError(ErrorCode.BAD_REQUEST, f"a prefix is at most {PREFIX_BYTES_MAX} bytes")
+        merged, _, unreachable = await self.collect_names(self._live_nodes(), prefix, LIST_NAMES_MAX)
         files = tuple(
             dm.FileInfo(e.name, e.manifest.size_bytes, e.manifest.created_ms, e.version.wall_ms,
                         e.version.logical)
             for _, e in sorted(merged.items())
             if e.manifest is not None
         )
-        return dm.ListFilesReply(files, complete)
+        return dm.ListFilesReply(files, not unreachable)
+
+    async def _existing_file(self, name: str) -> NameEntry:
+        """The newest entry of a file that exists; RemoteError NOT_FOUND otherwise."""
+        entry = await self._must_read(name)
+        if entry is None or entry.manifest is None:
+            raise net.RemoteError(ErrorCode.NOT_FOUND, f"no file named {name!r}")
+        return entry
 
     async def _remove_file(self, request: net.IncomingRequest) -> dm.RemoveFileReply:
         name = self._check_name(request.msg.name)
@@ -686,9 +702,7 @@ class DataService:
 
     async def remove(self, name: str) -> None:
         """Write a tombstone for ``name`` at quorum; RemoteError NOT_FOUND if there is no file."""
-        current = await self._must_read(name)
-        if current is None or current.manifest is None:
-            raise net.RemoteError(ErrorCode.NOT_FOUND, f"no file named {name!r}")
+        await self._existing_file(name)
         tombstone = NameEntry(name, self._hlc.now(_wall_ms()), self.node_id, None)
         try:
             await self._replicate(name_key(name), f"name {name!r}", lambda t: self._put_name_on(t, tombstone))
@@ -698,15 +712,11 @@ class DataService:
 
     async def _stat_file(self, request: net.IncomingRequest) -> dm.StatFileReply:
         name = self._check_name(request.msg.name)
-        entry = await self._must_read(name)
-        if entry is None or entry.manifest is None:
-            raise net.RemoteError(ErrorCode.NOT_FOUND, f"no file named {name!r}")
+        entry = await self._existing_file(name)
         manifest = entry.manifest
         ids = [ref.chunk_id for ref in manifest.chunks]
         holders: dict[bytes, list[str]] = {cid: [] for cid in ids}
-        live = [m.node_id for m in self._members() if m.state is MemberState.ALIVE]
-        if self.node_id not in live:
-            live.append(self.node_id)
+        live = self._live_nodes()
 
         async def ask(node_id: str) -> None:
             for start in range(0, len(ids), HAS_CHUNKS_MAX):
