@@ -479,9 +479,7 @@ def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
 
     async def fetch(sink) -> Any:
         async with Client.connect(ident, node_address) as c:
-            def track(n: int) -> None:
-                progress(n)
-            return await c.get(name, sink, track)
+            return await c.get(name, sink, progress, on_size=progress.set_total)
 
     if output == "-":
         try:

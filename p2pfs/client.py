@@ -103,8 +103,12 @@ class Client:
         return await self._call(dm.PutFile(name, size_bytes), dm.PutFileReply,
                                 timeout_s=PUT_COMMIT_TIMEOUT_S, body=body())
 
-    async def get(self, name: str, sink: BinaryIO, progress: Progress = lambda n: None) -> dm.GetFileReply:
-        """Stream a file into ``sink``; raise UserError unless every byte arrived and verified."""
+    async def get(self, name: str, sink: BinaryIO, progress: Progress = lambda n: None,
+                  on_size: Callable[[int], None] = lambda size_bytes: None) -> dm.GetFileReply:
+        """Stream a file into ``sink``; raise UserError unless every byte arrived and verified.
+
+        ``on_size`` hears the file's size as soon as the node has found it.
+        """
         hasher = FileHasher()
 
         def write(data: bytes) -> None:
@@ -116,6 +120,7 @@ class Client:
                 header = response.msg
                 if not isinstance(header, dm.GetFileReply) or response.body is None:
                     raise UserError(f"node {self.node} answered a get with {type(header).__name__}")
+                on_size(header.size_bytes)
                 async for data in response.body:
                     await trio.to_thread.run_sync(write, data)
                     progress(len(data))

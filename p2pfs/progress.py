@@ -34,6 +34,9 @@ class Progress:
         self._started_s = time.monotonic()
         self._drawn_s = 0.0
 
+    def set_total(self, total_bytes: int) -> None:
+        self.total_bytes = total_bytes
+
     def __call__(self, count_bytes: int) -> None:
         self.done_bytes += count_bytes
         now = time.monotonic()
