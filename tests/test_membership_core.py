@@ -24,7 +24,7 @@ from p2pfs.membership.messages import (
     PingReq,
     PushPull,
 )
-from p2pfs.membership.state import Member, Membership, Send
+from p2pfs.membership.state import Membership, Send
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 CONFIG = MembershipConfig()

@@ -77,15 +77,18 @@ class MembershipService:
     async def run(self, seeds: Sequence[Address], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Join through ``seeds`` and run until cancelled. Ready as soon as the join is sent;
         the core keeps contacting the seeds until one answers."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(SEND_CONCURRENCY_MAX):
-                nursery.start_soon(self._send_worker)
-            self._running = True
-            self._queue(self.core.join(seeds, trio.current_time()))
-            log.info("%s: membership running at %s, seeds %s", self._tag, self.core.address,
-                     ", ".join(map(str, seeds)) or "none")
-            task_status.started()
-            await self._timer_loop()
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(SEND_CONCURRENCY_MAX):
+                    nursery.start_soon(self._send_worker)
+                self._running = True
+                self._queue(self.core.join(seeds, trio.current_time()))
+                log.info("%s: membership running at %s, seeds %s", self._tag, self.core.address,
+                         ", ".join(map(str, seeds)) or "none")
+                task_status.started()
+                await self._timer_loop()
+        finally:
+            self._running = False
 
     def deliver(self, sender: Address, msg: wire.Message) -> None:
         """Feed an incoming membership message to the core. Never blocks."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import logging
 import random
 from typing import AsyncIterator, Callable, Iterable
 
@@ -24,8 +23,6 @@ from .config import MembershipConfig
 from .driver import MembershipService
 from .messages import MemberState
 from .state import Membership
-
-log = logging.getLogger(__name__)
 
 SIM_PORT = 7000
 SIM_CAPACITY_BYTES = 10 * 1024**3
