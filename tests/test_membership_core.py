@@ -265,6 +265,13 @@ def test_refutes_dead_and_left_claims_and_ignores_old_ones():
     assert b.member(b.node_id).state == ALIVE
 
 
+def test_fact_at_the_largest_incarnation_about_self_is_ignored():
+    from p2pfs.membership.messages import INCARNATION_MAX
+    b = make("b")
+    teach(b, MemberFact(b.node_id, INCARNATION_MAX, DEAD, node_id("a"), None))
+    assert b.incarnation == 1 and b.member(b.node_id).state == ALIVE
+
+
 def test_restart_with_lower_incarnation_refutes_its_previous_life():
     # The previous life refuted its way to incarnation 1000; the new one starts lower.
     b = make("b", incarnation=900)
@@ -315,6 +322,14 @@ def test_unknown_member_is_learned_only_from_a_fact_that_says_where_it_is():
     assert {m.node_id for m in a.members()} == {a.node_id}
     teach(a, MemberFact(node_id("z"), 1, SUSPECT, node_id("b"), meta("z")))
     assert state_of(a, "z") == (SUSPECT, 1)
+
+
+def test_members_are_capped(monkeypatch):
+    from p2pfs.membership import state
+    monkeypatch.setattr(state, "MEMBERS_MAX", 3)
+    a = make("a")
+    teach(a, alive("b"), alive("c"), alive("d"))
+    assert len(a.members()) == 3 and state_of(a, "d") is None
 
 
 def test_push_pull_turns_remote_dead_into_local_suspicion():

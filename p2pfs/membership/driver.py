@@ -57,7 +57,14 @@ class GossipTransport(Protocol):
 
 
 class MembershipService:
-    """Runs a ``Membership`` core under trio. Lives in the caller's nursery via ``run``."""
+    """Runs a ``Membership`` core under trio. Lives in the caller's nursery via ``run``.
+
+    There is no clock parameter: ``now_s`` is always ``trio.current_time()``,
+    because the timer's cancel-scope deadlines are in trio's clock (and so a
+    MockClock drives everything). Build the core with
+    ``now_s=trio.current_time()`` and ``incarnation_initial=incarnation_from_wall_clock()``
+    (or a persisted counter).
+    """
 
     def __init__(self, core: Membership, transport: GossipTransport) -> None:
         self.core = core

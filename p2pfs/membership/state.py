@@ -97,6 +97,10 @@ log = logging.getLogger(__name__)
 # Indirect probes this node relays at once; further PingReqs are ignored (the
 # requester then misses our nack, which is the right signal: we are busy).
 RELAY_PROBES_MAX = 256
+# Members we hold at most (dead and left ones included until reaped): ten
+# times the largest clusters Lifeguard reports (10k+ per datacentre). Facts
+# introducing more are ignored, so a broken peer cannot grow us without bound.
+MEMBERS_MAX = 100_000
 # Seed addresses kept for joining.
 SEEDS_MAX = 64
 # A relay nacks after this fraction of the time the requester has left in its
@@ -508,6 +512,9 @@ class Membership:
             # Only a fact that says the member runs, and says where, introduces it.
             if fact.state > MemberState.SUSPECT or fact.meta is None:
                 return False
+            if len(self._members) >= MEMBERS_MAX:
+                log.warning("%s: MEMBERS_MAX reached, ignoring new member %s", _short(self.node_id), _short(fact.node_id))
+                return False
             self._set_member(
                 self._member_from(fact.node_id, fact.meta, fact.incarnation, fact.state, now_s),
                 fact.accuser_id, now_s,
@@ -550,6 +557,10 @@ class Membership:
 
     def _apply_about_self(self, fact: MemberFact, now_s: float) -> bool:
         if self._left or fact.incarnation < self._incarnation:
+            return False
+        if fact.incarnation >= INCARNATION_MAX:
+            # Nothing can refute it; a peer sending this is broken or hostile.
+            log.warning("%s: ignoring a fact about us at the largest incarnation", _short(self.node_id))
             return False
         if fact.state == MemberState.ALIVE and fact.incarnation == self._incarnation:
             return False  # our own current fact, echoed back
