@@ -42,6 +42,10 @@ from p2pfs.chaos.history import ABSENT, DELETE, FAIL, GET, INFO, OK, PUT, Fault,
 
 # A read that could not complete is recorded with this prefix instead of a value.
 READ_ERROR_PREFIX = "error:"
+# Stamps count whole milliseconds: two stamps taken within the same millisecond on
+# different nodes are ordered by node id, not by time. A write outranks another for
+# certain only if its window starts more than this after the other's ends.
+STAMP_RESOLUTION_S = 0.001
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,7 +105,7 @@ def allowed_values(writes: list[Op], skews: list[Skew]) -> dict[str, list[int]]:
         allowed[ABSENT].append(-1)  # the initial state: nothing there
     for w in effective:
         _, w_high_s = windows[w.op_id]
-        if any(a is not w and windows[a.op_id][0] > w_high_s for a in acknowledged):
+        if any(a is not w and windows[a.op_id][0] > w_high_s + STAMP_RESOLUTION_S for a in acknowledged):
             continue  # some acknowledged write is certainly stamped later
         allowed[ABSENT if w.kind == DELETE else w.value].append(w.op_id)
     return dict(allowed)

@@ -45,6 +45,8 @@ FSCK_CALL_TIMEOUT_S = 60.0
 CHECK_READ_TIMEOUT_S = 30.0
 # Pause between two polls of the cluster while waiting for it to settle.
 SETTLE_POLL_S = 1.0
+# Rounds in a row in which every node must report the same version of every name.
+SETTLE_ROUNDS = 2
 # Log lines quoted from a daemon that died on its own.
 CRASH_LOG_LINES = 15
 
@@ -162,13 +164,13 @@ class Run:
         lagging = await self.cluster.wait_converged(CONVERGE_TIMEOUT_S)
         if lagging:
             self.notes.append(f"membership had not converged {CONVERGE_TIMEOUT_S:.0f} s after the heal")
+        log.info("waiting for fsck to find every name and chunk fully replicated")
+        self.violations += await self.check_fsck()
         final = await self._settle()
         self.violations += checker.check_reads(self.ops)
         self.violations += checker.check_final_values(self.ops, self.faults, final)
         views = {n.name: await self.cluster.members_seen_by(n) for n in self.cluster.nodes}
         self.violations += checker.check_membership(views, {n.name: n.node_id for n in self.cluster.nodes})
-        log.info("checking fsck")
-        self.violations += await self.check_fsck()
         self.violations += await self._check_listing()
 
     async def _restart_crashed(self) -> None:
@@ -205,18 +207,26 @@ class Run:
         return found
 
     async def _settle(self) -> dict[str, dict[str, str]]:
-        """Wait until every node reports the same version of every name, then read each in full."""
+        """Wait until every node reports the same version of every name, twice running; then read all in full.
+
+        Each report is a quorum read, which can happen to agree while replicas
+        still differ; two agreeing rounds in a row, a second apart, make a lucky
+        agreement unlikely (fsck has normally made it certain already).
+        """
         names = name_pool(self.options.names)
+        agreeing_rounds = 0
         unsettled = names
         with trio.move_on_after(SETTLE_TIMEOUT_S):
-            while unsettled:
+            while agreeing_rounds < SETTLE_ROUNDS:
                 unsettled = []
                 for name in names:
                     seen = await self._read_everywhere(name, full=False)
                     if len(set(seen.values())) != 1 or any(v.startswith(READ_ERROR_PREFIX) for v in seen.values()):
                         unsettled.append(name)
+                agreeing_rounds = 0 if unsettled else agreeing_rounds + 1
                 if unsettled:
                     log.info("settling: %d names differ between nodes", len(unsettled))
+                if agreeing_rounds < SETTLE_ROUNDS:
                     await trio.sleep(SETTLE_POLL_S)  # polling the cluster's state, under a deadline
         if unsettled:
             self.notes.append(f"{len(unsettled)} names still differed between nodes {SETTLE_TIMEOUT_S:.0f} s "
@@ -243,9 +253,14 @@ class Run:
     async def check_fsck(self) -> list[Violation]:
         """`p2pfs fsck --json` through the CLI, polled until clean; skipped with a note if it does not exist.
 
-        fsck exits non-zero while data is at risk. Right after the heal,
-        anti-entropy may still be refilling a wiped node, so a non-zero exit is
-        a violation only if it lasts ``FSCK_TIMEOUT_S``.
+        This is also how the checker knows the cluster is quiet. Right after
+        the heal, hints are still in flight and anti-entropy may be refilling a
+        wiped node; until they are done, a quorum read can legitimately miss the
+        newest version (a write acknowledged by a stand-in overlaps a read of
+        the preferred replicas in only one node). So the final reads wait until
+        fsck finds nothing under-replicated, misplaced, missing or corrupt. A
+        non-zero exit (data at risk) that lasts ``FSCK_TIMEOUT_S`` is a
+        violation; copies still on the wrong nodes by then are noted.
         """
         node = self.cluster.nodes[0]
         command = [sys.executable, "-m", "p2pfs", "--identity", str(self.cluster.directory / "client"),
@@ -258,12 +273,31 @@ class Run:
                 if last.returncode == ExitCode.BAD_INPUT and b"No such command" in last.stderr:
                     self.notes.append("fsck skipped: this build has no `p2pfs fsck`")
                     return []
-                if last.returncode == 0:
+                if last.returncode == 0 and not _fsck_unfinished(last.stdout):
                     self.notes.append(f"fsck clean: {_fsck_counts(last.stdout)}")
                     return []
                 await trio.sleep(SETTLE_POLL_S)  # polling fsck under a deadline
         detail = f"exit {last.returncode}: {_fsck_counts(last.stdout)} {last.stderr.decode(errors='replace').strip()}"
+        if last.returncode == 0:
+            self.notes.append(f"fsck not at risk but not finished after {FSCK_TIMEOUT_S:.0f} s: {detail}")
+            return []
         return [Violation("fsck", "cluster", f"not clean after {FSCK_TIMEOUT_S:.0f} s: {detail}")]
+
+
+# fsck counters that must be zero before the final reads (see Run.check_fsck).
+FSCK_UNFINISHED_COUNTERS = ("under_replicated", "misplaced", "missing", "corrupt")
+
+
+def _fsck_unfinished(stdout: bytes) -> dict[str, int]:
+    """fsck's non-zero counters of copies still missing or on the wrong nodes."""
+    try:
+        report = json.loads(stdout)
+    except json.JSONDecodeError:
+        return {"unparsed": 1}
+    if not isinstance(report, dict):
+        return {"unparsed": 1}
+    return {k: v for k, v in report.items()
+            if isinstance(v, int) and v and any(c in k for c in FSCK_UNFINISHED_COUNTERS)}
 
 
 def _fsck_counts(stdout: bytes) -> str:
