@@ -232,7 +232,14 @@ class Run:
             self.notes.append(f"{len(unsettled)} names still differed between nodes {SETTLE_TIMEOUT_S:.0f} s "
                               "after the heal")
         log.info("reading every name through every node")
-        return {name: await self._read_everywhere(name, full=True) for name in names}
+        final = {name: await self._read_everywhere(name, full=True) for name in names}
+        for name, seen in final.items():
+            if len(set(seen.values())) > 1:  # for the diagnosis: does it persist or flip?
+                await trio.sleep(SETTLE_POLL_S)  # give a transient answer time to change
+                again = await self._read_everywhere(name, full=True)
+                self.notes.append(f"{name} read again {SETTLE_POLL_S:.0f} s later: "
+                                  + "; ".join(f"{n}: {v[:12]}" for n, v in sorted(again.items())))
+        return final
 
     async def _check_listing(self) -> list[Violation]:
         """``ls`` must list only names the workload used."""
