@@ -43,7 +43,7 @@ def _kinds(value: str) -> tuple[str, ...]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--minutes", type=float, default=30.0, show_default=True,
-              help="Length of the workload under the nemesis; setting up and checking add about a minute.")
+              help="Length of the workload under the nemesis; setting up and checking add 20 s to a minute.")
 @click.option("--seed", type=int, default=None, help="Seed of the workload and the nemesis (default: random).")
 @click.option("--nodes", type=click.IntRange(3, 20), default=5, show_default=True, help="Daemons (rf is 3).")
 @click.option("--faults", "faults", default=",".join(FAULT_KINDS), show_default=True, metavar="KIND,...",

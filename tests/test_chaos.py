@@ -165,6 +165,17 @@ def test_the_workload_plan_is_a_function_of_the_seed_and_puts_are_unique():
     assert all(len(c) >= p.size_bytes for c, p in zip(contents, [p for p in first if p.kind == PUT]))
 
 
+def test_a_saved_header_replays_the_same_run(tmp_path):
+    from p2pfs.chaos.history import HistoryWriter, read_header
+    from p2pfs.chaos.runner import RunOptions
+
+    options = RunOptions(seed=9, duration_s=90.0, out_dir=tmp_path, nodes=5, kinds=(nemesis.KILL, nemesis.SKEW),
+                         workers=3)
+    writer = HistoryWriter(tmp_path / "history.jsonl", options.header())
+    writer.close()
+    assert RunOptions.from_header(read_header(tmp_path / "history.jsonl"), tmp_path) == options
+
+
 def test_the_delayer_keeps_packets_in_order():
     import random
 

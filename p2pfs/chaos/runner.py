@@ -37,7 +37,8 @@ SUMMARY_FILE = "summary.json"
 CONVERGE_TIMEOUT_S = 60.0
 # Seconds after the heal for every node to read every name the same (hints, repair).
 SETTLE_TIMEOUT_S = 90.0
-# Seconds for `p2pfs fsck` to come back clean after the reads agree (anti-entropy).
+# Seconds after membership converges for fsck to find everything fully replicated (hints,
+# anti-entropy refilling a wiped node); the final reads come after it.
 FSCK_TIMEOUT_S = 90.0
 # Deadline of one CLI fsck call.
 FSCK_CALL_TIMEOUT_S = 60.0
