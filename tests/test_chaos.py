@@ -232,14 +232,16 @@ def test_short_chaos_run_passes_the_checker(tmp_path):
 @needs_sandbox
 def test_a_sigkilled_run_leaves_no_process_behind(tmp_path):
     out = tmp_path / "run"
-    harness = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--minutes", "5", "--seed", "1", "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
-    )
+    log_path = tmp_path / "harness.log"
+    with open(log_path, "wb") as log_file:  # a file, not a pipe nobody drains
+        harness = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--minutes", "5", "--seed", "1", "--out", str(out)],
+            stdout=subprocess.DEVNULL, stderr=log_file, cwd=REPO,
+        )
     try:
         deadline_s = time.monotonic() + 60
         while len(processes_mentioning(str(out / "cluster"))) < 5:
-            assert harness.poll() is None, harness.stderr.read().decode()
+            assert harness.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline_s, "the daemons did not start"
             time.sleep(0.2)  # polling for the daemons, under a deadline
     finally:
