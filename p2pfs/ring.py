@@ -18,7 +18,7 @@ must depend on the node id alone (so that a join or leave moves only that member
 any one member, the union of everyone else's tokens looks random, and no cleverer placement of its
 own tokens shrinks the gaps in front of them. That leaves the token count. We want max/mean load
 <= 1.10 over 100 equal members. Measured over 200 random sets of 100 node ids
-(docs/BENCHMARKS-ring.md): T = 1024 has a median max/mean of 1.078 and exceeds 1.10 in 9% of sets,
+(docs/BENCHMARKS.md): T = 1024 has a median max/mean of 1.078 and exceeds 1.10 in 9% of sets,
 T = 1536 in 0.5%; T = 2048 has a median of 1.055, a worst of 1.082, and never exceeded 1.10. The
 cost is linear in tokens and paid only when membership changes: 100 members (204,800 tokens)
 build in about 0.1 s and take 2.3 MiB, 1,000 members in about 1.7 s and 23 MiB; lookups stay

@@ -37,7 +37,7 @@ PIGGYBACK_BYTES_MAX = 1200
 # Gossip rounds carry the bulk of dissemination (3 members every 200 ms), and
 # during a mass join every member has every other member's arrival to spread.
 # 1,000 simultaneous joins converge in 20 rounds with 16 KiB (about 150
-# updates), 47 with 8 KiB and 100 with 4 KiB (docs/BENCHMARKS-membership.md);
+# updates), 47 with 8 KiB and 100 with 4 KiB (docs/BENCHMARKS.md);
 # a round costs at most 3 x 16 KiB, and nothing is sent when nothing is pending.
 GOSSIP_BYTES_MAX = 16 * 1024
 # Count cap checked on every decoded message; above what the byte caps allow.

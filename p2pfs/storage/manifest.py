@@ -3,7 +3,7 @@
 A chunk's id is the BLAKE3 digest of its bytes, so a chunk is immutable,
 deduplicated, and checkable by anyone who holds it. BLAKE3 rather than SHA-256
 because it hashes 2.6-4.7x faster on one thread on our machines
-(docs/BENCHMARKS-storage.md) and every byte stored or served is hashed at least once.
+(docs/BENCHMARKS.md) and every byte stored or served is hashed at least once.
 
 A file is a manifest: its chunk ids in order, its size, the BLAKE3 of the whole
 file (so a user can check a download with ``b3sum``), when it was created and the
@@ -31,7 +31,7 @@ FILE_HASH_BYTES = 32
 # that much memory.
 CHUNK_SIZE_BYTES_MIN = 4 * 1024
 CHUNK_SIZE_BYTES_MAX = 4 * 1024 * 1024
-# 1 MiB (docs/BENCHMARKS-storage.md): a node stores 1 MiB chunks at 335-407 MB/s, over
+# 1 MiB (docs/BENCHMARKS.md): a node stores 1 MiB chunks at 335-407 MB/s, over
 # twice the cluster's TLS-bound put ceiling, so larger chunks would not speed a put;
 # they would cost memory per chunk in flight, parallelism for files of a few MiB,
 # re-sent bytes after a failure, and TLS moves 1 MiB writes faster than 4 MiB ones.

@@ -1,0 +1,618 @@
+"""Membership of real daemon processes on loopback: convergence, join, failure detection, idle cost.
+
+For each process count (default 5 and 20), on a fresh test network (p2pfs.testnet, a free block of
+ports below 32768, default membership settings: probe interval 1 s):
+- converge: N-1 daemons are started at once; seconds from the first start until every one of them
+  sees all N-1 alive;
+- join: the N-th daemon is started; seconds from its start (Popen) until every other member sees it
+  alive, and the same from the moment it first answers a client (interpreter start-up excluded);
+- idle cost per daemon over ``--idle-s`` seconds with nobody talking to the cluster: CPU % of one
+  core (utime + stime from /proc/PID/stat), RSS (VmRSS), and TCP payload bytes per second sent and
+  received (kernel per-socket counters, ``ss -tinp``, summed per daemon pid; loopback, so iptables
+  accounting would need the host's netfilter, which is off limits);
+- detection: ``--kills`` times, a daemon other than the seeds is SIGKILLed; every live member is
+  polled (client library, ``members()``, one persistent connection each) until it marks the victim
+  suspect and dead. The same moments are also read from each member's log (millisecond timestamps,
+  no polling delay). The victim is restarted, and the seconds until all see it alive again are the
+  rejoin time.
+With ``--idle-minutes M`` the largest network is then left idle for M minutes, and again for M
+minutes with a CPU hog pinned to core 0; suspicions, deaths and refutations in the logs during each
+window count as false alarms (every member was alive throughout).
+
+Also the home of the helpers every real-process benchmark uses: a test network on free ports that is
+always stopped, and per-process CPU, RSS and peak-RSS readings from /proc.
+
+Run standalone (.venv/bin/python scripts/bench_cluster.py --help) or as
+``python scripts/bench.py membership``. A benchmark measures; it never fails on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import trio
+
+from p2pfs import identity, testnet
+from p2pfs.address import Address
+from p2pfs.client import Client
+from p2pfs.errors import UserError
+from p2pfs.membership import MembershipConfig
+
+NODES_DEFAULT = (5, 20)
+KILLS_DEFAULT = 3
+IDLE_S_DEFAULT = 60.0
+POLL_S_DEFAULT = 0.2
+# Lowest and highest base port tried for a network: below Linux's ephemeral range (32768+).
+BASE_PORT_MIN = 20000
+BASE_PORT_MAX = 32000
+PORT_BLOCK_ATTEMPTS = 20
+# Deadline for one members() call while polling; a member that does not answer is asked again.
+VIEW_TIMEOUT_S = 3.0
+# Deadline for a network to converge, a join to be seen, or a victim to come back.
+CONVERGE_TIMEOUT_S = 120.0
+# After a kill, polling stops this long after the worst-case detection bound.
+DETECTION_MARGIN_S = 30.0
+# Quiet time after the last join before an idle window, for the join's gossip to die out.
+SETTLE_S = 10.0
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+TARGET_DETECTION_S_MEDIAN = 5.0
+TARGET_JOIN_SEEN_S = 1.0
+TARGET_IDLE_CPU_PERCENT = 0.5
+TARGET_IDLE_RSS_MIB = 60.0
+TARGET_IDLE_TRAFFIC_BYTES_PER_S = 1024.0
+
+# "<observer>: <subject> is DEAD (incarnation 7, by <accuser>)", from membership/state.py.
+_STATE_LINE = re.compile(r"^(\S+) INFO node=\S+ p2pfs\.membership\.state: \w+: (\w+) is (SUSPECT|DEAD) ")
+_REFUTE_LINE = re.compile(r"^(\S+) INFO node=\S+ p2pfs\.membership\.state: \w+: refuting ")
+
+
+# ---------------------------------------------------------------------------
+# /proc readings
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S  # utime, stime: fields 14, 15
+
+
+def status_mib(pid: int, field: str) -> float:
+    """A memory figure from /proc/PID/status (VmRSS, VmHWM, ...) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux clear_refs 5); False if not permitted,
+    in which case VmHWM is the peak since the process started."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SocketBytes:
+    sent: int
+    received: int
+
+
+_SS_USER = re.compile(r"pid=(\d+)")
+_SS_SENT = re.compile(r"\bbytes_sent:(\d+)")
+_SS_RECEIVED = re.compile(r"\bbytes_received:(\d+)")
+
+
+def tcp_bytes_by_socket(pids: set[int]) -> dict[tuple[int, str, str], SocketBytes]:
+    """Kernel TCP payload counters of every established socket owned by ``pids``.
+
+    Keyed by (pid, local address, peer address). These are bytes of TLS records as TCP carries
+    them (no IP/TCP headers); a socket closed before the next reading takes its bytes with it.
+    """
+    out = subprocess.run(
+        ["ss", "-tinpH", "state", "established"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    found: dict[tuple[int, str, str], SocketBytes] = {}
+    key: tuple[int, str, str] | None = None
+    for line in out.splitlines():
+        if not line[:1].isspace():  # a socket's first line: queues, addresses, owner
+            parts = line.split()
+            owner = _SS_USER.search(line)
+            key = None
+            if owner and int(owner.group(1)) in pids and len(parts) >= 4:
+                key = (int(owner.group(1)), parts[2], parts[3])
+        elif key is not None:  # its tcp_info line
+            sent, received = _SS_SENT.search(line), _SS_RECEIVED.search(line)
+            found[key] = SocketBytes(int(sent.group(1)) if sent else 0, int(received.group(1)) if received else 0)
+            key = None
+    return found
+
+
+def traffic_bytes_per_s(before: dict, after: dict, seconds: float) -> tuple[dict[int, SocketBytes], int]:
+    """Per-pid bytes per second between two readings, and how many sockets closed in between."""
+    rates: dict[int, list[float]] = {}
+    for key, now in after.items():
+        then = before.get(key, SocketBytes(0, 0))  # opened during the window: counted from zero
+        rate = rates.setdefault(key[0], [0.0, 0.0])
+        rate[0] += (now.sent - then.sent) / seconds
+        rate[1] += (now.received - then.received) / seconds
+    closed = sum(1 for key in before if key not in after)
+    return {pid: SocketBytes(round(s), round(r)) for pid, (s, r) in rates.items()}, closed
+
+
+# ---------------------------------------------------------------------------
+# A test network that is always stopped
+
+
+def create_on_free_ports(directory: Path, nodes: int) -> int:
+    """Create a test network with default settings on a random free block of ports; returns its
+    base port."""
+    rng = random.Random()
+    for _ in range(PORT_BLOCK_ATTEMPTS):
+        base_port = rng.randrange(BASE_PORT_MIN, BASE_PORT_MAX - nodes)
+        try:
+            testnet.create(directory, nodes, base_port)
+            return base_port
+        except UserError as exc:
+            if "in use" not in str(exc):
+                raise
+    raise RuntimeError(f"no free block of {nodes} ports found below {BASE_PORT_MAX}")
+
+
+@contextlib.contextmanager
+def stopped_at_exit(directory: Path) -> Iterator[None]:
+    """Stop every daemon of the network on the way out, whatever happened (Ctrl-C included)."""
+    try:
+        yield
+    finally:
+        testnet.down(directory)
+
+
+@contextlib.contextmanager
+def running_testnet(directory: Path, nodes: int) -> Iterator[list[testnet.NodeProcess]]:
+    """A converged network of ``nodes`` daemons with default settings, stopped on exit."""
+    base_port = create_on_free_ports(directory, nodes)
+    with stopped_at_exit(directory):
+        testnet.up(directory, nodes, base_port)
+        yield testnet.status(directory)
+
+
+@contextlib.contextmanager
+def cpu_hog(core: int) -> Iterator[int]:
+    """A process spinning on one core; killed on exit."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(hog.pid, {core})
+        yield hog.pid
+    finally:
+        hog.kill()
+        hog.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------
+# Views of the cluster, read through the client library
+
+
+class MemberViews:
+    """One persistent client connection per member, to read its view of the cluster cheaply.
+
+    A fresh mutual-TLS handshake per poll would cost more CPU than the membership protocol itself;
+    a connection that fails is dropped and opened again on the next read.
+    """
+
+    def __init__(self, ident: identity.Identity, nursery: trio.Nursery) -> None:
+        self._ident = ident
+        self._nursery = nursery
+        self._held: dict[Address, tuple[Client, trio.CancelScope]] = {}
+
+    async def _hold(self, address: Address, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            async with Client.connect(self._ident, address) as client:
+                self._held[address] = (client, scope)
+                task_status.started()
+                await trio.sleep_forever()
+
+    def drop(self, address: Address) -> None:
+        held = self._held.pop(address, None)
+        if held is not None:
+            held[1].cancel()
+
+    async def view(self, address: Address) -> dict[str, str] | None:
+        """node id -> state ("alive", "suspect", "dead", "left") as ``address`` sees it; None if
+        it does not answer within VIEW_TIMEOUT_S."""
+        try:
+            with trio.fail_after(VIEW_TIMEOUT_S):
+                if address not in self._held:
+                    await self._nursery.start(self._hold, address)
+                members = await self._held[address][0].members()
+        except (UserError, trio.TooSlowError):
+            self.drop(address)
+            return None
+        return {mb.node_id: mb.state for mb in members}
+
+
+async def first_times(
+    views: MemberViews,
+    observers: list[Address],
+    conditions: dict[str, Callable[[dict[str, str]], bool]],
+    *,
+    timeout_s: float,
+    poll_s: float,
+) -> dict[Address, dict[str, float | None]]:
+    """For each observer and each named condition on its view, the trio time it first held.
+
+    Every observer is polled in its own task every ``poll_s``; None where a condition never held
+    within ``timeout_s``.
+    """
+    found: dict[Address, dict[str, float | None]] = {a: dict.fromkeys(conditions) for a in observers}
+
+    async def watch(address: Address) -> None:
+        mine = found[address]
+        while any(t is None for t in mine.values()):
+            view = await views.view(address)
+            now = trio.current_time()
+            if view is not None:
+                for name, holds in conditions.items():
+                    if mine[name] is None and holds(view):
+                        mine[name] = now
+            await trio.sleep(poll_s)
+
+    with trio.move_on_after(timeout_s):
+        async with trio.open_nursery() as nursery:
+            for address in observers:
+                nursery.start_soon(watch, address)
+    return found
+
+
+def sees_all_alive(node_ids: set[str]) -> Callable[[dict[str, str]], bool]:
+    return lambda view: all(view.get(n) == "alive" for n in node_ids)
+
+
+# ---------------------------------------------------------------------------
+# Logs
+
+
+def _log_time_s(stamp: str) -> float:
+    moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+@dataclasses.dataclass(slots=True)
+class LogEvents:
+    """Membership alarms logged by one daemon: (wall time s, subject short id, state)."""
+
+    states: list[tuple[float, str, str]]
+    refutations: list[float]
+
+
+def read_log_events(node_dir: Path) -> LogEvents:
+    events = LogEvents([], [])
+    try:
+        text = (node_dir / testnet.LOG_FILE).read_text(errors="replace")
+    except FileNotFoundError:
+        return events
+    for line in text.splitlines():
+        if match := _STATE_LINE.match(line):
+            events.states.append((_log_time_s(match.group(1)), match.group(2), match.group(3)))
+        elif match := _REFUTE_LINE.match(line):
+            events.refutations.append(_log_time_s(match.group(1)))
+    return events
+
+
+def alarms_between(node_dirs: list[Path], start_wall_s: float, end_wall_s: float) -> dict[str, int]:
+    """Suspicions, deaths and refutations logged by any of the daemons in a time window."""
+    counts = {"suspect": 0, "dead": 0, "refuted": 0}
+    for node_dir in node_dirs:
+        events = read_log_events(node_dir)
+        for when, _subject, state in events.states:
+            if start_wall_s <= when <= end_wall_s:
+                counts[state.lower()] += 1
+        counts["refuted"] += sum(1 for when in events.refutations if start_wall_s <= when <= end_wall_s)
+    return counts
+
+
+# ---------------------------------------------------------------------------
+# Measurements
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "max": None}
+    return {"median": statistics.median(values), "max": max(values)}
+
+
+def idle_cost(procs: list[testnet.NodeProcess], idle_s: float) -> dict:
+    """CPU, RSS and traffic of each daemon over ``idle_s`` seconds in which nobody talks to them."""
+    pids = {p.pid for p in procs}
+    cpu_before = {pid: cpu_s(pid) for pid in pids}
+    sockets_before = tcp_bytes_by_socket(pids)
+    start = time.monotonic()
+    time.sleep(idle_s)  # the measurement is of doing nothing
+    elapsed_s = time.monotonic() - start
+    sockets_after = tcp_bytes_by_socket(pids)
+    cpu_percent = {pid: 100 * (cpu_s(pid) - cpu_before[pid]) / elapsed_s for pid in pids}
+    rss_mib = {pid: status_mib(pid, "VmRSS") for pid in pids}
+    traffic, closed = traffic_bytes_per_s(sockets_before, sockets_after, elapsed_s)
+    sent = [traffic.get(pid, SocketBytes(0, 0)).sent for pid in pids]
+    received = [traffic.get(pid, SocketBytes(0, 0)).received for pid in pids]
+    return {
+        "seconds": elapsed_s,
+        "cpu_percent": {"median": statistics.median(cpu_percent.values()), "max": max(cpu_percent.values())},
+        "rss_mib": {"median": statistics.median(rss_mib.values()), "max": max(rss_mib.values())},
+        "sent_bytes_per_s": {"median": statistics.median(sent), "max": max(sent)},
+        "received_bytes_per_s": {"median": statistics.median(received), "max": max(received)},
+        "sockets_closed_during": closed,
+    }
+
+
+async def _converge(views: MemberViews, procs: list[testnet.NodeProcess], since: float,
+                    poll_s: float) -> float | None:
+    """Seconds from the trio time ``since`` until every process sees every process alive."""
+    found = await first_times(
+        views, [p.address for p in procs], {"all": sees_all_alive({p.node_id for p in procs})},
+        timeout_s=CONVERGE_TIMEOUT_S, poll_s=poll_s,
+    )
+    times = [t["all"] for t in found.values()]
+    return None if None in times else max(times) - since
+
+
+async def _start_and_converge(directory: Path, views: MemberViews, poll_s: float) -> dict:
+    """Start N-1 daemons at once, time their convergence, then time the N-th one's join."""
+    dirs = [directory / p.name for p in testnet.status(directory)]
+    first, newcomer = dirs[:-1], dirs[-1]
+    start = trio.current_time()
+    for node_dir in first:
+        testnet.start_node(node_dir)
+    procs = [testnet.node_process(d) for d in first]
+    converged = await _converge(views, procs, start, poll_s)
+    if converged is None:
+        raise RuntimeError(f"{len(first)} daemons did not converge within {CONVERGE_TIMEOUT_S} s")
+    join = await _time_join(views, procs, newcomer, poll_s)
+    return {"converge_s": converged, "join": join}
+
+
+async def _time_join(views: MemberViews, others: list[testnet.NodeProcess], node_dir: Path,
+                     poll_s: float) -> dict:
+    """Start one daemon and time how long until it answers, and until every other sees it alive."""
+    started = trio.current_time()
+    testnet.start_node(node_dir)
+    new = testnet.node_process(node_dir)
+    answering = await first_times(views, [new.address], {"up": lambda view: True},
+                                  timeout_s=CONVERGE_TIMEOUT_S, poll_s=0.05)
+    found = await first_times(
+        views, [p.address for p in others], {"seen": lambda view: view.get(new.node_id) == "alive"},
+        timeout_s=CONVERGE_TIMEOUT_S, poll_s=poll_s,
+    )
+    up = answering[new.address]["up"]
+    seen = [t["seen"] for t in found.values()]
+    if up is None or None in seen:
+        raise RuntimeError(f"{node_dir.name} was not seen by every member within {CONVERGE_TIMEOUT_S} s")
+    return {"answering_s": up - started, "seen_by_all_s": max(seen) - started,
+            "seen_by_all_after_answering_s": max(seen) - up}
+
+
+async def _time_kill(directory: Path, views: MemberViews, victim: testnet.NodeProcess,
+                     config: MembershipConfig, nodes: int, poll_s: float) -> dict:
+    """SIGKILL one daemon; when does each live member mark it suspect, then dead?"""
+    live = [p for p in testnet.status(directory) if p.running and p.name != victim.name]
+    views.drop(victim.address)
+    killed_wall_s = time.time()
+    killed = trio.current_time()
+    await trio.to_thread.run_sync(lambda: testnet.stop_node(victim.directory, kill=True))
+    found = await first_times(
+        views, [p.address for p in live],
+        {"suspect": lambda view: view.get(victim.node_id) in ("suspect", "dead"),
+         "dead": lambda view: view.get(victim.node_id) == "dead"},
+        timeout_s=config.detection_bound_s(nodes) + DETECTION_MARGIN_S, poll_s=poll_s,
+    )
+    polled_suspect = [t["suspect"] - killed for t in found.values() if t["suspect"] is not None]
+    polled_dead = [t["dead"] - killed for t in found.values() if t["dead"] is not None]
+    logged_dead = []
+    for proc in live:
+        times = [when for when, subject, state in read_log_events(proc.directory).states
+                 if subject == victim.node_id[:12] and state == "DEAD" and when >= killed_wall_s]
+        if times:
+            logged_dead.append(min(times) - killed_wall_s)
+    rejoin = await _time_join(views, live, victim.directory, poll_s)
+    return {
+        "observers": len(live),
+        "undetected": len(live) - len(polled_dead),
+        "suspect_s": _stats(polled_suspect),
+        "dead_s": _stats(polled_dead),
+        "dead_logged_s": _stats(logged_dead),
+        "rejoin_answering_s": rejoin["answering_s"],
+        "rejoin_seen_by_all_s": rejoin["seen_by_all_s"],
+    }
+
+
+def measure_network(work_dir: Path, nodes: int, kills: int, idle_s: float, idle_minutes: float,
+                    poll_s: float) -> dict:
+    """Every figure for one network size; the network is stopped on the way out."""
+    directory = work_dir / f"net{nodes}"
+    create_on_free_ports(directory, nodes)
+    client_ident = identity.load_identity(directory / testnet.CLIENT_DIR)
+    config = MembershipConfig()  # the test network runs the defaults
+    result: dict = {"nodes": nodes, "probe_interval_s": config.probe_interval_s}
+    with stopped_at_exit(directory):
+
+        async def start_phase() -> None:
+            async with trio.open_nursery() as nursery:
+                views = MemberViews(client_ident, nursery)
+                result.update(await _start_and_converge(directory, views, poll_s))
+                nursery.cancel_scope.cancel()
+
+        trio.run(start_phase)
+        time.sleep(SETTLE_S)  # let the join's gossip die out before measuring idleness
+        procs = testnet.status(directory)
+        idle_start_wall_s = time.time()
+        result["idle"] = idle_cost(procs, idle_s)
+        result["idle"]["alarms"] = alarms_between([p.directory for p in procs], idle_start_wall_s, time.time())
+
+        async def kill_phase() -> None:
+            async with trio.open_nursery() as nursery:
+                views = MemberViews(client_ident, nursery)
+                result["kills"] = []
+                victims = [p for p in procs if p.name not in ("node1", "node2")]  # keep the seeds
+                for victim in victims[-kills:] if kills else []:
+                    result["kills"].append(await _time_kill(directory, views, victim, config, nodes, poll_s))
+                nursery.cancel_scope.cancel()
+
+        trio.run(kill_phase)
+        if idle_minutes > 0:
+            result["long_idle"] = long_idle(directory, idle_minutes)
+    return result
+
+
+def long_idle(directory: Path, minutes: float) -> list[dict]:
+    """False alarms over ``minutes`` idle, then ``minutes`` idle with a CPU hog on core 0."""
+    time.sleep(SETTLE_S)
+    procs = testnet.status(directory)
+    runs = []
+    for hog in (False, True):
+        start_wall_s = time.time()
+        with cpu_hog(0) if hog else contextlib.nullcontext():
+            time.sleep(minutes * 60)  # the measurement is of doing nothing
+        end_wall_s = time.time()
+        still = sum(1 for p in testnet.status(directory) if p.running)
+        runs.append({"minutes": minutes, "cpu_hog": hog, "running_at_end": still, "nodes": len(procs),
+                     **alarms_between([p.directory for p in procs], start_wall_s, end_wall_s)})
+    return runs
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def print_report(results: list[dict]) -> None:
+    print("### Convergence and join (seconds)\n")
+    print("| processes | N-1 converge | join: answering | join: seen by all | seen by all after answering "
+          f"| target (<= {TARGET_JOIN_SEEN_S:g} s) |")
+    print("|--:|--:|--:|--:|--:|---|")
+    for r in results:
+        join = r["join"]
+        print(f"| {r['nodes']} | {_fmt(r['converge_s'])} | {_fmt(join['answering_s'])} "
+              f"| {_fmt(join['seen_by_all_s'])} | {_fmt(join['seen_by_all_after_answering_s'])} "
+              f"| {_verdict(join['seen_by_all_after_answering_s'] <= TARGET_JOIN_SEEN_S)} (after answering) |")
+    print("\n### Detection of a SIGKILLed daemon (seconds after the kill, over every live member)\n")
+    print("| processes | kill | observers | suspect: median / max | dead: median / max "
+          "| dead in logs: median / max | restarted: answering / seen by all "
+          f"| target (median <= {TARGET_DETECTION_S_MEDIAN:g} s) |")
+    print("|--:|--:|--:|--:|--:|--:|--:|---|")
+    for r in results:
+        for i, k in enumerate(r["kills"], start=1):
+            median = k["dead_logged_s"]["median"]
+            ok = k["undetected"] == 0 and median is not None and median <= TARGET_DETECTION_S_MEDIAN
+            print(f"| {r['nodes']} | {i} | {k['observers']} "
+                  f"| {_fmt(k['suspect_s']['median'])} / {_fmt(k['suspect_s']['max'])} "
+                  f"| {_fmt(k['dead_s']['median'])} / {_fmt(k['dead_s']['max'])} "
+                  f"| {_fmt(k['dead_logged_s']['median'])} / {_fmt(k['dead_logged_s']['max'])} "
+                  f"| {_fmt(k['rejoin_answering_s'])} / {_fmt(k['rejoin_seen_by_all_s'])} | {_verdict(ok)} |")
+    print("\n### Idle cost per daemon (median / max over the daemons)\n")
+    print(f"| processes | window | CPU % of a core (<= {TARGET_IDLE_CPU_PERCENT:g}) "
+          f"| RSS MiB (<= {TARGET_IDLE_RSS_MIB:g}) | sent B/s | received B/s "
+          f"| sent + received (<= {TARGET_IDLE_TRAFFIC_BYTES_PER_S:g}) | alarms in window |")
+    print("|--:|--:|--:|--:|--:|--:|--:|---|")
+    for r in results:
+        idle = r["idle"]
+        cpu, rss = idle["cpu_percent"], idle["rss_mib"]
+        sent, received = idle["sent_bytes_per_s"], idle["received_bytes_per_s"]
+        total_max = sent["max"] + received["max"]
+        print(f"| {r['nodes']} | {idle['seconds']:.0f} s | {cpu['median']:.2f} / {cpu['max']:.2f} "
+              f"{_verdict(cpu['max'] <= TARGET_IDLE_CPU_PERCENT)} "
+              f"| {rss['median']:.1f} / {rss['max']:.1f} {_verdict(rss['max'] <= TARGET_IDLE_RSS_MIB)} "
+              f"| {sent['median']:,.0f} / {sent['max']:,.0f} | {received['median']:,.0f} / {received['max']:,.0f} "
+              f"| {sent['median'] + received['median']:,.0f} / {total_max:,.0f} "
+              f"{_verdict(total_max <= TARGET_IDLE_TRAFFIC_BYTES_PER_S)} "
+              f"| {_alarms(idle['alarms'])} |")
+    closed = [r["idle"]["sockets_closed_during"] for r in results]
+    if any(closed):
+        print(f"\n(sockets closed during the idle windows, whose bytes are not counted: {closed})")
+    long_runs = [(r["nodes"], run) for r in results for run in r.get("long_idle", [])]
+    if long_runs:
+        print("\n### Long idle runs: false alarms (every member alive throughout)\n")
+        print("| processes | minutes | CPU hog on core 0 | suspicions | deaths | refutations "
+              "| daemons running at end | target (0 deaths) |")
+        print("|--:|--:|---|--:|--:|--:|--:|---|")
+        for nodes, run in long_runs:
+            print(f"| {nodes} | {run['minutes']:g} | {'yes' if run['cpu_hog'] else 'no'} | {run['suspect']} "
+                  f"| {run['dead']} | {run['refuted']} | {run['running_at_end']} / {run['nodes']} "
+                  f"| {_verdict(run['dead'] == 0)} |")
+
+
+def _alarms(counts: dict[str, int]) -> str:
+    return f"{counts['suspect']} suspect, {counts['dead']} dead, {counts['refuted']} refuted"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", default=",".join(map(str, NODES_DEFAULT)), metavar="N,N,...",
+                        help="process counts (default %(default)s)")
+    parser.add_argument("--kills", type=int, default=KILLS_DEFAULT, metavar="COUNT",
+                        help="daemons SIGKILLed one after another per network (default %(default)s)")
+    parser.add_argument("--idle-s", type=float, default=IDLE_S_DEFAULT, metavar="SECONDS",
+                        help="idle window for CPU, RSS and traffic (default %(default)s)")
+    parser.add_argument("--idle-minutes", type=float, default=0.0, metavar="MINUTES",
+                        help="also count false alarms over MINUTES idle, then MINUTES with a CPU hog, "
+                             "on the largest network (default 0: skip)")
+    parser.add_argument("--poll-s", type=float, default=POLL_S_DEFAULT, metavar="SECONDS",
+                        help="interval between reads of each member's view (default %(default)s)")
+    parser.add_argument("--dir", type=Path, default=None, help="where the networks live (default: a temp dir)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = [int(n) for n in args.nodes.split(",")]
+    if any(n < 4 for n in sizes):
+        raise SystemExit("--nodes: at least 4 processes (two seeds, a victim, an observer)")
+    results = []
+    load_average = os.getloadavg()[0]
+    started = time.strftime("%Y-%m-%d %H:%M")
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=args.dir) as work_dir:
+        for nodes in sizes:
+            long_minutes = args.idle_minutes if nodes == max(sizes) else 0.0
+            results.append(measure_network(Path(work_dir), nodes, args.kills, args.idle_s, long_minutes,
+                                           args.poll_s))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"cpus: {os.cpu_count()}; started {started}; load average at the start "
+              f"{load_average:.1f}; probe interval {MembershipConfig().probe_interval_s:g} s; "
+              f"poll every {args.poll_s:g} s\n")
+        print_report(results)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_cluster", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on SIGTERM as on Ctrl-C
+    sys.exit(main())

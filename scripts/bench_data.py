@@ -1,0 +1,502 @@
+"""The data path on a 3-node rf=3 test network, against the machine's own ceiling measured in the same run.
+
+Measures:
+- the ceiling: a stream over one mutually authenticated TLS 1.3 connection between two trio
+  processes on loopback (identities from p2pfs.identity, plain trio.SSLStream, 1 MiB writes), and
+  the same through p2pfs.net's streamed bodies (an upload in a request, a download in an answer);
+- large files (default 1 GiB): put and get through the real CLI (``p2pfs put``, ``p2pfs get -o``),
+  wall time of the command including interpreter start-up; peak RSS of each daemon (VmHWM, reset
+  before each transfer) and of the CLI (ru_maxrss); CPU seconds per GiB of the CLI and the daemons;
+- small files (4 KiB): 16 concurrent clients, each a trio task with its own connection, in one
+  process through the client library (a CLI process per operation would measure Python start-up);
+  puts, then gets of another client's files, per second, with p50 and p99 latency.
+Every throughput is also printed as a ratio to the same-run TLS ceiling (the better of a run before
+and one after the cluster measurements): this machine is shared and noisy, and ratios move far less
+than MB/s from run to run. MB/s = 10^6 B/s.
+
+Run standalone (.venv/bin/python scripts/bench_data.py --help) or as ``python scripts/bench.py data``.
+A benchmark measures; it never fails on speed: a missed target is printed, not raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from p2pfs import identity, net, testnet, wire
+from p2pfs.address import Address
+from p2pfs.client import Client
+from p2pfs.wire import ErrorCode, Role
+
+from bench_cluster import cpu_s, reset_peak_rss, running_testnet, status_mib
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+NODES = 3  # rf=3 (the default) on 3 nodes: every node stores every chunk
+FILE_MIB_DEFAULT = (1024,)
+CEILING_MIB_DEFAULT = 1024
+SMALL_FILE_BYTES_DEFAULT = 4096
+CLIENTS_DEFAULT = 16
+SMALL_OPS_PER_CLIENT_DEFAULT = 64
+# Bytes per write in the ceiling runs: the figure PERFORMANCE.md found fastest for TLS.
+WRITE_BYTES = MIB
+# Bytes asked per receive in the ceiling runs: what p2pfs.net's reader asks for.
+RECEIVE_BYTES = 256 * 1024
+# Slowest rate a transfer may run at before it is abandoned as hung, in bytes per second, and a
+# fixed allowance on top (start-up, handshakes, the final fsync).
+TRANSFER_RATE_BYTES_PER_S_MIN = 5_000_000
+TRANSFER_ALLOWANCE_S = 60.0
+# Deadline for each phase of the small-file run.
+SMALL_PHASE_TIMEOUT_S = 600.0
+# Interval between checks on a running CLI process.
+CLI_POLL_S = 0.05
+# Free disk a large-file size needs, as a multiple of its size: the source, rf copies, the output.
+DISK_NEEDED_MULTIPLE = NODES + 2.5
+
+TARGET_GET_RATIO = 0.3
+TARGET_PUT_RATIO = 0.12
+TARGET_DAEMON_RSS_MIB = 150.0
+TARGET_CLI_RSS_MIB = 100.0
+
+
+@wire.message(61001, senders=(Role.NODE, Role.CLIENT))
+class BenchUpload(wire.Message):
+    """Benchmark-only request whose streamed body the receiver counts and drops."""
+
+    size_bytes: int
+
+
+@wire.message(61002, senders=(Role.NODE, Role.CLIENT))
+class BenchDownload(wire.Message):
+    """Benchmark-only request answered with a streamed body of ``size_bytes``."""
+
+    size_bytes: int
+
+
+def _deadline_s(size_bytes: int) -> float:
+    return TRANSFER_ALLOWANCE_S + size_bytes / TRANSFER_RATE_BYTES_PER_S_MIN
+
+
+# ---------------------------------------------------------------------------
+# The ceiling: one TLS connection between two processes
+
+
+def _child_main(kind: str, node_dir: str, size_bytes: int, report) -> None:
+    """Entry point of the receiving process (multiprocessing, spawn): sends its port on ``report``."""
+    ident = identity.load_identity(Path(node_dir))
+    if kind == "tls":
+        trio.run(_tls_sink, ident, size_bytes, report)
+    else:
+        trio.run(_net_server, ident, report)
+
+
+async def _tls_sink(ident: identity.Identity, size_bytes: int, report) -> None:
+    """Accept one connection, read ``size_bytes`` and answer one byte: the sender's clock stops then."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    report.send(listeners[0].socket.getsockname()[1])
+    with trio.fail_after(_deadline_s(size_bytes)):
+        tcp = await listeners[0].accept()
+        stream = trio.SSLStream(tcp, ident.server_context(), server_side=True)
+        await stream.do_handshake()
+        received = 0
+        while received < size_bytes:
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise ConnectionError(f"sender closed after {received} of {size_bytes} bytes")
+            received += len(data)
+        await stream.send_all(b"k")
+        await stream.aclose()
+
+
+class _SinkHandlers:
+    """Serves BenchUpload (counts and drops the body) and BenchDownload (streams random bytes)."""
+
+    def __init__(self) -> None:
+        self._piece = os.urandom(WRITE_BYTES)
+
+    async def handle_request(self, request: net.IncomingRequest) -> wire.Message | net.Reply:
+        msg = request.msg
+        if isinstance(msg, BenchUpload) and request.body is not None:
+            received = 0
+            async for data in request.body:
+                received += len(data)
+            return BenchUpload(received)
+        if isinstance(msg, BenchDownload):
+            async def body(send) -> None:
+                for _ in range(msg.size_bytes // WRITE_BYTES):
+                    await send(self._piece)
+            return net.Reply(msg, body)
+        raise net.RemoteError(ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not served here")
+
+    def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
+        pass  # nothing is sent one-way in this benchmark
+
+
+async def _net_server(ident: identity.Identity, report) -> None:
+    endpoint = net.Endpoint(ident, Address("127.0.0.1", 0), _SinkHandlers())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(endpoint.run)
+        report.send(endpoint.bound_port)
+
+
+@contextlib.contextmanager
+def _receiver(kind: str, node_dir: Path, size_bytes: int):
+    """A receiving process, killed on exit; yields (its pid, its port)."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a real peer would be
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_child_main, args=(kind, str(node_dir), size_bytes, theirs), daemon=True)
+    child.start()
+    try:
+        if not multiprocessing.connection.wait([ours, child.sentinel], TRANSFER_ALLOWANCE_S) or not ours.poll():
+            raise RuntimeError(f"the {kind} receiver did not start within {TRANSFER_ALLOWANCE_S} s "
+                               f"(exit code {child.exitcode})")
+        yield child.pid, ours.recv()
+    finally:
+        child.kill()
+        child.join(10)
+
+
+def _ceiling_row(path: str, size_bytes: int, seconds: float, sender_cpu_s: float, receiver_cpu_s: float) -> dict:
+    return {
+        "path": path,
+        "mb_s": size_bytes / seconds / 1e6,
+        "sender_cpu_s_per_gib": sender_cpu_s * GIB / size_bytes,
+        "receiver_cpu_s_per_gib": receiver_cpu_s * GIB / size_bytes,
+    }
+
+
+def measure_tls(node_dir: Path, client_ident: identity.Identity, size_bytes: int) -> dict:
+    """Plain trio.SSLStream, mutual TLS 1.3, 1 MiB writes, one connection, two processes."""
+    piece = os.urandom(WRITE_BYTES)
+    with _receiver("tls", node_dir, size_bytes) as (pid, port):
+
+        async def send() -> tuple[float, float, float]:
+            with trio.fail_after(_deadline_s(size_bytes)):
+                tcp = await trio.open_tcp_stream("127.0.0.1", port)
+                stream = trio.SSLStream(tcp, client_ident.client_context(), server_hostname=None)
+                await stream.do_handshake()
+                start, cpu_start, their_cpu_start = time.perf_counter(), time.process_time(), cpu_s(pid)
+                for _ in range(size_bytes // WRITE_BYTES):
+                    await stream.send_all(piece)
+                if await stream.receive_some(1) != b"k":
+                    raise ConnectionError("the receiver did not confirm")
+                result = (time.perf_counter() - start, time.process_time() - cpu_start, cpu_s(pid) - their_cpu_start)
+                await stream.aclose()
+                return result
+
+        seconds, ours, theirs = trio.run(send)
+    return _ceiling_row("TLS 1.3, trio.SSLStream, 1 MiB writes", size_bytes, seconds, ours, theirs)
+
+
+def measure_net(node_dir: Path, client_ident: identity.Identity, size_bytes: int) -> list[dict]:
+    """p2pfs.net: a streamed request body (upload) and a streamed answer (download), 1 MiB pieces."""
+    piece = os.urandom(WRITE_BYTES)
+    rows = []
+    with _receiver("net", node_dir, size_bytes) as (pid, port):
+
+        async def both() -> None:
+            async with net.client_connection(client_ident, Address("127.0.0.1", port)) as conn:
+                async def body():
+                    for _ in range(size_bytes // WRITE_BYTES):
+                        yield piece
+
+                start, cpu_start, their_cpu_start = time.perf_counter(), time.process_time(), cpu_s(pid)
+                reply = await conn.request(BenchUpload(size_bytes), timeout_s=_deadline_s(size_bytes), body=body())
+                if reply != BenchUpload(size_bytes):
+                    raise RuntimeError(f"upload answered {reply}")
+                rows.append(_ceiling_row(
+                    "p2pfs.net streamed request body (upload)", size_bytes, time.perf_counter() - start,
+                    time.process_time() - cpu_start, cpu_s(pid) - their_cpu_start,
+                ))
+                start, cpu_start, their_cpu_start = time.perf_counter(), time.process_time(), cpu_s(pid)
+                received = 0
+                with trio.fail_after(_deadline_s(size_bytes)):
+                    async with conn.open_request(BenchDownload(size_bytes), timeout_s=TRANSFER_ALLOWANCE_S) as resp:
+                        async for data in resp.body:
+                            received += len(data)
+                if received != size_bytes:
+                    raise RuntimeError(f"download brought {received} of {size_bytes} bytes")
+                rows.append(_ceiling_row(
+                    "p2pfs.net streamed answer (download)", size_bytes, time.perf_counter() - start,
+                    cpu_s(pid) - their_cpu_start, time.process_time() - cpu_start,
+                ))
+
+        trio.run(both)
+    return rows
+
+
+def ceiling_identities(work_dir: Path) -> tuple[Path, identity.Identity]:
+    """A node identity directory for the receiver and a client identity for the sender."""
+    authority = identity.create_ca()
+    node_dir = work_dir / "ceiling-node"
+    identity.create_identity(node_dir, authority, Role.NODE)
+    return node_dir, identity.create_identity(work_dir / "ceiling-client", authority, Role.CLIENT)
+
+
+def measure_ceiling(node_dir: Path, client_ident: identity.Identity, size_bytes: int) -> list[dict]:
+    return [measure_tls(node_dir, client_ident, size_bytes), *measure_net(node_dir, client_ident, size_bytes)]
+
+
+def best_tls_mb_s(report: dict) -> float:
+    """The ceiling ratios are taken to: the better of the plain TLS runs before and after (the
+    machine's load drifts during a run; the better run is the nearer to what it can do)."""
+    return max(run[0]["mb_s"] for run in report["ceiling"].values())
+
+
+# ---------------------------------------------------------------------------
+# Large files through the CLI
+
+
+def run_cli(directory: Path, node: testnet.NodeProcess, args: list[str], size_bytes: int,
+            daemons: list[testnet.NodeProcess], log_path: Path) -> dict:
+    """Run one ``p2pfs`` command to completion; its wall time, and the peak RSS and CPU of the
+    command and of every daemon while it ran.
+
+    The daemons' RSS is also sampled every CLI_POLL_S: the largest in the first and in the second
+    half of the transfer, so that memory growing with the file shows as a second half above the
+    first."""
+    env = dict(os.environ, P2PFS_IDENTITY=str(directory / testnet.CLIENT_DIR))
+    env.pop("P2PFS_NODE", None)
+    peaks_reset = all(reset_peak_rss(d.pid) for d in daemons)
+    daemon_cpu_start = {d.pid: cpu_s(d.pid) for d in daemons}
+    deadline = time.monotonic() + _deadline_s(size_bytes)
+    rss_samples: list[tuple[float, float]] = []  # (seconds since start, largest daemon RSS in MiB)
+    with open(log_path, "wb") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "p2pfs", "--node", str(node.address), *args],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, for ru_maxrss
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"p2pfs {' '.join(args)} did not finish in {_deadline_s(size_bytes):.0f} s")
+                rss_samples.append((time.perf_counter() - start, max(status_mib(d.pid, "VmRSS") for d in daemons)))
+                time.sleep(CLI_POLL_S)  # waiting for a child with a deadline
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait(10)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"p2pfs {' '.join(args)} exited {proc.returncode}: {log_path.read_text()[-2000:]}")
+    gib = size_bytes / GIB
+    halves = ([rss for t, rss in rss_samples if t < seconds / 2], [rss for t, rss in rss_samples if t >= seconds / 2])
+    return {
+        "daemon_rss_mib_max_by_half": [max(half, default=0.0) for half in halves],
+        "seconds": seconds,
+        "mb_s": size_bytes / seconds / 1e6,
+        "cli_rss_mib_peak": usage.ru_maxrss / 1024,
+        "cli_cpu_s_per_gib": (usage.ru_utime + usage.ru_stime) / gib,
+        "daemon_rss_mib_peak": [status_mib(d.pid, "VmHWM") for d in daemons],
+        "daemon_rss_peak_since": "transfer start" if peaks_reset else "daemon start",
+        "daemon_cpu_s_per_gib": [(cpu_s(d.pid) - daemon_cpu_start[d.pid]) / gib for d in daemons],
+    }
+
+
+def write_random_file(path: Path, size_bytes: int) -> None:
+    """Random bytes, synced to disk: the put that follows must not pay this file's writeback."""
+    with open(path, "wb") as f:
+        for _ in range(size_bytes // MIB):
+            f.write(os.urandom(MIB))
+        f.write(os.urandom(size_bytes % MIB))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def measure_large(directory: Path, work_dir: Path, size_bytes: int) -> dict:
+    """Put a file of random bytes at node1, get it back from node2 (the get's coordinator fetches
+    every chunk from the replicas it prefers, itself included)."""
+    daemons = testnet.status(directory)
+    source = work_dir / f"large-{size_bytes}"
+    output = work_dir / f"large-{size_bytes}.out"
+    write_random_file(source, size_bytes)
+    try:
+        name = source.name
+        put = run_cli(directory, daemons[0], ["put", str(source), "--name", name], size_bytes, daemons,
+                      work_dir / "put.log")
+        get = run_cli(directory, daemons[1], ["get", name, "-o", str(output)], size_bytes, daemons,
+                      work_dir / "get.log")
+        if output.stat().st_size != size_bytes:
+            raise RuntimeError(f"get wrote {output.stat().st_size} of {size_bytes} bytes")
+    finally:
+        source.unlink(missing_ok=True)
+        output.unlink(missing_ok=True)
+    return {"size_bytes": size_bytes, "put": put, "get": get}
+
+
+# ---------------------------------------------------------------------------
+# Small files through the client library
+
+
+def _percentile_ms(latencies_s: list[float], percent: int) -> float:
+    return statistics.quantiles(latencies_s, n=100, method="inclusive")[percent - 1] * 1000
+
+
+async def small_files(client_ident: identity.Identity, addresses: list[Address], clients: int,
+                      ops_per_client: int, size_bytes: int) -> dict:
+    """``clients`` tasks, each with its own connection (spread over the nodes), put then get."""
+    latencies_s: dict[str, list[float]] = {"put": [], "get": []}
+    seconds: dict[str, float] = {}
+    contents = {(i, j): os.urandom(size_bytes) for i in range(clients) for j in range(ops_per_client)}
+
+    async with contextlib.AsyncExitStack() as stack:
+        connections = [await stack.enter_async_context(Client.connect(client_ident, addresses[i % len(addresses)]))
+                       for i in range(clients)]
+
+        async def putter(i: int) -> None:
+            for j in range(ops_per_client):
+                start = trio.current_time()
+                await connections[i].put(io.BytesIO(contents[i, j]), f"small/{i}/{j}", size_bytes)
+                latencies_s["put"].append(trio.current_time() - start)
+
+        async def getter(i: int) -> None:
+            owner = (i + 1) % clients  # another client's files, put through another node
+            for j in range(ops_per_client):
+                sink = io.BytesIO()
+                start = trio.current_time()
+                await connections[i].get(f"small/{owner}/{j}", sink)
+                latencies_s["get"].append(trio.current_time() - start)
+                if sink.getvalue() != contents[owner, j]:
+                    raise RuntimeError(f"small/{owner}/{j} came back different")
+
+        for op, worker in (("put", putter), ("get", getter)):
+            start = trio.current_time()
+            with trio.fail_after(SMALL_PHASE_TIMEOUT_S):
+                async with trio.open_nursery() as nursery:
+                    for i in range(clients):
+                        nursery.start_soon(worker, i)
+            seconds[op] = trio.current_time() - start
+    return {
+        op: {
+            "ops": len(lat),
+            "ops_per_s": len(lat) / seconds[op],
+            "p50_ms": _percentile_ms(lat, 50),
+            "p99_ms": _percentile_ms(lat, 99),
+        }
+        for op, lat in latencies_s.items()
+    } | {"clients": clients, "size_bytes": size_bytes}
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def print_report(report: dict) -> None:
+    before, after = report["ceiling"]["before"], report["ceiling"]["after"]
+    tls_mb_s = best_tls_mb_s(report)
+    print(f"### The machine's ceiling ({report['ceiling_mib']} MiB, one connection, loopback), "
+          "before and after the cluster runs\n")
+    print("| path | MB/s before | MB/s after | x TLS (best) | sender CPU-s/GiB | receiver CPU-s/GiB |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for first, last in zip(before, after):
+        best = max(first["mb_s"], last["mb_s"])
+        sender = (first["sender_cpu_s_per_gib"] + last["sender_cpu_s_per_gib"]) / 2
+        receiver = (first["receiver_cpu_s_per_gib"] + last["receiver_cpu_s_per_gib"]) / 2
+        print(f"| {first['path']} | {first['mb_s']:,.0f} | {last['mb_s']:,.0f} | {best / tls_mb_s:.2f} "
+              f"| {sender:.2f} | {receiver:.2f} |")
+    print(f"\n### Large files through the CLI ({NODES} nodes, rf=3), ratios to the best TLS run "
+          f"({tls_mb_s:,.0f} MB/s)\n")
+    print("| file | op | seconds | MB/s | x TLS (target) | daemon peak RSS MiB, each "
+          f"(< {TARGET_DAEMON_RSS_MIB:g}) | largest daemon RSS MiB, 1st / 2nd half "
+          f"| CLI peak RSS MiB (< {TARGET_CLI_RSS_MIB:g}) | CPU-s/GiB: CLI; daemons |")
+    print("|--:|---|--:|--:|--:|--:|--:|--:|--:|")
+    for large in report["large"]:
+        if "skipped" in large:
+            print(f"| {large['size_bytes'] // MIB} MiB | - | skipped: {large['skipped']} | | | | | | |")
+            continue
+        for op, target in (("put", TARGET_PUT_RATIO), ("get", TARGET_GET_RATIO)):
+            r = large[op]
+            ratio = r["mb_s"] / tls_mb_s
+            rss = r["daemon_rss_mib_peak"]
+            print(f"| {large['size_bytes'] // MIB} MiB | {op} | {r['seconds']:.1f} | {r['mb_s']:,.0f} "
+                  f"| {ratio:.2f} (>= {target}) {_verdict(ratio >= target)} "
+                  f"| {', '.join(f'{x:.0f}' for x in rss)} {_verdict(max(rss) < TARGET_DAEMON_RSS_MIB)} "
+                  f"| {' / '.join(f'{x:.0f}' for x in r['daemon_rss_mib_max_by_half'])} "
+                  f"| {r['cli_rss_mib_peak']:.0f} {_verdict(r['cli_rss_mib_peak'] < TARGET_CLI_RSS_MIB)} "
+                  f"| {r['cli_cpu_s_per_gib']:.1f}; {', '.join(f'{x:.1f}' for x in r['daemon_cpu_s_per_gib'])} |")
+    if any(large.get("put", {}).get("daemon_rss_peak_since") == "daemon start" for large in report["large"]):
+        print("\n(daemon peaks are since each daemon started: resetting VmHWM was not permitted)")
+    small = report["small"]
+    print(f"\n### Small files: {small['size_bytes']} B each, {small['clients']} concurrent clients "
+          "(client library, one connection each, one process)\n")
+    print("| op | operations | ops/s | p50 ms | p99 ms |")
+    print("|---|--:|--:|--:|--:|")
+    for op in ("put", "get"):
+        r = small[op]
+        print(f"| {op} | {r['ops']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--file-mib", default=",".join(map(str, FILE_MIB_DEFAULT)), metavar="MIB,MIB,...",
+                        help="large file sizes in MiB (default %(default)s; e.g. 1024,4096 to compare memory)")
+    parser.add_argument("--ceiling-mib", type=int, default=CEILING_MIB_DEFAULT, metavar="MIB",
+                        help="bytes streamed for the ceiling, in MiB (default %(default)s)")
+    parser.add_argument("--clients", type=int, default=CLIENTS_DEFAULT, help="concurrent small-file clients")
+    parser.add_argument("--small-ops", type=int, default=SMALL_OPS_PER_CLIENT_DEFAULT, metavar="COUNT",
+                        help="puts (and gets) per small-file client (default %(default)s)")
+    parser.add_argument("--small-bytes", type=int, default=SMALL_FILE_BYTES_DEFAULT, metavar="BYTES")
+    parser.add_argument("--dir", type=Path, default=None, help="where the network and files live (default: temp)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes_bytes = [int(x) * MIB for x in args.file_mib.split(",")]
+    report: dict = {"ceiling_mib": args.ceiling_mib, "large": [], "load_average": os.getloadavg()[0],
+                    "started": time.strftime("%Y-%m-%d %H:%M")}
+    with tempfile.TemporaryDirectory(prefix="bench-data-", dir=args.dir) as work:
+        work_dir = Path(work)
+        node_dir, ceiling_client = ceiling_identities(work_dir)
+        report["ceiling"] = {"before": measure_ceiling(node_dir, ceiling_client, args.ceiling_mib * MIB)}
+        directory = work_dir / "net"
+        with running_testnet(directory, NODES) as procs:
+            for size_bytes in sizes_bytes:
+                free_bytes = shutil.disk_usage(work_dir).free
+                if free_bytes < size_bytes * DISK_NEEDED_MULTIPLE:
+                    report["large"].append({"size_bytes": size_bytes,
+                                            "skipped": f"{free_bytes / GIB:.0f} GiB free on disk"})
+                    continue
+                report["large"].append(measure_large(directory, work_dir, size_bytes))
+            client_ident = identity.load_identity(directory / testnet.CLIENT_DIR)
+            report["small"] = trio.run(small_files, client_ident, [p.address for p in procs], args.clients,
+                                       args.small_ops, args.small_bytes)
+        report["ceiling"]["after"] = measure_ceiling(node_dir, ceiling_client, args.ceiling_mib * MIB)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"cpus: {os.cpu_count()}; started {report['started']}; load average at the start "
+              f"{report['load_average']:.1f}\n")
+        print_report(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_data", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on SIGTERM as on Ctrl-C
+    sys.exit(main())
