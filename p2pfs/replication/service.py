@@ -377,31 +377,49 @@ class DataService:
         return entry
 
     async def read_name(self, name: str) -> NameEntry | None:
-        """The newest entry for ``name`` among ``r`` replicas; stale ones are repaired."""
+        """The newest entry for ``name`` among ``r`` replicas; stale ones are repaired.
+
+        A stand-in's "nothing here" does not count towards ``r`` (it knows of the
+        name only if it holds it under a hint), and "absent" is answered only once
+        every reachable preferred replica has said so: otherwise a stand-in that
+        answers first could hide a write that the preferred replicas hold (Riak's
+        notfound_ok = false). Short of ``r`` answers, a version found is returned
+        rather than an error; "absent" is never answered short of ``r``.
+        """
         ring = self.ring()
-        targets, spare = write_plan(ring, name_key(name), self.config.rf, self._unavailable())
+        key = name_key(name)
+        preferred = set(ring.preference_list(key, self.config.rf))
+        targets, spare = write_plan(ring, key, self.config.rf, self._unavailable())
         needed = self._quorum(self.config.r, ring)
         answers: dict[str, NameEntry | None] = {}
         hint_of: dict[str, str] = {t.node_id: t.hint_for for t in targets}
         errors: list[str] = []
         enough = trio.Event()
         outstanding = len(targets)
+        preferred_waiting = {t.node_id for t in targets} & preferred
+        counted = 0
 
         async def ask(target: Target) -> None:
-            nonlocal outstanding
+            nonlocal outstanding, counted
             while True:
                 try:
-                    answers[target.node_id] = await self._get_name_from(target.node_id, name)
+                    entry = await self._get_name_from(target.node_id, name)
+                    answers[target.node_id] = entry
+                    if entry is not None or target.node_id in preferred:
+                        counted += 1
                     break
                 except (net.NetError, net.RemoteError) as exc:
                     errors.append(f"{short_id(target.node_id)}: {_reason(exc)}")
                     self._health.failed(target.node_id, trio.current_time())
+                    preferred_waiting.discard(target.node_id)
                     if not spare:
                         break
                     target = Target(spare.pop(0), hint_for=target.hint_for or target.node_id)
                     hint_of[target.node_id] = target.hint_for
+            preferred_waiting.discard(target.node_id)
             outstanding -= 1
-            if len(answers) >= needed or outstanding == 0:
+            found = any(entry is not None for entry in answers.values())
+            if (counted >= needed and (found or not preferred_waiting)) or outstanding == 0:
                 enough.set()
 
         if targets:
@@ -410,9 +428,9 @@ class DataService:
                     nursery.start_soon(ask, target)
                 await enough.wait()
                 nursery.cancel_scope.cancel()
-        if len(answers) < needed:
-            raise QuorumError(quorum_error(f"reading name {name!r}", len(answers), needed, errors))
         winner = newest(answers.values())
+        if counted < needed and winner is None:
+            raise QuorumError(quorum_error(f"reading name {name!r}", counted, needed, errors))
         if winner is not None:
             self._observe(winner)
             for node_id in stale_replicas(answers, winner):
