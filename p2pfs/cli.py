@@ -20,6 +20,7 @@ import click
 from p2pfs import __version__, identity
 from p2pfs.address import Address, parse_address
 from p2pfs.config import CONFIG_FILE, NodeSettings, format_size, parse_size
+from p2pfs import errors
 from p2pfs.errors import ExitCode, UserError
 from p2pfs.node.config import render_node_config
 from p2pfs.wire import Role
@@ -104,17 +105,36 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return found
 
 
+# Exit codes for the library's error classes, most specific first (documented in README.md).
+_EXIT_CODES: tuple[tuple[type[errors.P2pfsError], ExitCode], ...] = (
+    (errors.StorageFull, ExitCode.STORAGE_FULL),
+    (errors.BadInput, ExitCode.BAD_INPUT),
+    (errors.NotFound, ExitCode.NOT_FOUND),
+    (errors.Unavailable, ExitCode.UNAVAILABLE),
+    (errors.AuthError, ExitCode.AUTH),
+)
+
+
+def exit_code_for(exc: errors.P2pfsError) -> ExitCode:
+    if isinstance(exc, UserError):
+        return exc.exit_code
+    for cls, code in _EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return ExitCode.FAILURE
+
+
 class _Group(click.Group):
-    """Turns UserError into a one-line message on stderr and its exit code.
+    """Turns P2pfsError into a one-line message on stderr and its exit code.
 
     trio's nurseries wrap what escapes them in exception groups; a group made
-    only of UserErrors (or interrupts) is reported like a single one.
+    only of P2pfsErrors (or interrupts) is reported like a single one.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except UserError as exc:
+        except errors.P2pfsError as exc:
             self._fail(ctx, exc)
         except KeyboardInterrupt:
             self._interrupted(ctx)
@@ -122,15 +142,15 @@ class _Group(click.Group):
             leaves = _leaves(group)
             if leaves and all(isinstance(e, KeyboardInterrupt) for e in leaves):
                 self._interrupted(ctx)
-            errors = [e for e in leaves if isinstance(e, UserError)]
-            if len(errors) != len(leaves):
+            failures = [e for e in leaves if isinstance(e, errors.P2pfsError)]
+            if len(failures) != len(leaves):
                 raise
-            self._fail(ctx, errors[0])
+            self._fail(ctx, failures[0])
 
     @staticmethod
-    def _fail(ctx: click.Context, exc: UserError) -> None:
+    def _fail(ctx: click.Context, exc: errors.P2pfsError) -> None:
         click.echo(f"error: {exc}", err=True)
-        ctx.exit(int(exc.exit_code))
+        ctx.exit(int(exit_code_for(exc)))
 
     @staticmethod
     def _interrupted(ctx: click.Context) -> None:
