@@ -1,0 +1,60 @@
+"""The one clock of the data layer: monotonic time for deadlines, wall time for versions.
+
+Nothing in the data layer reads ``time`` or ``trio.current_time()`` itself; it
+asks the ``Clock`` it was given. In a daemon that is ``SystemClock``; in a
+simulation it is ``SimClock``, whose wall time is a function of trio's
+(mock) clock, so a seeded run replays the same versions, expiries and GC
+decisions, and clock skew is a per-node offset rather than a patch of the
+``time`` module.
+
+Monotonic time comes from trio so that ``trio.testing.MockClock`` drives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import trio
+
+
+class Clock(Protocol):
+    def monotonic_s(self) -> float:
+        """Seconds on a clock that never jumps (deadlines, intervals, back-off)."""
+        ...
+
+    def wall_ms(self) -> int:
+        """Milliseconds since the Unix epoch (versions, expiry stamps, GC grace)."""
+        ...
+
+
+@dataclasses.dataclass(slots=True)
+class SystemClock:
+    """The host's clocks; ``wall_offset_ms`` skews wall time (the chaos suite's clock skew)."""
+
+    wall_offset_ms: int = 0
+
+    def monotonic_s(self) -> float:
+        return trio.current_time()
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.wall_offset_ms
+
+
+@dataclasses.dataclass(slots=True)
+class SimClock:
+    """Wall time derived from trio's (mock) clock: deterministic under a seed.
+
+    ``epoch_ms`` is the wall time at trio time 0; ``skew_ms`` is this node's
+    offset from the true time, which a simulation may change while it runs.
+    """
+
+    epoch_ms: int = 1_700_000_000_000
+    skew_ms: int = 0
+
+    def monotonic_s(self) -> float:
+        return trio.current_time()
+
+    def wall_ms(self) -> int:
+        return self.epoch_ms + int(trio.current_time() * 1000) + self.skew_ms
