@@ -670,7 +670,8 @@ _DIR_OPTION = click.option("--dir", "directory", required=True, metavar="DIR",
 @_DIR_OPTION
 @click.option("--nodes", default=5, show_default=True, help="Number of nodes.")
 @click.option("--base-port", default=7001, show_default=True,
-              help="Port of node1; node I listens on base-port + I - 1.")
+              help="Port of node1; node I listens on base-port + I - 1. 0: each node gets a "
+                   "free port chosen by the system.")
 @click.option("--dead-grace-s", type=float, default=None, metavar="SECONDS",
               help="How long a dead node stays in the ring before its data is re-replicated "
                    "(every node's [replication] dead_grace_s).")

@@ -9,11 +9,15 @@ directory starts whichever nodes are not running, with their data.
 
 Fixed ports sit below 32768 on purpose: Linux hands out 32768-60999 as
 ephemeral source ports, and a fixed port there could be taken by any outgoing
-connection on the machine.
+connection on the machine. ``base_port`` 0 instead asks the operating system
+for a free port per node (what tests do: several suites may share a machine,
+and no fixed or random block is safe from the others); nodes added later get
+OS-chosen ports too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import trio
 
@@ -48,6 +52,8 @@ DOWN_TIMEOUT_S = 20.0
 PID_FILE = "daemon.pid"
 # The config overrides the network was created with, applied to nodes added later.
 OVERRIDES_FILE = "overrides.json"
+# Present when the network's ports were chosen by the operating system (base port 0).
+OS_PORTS_FILE = "os-ports"
 LOG_FILE = "daemon.log"
 CLIENT_DIR = "client"
 CA_DIR = "ca"
@@ -79,14 +85,30 @@ def _node_dirs(directory: Path) -> list[Path]:
 
 def _pid_alive(pid: int, node_dir: Path) -> bool:
     """True if ``pid`` is a live daemon for ``node_dir`` (not a recycled pid)."""
+    cmdline = _live_cmdline(pid)
+    return cmdline is not None and b"daemon" in cmdline and str(node_dir.resolve()).encode() in cmdline
+
+
+def _pid_exists(pid: int) -> bool:
+    """True if ``pid`` is a live (not zombie) process, whatever it runs.
+
+    For a moment after ``Popen`` returns, a just-started daemon's
+    ``/proc/PID/cmdline`` can still read empty or as its parent's, so it does
+    not look like a daemon yet; callers that just started it ask this instead.
+    """
+    return _live_cmdline(pid) is not None
+
+
+def _live_cmdline(pid: int) -> list[bytes] | None:
+    """The command line of a live (not zombie) process; None if it is gone."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
+        return None
     if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie has exited
-        return False
-    return b"daemon" in cmdline and str(node_dir.resolve()).encode() in cmdline
+        return None
+    return raw.split(b"\0")
 
 
 def _last_line(path: Path) -> str:
@@ -139,13 +161,34 @@ def _port_free(address: Address) -> bool:
     return True
 
 
+def os_chosen_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports the operating system says are free on ``host`` now.
+
+    The sockets are held open together so the ports differ, then closed for the
+    daemons to bind. Another process could take one in between; the daemon then
+    refuses to start with "already in use" and the caller can try again.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
 def create(directory: Path, nodes: int, base_port: int, overrides: dict[str, dict] | None = None) -> None:
-    """Create the CA, node and client identities and node configs."""
+    """Create the CA, node and client identities and node configs.
+
+    ``base_port`` 0: each node gets a port the operating system chose.
+    """
     if not 1 <= nodes <= NODES_MAX:
         raise UserError(f"--nodes must be between 1 and {NODES_MAX}", ExitCode.BAD_INPUT)
-    if not 1024 <= base_port <= 65535 - nodes:
-        raise UserError("--base-port must leave room for every node's port (1024-65535)", ExitCode.BAD_INPUT)
-    addresses = [Address("127.0.0.1", base_port + i) for i in range(nodes)]
+    if base_port != 0 and not 1024 <= base_port <= 65535 - nodes:
+        raise UserError("--base-port must be 0 (ports chosen by the system) or leave room for every "
+                        "node's port (1024-65535)", ExitCode.BAD_INPUT)
+    ports = os_chosen_ports(nodes) if base_port == 0 else [base_port + i for i in range(nodes)]
+    addresses = [Address("127.0.0.1", port) for port in ports]
     busy = [str(a) for a in addresses if not _port_free(a)]
     if busy:
         raise UserError(
@@ -155,6 +198,8 @@ def create(directory: Path, nodes: int, base_port: int, overrides: dict[str, dic
     directory.mkdir(parents=True, exist_ok=True)
     authority = identity.init_ca(directory / CA_DIR)
     (directory / OVERRIDES_FILE).write_text(json.dumps(overrides or {}, indent=2) + "\n")
+    if base_port == 0:
+        (directory / OS_PORTS_FILE).touch()
     for i, address in enumerate(addresses, start=1):
         _create_node(directory, authority, i, address, tuple(addresses[:2]), overrides)
     identity.create_identity(directory / CLIENT_DIR, authority, Role.CLIENT)
@@ -182,16 +227,21 @@ def add(directory: Path, count: int, progress: Callable[[str], None] = lambda s:
     last_index = max(int(p.name[4:]) for p in existing)
     last_port = max(p.address.port for p in existing)
     seeds = tuple(p.address for p in existing[:2])
+    if (directory / OS_PORTS_FILE).exists():
+        ports = os_chosen_ports(count)
+    else:
+        ports = [last_port + offset for offset in range(1, count + 1)]
     new_dirs = []
-    for offset in range(1, count + 1):
-        address = Address("127.0.0.1", last_port + offset)
+    for offset, port in enumerate(ports, start=1):
+        address = Address("127.0.0.1", port)
         if not _port_free(address):
             raise UserError(f"port {address} is in use", ExitCode.BAD_INPUT)
         new_dirs.append(_create_node(directory, authority, last_index + offset, address, seeds, overrides))
     for node_dir in new_dirs:
         progress(f"starting {node_dir.name}")
         start_node(node_dir)
-    trio.run(lambda: wait_converged(directory, timeout_s=CONVERGE_TIMEOUT_S, progress=progress))
+    trio.run(lambda: wait_converged(directory, timeout_s=CONVERGE_TIMEOUT_S, started=new_dirs,
+                                    progress=progress))
     return [node_process(d) for d in new_dirs]
 
 
@@ -256,23 +306,35 @@ def resolve_node(directory: Path, name: str) -> Path:
     return node_dir
 
 
-async def wait_converged(directory: Path, *, timeout_s: float, expect_alive: int | None = None,
+async def wait_converged(directory: Path, *, timeout_s: float, started: Iterable[Path] = (),
                          progress: Callable[[str], None] | None = None) -> None:
-    """Wait until every running node sees every running node as alive."""
-    procs = [p for p in status(directory) if p.running]
+    """Wait until every running or just ``started`` node sees all of them as alive.
+
+    A just-started node whose process is still starting counts as lagging; one
+    that has exited is an error naming its last log line.
+    """
+    started_names = {d.name for d in started}
+    procs = [p for p in status(directory) if p.running or (p.name in started_names and p.pid is not None)]
     client_ident = identity.load_identity(directory / CLIENT_DIR)
     want = {p.node_id for p in procs}
     last_note = ""
     with trio.move_on_after(timeout_s) as scope:
         while True:
+            starting = []
             for proc in procs:
-                if not _pid_alive(proc.pid, proc.directory):
-                    raise UserError(
-                        f"{proc.name} exited: {_last_line(proc.directory / LOG_FILE)} "
-                        f"(log: {proc.directory / LOG_FILE})", ExitCode.UNAVAILABLE,
-                    )
-            lagging = []
+                if _pid_alive(proc.pid, proc.directory):
+                    continue
+                if proc.name in started_names and _pid_exists(proc.pid):
+                    starting.append(proc.name)
+                    continue
+                raise UserError(
+                    f"{proc.name} exited: {_last_line(proc.directory / LOG_FILE)} "
+                    f"(log: {proc.directory / LOG_FILE})", ExitCode.UNAVAILABLE,
+                )
+            lagging = list(starting)
             for proc in procs:
+                if proc.name in starting:
+                    continue
                 try:
                     with trio.fail_after(3):
                         async with Client.connect(client_ident, proc.address) as client:
@@ -306,9 +368,11 @@ def up(directory: Path, nodes: int, base_port: int, *, overrides: dict[str, dict
         create(directory, nodes, base_port, overrides)
     else:
         progress(f"{directory} exists: starting whatever is not running")
-    for node_dir in _node_dirs(directory):
+    node_dirs = _node_dirs(directory)
+    for node_dir in node_dirs:
         start_node(node_dir)
-    trio.run(lambda: wait_converged(directory, timeout_s=CONVERGE_TIMEOUT_S, progress=progress))
+    trio.run(lambda: wait_converged(directory, timeout_s=CONVERGE_TIMEOUT_S, started=node_dirs,
+                                    progress=progress))
     return status(directory)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from p2pfs import identity
+from p2pfs import identity, testnet
 from p2pfs.config import CONFIG_FILE, NodeSettings
 from p2pfs.membership import MembershipConfig
 from p2pfs.address import Address
@@ -87,7 +88,7 @@ def test_a_daemon_with_a_certificate_from_another_ca_cannot_join(tmp_path):
         impostor_dir = tmp_path / "impostor"
         impostor = identity.create_identity(impostor_dir, other_ca, Role.NODE)
         seed = net.status()["node1"].address
-        listen = Address("127.0.0.1", seed.port + 50)
+        listen = Address("127.0.0.1", testnet.os_chosen_ports(1)[0])
         (impostor_dir / CONFIG_FILE).write_text(
             render_node_config(NodeSettings(listen=listen, seeds=(seed,)))
         )
@@ -103,16 +104,25 @@ def test_a_daemon_with_a_certificate_from_another_ca_cannot_join(tmp_path):
             proc.wait(timeout=10)
 
 
+def listening(address: Address) -> bool:
+    try:
+        socket.create_connection((address.host, address.port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_daemon_refuses_to_start_with_clear_messages(tmp_path):
     with running_testnet(tmp_path / "net", nodes=1) as net:
         ca = identity.load_ca(net.directory / "ca")
         busy_dir = tmp_path / "busy"
         identity.create_identity(busy_dir, ca, Role.NODE)
-        (busy_dir / CONFIG_FILE).write_text(
-            render_node_config(NodeSettings(listen=net.status()["node1"].address))
-        )
+        node1 = net.status()["node1"]
+        (busy_dir / CONFIG_FILE).write_text(render_node_config(NodeSettings(listen=node1.address)))
+        # What the refusal relies on: node1 is running and holds its address.
+        assert node1.running and listening(node1.address), f"node1 is not listening on {node1.address}"
         result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(busy_dir)],
-                                capture_output=True, timeout=60)
+                                capture_output=True, timeout=30)
         assert result.returncode == 2
         assert b"already in use" in result.stderr and b"Traceback" not in result.stderr
 
@@ -127,7 +137,9 @@ def test_daemon_refuses_to_start_with_clear_messages(tmp_path):
         assert result.returncode == code, result.stderr
         assert message in result.stderr and b"Traceback" not in result.stderr
 
-    refuses("bad-config", Role.NODE, '[node]\nlisten = "127.0.0.1:7999"\nprobe_interval_s = 1\n', 2,
+    # These are refused before they bind; the port is free all the same.
+    listen = f'[node]\nlisten = "127.0.0.1:{testnet.os_chosen_ports(1)[0]}"\n'
+    refuses("bad-config", Role.NODE, listen + "probe_interval_s = 1\n", 2,
             b"[node] probe_interval_s: unknown option")
-    refuses("client-as-node", Role.CLIENT, '[node]\nlisten = "127.0.0.1:7998"\n', 5, b"client identity")
-    refuses("broken-key", Role.NODE, '[node]\nlisten = "127.0.0.1:7997"\n', 5, b"cannot read the identity")
+    refuses("client-as-node", Role.CLIENT, listen, 5, b"client identity")
+    refuses("broken-key", Role.NODE, listen, 5, b"cannot read the identity")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from p2pfs import testnet
-from p2pfs.errors import UserError
+from p2pfs import identity, testnet
+from p2pfs.errors import P2pfsError
 
 # CLI calls get this long before the test fails (a hung CLI must not hang the suite).
 CLI_TIMEOUT_S = 120.0
@@ -82,7 +82,6 @@ def read_all(net: Net, expected: dict[str, bytes], through: list[str], concurren
 
     import trio
 
-    from p2pfs import identity
     from p2pfs.client import Client
 
     ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
@@ -124,24 +123,28 @@ def wait_for(condition: Callable[[], object], *, timeout_s: float, what: str, in
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last error: {last_error}")
 
 
+# Times a test network is re-created when another program took one of its ports
+# between the system choosing it and the daemon binding it.
+TESTNET_ATTEMPTS = 3
+
+
 @contextlib.contextmanager
 def running_testnet(directory: Path, nodes: int = 5, overrides: dict | None = None) -> Iterator[Net]:
-    """Start a network on a free block of loopback ports; stop every process on exit, even on failure."""
-    rng = random.Random()
-    for _ in range(20):
-        base_port = rng.randrange(20000, 32000 - nodes)  # below the ephemeral range (32768+)
-        try:
-            testnet.create(directory, nodes, base_port, overrides)
-            break
-        except UserError as exc:
-            if "in use" not in str(exc):
-                raise
-    else:
-        raise AssertionError("no free block of ports found")
+    """Start a network on ports the system chose; stop every process on exit, even on failure."""
     try:
-        testnet.up(directory, nodes, base_port)
+        for attempt in range(1, TESTNET_ATTEMPTS + 1):
+            testnet.create(directory, nodes, 0, overrides)
+            try:
+                testnet.up(directory, nodes, 0)
+                break
+            except P2pfsError as exc:
+                if "already in use" not in str(exc) or attempt == TESTNET_ATTEMPTS:
+                    raise
+                testnet.down(directory, timeout_s=10.0)
+                shutil.rmtree(directory)
         yield Net(directory, nodes)
     finally:
-        testnet.down(directory, timeout_s=10.0)
-        for proc in testnet.status(directory):
-            assert not proc.running, f"{proc.name} (pid {proc.pid}) survived testnet down"
+        if (directory / testnet.CA_DIR / identity.CA_CERT_FILE).is_file():
+            testnet.down(directory, timeout_s=10.0)
+            for proc in testnet.status(directory):
+                assert not proc.running, f"{proc.name} (pid {proc.pid}) survived testnet down"
