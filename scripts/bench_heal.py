@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pfs import identity, testnet  # noqa: E402
 from p2pfs.client import Client  # noqa: E402
-from p2pfs.errors import UserError  # noqa: E402
 
 FILE_BYTES = 16 * 1024 * 1024
 PROBE_FILE = "probe"
