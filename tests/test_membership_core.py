@@ -249,7 +249,7 @@ def test_refutation_raises_incarnation_and_clears_the_suspicion():
     assert MemberFact(b.node_id, 2, ALIVE, "", meta("b")) in refutation
     a.handle(b.address, Gossip(refutation), 1.1)
     assert state_of(a, "b") == (ALIVE, 2)
-    assert a._suspicions == {}
+    assert a._view.suspicions == {}
     a.tick(1000.0)
     assert state_of(a, "b") == (ALIVE, 2)
 
@@ -325,8 +325,8 @@ def test_unknown_member_is_learned_only_from_a_fact_that_says_where_it_is():
 
 
 def test_members_are_capped(monkeypatch):
-    from p2pfs.membership import state
-    monkeypatch.setattr(state, "MEMBERS_MAX", 3)
+    from p2pfs.membership import view
+    monkeypatch.setattr(view, "MEMBERS_MAX", 3)
     a = make("a")
     teach(a, alive("b"), alive("c"), alive("d"))
     assert len(a.members()) == 3 and state_of(a, "d") is None
@@ -336,7 +336,7 @@ def test_push_pull_turns_remote_dead_into_local_suspicion():
     _, (a, b) = joined("a", "b")
     a.handle(b.address, PushPull(True, (MemberFact(b.node_id, 1, DEAD, node_id("c"), meta("b")),)), 5.0)
     assert state_of(a, "b") == (SUSPECT, 1)
-    assert a._suspicions[b.node_id].accuser_id == a.node_id
+    assert a._view.suspicions[b.node_id].accuser_id == a.node_id
 
 
 def test_version_counts_changes_to_members():
@@ -361,7 +361,7 @@ def test_confirmations_shorten_the_suspicion():
     n = a.live_count
     assert n == 13 and CONFIG.suspicion_confirmations_expected(n) == 2
     teach(a, fact("n0", 1, SUSPECT, "n1"), now_s=0.0)
-    s = a._suspicions[node_id("n0")]
+    s = a._view.suspicions[node_id("n0")]
     assert s.deadline_s() == pytest.approx(CONFIG.suspicion_timeout_s_max(n))
     teach(a, fact("n0", 1, SUSPECT, "n1"), now_s=1.0)  # same accuser: no confirmation
     assert s.confirmations == 0
