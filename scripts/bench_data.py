@@ -43,7 +43,7 @@ from p2pfs.address import Address
 from p2pfs.client import Client
 from p2pfs.wire import ErrorCode, Role
 
-from bench_cluster import cpu_s, reset_peak_rss, running_testnet, status_mib
+from bench_procs import cpu_s, reset_peak_rss, running_testnet, status_mib
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
