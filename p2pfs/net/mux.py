@@ -220,7 +220,8 @@ class Mux:
         self.serving = serving
         self._window_units = window_units
         self._serves_max = serves_max
-        self._next_stream_id = 1 if dialled else 2
+        self._first_stream_id = 1 if dialled else 2
+        self._next_stream_id = self._first_stream_id
         self._streams: dict[int, _Stream] = {}
         self._serves_count = 0
 
@@ -234,7 +235,7 @@ class Mux:
         stream_id = self._next_stream_id
         self._next_stream_id += 2
         if self._next_stream_id >= STREAM_ID_LIMIT:
-            self._next_stream_id -= STREAM_ID_LIMIT - 2
+            self._next_stream_id = self._first_stream_id
         if stream_id in self._streams:
             raise LocalProtocolError(f"stream id {stream_id} wrapped around onto a stream in use")
         stream = _Stream(Side.CALL, sending=Half.DONE, receiving=Half.ANSWER)
