@@ -34,7 +34,11 @@ HELLO_FRAME_BYTES_MAX = 4096
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NetConfig:
-    """The ``[net]`` section: transport timings, in seconds."""
+    """The ``[net]`` section: transport timings, in seconds.
+
+    Each is a deadline on one wait, so each trades how soon a dead or frozen
+    peer is noticed against how often a merely slow one is given up on.
+    """
 
     handshake_timeout_s: float = doc(
         "A peer that connects and does not finish TLS and the hello within this many seconds is dropped.",

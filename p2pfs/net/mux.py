@@ -19,7 +19,7 @@ ends may issue requests without colliding. A stream has two halves:
 * what this end receives: the mirror image.
 
 Which frame may come next on a half is the tables ``_RECEIVE`` and ``_SEND``;
-a (state, frame) pair not in them is the peer's protocol violation (raised as
+a (side, state, frame kind) triple not in them is the peer's protocol violation (raised as
 ``ProtocolViolation``: the connection is closed) or our own misuse (raised as
 ``LocalProtocolError``, a bug). Frames for a stream this end no longer knows
 are late frames of a request it gave up on, and are dropped.
@@ -27,7 +27,9 @@ are late frames of a request it gave up on, and are dropped.
 Cancel: the requester that gives up sends CANCEL (``close_call``) and forgets
 the stream; the server stops that handler (``Cancelled``) and sends nothing
 more on it. An answer that arrives while the requester is still uploading
-stops the upload: the answer already says how the request ended.
+stops the upload: the answer already says how the request ended. A request
+beyond ``INCOMING_REQUESTS_PER_CONNECTION_MAX`` is refused with UNAVAILABLE
+(``SendFrame``), never queued.
 
 Flow control: each body is sent against credit granted by its receiver, so a
 receiver never buffers more than ``STREAM_WINDOW_FRAMES`` of it and the reader
@@ -44,9 +46,9 @@ import enum
 from p2pfs import wire
 from p2pfs.wire import ErrorCode, Frame, FrameKind, Role
 
+from . import flow
 from .config import INCOMING_REQUESTS_PER_CONNECTION_MAX, STREAM_WINDOW_FRAMES
 from .errors import ConnectionClosed, ProtocolViolation, RemoteError
-from . import flow
 from .flow import LocalProtocolError, ReceiveWindow, SendWindow
 
 # Stream ids are u32 on the wire; ids wrap around below this.
@@ -100,7 +102,7 @@ _SEND: dict[tuple[Side, Half, FrameKind], Half] = {
     (S, Half.BODY, K.ERROR): Half.DONE,
 }
 
-# Frames that carry no stream's state.
+# Frames that are not about a stream already open: the hello, gossip, and requests (which open one).
 _STREAMLESS_KINDS = frozenset({K.HELLO, K.ONEWAY, K.REQUEST, K.REQUEST_STREAM})
 
 
