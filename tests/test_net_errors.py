@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from p2pfs import errors, net
@@ -28,6 +30,8 @@ def test_a_remote_error_is_classified_by_its_code(code, cls, kind):
     assert isinstance(exc, net.RemoteError)
     assert isinstance(exc, kind)
     assert (exc.code, exc.text, str(exc)) == (code, "why", f"{code.name}: why")
+    copy = pickle.loads(pickle.dumps(exc))
+    assert (type(copy), copy.code, copy.text) == (cls, code, "why")
 
 
 @pytest.mark.parametrize(

@@ -71,9 +71,12 @@ class RemoteError(P2pfsError):
         return super().__new__(cls, code, text)
 
     def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(f"{code.name}: {text}")
+        super().__init__(code, text)  # the arguments again, so that a copy or a pickle rebuilds it
         self.code = code
         self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.text}"
 
 
 class RemoteNotFound(RemoteError, NotFound):
