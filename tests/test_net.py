@@ -256,11 +256,11 @@ async def test_silent_peer_is_dropped_after_the_handshake_timeout(server, make_i
 async def listener_that_never_speaks(task_status=trio.TASK_STATUS_IGNORED) -> None:
     """A TCP port that accepts and then says nothing, like a frozen node."""
     (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    accepted: list[trio.SocketStream] = []
     async with listener:
         task_status.started(Address("127.0.0.1", listener.socket.getsockname()[1]))
-        while True:
-            accepted.append(await listener.accept())
+        tcp = await listener.accept()
+        async with tcp:  # held open: a closed socket would answer with an EOF, not with silence
+            await trio.sleep_forever()
 
 
 async def listener_that_speaks_http(task_status=trio.TASK_STATUS_IGNORED) -> None:
