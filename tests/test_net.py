@@ -10,7 +10,7 @@ import struct
 import pytest
 import trio
 
-from p2pfs import identity, net, wire
+from p2pfs import errors, identity, net, wire
 from p2pfs.address import Address
 from p2pfs.wire import ErrorCode, FrameKind, Role
 
@@ -162,9 +162,13 @@ async def test_bad_certificates_are_rejected(server, make_identity, tmp_path, ca
     bad = identity.load_identity(bad.directory)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(good_connection_still_works, server, make_identity)
-        with pytest.raises(net.ConnectError):
+        # The server's alert says why: the client learns its certificate was refused (an
+        # authentication failure), not that the node is down.
+        with pytest.raises(net.HandshakeError) as info:
             async with net.client_connection(bad, server.address, config=FAST) as conn:
                 await conn.request(wire.Echo(b"x"), timeout_s=5)
+    assert isinstance(info.value, errors.AuthError)
+    assert not isinstance(info.value, errors.Unavailable)
     assert any("rejected" in r.getMessage() for r in caplog.records)
 
 
@@ -173,11 +177,12 @@ async def test_dialler_rejects_a_server_from_another_ca(make_identity, nursery, 
     impostor = identity.create_identity(tmp_path / "impostor", other_ca, Role.NODE)
     endpoint = net.Endpoint(impostor, Address("127.0.0.1", 0), EchoHandlers(), config=FAST)
     await nursery.start(endpoint.run)
-    with pytest.raises(net.HandshakeError):
+    with pytest.raises(net.HandshakeError, match="CERTIFICATE_VERIFY_FAILED") as info:
         async with net.client_connection(
             make_identity(Role.CLIENT), Address("127.0.0.1", endpoint.bound_port), config=FAST
         ):
             pass
+    assert isinstance(info.value, errors.AuthError)
 
 
 async def test_client_certificate_cannot_accept_connections(make_identity):
@@ -246,6 +251,48 @@ async def test_silent_peer_is_dropped_after_the_handshake_timeout(server, make_i
         except trio.BrokenResourceError:
             pass
     await good_connection_still_works(server, make_identity)
+
+
+async def listener_that_never_speaks(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A TCP port that accepts and then says nothing, like a frozen node."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        task_status.started(Address("127.0.0.1", listener.socket.getsockname()[1]))
+        tcp = await listener.accept()
+        async with tcp:  # held open: a closed socket would answer with an EOF, not with silence
+            await trio.sleep_forever()
+
+
+async def listener_that_speaks_http(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A TCP port where some other service answers, not TLS."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        task_status.started(Address("127.0.0.1", listener.socket.getsockname()[1]))
+        while True:
+            tcp = await listener.accept()
+            with trio.move_on_after(5):
+                await tcp.receive_some(65536)
+                await tcp.send_all(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+            await tcp.aclose()
+
+
+async def test_a_silent_node_is_unavailable_not_an_authentication_failure(make_identity, nursery):
+    address = await nursery.start(listener_that_never_speaks)
+    config = net.NetConfig(handshake_timeout_s=0.3)
+    with trio.fail_after(5):
+        with pytest.raises(net.ConnectError, match="no handshake") as info:
+            await net.dial(make_identity(Role.NODE), address, config=config)
+    assert isinstance(info.value, errors.Unavailable)
+    assert not isinstance(info.value, (errors.AuthError, net.HandshakeError))
+
+
+async def test_a_port_that_does_not_speak_tls_is_unavailable(make_identity, nursery):
+    address = await nursery.start(listener_that_speaks_http)
+    with trio.fail_after(5):
+        with pytest.raises(net.ConnectError, match="TLS handshake failed") as info:
+            await net.dial(make_identity(Role.NODE), address, config=FAST)
+    assert isinstance(info.value, errors.Unavailable)
+    assert not isinstance(info.value, (errors.AuthError, net.HandshakeError))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,61 @@
+"""Transport settings (the ``[net]`` section) and the transport's fixed caps.
+
+The timings are configuration because they trade detection speed against
+false alarms on a slow network; the caps are constants because they bound
+memory and are part of what a peer may expect of us.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from p2pfs.config import doc
+
+# Frames a stream receiver buffers at most; the sender starts with this much
+# credit. With STREAM_DATA_BYTES_MAX it bounds a stream's buffer at 8 MiB; 8
+# frames in flight keep a 1 Gbit/s link busy up to ~60 ms of round trip.
+STREAM_WINDOW_FRAMES = 8
+# Largest STREAM_DATA payload we send; bodies are cut to this size. Well under
+# wire.FRAME_SIZE_BYTES_MAX, and large enough that per-frame costs vanish.
+STREAM_DATA_BYTES_MAX = 1024 * 1024
+# Concurrent incoming requests per connection; beyond it requests are refused
+# with UNAVAILABLE instead of queueing without bound.
+INCOMING_REQUESTS_PER_CONNECTION_MAX = 512
+# Concurrent TLS handshakes a listener runs; more connections wait in the
+# backlog. A handshake costs a few ms of CPU: this keeps a burst of dials (or a
+# flood) from starving the event loop.
+HANDSHAKES_CONCURRENT_MAX = 64
+# Connections a listener keeps open at once; each holds two socket buffers and
+# a reader task.
+INBOUND_CONNECTIONS_MAX = 1024
+# The hello is one small frame; a peer announcing more is not speaking our protocol.
+HELLO_FRAME_BYTES_MAX = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NetConfig:
+    """The ``[net]`` section: transport timings, in seconds.
+
+    Each is a deadline on one wait, so each trades how soon a dead or frozen
+    peer is noticed against how often a merely slow one is given up on.
+    """
+
+    handshake_timeout_s: float = doc(
+        "A peer that connects and does not finish TLS and the hello within this many seconds is dropped.",
+        default=5.0,
+    )
+    connect_timeout_s: float = doc("Seconds to establish a TCP connection when dialling.", default=3.0)
+    send_timeout_s: float = doc(
+        "A single write that does not complete in this many seconds means the peer stopped reading "
+        "(frozen or gone): the connection is closed.",
+        default=10.0,
+    )
+    stream_idle_timeout_s: float = doc(
+        "Longest wait, in seconds, for the next piece of a streamed body or for credit to send one.",
+        default=15.0,
+    )
+    redial_backoff_s_min: float = doc(
+        "After a failed dial, seconds before the address is tried again; doubles on each failure...",
+        default=0.1,
+    )
+    redial_backoff_s_max: float = doc("... up to this many seconds.", default=5.0)

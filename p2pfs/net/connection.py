@@ -1,0 +1,416 @@
+"""The trio driver of one authenticated connection: it moves frames and runs what the mux decides.
+
+The protocol (stream ids, which frame may come when, credit, cancel) lives in
+``mux.py`` and is pure. This module only does what needs trio: one task reads
+and decodes frames and carries out the mux's events (wake a caller, feed a
+body buffer, start or cancel a handler); writers take turns on the socket,
+each frame whole; every wait has a deadline (``NetConfig``). A request has a
+deadline; when it passes, or the caller is cancelled, the caller sends CANCEL
+and the connection stays usable. The reader never blocks on application
+code: bodies arrive into buffers the mux's credit bounds.
+
+Anything a peer does wrong (bad frame, unknown type, wrong role, exceeding its
+credit) closes that one connection with a logged reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import ssl
+from typing import AsyncIterable, AsyncIterator
+
+import trio
+
+from p2pfs import wire
+from p2pfs.address import Address
+from p2pfs.identity import PeerIdentity
+from p2pfs.wire import ErrorCode, Frame
+
+from . import mux as m
+from .config import NetConfig
+from .errors import ConnectionClosed, NetError, ProtocolViolation, RemoteError, RequestTimeout
+from .streams import BodyReader, Handlers, IncomingRequest, Reply, Response
+from .tls import TLSStream
+
+log = logging.getLogger(__name__)
+
+# Plaintext bytes the reader takes at most per call.
+_RECEIVE_BYTES = 256 * 1024
+# Payloads up to this size are sent in one write with their header; larger ones are not copied.
+_COALESCE_PAYLOAD_BYTES_MAX = 64 * 1024
+# Seconds a caller that gave up spends at most telling the peer (CANCEL), and a closing
+# connection spends at most on its close_notify.
+_CANCEL_SEND_S_MAX = 1.0
+_CLOSE_S_MAX = 0.5
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """A request of ours, waiting for its answer."""
+
+    answer: wire.Message | RemoteError | None = None
+    arrived: trio.Event = dataclasses.field(default_factory=trio.Event)
+    body: BodyReader | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Serving:
+    """A request of the peer's, with its handler running under ``scope``."""
+
+    scope: trio.CancelScope
+    body: BodyReader | None
+
+
+class Connection:
+    """One authenticated connection, carrying many concurrent requests."""
+
+    def __init__(
+        self,
+        stream: TLSStream,
+        peer: PeerIdentity,
+        peer_hello: wire.Hello,
+        *,
+        dialled: bool,
+        config: NetConfig,
+        handlers: Handlers | None,
+        initial_bytes: bytes = b"",
+    ) -> None:
+        self.peer = peer
+        self._initial_bytes = initial_bytes
+        self.peer_hello = peer_hello
+        self.config = config
+        self._stream = stream
+        self._handlers = handlers
+        self._mux = m.Mux(dialled=dialled, peer_role=peer.role, serving=handlers is not None)
+        self._send_lock = trio.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._serving: dict[int, _Serving] = {}
+        # Senders waiting for credit on a stream, woken by the mux's SendUnblocked.
+        self._send_wakeups: dict[int, trio.Event] = {}
+        self._closed = trio.Event()
+        self.close_reason: str | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer.role.value} {self.peer.short_id} {self.peer_address}>"
+
+    @property
+    def peer_address(self) -> Address | None:
+        """Where the peer accepts connections (nodes only)."""
+        if self.peer_hello.listen_port == 0:
+            return None
+        return Address(self.peer_hello.listen_host, self.peer_hello.listen_port)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- running ------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Read and dispatch frames until the connection ends. Handlers run in here."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await self._read_loop()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._mark_closed(self.close_reason or "closed")
+            with trio.move_on_after(_CLOSE_S_MAX) as cleanup:
+                cleanup.shield = True
+                await self._stream.aclose()
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.close_reason = reason
+        self._closed.set()
+        for pending in self._pending.values():
+            pending.arrived.set()
+            if pending.body is not None:
+                pending.body.abort()
+        for serving in self._serving.values():
+            serving.scope.cancel()
+            if serving.body is not None:
+                serving.body.abort()
+        for wakeup in self._send_wakeups.values():
+            wakeup.set()
+        self._send_wakeups.clear()
+
+    async def aclose(self, reason: str = "closed locally") -> None:
+        self._mark_closed(reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        with trio.move_on_after(_CLOSE_S_MAX) as cleanup:
+            cleanup.shield = True
+            await self._stream.aclose()
+
+    async def _read_loop(self) -> None:
+        decoder = wire.FrameDecoder()
+        decoder.feed(self._initial_bytes)
+        self._initial_bytes = b""
+        try:
+            while (frame := decoder.next_frame()) is not None:
+                self._execute(self._mux.receive_frame(frame))
+            while True:
+                data = await self._stream.receive_some(_RECEIVE_BYTES)
+                if not data:
+                    self.close_reason = "peer closed the connection"
+                    return
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    self._execute(self._mux.receive_frame(frame))
+        except (wire.WireError, ProtocolViolation) as exc:
+            self.close_reason = f"protocol error: {exc}"
+            log.warning("closing connection to %s %s: %s", self.peer.role.value, self.peer.short_id, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            self.close_reason = f"connection lost: {exc!r}"
+            log.debug("connection to %s lost: %r", self.peer.short_id, exc)
+
+    def _execute(self, events: list[m.Event]) -> None:
+        """Carry out what the mux made of one frame. Never waits: the reader must not block."""
+        for event in events:  # the cases in order of frequency: a match tries them in turn
+            match event:
+                case m.BodyReceived(stream_id, data):
+                    self._body(stream_id).push(data)
+                case m.ResponseReceived(stream_id, msg, has_body):
+                    pending = self._pending[stream_id]
+                    pending.body = self._new_body(stream_id) if has_body else None
+                    pending.answer = msg
+                    pending.arrived.set()
+                case m.RequestReceived(stream_id, msg, has_body):
+                    assert self._nursery is not None
+                    body = self._new_body(stream_id) if has_body else None
+                    serving = self._serving[stream_id] = _Serving(trio.CancelScope(), body)
+                    self._nursery.start_soon(self._serve_request, stream_id, msg, body, serving.scope)
+                case m.SendUnblocked(stream_id):
+                    wakeup = self._send_wakeups.pop(stream_id, None)
+                    if wakeup is not None:
+                        wakeup.set()
+                case m.BodyEnded(stream_id):
+                    self._body(stream_id).push(None)
+                case m.BodyFailed(stream_id, error):
+                    self._body(stream_id).push(error)
+                case m.ErrorReceived(stream_id, error):
+                    pending = self._pending[stream_id]
+                    pending.answer = error
+                    pending.arrived.set()
+                case m.OnewayReceived(msg):
+                    assert self._handlers is not None
+                    self._handlers.handle_oneway(self, msg)
+                case m.Cancelled(stream_id):
+                    self._serving[stream_id].scope.cancel()
+                case m.SendFrame(frame):
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._send_quietly, frame)
+                case _:
+                    raise AssertionError(f"unknown mux event {event!r}")
+
+    def _new_body(self, stream_id: int) -> BodyReader:
+        return BodyReader(stream_id, self.config.stream_idle_timeout_s, self._body_consumed)
+
+    async def _body_consumed(self, stream_id: int, data: bytes | memoryview) -> None:
+        credit = self._mux.body_consumed(stream_id, data)
+        if credit is not None:
+            await self._send_frame(credit)
+
+    def _body(self, stream_id: int) -> BodyReader:
+        holder = self._pending.get(stream_id) or self._serving[stream_id]
+        assert holder.body is not None
+        return holder.body
+
+    async def _serve_request(
+        self, stream_id: int, msg: wire.Message, body: BodyReader | None, scope: trio.CancelScope
+    ) -> None:
+        assert self._handlers is not None
+        try:
+            with scope:
+                try:
+                    result = await self._handlers.handle_request(IncomingRequest(self, msg, body))
+                except RemoteError as exc:
+                    await self._send_error(stream_id, exc.code, exc.text)
+                    return
+                except (NetError, trio.TooSlowError) as exc:
+                    await self._send_error(stream_id, ErrorCode.UNAVAILABLE, str(exc) or repr(exc))
+                    return
+                except Exception as exc:
+                    log.exception("handler for %s failed", type(msg).__name__)
+                    await self._send_error(stream_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                    return
+                if isinstance(result, Reply):
+                    await self._send_frame(self._mux.respond(stream_id, result.msg, with_body=True))
+                    try:
+                        await result.body(functools.partial(self._send_data, stream_id))
+                    except RemoteError as exc:
+                        await self._send_error(stream_id, exc.code, exc.text)
+                        return
+                    except Exception as exc:
+                        log.exception("streaming the answer to %s failed", type(msg).__name__)
+                        await self._send_error(stream_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                        return
+                    await self._send_frame(self._mux.end_body(stream_id))
+                else:
+                    await self._send_frame(self._mux.respond(stream_id, result, with_body=False))
+        except (NetError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            log.debug("could not answer %s to %s: %r", type(msg).__name__, self.peer.short_id, exc)
+        finally:
+            del self._serving[stream_id]
+            self._send_wakeups.pop(stream_id, None)
+            self._mux.close_serve(stream_id)
+
+    # -- sending ------------------------------------------------------------
+
+    async def _send_frame(self, frame: Frame) -> None:
+        header = wire.frame_header(frame.kind, frame.stream_id, frame.msg_type, len(frame.payload))
+        if self._closed.is_set():
+            raise ConnectionClosed(self.close_reason or "closed")
+        async with self._send_lock:
+            # A frame goes out whole, whoever is cancelled meanwhile: a TLS stream is broken for
+            # good by a send cancelled midway (and half a frame would derail the peer's
+            # decoder anyway), which would fail every other request on the connection, e.g. when
+            # a quorum read cancels its slowest replica. send_timeout_s still bounds the wait.
+            with trio.CancelScope(shield=True):
+                await self._send_frame_whole(header, frame.payload)
+
+    async def _send_frame_whole(self, header: bytes, payload: bytes | memoryview) -> None:
+        try:
+            with trio.fail_after(self.config.send_timeout_s):
+                if len(payload) <= _COALESCE_PAYLOAD_BYTES_MAX:
+                    await self._stream.send_all(header + payload)
+                else:
+                    await self._stream.send_all(header)
+                    await self._stream.send_all(payload)
+        except trio.TooSlowError:
+            reason = f"peer did not read for {self.config.send_timeout_s} s"
+            self._mark_closed(reason)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            raise ConnectionClosed(reason) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            self._mark_closed(f"connection lost: {exc!r}")
+            raise ConnectionClosed(f"connection to {self.peer.short_id} lost: {exc!r}") from None
+
+    async def _send_quietly(self, frame: Frame) -> None:
+        with contextlib.suppress(NetError):
+            await self._send_frame(frame)
+
+    async def _send_error(self, stream_id: int, code: ErrorCode, text: str) -> None:
+        with contextlib.suppress(NetError):
+            await self._send_frame(self._mux.respond_error(stream_id, code, text))
+
+    async def _send_data(self, stream_id: int, data: bytes | memoryview) -> None:
+        """Send one piece of a streamed body, cut into frames as credit allows."""
+        view = memoryview(data)
+        while view:  # each pass sends at least one byte, or fails on the idle deadline
+            size_bytes = await self._wait_sendable(stream_id, len(view))
+            await self._send_frame(self._mux.send_data(stream_id, view[:size_bytes]))
+            view = view[size_bytes:]
+
+    async def _wait_sendable(self, stream_id: int, want_bytes: int) -> int:
+        with trio.fail_after(self.config.stream_idle_timeout_s):
+            while (size_bytes := self._mux.sendable_bytes(stream_id, want_bytes)) == 0:
+                if self._closed.is_set():
+                    raise ConnectionClosed(self.close_reason or "closed")
+                wakeup = self._send_wakeups[stream_id] = trio.Event()
+                await wakeup.wait()
+        return size_bytes
+
+    async def _send_body(self, stream_id: int, body: AsyncIterable[bytes]) -> None:
+        async for data in body:
+            await self._send_data(stream_id, data)
+        await self._send_frame(self._mux.end_body(stream_id))
+
+    async def send_oneway(self, msg: wire.Message) -> None:
+        """Send a message that gets no answer (gossip). Bounded by ``send_timeout_s``."""
+        await self._send_frame(self._mux.oneway(msg))
+
+    async def request(
+        self, msg: wire.Message, *, timeout_s: float, body: AsyncIterable[bytes] | None = None
+    ) -> wire.Message:
+        """Send a request and return the answer message.
+
+        ``timeout_s`` bounds the wait for the answer after the request (and its
+        body, if any) has been sent; a body is paced by flow control with
+        ``stream_idle_timeout_s`` between frames. Raises RequestTimeout,
+        RemoteError, ConnectionClosed. A streamed answer is drained and dropped:
+        use ``open_request`` to read one.
+        """
+        async with self.open_request(msg, timeout_s=timeout_s, body=body) as response:
+            if response.body is not None:
+                await response.body.drain()
+            return response.msg
+
+    @contextlib.asynccontextmanager
+    async def open_request(
+        self, msg: wire.Message, *, timeout_s: float, body: AsyncIterable[bytes] | None = None
+    ) -> AsyncIterator[Response]:
+        """Like ``request``, but yields a Response whose streamed body the caller reads."""
+        stream_id, frame = self._mux.start_request(msg, with_body=body is not None)
+        pending = self._pending[stream_id] = _Pending()
+        try:
+            await self._send_frame(frame)
+            if body is not None:
+                await self._upload_then_wait(stream_id, pending, body, timeout_s)
+            else:
+                await self._wait_answer(pending, timeout_s)
+            if pending.answer is None:
+                raise ConnectionClosed(self.close_reason or "connection closed")
+            if isinstance(pending.answer, RemoteError):
+                raise pending.answer
+            yield Response(pending.answer, pending.body)
+        finally:
+            del self._pending[stream_id]
+            self._send_wakeups.pop(stream_id, None)
+            cancel = self._mux.close_call(stream_id)
+            if cancel is not None and not self._closed.is_set():
+                with trio.move_on_after(_CANCEL_SEND_S_MAX) as cleanup:
+                    cleanup.shield = True
+                    await self._send_quietly(cancel)
+
+    async def _wait_answer(self, pending: _Pending, timeout_s: float) -> None:
+        try:
+            with trio.fail_after(timeout_s):
+                await pending.arrived.wait()
+        except trio.TooSlowError:
+            raise RequestTimeout(f"no answer from {self.peer.short_id} within {timeout_s} s") from None
+
+    async def _upload_then_wait(
+        self, stream_id: int, pending: _Pending, body: AsyncIterable[bytes], timeout_s: float
+    ) -> None:
+        """Send the body while watching for an early answer (an error cuts the upload short)."""
+        async with trio.open_nursery() as nursery:
+            uploaded = trio.Event()
+
+            async def upload() -> None:
+                try:
+                    await self._send_body(stream_id, body)
+                except ConnectionClosed:
+                    if pending.answer is None and not self._closed.is_set():
+                        raise
+                    return  # the peer answered early; the answer tells why
+                except trio.TooSlowError:
+                    raise RequestTimeout(
+                        f"{self.peer.short_id} granted no credit for "
+                        f"{self.config.stream_idle_timeout_s} s"
+                    ) from None
+                uploaded.set()
+
+            nursery.start_soon(upload)
+            with trio.CancelScope() as early:
+                nursery.start_soon(_set_then_cancel, pending.arrived, early)
+                await uploaded.wait()
+                await self._wait_answer(pending, timeout_s)
+            nursery.cancel_scope.cancel()
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -1,0 +1,223 @@
+"""A node's endpoint: the TLS listener and the pool of connections by node id; and a client's connection."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import random
+from typing import AsyncIterable, AsyncIterator
+
+import trio
+
+from p2pfs import wire
+from p2pfs.address import Address
+from p2pfs.identity import Identity
+from p2pfs.wire import Role
+
+from .config import HANDSHAKES_CONCURRENT_MAX, INBOUND_CONNECTIONS_MAX, NetConfig
+from .connection import Connection
+from .errors import ConnectError, HandshakeError, NetError, RequestTimeout
+from .handshake import dial, handshake
+from .streams import Handlers
+from .tls import TLSStream
+
+log = logging.getLogger(__name__)
+
+
+class Endpoint:
+    """A node's network presence: the TLS listener and a pool of connections by node id.
+
+    Connections are symmetric: one accepted from a node is reused to send it
+    requests, so two nodes usually share one connection. A failed dial puts the
+    address into exponential back-off with jitter; ``connect`` fails fast
+    during it instead of hammering a dead peer.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        listen: Address,
+        handlers: Handlers,
+        *,
+        config: NetConfig = NetConfig(),
+        bind_host: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.identity = identity
+        self.listen = listen
+        self.config = config
+        self._handlers = handlers
+        self._bind_host = bind_host
+        self._rng = rng or random.Random()
+        self._by_node: dict[str, Connection] = {}
+        self._node_at: dict[Address, str] = {}
+        self._dialling: dict[Address, trio.Event] = {}
+        self._backoff: dict[Address, tuple[float, float]] = {}  # address -> (retry_at, delay_s)
+        self._inbound_count = 0
+        self._handshakes = trio.Semaphore(HANDSHAKES_CONCURRENT_MAX)
+        self._nursery: trio.Nursery | None = None
+        self.bound_port: int | None = None
+        # Built once: loading the certificate files per connection would cost a
+        # file read and a parse on every accept and dial.
+        self._server_context = identity.server_context()
+        self._client_context = identity.client_context()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled. Raises OSError (e.g. EADDRINUSE) before ``started``."""
+        listeners = await trio.open_tcp_listeners(self.listen.port, host=self.listen.host)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        if self.listen.port == 0:  # an ephemeral port (tests): tell peers the real one
+            self.listen = Address(self.listen.host, self.bound_port)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener)
+            task_status.started()
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                try:
+                    tcp = await listener.accept()
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("accept failed (%s); pausing 100 ms", exc)
+                        await trio.sleep(0.1)  # resource exhaustion: let connections close
+                        continue
+                    raise
+                if self._inbound_count >= INBOUND_CONNECTIONS_MAX:
+                    log.warning("refusing a connection: %d inbound connections open", self._inbound_count)
+                    await trio.aclose_forcefully(tcp)
+                    continue
+                self._nursery.start_soon(self._serve_inbound, tcp)
+
+    async def _serve_inbound(self, tcp: trio.SocketStream) -> None:
+        self._inbound_count += 1
+        try:
+            stream = TLSStream(tcp, self._server_context, server_side=True)
+            remote = _remote_name(tcp)
+            try:
+                async with self._handshakes:
+                    with trio.fail_after(self.config.handshake_timeout_s):
+                        peer, hello, leftover = await handshake(stream, self.identity, self.listen)
+            except trio.TooSlowError:
+                log.info("dropped %s: no handshake within %s s", remote, self.config.handshake_timeout_s)
+                await trio.aclose_forcefully(stream)
+                return
+            except (ConnectError, HandshakeError) as exc:
+                log.info("rejected %s: %s", remote, exc)
+                await trio.aclose_forcefully(stream)
+                return
+            conn = Connection(
+                stream, peer, hello, dialled=False, config=self.config,
+                handlers=self._handlers, initial_bytes=leftover,
+            )
+            log.debug("accepted %r from %s", conn, remote)
+            if peer.role is Role.NODE and conn.peer_address is not None:
+                self._node_at[conn.peer_address] = peer.node_id
+                current = self._by_node.get(peer.node_id)
+                if current is None or current.is_closed:
+                    self._by_node[peer.node_id] = conn
+            try:
+                await conn.run()
+            finally:
+                if self._by_node.get(peer.node_id) is conn:
+                    del self._by_node[peer.node_id]
+        finally:
+            self._inbound_count -= 1
+
+    async def connect(self, address: Address, *, node_id: str | None = None) -> Connection:
+        """A live connection to the node at ``address`` (and with ``node_id``, if given)."""
+        assert self._nursery is not None, "Endpoint.run has not started"
+        while True:
+            known = node_id or self._node_at.get(address)
+            if known is not None:
+                conn = self._by_node.get(known)
+                if conn is not None and not conn.is_closed:
+                    return conn
+            waiting = self._dialling.get(address)
+            if waiting is None:
+                break
+            await waiting.wait()  # someone else is dialling this address; bounded by their timeouts
+            if node_id is None and address not in self._node_at:
+                raise ConnectError(f"cannot connect to {address}")
+        retry_at, delay_s = self._backoff.get(address, (0.0, 0.0))
+        if trio.current_time() < retry_at:
+            raise ConnectError(f"{address} is unreachable (retrying in {retry_at - trio.current_time():.1f} s)")
+        done = self._dialling[address] = trio.Event()
+        try:
+            conn = await dial(
+                self.identity, address, config=self.config, handlers=self._handlers,
+                listen=self.listen, bind_host=self._bind_host, expected_node_id=node_id,
+                ssl_context=self._client_context,
+            )
+        except (ConnectError, HandshakeError):
+            delay_s = min(
+                max(delay_s * 2, self.config.redial_backoff_s_min), self.config.redial_backoff_s_max
+            )
+            jitter = self._rng.uniform(0.5, 1.0)
+            self._backoff[address] = (trio.current_time() + delay_s * jitter, delay_s)
+            raise
+        finally:
+            del self._dialling[address]
+            done.set()
+        self._backoff.pop(address, None)
+        self._node_at[address] = conn.peer.node_id
+        self._by_node[conn.peer.node_id] = conn
+        await self._nursery.start(self._run_dialled, conn)
+        return conn
+
+    async def _run_dialled(self, conn: Connection, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await conn.run(task_status=task_status)
+        finally:
+            if self._by_node.get(conn.peer.node_id) is conn:
+                del self._by_node[conn.peer.node_id]
+
+    async def request(
+        self, address: Address, msg: wire.Message, *, timeout_s: float, node_id: str | None = None,
+        body: AsyncIterable[bytes] | None = None,
+    ) -> wire.Message:
+        """Connect (within the same deadline) and make one request."""
+        with trio.move_on_after(timeout_s) as scope:
+            conn = await self.connect(address, node_id=node_id)
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"connecting to {address} took longer than {timeout_s} s")
+        return await conn.request(msg, timeout_s=timeout_s, body=body)
+
+    async def send_oneway(self, address: Address, msg: wire.Message) -> bool:
+        """Best effort: connect and send; False (logged at debug) on any network failure."""
+        try:
+            conn = await self.connect(address)
+            await conn.send_oneway(msg)
+        except NetError as exc:
+            log.debug("could not send %s to %s: %s", type(msg).__name__, address, exc)
+            return False
+        return True
+
+    def connections(self) -> list[Connection]:
+        return [c for c in self._by_node.values() if not c.is_closed]
+
+
+def _remote_name(tcp: trio.SocketStream) -> str:
+    try:
+        host, port = tcp.socket.getpeername()[:2]
+    except OSError:
+        return "<unknown>"
+    return f"{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def client_connection(
+    identity: Identity, address: Address, *, config: NetConfig = NetConfig()
+) -> AsyncIterator[Connection]:
+    """A connection from the CLI (or any client) to one node, closed on exit."""
+    conn = await dial(identity, address, config=config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.run)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+            nursery.cancel_scope.cancel()

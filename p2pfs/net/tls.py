@@ -1,0 +1,114 @@
+"""TLS over a trio socket stream, through the ssl module's memory BIOs."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+
+import trio
+
+# Bytes read from a socket at once: several TLS records, decrypted together.
+_SOCKET_RECEIVE_BYTES = 256 * 1024
+
+
+class TLSStream:
+    """TLS over a trio socket stream, through the ssl module's memory BIOs.
+
+    Why not ``trio.SSLStream``: its ``receive_some`` returns at most one TLS record (16 KiB) per
+    call, each through a general-purpose retry loop with locks and a checkpoint. Decrypting every
+    record a socket read brought in, in one call, costs less than half the CPU per byte received
+    (0.60 against 1.40 CPU-seconds per GiB on the project's 2-core machine), and the receiver of
+    every hop of a put or a get pays it.
+
+    It does exactly what a Connection needs: one handshake, then one reader and one writer at a
+    time (the Connection serialises its writers). The reader may have to answer the peer itself
+    (a TLS 1.3 key update); socket writes therefore share a lock and always send what the TLS
+    object produced, in the order it produced it. Errors surface as trio's do:
+    ``BrokenResourceError`` caused by the ``ssl.SSLError``, and ``b""`` once the peer has closed.
+    """
+
+    def __init__(self, transport: trio.SocketStream, context: ssl.SSLContext, *, server_side: bool) -> None:
+        self.transport_stream = transport
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                     server_hostname=None)
+        self._socket_send_lock = trio.Lock()
+        self._peer_closed = False
+
+    def getpeercert(self, binary_form: bool = False):
+        return self._tls.getpeercert(binary_form)
+
+    async def _flush(self) -> None:
+        """Send what TLS has produced so far (under the lock: records leave in the order made)."""
+        async with self._socket_send_lock:
+            data = self._outgoing.read()
+            if data:
+                await self.transport_stream.send_all(data)
+
+    async def _receive_from_socket(self) -> None:
+        data = await self.transport_stream.receive_some(_SOCKET_RECEIVE_BYTES)
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    async def do_handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._receive_from_socket()
+            except ssl.SSLError as exc:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self._flush()  # the alert tells the peer why
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+        await self._flush()  # our last handshake message (and, on a server, session tickets)
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of plaintext, at least one byte; ``b""`` once the peer closed TLS."""
+        pieces: list[bytes] = []
+        size_bytes = 0
+        while True:
+            try:
+                while size_bytes < max_bytes and not self._peer_closed:
+                    piece = self._tls.read(max_bytes - size_bytes)
+                    if not piece:  # close_notify
+                        self._peer_closed = True
+                        break
+                    pieces.append(piece)
+                    size_bytes += len(piece)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            if self._outgoing.pending and not self._socket_send_lock.locked():
+                # Something TLS answers by itself (a key update). While a write is under way its
+                # next flush takes this along: waiting for it here could deadlock two peers that
+                # both write more than the other reads.
+                await self._flush()
+            if pieces or self._peer_closed:
+                await trio.lowlevel.checkpoint()
+                return b"".join(pieces)
+            await self._receive_from_socket()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+        await self._flush()
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Send close_notify if no write is under way, then close the socket."""
+        try:
+            if not self._socket_send_lock.locked():
+                with contextlib.suppress(ssl.SSLError):
+                    self._tls.unwrap()  # queues close_notify; does not wait for the peer's
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self._flush()
+        finally:
+            await self.transport_stream.aclose()
