@@ -13,8 +13,9 @@ Layout of a node's data dir ``DATA``::
 """
 
 from p2pfs.storage.chunker import FileHasher, ManifestBuilder, check_chunk_size, iter_chunks
-from p2pfs.storage.chunkstore import ChunkCorrupt, ChunkMismatch, ChunkMissing, ChunkStore, StorageFull
-from p2pfs.storage.hlc import MAX_DRIFT_MS, ClockDriftError, HybridClock, StorageError, Timestamp
+from p2pfs.storage.chunkstore import ChunkCorrupt, ChunkMismatch, ChunkMissing, ChunkStore
+from p2pfs.storage.errors import StorageError, StorageFull
+from p2pfs.storage.hlc import MAX_DRIFT_MS, ClockDriftError, HybridClock, Timestamp
 from p2pfs.storage.manifest import (
     CHUNK_ID_BYTES,
     CHUNK_SIZE_BYTES_DEFAULT,
