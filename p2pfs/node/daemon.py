@@ -25,7 +25,7 @@ import trio
 
 from p2pfs import __version__, net, wire
 from p2pfs.clock import SystemClock
-from p2pfs.errors import ConfigError, ExitCode, UserError
+from p2pfs.errors import ConfigError, ExitCode, LocalStorageError, UserError
 from p2pfs.identity import Identity, short_id
 from p2pfs.membership import (
     MEMBERSHIP_MESSAGES,
@@ -37,7 +37,6 @@ from p2pfs.membership import (
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
 from p2pfs.replication.service import DataService
-from p2pfs.storage import StorageError
 from p2pfs.wire import Role
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(self.data.run)
-            except StorageError as exc:
+            except LocalStorageError as exc:
                 raise UserError(f"cannot open the data dir {self.cfg.data_dir}: {exc}") from None
             try:
                 await nursery.start(self.endpoint.run)
