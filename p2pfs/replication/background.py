@@ -44,7 +44,7 @@ async def run_rounds(
     interval_s: float,
     deadline_s: float,
     rng: random.Random,
-    jitter_fraction: float = ROUND_JITTER_FRACTION,
+    jitter_fraction: float,
 ) -> None:
     """Forever: wait about ``interval_s``, then run one round within ``deadline_s``."""
     assert 0 <= jitter_fraction < 1

@@ -29,7 +29,7 @@ from p2pfs.clock import Clock
 from p2pfs.membership import Member
 from p2pfs.replication import messages as dm
 from p2pfs.replication.antientropy import AntiEntropy
-from p2pfs.replication.background import RepairPacer, round_deadline_s, run_rounds
+from p2pfs.replication.background import ROUND_JITTER_FRACTION, RepairPacer, round_deadline_s, run_rounds
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.coordinator import Coordinator
 from p2pfs.replication.errors import ReplicaError
@@ -169,16 +169,18 @@ class DataService:
 
     def _start_background(self, nursery: trio.Nursery) -> None:
         config = self.config
+        # (name, round, seconds between rounds, jitter): hints are handed back at a steady
+        # pace; repair rounds are jittered so that nodes do not all repair at once.
         rounds = [
             ("hint delivery", self._hints.round, config.hint_delivery_interval_s, 0.0),
-            ("anti-entropy", self._anti_entropy_and_hand_off, config.anti_entropy_interval_s, None),
-            ("gc", self._gc.round, config.gc_interval_s, None),
+            ("anti-entropy", self._anti_entropy_and_hand_off, config.anti_entropy_interval_s,
+             ROUND_JITTER_FRACTION),
+            ("gc", self._gc.round, config.gc_interval_s, ROUND_JITTER_FRACTION),
         ]
         for name, round_fn, interval_s, jitter_fraction in rounds:
-            options = {} if jitter_fraction is None else {"jitter_fraction": jitter_fraction}
             nursery.start_soon(functools.partial(
                 run_rounds, name, round_fn, interval_s=interval_s, deadline_s=round_deadline_s(interval_s),
-                rng=self.rng, **options,
+                rng=self.rng, jitter_fraction=jitter_fraction,
             ))
         if self._scrubber is not None:
             # One round after another: the scrub paces itself at scrub_bytes_per_s.
