@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -14,6 +15,7 @@ from p2pfs.membership.simulation import sim_address, wait_until
 from p2pfs.node.daemon import WALL_CLOCK_OFFSET_ENV, wall_clock_offset_ms
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.placement import name_key
 from p2pfs.sim.data import DataCluster
 from p2pfs.sim.network import SimNetwork, run_simulation, sim_seed
 
@@ -95,3 +97,47 @@ def test_the_daemon_reads_its_wall_clock_offset_from_the_environment():
     assert wall_clock_offset_ms({WALL_CLOCK_OFFSET_ENV: "-2500"}) == -2500
     with pytest.raises(ConfigError, match=WALL_CLOCK_OFFSET_ENV):
         wall_clock_offset_ms({WALL_CLOCK_OFFSET_ENV: "1.5s"})
+
+
+async def hint_expiry_scenario(root, seed: int) -> None:
+    ttl_s = 60.0
+    config = dataclasses.replace(REPLICATION, hint_ttl_s=ttl_s, dead_grace_s=10_000.0)
+    rng = random.Random(seed)
+    network = SimNetwork(random.Random(rng.getrandbits(64)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(network.run)
+        cluster = DataCluster(nursery, network, root, rng, MembershipConfig(), config)
+        for index in range(1, 5):
+            await cluster.start(index, (sim_address(1),))
+        assert await wait_until(lambda: all(len(n.membership.members()) == 4 for n in cluster.running()),
+                                timeout_s=60, poll_s=0.5) is not None
+        owner = cluster.by_id[cluster.nodes[1].data.ring().preference_list(name_key("x"), 3)[-1]]
+        cluster.crash(owner)
+        writer = next(n for n in cluster.running())
+        # Wait until the writer sees the owner down, so the write goes to a stand-in with a hint.
+        assert await wait_until(lambda: owner.node_id in writer.data.view.unavailable(),
+                                timeout_s=60, poll_s=0.5) is not None
+        await writer.data.put("x", _pieces(b"hinted"), 6)
+
+        def hinted() -> bool:
+            return any(owner.node_id in n.data.local.hints.owners() for n in cluster.running())
+
+        assert hinted()
+        written_s = trio.current_time()
+        # The owner never comes back: the hint lives out its time-to-live on the data layer's
+        # clock (simulated here), then goes.
+        await trio.sleep(ttl_s / 2)
+        assert hinted()
+        took_s = await wait_until(lambda: not hinted(), timeout_s=ttl_s, poll_s=0.5)
+        assert took_s is not None
+        assert ttl_s <= trio.current_time() - written_s <= ttl_s + 2 * config.hint_delivery_interval_s + 1
+        nursery.cancel_scope.cancel()
+
+
+def test_hints_expire_on_the_data_layers_clock(tmp_path):
+    seed = sim_seed(7103)
+    try:
+        run_simulation(hint_expiry_scenario, tmp_path, seed, seed=seed)
+    except BaseException:
+        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
+        raise
