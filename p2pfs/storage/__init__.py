@@ -4,10 +4,11 @@ Everything here is synchronous. Pure pieces (``hlc``, ``manifest``, ``chunker``'
 builder) never touch the disk or the clock; ``ChunkStore`` and ``NameIndex`` do
 blocking disk I/O and are thread-safe, so trio code calls them through
 ``trio.to_thread.run_sync`` and the event loop never waits on a disk or a hash.
+``ChunkStore`` reads time only from the ``p2pfs.clock.Clock`` it is given.
 
 Layout of a node's data dir ``DATA``::
 
-    DATA/chunks/ab/cdef...   ChunkStore(DATA, capacity_bytes)
+    DATA/chunks/ab/cdef...   ChunkStore(DATA, capacity_bytes, clock=clock)
     DATA/quarantine/         chunks that failed verification
     DATA/names.sqlite        NameIndex(DATA / NAMES_FILE_NAME)
 """

@@ -5,7 +5,7 @@ Layout under the node's data dir ``root``::
     root/chunks/ab/cdef...      one file per chunk, named by its hex id (first byte
                                 as a fan-out dir, 256 dirs, so no dir grows huge)
     root/chunks/ab/.cdef....<random>.tmp   a write in progress
-    root/quarantine/abcdef....<ns>         chunks that failed verification
+    root/quarantine/abcdef....<ms>.<n>     chunks that failed verification (wall ms, serial)
 
 Crash safety: a chunk is written to a temp file in its final dir, fsynced, renamed
 into place and the dir fsynced, so a chunk file is either absent or complete; temp
@@ -13,6 +13,10 @@ files left by a crash are removed at open. Integrity: bytes are checked against 
 id before they are written and every time they are read (disks rot, operators copy
 files around); a chunk that fails is moved to quarantine, logged, raised as
 ChunkCorrupt and from then on is simply missing, for replication to repair.
+
+Time: a chunk file's mtime is set from the store's clock on every write and
+re-put, and garbage collection measures its grace against that clock, so a
+simulation (or a node with a skewed clock) decides the same way throughout.
 
 Capacity: ``used_bytes`` is the sum of chunk sizes (content bytes, not disk blocks),
 found by scanning at open and kept up to date; a put that would pass
