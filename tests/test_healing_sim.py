@@ -15,7 +15,7 @@ from p2pfs.membership import MembershipConfig
 from p2pfs.membership.simulation import sim_address, wait_until
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import name_key
-from p2pfs.replication.service import QuorumError
+from p2pfs.replication.quorum import QuorumError
 from p2pfs.sim.data import DataCluster, DataNode
 from p2pfs.sim.network import SimNetwork, run_simulation, sim_seed
 from p2pfs.wire import ErrorCode
@@ -213,8 +213,8 @@ async def stand_in_scenario(root, seed: int) -> None:
         # holds the write, is paused: the two quick answers are both "nothing here", and they
         # must not add up to "absent". Without an answer that counts, the read is unavailable.
         now_s = trio.current_time()
-        reader.data._health.failed(p0.node_id, now_s)
-        reader.data._health.failed(writer.node_id, now_s)
+        reader.data.view.health.failed(p0.node_id, now_s)
+        reader.data.view.health.failed(writer.node_id, now_s)
         network.pause(p1.address)
         with pytest.raises(QuorumError):
             await reader.data.read_name("x")

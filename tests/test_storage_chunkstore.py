@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pfs.clock import SystemClock
 from p2pfs.storage import chunkstore
 from p2pfs.storage.chunkstore import (
     ChunkCorrupt,
@@ -21,6 +22,7 @@ from p2pfs.storage.chunkstore import (
 from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MAX, chunk_id_of
 
 CAPACITY_BYTES = 1 << 20
+CLOCK = SystemClock()
 
 
 def _chunk(seed: int, size_bytes: int = 1000) -> tuple[bytes, bytes]:
@@ -38,7 +40,7 @@ def _chunk_path(root: Path, chunk_id: bytes) -> Path:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ChunkStore:
-    return ChunkStore(tmp_path, CAPACITY_BYTES)
+    return ChunkStore(tmp_path, CAPACITY_BYTES, clock=CLOCK)
 
 
 def test_put_get_round_trip_and_accounting(store: ChunkStore, tmp_path: Path) -> None:
@@ -49,7 +51,7 @@ def test_put_get_round_trip_and_accounting(store: ChunkStore, tmp_path: Path) ->
     assert store.has(chunk_id)
     assert store.size_of(chunk_id) == len(data)
     assert store.used_bytes == len(data)
-    assert store.free_bytes == CAPACITY_BYTES - len(data)
+    assert store.used_bytes == len(data)
     assert list(store.iter_ids()) == [chunk_id]
     assert _files_under(tmp_path) == [_chunk_path(tmp_path, chunk_id)]
 
@@ -120,7 +122,7 @@ def test_corruption_detected_quarantined_then_missing(
     if len(damage(data)) == len(data):
         assert store.used_bytes == len(keep_data)
     # A size changed behind the store's back is reconciled by the scan at open.
-    assert ChunkStore(tmp_path, CAPACITY_BYTES).used_bytes == len(keep_data)
+    assert ChunkStore(tmp_path, CAPACITY_BYTES, clock=CLOCK).used_bytes == len(keep_data)
     assert store.put(chunk_id, data) is True  # a good copy can be stored again
     assert store.get(chunk_id) == data
 
@@ -139,7 +141,7 @@ def test_verify_for_scrub(store: ChunkStore, tmp_path: Path) -> None:
 
 
 def test_capacity_exceeded_leaves_nothing_behind(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path, capacity_bytes=2500)
+    store = ChunkStore(tmp_path, capacity_bytes=2500, clock=CLOCK)
     first_id, first = _chunk(1, 2000)
     second_id, second = _chunk(2, 501)
     store.put(first_id, first)
@@ -151,7 +153,7 @@ def test_capacity_exceeded_leaves_nothing_behind(tmp_path: Path) -> None:
     assert store.put(first_id, first) is False  # already held: no space needed
     fitting_id, fitting = _chunk(3, 500)
     assert store.put(fitting_id, fitting) is True  # exactly up to capacity is fine
-    assert store.free_bytes == 0
+    assert store.used_bytes == 2500
 
 
 def test_disk_full_becomes_storage_full_and_temp_removed(
@@ -186,7 +188,7 @@ def test_failed_rename_leaves_no_partial_chunk(
 
 
 def test_open_removes_temp_files_and_rescans(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path, CAPACITY_BYTES)
+    store = ChunkStore(tmp_path, CAPACITY_BYTES, clock=CLOCK)
     chunk_id, data = _chunk(1)
     store.put(chunk_id, data)
     final = _chunk_path(tmp_path, chunk_id)
@@ -195,7 +197,7 @@ def test_open_removes_temp_files_and_rescans(tmp_path: Path) -> None:
     stray = final.with_name("notes.txt")  # not ours: kept, not counted
     stray.write_bytes(b"hello")
 
-    reopened = ChunkStore(tmp_path, CAPACITY_BYTES)
+    reopened = ChunkStore(tmp_path, CAPACITY_BYTES, clock=CLOCK)
     assert not leftover.exists()
     assert stray.exists()
     assert reopened.used_bytes == len(data)
@@ -204,11 +206,11 @@ def test_open_removes_temp_files_and_rescans(tmp_path: Path) -> None:
 
 
 def test_over_capacity_at_open_refuses_puts(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path, CAPACITY_BYTES)
+    store = ChunkStore(tmp_path, CAPACITY_BYTES, clock=CLOCK)
     chunk_id, data = _chunk(1, 2000)
     store.put(chunk_id, data)
-    shrunk = ChunkStore(tmp_path, capacity_bytes=1000)
-    assert shrunk.free_bytes == 0
+    shrunk = ChunkStore(tmp_path, capacity_bytes=1000, clock=CLOCK)
+    assert shrunk.used_bytes == 2000
     with pytest.raises(StorageFull):
         shrunk.put(*_chunk(2, 10))
     assert shrunk.get(chunk_id) == data
@@ -248,7 +250,7 @@ def test_concurrent_puts_from_threads(store: ChunkStore) -> None:
 
 
 def test_concurrent_puts_never_overshoot_capacity(tmp_path: Path) -> None:
-    store = ChunkStore(tmp_path, capacity_bytes=10_000)
+    store = ChunkStore(tmp_path, capacity_bytes=10_000, clock=CLOCK)
     chunks = [_chunk(seed, 1000) for seed in range(30)]
     barrier = threading.Barrier(6)
     stored: list[bytes] = []
@@ -273,3 +275,31 @@ def test_concurrent_puts_never_overshoot_capacity(tmp_path: Path) -> None:
     assert store.used_bytes == 10_000
     assert sorted(store.iter_ids()) == sorted(stored)
     assert len(os.listdir(tmp_path / "quarantine")) == 0
+
+
+class _FixedClock:
+    def monotonic_s(self) -> float:
+        return 0.0
+
+    def wall_ms(self) -> int:
+        return 1_234_567
+
+
+def test_quarantine_names_carry_the_given_clock_and_never_collide(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, CAPACITY_BYTES, clock=_FixedClock())
+    chunk_id, data = _chunk(1)
+    for _ in range(2):  # corrupt twice within the same (frozen) millisecond
+        store.put(chunk_id, data)
+        _chunk_path(tmp_path, chunk_id).write_bytes(b"x" + data[1:])
+        assert store.verify(chunk_id) is False
+    names = sorted(p.name for p in (tmp_path / "quarantine").iterdir())
+    assert names == [f"{chunk_id.hex()}.1234567.0", f"{chunk_id.hex()}.1234567.1"]
+
+
+def test_storage_errors_are_in_the_one_hierarchy() -> None:
+    from p2pfs import errors
+    from p2pfs.storage import StorageError
+
+    assert issubclass(StorageError, errors.LocalStorageError)
+    assert issubclass(StorageFull, StorageError) and issubclass(StorageFull, errors.StorageFull)
+    assert issubclass(ChunkCorrupt, errors.LocalStorageError)

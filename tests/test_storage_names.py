@@ -156,8 +156,8 @@ def test_index_final_state_independent_of_apply_order(entries: list[NameEntry], 
             for entry in permuted:
                 second.apply(entry)
             expected = sorted(_winners(entries).values(), key=lambda e: e.name.encode())
-            assert list(first.iter_all()) == expected
-            assert list(second.iter_all()) == expected
+            assert list(first.list(include_tombstones=True)) == expected
+            assert list(second.list(include_tombstones=True)) == expected
 
 
 def test_concurrent_applies_from_threads(index: NameIndex) -> None:
@@ -217,7 +217,7 @@ def test_list_pages_through_many_entries(index: NameIndex, monkeypatch: pytest.M
         index.apply(_put(name, 1))
     index.apply(_delete("n05", 2))
     assert [e.name for e in index.list("n")] == [n for n in expected if n != "n05"]
-    assert [e.name for e in index.iter_all()] == expected
+    assert [e.name for e in index.list(include_tombstones=True)] == expected
 
 
 def test_purge_drops_only_old_tombstones(index: NameIndex) -> None:

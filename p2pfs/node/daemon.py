@@ -4,12 +4,18 @@
 taken), starts membership, and serves requests. SIGTERM or SIGINT triggers a
 graceful leave: the node announces its departure and exits within
 ``leave_timeout_s``.
+
+The data layer's clock is ``SystemClock``, its wall time offset by
+``P2PFS_WALL_CLOCK_OFFSET_MS`` milliseconds if that is set (an integer, either
+sign): how a test skews one daemon's wall clock (versions, hint expiry, GC
+grace) without touching the host's. Monotonic time is never skewed.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import signal
 import time
@@ -18,7 +24,8 @@ from typing import Awaitable, Callable
 import trio
 
 from p2pfs import __version__, net, wire
-from p2pfs.errors import ExitCode, UserError
+from p2pfs.clock import SystemClock
+from p2pfs.errors import ConfigError, ExitCode, LocalStorageError, UserError
 from p2pfs.identity import Identity, short_id
 from p2pfs.membership import (
     MEMBERSHIP_MESSAGES,
@@ -30,13 +37,25 @@ from p2pfs.membership import (
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
 from p2pfs.replication.service import DataService
-from p2pfs.storage import StorageError
 from p2pfs.wire import Role
 
 log = logging.getLogger(__name__)
 
 # Time a graceful leave may take before the daemon exits regardless.
 LEAVE_TIMEOUT_S = 10.0
+# Environment variable: milliseconds added to this daemon's wall clock (clock-skew tests).
+WALL_CLOCK_OFFSET_ENV = "P2PFS_WALL_CLOCK_OFFSET_MS"
+
+
+def wall_clock_offset_ms(environ: dict[str, str] | None = None) -> int:
+    """The wall-clock offset asked for in the environment (0 if none); ConfigError if not an integer."""
+    raw = (os.environ if environ is None else environ).get(WALL_CLOCK_OFFSET_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{WALL_CLOCK_OFFSET_ENV} must be an integer number of milliseconds, got {raw!r}") from None
 
 Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
 
@@ -92,6 +111,7 @@ class Node:
             config=cfg.replication,
             endpoint=self.endpoint,
             members=self.membership.members,
+            clock=SystemClock(wall_offset_ms=wall_clock_offset_ms()),
         )
         self.leave_requested = trio.Event()
         self._routes: dict[type, Route] = {
@@ -107,7 +127,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(self.data.run)
-            except StorageError as exc:
+            except LocalStorageError as exc:
                 raise UserError(f"cannot open the data dir {self.cfg.data_dir}: {exc}") from None
             try:
                 await nursery.start(self.endpoint.run)
@@ -132,7 +152,7 @@ class Node:
         log.info("leaving the cluster")
         timeout_s = self.cfg.replication.leave_handoff_timeout_s
         with trio.move_on_after(timeout_s) as scope:
-            complete = await self.data.healer.hand_off_everything()
+            complete = await self.data.hand_off_everything()
         if scope.cancelled_caught:
             log.warning("hand-off took longer than %s s; leaving anyway", timeout_s)
         elif not complete:

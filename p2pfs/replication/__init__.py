@@ -1,6 +1,10 @@
-"""The replication room: put/get coordination, quorums, hinted handoff, read repair.
+"""The replication room: put/get coordination, quorums, hinted handoff, read repair, self-healing.
 
-``placement`` holds the pure decisions (who takes part in the ring, which
-replicas to write, which answer is newest); ``service`` is the trio code that
-carries them out over the network and the disk.
+Pure decisions: ``placement`` (who is in the ring, where a write goes, which
+answer wins), ``quorum`` (quorums, stand-ins, read repair and hint decisions,
+one answer at a time), ``healing`` (digests, pacing). The trio side:
+``replicas`` (this node and its peers behind one interface), ``coordinator``
+(puts and gets), ``handlers`` (answers as a replica), the background jobs
+``antientropy``, ``handoff``, ``hinted``, ``scrub``, ``gc`` and ``fsck``, each
+run by ``background.run_rounds``; ``service`` wires them together.
 """

@@ -96,7 +96,3 @@ class HintStore:
         with self._lock:
             cursor = self._db.execute("DELETE FROM hints WHERE created_ms < ?", (older_than_ms,))
             return cursor.rowcount
-
-    def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM hints").fetchone()[0]

@@ -19,6 +19,7 @@ import trio
 
 from p2pfs import net, wire
 from p2pfs.address import Address
+from p2pfs.clock import SimClock
 from p2pfs.identity import PeerIdentity
 from p2pfs.membership import Membership, MembershipConfig, MembershipService
 from p2pfs.membership.simulation import SIM_CAPACITY_BYTES, sim_address, sim_node_id
@@ -123,7 +124,7 @@ class DataCluster:
         node.data = DataService(
             node_id=node_id, data_dir=data_dir, capacity_bytes=SIM_CAPACITY_BYTES,
             config=self.replication_config, endpoint=SimEndpoint(self, address, node_id),
-            members=membership.members, offload=run_inline,
+            members=membership.members, clock=SimClock(), offload=run_inline,
             rng=random.Random(self.rng.getrandbits(64)),
         )
         node.routes = node.data.routes()
@@ -148,7 +149,7 @@ class DataCluster:
     async def leave(self, node: DataNode) -> None:
         """A graceful leave: hand off, announce, stop (as SIGTERM does in the daemon)."""
         with trio.move_on_after(self.replication_config.leave_handoff_timeout_s):
-            await node.data.healer.hand_off_everything()
+            await node.data.hand_off_everything()
         await node.membership.leave(timeout_s=5.0)
         self.crash(node)
 

@@ -4,17 +4,19 @@ Everything here is synchronous. Pure pieces (``hlc``, ``manifest``, ``chunker``'
 builder) never touch the disk or the clock; ``ChunkStore`` and ``NameIndex`` do
 blocking disk I/O and are thread-safe, so trio code calls them through
 ``trio.to_thread.run_sync`` and the event loop never waits on a disk or a hash.
+``ChunkStore`` reads time only from the ``p2pfs.clock.Clock`` it is given.
 
 Layout of a node's data dir ``DATA``::
 
-    DATA/chunks/ab/cdef...   ChunkStore(DATA, capacity_bytes)
+    DATA/chunks/ab/cdef...   ChunkStore(DATA, capacity_bytes, clock=clock)
     DATA/quarantine/         chunks that failed verification
     DATA/names.sqlite        NameIndex(DATA / NAMES_FILE_NAME)
 """
 
 from p2pfs.storage.chunker import FileHasher, ManifestBuilder, check_chunk_size, iter_chunks
-from p2pfs.storage.chunkstore import ChunkCorrupt, ChunkMismatch, ChunkMissing, ChunkStore, StorageFull
-from p2pfs.storage.hlc import MAX_DRIFT_MS, ClockDriftError, HybridClock, StorageError, Timestamp
+from p2pfs.storage.chunkstore import ChunkCorrupt, ChunkMismatch, ChunkMissing, ChunkStore
+from p2pfs.storage.errors import StorageError, StorageFull
+from p2pfs.storage.hlc import MAX_DRIFT_MS, ClockDriftError, HybridClock, Timestamp
 from p2pfs.storage.manifest import (
     CHUNK_ID_BYTES,
     CHUNK_SIZE_BYTES_DEFAULT,

@@ -5,7 +5,7 @@ Layout under the node's data dir ``root``::
     root/chunks/ab/cdef...      one file per chunk, named by its hex id (first byte
                                 as a fan-out dir, 256 dirs, so no dir grows huge)
     root/chunks/ab/.cdef....<random>.tmp   a write in progress
-    root/quarantine/abcdef....<ns>         chunks that failed verification
+    root/quarantine/abcdef....<ms>.<n>     chunks that failed verification (wall ms, serial)
 
 Crash safety: a chunk is written to a temp file in its final dir, fsynced, renamed
 into place and the dir fsynced, so a chunk file is either absent or complete; temp
@@ -13,6 +13,10 @@ files left by a crash are removed at open. Integrity: bytes are checked against 
 id before they are written and every time they are read (disks rot, operators copy
 files around); a chunk that fails is moved to quarantine, logged, raised as
 ChunkCorrupt and from then on is simply missing, for replication to repair.
+
+Time: a chunk file's mtime is set from the store's clock on every write and
+re-put, and garbage collection measures its grace against that clock, so a
+simulation (or a node with a skewed clock) decides the same way throughout.
 
 Capacity: ``used_bytes`` is the sum of chunk sizes (content bytes, not disk blocks),
 found by scanning at open and kept up to date; a put that would pass
@@ -33,15 +37,16 @@ Open one ChunkStore per data dir: two would not see each other's accounting.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from p2pfs.storage.hlc import StorageError
+from p2pfs.clock import Clock
+from p2pfs.storage.errors import StorageError, StorageFull
 from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, chunk_id_of
 
 log = logging.getLogger(__name__)
@@ -73,15 +78,16 @@ class ChunkMismatch(StorageError, ValueError):
     """Bytes offered to ``put`` do not hash to the given id (a peer or caller fault)."""
 
 
-class StorageFull(StorageError):
-    """Storing the chunk would exceed the node's capacity, or the disk is full."""
-
-
 class ChunkStore:
     """Content-addressed chunk files under ``root``, at most ``capacity_bytes`` in total."""
 
-    def __init__(self, root: Path, capacity_bytes: int) -> None:
+    def __init__(self, root: Path, capacity_bytes: int, *, clock: Clock) -> None:
         """Open (creating if needed) the store in the node's data dir ``root``.
+
+        ``clock`` stamps chunk files when they are written or re-put (their mtime:
+        what garbage collection's grace is measured against) and the names of
+        quarantined files, so a simulation replays both and a skewed node is
+        skewed consistently.
 
         Removes temp files a crash left behind and scans the chunks to find
         ``used_bytes``: O(number of chunks) stat calls.
@@ -92,6 +98,9 @@ class ChunkStore:
         self._chunks_dir = self._root / CHUNKS_DIR_NAME
         self._quarantine_dir = self._root / QUARANTINE_DIR_NAME
         self._capacity_bytes = capacity_bytes
+        self._clock = clock
+        # Tells apart two quarantines of one chunk within the same millisecond.
+        self._quarantine_serials = itertools.count()
         self._stripes = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
         self._used_lock = threading.Lock()
         self._create_dirs()
@@ -107,20 +116,10 @@ class ChunkStore:
     # ---- accounting -------------------------------------------------------------
 
     @property
-    def capacity_bytes(self) -> int:
-        return self._capacity_bytes
-
-    @property
     def used_bytes(self) -> int:
         """Bytes of chunks held, including puts in progress (they reserve first)."""
         with self._used_lock:
             return self._used_bytes
-
-    @property
-    def free_bytes(self) -> int:
-        """How many more chunk bytes a put may add (0 if over capacity)."""
-        with self._used_lock:
-            return max(0, self._capacity_bytes - self._used_bytes)
 
     def _reserve(self, size_bytes: int) -> None:
         with self._used_lock:
@@ -164,7 +163,7 @@ class ChunkStore:
             if path.exists():
                 # Held already (deduplicated): restart its garbage-collection grace, so a
                 # chunk that a new manifest is about to reference is not collected as unused.
-                os.utime(path)
+                os.utime(path, ns=self._stamp_ns())
                 return False
             self._reserve(size_bytes)
             try:
@@ -228,15 +227,8 @@ class ChunkStore:
             self._release(size_bytes)
         return True
 
-    def written_at_s(self, chunk_id: bytes) -> float:
-        """When the chunk was last written or re-put (wall clock, seconds); ChunkMissing if absent."""
-        try:
-            return self._path(chunk_id).stat().st_mtime
-        except FileNotFoundError:
-            raise ChunkMissing(f"chunk {chunk_id.hex()} is not held") from None
-
-    def delete_if_unused_since(self, chunk_id: bytes, before_s: float) -> bool:
-        """Delete the chunk only if it was not written or re-put since ``before_s`` (wall clock).
+    def delete_if_unused_since(self, chunk_id: bytes, before_ms: int) -> bool:
+        """Delete the chunk only if it was not written or re-put since ``before_ms`` (the store's wall clock).
 
         Atomic against ``put`` of the same chunk (same stripe lock), so garbage collection
         cannot remove a chunk that a concurrent put has just relied on.
@@ -245,7 +237,7 @@ class ChunkStore:
         with self._stripe(chunk_id):
             try:
                 info = path.stat()
-                if info.st_mtime >= before_s:
+                if info.st_mtime_ns >= before_ms * 1_000_000:
                     return False
                 path.unlink()
             except FileNotFoundError:
@@ -274,6 +266,11 @@ class ChunkStore:
         hex_id = chunk_id.hex()
         return self._chunks_dir / hex_id[:_FANOUT_HEX_CHARS] / hex_id[_FANOUT_HEX_CHARS:]
 
+    def _stamp_ns(self) -> tuple[int, int]:
+        """A chunk file's times: when it was last written, on the store's clock (GC compares them)."""
+        now_ns = self._clock.wall_ms() * 1_000_000
+        return now_ns, now_ns
+
     def _stripe(self, chunk_id: bytes) -> threading.Lock:
         return self._stripes[chunk_id[0] % LOCK_STRIPES]
 
@@ -286,6 +283,7 @@ class ChunkStore:
                 written_bytes = 0
                 while written_bytes < view.nbytes:
                     written_bytes += os.write(fd, view[written_bytes:])
+                os.utime(fd, ns=self._stamp_ns())
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -333,7 +331,7 @@ class ChunkStore:
                 return
             if (stat.st_dev, stat.st_ino) != inode:
                 return
-            target = self._quarantine_dir / f"{hex_id}.{time.time_ns()}"
+            target = self._quarantine_dir / f"{hex_id}.{self._clock.wall_ms()}.{next(self._quarantine_serials)}"
             os.rename(path, target)
             self._release(stat.st_size)
         log.error("chunk %s is corrupt (%s); moved to %s", hex_id, reason, target)

@@ -12,13 +12,13 @@ The clock is pure: it never reads the system clock. The caller passes ``wall_ms`
 (milliseconds since the Unix epoch) into every call, so tests and simulations drive
 it explicitly and a node can persist ``last`` to stay monotonic across restarts.
 
-This module is the storage room's leaf (it imports nothing from the room), so the
-room's base exception lives here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from p2pfs.storage.errors import StorageError
 
 # How far ahead of our own clock a peer's timestamp may be before we refuse it (ms).
 # Without a bound, one peer with a clock set to 2099 would drag every HLC in the
@@ -34,10 +34,6 @@ WALL_MS_MAX = 2**48 - 1
 # peer's clock pulled us ahead); 32 bits allow 4 billion events in that window,
 # where the paper's 16 bits could run out at ~1000 writes/s.
 LOGICAL_MAX = 2**32 - 1
-
-
-class StorageError(Exception):
-    """Base of every error the storage room raises for operator or peer faults."""
 
 
 class ClockDriftError(StorageError):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import blake3
 import msgpack
 
-from p2pfs.storage.hlc import WALL_MS_MAX, StorageError
+from p2pfs.storage.errors import StorageError
+from p2pfs.storage.hlc import WALL_MS_MAX
 
 CHUNK_ID_BYTES = 32  # BLAKE3's default digest length: 128-bit collision resistance
 FILE_HASH_BYTES = 32

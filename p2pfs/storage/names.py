@@ -24,7 +24,8 @@ from types import TracebackType
 
 import msgpack
 
-from p2pfs.storage.hlc import StorageError, Timestamp
+from p2pfs.storage.errors import StorageError
+from p2pfs.storage.hlc import Timestamp
 from p2pfs.storage.manifest import (
     MANIFEST_ENCODED_BYTES_MAX,
     Manifest,
@@ -316,10 +317,6 @@ class NameIndex:
                 (_name_bytes(name), version.wall_ms, version.logical, writer),
             )
             return cursor.rowcount > 0
-
-    def iter_all(self) -> Iterator[NameEntry]:
-        """Every entry, tombstones included (for anti-entropy)."""
-        return self.list("", include_tombstones=True)
 
     def purge_tombstones(self, older_than: Timestamp) -> int:
         """Drop tombstones with a version before ``older_than``; returns how many.

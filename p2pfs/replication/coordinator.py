@@ -1,0 +1,351 @@
+"""The coordinator: any node writes and reads files on behalf of a client.
+
+A put streams the client's bytes through the coordinator: it cuts them into
+chunks, hashes each (BLAKE3, in a worker thread), and writes each chunk to its
+``rf`` preference nodes in parallel, at most ``put_window_chunks`` chunks in
+flight. A chunk counts as written at ``w`` acknowledgements; a replica that is
+down, suspected, or fails is replaced by the next fallback node, which keeps a
+hint and hands the chunk over when the owner is back. The name entry (with the
+manifest inline) is written last with the same quorum, so a client hears
+"stored" only when everything is durable at quorum, and a failed put leaves the
+name as it was.
+
+A get reads the name from ``r`` replicas, takes the newest (last writer wins on
+HLC and node id) and repairs replicas that answered with something older. It
+then fetches chunks ahead of the client, each from the best replica first,
+verifying every chunk against its id and moving on to the next replica on error,
+timeout or corruption.
+
+The rules are in ``quorum`` and ``placement`` (pure); this module carries them
+out against ``Replica`` objects, never asking which of them is this node.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+from typing import AsyncIterable, Awaitable, Callable, Sequence
+
+import trio
+
+from p2pfs import errors
+from p2pfs.clock import Clock
+from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.errors import ReplicaDown, ReplicaError, ReplicaLacks
+from p2pfs.replication.local import LocalStore, Offload
+from p2pfs.replication.placement import Target, name_key, read_order, write_plan
+from p2pfs.replication.quorum import ChunkRead, QuorumError, ReadQuorum, WriteQuorum, quorum_size
+from p2pfs.replication.replicas import Replica, Replicas
+from p2pfs.replication.view import RingView
+from p2pfs.storage import (
+    ChunkRef,
+    ClockDriftError,
+    FileHasher,
+    HybridClock,
+    ManifestBuilder,
+    NameEntry,
+    chunk_id_of,
+)
+
+log = logging.getLogger(__name__)
+
+# Background repairs (read repair of names and chunks) running at once; more are dropped
+# (anti-entropy catches what is dropped), so a burst of reads cannot pile up tasks.
+REPAIRS_CONCURRENT_MAX = 16
+
+
+class SizeMismatch(errors.BadInput):
+    """The client's stream did not have the size it announced."""
+
+
+class Repairs:
+    """Fire-and-forget repairs, at most ``limit`` at once, counted when spawned (a hard bound)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def spawn(self, fn: Callable[..., Awaitable], *args) -> bool:
+        """Start ``fn(*args)`` if there is room; False if dropped (anti-entropy covers it)."""
+        if self._nursery is None or self.running >= self.limit:
+            return False
+        self.running += 1
+
+        async def repair() -> None:
+            try:
+                await fn(*args)
+            except ReplicaError as exc:
+                log.debug("repair failed: %s", exc)
+            finally:
+                self.running -= 1
+
+        self._nursery.start_soon(repair)
+        return True
+
+
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    """One chunk being fetched ahead of the client."""
+
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: str | None = None
+
+
+WriteFn = Callable[[Replica, Target], Awaitable[object]]
+
+
+class Coordinator:
+    def __init__(
+        self, *, node_id: str, config: ReplicationConfig, view: RingView, replicas: Replicas,
+        local: LocalStore, clock: Clock, offload: Offload,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.view = view
+        self.replicas = replicas
+        self.local = local
+        self.clock = clock
+        self._offload = offload
+        self.hlc = HybridClock()
+        self.repairs = Repairs(REPAIRS_CONCURRENT_MAX)
+
+    def observe(self, entry: NameEntry) -> None:
+        """Move the HLC past a version seen from elsewhere (unless it is implausibly far ahead)."""
+        try:
+            self.hlc.observe(entry.version, self.clock.wall_ms())
+        except ClockDriftError as exc:
+            log.warning("ignoring a version from the future: %s", exc)
+
+    # -- writes -----------------------------------------------------------------
+
+    async def replicate(self, key: bytes, what: str, write: WriteFn) -> int:
+        """Write to the key's replicas (stand-ins for the unavailable); QuorumError below ``w``."""
+        ring = self.view.ring()
+        targets, spare = write_plan(ring, key, self.config.rf, self.view.unavailable())
+        quorum = WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
+
+        async def attempt(target: Target | None) -> None:
+            while target is not None:
+                try:
+                    await write(self.replicas(target.node_id), target)
+                except ReplicaError as exc:
+                    self.view.failed(target.node_id)
+                    target = quorum.on_failure(target, str(exc)).retry
+                    continue
+                self.view.succeeded(target.node_id)
+                quorum.on_answer(target)
+                return
+
+        async with trio.open_nursery() as nursery:
+            for target in quorum.targets:
+                nursery.start_soon(attempt, target)
+        return quorum.check()
+
+    async def write_name(self, entry: NameEntry) -> int:
+        return await self.replicate(
+            name_key(entry.name), f"name {entry.name!r}", lambda r, t: r.put_name(entry, t.hint_for)
+        )
+
+    # -- reading a name -----------------------------------------------------------
+
+    async def read_name(self, name: str) -> NameEntry | None:
+        """The newest entry for ``name`` at read quorum (``quorum.ReadQuorum``); stale replicas repaired."""
+        ring = self.view.ring()
+        key = name_key(name)
+        rf = self.config.rf
+        targets, spare = write_plan(ring, key, rf, self.view.unavailable())
+        quorum = ReadQuorum(
+            f"reading name {name!r}", ring.preference_list(key, rf), targets, spare,
+            quorum_size(self.config.r, len(ring)),
+        )
+
+        async def ask(target: Target | None, nursery: trio.Nursery) -> None:
+            while target is not None:
+                try:
+                    entry = await self.replicas(target.node_id).get_name(name)
+                except ReplicaError as exc:
+                    self.view.failed(target.node_id)
+                    target = quorum.on_failure(target, str(exc)).retry
+                    continue
+                quorum.on_answer(target, entry)
+                break
+            if quorum.done:
+                nursery.cancel_scope.cancel()
+
+        if not quorum.done:
+            async with trio.open_nursery() as nursery:
+                for target in quorum.targets:
+                    nursery.start_soon(ask, target, nursery)
+        outcome = quorum.outcome()
+        if outcome.winner is not None:
+            self.observe(outcome.winner)
+            for target in outcome.repairs:
+                self.repairs.spawn(self.replicas(target.node_id).put_name, outcome.winner, target.hint_for)
+        return outcome.winner
+
+    # -- chunks -----------------------------------------------------------------
+
+    async def fetch_chunk(self, chunk_id: bytes, index: int = 0) -> bytes:
+        """A verified copy of a chunk, from the best replica that has a good one.
+
+        Replicas found without it (or with a corrupt copy) while a later one
+        served it are repaired in the background.
+        """
+        rf = self.config.rf
+        held = await self._offload(self.local.chunks.has, chunk_id)
+        ring = self.view.ring()
+        preferred = ring.preference_list(chunk_id, rf)
+        order = read_order(
+            ring, chunk_id, rf, self.view.unavailable(), holder=self.node_id if held else None, rotate=index
+        )
+        if not held and self.node_id in preferred:
+            order.append(self.node_id)  # in case it arrived since (cheap: a stat)
+        read = ChunkRead(chunk_id, order, preferred)
+        node_id = read.first()
+        while node_id is not None:
+            try:
+                data = await self.replicas(node_id).fetch_chunk(chunk_id)
+            except ReplicaLacks as exc:
+                node_id = read.on_lacking(node_id, str(exc))
+                continue
+            except ReplicaDown as exc:
+                self.view.failed(node_id)
+                node_id = read.on_failure(node_id, str(exc))
+                continue
+            except ReplicaError as exc:
+                node_id = read.on_failure(node_id, str(exc))
+                continue
+            for target in read.repairs():
+                self.repairs.spawn(self.replicas(target.node_id).store_chunk, chunk_id, data)
+            return data
+        raise read.error()
+
+    async def repair_chunk(self, chunk_id: bytes) -> bool:
+        """Fetch a good copy of a chunk this node lost (to corruption) and store it again."""
+        try:
+            data = await self.fetch_chunk(chunk_id)
+        except QuorumError as exc:
+            log.warning("cannot repair chunk %s yet: %s", chunk_id.hex()[:16], exc)
+            return False
+        await self.replicas.local.store_chunk(chunk_id, data)
+        log.info("repaired chunk %s from a replica", chunk_id.hex()[:16])
+        return True
+
+    # -- put, get, rm ---------------------------------------------------------------
+
+    async def put(self, name: str, pieces: AsyncIterable[bytes], size_bytes: int = -1) -> NameEntry:
+        """Store a file from a stream of byte pieces of any size; return its name entry.
+
+        Raises QuorumError when a quorum is not met, SizeMismatch when the stream
+        does not have the announced size. The name changes only on success.
+        """
+        try:
+            await self.read_name(name)  # orders this version after the one it replaces
+        except QuorumError as exc:
+            log.info("putting %r without reading its current version: %s", name, exc)
+        chunk_size = self.config.chunk_size_bytes
+        builder = ManifestBuilder(chunk_size)
+        hasher = FileHasher()
+        window = trio.Semaphore(self.config.put_window_chunks)
+        failures: list[QuorumError] = []
+
+        def hash_chunk(data: bytes) -> bytes:
+            hasher.update(data)
+            return chunk_id_of(data)
+
+        async with trio.open_nursery() as nursery:
+
+            async def write_chunk(index: int, chunk_id: bytes, data: bytes) -> None:
+                try:
+                    await self.replicate(
+                        chunk_id, f"chunk {index}", lambda r, t: r.store_chunk(chunk_id, data, t.hint_for)
+                    )
+                except QuorumError as exc:
+                    failures.append(exc)
+                    nursery.cancel_scope.cancel()
+                finally:
+                    window.release()
+
+            chunk_indexes = itertools.count()
+
+            async def dispatch(data: bytes) -> None:
+                chunk_id = await self._offload(hash_chunk, data)
+                builder.add(chunk_id, len(data))
+                await window.acquire()
+                nursery.start_soon(write_chunk, next(chunk_indexes), chunk_id, data)
+
+            buffer = bytearray()
+            async for piece in pieces:
+                buffer += piece
+                while len(buffer) >= chunk_size:
+                    data = bytes(buffer[:chunk_size])
+                    del buffer[:chunk_size]
+                    await dispatch(data)
+            if buffer:
+                await dispatch(bytes(buffer))
+        if failures:
+            raise failures[0]
+        if size_bytes >= 0 and hasher.size_bytes != size_bytes:
+            raise SizeMismatch(
+                f"received {hasher.size_bytes} bytes but the client announced {size_bytes} "
+                "(did the file change while it was read?)"
+            )
+        wall_ms = self.clock.wall_ms()
+        manifest = builder.finish(hasher.digest(), wall_ms)
+        entry = NameEntry(name, self.hlc.now(wall_ms), self.node_id, manifest)
+        await self.write_name(entry)
+        log.info("put %r: %d bytes in %d chunks", name, manifest.size_bytes, len(manifest.chunks))
+        return entry
+
+    async def remove(self, name: str) -> None:
+        """Write a tombstone for ``name`` at quorum."""
+        await self.write_name(NameEntry(name, self.hlc.now(self.clock.wall_ms()), self.node_id, None))
+        log.info("removed %r", name)
+
+    async def stream_chunks(self, refs: Sequence[ChunkRef], send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss."""
+        pending = iter(enumerate(refs))
+        slots: collections.deque[_Slot] = collections.deque()
+        error: str | None = None
+        async with trio.open_nursery() as nursery:
+
+            def start_next() -> None:
+                item = next(pending, None)
+                if item is not None:
+                    slot = _Slot()
+                    slots.append(slot)
+                    nursery.start_soon(self._fetch_into, slot, item[0], item[1].chunk_id)
+
+            for _ in range(self.config.get_window_chunks):
+                start_next()
+            while slots:
+                slot = slots.popleft()
+                await slot.done.wait()
+                if slot.error is not None:
+                    # Raised past the nursery, so that the caller sees it, not a group around it.
+                    error = slot.error
+                    nursery.cancel_scope.cancel()
+                    break
+                data, slot.data = slot.data, None
+                start_next()
+                await send(data)
+        if error is not None:
+            raise QuorumError(error)
+
+    async def _fetch_into(self, slot: _Slot, index: int, chunk_id: bytes) -> None:
+        try:
+            slot.data = await self.fetch_chunk(chunk_id, index)
+        except QuorumError as exc:
+            slot.error = str(exc)
+        finally:
+            slot.done.set()

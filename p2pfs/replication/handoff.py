@@ -1,0 +1,193 @@
+"""Hand-off: keys a node holds but no longer owns go to their owners, and a leave hands off all.
+
+The local copy of a chunk is dropped only after every one of its ``rf`` owners
+(all alive) has confirmed holding it: until then ours may be one of the ``rf``
+copies. A name is dropped once every live owner holds it (or something newer).
+Keys still hinted for a returning owner are left to hint delivery.
+
+A graceful leave first tells every live member that this node is leaving, so
+that all of them place data on the ring without it from then on: a new owner
+then keeps what it is handed instead of dropping it as not its own (the
+LEAVING state of Cassandra's token ring). Then it runs the same hand-off
+against that ring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Iterable
+
+import trio
+
+from p2pfs import net
+from p2pfs.identity import short_id
+from p2pfs.replication import messages as dm
+from p2pfs.replication.background import RepairPacer
+from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.errors import ReplicaError
+from p2pfs.replication.hints import HintKind
+from p2pfs.replication.local import LocalStore, Offload
+from p2pfs.replication.placement import name_key
+from p2pfs.replication.replicas import Replica, Replicas
+from p2pfs.replication.view import RingView
+from p2pfs.ring import Ring
+from p2pfs.storage import ChunkCorrupt, ChunkMissing
+
+log = logging.getLogger(__name__)
+
+# Ids asked about in one HasChunks during hand-off.
+HANDOFF_BATCH_IDS = 1024
+# Seconds past the hand-off deadline that others keep a leaving node out of their ring
+# (it announces LEFT within that time, or comes back and is welcome again).
+LEAVING_MARGIN_S = 60.0
+# The most a peer's Leaving may ask for beyond our own hand-off deadline.
+LEAVING_MARGIN_S_MAX = 120.0
+
+
+class Pusher:
+    """Sends chunks from this node's store to a replica at the repair bandwidth."""
+
+    def __init__(self, local: LocalStore, pacer: RepairPacer, offload: Offload) -> None:
+        self._local = local
+        self._pacer = pacer
+        self._offload = offload
+
+    async def push(self, replica: Replica, chunk_id: bytes) -> bool:
+        """Give ``replica`` our copy; False if we hold no good copy any more."""
+        try:
+            data = await self._offload(self._local.chunks.get, chunk_id)
+        except (ChunkMissing, ChunkCorrupt):
+            return False
+        await self._pacer.pace(len(data))
+        await replica.store_chunk(chunk_id, data)
+        return True
+
+
+class HandOff:
+    def __init__(
+        self, *, config: ReplicationConfig, view: RingView, replicas: Replicas, local: LocalStore,
+        pusher: Pusher, offload: Offload,
+    ) -> None:
+        self.config = config
+        self.node_id = view.node_id
+        self._view = view
+        self._replicas = replicas
+        self._local = local
+        self._pusher = pusher
+        self._offload = offload
+
+    async def chunks(self, ring: Ring, chunk_ids: Iterable[bytes]) -> tuple[int, int]:
+        """Make sure every live owner holds each chunk, then drop our copy if all ``rf`` do.
+
+        Returns (chunks handed off and dropped, chunks kept).
+        """
+        rf = self.config.rf
+        alive = self._view.alive()
+        pending: dict[str, list[bytes]] = defaultdict(list)
+        owners_of: dict[bytes, list[str]] = {}
+        for chunk_id in chunk_ids:
+            if await self._offload(self._local.hints.is_hinted, HintKind.CHUNK, chunk_id):
+                continue
+            owners = ring.preference_list(chunk_id, rf)
+            if self.node_id in owners:
+                continue  # ours after all (the ring changed since the caller looked)
+            owners_of[chunk_id] = owners
+            for owner in owners:
+                if owner in alive:
+                    pending[owner].append(chunk_id)
+        confirmed: dict[bytes, int] = defaultdict(int)
+        for owner, ids in pending.items():
+            replica = self._replicas(owner)
+            for start in range(0, len(ids), HANDOFF_BATCH_IDS):
+                batch = ids[start : start + HANDOFF_BATCH_IDS]
+                try:
+                    present = await replica.has_chunks(tuple(batch))
+                    for chunk_id, held in zip(batch, present):
+                        if held or await self._pusher.push(replica, chunk_id):
+                            confirmed[chunk_id] += 1
+                except ReplicaError as exc:
+                    log.info("hand-off to %s paused: %s", short_id(owner), exc)
+                    break
+        dropped = kept = 0
+        for chunk_id, owners in owners_of.items():
+            if len(owners) == min(rf, len(ring)) and confirmed[chunk_id] == len(owners):
+                await self._offload(self._local.drop_unless_hinted, chunk_id)
+                dropped += 1
+            else:
+                kept += 1
+        if dropped:
+            log.info("handed off %d chunks to their owners and dropped our copies", dropped)
+        return dropped, kept
+
+    async def names(self, ring: Ring, names: Iterable[str]) -> int:
+        """Push names we do not own to their owners; drop ours once every live owner has it."""
+        rf = self.config.rf
+        alive = self._view.alive()
+        dropped = 0
+        for name in names:
+            entry = await self._offload(self._local.names.get, name)
+            if entry is None:
+                continue
+            owners = [n for n in ring.preference_list(name_key(name), rf) if n != self.node_id]
+            confirmed = 0
+            for owner in owners:
+                if owner not in alive:
+                    continue
+                replica = self._replicas(owner)
+                try:
+                    held = await replica.get_name(name)
+                    if held is None or entry.supersedes(held):
+                        await replica.put_name(entry)
+                    confirmed += 1
+                except ReplicaError as exc:
+                    log.info("name hand-off to %s paused: %s", short_id(owner), exc)
+            if owners and confirmed == len(owners) and self.node_id not in ring.preference_list(name_key(name), rf):
+                if not await self._offload(self._local.hints.is_hinted, HintKind.NAME, name.encode()):
+                    await self._offload(self._local.names.remove_if, name, entry.version, entry.writer)
+                    dropped += 1
+        return dropped
+
+    # -- graceful leave -------------------------------------------------------------
+
+    async def on_leaving(self, request: net.IncomingRequest) -> dm.LeavingReply:
+        for_s = min(max(request.msg.for_s, 0.0), self.config.leave_handoff_timeout_s + LEAVING_MARGIN_S_MAX)
+        self._view.mark_leaving(request.peer.node_id, for_s)
+        log.info("%s is leaving: out of the ring", short_id(request.peer.node_id))
+        return dm.LeavingReply()
+
+    async def leave(self) -> bool:
+        """Before leaving: give every chunk and name to its owners in the ring without us.
+
+        Returns True if every key reached all its owners. Progress goes to the log.
+        """
+        for_s = self.config.leave_handoff_timeout_s + LEAVING_MARGIN_S
+        self._view.mark_leaving(self.node_id, for_s)
+        told = 0
+
+        async def tell(node_id: str) -> None:
+            nonlocal told
+            try:
+                await self._replicas.remote(node_id).leaving(for_s)
+                told += 1
+            except ReplicaError as exc:
+                log.warning("leave: could not tell %s: %s", short_id(node_id), exc)
+
+        others = sorted(self._view.alive() - {self.node_id})
+        async with trio.open_nursery() as nursery:
+            for node_id in others:
+                nursery.start_soon(tell, node_id)
+        log.info("leave: told %d of %d live members", told, len(others))
+        without_me = self._view.ring()
+        assert self.node_id not in without_me.members
+        if len(without_me) == 0:
+            log.warning("leaving a cluster of one: there is nobody to hand data to")
+            return False
+        chunk_ids = await self._offload(self._local.chunk_ids)
+        names = [n for n, *_ in await self._offload(self._local.names.summaries)]
+        log.info("leave: handing %d chunks and %d names to their new owners", len(chunk_ids), len(names))
+        dropped_chunks, kept_chunks = await self.chunks(without_me, chunk_ids)
+        dropped_names = await self.names(without_me, names)
+        log.info("leave: handed off %d of %d chunks and %d of %d names",
+                 dropped_chunks, len(chunk_ids), dropped_names, len(names))
+        return kept_chunks == 0 and dropped_names == len(names)

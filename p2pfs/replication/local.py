@@ -1,0 +1,113 @@
+"""This node's own replica: its chunk store, name index and hints.
+
+``LocalStore`` is the synchronous part (disk I/O, run in a worker thread): what
+a write of a chunk or a name does here, including the hint a stand-in keeps.
+``LocalReplica`` puts it behind the same async interface as a peer
+(``replicas.RemoteReplica``), so that a coordinator or a background job writes
+to "a replica" and never asks whether it is itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from typing import Awaitable, Callable
+
+from p2pfs.clock import Clock
+from p2pfs.replication.errors import LocalFailure, ReplicaLacks
+from p2pfs.replication.hints import HintKind, HintStore
+from p2pfs.storage import ChunkCorrupt, ChunkMissing, ChunkStore, NameEntry, NameIndex, StorageError
+
+Offload = Callable[..., Awaitable]
+
+
+class LocalStore:
+    """The node's stores and the bookkeeping that goes with a write. Thread-safe, blocking."""
+
+    def __init__(self, chunks: ChunkStore, names: NameIndex, hints: HintStore, clock: Clock) -> None:
+        self.chunks = chunks
+        self.names = names
+        self.hints = hints
+        self._clock = clock
+        # Chunks found corrupt here and not yet stored again: fsck reports them.
+        self.corrupt_pending: set[bytes] = set()
+
+    def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str) -> None:
+        self.chunks.put(chunk_id, data)
+        self.corrupt_pending.discard(chunk_id)
+        if hint_for:
+            self.hints.add(hint_for, HintKind.CHUNK, chunk_id, self._clock.wall_ms())
+
+    def apply(self, entry: NameEntry, hint_for: str) -> bool:
+        applied = self.names.apply(entry)
+        if hint_for:
+            self.hints.add(hint_for, HintKind.NAME, entry.name.encode("utf-8"), self._clock.wall_ms())
+        return applied
+
+    def has_chunks(self, chunk_ids) -> tuple[bool, ...]:
+        return tuple(self.chunks.has(i) for i in chunk_ids)
+
+    def chunk_ids(self) -> list[bytes]:
+        return list(self.chunks.iter_ids())
+
+    def list_names(self, prefix: str, start_after: str, limit: int) -> list[NameEntry]:
+        """Up to ``limit`` entries (tombstones too) after ``start_after``, in name order."""
+        found = (e for e in self.names.list(prefix, include_tombstones=True) if e.name > start_after)
+        return list(itertools.islice(found, limit))
+
+    def list_chunks(self, start_after: bytes, limit: int) -> tuple[list[bytes], list[bytes], bool]:
+        """A page of held ids after ``start_after``, the ids pending repair (first page only), more?"""
+        all_ids = sorted(self.chunks.iter_ids())
+        start = bisect.bisect_right(all_ids, start_after) if start_after else 0
+        page = all_ids[start : start + limit]
+        corrupt = sorted(self.corrupt_pending) if not start_after else []
+        return page, corrupt, start + limit < len(all_ids)
+
+    def drop_unless_hinted(self, chunk_id: bytes) -> bool:
+        """Delete our copy unless an owner still waits for it; True if deleted."""
+        if self.hints.is_hinted(HintKind.CHUNK, chunk_id):
+            return False
+        return self.chunks.delete(chunk_id)
+
+
+class LocalReplica:
+    """This node as a replica: the ``Replica`` interface over ``LocalStore``, off the event loop."""
+
+    def __init__(self, node_id: str, local: LocalStore, offload: Offload) -> None:
+        self.node_id = node_id
+        self._local = local
+        self._offload = offload
+
+    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "") -> None:
+        try:
+            await self._offload(self._local.store_chunk, chunk_id, data, hint_for)
+        except StorageError as exc:
+            raise LocalFailure(str(exc)) from exc
+
+    async def fetch_chunk(self, chunk_id: bytes) -> bytes:
+        try:
+            return await self._offload(self._local.chunks.get, chunk_id)
+        except ChunkMissing as exc:
+            raise ReplicaLacks(str(exc)) from exc
+        except ChunkCorrupt as exc:
+            self._local.corrupt_pending.add(chunk_id)
+            raise ReplicaLacks("corrupt copy") from exc
+
+    async def has_chunks(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
+        return await self._offload(self._local.has_chunks, chunk_ids)
+
+    async def put_name(self, entry: NameEntry, hint_for: str = "") -> bool:
+        try:
+            return await self._offload(self._local.apply, entry, hint_for)
+        except StorageError as exc:
+            raise LocalFailure(str(exc)) from exc
+
+    async def get_name(self, name: str) -> NameEntry | None:
+        return await self._offload(self._local.names.get, name)
+
+    async def list_names(self, prefix: str, start_after: str, limit: int) -> tuple[list[NameEntry], bool]:
+        entries = await self._offload(self._local.list_names, prefix, start_after, limit + 1)
+        return entries[:limit], len(entries) > limit
+
+    async def list_chunks(self, start_after: bytes, limit: int) -> tuple[list[bytes], list[bytes], bool]:
+        return await self._offload(self._local.list_chunks, start_after, limit)

@@ -1,0 +1,70 @@
+"""Scrub: chunks are re-read at ``scrub_bytes_per_s``; one that fails verification is quarantined
+and fetched again from a healthy replica.
+
+A round verifies up to ``SCRUB_CHUNKS_PER_ROUND`` chunks of a shuffled pass
+over the store; the next pass starts when one is done, so every chunk is read
+once per pass whatever the order of rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Awaitable, Callable
+
+import trio
+
+from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.local import LocalStore, Offload
+from p2pfs.storage import CHUNK_SIZE_BYTES_MAX, ChunkMissing
+
+log = logging.getLogger(__name__)
+
+# Chunks verified per round: a round at the largest chunk size and the scrub rate
+# takes SCRUB_CHUNKS_PER_ROUND * CHUNK_SIZE_BYTES_MAX / scrub_bytes_per_s.
+SCRUB_CHUNKS_PER_ROUND = 64
+
+
+class Scrubber:
+    def __init__(
+        self, *, config: ReplicationConfig, local: LocalStore, repair: Callable[[bytes], Awaitable[bool]],
+        rng: random.Random, offload: Offload,
+    ) -> None:
+        assert config.scrub_bytes_per_s > 0, "the scrub is off"
+        self.config = config
+        self._local = local
+        self._repair = repair
+        self._rng = rng
+        self._offload = offload
+        self._pass: list[bytes] = []
+
+    def round_deadline_s(self) -> float:
+        """Time a round may take: every chunk at the largest size at the scrub rate, or a wait."""
+        verify_s = SCRUB_CHUNKS_PER_ROUND * CHUNK_SIZE_BYTES_MAX / self.config.scrub_bytes_per_s
+        return 2 * max(verify_s, self.config.anti_entropy_interval_s)
+
+    async def round(self) -> None:
+        if not self._pass:
+            self._pass = await self._offload(self._local.chunk_ids)
+            self._rng.shuffle(self._pass)
+            if not self._pass:
+                await trio.sleep(self.config.anti_entropy_interval_s)
+                return
+        batch, self._pass = self._pass[:SCRUB_CHUNKS_PER_ROUND], self._pass[SCRUB_CHUNKS_PER_ROUND:]
+        for chunk_id in batch:
+            await self.scrub_one(chunk_id)
+
+    async def scrub_one(self, chunk_id: bytes) -> bool:
+        """Verify one chunk at the scrub rate; repair it from a replica if it fails. True if good."""
+        try:
+            size_bytes = await self._offload(self._local.chunks.size_of, chunk_id)
+            good = await self._offload(self._local.chunks.verify, chunk_id)
+        except ChunkMissing:
+            return True  # deleted meanwhile
+        await trio.sleep(size_bytes / self.config.scrub_bytes_per_s)
+        if good:
+            return True
+        log.warning("scrub: chunk %s failed verification; repairing", chunk_id.hex()[:16])
+        self._local.corrupt_pending.add(chunk_id)
+        await self._repair(chunk_id)
+        return False
