@@ -11,7 +11,9 @@ A frame on the wire is::
 * The payload of a message frame is a msgpack array of the message's fields,
   in declaration order. Field types are checked against the dataclass
   annotations when decoding, so a peer cannot hand us a ``str`` where we expect
-  ``int``; anything wrong raises ``WireError`` and nothing else.
+  ``int``; then each message class checks its values when built (lengths,
+  ranges, id formats), so a handler never sees a malformed one. Anything wrong
+  raises ``WireError`` and nothing else.
 * ``body_length`` is capped by ``FRAME_SIZE_BYTES_MAX``: a peer announcing more
   is cut off before we buffer anything (as h11 caps incomplete events).
 
@@ -39,6 +41,8 @@ from typing import Any, ClassVar, Iterator
 
 import msgpack
 
+from p2pfs.errors import PeerFault
+
 PROTOCOL_VERSION = 1
 
 FRAME_HEADER = struct.Struct(">IBIH")  # body_length, kind, stream_id, msg_type
@@ -56,11 +60,12 @@ FRAME_SIZE_BYTES_MAX = 8 * 1024 * 1024
 _ARRAY_ITEMS_MAX = 1_000_000
 
 
-class WireError(Exception):
+class WireError(PeerFault):
     """A frame or message is malformed, oversized, unknown or not allowed.
 
-    Raised for the peer's faults. The connection that produced it is closed;
-    nothing else is affected.
+    Raised for the peer's faults, including a field a message class refuses
+    (its ``__post_init__`` raises ValueError, which decoding turns into this).
+    The connection that produced it is closed; nothing else is affected.
     """
 
 

@@ -12,13 +12,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from p2pfs import wire
+from p2pfs.membership import messages as mm
+from p2pfs.node import messages as nm
+from p2pfs.replication import messages as dm
+from p2pfs.replication.healing import BUCKETS, DIGEST_BYTES
+from p2pfs.storage.hlc import LOGICAL_MAX, WALL_MS_MAX
+from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MAX, MANIFEST_CHUNKS_MAX
 from p2pfs.wire import Frame, FrameKind
 
 # Import every room that defines messages (the daemon and the client import them all),
 # so the registry, and so the parametrisation below, is complete whatever ran before.
 import p2pfs.client  # noqa: F401
 import p2pfs.node.daemon  # noqa: F401
-
 
 
 def strategy_for(tp) -> st.SearchStrategy:
@@ -46,20 +51,109 @@ def strategy_for(tp) -> st.SearchStrategy:
     raise AssertionError(f"no strategy for {tp}")
 
 
-# Fields whose constructors accept only a narrow set of values, by field name.
+# Values the message classes accept, by field name, where a field takes a narrow
+# set (the classes check their fields when built); other fields get
+# ``strategy_for`` their type. Ranges reach both ends, so the caps themselves
+# round-trip.
+_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=40)
+_member_ids = st.text(min_size=1, max_size=mm.NODE_ID_CHARS_MAX)
+_hex_ids = st.text("0123456789abcdef", min_size=64, max_size=64)
+_chunk_ids = st.binary(min_size=32, max_size=32)
+_id_lists = st.lists(_chunk_ids, max_size=4).map(b"".join)
+_wall_ms = st.integers(0, WALL_MS_MAX)
+_logical = st.integers(0, LOGICAL_MAX)
+_counts = st.integers(0, 2**63 - 1)
+_sizes = st.integers(0, dm.FILE_SIZE_BYTES_MAX)
+
 FIELD_STRATEGIES = {
     "role": st.sampled_from(["node", "client"]),
-    "port": st.integers(0, 65535),
+    "port": st.integers(1, 65535),
     "listen_port": st.integers(0, 65535),
+    "chunk_id": _chunk_ids,
+    "data": st.binary(min_size=1, max_size=64),
+    "hint_for": st.just("") | _member_ids,
+    "chunk_ids": st.lists(_chunk_ids, max_size=4).map(tuple),
+    "entry": st.binary(min_size=1, max_size=64),
+    "entries": st.lists(st.binary(min_size=1, max_size=64), max_size=4).map(tuple),
+    "name": _names,
+    "prefix": st.just("") | _names,
+    "start_after": st.just("") | _names,
+    "size_bytes": _sizes,
+    "file_hash": st.binary(min_size=32, max_size=32),
+    "version_wall_ms": _wall_ms,
+    "wall_ms": _wall_ms,
+    "created_ms": _wall_ms,
+    "version_logical": _logical,
+    "logical": _logical,
+    "writer": _hex_ids,
+    "replicas": st.lists(_member_ids, max_size=3).map(tuple),
+    "nodes_unreachable": st.lists(_member_ids, max_size=3).map(tuple),
+    "bucket": st.integers(0, BUCKETS - 1),
+    "differing": st.lists(st.integers(0, BUCKETS - 1), max_size=4).map(tuple),
+    "digest": st.binary(min_size=DIGEST_BYTES, max_size=DIGEST_BYTES),
+    "count": _counts,
+    "ids": _id_lists,
+    "corrupt": _id_lists,
+    "for_s": st.floats(0.0, dm.LEAVING_FOR_S_MAX),
+    "node_id": _member_ids,
+    "host": st.text(min_size=1, max_size=mm.HOST_CHARS_MAX),
+    "incarnation": st.integers(0, mm.INCARNATION_MAX),
+    "zone": st.text(max_size=mm.ZONE_CHARS_MAX),
+    "capacity_bytes": st.integers(0, mm.CAPACITY_BYTES_MAX),
+    "protocol_version": st.integers(0, 65535),
+    "version": st.text(min_size=1, max_size=nm.VERSION_CHARS_MAX),
+    "uptime_s": st.floats(0.0, allow_infinity=False),
+    "used_bytes": _counts,
+    **{field: _counts for field in ("members_alive", "members_suspect", "members_dead", "members_left")},
+    **{field: _counts for field in dm._FSCK_COUNTS},
+}
+
+# Per class, where one field name means different things in different messages.
+CLASS_FIELD_STRATEGIES = {
+    (dm.PutFile, "size_bytes"): st.integers(-1, dm.FILE_SIZE_BYTES_MAX),
+    (dm.ChunkInfo, "size_bytes"): st.integers(1, CHUNK_SIZE_BYTES_MAX),
+    (dm.PutFileReply, "chunks"): st.integers(0, MANIFEST_CHUNKS_MAX),
+    (dm.ListNames, "limit"): st.integers(1, dm.NAMES_PER_PAGE_MAX),
+    (dm.ListChunks, "limit"): st.integers(1, dm.CHUNK_IDS_PER_MESSAGE_MAX),
+    (dm.ListChunks, "start_after"): st.just(b"") | _chunk_ids,
+    (nm.StatusReply, "port"): st.integers(0, 65535),
+    (nm.MemberInfo, "state"): st.sampled_from(sorted(nm.MEMBER_STATE_NAMES)),
+    (nm.StatusReply, "node_id"): _hex_ids,
 }
 
 
+def _fsck_problems() -> st.SearchStrategy:
+    node_lists = st.lists(_member_ids, max_size=3).map(tuple)
+    kinds = st.sampled_from(sorted(dm.FSCK_KINDS))
+    return st.builds(dm.FsckProblem, kinds, st.just("chunks"), _chunk_ids.map(bytes.hex), node_lists, node_lists) | (
+        st.builds(dm.FsckProblem, kinds, st.just("names"), _names, node_lists, node_lists)
+    )
+
+
+# Whole records built as one, where fields depend on each other.
+RECORD_STRATEGIES = {
+    dm.FsckProblem: _fsck_problems(),
+    dm.SyncChunks: st.lists(st.builds(dm.BucketDigest, FIELD_STRATEGIES["bucket"], FIELD_STRATEGIES["digest"], _counts),
+                            max_size=4, unique_by=lambda d: d.bucket).map(lambda ds: dm.SyncChunks(tuple(ds))),
+    dm.SyncNames: st.lists(st.builds(dm.BucketDigest, FIELD_STRATEGIES["bucket"], FIELD_STRATEGIES["digest"], _counts),
+                           max_size=4, unique_by=lambda d: d.bucket).map(lambda ds: dm.SyncNames(tuple(ds))),
+}
+
+
+def field_strategy(cls, name: str) -> st.SearchStrategy:
+    """Values the field ``name`` of ``cls`` accepts (mostly: a class may still refuse a combination)."""
+    if (cls, name) in CLASS_FIELD_STRATEGIES:
+        return CLASS_FIELD_STRATEGIES[(cls, name)]
+    if name in FIELD_STRATEGIES:
+        return FIELD_STRATEGIES[name]
+    return strategy_for(typing.get_type_hints(cls)[name])
+
+
 def instances_of(cls) -> st.SearchStrategy:
-    hints = typing.get_type_hints(cls)
-    fields = {
-        f.name: FIELD_STRATEGIES[f.name] if f.name in FIELD_STRATEGIES else strategy_for(hints[f.name])
-        for f in dataclasses.fields(cls)
-    }
+    """Instances of a message or record class, with values it accepts."""
+    if cls in RECORD_STRATEGIES:
+        return RECORD_STRATEGIES[cls]
+    fields = {f.name: field_strategy(cls, f.name) for f in dataclasses.fields(cls)}
 
     def build(kwargs):
         try:

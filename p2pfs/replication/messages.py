@@ -1,16 +1,166 @@
 """Data messages. Codes 40-59 between nodes, 60-79 from clients to a coordinator.
 
+Every message checks its fields when built, and so when decoded (the codec turns
+the ``ValueError`` into ``WireError``, a ``PeerFault``): a handler never sees a
+chunk id of the wrong length, an id list that does not split into ids, a name
+the index would refuse, a timestamp outside the HLC's range, a bucket outside the
+digest tree or a list longer than its cap. A peer that sends one loses that
+connection (a request) or that exchange (an answer); the node carries on.
+
 Name entries and manifests travel in their storage encodings (``NameEntry.encode``),
-which their decoders check in full; the wire layer only checks that they are bytes.
+which their decoders check in full where they are used; the wire layer checks
+their size only, so that a put does not decode every manifest twice.
+
+Node ids come in two kinds. A writer (``NameSummary.writer``) is what
+``NameEntry`` accepts: 64 lowercase hex digits. Any other node id here names a
+member (a hint's owner, a replica, an fsck holder) and follows the membership
+messages' rule, because it comes from the member table: a stricter rule here
+would make this node refuse to build a message about a member it was told of.
 """
 
 from __future__ import annotations
 
+import math
+
 from p2pfs import wire
+from p2pfs.membership.messages import NODE_ID_CHARS_MAX, PUSH_PULL_MEMBERS_MAX
+from p2pfs.replication.healing import BUCKETS, DIGEST_BYTES
+from p2pfs.storage.hlc import LOGICAL_MAX, WALL_MS_MAX
+from p2pfs.storage.manifest import (
+    CHUNK_ID_BYTES,
+    CHUNK_SIZE_BYTES_MAX,
+    FILE_HASH_BYTES,
+    MANIFEST_CHUNKS_MAX,
+)
+from p2pfs.storage.names import ENTRY_ENCODED_BYTES_MAX, NAME_BYTES_MAX, WRITER_HEX_CHARS, BadName, validate_name
 from p2pfs.wire import Role
 
 CLIENT = (Role.CLIENT,)
 BOTH = (Role.NODE, Role.CLIENT)
+
+# -- caps ---------------------------------------------------------------------
+# Each is at least what an honest node sends (the senders' own caps are named in
+# the comment), so only a peer that breaks the protocol meets them.
+
+# Largest file a manifest can describe: its chunk count cap times the largest chunk.
+FILE_SIZE_BYTES_MAX = MANIFEST_CHUNKS_MAX * CHUNK_SIZE_BYTES_MAX
+# Ids asked about in one HasChunks (handlers.HAS_CHUNKS_MAX; hand-off asks 1024).
+HAS_CHUNKS_IDS_MAX = 4096
+# Chunk ids in one ListChunks page or one SyncChunks answer (replicas.IDS_PER_MESSAGE_MAX).
+CHUNK_IDS_PER_MESSAGE_MAX = 65536
+# Name entries in one ListNames answer (replicas.LIST_PAGE_NAMES).
+NAMES_PER_PAGE_MAX = 1000
+# Files in one ls answer (service.LIST_NAMES_MAX).
+FILES_PER_LIST_MAX = 100_000
+# Node ids in one list (replicas of a chunk, fsck's holders and unreachable
+# nodes): the largest member table a node shares in one push-pull.
+NODES_PER_MESSAGE_MAX = PUSH_PULL_MEMBERS_MAX
+# Name summaries in one SyncNames answer. The answerer stops after the bucket
+# that takes it past antientropy.NAMES_PER_MESSAGE_MAX, so one big bucket can take
+# it further; the frame cap stops it anyway, and a summary takes at least 72
+# bytes (a 64-digit writer, a name, two ints, a bool, the array header).
+NAME_SUMMARIES_PER_MESSAGE_MAX = wire.FRAME_SIZE_BYTES_MAX // 72
+# Problems one fsck answer names (fsck.FSCK_PROBLEMS_LISTED_MAX).
+FSCK_PROBLEMS_MAX = 50
+# Longest a leaving node may ask to stay out of the ring (seconds). It sends
+# leave_handoff_timeout_s + 60 (6 minutes by default), and the receiver clamps it
+# to its own setting; this only keeps NaN, infinities and absurd values out.
+LEAVING_FOR_S_MAX = 30 * 86400.0
+# Fsck's problem kinds and what they are about (what ``fsck.Fsck.run`` reports).
+FSCK_KINDS = frozenset({"under_replicated", "missing", "corrupt", "misplaced", "over_replicated"})
+FSCK_WHATS = frozenset({"chunks", "names"})
+# Counters are int64 on the wire and in SQLite.
+COUNT_MAX = 2**63 - 1
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+# -- field checks ---------------------------------------------------------------
+# Each raises ValueError (the codec's cue for WireError), naming the field.
+
+
+def _check_int(value: int, what: str, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be in [{low}, {high}], got {value}")
+
+
+def _check_chunk_id(value: bytes, what: str) -> None:
+    if len(value) != CHUNK_ID_BYTES:
+        raise ValueError(f"{what} must be {CHUNK_ID_BYTES} bytes, got {len(value)}")
+
+
+def _check_chunk_ids(ids: tuple[bytes, ...], what: str, count_max: int) -> None:
+    if len(ids) > count_max:
+        raise ValueError(f"{len(ids)} {what} exceed the cap of {count_max}")
+    for chunk_id in ids:
+        _check_chunk_id(chunk_id, what)
+
+
+def _check_id_list(concatenated: bytes, what: str, count_max: int) -> None:
+    """Concatenated 32-byte ids: whole ids only, and at most ``count_max`` of them."""
+    if len(concatenated) % CHUNK_ID_BYTES:
+        raise ValueError(f"{what} of {len(concatenated)} bytes is not a whole number of {CHUNK_ID_BYTES}-byte ids")
+    if len(concatenated) > count_max * CHUNK_ID_BYTES:
+        raise ValueError(f"{what} holds {len(concatenated) // CHUNK_ID_BYTES} ids, over the cap of {count_max}")
+
+
+def _check_name(name: str, what: str) -> None:
+    try:
+        validate_name(name)
+    except BadName as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+def _check_prefix(prefix: str, what: str) -> None:
+    """A prefix of names: empty, or what a name may be."""
+    if prefix:
+        _check_name(prefix, what)
+
+
+def _check_writer(writer: str, what: str) -> None:
+    if len(writer) != WRITER_HEX_CHARS or not _HEX_DIGITS.issuperset(writer):
+        raise ValueError(f"{what} must be a node id of {WRITER_HEX_CHARS} lowercase hex digits, got {writer!r:.80}")
+
+
+def _check_member_id(node_id: str, what: str) -> None:
+    if not 0 < len(node_id) <= NODE_ID_CHARS_MAX:
+        raise ValueError(f"{what} must have 1 to {NODE_ID_CHARS_MAX} characters")
+
+
+def _check_member_ids(node_ids: tuple[str, ...], what: str) -> None:
+    if len(node_ids) > NODES_PER_MESSAGE_MAX:
+        raise ValueError(f"{len(node_ids)} {what} exceed the cap of {NODES_PER_MESSAGE_MAX}")
+    for node_id in node_ids:
+        _check_member_id(node_id, what)
+
+
+def _check_hint_for(hint_for: str) -> None:
+    if hint_for:
+        _check_member_id(hint_for, "hint_for")
+
+
+def _check_version(wall_ms: int, logical: int, what: str) -> None:
+    """An HLC reading (``storage.hlc.Timestamp``'s range)."""
+    _check_int(wall_ms, f"{what} wall_ms", 0, WALL_MS_MAX)
+    _check_int(logical, f"{what} logical", 0, LOGICAL_MAX)
+
+
+def _check_bucket(bucket: int) -> None:
+    _check_int(bucket, "bucket", 0, BUCKETS - 1)
+
+
+def _check_data(data: bytes) -> None:
+    _check_int(len(data), "chunk length in bytes", 1, CHUNK_SIZE_BYTES_MAX)
+
+
+def _check_file_hash(file_hash: bytes) -> None:
+    if len(file_hash) != FILE_HASH_BYTES:
+        raise ValueError(f"file_hash must be {FILE_HASH_BYTES} bytes, got {len(file_hash)}")
+
+
+def _check_count(value: int, what: str) -> None:
+    _check_int(value, what, 0, COUNT_MAX)
+
 
 # --- between nodes ---------------------------------------------------------
 
@@ -23,6 +173,11 @@ class StoreChunk(wire.Message):
     data: bytes
     hint_for: str
 
+    def __post_init__(self) -> None:
+        _check_chunk_id(self.chunk_id, "chunk_id")
+        _check_data(self.data)
+        _check_hint_for(self.hint_for)
+
 
 @wire.message(41)
 class StoreChunkReply(wire.Message):
@@ -33,20 +188,32 @@ class StoreChunkReply(wire.Message):
 class FetchChunk(wire.Message):
     chunk_id: bytes
 
+    def __post_init__(self) -> None:
+        _check_chunk_id(self.chunk_id, "chunk_id")
+
 
 @wire.message(43)
 class ChunkData(wire.Message):
     data: bytes
+
+    def __post_init__(self) -> None:
+        _check_data(self.data)
 
 
 @wire.message(44)
 class HasChunks(wire.Message):
     chunk_ids: tuple[bytes, ...]
 
+    def __post_init__(self) -> None:
+        _check_chunk_ids(self.chunk_ids, "chunk_ids", HAS_CHUNKS_IDS_MAX)
+
 
 @wire.message(45)
 class HasChunksReply(wire.Message):
     present: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        _check_int(len(self.present), "answers in present", 0, HAS_CHUNKS_IDS_MAX)
 
 
 @wire.message(46)
@@ -55,6 +222,10 @@ class PutName(wire.Message):
 
     entry: bytes
     hint_for: str
+
+    def __post_init__(self) -> None:
+        _check_int(len(self.entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
+        _check_hint_for(self.hint_for)
 
 
 @wire.message(47)
@@ -66,10 +237,17 @@ class PutNameReply(wire.Message):
 class GetName(wire.Message):
     name: str
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+
 
 @wire.message(49)
 class GetNameReply(wire.Message):
     entry: bytes | None
+
+    def __post_init__(self) -> None:
+        if self.entry is not None:
+            _check_int(len(self.entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
 
 
 @wire.message(50)
@@ -80,11 +258,21 @@ class ListNames(wire.Message):
     start_after: str
     limit: int
 
+    def __post_init__(self) -> None:
+        _check_prefix(self.prefix, "prefix")
+        _check_prefix(self.start_after, "start_after")
+        _check_int(self.limit, "limit", 1, NAMES_PER_PAGE_MAX)
+
 
 @wire.message(51)
 class ListNamesReply(wire.Message):
     entries: tuple[bytes, ...]
     more: bool
+
+    def __post_init__(self) -> None:
+        _check_int(len(self.entries), "entries", 0, NAMES_PER_PAGE_MAX)
+        for entry in self.entries:
+            _check_int(len(entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
 
 
 # --- client to coordinator -------------------------------------------------
@@ -97,6 +285,10 @@ class PutFile(wire.Message):
     name: str
     size_bytes: int
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        _check_int(self.size_bytes, "size_bytes", -1, FILE_SIZE_BYTES_MAX)
+
 
 @wire.message(61, senders=BOTH)
 class PutFileReply(wire.Message):
@@ -107,10 +299,20 @@ class PutFileReply(wire.Message):
     version_logical: int
     chunks: int
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        _check_file_hash(self.file_hash)
+        _check_version(self.version_wall_ms, self.version_logical, "version")
+        _check_int(self.chunks, "chunks", 0, MANIFEST_CHUNKS_MAX)
+
 
 @wire.message(62, senders=CLIENT)
 class GetFile(wire.Message):
     name: str
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
 
 
 @wire.message(63, senders=BOTH)
@@ -121,10 +323,18 @@ class GetFileReply(wire.Message):
     size_bytes: int
     file_hash: bytes
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        _check_file_hash(self.file_hash)
+
 
 @wire.message(64, senders=CLIENT)
 class ListFiles(wire.Message):
     prefix: str
+
+    def __post_init__(self) -> None:
+        _check_prefix(self.prefix, "prefix")
 
 
 @wire.record
@@ -135,26 +345,44 @@ class FileInfo:
     version_wall_ms: int
     version_logical: int
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        _check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
+        _check_version(self.version_wall_ms, self.version_logical, "version")
+
 
 @wire.message(65, senders=BOTH)
 class ListFilesReply(wire.Message):
     files: tuple[FileInfo, ...]
     complete: bool  # False if some node could not be asked
 
+    def __post_init__(self) -> None:
+        _check_int(len(self.files), "files", 0, FILES_PER_LIST_MAX)
+
 
 @wire.message(66, senders=CLIENT)
 class RemoveFile(wire.Message):
     name: str
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
 
 
 @wire.message(67, senders=BOTH)
 class RemoveFileReply(wire.Message):
     name: str
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+
 
 @wire.message(68, senders=CLIENT)
 class StatFile(wire.Message):
     name: str
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
 
 
 @wire.record
@@ -162,6 +390,11 @@ class ChunkInfo:
     chunk_id: bytes
     size_bytes: int
     replicas: tuple[str, ...]  # node ids found holding it
+
+    def __post_init__(self) -> None:
+        _check_chunk_id(self.chunk_id, "chunk_id")
+        _check_int(self.size_bytes, "size_bytes", 1, CHUNK_SIZE_BYTES_MAX)
+        _check_member_ids(self.replicas, "replicas")
 
 
 @wire.message(69, senders=BOTH)
@@ -175,6 +408,15 @@ class StatFileReply(wire.Message):
     writer: str
     chunks: tuple[ChunkInfo, ...]
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        _check_file_hash(self.file_hash)
+        _check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
+        _check_version(self.version_wall_ms, self.version_logical, "version")
+        _check_writer(self.writer, "writer")
+        _check_int(len(self.chunks), "chunks", 0, MANIFEST_CHUNKS_MAX)
+
 
 # --- anti-entropy, hand-off and fsck (between nodes) -----------------------
 
@@ -187,11 +429,21 @@ class BucketDigest:
     digest: bytes
     count: int
 
+    def __post_init__(self) -> None:
+        _check_bucket(self.bucket)
+        if len(self.digest) != DIGEST_BYTES:
+            raise ValueError(f"digest must be {DIGEST_BYTES} bytes, got {len(self.digest)}")
+        _check_count(self.count, "count")
+
 
 @wire.record
 class BucketChunks:
     bucket: int
     ids: bytes  # concatenated 32-byte chunk ids
+
+    def __post_init__(self) -> None:
+        _check_bucket(self.bucket)
+        _check_id_list(self.ids, "ids", CHUNK_IDS_PER_MESSAGE_MAX)
 
 
 @wire.record
@@ -202,12 +454,26 @@ class NameSummary:
     writer: str
     tombstone: bool
 
+    def __post_init__(self) -> None:
+        _check_name(self.name, "name")
+        _check_version(self.wall_ms, self.logical, "version")
+        _check_writer(self.writer, "writer")
+
+
+def _check_digests(buckets: tuple[BucketDigest, ...]) -> None:
+    """One digest per bucket at most: a repeated bucket would make the answer ambiguous."""
+    if len({d.bucket for d in buckets}) != len(buckets):
+        raise ValueError("a bucket's digest is given twice")
+
 
 @wire.message(52)
 class SyncChunks(wire.Message):
     """Digests of the chunks the sender holds that both it and the receiver should hold."""
 
     buckets: tuple[BucketDigest, ...]
+
+    def __post_init__(self) -> None:
+        _check_digests(self.buckets)
 
 
 @wire.message(53)
@@ -216,16 +482,30 @@ class SyncChunksReply(wire.Message):
 
     buckets: tuple[BucketChunks, ...]
 
+    def __post_init__(self) -> None:
+        _check_int(len(self.buckets), "buckets", 0, BUCKETS)
+        total_bytes = sum(len(b.ids) for b in self.buckets)
+        _check_int(total_bytes // CHUNK_ID_BYTES, "ids in all buckets", 0, CHUNK_IDS_PER_MESSAGE_MAX)
+
 
 @wire.message(54)
 class SyncNames(wire.Message):
     buckets: tuple[BucketDigest, ...]
+
+    def __post_init__(self) -> None:
+        _check_digests(self.buckets)
 
 
 @wire.message(55)
 class SyncNamesReply(wire.Message):
     differing: tuple[int, ...]  # buckets whose digests differ (the receiver may hold none there)
     names: tuple[NameSummary, ...]  # the receiver's entries in those buckets
+
+    def __post_init__(self) -> None:
+        _check_int(len(self.differing), "differing buckets", 0, BUCKETS)
+        for bucket in self.differing:
+            _check_bucket(bucket)
+        _check_int(len(self.names), "names", 0, NAME_SUMMARIES_PER_MESSAGE_MAX)
 
 
 @wire.message(56)
@@ -235,12 +515,22 @@ class ListChunks(wire.Message):
     start_after: bytes
     limit: int
 
+    def __post_init__(self) -> None:
+        if self.start_after:
+            _check_chunk_id(self.start_after, "start_after")
+        _check_int(self.limit, "limit", 1, CHUNK_IDS_PER_MESSAGE_MAX)
+
 
 @wire.message(57)
 class ListChunksReply(wire.Message):
     ids: bytes  # concatenated 32-byte ids
     more: bool
     corrupt: bytes  # ids found corrupt here and not yet repaired (first page only)
+
+    def __post_init__(self) -> None:
+        _check_id_list(self.ids, "ids", CHUNK_IDS_PER_MESSAGE_MAX)
+        # Corrupt chunks are few; the frame cap bounds how many one answer can name.
+        _check_id_list(self.corrupt, "corrupt", wire.FRAME_SIZE_BYTES_MAX // CHUNK_ID_BYTES)
 
 
 @wire.message(58)
@@ -249,6 +539,10 @@ class Leaving(wire.Message):
     that the new owners keep what it hands them. Expires after ``for_s`` seconds."""
 
     for_s: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.for_s) and 0.0 <= self.for_s <= LEAVING_FOR_S_MAX):
+            raise ValueError(f"for_s must be in [0, {LEAVING_FOR_S_MAX}] seconds, got {self.for_s}")
 
 
 @wire.message(59)
@@ -266,11 +560,24 @@ class Fsck(wire.Message):
 
 @wire.record
 class FsckProblem:
-    kind: str  # under_replicated, missing, corrupt, misplaced, over_replicated
-    what: str  # "chunk" or "name"
+    kind: str  # one of FSCK_KINDS
+    what: str  # "chunks" or "names"
     key: str  # chunk id (hex) or name
     holders: tuple[str, ...]
     wanted: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in FSCK_KINDS:
+            raise ValueError(f"unknown fsck problem kind {self.kind!r:.40}")
+        if self.what not in FSCK_WHATS:
+            raise ValueError(f"an fsck problem is about chunks or names, not {self.what!r:.40}")
+        if self.what == "chunks":
+            if len(self.key) != 2 * CHUNK_ID_BYTES or not _HEX_DIGITS.issuperset(self.key):
+                raise ValueError("a chunk's key must be its id in lowercase hex")
+        else:
+            _check_name(self.key, "key")
+        _check_member_ids(self.holders, "holders")
+        _check_member_ids(self.wanted, "wanted")
 
 
 @wire.message(71, senders=BOTH)
@@ -288,3 +595,16 @@ class FsckReply(wire.Message):
     nodes_asked: int
     nodes_unreachable: tuple[str, ...]
     problems: tuple[FsckProblem, ...]  # the first few, for people
+
+    def __post_init__(self) -> None:
+        for field in _FSCK_COUNTS:
+            _check_count(getattr(self, field), field)
+        _check_member_ids(self.nodes_unreachable, "nodes_unreachable")
+        _check_int(len(self.problems), "problems", 0, FSCK_PROBLEMS_MAX)
+
+
+_FSCK_COUNTS = (
+    "names_checked", "chunks_checked", "names_under_replicated", "chunks_under_replicated",
+    "chunks_over_replicated", "names_over_replicated", "names_misplaced", "chunks_misplaced",
+    "chunks_missing", "chunks_corrupt", "nodes_asked",
+)
