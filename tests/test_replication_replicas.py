@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 import trio.testing
@@ -57,6 +59,14 @@ def _replicas(tmp_path, endpoint: FakeEndpoint) -> tuple[Replicas, LocalStore]:
     return Replicas(LocalReplica(ME, local, _inline), endpoint, _view(), _inline), local
 
 
+def _unchecked(cls, *values):
+    """A message the wire would refuse (its fields are checked at decode), built past those checks."""
+    msg = object.__new__(cls)
+    for field, value in zip(dataclasses.fields(cls), values):
+        object.__setattr__(msg, field.name, value)
+    return msg
+
+
 def _remote(endpoint: FakeEndpoint, node_id: str = PEER) -> RemoteReplica:
     return RemoteReplica(node_id, endpoint, _view(), _inline)
 
@@ -100,10 +110,12 @@ def test_a_peer_without_a_good_copy_lacks_the_chunk(answer):
         (dm.GetName, dm.GetNameReply(b"\xc1 not msgpack"), lambda r: r.get_name("x")),
         (dm.GetName, dm.GetNameReply(NameEntry("y", Timestamp(1, 0), ME, None).encode()), lambda r: r.get_name("x")),
         (dm.ListNames, dm.ListNamesReply((b"junk",), False), lambda r: r.list_names("", "", 10)),
-        (dm.ListChunks, dm.ListChunksReply(b"\x00" * 33, False, b""), lambda r: r.list_chunks(b"", 10)),
+        (dm.ListChunks, _unchecked(dm.ListChunksReply, b"\x00" * 33, False, b""), lambda r: r.list_chunks(b"", 10)),
         (dm.HasChunks, dm.HasChunksReply((True, True)), lambda r: r.has_chunks((CHUNK_ID,))),
-        (dm.SyncChunks, dm.SyncChunksReply((dm.BucketChunks(0, b"\x01" * 31),)), lambda r: r.sync_chunks(())),
-        (dm.SyncNames, dm.SyncNamesReply((), (dm.NameSummary("x", -1, 0, ME, False),)), lambda r: r.sync_names(())),
+        (dm.SyncChunks, _unchecked(dm.SyncChunksReply, (_unchecked(dm.BucketChunks, 0, b"\x01" * 31),)),
+         lambda r: r.sync_chunks(())),
+        (dm.SyncNames, _unchecked(dm.SyncNamesReply, (), (_unchecked(dm.NameSummary, "x", -1, 0, ME, False),)),
+         lambda r: r.sync_names(())),
     ],
 )
 def test_a_malformed_answer_is_a_peer_fault(msg_type, answer, call):
