@@ -21,7 +21,7 @@ from p2pfs import net, wire
 from p2pfs.address import Address
 from p2pfs.identity import PeerIdentity
 from p2pfs.membership import Membership, MembershipConfig, MembershipService
-from p2pfs.membership.simulation import SIM_CAPACITY_BYTES, sim_address, sim_node_id
+from p2pfs.sim.membership import SIM_CAPACITY_BYTES, sim_address, sim_node_id
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.service import DataService
 from p2pfs.sim.network import SimNetwork
