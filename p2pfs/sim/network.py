@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import logging
 import os
 import random
 from typing import Any, Awaitable, Callable, Iterable
@@ -34,7 +33,6 @@ import trio.testing
 from p2pfs import wire
 from p2pfs.address import Address
 
-log = logging.getLogger(__name__)
 
 # Messages in flight at once; beyond this a send is dropped (a congested
 # network). High enough that no test near its limits meets it.
@@ -229,15 +227,23 @@ def sim_seed(default: int) -> int:
 
 
 def _seed_trio_scheduler(seed: int) -> None:
-    # trio shuffles each batch of runnable tasks with a private module-level
-    # random.Random (to shake out ordering assumptions; Hypothesis seeds the
-    # same object for the same reason). Seeding it makes the interleaving, and
-    # so a whole simulation, a function of the seed.
-    scheduler_rng = getattr(getattr(trio, "_core")._run, "_r", None)
-    if isinstance(scheduler_rng, random.Random):
-        scheduler_rng.seed(seed)
-    else:
-        log.warning("cannot seed trio's scheduler: simulations will not replay exactly")
+    # trio runs each batch of runnable tasks in an order drawn from a private
+    # module-level random.Random (trio._core._run._r), to shake out ordering
+    # assumptions. trio has no public way to seed it: its only supported route is
+    # the Hypothesis plugin, which registers that Random with
+    # hypothesis.register_random and so seeds it only inside a @given example.
+    # A MockClock and a seeded network fix *when* tasks wake, not the order of
+    # tasks that wake together (nursery children started together, waiters of one
+    # Event), so without this a simulation is not a function of its seed. We seed
+    # the Random where trio keeps it, and fail loudly if a trio release moves it:
+    # a simulation that cannot replay its seed would be worse than none.
+    scheduler_rng = getattr(getattr(getattr(trio, "_core", None), "_run", None), "_r", None)
+    if not isinstance(scheduler_rng, random.Random):
+        raise RuntimeError(
+            f"trio {trio.__version__} keeps its scheduler's Random elsewhere: "
+            "simulations could not replay a seed (see p2pfs.sim.network._seed_trio_scheduler)"
+        )
+    scheduler_rng.seed(seed)
 
 
 def run_simulation(async_fn: Callable[..., Awaitable[Any]], *args: Any, seed: int) -> Any:
