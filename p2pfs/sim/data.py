@@ -25,6 +25,7 @@ import trio
 
 from p2pfs import net, wire
 from p2pfs.address import Address
+from p2pfs.clock import Clock
 from p2pfs.identity import PeerIdentity
 from p2pfs.membership import Membership, MembershipConfig, MembershipService
 from p2pfs.sim.membership import SIM_CAPACITY_BYTES, sim_address, sim_node_id
@@ -46,6 +47,11 @@ HOP_DELAY_S_MIN = 0.0005
 HOP_DELAY_S_MAX = 0.002
 # While a link is cut, a request or piece on it waits this long before looking again.
 BLOCKED_POLL_S = 0.1
+# On a lossy link (the network's drop_probability) a lost segment is sent again, as TCP
+# does: after RETRANSMIT_TIMEOUT_S_MIN, doubling, at most RETRANSMITS_MAX times (then
+# the message gets through; the caller's deadline decides long before that).
+RETRANSMIT_TIMEOUT_S_MIN = 0.2
+RETRANSMITS_MAX = 6
 
 
 async def run_inline(fn: Callable, *args):
@@ -55,6 +61,20 @@ async def run_inline(fn: Callable, *args):
 
 def _through_codec(msg: wire.Message) -> wire.Message:
     return wire.decode_message(msg.TYPE, wire.encode_message(msg))
+
+
+async def _answer(target: "DataNode", request: net.IncomingRequest) -> wire.Message | net.Reply:
+    """Run the target's handler; its failures reach the caller as they would over TLS
+    (``net.Connection._serve_request``): as a ``RemoteError``."""
+    try:
+        return await target.routes[type(request.msg)](request)
+    except net.RemoteError:
+        raise
+    except (net.NetError, trio.TooSlowError) as exc:
+        raise net.RemoteError(ErrorCode.UNAVAILABLE, str(exc) or repr(exc)) from None
+    except Exception as exc:
+        log.exception("handler for %s failed", type(request.msg).__name__)
+        raise net.RemoteError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,7 +164,7 @@ class SimEndpoint:
                         upload = SimStream()
                         scopes.append(self._carry(upload, address, self._address, address, pieces=body))
                     request = net.IncomingRequest(_SimConn(self._peer), _through_codec(msg), upload)
-                    result = await target.routes[type(request.msg)](request)
+                    result = await _answer(target, request)
                     if scopes:
                         scopes[0].cancel()  # answered: whatever is left of the upload is not sent
                     download = None
@@ -163,9 +183,19 @@ class SimEndpoint:
                 scope.cancel()
 
     async def _hop(self, src: Address, dst: Address) -> None:
-        """One message's way over a link: a delay, and no arrival while the link is cut
-        (paused, crashed or partitioned): the sender's deadline decides."""
-        await trio.sleep(self._cluster.rng.uniform(HOP_DELAY_S_MIN, HOP_DELAY_S_MAX))
+        """One message's way over a link: a delay (longer for each loss on a lossy link), and
+        no arrival while the link is cut (paused, crashed or partitioned): the sender's
+        deadline decides."""
+        rng = self._cluster.rng
+        delay_s = rng.uniform(HOP_DELAY_S_MIN, HOP_DELAY_S_MAX)
+        drop_probability = self._cluster.network.faults.drop_probability
+        retransmit_s = RETRANSMIT_TIMEOUT_S_MIN
+        for _ in range(RETRANSMITS_MAX):
+            if not (drop_probability and rng.random() < drop_probability):
+                break
+            delay_s += retransmit_s
+            retransmit_s *= 2
+        await trio.sleep(delay_s)
         while self._cluster.network.blocked(src, dst):
             await trio.sleep(BLOCKED_POLL_S)
 
@@ -236,8 +266,11 @@ class DataCluster:
         self.by_address: dict[Address, DataNode] = {}
         self.by_id: dict[str, DataNode] = {}
 
-    async def start(self, index: int, seeds: tuple[Address, ...] = ()) -> DataNode:
-        """Start node ``index``: new, or again after a crash with its data dir as it was."""
+    async def start(self, index: int, seeds: tuple[Address, ...] = (), *, clock: Clock | None = None) -> DataNode:
+        """Start node ``index``: new, or again after a crash with its data dir as it was.
+
+        ``clock``, if given, is the node's data-layer clock (``DataService(clock=...)``).
+        """
         old = self.nodes.get(index)
         assert old is None or old.crashed, f"node {index} is running"
         address = sim_address(index)
@@ -260,6 +293,7 @@ class DataCluster:
             config=self.replication_config, endpoint=SimEndpoint(self, address, node_id),
             members=membership.members, offload=run_inline,
             rng=random.Random(self.rng.getrandbits(64)),
+            **({} if clock is None else {"clock": clock}),
         )
         node.routes = node.data.routes()
         self.nodes[index] = node
