@@ -40,7 +40,6 @@ members_st = st.builds(
 member_lists = st.lists(members_st, min_size=1, max_size=10, unique_by=lambda m: m.node_id)
 tokens_per_weight_st = st.sampled_from([1, 2, 4, 16])
 rf_st = st.integers(min_value=1, max_value=5)
-positions = st.integers(min_value=0, max_value=HASH_SPACE_SIZE - 1)
 
 FAST = settings(deadline=None, max_examples=200)
 
