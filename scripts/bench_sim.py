@@ -57,6 +57,7 @@ def one_seed(job: tuple[int, float, str | None]) -> dict:
         return {
             "seed": seed,
             "nodes": nodes_for(seed),
+            "duration_s": duration_s,
             "wall_s": wall_s,
             "simulated_s": result.simulated_s,
             "operations": len(result.ops),
@@ -82,27 +83,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", type=int, default=None, metavar="SEED",
                         help="run SEED twice and compare the histories (default: the first seed)")
     parser.add_argument("--keep", default=None, metavar="DIR", help="save the histories of failing seeds here")
+    parser.add_argument("--rows", default=None, metavar="FILE",
+                        help="append each seed's figures to FILE (JSON lines) as it finishes")
+    parser.add_argument("--summarize", default=None, metavar="FILE",
+                        help="only summarize the rows saved in FILE by an earlier (perhaps cut short) run")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
+    if args.summarize:
+        saved = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+        replays = [r for r in saved if r.get("replay")]
+        rows = [r for r in saved if not r.get("replay")]
+        wall_s = sum(r["wall_s"] for r in rows) / max(1, args.jobs)
+        replay_seed = replays[0]["seed"] if replays else -1
+        return report_on(rows, replays, replay_seed, wall_s, args)
+
+    rows_file = open(args.rows, "a", encoding="utf-8") if args.rows else None
+
+    def save(row: dict) -> dict:
+        if rows_file is not None:
+            rows_file.write(json.dumps(row, sort_keys=True) + "\n")
+            rows_file.flush()
+        return row
+
+    # The replay first: its verdict should not wait for a thousand seeds.
+    replay_seed = args.first if args.replay is None else args.replay
+    replays = [save({**one_seed((replay_seed, args.duration, None)), "replay": True}) for _ in range(2)]
     seeds = range(args.first, args.first + args.seeds)
     jobs = [(seed, args.duration, args.keep) for seed in seeds]
     started_s = time.perf_counter()
     if args.jobs > 1:
         with multiprocessing.Pool(args.jobs) as pool:
-            rows = list(pool.imap(one_seed, jobs))
+            rows = [save(row) for row in pool.imap(one_seed, jobs)]
     else:
-        rows = [one_seed(job) for job in jobs]
+        rows = [save(one_seed(job)) for job in jobs]
     wall_s = time.perf_counter() - started_s
-    replay_seed = args.first if args.replay is None else args.replay
-    replays = [one_seed((replay_seed, args.duration, None)) for _ in range(2)]
+    return report_on(rows, replays, replay_seed, wall_s, args)
 
+
+def report_on(rows: list[dict], replays: list[dict], replay_seed: int, wall_s: float, args) -> int:
     failing = [row for row in rows if row["violations"]]
     simulated_s = sum(row["simulated_s"] for row in rows)
     cpu_wall_s = sum(row["wall_s"] for row in rows)
     report = {
         "seeds": len(rows),
-        "first_seed": args.first,
+        "first_seed": min((row["seed"] for row in rows), default=args.first),
         "duration_s": args.duration,
         "jobs": args.jobs,
         "clock_skew": clock_supported(),
@@ -116,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         "simulated_per_wall": simulated_s / cpu_wall_s,  # per process, so it does not grow with --jobs
         "seed_wall_s_max": max(row["wall_s"] for row in rows),
         "replay_seed": replay_seed,
-        "replay_identical": replays[0]["history_sha256"] == replays[1]["history_sha256"],
-        "replay_sha256": replays[0]["history_sha256"],
+        "replay_identical": len(replays) == 2 and replays[0]["history_sha256"] == replays[1]["history_sha256"],
+        "replay_sha256": replays[0]["history_sha256"] if replays else "",
     }
     if args.json:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(
-            f"sim: {report['seeds']} seeds from {args.first}, {args.duration:.0f} simulated s of faults each "
+            f"sim: {report['seeds']} seeds from {report['first_seed']}, {args.duration:.0f} simulated s of faults each "
             f"(5-7 nodes), {args.jobs} process(es), clock skew {'on' if report['clock_skew'] else 'off'}"
         )
         click.echo(f"  operations {report['operations']:,}, faults {report['faults']:,}, "
