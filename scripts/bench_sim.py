@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=None, metavar="FILE",
                         help="append each seed's figures to FILE (JSON lines) as it finishes")
     parser.add_argument("--summarize", default=None, metavar="FILE",
-                        help="only summarize the rows saved in FILE by an earlier (perhaps cut short) run")
+                        help="only summarize the rows saved in FILE by an earlier (perhaps cut short) run; "
+                             "its wall time is estimated as the seeds' total over --jobs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
