@@ -36,14 +36,13 @@ one unnamed zone, so a ring without zones is plain clockwise order. Beyond the p
 for hinted handoff (Dynamo §4.6, sloppy quorum).
 
 The preference list of a key depends only on which inter-token range its hash falls in, so it is
-constant on each range ``(token[i-1], token[i]]``. That is what makes ``owned_ranges`` and
-``ring_diff`` exact: they compute one list per range, not per key.
+constant on each range ``(token[i-1], token[i]]``.
 
 Contract with the caller: the ring does not know who is alive. Which members take part is the
 caller's choice, and the design brief's rule is: a node that is merely dead (suspected or confirmed,
 within its grace period) stays in the ring, and writes meant for it go to the fallback members with
 a hint; a node that left gracefully, or whose grace period expired, leaves the ring, and
-``ring_diff(old, new, rf)`` says which ranges must be re-replicated. Skipping a dead member for one
+anti-entropy (``replication.repair``) moves data to the new owners. Skipping a dead member for one
 request is the caller's job (walk the preference list, then the fallback list), not a new ring.
 
 Ranges are ``(start, end]`` on the 2**64 circle: ``start`` exclusive, ``end`` inclusive. A
@@ -60,7 +59,7 @@ import hashlib
 import math
 import struct
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -75,10 +74,6 @@ TOKENS_PER_WEIGHT_DEFAULT = 2048
 # the default. Weights are relative; a bigger figure only costs memory (8 + 4 bytes a token) and
 # build time without making placement better.
 TOKENS_PER_MEMBER_MAX = 16 * TOKENS_PER_WEIGHT_DEFAULT
-
-# How many placement tables (one per replication factor asked for) a ring keeps. A table costs
-# O(tokens) memory; a node uses one or two replication factors.
-PLACEMENT_TABLES_CACHED_MAX = 4
 
 _TOKEN_DOMAIN = b"p2pfs/ring/token\x00"  # keeps token streams apart from any other use of SHAKE-128
 _KEY_PERSON = b"p2pfs/ring/key"  # BLAKE2b personalisation (<= 16 bytes) for key positions
@@ -108,35 +103,6 @@ class RingMember:
             raise ValueError(f"zone must be a string, got {self.zone!r}")
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"weight must be finite and > 0, got {self.weight!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class RangeChange:
-    """A range ``(start, end]`` whose replica set differs between two rings.
-
-    Owners are listed in preference order. A node in ``old_owners`` holds the range's data and may
-    have to send it to ``added_owners``; a node in ``removed_owners`` may drop it once the new
-    owners have it.
-    """
-
-    start: int  # exclusive
-    end: int  # inclusive; start >= end wraps through zero, start == end is the whole circle
-    old_owners: tuple[str, ...]
-    new_owners: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.start < HASH_SPACE_SIZE and 0 <= self.end < HASH_SPACE_SIZE):
-            raise ValueError(f"range ({self.start}, {self.end}] is not on the circle")
-        if set(self.old_owners) == set(self.new_owners):
-            raise ValueError(f"not a change: owners {self.old_owners} -> {self.new_owners}")
-
-    @property
-    def added_owners(self) -> tuple[str, ...]:
-        return tuple(n for n in self.new_owners if n not in self.old_owners)
-
-    @property
-    def removed_owners(self) -> tuple[str, ...]:
-        return tuple(n for n in self.old_owners if n not in self.new_owners)
 
 
 def key_hash(key: bytes) -> int:
@@ -173,38 +139,11 @@ def range_size(start: int, end: int) -> int:
     return (end - start) % HASH_SPACE_SIZE or HASH_SPACE_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class _PlacementTable:
-    """Replica sets over the whole circle for one replication factor, stored flat.
-
-    Run ``k`` covers ``(ends[k-1], ends[k]]`` (run 0 starts at ``ends[-1]``, wrapping) and is
-    replicated on ``owners[k * width : (k + 1) * width]`` (member ranks, preference order).
-    Neighbouring runs differ (the last and the first may not). Flat arrays cost 8 + 4 * width
-    bytes a run, where a tuple per run would cost about ten times that.
-    """
-
-    ends: array  # array("Q"), strictly increasing
-    owners: array  # array("I"), width ranks per run
-    width: int  # min(rf, members)
-
-    def __post_init__(self) -> None:
-        assert len(self.owners) == len(self.ends) * self.width
-
-    def run_owners(self, run: int) -> tuple[int, ...]:
-        return tuple(self.owners[run * self.width : (run + 1) * self.width])
-
-
-# The table of a ring without members: no runs; ring_diff treats it as ownerless everywhere.
-_EMPTY_TABLE = _PlacementTable(ends=array("Q"), owners=array("I"), width=0)
-
-
 class Ring:
     """An immutable consistent-hash ring over a set of members.
 
     Build a new ``Ring`` when membership changes: O(tokens log members) time, 12 bytes a token.
-    Lookups are a binary search over the sorted tokens plus a short clockwise walk. The first
-    ``owned_ranges``, ``ownership_fraction`` or ``ring_diff`` call for an ``rf`` builds that
-    rf's placement table: O(tokens * rf) time, 8 + 4 * rf bytes a token, kept with the ring.
+    Lookups are a binary search over the sorted tokens plus a short clockwise walk.
     """
 
     __slots__ = (
@@ -215,7 +154,6 @@ class Ring:
         "_zone_count",
         "_tokens",
         "_owners",
-        "_tables",
     )
 
     def __init__(
@@ -258,7 +196,6 @@ class Ring:
         self._zone_count = len(zones)
         self._tokens = array("Q", [p >> _RANK_BITS for p in packed])
         self._owners = array("I", [p & _RANK_MASK for p in packed])
-        self._tables: dict[int, _PlacementTable] = {}
         assert len(self._tokens) == len(self._owners)
         assert len(self._tokens) >= len(self._node_ids)
 
@@ -282,14 +219,13 @@ class Ring:
     def preference_list_at(self, position: int, rf: int) -> list[str]:
         """``preference_list`` for whatever key hashes to ``position``.
 
-        Equal for every position in one inter-token range, which ``owned_ranges`` and
-        ``ring_diff`` rely on.
+        Equal for every position in one inter-token range.
         """
         assert 0 <= position < HASH_SPACE_SIZE
         _check_rf(rf)
         if not self._node_ids:
             return []
-        picked, _ = self._select(self._walk_ranks(self._index(position)), rf)
+        picked = self._select(self._walk_ranks(self._index(position)), rf)
         return [self._node_ids[r] for r in picked]
 
     def walk(self, key: bytes) -> Iterator[str]:
@@ -313,39 +249,6 @@ class Ring:
         preferred = set(self.preference_list(key, rf))
         return [n for n in self.walk(key) if n not in preferred]
 
-    def owned_ranges(self, node_id: str, rf: int) -> list[tuple[int, int]]:
-        """The ``(start, end]`` ranges whose keys ``node_id`` replicates at ``rf``, sorted by start.
-
-        Maximal: neighbouring owned ranges are merged, through zero too (the wrapping range is
-        last).
-        A node not in the ring owns nothing. Costs O(tokens * rf) the first time per ``rf``.
-        """
-        _check_rf(rf)
-        if node_id not in self.members:
-            return []
-        rank = self._node_ids.index(node_id)
-        table = self._table(rf)
-        owned = ((end, rank in table.run_owners(run)) for run, end in enumerate(table.ends))
-        merged = _merge_runs(owned, table.ends[-1])
-        return [(start, end) for start, end, is_owned in merged if is_owned]
-
-    def ownership_fraction(self, rf: int) -> dict[str, float]:
-        """Each member's fraction of the circle (hence of uniform keys) replicated at ``rf``.
-
-        Fractions sum to ``min(rf, len(self))``; at ``rf=1`` this is each member's primary load.
-        """
-        _check_rf(rf)
-        positions = [0] * len(self._node_ids)
-        table = self._table(rf) if self._node_ids else None
-        if table is not None:
-            previous_end = table.ends[-1]
-            for run, end in enumerate(table.ends):
-                size = range_size(previous_end, end)
-                for rank in table.run_owners(run):
-                    positions[rank] += size
-                previous_end = end
-        return {n: p / HASH_SPACE_SIZE for n, p in zip(self._node_ids, positions)}
-
     def _index(self, position: int) -> int:
         """Index of the token that ends the range holding ``position``."""
         return bisect.bisect_left(self._tokens, position) % len(self._tokens)
@@ -364,12 +267,11 @@ class Ring:
                     return
         raise AssertionError("a full lap of the ring must meet every member")
 
-    def _select(self, ranks: Iterable[int], rf: int) -> tuple[tuple[int, ...], int]:
+    def _select(self, ranks: Iterable[int], rf: int) -> tuple[int, ...]:
         """Zone-spread preference list from distinct ranks in clockwise order.
 
-        Returns the list (first member of each zone in order met, up to rf zones; then, when
-        there are fewer zones than rf, the next members met, in order) and how many ranks were
-        read to decide it: the rest of the walk cannot change the answer.
+        The list is the first member of each zone in order met, up to rf zones; then, when
+        there are fewer zones than rf, the next members met, in order.
         """
         replicas = min(rf, len(self._node_ids))
         zones_wanted = min(self._zone_count, replicas)
@@ -377,9 +279,7 @@ class Ring:
         zone_firsts: list[int] = []
         others: list[int] = []
         zones_seen: set[int] = set()
-        read = 0
         for rank in ranks:
-            read += 1
             zone = self._zone_of[rank]
             if zone not in zones_seen:
                 zones_seen.add(zone)
@@ -391,161 +291,7 @@ class Ring:
                 break
         assert len(zone_firsts) == zones_wanted, "walk ended before every wanted zone was met"
         assert len(others) == others_wanted, "walk ended before enough members were met"
-        return tuple(zone_firsts) + tuple(others), read
-
-    def _table(self, rf: int) -> _PlacementTable:
-        """The preference list of every inter-token range, merged into runs. Cached per rf.
-
-        Walks the tokens backwards, deriving each list from the next token's instead of walking
-        the ring each time, so each step costs O(rf):
-
-        - One zone, or at least as many zones as replicas: the list at token i is owner[i]
-          followed by the list at i+1 without the member (one zone) or zone (zone spreading)
-          of owner[i], cut to the width.
-        - Otherwise (fill mode), keep the distinct members clockwise from token i up to where
-          ``_select`` stops reading: owner[i] followed by those from i+1 without owner[i].
-          That prefix stays enough, since prepending a member never removes one the decision
-          needs.
-        """
-        assert self._node_ids
-        cached = self._tables.get(rf)
-        if cached is not None:
-            return cached
-        tokens = self._tokens
-        owners = self._owners
-        select = self._select
-        walk = list(self._walk_ranks(0))
-        first_preference, read = select(walk, rf)
-        width = len(first_preference)
-        spread_by: Sequence[int] | None = None  # what two replicas must not share
-        if self._zone_count >= width:
-            spread_by = self._zone_of
-        elif self._zone_count == 1:
-            spread_by = range(len(self._node_ids))
-        state = first_preference if spread_by is not None else tuple(walk[:read])
-        preference = first_preference
-        # Runs are found from the last token down, so both arrays are filled back to front
-        # (each run's ranks reversed too) and reversed once at the end.
-        ends = array("Q")
-        owners_reversed = array("I")
-        run_preference: tuple[int, ...] = ()
-        for i in range(len(tokens) - 1, -1, -1):
-            rank = owners[i]
-            if i == 0:
-                preference = first_preference
-            elif rank == state[0]:
-                pass  # same owner as the next token: same walk, same list
-            elif spread_by is not None:
-                clash = spread_by[rank]
-                state = (rank, *[r for r in state if spread_by[r] != clash][: width - 1])
-                preference = state
-            else:
-                if rank in state:
-                    k = state.index(rank)
-                    candidate = (rank,) + state[:k] + state[k + 1 :]
-                else:
-                    candidate = (rank,) + state
-                preference, read = select(candidate, rf)
-                state = candidate[:read]
-            if i > 0 and tokens[i] == tokens[i - 1]:
-                continue  # an empty range: keys at this position belong to the first equal token
-            if preference != run_preference:
-                ends.append(tokens[i])
-                owners_reversed.extend(reversed(preference))
-                run_preference = preference
-        ends.reverse()
-        owners_reversed.reverse()
-        table = _PlacementTable(ends=ends, owners=owners_reversed, width=width)
-        if len(self._tables) >= PLACEMENT_TABLES_CACHED_MAX:
-            del self._tables[next(iter(self._tables))]
-        self._tables[rf] = table
-        return table
-
-
-def ring_diff(old: Ring, new: Ring, rf: int) -> list[RangeChange]:
-    """The ranges whose replica set at ``rf`` differs between ``old`` and ``new``, sorted by start.
-
-    Exact, not sampled: both rings are constant between their tokens, so one comparison per
-    piece of the common refinement of their runs covers every key. A change of order alone (same
-    set) is not reported, because it moves no data. Neighbouring changes with the same old and
-    new owners are merged. Costs O((old + new tokens) * rf), time and memory.
-    """
-    _check_rf(rf)
-    if not len(old) and not len(new):
-        return []
-    old_table = old._table(rf) if len(old) else _EMPTY_TABLE
-    new_table = new._table(rf) if len(new) else _EMPTY_TABLE
-    last_end = max(table.ends[-1] for table in (old_table, new_table) if table.ends)
-    # Compare owner sets in new's rank space; a member only in old gets a negative rank.
-    new_rank = {node_id: rank for rank, node_id in enumerate(new._node_ids)}
-    old_to_new_rank = [
-        new_rank.get(node_id, -1 - rank) for rank, node_id in enumerate(old._node_ids)
-    ]
-
-    def pieces() -> Iterator[tuple[int, tuple[tuple[str, ...], tuple[str, ...]] | None]]:
-        # Two pointers over both tables' run ends. Past a table's last end its run 0 applies
-        # again (the circle wraps); the empty table has one ownerless run everywhere.
-        old_run = new_run = 0
-        old_set = new_set = None
-        while True:
-            old_end = old_table.ends[old_run] if old_run < len(old_table.ends) else last_end
-            new_end = new_table.ends[new_run] if new_run < len(new_table.ends) else last_end
-            if old_set is None:
-                old_owners = old_table.run_owners(old_run % max(1, len(old_table.ends)))
-                old_set = {old_to_new_rank[r] for r in old_owners}
-            if new_set is None:
-                new_owners = new_table.run_owners(new_run % max(1, len(new_table.ends)))
-                new_set = set(new_owners)
-            end = min(old_end, new_end)
-            if old_set == new_set:
-                yield end, None
-            else:
-                yield end, (
-                    tuple(old._node_ids[r] for r in old_owners),
-                    tuple(new._node_ids[r] for r in new_owners),
-                )
-            if end == last_end:
-                return
-            if old_end == end:
-                old_run += 1
-                old_set = None
-            if new_end == end:
-                new_run += 1
-                new_set = None
-
-    return [
-        RangeChange(start=start, end=end, old_owners=change[0], new_owners=change[1])
-        for start, end, change in _merge_runs(pieces(), last_end)
-        if change is not None
-    ]
-
-
-def _merge_runs(
-    pieces: Iterable[tuple[int, object]], last_end: int
-) -> list[tuple[int, int, object]]:
-    """Merge neighbouring pieces with equal labels, through zero too.
-
-    ``pieces`` are ``(end, label)`` in increasing ``end``, each starting where the one before it
-    ends; the first starts at ``last_end``, the end of the last. Returns ``(start, end, label)``
-    sorted by start: a run wrapping through zero comes last, and one label over the whole circle
-    comes back as ``(last_end, last_end, label)``.
-    """
-    runs: list[list] = []  # [start, end, label]
-    previous_end = last_end
-    for end, label in pieces:
-        assert runs == [] or end > previous_end
-        if runs and runs[-1][2] == label:
-            runs[-1][1] = end
-        else:
-            runs.append([previous_end, end, label])
-        previous_end = end
-    assert previous_end == last_end
-    if len(runs) == 1:
-        return [(last_end, last_end, runs[0][2])]
-    if runs[0][2] == runs[-1][2]:
-        first = runs.pop(0)
-        runs[-1][1] = first[1]
-    return sorted((tuple(run) for run in runs), key=lambda run: run[0])
+        return tuple(zone_firsts) + tuple(others)
 
 
 def _check_rf(rf: int) -> None:

@@ -26,7 +26,7 @@ import trio
 
 from p2pfs.membership.config import MembershipConfig
 from p2pfs.membership.messages import MemberState
-from p2pfs.membership.simulation import SimCluster, open_sim_cluster, wait_until
+from p2pfs.sim.membership import SimCluster, open_sim_cluster, wait_until
 from p2pfs.sim import run_simulation
 
 # Longest simulated wait for any one phase; a phase that takes longer is reported as not reached.

@@ -1,13 +1,13 @@
 """Benchmark of the consistent-hash ring (p2pfs/ring.py): speed, balance and data movement.
 
 Measures, for each member count:
-- build time and token memory of a ring, and the first placement table (rf) behind
-  owned_ranges / ring_diff;
+- build time and token memory of a ring;
 - preference_list lookups per second;
 - balance: max/mean, min/mean and standard deviation/mean of each member's primary load, exact
   from arc lengths, and max/mean counted over sampled keys;
-- data moved on one join and one leave, from ring_diff, as a multiple of the ideal rf/(N+1) of the
-  keys for a join and rf/N for a leave (Karger et al.: only the joiner's or leaver's share moves).
+- data moved on one join and one leave, exact: the arcs between the two rings' tokens whose
+  replica set changes, as a multiple of the ideal rf/(N+1) of the keys for a join and rf/N for a
+  leave (Karger et al.: only the joiner's or leaver's share moves).
 With --sweep-sets S, also max/mean at 100 members for several tokens-per-weight values over S
 random sets of node ids: the measurement behind TOKENS_PER_WEIGHT_DEFAULT.
 
@@ -33,8 +33,8 @@ from p2pfs.ring import (
     TOKENS_PER_WEIGHT_DEFAULT,
     Ring,
     RingMember,
+    member_tokens,
     range_size,
-    ring_diff,
 )
 
 LOOKUPS_COUNT_DEFAULT = 200_000
@@ -64,9 +64,40 @@ def sampled_primary_counts(ring: Ring, keys_count: int, rng: random.Random) -> l
     return list(counts.values())
 
 
+def owned_tokens(ring: Ring) -> list[tuple[int, str]]:
+    """Every ``(token, node_id)`` of ``ring``, sorted, recomputed from its members."""
+    return sorted(
+        (token, member.node_id)
+        for member in ring.members.values()
+        for token in member_tokens(
+            member.node_id, max(1, round(member.weight * ring.tokens_per_weight))
+        )
+    )
+
+
+def primary_shares(ring: Ring) -> dict[str, float]:
+    """Each member's exact primary share (rf 1): the arcs ending at its tokens."""
+    positions = dict.fromkeys(ring.members, 0)
+    tokens = owned_tokens(ring)
+    previous = tokens[-1][0]
+    for token, node_id in tokens:
+        if token != previous:  # an empty arc belongs to the first of equal tokens
+            positions[node_id] += range_size(previous, token)
+        previous = token
+    return {node_id: p / HASH_SPACE_SIZE for node_id, p in positions.items()}
+
+
 def moved_fraction(old: Ring, new: Ring, rf: int) -> float:
-    changes = ring_diff(old, new, rf)
-    return sum(range_size(c.start, c.end) for c in changes) / HASH_SPACE_SIZE
+    """Fraction of keys whose replica set at ``rf`` differs between ``old`` and ``new``, exact:
+    both rings' preference lists are constant between consecutive tokens of either ring."""
+    ends = sorted({t for t, _ in owned_tokens(old)} | {t for t, _ in owned_tokens(new)})
+    moved = 0
+    previous = ends[-1]
+    for end in ends:
+        if set(old.preference_list_at(end, rf)) != set(new.preference_list_at(end, rf)):
+            moved += range_size(previous, end)
+        previous = end
+    return moved / HASH_SPACE_SIZE
 
 
 def measure_size(
@@ -87,10 +118,6 @@ def measure_size(
     ring = Ring(members, tokens_per_weight=tokens_per_weight)
     build_s = time.perf_counter() - started_s
 
-    started_s = time.perf_counter()
-    ring.ownership_fraction(rf)  # builds and caches the rf table
-    table_s = time.perf_counter() - started_s
-
     keys = [rng.randbytes(32) for _ in range(lookups_count)]
     started_s = time.perf_counter()
     for key in keys:
@@ -102,10 +129,9 @@ def measure_size(
         "tokens": ring.token_count,
         "token_bytes": ring.token_count * (array("Q").itemsize + array("I").itemsize),
         "build_s": build_s,
-        "table_s": table_s,
         "lookups_per_s": lookups_per_s,
     }
-    result |= {f"arc_{k}": v for k, v in balance(list(ring.ownership_fraction(1).values())).items()}
+    result |= {f"arc_{k}": v for k, v in balance(list(primary_shares(ring).values())).items()}
     if keys_sampled:
         counts = sampled_primary_counts(ring, keys_sampled, rng)
         result["keys_sampled"] = keys_sampled
@@ -113,14 +139,11 @@ def measure_size(
 
     join_multiples = []
     leave_multiples = []
-    diff_s = []
     for joiner, leaver in zip(joiners, members):
-        started_s = time.perf_counter()
         joined = Ring([*members, joiner], tokens_per_weight=tokens_per_weight)
         join_multiples.append(
             moved_fraction(ring, joined, rf) / (min(rf, members_count + 1) / (members_count + 1))
         )
-        diff_s.append(time.perf_counter() - started_s)
         left = Ring([m for m in members if m != leaver], tokens_per_weight=tokens_per_weight)
         leave_multiples.append(
             moved_fraction(ring, left, rf) / (min(rf, members_count) / members_count)
@@ -131,7 +154,6 @@ def measure_size(
             "join_moved_over_ideal_max": max(join_multiples),
             "leave_moved_over_ideal_mean": statistics.fmean(leave_multiples),
             "leave_moved_over_ideal_max": max(leave_multiples),
-            "rebuild_and_diff_s": statistics.fmean(diff_s),
         }
     return result
 
@@ -144,9 +166,9 @@ def sweep(sets_count: int, rng: random.Random) -> list[dict[str, float]]:
         ratios = sorted(
             balance(
                 list(
-                    Ring([RingMember(n) for n in ids], tokens_per_weight=tokens_per_weight)
-                    .ownership_fraction(1)
-                    .values()
+                    primary_shares(
+                        Ring([RingMember(n) for n in ids], tokens_per_weight=tokens_per_weight)
+                    ).values()
                 )
             )["max_over_mean"]
             for ids in id_sets
@@ -168,7 +190,7 @@ def weighted(tokens_per_weight: int, rng: random.Random) -> list[dict[str, float
     """Share of each member against its weight's share, weights 1:2:4."""
     weights = (1.0, 2.0, 4.0)
     members = [RingMember(n, weight=w) for n, w in zip(node_ids(3, rng), weights)]
-    shares = Ring(members, tokens_per_weight=tokens_per_weight).ownership_fraction(1)
+    shares = primary_shares(Ring(members, tokens_per_weight=tokens_per_weight))
     return [
         {"weight": m.weight, "share": shares[m.node_id], "target": m.weight / sum(weights)}
         for m in members
@@ -181,7 +203,7 @@ def print_report(report: dict) -> None:
         f"ring: tokens_per_weight={report['tokens_per_weight']} rf={report['rf']} seed={report['seed']}"
     )
     echo(
-        f"{'members':>8} {'tokens':>9} {'MiB':>6} {'build s':>8} {'table s':>8} {'lookups/s':>10} "
+        f"{'members':>8} {'tokens':>9} {'MiB':>6} {'build s':>8} {'lookups/s':>10} "
         f"{'max/mean':>9} {'min/mean':>9} {'std/mean':>9} {'sampled max/mean':>17}"
     )
     for row in report["sizes"]:
@@ -192,19 +214,18 @@ def print_report(report: dict) -> None:
         )
         echo(
             f"{row['members']:>8} {row['tokens']:>9} {row['token_bytes'] / 2**20:>6.1f} {row['build_s']:>8.2f} "
-            f"{row['table_s']:>8.2f} {row['lookups_per_s']:>10,.0f} {row['arc_max_over_mean']:>9.3f} "
+            f"{row['lookups_per_s']:>10,.0f} {row['arc_max_over_mean']:>9.3f} "
             f"{row['arc_min_over_mean']:>9.3f} {row['arc_std_over_mean']:>9.3f} {sampled:>17}"
         )
     echo("")
     echo(
-        f"{'members':>8} {'join moved/ideal mean':>22} {'max':>6} {'leave moved/ideal mean':>23} {'max':>6} {'rebuild+diff s':>15}"
+        f"{'members':>8} {'join moved/ideal mean':>22} {'max':>6} {'leave moved/ideal mean':>23} {'max':>6}"
     )
     for row in report["sizes"]:
         if "join_moved_over_ideal_mean" in row:
             echo(
                 f"{row['members']:>8} {row['join_moved_over_ideal_mean']:>22.3f} {row['join_moved_over_ideal_max']:>6.3f} "
-                f"{row['leave_moved_over_ideal_mean']:>23.3f} {row['leave_moved_over_ideal_max']:>6.3f} "
-                f"{row['rebuild_and_diff_s']:>15.2f}"
+                f"{row['leave_moved_over_ideal_mean']:>23.3f} {row['leave_moved_over_ideal_max']:>6.3f}"
             )
     echo("")
     echo("weights 1:2:4 (3 members), primary share vs target:")

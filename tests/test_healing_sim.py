@@ -12,7 +12,7 @@ import trio
 
 from p2pfs import net
 from p2pfs.membership import MembershipConfig
-from p2pfs.membership.simulation import sim_address, wait_until
+from p2pfs.sim.membership import sim_address, wait_until
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import name_key
 from p2pfs.replication.quorum import QuorumError

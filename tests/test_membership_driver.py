@@ -12,7 +12,7 @@ from p2pfs.membership import driver as driver_module
 from p2pfs.membership.config import MembershipConfig
 from p2pfs.membership.driver import MembershipService
 from p2pfs.membership.messages import Gossip, MemberFact, MemberState, Ping
-from p2pfs.membership.simulation import sim_address, sim_node_id
+from p2pfs.sim.membership import sim_address, sim_node_id
 from p2pfs.membership.state import Membership
 from p2pfs.sim import SimNetwork, run_simulation
 

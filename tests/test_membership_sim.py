@@ -13,7 +13,7 @@ import trio
 
 from p2pfs.membership.config import MembershipConfig
 from p2pfs.membership.messages import MemberState
-from p2pfs.membership.simulation import SimCluster, open_sim_cluster, sim_address, wait_until
+from p2pfs.sim.membership import SimCluster, open_sim_cluster, sim_address, wait_until
 from p2pfs.sim import SEED_ENV, LinkFaults, run_simulation, sim_seed
 
 CONFIG = MembershipConfig()

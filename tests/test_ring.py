@@ -20,14 +20,12 @@ from p2pfs.ring import (
     HASH_SPACE_SIZE,
     TOKENS_PER_MEMBER_MAX,
     TOKENS_PER_WEIGHT_DEFAULT,
-    RangeChange,
     Ring,
     RingMember,
     in_range,
     key_hash,
     member_tokens,
     range_size,
-    ring_diff,
 )
 
 ZONES = ["", "a", "b", "c", "d"]
@@ -42,7 +40,6 @@ members_st = st.builds(
 member_lists = st.lists(members_st, min_size=1, max_size=10, unique_by=lambda m: m.node_id)
 tokens_per_weight_st = st.sampled_from([1, 2, 4, 16])
 rf_st = st.integers(min_value=1, max_value=5)
-positions = st.integers(min_value=0, max_value=HASH_SPACE_SIZE - 1)
 
 FAST = settings(deadline=None, max_examples=200)
 
@@ -51,21 +48,44 @@ def make_id(i: int) -> str:
     return hashlib.sha256(f"node-{i}".encode()).hexdigest()
 
 
-def assert_maximal(ranges: list[tuple[int, int]]) -> None:
-    """Sorted by start, disjoint, and no two touch: touching ranges should have been merged."""
-    assert ranges == sorted(ranges)
-    starts = {start for start, _ in ranges}
-    assert len(ranges) == 1 or not any(end in starts for _, end in ranges)
-    assert sum(range_size(start, end) for start, end in ranges) <= HASH_SPACE_SIZE
-    assert all(start < end for start, end in ranges[:-1])  # only the last may wrap
+def arcs(*rings: Ring) -> list[tuple[int, int]]:
+    """The ``(start, end]`` ranges between consecutive tokens of all ``rings``, tokens recomputed
+    from the members: on each, every ring's preference list is constant."""
+    ends = sorted(
+        {
+            token
+            for ring in rings
+            for member in ring.members.values()
+            for token in member_tokens(
+                member.node_id, max(1, round(member.weight * ring.tokens_per_weight))
+            )
+        }
+    )
+    return list(zip(ends[-1:] + ends[:-1], ends))
 
 
-def probe_positions(ranges: list[tuple[int, int]]) -> list[int]:
-    """Both edges of every range and their outside neighbours: where an off-by-one would show."""
-    probes = []
-    for start, end in ranges:
-        probes += [start, (start + 1) % HASH_SPACE_SIZE, end, (end + 1) % HASH_SPACE_SIZE]
-    return probes
+def arc_shares(ring: Ring, rf: int) -> dict[str, float]:
+    """Each member's exact fraction of the circle (hence of uniform keys) replicated at ``rf``."""
+    positions = dict.fromkeys(ring.members, 0)
+    for start, end in arcs(ring):
+        for node_id in ring.preference_list_at(end, rf):
+            positions[node_id] += range_size(start, end)
+    return {node_id: p / HASH_SPACE_SIZE for node_id, p in positions.items()}
+
+
+def changed_arcs(old: Ring, new: Ring, rf: int) -> list[tuple[int, int, list[str], list[str]]]:
+    """The arcs whose replica set at ``rf`` differs between ``old`` and ``new``, with both lists."""
+    changed = []
+    for start, end in arcs(old, new):
+        before = old.preference_list_at(end, rf)
+        after = new.preference_list_at(end, rf)
+        if set(before) != set(after):
+            changed.append((start, end, before, after))
+    return changed
+
+
+def moved_fraction(changes: list[tuple[int, int, list[str], list[str]]]) -> float:
+    return sum(range_size(start, end) for start, end, _, _ in changes) / HASH_SPACE_SIZE
 
 
 # --- pinned values: changing either function reshuffles every stored chunk -----------------------
@@ -169,19 +189,12 @@ def test_empty_ring():
     assert ring.preference_list(b"k", 3) == []
     assert list(ring.walk(b"k")) == []
     assert ring.fallback_list(b"k", 3) == []
-    assert ring.owned_ranges(make_id(0), 3) == []
-    assert ring.ownership_fraction(3) == {}
-    assert ring_diff(ring, ring, 3) == []
 
 
 def test_single_member_owns_the_whole_circle():
     ring = Ring([RingMember(make_id(0))], tokens_per_weight=8)
     assert ring.preference_list(b"k", 3) == [make_id(0)]
-    ((start, end),) = ring.owned_ranges(make_id(0), 3)
-    assert start == end
-    assert range_size(start, end) == HASH_SPACE_SIZE
-    assert ring.ownership_fraction(1) == {make_id(0): 1.0}
-    assert ring.owned_ranges(make_id(1), 3) == []
+    assert arc_shares(ring, 3) == {make_id(0): 1.0}
 
 
 def test_rf_above_member_count_gives_every_member():
@@ -190,15 +203,6 @@ def test_rf_above_member_count_gives_every_member():
     for key in (b"a", b"b", b"c"):
         assert sorted(ring.preference_list(key, 5)) == sorted(ids)
         assert ring.fallback_list(key, 5) == []
-
-
-def test_join_to_empty_and_leave_to_empty_cover_the_circle():
-    ring = Ring([RingMember(make_id(i)) for i in range(3)], tokens_per_weight=8)
-    empty = Ring([])
-    for changes in (ring_diff(empty, ring, 2), ring_diff(ring, empty, 2)):
-        assert sum(range_size(c.start, c.end) for c in changes) == HASH_SPACE_SIZE
-    assert all(c.old_owners == () for c in ring_diff(empty, ring, 2))
-    assert all(c.new_owners == () for c in ring_diff(ring, empty, 2))
 
 
 def test_zone_fill_when_fewer_zones_than_rf():
@@ -215,14 +219,6 @@ def test_zone_fill_when_fewer_zones_than_rf():
         assert ring.preference_list(key, 3) == firsts + [rest]
 
 
-def test_range_change_rejects_non_changes():
-    with pytest.raises(ValueError):
-        RangeChange(start=1, end=2, old_owners=("a", "b"), new_owners=("b", "a"))
-    change = RangeChange(start=1, end=2, old_owners=("a", "b"), new_owners=("b", "c"))
-    assert change.added_owners == ("c",)
-    assert change.removed_owners == ("a",)
-
-
 # --- properties ----------------------------------------------------------------------------------
 
 
@@ -233,9 +229,6 @@ def test_same_members_in_any_order_give_the_same_ring(members, tokens_per_weight
     seed.shuffle(shuffled)
     a = Ring(members, tokens_per_weight=tokens_per_weight)
     b = Ring(shuffled + shuffled[:2], tokens_per_weight=tokens_per_weight)  # repeats are harmless
-    assert ring_diff(a, b, rf) == []
-    for member in members:
-        assert a.owned_ranges(member.node_id, rf) == b.owned_ranges(member.node_id, rf)
     for i in range(20):
         key = f"key-{i}".encode()
         assert a.preference_list(key, rf) == b.preference_list(key, rf)
@@ -280,63 +273,6 @@ def test_zone_spreading(members, tokens_per_weight, rf, key):
         assert set(preferred_zones) == zones  # every zone holds a replica
 
 
-@FAST
-@given(
-    members=member_lists,
-    tokens_per_weight=tokens_per_weight_st,
-    rf=rf_st,
-    extra=st.lists(positions, max_size=20),
-)
-def test_owned_ranges_are_exact(members, tokens_per_weight, rf, extra):
-    # owned_ranges comes from the placement table, preference_list_at from a walk of the ring:
-    # they must agree at every range edge, just outside it, and anywhere else.
-    ring = Ring(members, tokens_per_weight=tokens_per_weight)
-    fractions = ring.ownership_fraction(rf)
-    assert math.isclose(sum(fractions.values()), min(rf, len(members)))
-    for member in members:
-        ranges = ring.owned_ranges(member.node_id, rf)
-        assert_maximal(ranges)
-        size = sum(range_size(start, end) for start, end in ranges)
-        assert math.isclose(size / HASH_SPACE_SIZE, fractions[member.node_id], rel_tol=1e-9)
-        for position in probe_positions(ranges) + extra:
-            owned = any(in_range(position, s, e) for s, e in ranges)
-            assert owned == (member.node_id in ring.preference_list_at(position, rf))
-
-
-@FAST
-@given(
-    old_members=member_lists,
-    new_members=member_lists,
-    keep=st.integers(min_value=0, max_value=10),
-    tokens_per_weight=tokens_per_weight_st,
-    rf=rf_st,
-    extra=st.lists(positions, max_size=20),
-)
-def test_ring_diff_is_exact(old_members, new_members, keep, tokens_per_weight, rf, extra):
-    # Overlapping member sets, so that the diff has both kept and changed ranges.
-    new_ids = {m.node_id for m in new_members}
-    new_members = new_members + [m for m in old_members[:keep] if m.node_id not in new_ids]
-    old = Ring(old_members, tokens_per_weight=tokens_per_weight)
-    new = Ring(new_members, tokens_per_weight=tokens_per_weight)
-    changes = ring_diff(old, new, rf)
-    edges = [(c.start, c.end) for c in changes]
-    assert edges == sorted(edges)
-    assert sum(range_size(c.start, c.end) for c in changes) <= HASH_SPACE_SIZE
-    for before, after in zip(changes, changes[1:] + changes[:1]):
-        if len(changes) > 1 and before.end == after.start:  # touching: must differ, or be merged
-            assert (before.old_owners, before.new_owners) != (after.old_owners, after.new_owners)
-    for position in probe_positions(edges) + extra:
-        old_owners = old.preference_list_at(position, rf)
-        new_owners = new.preference_list_at(position, rf)
-        inside = [c for c in changes if in_range(position, c.start, c.end)]
-        if set(old_owners) == set(new_owners):
-            assert inside == []
-        else:
-            assert [(c.old_owners, c.new_owners) for c in inside] == [
-                (tuple(old_owners), tuple(new_owners))
-            ]
-
-
 @settings(deadline=None, max_examples=50)
 @given(
     ids=st.lists(node_ids, min_size=2, max_size=25, unique=True),
@@ -348,10 +284,10 @@ def test_join_moves_about_rf_over_n_plus_1_all_to_the_new_member(ids, rf):
     *old_ids, joiner = ids
     old = Ring([RingMember(n) for n in old_ids], tokens_per_weight=512)
     new = Ring([RingMember(n) for n in ids], tokens_per_weight=512)
-    changes = ring_diff(old, new, rf)
-    assert all(c.added_owners == (joiner,) for c in changes)
-    moved = sum(range_size(c.start, c.end) for c in changes) / HASH_SPACE_SIZE
-    assert math.isclose(moved, new.ownership_fraction(rf)[joiner], rel_tol=1e-9)  # all it takes
+    changes = changed_arcs(old, new, rf)
+    assert all(set(after) - set(before) == {joiner} for _, _, before, after in changes)
+    moved = moved_fraction(changes)
+    assert math.isclose(moved, arc_shares(new, rf)[joiner], rel_tol=1e-9)  # all it takes
     ideal = min(rf, len(ids)) / len(ids)
     assert abs(moved - ideal) <= 0.25 * ideal
 
@@ -368,14 +304,13 @@ def test_join_and_leave_only_change_placements_involving_that_member(
     *stay, mover = members
     without = Ring(stay, tokens_per_weight=tokens_per_weight)
     with_mover = Ring(members, tokens_per_weight=tokens_per_weight)
-    for change in ring_diff(without, with_mover, rf):  # join
-        assert mover.node_id in change.new_owners
-        assert mover.node_id not in change.old_owners
-    for change in ring_diff(with_mover, without, rf):  # leave
-        assert change.removed_owners == (mover.node_id,)
-    left = ring_diff(with_mover, without, rf)
-    moved = sum(range_size(c.start, c.end) for c in left) / HASH_SPACE_SIZE
-    assert math.isclose(moved, with_mover.ownership_fraction(rf)[mover.node_id], rel_tol=1e-9)
+    for _, _, before, after in changed_arcs(without, with_mover, rf):  # join
+        assert mover.node_id in after
+        assert mover.node_id not in before
+    left = changed_arcs(with_mover, without, rf)
+    for _, _, before, after in left:  # leave
+        assert set(before) - set(after) == {mover.node_id}
+    assert math.isclose(moved_fraction(left), arc_shares(with_mover, rf)[mover.node_id], rel_tol=1e-9)
 
 
 @FAST
@@ -383,12 +318,12 @@ def test_join_and_leave_only_change_placements_involving_that_member(
 def test_raising_a_weight_only_moves_data_to_that_member(members, tokens_per_weight, rf):
     first, *rest = members
     heavier = RingMember(first.node_id, zone=first.zone, weight=first.weight * 2)
-    changes = ring_diff(
+    changes = changed_arcs(
         Ring(members, tokens_per_weight=tokens_per_weight),
         Ring([heavier, *rest], tokens_per_weight=tokens_per_weight),
         rf,
     )
-    assert all(first.node_id in c.added_owners for c in changes)
+    assert all(first.node_id in set(after) - set(before) for _, _, before, after in changes)
 
 
 # --- balance at the default token count ----------------------------------------------------------
@@ -398,7 +333,7 @@ def test_balance_of_100_equal_members():
     # Arc length owned as primary is exactly the expected fraction of uniformly hashed keys,
     # so this stands for any number of keys (1,000,000 or more) without sampling them.
     ring = Ring([RingMember(make_id(i)) for i in range(100)])
-    shares = list(ring.ownership_fraction(1).values())
+    shares = list(arc_shares(ring, 1).values())
     mean = statistics.fmean(shares)
     assert math.isclose(mean, 1 / 100)
     assert max(shares) / mean <= 1.10
@@ -409,7 +344,7 @@ def test_balance_of_100_equal_members():
 def test_sampled_keys_follow_arc_shares():
     # The arc share is the key share: 20,000 keys land where the arcs say, within sampling error.
     ring = Ring([RingMember(make_id(i)) for i in range(4)], tokens_per_weight=64)
-    shares = ring.ownership_fraction(1)
+    shares = arc_shares(ring, 1)
     rng = random.Random(1)
     counts = dict.fromkeys(shares, 0)
     keys_count = 20_000
@@ -425,7 +360,7 @@ def test_balance_follows_capacity_weights(copies):
     weights = [1.0, 2.0, 4.0] * copies
     members = [RingMember(make_id(i), weight=w) for i, w in enumerate(weights)]
     ring = Ring(members)
-    shares = ring.ownership_fraction(1)
+    shares = arc_shares(ring, 1)
     for member in members:
         target = member.weight / sum(weights)
         assert abs(shares[member.node_id] - target) <= 0.10 * target
@@ -441,7 +376,7 @@ def test_zones_balance_per_zone():
         for j in range(n)
     ]
     ring = Ring(members, tokens_per_weight=256)
-    fractions = ring.ownership_fraction(3)
+    fractions = arc_shares(ring, 3)
     for member in members:
         target = 1 / sizes[member.zone]
         assert abs(fractions[member.node_id] - target) <= 0.2 * target

@@ -4,12 +4,17 @@
 * ``driver.MembershipService`` — runs a core under trio over a ``GossipTransport``.
 * ``config.MembershipConfig`` — every timing, memberlist's LAN defaults, ``detection_bound_s``.
 * ``messages`` — wire messages (type codes 20-39) and ``is_membership_message`` for dispatch.
+
+The driver's names are loaded on first use (PEP 562 ``__getattr__``), so that importing the
+pure core (``Member``, ``MemberState``, ``Membership``) does not import trio.
 """
 
 from .config import MembershipConfig
-from .driver import GossipTransport, MembershipService, incarnation_from_wall_clock
 from .messages import MEMBERSHIP_MESSAGES, MemberState, is_membership_message
 from .state import Member, Membership, Send
+
+# Names that live in the trio driver: imported from it only when asked for.
+_DRIVER_NAMES = frozenset({"GossipTransport", "MembershipService", "incarnation_from_wall_clock"})
 
 __all__ = [
     "MEMBERSHIP_MESSAGES",
@@ -23,3 +28,11 @@ __all__ = [
     "incarnation_from_wall_clock",
     "is_membership_message",
 ]
+
+
+def __getattr__(name: str):
+    if name in _DRIVER_NAMES:
+        from . import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,28 +5,53 @@ real ``DataService`` over a ``SimEndpoint``, with its chunk store and indexes
 on real disk (in a temporary directory) and disk work done inline, so that on
 ``MockClock`` simulated time passes only when every task waits. Requests
 between nodes go straight to the target's handlers, through the network's
-crashes, pauses and partitions, and through the wire codec.
+crashes, pauses and partitions, and through the wire codec. Streamed bodies
+(a put's upload, a get's ``net.Reply``) travel piece by piece through a
+bounded buffer, each piece delayed and held up by the same faults, so the
+client-facing put and get run in simulation as they do over TLS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import logging
 import random
 from pathlib import Path
-from typing import Callable
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import trio
 
 from p2pfs import net, wire
 from p2pfs.address import Address
-from p2pfs.clock import SimClock
+from p2pfs.clock import Clock, SimClock
 from p2pfs.identity import PeerIdentity
 from p2pfs.membership import Membership, MembershipConfig, MembershipService
-from p2pfs.membership.simulation import SIM_CAPACITY_BYTES, sim_address, sim_node_id
+from p2pfs.sim.membership import SIM_CAPACITY_BYTES, sim_address, sim_node_id
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.service import DataService
 from p2pfs.sim.network import SimNetwork
-from p2pfs.wire import Role
+from p2pfs.wire import ErrorCode, Role
+
+log = logging.getLogger(__name__)
+
+
+# Pieces of one streamed body buffered between sender and receiver, as net's
+# STREAM_WINDOW_FRAMES bounds a real stream: a slow reader holds the sender up.
+STREAM_PIECES_BUFFERED_MAX = net.STREAM_WINDOW_FRAMES
+# Longest wait, in seconds, for the next piece of a streamed body: net's default.
+STREAM_IDLE_TIMEOUT_S = net.NetConfig().stream_idle_timeout_s
+# One-way delay of a request, an answer or a body piece, uniform in [min, max] seconds.
+HOP_DELAY_S_MIN = 0.0005
+HOP_DELAY_S_MAX = 0.002
+# While a link is cut, a request or piece on it waits this long before looking again.
+BLOCKED_POLL_S = 0.1
+# On a lossy link (the network's drop_probability) a lost segment is sent again, as TCP
+# does: after RETRANSMIT_TIMEOUT_S_MIN, doubling, at most RETRANSMITS_MAX times (then
+# the message gets through; the caller's deadline decides long before that).
+RETRANSMIT_TIMEOUT_S_MIN = 0.2
+RETRANSMITS_MAX = 6
 
 
 async def run_inline(fn: Callable, *args):
@@ -38,40 +63,177 @@ def _through_codec(msg: wire.Message) -> wire.Message:
     return wire.decode_message(msg.TYPE, wire.encode_message(msg))
 
 
+async def _answer(target: "DataNode", request: net.IncomingRequest) -> wire.Message | net.Reply:
+    """Run the target's handler; its failures reach the caller as they would over TLS
+    (``net.Connection._serve_request``): as a ``RemoteError``."""
+    try:
+        return await target.routes[type(request.msg)](request)
+    except net.RemoteError:
+        raise
+    except (net.NetError, trio.TooSlowError) as exc:
+        raise net.RemoteError(ErrorCode.UNAVAILABLE, str(exc) or repr(exc)) from None
+    except Exception as exc:
+        log.exception("handler for %s failed", type(request.msg).__name__)
+        raise net.RemoteError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}") from None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _SimConn:
     peer: PeerIdentity
 
 
-class SimEndpoint:
-    """What ``DataService`` needs of ``net.Endpoint``: ``request``, over the simulation."""
+class SimStream:
+    """One streamed body in flight: what a handler or a caller reads, as net's ``_InStream``.
 
-    def __init__(self, cluster: "DataCluster", address: Address, node_id: str) -> None:
+    Iterate it for the pieces; it raises ``RemoteError`` if the sender failed
+    midway, ``RequestTimeout`` after ``STREAM_IDLE_TIMEOUT_S`` without a piece
+    (a crashed or cut-off sender), ``ConnectionClosed`` if the sender vanished.
+    """
+
+    def __init__(self) -> None:
+        # Items: data, None for the end, or the exception the reader raises.
+        self._send, self._receive = trio.open_memory_channel[bytes | Exception | None](
+            STREAM_PIECES_BUFFERED_MAX
+        )
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                with trio.fail_after(STREAM_IDLE_TIMEOUT_S):
+                    item = await self._receive.receive()
+            except trio.EndOfChannel:
+                raise net.ConnectionClosed("stream ended before its end marker") from None
+            except trio.TooSlowError:
+                raise net.RequestTimeout(f"no data on a stream for {STREAM_IDLE_TIMEOUT_S} s") from None
+            if item is None:
+                self.finished = True
+                return
+            if isinstance(item, Exception):
+                self.finished = True
+                raise item
+            yield item
+
+    async def drain(self) -> int:
+        """Read the body to its end, discarding it; returns the byte count."""
+        total = 0
+        async for data in self:
+            total += len(data)
+        return total
+
+
+class SimEndpoint:
+    """What ``DataService`` and a client need of ``net.Endpoint``/``net.Connection``, over the
+    simulation: ``request`` (with an optional streamed ``body``) and ``open_request`` (whose
+    ``net.Response`` carries the answer's streamed body, if the handler sent one)."""
+
+    def __init__(self, cluster: "DataCluster", address: Address, node_id: str, role: Role = Role.NODE) -> None:
         self._cluster = cluster
         self._address = address
-        self._peer = PeerIdentity(node_id, Role.NODE)
+        self._peer = PeerIdentity(node_id, role)
 
     async def request(self, address: Address, msg: wire.Message, *, timeout_s: float,
-                      node_id: str | None = None, body=None) -> wire.Message:
-        assert body is None, "streamed bodies are not simulated"
+                      node_id: str | None = None, body: AsyncIterable[bytes] | None = None) -> wire.Message:
+        """One request; an answer's streamed body is read to its end and discarded."""
+        async with self.open_request(address, msg, timeout_s=timeout_s, node_id=node_id, body=body) as response:
+            if response.body is not None:
+                await response.body.drain()
+            return response.msg
+
+    @contextlib.asynccontextmanager
+    async def open_request(self, address: Address, msg: wire.Message, *, timeout_s: float,
+                           node_id: str | None = None,
+                           body: AsyncIterable[bytes] | None = None) -> AsyncIterator[net.Response]:
+        """Like ``request``, but yields a ``net.Response`` whose streamed body the caller reads.
+
+        ``timeout_s`` bounds the upload and the wait for the answer's message, as in net.
+        """
         network = self._cluster.network
         target = self._cluster.by_address.get(address)
         if target is None or target.crashed or network.blocked(self._address, address):
             raise net.ConnectError(f"cannot connect to {address}")
         if node_id is not None and target.node_id != node_id:
             raise net.HandshakeError(f"{address} is another node")
+        scopes: list[trio.CancelScope] = []  # the carriers of this request's bodies
         try:
-            with trio.fail_after(timeout_s):
-                await trio.sleep(self._cluster.rng.uniform(0.0005, 0.002))
-                while network.blocked(self._address, address):
-                    await trio.sleep(0.1)  # paused or cut off: the request hangs until its deadline
-                request = net.IncomingRequest(_SimConn(self._peer), _through_codec(msg), None)
-                reply = await target.routes[type(request.msg)](request)
-                if network.blocked(address, self._address) or target.crashed:
-                    await trio.sleep_forever()  # the answer is lost on the way back
-        except trio.TooSlowError:
-            raise net.RequestTimeout(f"no answer from {address} within {timeout_s} s") from None
-        return _through_codec(reply)
+            try:
+                with trio.fail_after(timeout_s):
+                    await self._hop(self._address, address)
+                    upload = None
+                    if body is not None:
+                        upload = SimStream()
+                        scopes.append(self._carry(upload, address, self._address, address, pieces=body))
+                    request = net.IncomingRequest(_SimConn(self._peer), _through_codec(msg), upload)
+                    result = await _answer(target, request)
+                    if scopes:
+                        scopes[0].cancel()  # answered: whatever is left of the upload is not sent
+                    download = None
+                    if isinstance(result, net.Reply):
+                        download = SimStream()
+                        scopes.append(self._carry(download, address, address, self._address, writer=result.body))
+                        result = result.msg
+                    await self._hop(address, self._address)
+                    if target.crashed:
+                        await trio.sleep_forever()  # the answer is lost on the way back
+            except trio.TooSlowError:
+                raise net.RequestTimeout(f"no answer from {address} within {timeout_s} s") from None
+            yield net.Response(_through_codec(result), download)
+        finally:
+            for scope in scopes:
+                scope.cancel()
+
+    async def _hop(self, src: Address, dst: Address) -> None:
+        """One message's way over a link: a delay (longer for each loss on a lossy link), and
+        no arrival while the link is cut (paused, crashed or partitioned): the sender's
+        deadline decides."""
+        rng = self._cluster.rng
+        delay_s = rng.uniform(HOP_DELAY_S_MIN, HOP_DELAY_S_MAX)
+        drop_probability = self._cluster.network.faults.drop_probability
+        retransmit_s = RETRANSMIT_TIMEOUT_S_MIN
+        for _ in range(RETRANSMITS_MAX):
+            if not (drop_probability and rng.random() < drop_probability):
+                break
+            delay_s += retransmit_s
+            retransmit_s *= 2
+        await trio.sleep(delay_s)
+        while self._cluster.network.blocked(src, dst):
+            await trio.sleep(BLOCKED_POLL_S)
+
+    def _carry(self, stream: SimStream, owner: Address, src: Address, dst: Address, *,
+               pieces: AsyncIterable[bytes] | None = None,
+               writer: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]] | None = None,
+               ) -> trio.CancelScope:
+        """Start moving a body (from ``pieces`` or a ``net.Reply`` writer) into ``stream``,
+        in a task of ``owner``'s node, as a real connection's tasks belong to it; returns
+        the scope that stops it."""
+        scope = trio.CancelScope()
+
+        async def send(data: bytes) -> None:
+            await self._hop(src, dst)
+            await stream._send.send(bytes(data))
+
+        async def carry() -> None:
+            with scope:
+                try:
+                    try:
+                        if pieces is not None:
+                            async for data in pieces:
+                                await send(data)
+                        else:
+                            await writer(send)
+                        end: Exception | None = None
+                    except (net.RemoteError, net.NetError) as exc:
+                        end = exc  # the reader sees what the sender met
+                    except Exception as exc:  # as net answers a failed body: an internal error
+                        log.exception("streaming a body from %s failed", src)
+                        end = net.RemoteError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                    await self._hop(src, dst)
+                    await stream._send.send(end)
+                finally:
+                    stream._send.close()  # stopped midway (the sender crashed): the reader learns it
+
+        self._cluster.by_address[owner].nursery.start_soon(carry)
+        return scope
 
 
 @dataclasses.dataclass(slots=True)
@@ -85,6 +247,8 @@ class DataNode:
     scope: trio.CancelScope
     routes: dict = dataclasses.field(default_factory=dict)
     crashed: bool = False
+    # The node's own tasks (its services, the bodies it streams); set once it runs.
+    nursery: trio.Nursery | None = None
 
 
 class DataCluster:
@@ -102,8 +266,11 @@ class DataCluster:
         self.by_address: dict[Address, DataNode] = {}
         self.by_id: dict[str, DataNode] = {}
 
-    async def start(self, index: int, seeds: tuple[Address, ...] = ()) -> DataNode:
-        """Start node ``index``: new, or again after a crash with its data dir as it was."""
+    async def start(self, index: int, seeds: tuple[Address, ...] = (), *, clock: Clock | None = None) -> DataNode:
+        """Start node ``index``: new, or again after a crash with its data dir as it was.
+
+        ``clock`` is the node's data-layer clock (``DataService(clock=...)``); a ``SimClock`` by default.
+        """
         old = self.nodes.get(index)
         assert old is None or old.crashed, f"node {index} is running"
         address = sim_address(index)
@@ -124,7 +291,7 @@ class DataCluster:
         node.data = DataService(
             node_id=node_id, data_dir=data_dir, capacity_bytes=SIM_CAPACITY_BYTES,
             config=self.replication_config, endpoint=SimEndpoint(self, address, node_id),
-            members=membership.members, clock=SimClock(), offload=run_inline,
+            members=membership.members, clock=SimClock() if clock is None else clock, offload=run_inline,
             rng=random.Random(self.rng.getrandbits(64)),
         )
         node.routes = node.data.routes()
@@ -137,6 +304,7 @@ class DataCluster:
     async def _run(self, node: DataNode, seeds: tuple[Address, ...], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with node.scope:
             async with trio.open_nursery() as nursery:
+                node.nursery = nursery
                 await nursery.start(node.data.run)
                 await nursery.start(node.membership.run, seeds)
                 task_status.started()
@@ -152,6 +320,12 @@ class DataCluster:
             await node.data.hand_off_everything()
         await node.membership.leave(timeout_s=5.0)
         self.crash(node)
+
+    def client(self, name: str) -> SimEndpoint:
+        """A client's way into the cluster (``open_request``/``request``, as over TLS), from
+        an address of its own that no partition cuts off."""
+        client_id = hashlib.sha256(f"sim-client-{name}".encode()).hexdigest()
+        return SimEndpoint(self, Address(f"{name}.client.sim", 0), client_id, Role.CLIENT)
 
     def running(self) -> list[DataNode]:
         return [n for n in self.nodes.values() if not n.crashed]

@@ -7,8 +7,9 @@ callback. The network can drop (probability), delay (uniform range, which
 also reorders), duplicate, further reorder (an extra delay for some
 messages), partition (groups of addresses that cannot reach each other) and
 heal, and crash or pause endpoints. Every random choice comes from one
-``random.Random``; with ``run_simulation`` (which also seeds trio's scheduler
-and runs on ``MockClock(autojump_threshold=0)``), a seed replays a run.
+``random.Random``; with ``run_simulation`` (which also makes trio's scheduling
+a function of the seed and runs on ``MockClock(autojump_threshold=0)``), a
+seed replays a run.
 
 Messages are encoded and decoded with the wire codec by default, so a
 simulation also checks that every message survives the codec, and the
@@ -20,13 +21,13 @@ services to the same network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import itertools
-import logging
 import os
 import random
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 import trio
 import trio.testing
@@ -34,7 +35,6 @@ import trio.testing
 from p2pfs import wire
 from p2pfs.address import Address
 
-log = logging.getLogger(__name__)
 
 # Messages in flight at once; beyond this a send is dropped (a congested
 # network). High enough that no test near its limits meets it.
@@ -228,24 +228,48 @@ def sim_seed(default: int) -> int:
     return int(text) if text else default
 
 
-def _seed_trio_scheduler(seed: int) -> None:
-    # trio shuffles each batch of runnable tasks with a private module-level
-    # random.Random (to shake out ordering assumptions; Hypothesis seeds the
-    # same object for the same reason). Seeding it makes the interleaving, and
-    # so a whole simulation, a function of the seed.
-    scheduler_rng = getattr(getattr(trio, "_core")._run, "_r", None)
-    if isinstance(scheduler_rng, random.Random):
-        scheduler_rng.seed(seed)
-    else:
-        log.warning("cannot seed trio's scheduler: simulations will not replay exactly")
+@contextlib.contextmanager
+def _deterministic_trio_scheduler(seed: int) -> Iterator[None]:
+    """Make the order in which trio runs tasks that wake together a function of ``seed``.
+
+    trio runs each batch of runnable tasks in an order drawn from a private
+    module-level ``random.Random`` (``trio._core._run._r``), to shake out ordering
+    assumptions, and a batch is assembled in the order deadlines expire, which for
+    equal deadlines (three replica requests started together, timing out
+    together) is the order of the cancel scopes' memory addresses. trio has no
+    public way to fix either: its only supported route is the Hypothesis plugin,
+    which turns on ``_ALLOW_DETERMINISTIC_SCHEDULING`` (sort each batch by task
+    creation order, then shuffle with ``_r``) and registers ``_r`` with
+    ``hypothesis.register_random``, so it is seeded only inside a ``@given``
+    example. A MockClock and a seeded network fix *when* tasks wake, not this
+    order, so we do what that plugin does, with our seed, for the length of the
+    run, and fail loudly if a trio release moves these names: a simulation that
+    cannot replay its seed would be worse than none.
+    """
+    run_module = getattr(getattr(trio, "_core", None), "_run", None)
+    scheduler_rng = getattr(run_module, "_r", None)
+    if not isinstance(scheduler_rng, random.Random) or not hasattr(run_module, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        raise RuntimeError(
+            f"trio {trio.__version__} schedules differently: simulations could not replay a seed "
+            "(see p2pfs.sim.network._deterministic_trio_scheduler)"
+        )
+    saved_flag = run_module._ALLOW_DETERMINISTIC_SCHEDULING
+    saved_state = scheduler_rng.getstate()
+    run_module._ALLOW_DETERMINISTIC_SCHEDULING = True
+    scheduler_rng.seed(seed)
+    try:
+        yield
+    finally:
+        run_module._ALLOW_DETERMINISTIC_SCHEDULING = saved_flag
+        scheduler_rng.setstate(saved_state)
 
 
 def run_simulation(async_fn: Callable[..., Awaitable[Any]], *args: Any, seed: int) -> Any:
-    """``trio.run(async_fn, *args)`` on ``MockClock(autojump_threshold=0)`` with trio's scheduler seeded.
+    """``trio.run(async_fn, *args)`` on ``MockClock(autojump_threshold=0)``, its scheduling seeded.
 
     Simulated time starts at 0 and jumps to the next deadline whenever every
     task is blocked, so minutes of protocol time take as long as the
     computation in them. Call from a synchronous test.
     """
-    _seed_trio_scheduler(seed)
-    return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
+    with _deterministic_trio_scheduler(seed):
+        return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))

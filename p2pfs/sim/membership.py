@@ -17,12 +17,12 @@ import trio
 
 from p2pfs import wire
 from p2pfs.address import Address
-from p2pfs.sim.network import LinkFaults, SimNetwork
+from p2pfs.membership.config import MembershipConfig
+from p2pfs.membership.driver import MembershipService
+from p2pfs.membership.messages import MemberState
+from p2pfs.membership.state import Membership
 
-from .config import MembershipConfig
-from .driver import MembershipService
-from .messages import MemberState
-from .state import Membership
+from .network import LinkFaults, SimNetwork
 
 SIM_PORT = 7000
 SIM_CAPACITY_BYTES = 10 * 1024**3
