@@ -8,6 +8,8 @@ decisions, and clock skew is a per-node offset rather than a patch of the
 ``time`` module.
 
 Monotonic time comes from trio so that ``trio.testing.MockClock`` drives it.
+This module itself does not load trio: the pure cores name ``Clock`` in their
+signatures and must stay free of I/O (tests/test_import_rules.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from typing import Protocol
-
-import trio
 
 
 class Clock(Protocol):
@@ -29,6 +29,12 @@ class Clock(Protocol):
         ...
 
 
+def _trio_now_s() -> float:
+    import trio  # loaded on first use, by the trio driver that runs the clock, not by the cores
+
+    return trio.current_time()
+
+
 @dataclasses.dataclass(slots=True)
 class SystemClock:
     """The host's clocks; ``wall_offset_ms`` skews wall time (the chaos suite's clock skew)."""
@@ -36,7 +42,7 @@ class SystemClock:
     wall_offset_ms: int = 0
 
     def monotonic_s(self) -> float:
-        return trio.current_time()
+        return _trio_now_s()
 
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000 + self.wall_offset_ms
@@ -54,7 +60,7 @@ class SimClock:
     skew_ms: int = 0
 
     def monotonic_s(self) -> float:
-        return trio.current_time()
+        return _trio_now_s()
 
     def wall_ms(self) -> int:
-        return self.epoch_ms + int(trio.current_time() * 1000) + self.skew_ms
+        return self.epoch_ms + int(_trio_now_s() * 1000) + self.skew_ms

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from p2pfs.errors import ExitCode, UserError
+from p2pfs.ids import short_id
 from p2pfs.wire import Role
 
 CA_KEY_FILE = "ca.key"
@@ -69,11 +70,6 @@ class PeerIdentity:
     @property
     def short_id(self) -> str:
         return short_id(self.node_id)
-
-
-def short_id(node_id: str) -> str:
-    """The first 12 hex characters: enough to tell members apart in logs and tables."""
-    return node_id[:12]
 
 
 def node_id_of(cert: x509.Certificate) -> str:

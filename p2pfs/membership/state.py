@@ -63,6 +63,7 @@ from typing import Sequence
 
 from p2pfs import wire
 from p2pfs.address import Address
+from p2pfs.ids import short_id
 
 from .awareness import Awareness
 from .broadcast import BroadcastQueue
@@ -87,7 +88,7 @@ from .messages import (
     fact_size_bytes,
 )
 from .probes import Probe, Relay, Relays
-from .view import Member, MemberView, short
+from .view import Member, MemberView
 
 __all__ = ["Member", "MemberState", "Membership", "Send"]
 
@@ -172,7 +173,7 @@ class Membership:
         if isinstance(msg, Ping):
             self._merge(msg.updates, now_s, sends)
             if msg.target_id != self.node_id:
-                log.debug("%s: ping from %s for another node %s", short(self.node_id), sender, short(msg.target_id))
+                log.debug("%s: ping from %s for another node %s", short_id(self.node_id), sender, short_id(msg.target_id))
                 return sends
             sends.append(Send(sender, Ack(msg.seq, self._piggyback(None, PIGGYBACK_BYTES_MAX))))
         elif isinstance(msg, Ack):
@@ -262,7 +263,7 @@ class Membership:
         self._set_member(dataclasses.replace(me, state=MemberState.LEFT, state_since_s=now_s), "", now_s)
         self._enqueue(MemberFact(self.node_id, self._incarnation, MemberState.LEFT, "", None))
         self._gossip_round(now_s, sends)
-        log.info("%s: leaving at incarnation %d", short(self.node_id), self._incarnation)
+        log.info("%s: leaving at incarnation %d", short_id(self.node_id), self._incarnation)
         return sends
 
     def members(self) -> list[Member]:
@@ -369,7 +370,7 @@ class Membership:
 
     def _relay(self, sender: Address, req: PingReq, now_s: float, sends: list[Send]) -> None:
         if self._relays.full:
-            log.debug("%s: relay table full, ignoring ping-req from %s", short(self.node_id), sender)
+            log.debug("%s: relay table full, ignoring ping-req from %s", short_id(self.node_id), sender)
             return
         seq = self._next_seq()
         deadline_s = now_s + req.nack_timeout_s
@@ -420,7 +421,7 @@ class Membership:
             return False
         if fact.incarnation >= INCARNATION_MAX:
             # Nothing can refute it; a peer sending this is broken or hostile.
-            log.warning("%s: ignoring a fact about us at the largest incarnation", short(self.node_id))
+            log.warning("%s: ignoring a fact about us at the largest incarnation", short_id(self.node_id))
             return False
         if fact.state == MemberState.ALIVE and fact.incarnation == self._incarnation:
             return False  # our own current fact, echoed back
@@ -430,7 +431,7 @@ class Membership:
         assert self._incarnation <= INCARNATION_MAX
         self._awareness.apply_delta(1)  # Lifeguard: needing to refute hints we are slow
         log.info(
-            "%s: refuting %s at incarnation %d with %d", short(self.node_id), fact.state.name,
+            "%s: refuting %s at incarnation %d with %d", short_id(self.node_id), fact.state.name,
             fact.incarnation, self._incarnation,
         )
         alive = MemberFact(self.node_id, self._incarnation, MemberState.ALIVE, "", self._meta)

@@ -20,6 +20,7 @@ import random
 from typing import Iterator
 
 from p2pfs.address import Address
+from p2pfs.ids import short_id
 
 from .config import MembershipConfig
 from .messages import PUSH_PULL_MEMBERS_MAX, MemberFact, MemberMeta, MemberState
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 MEMBERS_MAX = 100_000
 # Attempts at drawing distinct random members, per member wanted.
 RANDOM_DRAWS_PER_PICK_MAX = 8
-
-
-def short(node_id: str) -> str:
-    return node_id[:12]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,13 +144,13 @@ class MemberView:
             if fact.state > MemberState.SUSPECT or fact.meta is None:
                 return False
             if len(self.members) >= MEMBERS_MAX:
-                log.warning("%s: MEMBERS_MAX reached, ignoring new member %s", short(self.self_id), short(fact.node_id))
+                log.warning("%s: MEMBERS_MAX reached, ignoring new member %s", short_id(self.self_id), short_id(fact.node_id))
                 return False
             self.set(
                 Member.from_meta(fact.node_id, fact.meta, fact.incarnation, fact.state, now_s),
                 fact.accuser_id, now_s, self_live=self_live,
             )
-            log.debug("%s: learned %s (%s)", short(self.self_id), short(fact.node_id), fact.state.name)
+            log.debug("%s: learned %s (%s)", short_id(self.self_id), short_id(fact.node_id), fact.state.name)
             return True
         if fact.state == MemberState.SUSPECT and old.state == MemberState.SUSPECT:
             if fact.incarnation < old.incarnation:
@@ -184,8 +181,8 @@ class MemberView:
         if new.state != old.state:
             level = logging.DEBUG if new.state == MemberState.ALIVE and old.state == MemberState.ALIVE else logging.INFO
             log.log(
-                level, "%s: %s is %s (incarnation %d%s)", short(self.self_id), short(fact.node_id),
-                new.state.name, fact.incarnation, f", by {short(fact.accuser_id)}" if fact.accuser_id else "",
+                level, "%s: %s is %s (incarnation %d%s)", short_id(self.self_id), short_id(fact.node_id),
+                new.state.name, fact.incarnation, f", by {short_id(fact.accuser_id)}" if fact.accuser_id else "",
             )
         return True
 
@@ -224,7 +221,7 @@ class MemberView:
             del self.facts[node_id]
             _index_update(self.dead_ids, self._dead_pos, node_id, False)
             self.version += 1
-            log.debug("%s: forgot %s (%s)", short(self.self_id), short(node_id), member.state.name)
+            log.debug("%s: forgot %s (%s)", short_id(self.self_id), short_id(node_id), member.state.name)
 
     def next_probe_target(self) -> Member | None:
         """Round-robin over a shuffled list; reshuffled after each pass (SWIM section 4.3)."""

@@ -22,7 +22,8 @@ import trio
 
 from p2pfs import wire
 from p2pfs.address import Address
-from p2pfs.identity import Identity, PeerIdentity, peer_identity_from_der, short_id
+from p2pfs.identity import Identity, PeerIdentity, peer_identity_from_der
+from p2pfs.ids import short_id
 from p2pfs.wire import Frame, FrameKind, Role
 
 from .config import HELLO_FRAME_BYTES_MAX, NetConfig

@@ -26,7 +26,8 @@ import trio
 from p2pfs import __version__, net, wire
 from p2pfs.clock import SystemClock
 from p2pfs.errors import ConfigError, ExitCode, LocalStorageError, UserError
-from p2pfs.identity import Identity, short_id
+from p2pfs.identity import Identity
+from p2pfs.ids import short_id
 from p2pfs.membership import (
     MEMBERSHIP_MESSAGES,
     Membership,

@@ -21,7 +21,7 @@ from typing import Iterable
 import trio
 
 from p2pfs import net
-from p2pfs.identity import short_id
+from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
 from p2pfs.replication.background import RepairPacer
 from p2pfs.replication.config import ReplicationConfig

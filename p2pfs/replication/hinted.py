@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from p2pfs.clock import Clock
-from p2pfs.identity import short_id
+from p2pfs.ids import short_id
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import ReplicaError
 from p2pfs.replication.hints import HintKind

@@ -36,7 +36,7 @@ import dataclasses
 from typing import Iterable, Sequence
 
 from p2pfs import errors
-from p2pfs.identity import short_id
+from p2pfs.ids import short_id
 from p2pfs.replication.placement import Target, newest, quorum_error, stale_replicas
 from p2pfs.storage import NameEntry
 

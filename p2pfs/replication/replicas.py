@@ -19,7 +19,7 @@ import trio
 
 from p2pfs import net, wire
 from p2pfs.address import Address
-from p2pfs.identity import short_id
+from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
 from p2pfs.replication.errors import BadReply, ReplicaDown, ReplicaError, ReplicaLacks, ReplicaRefused
 from p2pfs.replication.healing import split_ids

@@ -24,6 +24,7 @@ from typing import AsyncIterable, AsyncIterator, Awaitable, Callable
 import trio
 
 from p2pfs import net, wire
+from p2pfs.net.config import STREAM_WINDOW_FRAMES
 from p2pfs.address import Address
 from p2pfs.clock import Clock, SimClock
 from p2pfs.identity import PeerIdentity
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Pieces of one streamed body buffered between sender and receiver, as net's
 # STREAM_WINDOW_FRAMES bounds a real stream: a slow reader holds the sender up.
-STREAM_PIECES_BUFFERED_MAX = net.STREAM_WINDOW_FRAMES
+STREAM_PIECES_BUFFERED_MAX = STREAM_WINDOW_FRAMES
 # Longest wait, in seconds, for the next piece of a streamed body: net's default.
 STREAM_IDLE_TIMEOUT_S = net.NetConfig().stream_idle_timeout_s
 # One-way delay of a request, an answer or a body piece, uniform in [min, max] seconds.
