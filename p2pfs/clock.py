@@ -15,8 +15,14 @@ signatures and must stay free of I/O (tests/test_import_rules.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from pathlib import Path
 from typing import Protocol
+
+# Seconds between two reads of a SystemClock's offset file: how soon a changed
+# offset takes effect, against a file read per wall-clock reading.
+OFFSET_FILE_REREAD_S = 0.25
 
 
 class Clock(Protocol):
@@ -37,15 +43,35 @@ def _trio_now_s() -> float:
 
 @dataclasses.dataclass(slots=True)
 class SystemClock:
-    """The host's clocks; ``wall_offset_ms`` skews wall time (the chaos suite's clock skew)."""
+    """The host's clocks, wall time moved by ``wall_offset_ms`` and by the offset in ``offset_file``.
+
+    Both offsets exist for clock-skew tests. The file (milliseconds, an integer)
+    is re-read at most every ``OFFSET_FILE_REREAD_S``, so a test can move a
+    running node's wall clock; write it atomically (write and rename).
+    """
 
     wall_offset_ms: int = 0
+    offset_file: Path | None = None
+    _file_offset_ms: int = 0
+    _file_read_at_s: float = -math.inf
 
     def monotonic_s(self) -> float:
         return _trio_now_s()
 
     def wall_ms(self) -> int:
-        return time.time_ns() // 1_000_000 + self.wall_offset_ms
+        return time.time_ns() // 1_000_000 + self.wall_offset_ms + self._offset_from_file_ms()
+
+    def _offset_from_file_ms(self) -> int:
+        if self.offset_file is None:
+            return 0
+        now_s = time.monotonic()
+        if now_s - self._file_read_at_s >= OFFSET_FILE_REREAD_S:
+            self._file_read_at_s = now_s
+            try:
+                self._file_offset_ms = int(self.offset_file.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pass  # keep the last offset: a missing or unreadable file changes nothing
+        return self._file_offset_ms
 
 
 @dataclasses.dataclass(slots=True)

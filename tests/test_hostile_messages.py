@@ -48,6 +48,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from p2pfs import identity, net, wire
 from p2pfs.address import Address
 from p2pfs.config import NodeSettings
+from p2pfs.clock import SystemClock
 from p2pfs.membership import MembershipConfig, MembershipService, incarnation_from_wall_clock
 from p2pfs.membership import messages as mm
 from p2pfs.membership.state import Membership
@@ -446,7 +447,7 @@ class Harness:
             self.hostile.membership = MembershipService(
                 Membership(
                     node_id=self.hostile_ident.node_id, address=hostile_address, zone="", capacity_bytes=10**12,
-                    protocol_version=wire.PROTOCOL_VERSION, incarnation_initial=incarnation_from_wall_clock(),
+                    protocol_version=wire.PROTOCOL_VERSION, incarnation_initial=incarnation_from_wall_clock(SystemClock()),
                     config=MembershipConfig(), rng=random.Random(1), now_s=trio.current_time(),
                 ),
                 EndpointGossip(hostile_endpoint),

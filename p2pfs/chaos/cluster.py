@@ -10,8 +10,8 @@ The daemons are children of the harness (not detached like testnet's): the
 harness signals them by pid (SIGKILL, SIGSTOP, SIGCONT), reaps them, and the
 pid namespace takes them down with it if the harness dies.
 
-Every daemon starts with the clock shim (``clockshim/sitecustomize.py``) on its
-PYTHONPATH, reading its wall-clock offset from ``DIR/clock-offset``, so the
+Every daemon's clock reads its wall-clock offset from ``DIR/clock-offset``
+(``P2PFS_WALL_CLOCK_OFFSET_FILE``, see ``p2pfs.clock.SystemClock``), so the
 nemesis can move a node's wall clock without restarting it; its monotonic
 clock (trio's timers) is left alone.
 """
@@ -34,6 +34,7 @@ from p2pfs.address import Address
 from p2pfs.client import Client
 from p2pfs.errors import UserError
 from p2pfs.membership import MembershipConfig
+from p2pfs.node.daemon import WALL_CLOCK_OFFSET_FILE_ENV
 from p2pfs.wire import Role
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,8 @@ CONFIG_FILE = "p2pfs.toml"
 DATA_DIR = "data"
 LOG_FILE = "daemon.log"
 CLOCK_FILE = "clock-offset"
-CLOCK_SHIM_DIR = Path(__file__).parent / "clockshim"
-CLOCK_FILE_ENV = "P2PFS_CHAOS_CLOCK_FILE"
-# A daemon sees a new clock offset within this many seconds (the shim re-reads its
-# file every 0.25 s; the rest is margin for a busy process).
+# A daemon sees a new clock offset within this many seconds (its clock re-reads the
+# file every OFFSET_FILE_REREAD_S; the rest is margin for a busy process).
 CLOCK_SETTLE_S = 0.5
 # Seconds a daemon has to exit after SIGKILL (it cannot refuse; this only bounds the reap).
 REAP_TIMEOUT_S = 10.0
@@ -225,8 +224,7 @@ class Cluster:
 
     def _env(self, node: ChaosNode) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CLOCK_SHIM_DIR), env.get("PYTHONPATH")) if p)
-        env[CLOCK_FILE_ENV] = str(node.directory / CLOCK_FILE)
+        env[WALL_CLOCK_OFFSET_FILE_ENV] = str(node.directory / CLOCK_FILE)
         return env
 
     # -- processes --------------------------------------------------------------
@@ -290,8 +288,8 @@ class Cluster:
         """Set the node's wall-clock offset; the daemon sees it within CLOCK_SETTLE_S."""
         path = node.directory / CLOCK_FILE
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(f"{offset_s:.3f}\n")
-        os.replace(temporary, path)  # the shim never reads a half-written file
+        temporary.write_text(f"{round(offset_s * 1000)}\n")
+        os.replace(temporary, path)  # the daemon never reads a half-written file
 
     async def stop_all(self) -> None:
         """SIGKILL every daemon still running (the end of a run; nothing needs a graceful leave)."""

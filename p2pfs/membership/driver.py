@@ -16,13 +16,13 @@ most one worker for one send deadline, never the probes to everyone else.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Protocol, Sequence
 
 import trio
 
 from p2pfs import wire
 from p2pfs.address import Address
+from p2pfs.clock import Clock
 
 from .state import Member, Membership, Send
 
@@ -36,15 +36,15 @@ SEND_QUEUE_MESSAGES_MAX = 1024
 SEND_CONCURRENCY_MAX = 8
 
 
-def incarnation_from_wall_clock() -> int:
-    """An ``incarnation_initial`` that grows across restarts: the wall clock in whole seconds.
+def incarnation_from_wall_clock(clock: Clock) -> int:
+    """An ``incarnation_initial`` that grows across restarts: ``clock``'s wall time in whole seconds.
 
     Restarting within the same second, or after the previous life refuted
     suspicions many times, can start below the old incarnation; the core then
     refutes the stale facts as soon as it hears them. A persisted counter is
     the stricter alternative.
     """
-    return int(time.time())
+    return clock.wall_ms() // 1000
 
 
 class GossipTransport(Protocol):

@@ -5,10 +5,12 @@ taken), starts membership, and serves requests. SIGTERM or SIGINT triggers a
 graceful leave: the node announces its departure and exits within
 ``leave_timeout_s``.
 
-The data layer's clock is ``SystemClock``, its wall time offset by
+The node's clock is ``SystemClock``, its wall time offset by
 ``P2PFS_WALL_CLOCK_OFFSET_MS`` milliseconds if that is set (an integer, either
-sign): how a test skews one daemon's wall clock (versions, hint expiry, GC
-grace) without touching the host's. Monotonic time is never skewed.
+sign), and by the milliseconds written in the file named by
+``P2PFS_WALL_CLOCK_OFFSET_FILE`` (re-read while the node runs): how a test
+skews one daemon's wall clock (versions, incarnations, hint expiry, GC grace)
+without touching the host's. Monotonic time is never skewed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import trio
@@ -44,8 +47,10 @@ log = logging.getLogger(__name__)
 
 # Time a graceful leave may take before the daemon exits regardless.
 LEAVE_TIMEOUT_S = 10.0
-# Environment variable: milliseconds added to this daemon's wall clock (clock-skew tests).
+# Environment variables: milliseconds added to this daemon's wall clock, and a file
+# holding more (changed while it runs); for clock-skew tests.
 WALL_CLOCK_OFFSET_ENV = "P2PFS_WALL_CLOCK_OFFSET_MS"
+WALL_CLOCK_OFFSET_FILE_ENV = "P2PFS_WALL_CLOCK_OFFSET_FILE"
 
 
 def wall_clock_offset_ms(environ: dict[str, str] | None = None) -> int:
@@ -78,6 +83,9 @@ class Node:
         if ident.role is not Role.NODE:
             raise UserError(f"{ident.directory} holds a client identity, not a node's", ExitCode.AUTH)
         self.cfg = cfg
+        offset_file = os.environ.get(WALL_CLOCK_OFFSET_FILE_ENV)
+        self.clock = SystemClock(wall_offset_ms=wall_clock_offset_ms(),
+                                 offset_file=Path(offset_file) if offset_file else None)
         self.identity = ident
         self.node_id = ident.node_id
         self.started_at_s = time.monotonic()
@@ -98,7 +106,7 @@ class Node:
                 # A restarted node keeps its id (the hash of its key), so its
                 # incarnation must outrank anything said about its last life:
                 # start from the wall clock.
-                incarnation_initial=incarnation_from_wall_clock(),
+                incarnation_initial=incarnation_from_wall_clock(self.clock),
                 config=cfg.membership,
                 rng=random.Random(),
                 now_s=trio.current_time(),
@@ -112,7 +120,7 @@ class Node:
             config=cfg.replication,
             endpoint=self.endpoint,
             members=self.membership.members,
-            clock=SystemClock(wall_offset_ms=wall_clock_offset_ms()),
+            clock=self.clock,
         )
         self.leave_requested = trio.Event()
         self._routes: dict[type, Route] = {
