@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Iterator
 
 import msgpack
 
-from p2pfs.errors import PeerFault
+from p2pfs.errors import BadInput, PeerFault
 
 PROTOCOL_VERSION = 1
 
@@ -64,8 +64,18 @@ class WireError(PeerFault):
     """A frame or message is malformed, oversized, unknown or not allowed.
 
     Raised for the peer's faults, including a field a message class refuses
-    (its ``__post_init__`` raises ValueError, which decoding turns into this).
+    (its ``__post_init__`` raises a ValueError such as FieldError, which
+    decoding turns into this).
     The connection that produced it is closed; nothing else is affected.
+    """
+
+
+class FieldError(ValueError, BadInput):
+    """A message field outside its range or format, found when the message is built.
+
+    Built from a peer's payload, decoding turns it into a WireError (the peer's
+    fault); built from a caller's input (a name on the command line, say), it
+    is that caller's BadInput.
     """
 
 

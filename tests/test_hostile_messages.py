@@ -40,9 +40,9 @@ import threading
 import types
 import typing
 
+import hypothesis
 import pytest
 import trio
-import hypothesis
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from p2pfs import identity, net, wire
@@ -69,9 +69,9 @@ STEP_TIMEOUT_S = 20.0
 # (ANTI_ENTROPY_INTERVAL_S) and two round trips; one of requests sends ~45
 # messages, many of which cost a new TLS connection, and a round trip.
 ANSWER_EXAMPLES = 25
+REQUEST_EXAMPLES = 12
 # How long a failed step waits for a dying node's loop to end, to report its death.
 NODE_EXIT_S = 3.0
-REQUEST_EXAMPLES = 12
 ANTI_ENTROPY_INTERVAL_S = 0.2
 FILE_BYTES = 3 * 4096 + 17  # a few chunks of the smallest size, and a partial one
 CHUNK_SIZE_BYTES = 4096

@@ -35,12 +35,12 @@ COUNT_MAX = 2**63 - 1
 
 def _check_int(value: int, what: str, low: int, high: int) -> None:
     if not low <= value <= high:
-        raise ValueError(f"{what} must be in [{low}, {high}], got {value}")
+        raise wire.FieldError(f"{what} must be in [{low}, {high}], got {value}")
 
 
 def _check_text(value: str, what: str, chars_min: int, chars_max: int) -> None:
     if not chars_min <= len(value) <= chars_max:
-        raise ValueError(f"{what} must have {chars_min} to {chars_max} characters, got {len(value)}")
+        raise wire.FieldError(f"{what} must have {chars_min} to {chars_max} characters, got {len(value)}")
 
 
 @wire.record
@@ -61,7 +61,7 @@ class MemberInfo:
         _check_text(self.host, "host", 1, HOST_CHARS_MAX)
         _check_int(self.port, "port", 1, 65535)
         if self.state not in MEMBER_STATE_NAMES:
-            raise ValueError(f"unknown member state {self.state!r:.40}")
+            raise wire.FieldError(f"unknown member state {self.state!r:.40}")
         _check_int(self.incarnation, "incarnation", 0, INCARNATION_MAX)
         _check_text(self.zone, "zone", 0, ZONE_CHARS_MAX)
         _check_int(self.capacity_bytes, "capacity_bytes", 0, CAPACITY_BYTES_MAX)
@@ -94,7 +94,7 @@ class StatusReply(wire.Message):
         _check_int(self.port, "port", 0, 65535)  # 0: the configured listen port was "any"
         _check_text(self.version, "version", 1, VERSION_CHARS_MAX)
         if not (math.isfinite(self.uptime_s) and self.uptime_s >= 0.0):
-            raise ValueError(f"uptime_s must be a finite, non-negative number of seconds, got {self.uptime_s}")
+            raise wire.FieldError(f"uptime_s must be a finite, non-negative number of seconds, got {self.uptime_s}")
         _check_text(self.zone, "zone", 0, ZONE_CHARS_MAX)
         _check_int(self.capacity_bytes, "capacity_bytes", 0, CAPACITY_BYTES_MAX)
         _check_int(self.used_bytes, "used_bytes", 0, COUNT_MAX)

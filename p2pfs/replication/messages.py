@@ -1,11 +1,11 @@
 """Data messages. Codes 40-59 between nodes, 60-79 from clients to a coordinator.
 
 Every message checks its fields when built, and so when decoded (the codec turns
-the ``ValueError`` into ``WireError``, a ``PeerFault``): a handler never sees a
+the ``FieldError`` into ``WireError``, a ``PeerFault``): a handler never sees a
 chunk id of the wrong length, an id list that does not split into ids, a name
 the index would refuse, a timestamp outside the HLC's range, a bucket outside the
 digest tree or a list longer than its cap. A peer that sends one loses that
-connection (a request) or that exchange (an answer); the node carries on.
+connection, and with it the exchange; the node carries on.
 
 Name entries and manifests travel in their storage encodings (``NameEntry.encode``),
 which their decoders check in full where they are used; the wire layer checks
@@ -32,7 +32,7 @@ from p2pfs.storage.manifest import (
     FILE_HASH_BYTES,
     MANIFEST_CHUNKS_MAX,
 )
-from p2pfs.storage.names import ENTRY_ENCODED_BYTES_MAX, NAME_BYTES_MAX, WRITER_HEX_CHARS, BadName, validate_name
+from p2pfs.storage.names import ENTRY_ENCODED_BYTES_MAX, WRITER_HEX_CHARS, BadName, validate_name
 from p2pfs.wire import Role
 
 CLIENT = (Role.CLIENT,)
@@ -63,8 +63,9 @@ NAME_SUMMARIES_PER_MESSAGE_MAX = wire.FRAME_SIZE_BYTES_MAX // 72
 # Problems one fsck answer names (fsck.FSCK_PROBLEMS_LISTED_MAX).
 FSCK_PROBLEMS_MAX = 50
 # Longest a leaving node may ask to stay out of the ring (seconds). It sends
-# leave_handoff_timeout_s + 60 (6 minutes by default), and the receiver clamps it
-# to its own setting; this only keeps NaN, infinities and absurd values out.
+# leave_handoff_timeout_s + handoff.LEAVING_MARGIN_S (6 minutes by default), and
+# the receiver clamps it to its own setting; this only keeps NaN, infinities and
+# absurd values out.
 LEAVING_FOR_S_MAX = 30 * 86400.0
 # Fsck's problem kinds and what they are about (what ``fsck.Fsck.run`` reports).
 FSCK_KINDS = frozenset({"under_replicated", "missing", "corrupt", "misplaced", "over_replicated"})
@@ -76,22 +77,22 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 # -- field checks ---------------------------------------------------------------
-# Each raises ValueError (the codec's cue for WireError), naming the field.
+# Each raises wire.FieldError (a ValueError: the codec's cue for WireError), naming the field.
 
 
 def _check_int(value: int, what: str, low: int, high: int) -> None:
     if not low <= value <= high:
-        raise ValueError(f"{what} must be in [{low}, {high}], got {value}")
+        raise wire.FieldError(f"{what} must be in [{low}, {high}], got {value}")
 
 
 def _check_chunk_id(value: bytes, what: str) -> None:
     if len(value) != CHUNK_ID_BYTES:
-        raise ValueError(f"{what} must be {CHUNK_ID_BYTES} bytes, got {len(value)}")
+        raise wire.FieldError(f"{what} must be {CHUNK_ID_BYTES} bytes, got {len(value)}")
 
 
 def _check_chunk_ids(ids: tuple[bytes, ...], what: str, count_max: int) -> None:
     if len(ids) > count_max:
-        raise ValueError(f"{len(ids)} {what} exceed the cap of {count_max}")
+        raise wire.FieldError(f"{len(ids)} {what} exceed the cap of {count_max}")
     for chunk_id in ids:
         _check_chunk_id(chunk_id, what)
 
@@ -99,16 +100,16 @@ def _check_chunk_ids(ids: tuple[bytes, ...], what: str, count_max: int) -> None:
 def _check_id_list(concatenated: bytes, what: str, count_max: int) -> None:
     """Concatenated 32-byte ids: whole ids only, and at most ``count_max`` of them."""
     if len(concatenated) % CHUNK_ID_BYTES:
-        raise ValueError(f"{what} of {len(concatenated)} bytes is not a whole number of {CHUNK_ID_BYTES}-byte ids")
+        raise wire.FieldError(f"{what} of {len(concatenated)} bytes is not a whole number of {CHUNK_ID_BYTES}-byte ids")
     if len(concatenated) > count_max * CHUNK_ID_BYTES:
-        raise ValueError(f"{what} holds {len(concatenated) // CHUNK_ID_BYTES} ids, over the cap of {count_max}")
+        raise wire.FieldError(f"{what} holds {len(concatenated) // CHUNK_ID_BYTES} ids, over the cap of {count_max}")
 
 
 def _check_name(name: str, what: str) -> None:
     try:
         validate_name(name)
     except BadName as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        raise wire.FieldError(f"{what}: {exc}") from None
 
 
 def _check_prefix(prefix: str, what: str) -> None:
@@ -119,17 +120,17 @@ def _check_prefix(prefix: str, what: str) -> None:
 
 def _check_writer(writer: str, what: str) -> None:
     if len(writer) != WRITER_HEX_CHARS or not _HEX_DIGITS.issuperset(writer):
-        raise ValueError(f"{what} must be a node id of {WRITER_HEX_CHARS} lowercase hex digits, got {writer!r:.80}")
+        raise wire.FieldError(f"{what} must be a node id of {WRITER_HEX_CHARS} lowercase hex digits, got {writer!r:.80}")
 
 
 def _check_member_id(node_id: str, what: str) -> None:
     if not 0 < len(node_id) <= NODE_ID_CHARS_MAX:
-        raise ValueError(f"{what} must have 1 to {NODE_ID_CHARS_MAX} characters")
+        raise wire.FieldError(f"{what} must have 1 to {NODE_ID_CHARS_MAX} characters")
 
 
 def _check_member_ids(node_ids: tuple[str, ...], what: str) -> None:
     if len(node_ids) > NODES_PER_MESSAGE_MAX:
-        raise ValueError(f"{len(node_ids)} {what} exceed the cap of {NODES_PER_MESSAGE_MAX}")
+        raise wire.FieldError(f"{len(node_ids)} {what} exceed the cap of {NODES_PER_MESSAGE_MAX}")
     for node_id in node_ids:
         _check_member_id(node_id, what)
 
@@ -155,7 +156,7 @@ def _check_data(data: bytes) -> None:
 
 def _check_file_hash(file_hash: bytes) -> None:
     if len(file_hash) != FILE_HASH_BYTES:
-        raise ValueError(f"file_hash must be {FILE_HASH_BYTES} bytes, got {len(file_hash)}")
+        raise wire.FieldError(f"file_hash must be {FILE_HASH_BYTES} bytes, got {len(file_hash)}")
 
 
 def _check_count(value: int, what: str) -> None:
@@ -432,7 +433,7 @@ class BucketDigest:
     def __post_init__(self) -> None:
         _check_bucket(self.bucket)
         if len(self.digest) != DIGEST_BYTES:
-            raise ValueError(f"digest must be {DIGEST_BYTES} bytes, got {len(self.digest)}")
+            raise wire.FieldError(f"digest must be {DIGEST_BYTES} bytes, got {len(self.digest)}")
         _check_count(self.count, "count")
 
 
@@ -463,7 +464,7 @@ class NameSummary:
 def _check_digests(buckets: tuple[BucketDigest, ...]) -> None:
     """One digest per bucket at most: a repeated bucket would make the answer ambiguous."""
     if len({d.bucket for d in buckets}) != len(buckets):
-        raise ValueError("a bucket's digest is given twice")
+        raise wire.FieldError("a bucket's digest is given twice")
 
 
 @wire.message(52)
@@ -542,7 +543,7 @@ class Leaving(wire.Message):
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.for_s) and 0.0 <= self.for_s <= LEAVING_FOR_S_MAX):
-            raise ValueError(f"for_s must be in [0, {LEAVING_FOR_S_MAX}] seconds, got {self.for_s}")
+            raise wire.FieldError(f"for_s must be in [0, {LEAVING_FOR_S_MAX}] seconds, got {self.for_s}")
 
 
 @wire.message(59)
@@ -568,12 +569,12 @@ class FsckProblem:
 
     def __post_init__(self) -> None:
         if self.kind not in FSCK_KINDS:
-            raise ValueError(f"unknown fsck problem kind {self.kind!r:.40}")
+            raise wire.FieldError(f"unknown fsck problem kind {self.kind!r:.40}")
         if self.what not in FSCK_WHATS:
-            raise ValueError(f"an fsck problem is about chunks or names, not {self.what!r:.40}")
+            raise wire.FieldError(f"an fsck problem is about chunks or names, not {self.what!r:.40}")
         if self.what == "chunks":
             if len(self.key) != 2 * CHUNK_ID_BYTES or not _HEX_DIGITS.issuperset(self.key):
-                raise ValueError("a chunk's key must be its id in lowercase hex")
+                raise wire.FieldError("a chunk's key must be its id in lowercase hex")
         else:
             _check_name(self.key, "key")
         _check_member_ids(self.holders, "holders")
