@@ -11,7 +11,7 @@ import trio
 from p2pfs.clock import SimClock
 from p2pfs.errors import ConfigError
 from p2pfs.membership import MembershipConfig
-from p2pfs.membership.simulation import sim_address, wait_until
+from p2pfs.sim.membership import sim_address, wait_until
 from p2pfs.node.daemon import WALL_CLOCK_OFFSET_ENV, wall_clock_offset_ms
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
