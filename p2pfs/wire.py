@@ -440,8 +440,4 @@ class Hello(Message):
             raise ValueError(f"bad port {self.listen_port}")
 
 
-@message(2, senders=(Role.NODE, Role.CLIENT))
-class Echo(Message):
-    """Request answered with the same message: a transport-level liveness check."""
-
-    payload: bytes
+# Type code 2 is reserved for the transport tests' Echo (tests/wire_helpers.py).

@@ -32,6 +32,8 @@ from p2pfs.membership.messages import (
 )
 from p2pfs.membership.suspicion import Suspicion, remaining_suspicion_time_s
 
+from wire_helpers import Echo
+
 # -- suspicion -------------------------------------------------------------------
 
 
@@ -204,7 +206,7 @@ def test_type_codes_are_in_the_membership_range_and_registered():
     registered = wire.message_types()
     for cls in MEMBERSHIP_MESSAGES:
         assert 20 <= cls.TYPE <= 39 and registered[cls.TYPE] is cls
-    assert not is_membership_message(wire.Echo(b""))
+    assert not is_membership_message(Echo(b""))
 
 
 @pytest.mark.parametrize(

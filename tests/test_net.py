@@ -14,6 +14,8 @@ from p2pfs import errors, identity, net, wire
 from p2pfs.address import Address
 from p2pfs.wire import ErrorCode, FrameKind, Role
 
+from wire_helpers import Echo
+
 FAST = net.NetConfig(handshake_timeout_s=1.0, stream_idle_timeout_s=5.0)
 
 
@@ -60,7 +62,7 @@ class EchoHandlers:
 
     async def handle_request(self, request: net.IncomingRequest):
         msg = request.msg
-        if isinstance(msg, wire.Echo):
+        if isinstance(msg, Echo):
             return msg
         if isinstance(msg, SleepThenAnswer):
             await trio.sleep(msg.delay_s)
@@ -107,28 +109,28 @@ async def test_node_ids_known_on_both_ends(server, make_identity, nursery):
     conn = await client.connect(server.address)
     assert conn.peer.node_id == server.identity.node_id
     assert conn.peer.role is Role.NODE
-    assert await conn.request(wire.Echo(b"hi"), timeout_s=5) == wire.Echo(b"hi")
+    assert await conn.request(Echo(b"hi"), timeout_s=5) == Echo(b"hi")
     # The accepting end knows who dialled: it can reuse the connection the other way.
     with trio.fail_after(5):
         while not server.connections():
             await trio.sleep(0.01)
     (back,) = server.connections()
     assert back.peer.node_id == client_ident.node_id
-    assert await back.request(wire.Echo(b"back"), timeout_s=5) == wire.Echo(b"back")
+    assert await back.request(Echo(b"back"), timeout_s=5) == Echo(b"back")
 
 
 async def test_client_identity_connects_as_client(server, make_identity):
     client_ident = make_identity(Role.CLIENT)
     async with net.client_connection(client_ident, server.address, config=FAST) as conn:
         assert conn.peer.node_id == server.identity.node_id
-        assert await conn.request(wire.Echo(b"x"), timeout_s=5) == wire.Echo(b"x")
+        assert await conn.request(Echo(b"x"), timeout_s=5) == Echo(b"x")
     # A client connection is never put into the node pool.
     assert all(c.peer.role is Role.NODE for c in server.connections())
 
 
 async def good_connection_still_works(server, make_identity) -> None:
     async with net.client_connection(make_identity(Role.CLIENT), server.address, config=FAST) as conn:
-        assert await conn.request(wire.Echo(b"ok"), timeout_s=5) == wire.Echo(b"ok")
+        assert await conn.request(Echo(b"ok"), timeout_s=5) == Echo(b"ok")
 
 
 @pytest.mark.parametrize(
@@ -166,7 +168,7 @@ async def test_bad_certificates_are_rejected(server, make_identity, tmp_path, ca
         # authentication failure), not that the node is down.
         with pytest.raises(net.HandshakeError) as info:
             async with net.client_connection(bad, server.address, config=FAST) as conn:
-                await conn.request(wire.Echo(b"x"), timeout_s=5)
+                await conn.request(Echo(b"x"), timeout_s=5)
     assert isinstance(info.value, errors.AuthError)
     assert not isinstance(info.value, errors.Unavailable)
     assert any("rejected" in r.getMessage() for r in caplog.records)
@@ -301,8 +303,8 @@ async def test_a_port_that_does_not_speak_tls_is_unavailable(make_identity, nurs
         struct.pack(">IBIH", 2**31, FrameKind.REQUEST, 1, 2),  # oversized
         struct.pack(">IBIH", 7, 99, 1, 2),  # unknown frame kind
         wire.frame_header(FrameKind.REQUEST, 1, 59999, 3) + b"abc",  # unknown message type
-        wire.frame_header(FrameKind.REQUEST, 1, wire.Echo.TYPE, 3) + b"\xc1\xc1\xc1",  # malformed
-        wire.frame_header(FrameKind.REQUEST, 1, wire.Echo.TYPE, 2) + b"\x91\x05",  # wrong field type
+        wire.frame_header(FrameKind.REQUEST, 1, Echo.TYPE, 3) + b"\xc1\xc1\xc1",  # malformed
+        wire.frame_header(FrameKind.REQUEST, 1, Echo.TYPE, 2) + b"\x91\x05",  # wrong field type
     ],
     ids=["oversized", "unknown-kind", "unknown-type", "malformed", "wrong-field-type"],
 )
@@ -317,7 +319,7 @@ async def test_bad_frames_close_only_that_connection(server, make_identity, bad_
         )
         await stream.send_all(bad_frame)
         await read_until_closed(stream)
-        assert await bystander.request(wire.Echo(b"still"), timeout_s=5) == wire.Echo(b"still")
+        assert await bystander.request(Echo(b"still"), timeout_s=5) == Echo(b"still")
     assert any("protocol error" in r.getMessage() or "closing connection" in r.getMessage()
                for r in caplog.records)
 
@@ -339,7 +341,7 @@ async def test_request_past_its_deadline_times_out_and_the_connection_stays_usab
     async with net.client_connection(make_identity(Role.CLIENT), server.address, config=FAST) as conn:
         with pytest.raises(net.RequestTimeout):
             await conn.request(SleepThenAnswer(30.0, 1), timeout_s=0.2)
-        assert await conn.request(wire.Echo(b"after"), timeout_s=5) == wire.Echo(b"after")
+        assert await conn.request(Echo(b"after"), timeout_s=5) == Echo(b"after")
         # The server cancelled the abandoned handler instead of running it on.
         with trio.fail_after(5):
             while conn._pending:
@@ -350,7 +352,7 @@ async def test_cancelled_request_leaves_the_connection_usable(server, make_ident
     async with net.client_connection(make_identity(Role.CLIENT), server.address, config=FAST) as conn:
         with trio.move_on_after(0.2):
             await conn.request(SleepThenAnswer(30.0, 1), timeout_s=60)
-        assert await conn.request(wire.Echo(b"after"), timeout_s=5) == wire.Echo(b"after")
+        assert await conn.request(Echo(b"after"), timeout_s=5) == Echo(b"after")
 
 
 async def test_streamed_bodies_both_ways(server, make_identity):
@@ -370,7 +372,7 @@ async def test_streamed_bodies_both_ways(server, make_identity):
                 received += chunk
         assert bytes(received) == data
         # Requests interleave with streams on the same connection.
-        assert await conn.request(wire.Echo(b"after"), timeout_s=5) == wire.Echo(b"after")
+        assert await conn.request(Echo(b"after"), timeout_s=5) == Echo(b"after")
 
 
 async def test_error_midway_through_a_streamed_answer_reaches_the_reader(server, make_identity):
@@ -381,7 +383,7 @@ async def test_error_midway_through_a_streamed_answer_reaches_the_reader(server,
                 async for chunk in response.body:
                     received += chunk
         assert bytes(received) == pattern(FAIL_MIDWAY_BYTES)
-        assert await conn.request(wire.Echo(b"after"), timeout_s=5) == wire.Echo(b"after")
+        assert await conn.request(Echo(b"after"), timeout_s=5) == Echo(b"after")
 
 
 async def test_error_answer_during_upload_stops_the_upload(server, make_identity):
@@ -393,16 +395,16 @@ async def test_error_answer_during_upload_stops_the_upload(server, make_identity
         with pytest.raises(net.RemoteError) as info:
             await conn.request(Upload(10), timeout_s=30, body=wrong_body())
         assert info.value.code is ErrorCode.CORRUPT
-        assert await conn.request(wire.Echo(b"after"), timeout_s=5) == wire.Echo(b"after")
+        assert await conn.request(Echo(b"after"), timeout_s=5) == Echo(b"after")
 
 
 async def test_oneway_messages_arrive(server, make_identity, nursery):
     client = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), EchoHandlers(), config=FAST)
     await nursery.start(client.run)
-    assert await client.send_oneway(server.address, wire.Echo(b"gossip"))
+    assert await client.send_oneway(server.address, Echo(b"gossip"))
     with trio.fail_after(5):
         await server.handlers.arrived.wait()
-    assert server.handlers.oneway == [wire.Echo(b"gossip")]
+    assert server.handlers.oneway == [Echo(b"gossip")]
 
 
 async def test_pool_backs_off_from_an_unreachable_address(make_identity, nursery):
@@ -416,7 +418,7 @@ async def test_pool_backs_off_from_an_unreachable_address(make_identity, nursery
         await client.connect(dead)
     with pytest.raises(net.ConnectError, match="retrying"):
         await client.connect(dead)
-    assert not await client.send_oneway(dead, wire.Echo(b"x"))
+    assert not await client.send_oneway(dead, Echo(b"x"))
 
 
 async def test_pool_reconnects_after_the_peer_restarts(make_identity, nursery):
@@ -427,18 +429,18 @@ async def test_pool_reconnects_after_the_peer_restarts(make_identity, nursery):
         first = net.Endpoint(server_ident, Address("127.0.0.1", 0), EchoHandlers(), config=FAST)
         await first_life.start(first.run)
         address = Address("127.0.0.1", first.bound_port)
-        assert await client.request(address, wire.Echo(b"1"), timeout_s=5) == wire.Echo(b"1")
+        assert await client.request(address, Echo(b"1"), timeout_s=5) == Echo(b"1")
         first_life.cancel_scope.cancel()
     second = net.Endpoint(server_ident, address, EchoHandlers(), config=FAST)
     await nursery.start(second.run)
     with trio.fail_after(10):
         while True:
             try:
-                reply = await client.request(address, wire.Echo(b"2"), timeout_s=2, node_id=server_ident.node_id)
+                reply = await client.request(address, Echo(b"2"), timeout_s=2, node_id=server_ident.node_id)
                 break
             except net.NetError:
                 await trio.sleep(0.05)
-    assert reply == wire.Echo(b"2")
+    assert reply == Echo(b"2")
 
 
 async def test_dial_checks_the_expected_node_id(server, make_identity, nursery):

@@ -15,8 +15,10 @@ from p2pfs.net.errors import ConnectionClosed, ProtocolViolation, RemoteError, R
 from p2pfs.net.flow import LocalProtocolError, ReceiveWindow, SendWindow
 from p2pfs.wire import ErrorCode, Frame, FrameKind, Role
 
+from wire_helpers import Echo
+
 K = FrameKind
-ECHO = wire.Echo(b"hi")
+ECHO = Echo(b"hi")
 
 
 @wire.message(60101)

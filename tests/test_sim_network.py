@@ -11,6 +11,8 @@ from p2pfs import wire
 from p2pfs.address import Address
 from p2pfs.sim import SEED_ENV, LinkFaults, SimNetwork, run_simulation, sim_seed
 
+from wire_helpers import Echo
+
 A, B, C = Address("a.sim", 1), Address("b.sim", 1), Address("c.sim", 1)
 
 
@@ -29,7 +31,7 @@ class Inbox:
         self.got: list[tuple[float, Address, bytes]] = []
 
     def __call__(self, sender: Address, msg: wire.Message) -> None:
-        assert isinstance(msg, wire.Echo)
+        assert isinstance(msg, Echo)
         self.got.append((trio.current_time(), sender, msg.payload))
 
 
@@ -48,12 +50,12 @@ def test_delivers_within_the_delay_range_and_counts_frame_bytes(seeded):
     seed = seeded(1)
 
     async def body(network, t, inbox):
-        await t[A].send(B, wire.Echo(b"hello"))
+        await t[A].send(B, Echo(b"hello"))
         await trio.sleep(1.0)
         ((at_s, sender, payload),) = inbox[B].got
         assert sender == A and payload == b"hello"
         assert 0.010 <= at_s <= 0.020
-        assert network.stats.bytes_sent == wire.FRAME_HEADER_BYTES + len(wire.encode_message(wire.Echo(b"hello")))
+        assert network.stats.bytes_sent == wire.FRAME_HEADER_BYTES + len(wire.encode_message(Echo(b"hello")))
         assert network.stats.by_type["Echo"] == [1, network.stats.bytes_sent]
 
     run_simulation(with_network, seed, LinkFaults(delay_s_min=0.010, delay_s_max=0.020), body, seed=seed)
@@ -64,7 +66,7 @@ def test_drop_probability_is_honoured(seeded):
 
     async def body(network, t, inbox):
         for i in range(2000):
-            await t[A].send(B, wire.Echo(b"%d" % i))
+            await t[A].send(B, Echo(b"%d" % i))
         await trio.sleep(1.0)
         return len(inbox[B].got)
 
@@ -77,7 +79,7 @@ def test_duplicates_and_reordering(seeded):
 
     async def body(network, t, inbox):
         for i in range(500):
-            await t[A].send(B, wire.Echo(b"%04d" % i))
+            await t[A].send(B, Echo(b"%04d" % i))
             await trio.sleep(0.001)
         await trio.sleep(1.0)
         return [p for _, _, p in inbox[B].got]
@@ -94,18 +96,18 @@ def test_partition_blocks_across_groups_until_healed(seeded):
 
     async def body(network, t, inbox):
         network.partition([A], [B])
-        await t[A].send(B, wire.Echo(b"cut"))
-        await t[A].send(C, wire.Echo(b"c is in no group"))
-        await t[B].send(C, wire.Echo(b"nor here"))
+        await t[A].send(B, Echo(b"cut"))
+        await t[A].send(C, Echo(b"c is in no group"))
+        await t[B].send(C, Echo(b"nor here"))
         await trio.sleep(1.0)
         assert inbox[B].got == [] and len(inbox[C].got) == 2
-        await t[A].send(B, wire.Echo(b"in flight at the cut"))
+        await t[A].send(B, Echo(b"in flight at the cut"))
         network.heal()
         network.partition([A], [B])
         await trio.sleep(1.0)
         assert inbox[B].got == []
         network.heal()
-        await t[A].send(B, wire.Echo(b"healed"))
+        await t[A].send(B, Echo(b"healed"))
         await trio.sleep(1.0)
         assert [p for _, _, p in inbox[B].got] == [b"healed"]
 
@@ -117,20 +119,20 @@ def test_crash_and_pause(seeded):
 
     async def body(network, t, inbox):
         network.pause(B)
-        await t[A].send(B, wire.Echo(b"to paused"))
-        await t[B].send(A, wire.Echo(b"from paused"))
+        await t[A].send(B, Echo(b"to paused"))
+        await t[B].send(A, Echo(b"from paused"))
         await trio.sleep(1.0)
         assert inbox[A].got == [] and inbox[B].got == []
         network.resume(B)
-        await t[A].send(B, wire.Echo(b"resumed"))
+        await t[A].send(B, Echo(b"resumed"))
         network.crash(C)
-        await t[A].send(C, wire.Echo(b"to crashed"))
-        await t[C].send(A, wire.Echo(b"from crashed"))
+        await t[A].send(C, Echo(b"to crashed"))
+        await t[C].send(A, Echo(b"from crashed"))
         await trio.sleep(1.0)
         assert [p for _, _, p in inbox[B].got] == [b"resumed"] and inbox[A].got == inbox[C].got == []
         assert network.stats.messages_dropped == 4
         network.attach(C, inbox[C])  # a restart
-        await t[A].send(C, wire.Echo(b"back"))
+        await t[A].send(C, Echo(b"back"))
         await trio.sleep(1.0)
         assert [p for _, _, p in inbox[C].got] == [b"back"]
 
@@ -145,7 +147,7 @@ def test_same_seed_same_trace_other_seed_other_trace(seeded):
             for src in (A, B, C):
                 async def chatter(src=src):
                     for i in range(50):
-                        await t[src].send((A, B, C)[i % 3], wire.Echo(b"%s-%d" % (src.host.encode(), i)))
+                        await t[src].send((A, B, C)[i % 3], Echo(b"%s-%d" % (src.host.encode(), i)))
                         await trio.sleep(0.003)
                 nursery.start_soon(chatter)
         await trio.sleep(1.0)

@@ -25,6 +25,8 @@ from p2pfs.wire import Frame, FrameKind
 import p2pfs.client  # noqa: F401
 import p2pfs.node.daemon  # noqa: F401
 
+from wire_helpers import Echo
+
 
 def strategy_for(tp) -> st.SearchStrategy:
     origin = typing.get_origin(tp)
@@ -239,7 +241,7 @@ def test_encoding_an_oversized_frame_fails():
 
 def test_unknown_message_type_is_a_wire_error():
     with pytest.raises(wire.WireError, match="unknown message type"):
-        wire.decode_message(59998, wire.encode_message(wire.Echo(b"x")))
+        wire.decode_message(59998, wire.encode_message(Echo(b"x")))
 
 
 def test_field_types_and_values_are_checked():
