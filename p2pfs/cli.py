@@ -124,28 +124,72 @@ def exit_code_for(exc: errors.P2pfsError) -> ExitCode:
     return ExitCode.FAILURE
 
 
+def _drop_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that what is still buffered for a
+    reader that has gone away is discarded instead of failing again at exit."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (tests' CliRunner)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+
+
 class _Group(click.Group):
     """Turns P2pfsError into a one-line message on stderr and its exit code.
 
     trio's nurseries wrap what escapes them in exception groups; a group made
     only of P2pfsErrors (or interrupts) is reported like a single one.
+
+    When the reader of stdout goes away (``p2pfs stat NAME | head -1``), the
+    command ends quietly with exit 0, whatever it had left to write: the reader
+    took what it wanted, and a non-zero status would fail every ``cmd | head``
+    under ``set -o pipefail``. (A command that had already decided on another
+    exit code, like fsck finding data at risk, keeps it.) Only writes to local
+    files and pipes raise BrokenPipeError; trio reports a closed socket as
+    BrokenResourceError, so this never hides a network failure.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                result = super().invoke(ctx)
+            except click.exceptions.Exit:
+                _flush_stdout()
+                raise
+            _flush_stdout()
+            return result
+        except BrokenPipeError:
+            self._output_closed(ctx)
         except errors.P2pfsError as exc:
             self._fail(ctx, exc)
         except KeyboardInterrupt:
             self._interrupted(ctx)
         except BaseExceptionGroup as group:
             leaves = _leaves(group)
+            if any(isinstance(e, BrokenPipeError) for e in leaves):
+                self._output_closed(ctx)
             if leaves and all(isinstance(e, KeyboardInterrupt) for e in leaves):
                 self._interrupted(ctx)
             failures = [e for e in leaves if isinstance(e, errors.P2pfsError)]
             if len(failures) != len(leaves):
                 raise
             self._fail(ctx, failures[0])
+
+    @staticmethod
+    def _output_closed(ctx: click.Context) -> None:
+        _drop_stdout()
+        ctx.exit(0)
 
     @staticmethod
     def _fail(ctx: click.Context, exc: errors.P2pfsError) -> None:
