@@ -2,7 +2,8 @@
 
 Output for people goes to stdout via ``click.echo``; ``--json`` gives machines
 the same facts. Errors go to stderr as one line with an exit code from
-``p2pfs.errors.ExitCode``; a traceback only ever means a bug.
+``ExitCode``: the library raises the classes of ``p2pfs.errors`` and only this
+module knows exit codes. A traceback only ever means a bug.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import enum
 import json
 import sys
 from pathlib import Path
@@ -21,11 +23,23 @@ from p2pfs import __version__, identity
 from p2pfs.address import Address, parse_address
 from p2pfs.config import CONFIG_FILE, NodeSettings, format_size, parse_size
 from p2pfs import errors
-from p2pfs.errors import ExitCode, UserError
+from p2pfs.errors import BadInput
 from p2pfs.node.config import render_node_config
 from p2pfs.wire import Role
 
 CLIENT_CONFIG_FILE = "client.toml"
+
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit statuses, documented in README.md."""
+
+    OK = 0
+    FAILURE = 1
+    BAD_INPUT = 2
+    NOT_FOUND = 3
+    UNAVAILABLE = 4
+    AUTH = 5
+    STORAGE_FULL = 6
 
 
 @dataclasses.dataclass(slots=True)
@@ -37,10 +51,9 @@ class Context:
 
     def client_identity(self) -> identity.Identity:
         if self.identity_dir is None:
-            raise UserError(
+            raise BadInput(
                 "no identity given: pass --identity DIR or set P2PFS_IDENTITY "
-                "(create one with `p2pfs client init DIR --ca CA_DIR`)",
-                ExitCode.BAD_INPUT,
+                "(create one with `p2pfs client init DIR --ca CA_DIR`)"
             )
         return identity.load_identity(self.identity_dir)
 
@@ -51,9 +64,7 @@ class Context:
             saved = _read_client_config(self.identity_dir).get("node")
             if saved:
                 return parse_address(saved)
-        raise UserError(
-            "no node given: pass --node HOST:PORT or set P2PFS_NODE", ExitCode.BAD_INPUT
-        )
+        raise BadInput("no node given: pass --node HOST:PORT or set P2PFS_NODE")
 
 
 def _read_client_config(directory: Path) -> dict[str, Any]:
@@ -66,7 +77,7 @@ def _read_client_config(directory: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"cannot read {path}: {exc}") from None
 
 
 class AddressType(click.ParamType):
@@ -116,8 +127,6 @@ _EXIT_CODES: tuple[tuple[type[errors.P2pfsError], ExitCode], ...] = (
 
 
 def exit_code_for(exc: errors.P2pfsError) -> ExitCode:
-    if isinstance(exc, UserError):
-        return exc.exit_code
     for cls, code in _EXIT_CODES:
         if isinstance(exc, cls):
             return code
@@ -272,12 +281,11 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
               zone: str, capacity_bytes: int, data_dir: Path) -> None:
     """Create a node identity and a documented config file DIR/p2pfs.toml."""
     if listen.port == 0:
-        raise UserError("--listen needs a fixed port, not 0", ExitCode.BAD_INPUT)
+        raise BadInput("--listen needs a fixed port, not 0")
     if capacity_bytes <= 0:
-        raise UserError("--capacity must be more than 0", ExitCode.BAD_INPUT)
+        raise BadInput("--capacity must be more than 0")
     if (directory / CONFIG_FILE).exists():
-        raise UserError(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it",
-                        ExitCode.BAD_INPUT)
+        raise BadInput(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
     authority = identity.load_ca(ca_dir)
     ident = identity.create_identity(directory, authority, Role.NODE)
     settings = NodeSettings(listen=listen, seeds=seeds, zone=zone, capacity_bytes=capacity_bytes,
@@ -319,7 +327,7 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
     """Show an identity: id, role, cluster and validity (DIR or --identity)."""
     directory = directory or ctx.identity_dir
     if directory is None:
-        raise UserError("give an identity DIR or --identity", ExitCode.BAD_INPUT)
+        raise BadInput("give an identity DIR or --identity")
     ident = identity.load_identity(directory)
     facts = {
         "id": ident.node_id,
@@ -364,7 +372,7 @@ def daemon(directory: Path, config_file: Path | None) -> None:
     cfg = load_node_config(config_file or directory / CONFIG_FILE)
     ident = identity.load_identity(directory)
     if ident.role is not Role.NODE:
-        raise UserError(f"{directory} holds a client identity; a daemon needs a node's", ExitCode.AUTH)
+        raise errors.AuthError(f"{directory} holds a client identity; a daemon needs a node's")
     ident.server_context()  # fail now, clearly, if the key or certificate cannot be loaded
     setup_logging(cfg.node.log_level, ident.node_id[:12])
     trio.run(serve, cfg, ident)
@@ -440,7 +448,7 @@ def _check_name(name: str) -> str:
     try:
         return validate_name(name)
     except BadName as exc:
-        raise UserError(f"bad name {name!r}: {exc}", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"bad name {name!r}: {exc}") from None
 
 
 def _open_source(path: str) -> tuple[Any, int]:
@@ -452,19 +460,19 @@ def _open_source(path: str) -> tuple[Any, int]:
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise UserError(f"{path} is a directory; put takes one file", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"{path} is a directory; put takes one file") from None
     except PermissionError:
-        raise UserError(f"{path}: permission denied", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"{path}: permission denied") from None
     except OSError as exc:
-        raise UserError(f"{path}: {exc.strerror}", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"{path}: {exc.strerror}") from None
     info = os.fstat(f.fileno())
     import stat as stat_module
 
     if stat_module.S_ISDIR(info.st_mode):
         f.close()
-        raise UserError(f"{path} is a directory; put takes one file", ExitCode.BAD_INPUT)
+        raise BadInput(f"{path} is a directory; put takes one file")
     size = info.st_size if stat_module.S_ISREG(info.st_mode) else -1
     return f, size
 
@@ -483,12 +491,12 @@ def put(ctx: Context, path: str, name: str | None) -> None:
     from p2pfs.progress import Progress
 
     if name is None and path == "-":
-        raise UserError("reading stdin needs --name NAME", ExitCode.BAD_INPUT)
+        raise BadInput("reading stdin needs --name NAME")
     ident, node_address = ctx.client_identity(), ctx.node_address()
     source, size = _open_source(path)
     try:
         name = _check_name(Path(path).name if name is None else name)
-    except UserError:
+    except BadInput:
         source.close()
         raise
     progress = Progress(f"put {name}", size)
@@ -515,7 +523,7 @@ def _default_output(name: str) -> Path:
     """
     base = name.rsplit("/", 1)[-1]
     if base in ("", ".", "..") or "\0" in base:
-        raise UserError(f"cannot make a file name from {name!r}; give -o PATH", ExitCode.BAD_INPUT)
+        raise BadInput(f"cannot make a file name from {name!r}; give -o PATH")
     return Path(base)
 
 
@@ -554,23 +562,23 @@ def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
         return
     target = Path(output) if output else _default_output(name)
     if target.is_dir():
-        raise UserError(f"{target} is a directory; give a file path with -o", ExitCode.BAD_INPUT)
+        raise BadInput(f"{target} is a directory; give a file path with -o")
     if target.exists() and not force:
-        raise UserError(f"{target} exists; use --force to overwrite it", ExitCode.BAD_INPUT)
+        raise BadInput(f"{target} exists; use --force to overwrite it")
     directory = target.parent if str(target.parent) else Path(".")
     try:
         fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".p2pfs-part", dir=directory)
     except FileNotFoundError:
-        raise UserError(f"directory {directory} does not exist", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"directory {directory} does not exist") from None
     except PermissionError:
-        raise UserError(f"cannot write in {directory}: permission denied", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"cannot write in {directory}: permission denied") from None
     try:
         with os.fdopen(fd, "wb") as sink:
             header = run(fetch, sink)
             sink.flush()
             os.fsync(sink.fileno())
         if target.exists() and not force:
-            raise UserError(f"{target} appeared meanwhile; use --force to overwrite it", ExitCode.BAD_INPUT)
+            raise BadInput(f"{target} appeared meanwhile; use --force to overwrite it")
         os.replace(temp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -737,7 +745,7 @@ def testnet_up(directory: Path, nodes: int, base_port: int, dead_grace_s: float 
         overrides.setdefault(section, {})[option] = value
     if dead_grace_s is not None:
         if dead_grace_s < 0:
-            raise UserError("--dead-grace-s cannot be negative", ExitCode.BAD_INPUT)
+            raise BadInput("--dead-grace-s cannot be negative")
         overrides.setdefault("replication", {})["dead_grace_s"] = dead_grace_s
     procs = tn.up(directory, nodes, base_port, overrides=overrides,
                   progress=lambda s: click.echo(s, err=True))

@@ -50,7 +50,7 @@ import trio
 from p2pfs import identity, testnet
 from p2pfs.address import Address
 from p2pfs.client import Client
-from p2pfs.errors import UserError
+from p2pfs.errors import BadInput, P2pfsError
 from p2pfs.membership import MembershipConfig
 
 NODES_DEFAULT = (5, 20)
@@ -171,7 +171,7 @@ def create_on_free_ports(directory: Path, nodes: int) -> int:
         try:
             testnet.create(directory, nodes, base_port)
             return base_port
-        except UserError as exc:
+        except BadInput as exc:
             if "in use" not in str(exc):
                 raise
     raise RuntimeError(f"no free block of {nodes} ports found below {BASE_PORT_MAX}")
@@ -243,7 +243,7 @@ class MemberViews:
                 if address not in self._held:
                     await self._nursery.start(self._hold, address)
                 members = await self._held[address][0].members()
-        except (UserError, trio.TooSlowError):
+        except (P2pfsError, trio.TooSlowError):
             self.drop(address)
             return None
         return {mb.node_id: mb.state for mb in members}

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pfs import identity, testnet  # noqa: E402
 from p2pfs.client import Client  # noqa: E402
-from p2pfs.errors import UserError  # noqa: E402
+from p2pfs.errors import BadInput  # noqa: E402
 
 FILE_BYTES = 16 * 1024 * 1024
 PROBE_FILE = "probe"
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 testnet.create(directory, 5, pick_base_port(5), overrides)
                 break
-            except UserError as exc:
+            except BadInput as exc:
                 if "in use" not in str(exc):
                     raise
         try:

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from p2pfs import identity
-from p2pfs.cli import cli
 from p2pfs.config import NodeSettings
-from p2pfs.errors import ConfigError, ExitCode
+from p2pfs.cli import ExitCode, cli
+from p2pfs.errors import ConfigError
 from p2pfs.node.config import load_node_config, render_node_config
 from p2pfs.wire import Role
 

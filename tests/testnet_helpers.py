@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from p2pfs import testnet
-from p2pfs.errors import UserError
+from p2pfs.errors import BadInput
 
 # CLI calls get this long before the test fails (a hung CLI must not hang the suite).
 CLI_TIMEOUT_S = 120.0
@@ -133,7 +133,7 @@ def running_testnet(directory: Path, nodes: int = 5, overrides: dict | None = No
         try:
             testnet.create(directory, nodes, base_port, overrides)
             break
-        except UserError as exc:
+        except BadInput as exc:
             if "in use" not in str(exc):
                 raise
     else:

@@ -554,6 +554,7 @@ class DataService:
         """Send chunks in order while up to ``get_window_chunks`` are fetched ahead."""
         pending = iter(enumerate(refs))
         slots: collections.deque[_Slot] = collections.deque()
+        failure: str | None = None
         async with trio.open_nursery() as nursery:
 
             def start_next() -> None:
@@ -569,10 +570,16 @@ class DataService:
                 slot = slots.popleft()
                 await slot.done.wait()
                 if slot.error is not None:
-                    raise net.RemoteError(ErrorCode.UNAVAILABLE, slot.error)
+                    failure = slot.error
+                    nursery.cancel_scope.cancel()
+                    break
                 data, slot.data = slot.data, None
                 start_next()
                 await send(data)
+        # Raised outside the nursery, which would wrap it in a group that the transport
+        # reports as an internal error instead of this reason.
+        if failure is not None:
+            raise net.RemoteError(ErrorCode.UNAVAILABLE, failure)
 
     async def _fetch_into(self, slot: _Slot, index: int, chunk_id: bytes) -> None:
         try:
