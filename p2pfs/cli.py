@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import errno
 import json
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 4
     AUTH = 5
     STORAGE_FULL = 6
+    LOCAL_DISK = 7
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,6 +111,24 @@ SIZE = SizeType()
 pass_context = click.make_pass_decorator(Context)
 
 
+def _escaped(text: str) -> str:
+    """``text`` with every non-printable character (control characters, terminal escape
+    sequences, invisible formatting like U+202E) written as a Python escape, so that
+    nothing a name or a peer's message holds can move the cursor or recolour the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _shown(text: str) -> str:
+    """A name or path for text output: as it is if that is unambiguous, else a quoted
+    Python string literal (control characters escaped, and backslashes, so that a
+    literal backslash is not mistaken for an escape)."""
+    if text.isprintable() and "\\" not in text and text[:1] not in ("'", '"'):
+        return text
+    return repr(text)
+
+
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     found: list[BaseException] = []
     for exc in group.exceptions:
@@ -119,6 +139,7 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 # Exit codes for the library's error classes, most specific first (documented in README.md).
 _EXIT_CODES: tuple[tuple[type[errors.P2pfsError], ExitCode], ...] = (
     (errors.StorageFull, ExitCode.STORAGE_FULL),
+    (errors.LocalStorageError, ExitCode.LOCAL_DISK),
     (errors.BadInput, ExitCode.BAD_INPUT),
     (errors.NotFound, ExitCode.NOT_FOUND),
     (errors.Unavailable, ExitCode.UNAVAILABLE),
@@ -202,7 +223,7 @@ class _Group(click.Group):
 
     @staticmethod
     def _fail(ctx: click.Context, exc: errors.P2pfsError) -> None:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_escaped(str(exc))}", err=True)
         ctx.exit(int(exit_code_for(exc)))
 
     @staticmethod
@@ -250,7 +271,7 @@ def ca_init(directory: Path) -> None:
     admit nodes and clients to the cluster.
     """
     authority = identity.init_ca(directory)
-    click.echo(f"created CA in {directory}")
+    click.echo(f"created CA in {_shown(str(directory))}")
     click.echo(f"cluster id: {authority.cluster_id.hex()[:16]}")
 
 
@@ -291,8 +312,8 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
     settings = NodeSettings(listen=listen, seeds=seeds, zone=zone, capacity_bytes=capacity_bytes,
                             data_dir=data_dir)
     (directory / CONFIG_FILE).write_text(render_node_config(settings))
-    click.echo(f"created node {ident.node_id} in {directory}")
-    click.echo(f"start it with: p2pfs daemon {directory}")
+    click.echo(f"created node {ident.node_id} in {_shown(str(directory))}")
+    click.echo(f"start it with: p2pfs daemon {_shown(str(directory))}")
 
 
 @cli.group()
@@ -314,7 +335,7 @@ def client_init(directory: Path, ca_dir: Path, node_address: Address | None) -> 
             "# Default node for this client; --node or P2PFS_NODE override it.\n"
             f'node = "{node_address}"\n'
         )
-    click.echo(f"created client {ident.node_id[:12]} in {directory}")
+    click.echo(f"created client {ident.node_id[:12]} in {_shown(str(directory))}")
     click.echo(f"use it with: export P2PFS_IDENTITY={directory.resolve()}")
 
 
@@ -410,7 +431,7 @@ def members(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps([dataclasses.asdict(mb) for mb in found], indent=2))
         return
     _table(
-        [[mb.node_id[:12], f"{mb.host}:{mb.port}", mb.state, str(mb.incarnation), mb.zone or "-",
+        [[mb.node_id[:12], f"{mb.host}:{mb.port}", mb.state, str(mb.incarnation), _shown(mb.zone) or "-",
           format_size(mb.capacity_bytes)] for mb in found],
         ["NODE", "ADDRESS", "STATE", "INCARNATION", "ZONE", "CAPACITY"],
     )
@@ -430,7 +451,7 @@ def status(ctx: Context, as_json: bool) -> None:
     click.echo(f"address:  {reply.host}:{reply.port}")
     click.echo(f"version:  {reply.version}")
     click.echo(f"uptime:   {reply.uptime_s:.0f} s")
-    click.echo(f"zone:     {reply.zone or '-'}")
+    click.echo(f"zone:     {_shown(reply.zone) or '-'}")
     click.echo(f"storage:  {format_size(reply.used_bytes)} of {format_size(reply.capacity_bytes)}")
     click.echo(
         f"members:  {reply.members_alive} alive, {reply.members_suspect} suspect, "
@@ -499,7 +520,7 @@ def put(ctx: Context, path: str, name: str | None) -> None:
     except BadInput:
         source.close()
         raise
-    progress = Progress(f"put {name}", size)
+    progress = Progress(f"put {_shown(name)}", size)
 
     async def go():
         async with Client.connect(ident, node_address) as c:
@@ -511,7 +532,7 @@ def put(ctx: Context, path: str, name: str | None) -> None:
         progress.finish()
         if source is not sys.stdin.buffer:
             source.close()
-    click.echo(f"stored {reply.name}: {format_size(reply.size_bytes)} in {reply.chunks} chunk(s), "
+    click.echo(f"stored {_shown(reply.name)}: {format_size(reply.size_bytes)} in {reply.chunks} chunk(s), "
                f"blake3 {reply.file_hash.hex()[:16]}")
 
 
@@ -527,6 +548,71 @@ def _default_output(name: str) -> Path:
     return Path(base)
 
 
+# Errors of the path the user chose (fix the path, exit 2); any other OSError while
+# writing is the local disk's (full, quota, read-only, I/O error: exit 7).
+_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                          errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def _local_file_error(path: str, exc: OSError) -> errors.P2pfsError:
+    text = f"cannot write {_shown(path)}: {exc.strerror or exc}"
+    if exc.errno in _PATH_ERRNOS:
+        return BadInput(text)
+    return errors.LocalStorageError(text)
+
+
+class _Output:
+    """The file a get writes to; an OSError becomes one clear line naming the path.
+
+    A closed pipe (BrokenPipeError) passes through: the reader went away, which
+    ``_Group`` ends quietly.
+    """
+
+    def __init__(self, file: Any, shown_path: str) -> None:
+        self._file = file
+        self.path = shown_path
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _local_file_error(self.path, exc) from None
+
+    def finish(self, *, sync: bool) -> None:
+        """Flush (and fsync, for a file about to be renamed into place)."""
+        import os
+
+        try:
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _local_file_error(self.path, exc) from None
+
+
+@contextlib.contextmanager
+def _closed_quietly(file: Any) -> Any:
+    """Close ``file`` on the way out without letting close's flush of what a failed
+    write left buffered replace the error that is already on its way."""
+    try:
+        yield file
+    finally:
+        with contextlib.suppress(OSError):
+            file.close()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
 @cli.command()
 @click.argument("name")
 @click.option("-o", "--output", metavar="PATH",
@@ -536,10 +622,15 @@ def _default_output(name: str) -> Path:
 def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
     """Fetch a file, verified against its hash.
 
-    The file is written to a temporary file beside PATH and renamed into place
-    only when every byte has arrived and matched, so a failed get leaves nothing.
+    A regular file is written to a temporary file beside PATH and renamed into
+    place only when every byte has arrived and matched, so a failed get leaves
+    nothing; it gets the mode an existing PATH had, or 0666 less the umask. A
+    symbolic link is followed: its target gets the file. A FIFO or a character
+    device (/dev/null, /dev/stdout) is written through as the bytes arrive, like
+    `-o -`; a block device only with --force.
     """
     import os
+    import stat as stat_module
     import tempfile
 
     from p2pfs.client import Client, run
@@ -547,46 +638,79 @@ def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
 
     name = _check_name(name)
     ident, node_address = ctx.client_identity(), ctx.node_address()
-    progress = Progress(f"get {name}", None)
+    progress = Progress(f"get {_shown(name)}", None)
 
-    async def fetch(sink) -> Any:
+    async def fetch(sink: _Output) -> Any:
         async with Client.connect(ident, node_address) as c:
             return await c.get(name, sink, progress, on_size=progress.set_total)
 
-    if output == "-":
+    def write_through(file: Any, shown_path: str) -> Any:
+        sink = _Output(file, shown_path)
         try:
-            run(fetch, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+            header = run(fetch, sink)
+            sink.finish(sync=False)
         finally:
             progress.finish()
+        return header
+
+    if output == "-":
+        write_through(sys.stdout.buffer, "stdout")
         return
     target = Path(output) if output else _default_output(name)
-    if target.is_dir():
-        raise BadInput(f"{target} is a directory; give a file path with -o")
-    if target.exists() and not force:
-        raise BadInput(f"{target} exists; use --force to overwrite it")
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))  # write through the link: it stays a link
+    try:
+        info = target.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise _local_file_error(str(target), exc) from None
+    mode = info.st_mode if info else 0
+    if info and stat_module.S_ISDIR(mode):
+        raise BadInput(f"{_shown(str(target))} is a directory; give a file path with -o")
+    if info and (stat_module.S_ISCHR(mode) or stat_module.S_ISFIFO(mode)
+                 or (stat_module.S_ISBLK(mode) and force)):
+        try:
+            device = open(target, "wb")
+        except OSError as exc:
+            raise _local_file_error(str(target), exc) from None
+        with _closed_quietly(device):
+            header = write_through(device, str(target))
+        click.echo(f"wrote {_shown(str(target))}: {format_size(header.size_bytes)}, verified", err=True)
+        return
+    if info and stat_module.S_ISBLK(mode):
+        raise BadInput(f"{_shown(str(target))} is a block device; use --force to write over it")
+    if info and not stat_module.S_ISREG(mode):
+        raise BadInput(f"{_shown(str(target))} is neither a file nor a device; give another path with -o")
+    if info and not force:
+        raise BadInput(f"{_shown(str(target))} exists; use --force to overwrite it")
+    file_mode = stat_module.S_IMODE(mode) if info else 0o666 & ~_umask()
     directory = target.parent if str(target.parent) else Path(".")
     try:
         fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".p2pfs-part", dir=directory)
     except FileNotFoundError:
-        raise BadInput(f"directory {directory} does not exist") from None
-    except PermissionError:
-        raise BadInput(f"cannot write in {directory}: permission denied") from None
+        raise BadInput(f"directory {_shown(str(directory))} does not exist") from None
+    except OSError as exc:
+        raise _local_file_error(str(directory), exc) from None
     try:
-        with os.fdopen(fd, "wb") as sink:
+        with _closed_quietly(os.fdopen(fd, "wb")) as file:
+            sink = _Output(file, str(target))
             header = run(fetch, sink)
-            sink.flush()
-            os.fsync(sink.fileno())
+            sink.finish(sync=True)
+            os.fchmod(file.fileno(), file_mode)  # mkstemp made it 0600
         if target.exists() and not force:
-            raise BadInput(f"{target} appeared meanwhile; use --force to overwrite it")
-        os.replace(temp_name, target)
+            raise BadInput(f"{_shown(str(target))} appeared meanwhile; use --force to overwrite it")
+        try:
+            os.replace(temp_name, target)
+        except OSError as exc:
+            raise _local_file_error(str(target), exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
     finally:
         progress.finish()
-    click.echo(f"wrote {target}: {format_size(header.size_bytes)}, verified", err=True)
+    click.echo(f"wrote {_shown(str(target))}: {format_size(header.size_bytes)}, verified", err=True)
 
 
 def _version_text(wall_ms: int, logical: int) -> str:
@@ -605,7 +729,7 @@ def ls(ctx: Context, prefix: str, as_json: bool) -> None:
         click.echo(json.dumps({"complete": reply.complete,
                                "files": [dataclasses.asdict(f) for f in reply.files]}, indent=2))
     else:
-        _table([[format_size(f.size_bytes), _version_text(f.version_wall_ms, f.version_logical), f.name]
+        _table([[format_size(f.size_bytes), _version_text(f.version_wall_ms, f.version_logical), _shown(f.name)]
                 for f in reply.files], ["SIZE", "VERSION", "NAME"])
     if not reply.complete:
         click.echo("warning: some nodes could not be asked; the list may be incomplete", err=True)
@@ -618,7 +742,7 @@ def rm(ctx: Context, name: str) -> None:
     """Delete a file (a tombstone that wins over older versions everywhere)."""
     name = _check_name(name)
     _call(ctx, "rm", name)
-    click.echo(f"removed {name}")
+    click.echo(f"removed {_shown(name)}")
 
 
 @cli.command()
@@ -642,7 +766,7 @@ def stat(ctx: Context, name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    click.echo(f"name:     {reply.name}")
+    click.echo(f"name:     {_shown(reply.name)}")
     click.echo(f"size:     {format_size(reply.size_bytes)} ({reply.size_bytes} bytes)")
     click.echo(f"blake3:   {reply.file_hash.hex()}")
     click.echo(f"version:  {_version_text(reply.version_wall_ms, reply.version_logical)} "
@@ -687,7 +811,7 @@ def fsck(ctx: Context, as_json: bool) -> None:
         click.echo(f"missing chunks:     {reply.chunks_missing}")
         click.echo(f"corrupt chunks:     {reply.chunks_corrupt}")
         for problem in reply.problems:
-            click.echo(f"  {problem.kind} {problem.what[:-1]} {problem.key[:40]} "
+            click.echo(f"  {problem.kind} {problem.what[:-1]} {_shown(problem.key[:40])} "
                        f"held by [{' '.join(h[:12] for h in problem.holders)}] "
                        f"wanted on [{' '.join(w[:12] for w in problem.wanted)}]")
         click.echo("status:             " + ("DATA AT RISK" if at_risk else "healthy"))
