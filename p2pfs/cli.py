@@ -22,7 +22,7 @@ import click
 
 from p2pfs import __version__, identity
 from p2pfs.address import Address, parse_address
-from p2pfs.config import CONFIG_FILE, NodeSettings, format_size, parse_size
+from p2pfs.config import CONFIG_FILE, NodeSettings, format_size, format_size_exact, parse_size
 from p2pfs import errors
 from p2pfs.errors import BadInput
 from p2pfs.node.config import render_node_config
@@ -293,8 +293,9 @@ def node() -> None:
 @click.option("--seed", "seeds", multiple=True, type=ADDRESS,
               help="A member to join through (repeatable).")
 @click.option("--zone", default="", help="Failure zone name (rack, machine, ...).")
-@click.option("--capacity", "capacity_bytes", type=SIZE, default=NodeSettings().capacity_bytes,
-              show_default="10GiB", help="Disk space offered for chunks, e.g. 10GiB.")
+@click.option("--capacity", "capacity_bytes", type=SIZE,
+              default=str(format_size_exact(NodeSettings().capacity_bytes)), show_default=True,
+              help="Disk space offered for chunks, e.g. 10GiB.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("data"), show_default=True,
               help="Data directory (relative to DIR unless absolute).")
@@ -307,10 +308,13 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
         raise BadInput("--capacity must be more than 0")
     if (directory / CONFIG_FILE).exists():
         raise BadInput(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
+    try:
+        settings = NodeSettings(listen=listen, seeds=seeds, zone=zone, capacity_bytes=capacity_bytes,
+                                data_dir=data_dir)
+    except ValueError as exc:  # checked before anything is written
+        raise BadInput(str(exc)) from None
     authority = identity.load_ca(ca_dir)
     ident = identity.create_identity(directory, authority, Role.NODE)
-    settings = NodeSettings(listen=listen, seeds=seeds, zone=zone, capacity_bytes=capacity_bytes,
-                            data_dir=data_dir)
     (directory / CONFIG_FILE).write_text(render_node_config(settings))
     click.echo(f"created node {ident.node_id} in {_shown(str(directory))}")
     click.echo(f"start it with: p2pfs daemon {_shown(str(directory))}")
@@ -331,9 +335,11 @@ def client_init(directory: Path, ca_dir: Path, node_address: Address | None) -> 
     authority = identity.load_ca(ca_dir)
     ident = identity.create_identity(directory, authority, Role.CLIENT)
     if node_address is not None:
+        import tomli_w
+
         (directory / CLIENT_CONFIG_FILE).write_text(
             "# Default node for this client; --node or P2PFS_NODE override it.\n"
-            f'node = "{node_address}"\n'
+            + tomli_w.dumps({"node": str(node_address)})
         )
     click.echo(f"created client {ident.node_id[:12]} in {_shown(str(directory))}")
     click.echo(f"use it with: export P2PFS_IDENTITY={directory.resolve()}")
