@@ -16,17 +16,21 @@ import errno
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from p2pfs import __version__, identity
+from p2pfs import __version__, errors
 from p2pfs.address import Address, parse_address
 from p2pfs.config import CONFIG_FILE, NodeSettings, format_size, format_size_exact, parse_size
-from p2pfs import errors
 from p2pfs.errors import BadInput
-from p2pfs.node.config import render_node_config
-from p2pfs.wire import Role
+
+# Start-up time: `p2pfs --help` and the cluster commands must feel instant, so this
+# module imports only click and the small modules above. trio, cryptography (via
+# p2pfs.identity), the network and the daemon's rooms are imported inside the
+# commands that need them.
+if TYPE_CHECKING:
+    from p2pfs import identity
 
 CLIENT_CONFIG_FILE = "client.toml"
 
@@ -51,7 +55,9 @@ class Context:
     identity_dir: Path | None
     node: Address | None
 
-    def client_identity(self) -> identity.Identity:
+    def client_identity(self) -> "identity.Identity":
+        from p2pfs import identity
+
         if self.identity_dir is None:
             raise BadInput(
                 "no identity given: pass --identity DIR or set P2PFS_IDENTITY "
@@ -270,6 +276,8 @@ def ca_init(directory: Path) -> None:
     Refuses to overwrite an existing CA. Keep DIR safe: whoever holds ca.key can
     admit nodes and clients to the cluster.
     """
+    from p2pfs import identity
+
     authority = identity.init_ca(directory)
     click.echo(f"created CA in {_shown(str(directory))}")
     click.echo(f"cluster id: {authority.cluster_id.hex()[:16]}")
@@ -313,6 +321,10 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
                                 data_dir=data_dir)
     except ValueError as exc:  # checked before anything is written
         raise BadInput(str(exc)) from None
+    from p2pfs import identity
+    from p2pfs.node.config import render_node_config
+    from p2pfs.wire import Role
+
     authority = identity.load_ca(ca_dir)
     ident = identity.create_identity(directory, authority, Role.NODE)
     (directory / CONFIG_FILE).write_text(render_node_config(settings))
@@ -332,6 +344,9 @@ def client() -> None:
               help="Node this client talks to by default.")
 def client_init(directory: Path, ca_dir: Path, node_address: Address | None) -> None:
     """Create a client identity in DIR for use with --identity."""
+    from p2pfs import identity
+    from p2pfs.wire import Role
+
     authority = identity.load_ca(ca_dir)
     ident = identity.create_identity(directory, authority, Role.CLIENT)
     if node_address is not None:
@@ -355,6 +370,8 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
     directory = directory or ctx.identity_dir
     if directory is None:
         raise BadInput("give an identity DIR or --identity")
+    from p2pfs import identity
+
     ident = identity.load_identity(directory)
     facts = {
         "id": ident.node_id,
@@ -392,9 +409,11 @@ def daemon(directory: Path, config_file: Path | None) -> None:
     """
     import trio
 
+    from p2pfs import identity
     from p2pfs.node.config import load_node_config
     from p2pfs.node.daemon import serve
     from p2pfs.observe import setup_logging
+    from p2pfs.wire import Role
 
     cfg = load_node_config(config_file or directory / CONFIG_FILE)
     ident = identity.load_identity(directory)

@@ -20,7 +20,6 @@ from p2pfs.address import Address
 from p2pfs.identity import Identity
 from p2pfs.node import messages as m
 from p2pfs.replication import messages as dm
-from p2pfs.storage import FileHasher
 from p2pfs.wire import ErrorCode, Role
 
 # Deadline for small requests (status, members, ...).
@@ -181,6 +180,8 @@ class Client:
 
         ``on_size`` hears the file's size as soon as the node has found it.
         """
+        from p2pfs.storage import FileHasher  # here: the storage room costs every other command start-up time
+
         hasher = FileHasher()
 
         def write(data: bytes) -> None:

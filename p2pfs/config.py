@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -179,6 +178,8 @@ def load_section(cls: type, table: Any, section: str) -> Any:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here, not at the top: the CLI imports this module for every command
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
