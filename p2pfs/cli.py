@@ -160,6 +160,34 @@ def exit_code_for(exc: errors.P2pfsError) -> ExitCode:
     return ExitCode.FAILURE
 
 
+_JSON_META_KEY = "p2pfs.json"
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[_JSON_META_KEY] = True  # ctx.meta is shared with the group, which reports errors
+    return value
+
+
+# Every command's --json: its answer as one JSON object on stdout (docs/CLI.md gives each
+# command's), and an error as one object on stderr. Eager, so that it is known before
+# any other option can fail.
+_JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, is_eager=True, callback=_remember_json,
+    help="Machine-readable output: one JSON object (an error too, on stderr).",
+)
+
+
+def _emit(facts: Any, *, err: bool = False) -> None:
+    click.echo(json.dumps(facts, indent=2, ensure_ascii=True), err=err)
+
+
+def _time_facts(prefix: str, wall_ms: int) -> dict[str, Any]:
+    """A time as both epoch milliseconds (``PREFIX_ms``) and ISO 8601 UTC (``PREFIX_at``)."""
+    stamp = datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.timezone.utc)
+    return {f"{prefix}_ms": wall_ms, f"{prefix}_at": stamp.isoformat(timespec="milliseconds")}
+
+
 def _drop_stdout() -> None:
     """Point file descriptor 1 at /dev/null, so that what is still buffered for a
     reader that has gone away is discarded instead of failing again at exit."""
@@ -229,8 +257,12 @@ class _Group(click.Group):
 
     @staticmethod
     def _fail(ctx: click.Context, exc: errors.P2pfsError) -> None:
-        click.echo(f"error: {_escaped(str(exc))}", err=True)
-        ctx.exit(int(exit_code_for(exc)))
+        code = exit_code_for(exc)
+        if ctx.meta.get(_JSON_META_KEY):
+            _emit({"error": code.name.lower(), "message": str(exc), "exit_code": int(code)}, err=True)
+        else:
+            click.echo(f"error: {_escaped(str(exc))}", err=True)
+        ctx.exit(int(code))
 
     @staticmethod
     def _interrupted(ctx: click.Context) -> None:
@@ -270,7 +302,8 @@ def ca() -> None:
 
 @ca.command("init")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
-def ca_init(directory: Path) -> None:
+@_JSON_OPTION
+def ca_init(directory: Path, as_json: bool) -> None:
     """Create a cluster CA in DIR (its private key is written 0600).
 
     Refuses to overwrite an existing CA. Keep DIR safe: whoever holds ca.key can
@@ -279,6 +312,9 @@ def ca_init(directory: Path) -> None:
     from p2pfs import identity
 
     authority = identity.init_ca(directory)
+    if as_json:
+        _emit({"directory": str(directory), "cluster_id": authority.cluster_id.hex()})
+        return
     click.echo(f"created CA in {_shown(str(directory))}")
     click.echo(f"cluster id: {authority.cluster_id.hex()[:16]}")
 
@@ -307,8 +343,9 @@ def node() -> None:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("data"), show_default=True,
               help="Data directory (relative to DIR unless absolute).")
+@_JSON_OPTION
 def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Address, ...],
-              zone: str, capacity_bytes: int, data_dir: Path) -> None:
+              zone: str, capacity_bytes: int, data_dir: Path, as_json: bool) -> None:
     """Create a node identity and a documented config file DIR/p2pfs.toml."""
     if listen.port == 0:
         raise BadInput("--listen needs a fixed port, not 0")
@@ -328,6 +365,10 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
     authority = identity.load_ca(ca_dir)
     ident = identity.create_identity(directory, authority, Role.NODE)
     (directory / CONFIG_FILE).write_text(render_node_config(settings))
+    if as_json:
+        _emit({"node_id": ident.node_id, "directory": str(directory), "config": str(directory / CONFIG_FILE),
+               "address": str(listen)})
+        return
     click.echo(f"created node {ident.node_id} in {_shown(str(directory))}")
     click.echo(f"start it with: p2pfs daemon {_shown(str(directory))}")
 
@@ -342,7 +383,8 @@ def client() -> None:
 @_CA_OPTION
 @click.option("--node", "node_address", type=ADDRESS, default=None,
               help="Node this client talks to by default.")
-def client_init(directory: Path, ca_dir: Path, node_address: Address | None) -> None:
+@_JSON_OPTION
+def client_init(directory: Path, ca_dir: Path, node_address: Address | None, as_json: bool) -> None:
     """Create a client identity in DIR for use with --identity."""
     from p2pfs import identity
     from p2pfs.wire import Role
@@ -356,6 +398,10 @@ def client_init(directory: Path, ca_dir: Path, node_address: Address | None) -> 
             "# Default node for this client; --node or P2PFS_NODE override it.\n"
             + tomli_w.dumps({"node": str(node_address)})
         )
+    if as_json:
+        _emit({"node_id": ident.node_id, "directory": str(directory),
+               "address": str(node_address) if node_address else None})
+        return
     click.echo(f"created client {ident.node_id[:12]} in {_shown(str(directory))}")
     click.echo(f"use it with: export P2PFS_IDENTITY={directory.resolve()}")
 
@@ -363,7 +409,7 @@ def client_init(directory: Path, ca_dir: Path, node_address: Address | None) -> 
 @cli.command("whoami")
 @click.argument("directory", required=False, type=click.Path(path_type=Path, file_okay=False),
                 metavar="[DIR]")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_JSON_OPTION
 @pass_context
 def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
     """Show an identity: id, role, cluster and validity (DIR or --identity)."""
@@ -374,19 +420,19 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
 
     ident = identity.load_identity(directory)
     facts = {
-        "id": ident.node_id,
+        "node_id": ident.node_id,
         "role": ident.role.value,
         "cluster_id": ident.cluster_id.hex(),
-        "not_valid_before": ident.cert.not_valid_before_utc.isoformat(),
-        "not_valid_after": ident.cert.not_valid_after_utc.isoformat(),
+        **_time_facts("not_valid_before", int(ident.cert.not_valid_before_utc.timestamp() * 1000)),
+        **_time_facts("not_valid_after", int(ident.cert.not_valid_after_utc.timestamp() * 1000)),
         "directory": str(directory),
     }
     if as_json:
-        click.echo(json.dumps(facts, indent=2))
+        _emit(facts)
         return
     expires = ident.cert.not_valid_after_utc
     days = (expires - datetime.datetime.now(datetime.timezone.utc)).days
-    click.echo(f"id:        {facts['id']}")
+    click.echo(f"id:        {facts['node_id']}")
     click.echo(f"role:      {facts['role']}")
     click.echo(f"cluster:   {facts['cluster_id'][:16]}")
     click.echo(f"valid to:  {expires:%Y-%m-%d} ({days} days)")
@@ -447,13 +493,13 @@ def _table(rows: list[list[str]], headers: list[str]) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_JSON_OPTION
 @pass_context
 def members(ctx: Context, as_json: bool) -> None:
     """List the cluster's members as the node sees them."""
     found = _call(ctx, "members")
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(mb) for mb in found], indent=2))
+        _emit([{**dataclasses.asdict(mb), "address": f"{mb.host}:{mb.port}"} for mb in found])
         return
     _table(
         [[mb.node_id[:12], f"{mb.host}:{mb.port}", mb.state, str(mb.incarnation), _shown(mb.zone) or "-",
@@ -463,14 +509,14 @@ def members(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_JSON_OPTION
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Show the node: id, address, uptime, members by state, version."""
     reply = _call(ctx, "status")
-    facts = dataclasses.asdict(reply)
+    facts = {**dataclasses.asdict(reply), "address": f"{reply.host}:{reply.port}"}
     if as_json:
-        click.echo(json.dumps(facts, indent=2))
+        _emit(facts)
         return
     click.echo(f"node:     {reply.node_id}")
     click.echo(f"address:  {reply.host}:{reply.port}")
@@ -526,8 +572,9 @@ def _open_source(path: str) -> tuple[Any, int]:
 @cli.command()
 @click.argument("path", metavar="PATH")
 @click.option("--name", help="Name to store it under (default: PATH's file name; required for stdin).")
+@_JSON_OPTION
 @pass_context
-def put(ctx: Context, path: str, name: str | None) -> None:
+def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
     """Store a file (PATH, or - for stdin) in the cluster.
 
     Succeeds only when every chunk and the name are stored at the write quorum;
@@ -557,6 +604,11 @@ def put(ctx: Context, path: str, name: str | None) -> None:
         progress.finish()
         if source is not sys.stdin.buffer:
             source.close()
+    if as_json:
+        _emit({"name": reply.name, "size_bytes": reply.size_bytes, "file_hash": reply.file_hash.hex(),
+               "chunks": reply.chunks, "version": {"logical": reply.version_logical,
+                                                   **_time_facts("wall", reply.version_wall_ms)}})
+        return
     click.echo(f"stored {_shown(reply.name)}: {format_size(reply.size_bytes)} in {reply.chunks} chunk(s), "
                f"blake3 {reply.file_hash.hex()[:16]}")
 
@@ -643,8 +695,9 @@ def _umask() -> int:
 @click.option("-o", "--output", metavar="PATH",
               help="Where to write (default: NAME's last part, in this directory; - for stdout).")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@_JSON_OPTION
 @pass_context
-def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
+def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool) -> None:
     """Fetch a file, verified against its hash.
 
     A regular file is written to a temporary file beside PATH and renamed into
@@ -678,8 +731,16 @@ def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
             progress.finish()
         return header
 
+    def report(header: Any, path: str) -> None:
+        """What was written: on stderr, since stdout may hold the file itself (-o -)."""
+        if as_json:
+            _emit({"name": header.name, "size_bytes": header.size_bytes, "file_hash": header.file_hash.hex(),
+                   "path": path}, err=True)
+        elif path != "-":
+            click.echo(f"wrote {_shown(path)}: {format_size(header.size_bytes)}, verified", err=True)
+
     if output == "-":
-        write_through(sys.stdout.buffer, "stdout")
+        report(write_through(sys.stdout.buffer, "stdout"), "-")
         return
     target = Path(output) if output else _default_output(name)
     if target.is_symlink():
@@ -701,7 +762,7 @@ def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
             raise _local_file_error(str(target), exc) from None
         with _closed_quietly(device):
             header = write_through(device, str(target))
-        click.echo(f"wrote {_shown(str(target))}: {format_size(header.size_bytes)}, verified", err=True)
+        report(header, str(target))
         return
     if info and stat_module.S_ISBLK(mode):
         raise BadInput(f"{_shown(str(target))} is a block device; use --force to write over it")
@@ -735,7 +796,7 @@ def get(ctx: Context, name: str, output: str | None, force: bool) -> None:
         raise
     finally:
         progress.finish()
-    click.echo(f"wrote {_shown(str(target))}: {format_size(header.size_bytes)}, verified", err=True)
+    report(header, str(target))
 
 
 def _version_text(wall_ms: int, logical: int) -> str:
@@ -745,14 +806,16 @@ def _version_text(wall_ms: int, logical: int) -> str:
 
 @cli.command()
 @click.argument("prefix", default="")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_JSON_OPTION
 @pass_context
 def ls(ctx: Context, prefix: str, as_json: bool) -> None:
     """List stored files (optionally those whose name starts with PREFIX)."""
     reply = _call(ctx, "ls", prefix)
     if as_json:
-        click.echo(json.dumps({"complete": reply.complete,
-                               "files": [dataclasses.asdict(f) for f in reply.files]}, indent=2))
+        _emit({"complete": reply.complete,
+               "files": [{"name": f.name, "size_bytes": f.size_bytes, **_time_facts("created", f.created_ms),
+                          "version": {"logical": f.version_logical, **_time_facts("wall", f.version_wall_ms)}}
+                         for f in reply.files]})
     else:
         _table([[format_size(f.size_bytes), _version_text(f.version_wall_ms, f.version_logical), _shown(f.name)]
                 for f in reply.files], ["SIZE", "VERSION", "NAME"])
@@ -762,17 +825,21 @@ def ls(ctx: Context, prefix: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
+@_JSON_OPTION
 @pass_context
-def rm(ctx: Context, name: str) -> None:
+def rm(ctx: Context, name: str, as_json: bool) -> None:
     """Delete a file (a tombstone that wins over older versions everywhere)."""
     name = _check_name(name)
-    _call(ctx, "rm", name)
+    reply = _call(ctx, "rm", name)
+    if as_json:
+        _emit({"name": reply.name, "removed": True})
+        return
     click.echo(f"removed {_shown(name)}")
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_JSON_OPTION
 @pass_context
 def stat(ctx: Context, name: str, as_json: bool) -> None:
     """Show a file: size, hash, version, and each chunk with the nodes holding it."""
@@ -782,14 +849,14 @@ def stat(ctx: Context, name: str, as_json: bool) -> None:
         "name": reply.name,
         "size_bytes": reply.size_bytes,
         "file_hash": reply.file_hash.hex(),
-        "created_ms": reply.created_ms,
-        "version": {"wall_ms": reply.version_wall_ms, "logical": reply.version_logical,
+        **_time_facts("created", reply.created_ms),
+        "version": {"logical": reply.version_logical, **_time_facts("wall", reply.version_wall_ms),
                     "writer": reply.writer},
         "chunks": [{"chunk_id": c.chunk_id.hex(), "size_bytes": c.size_bytes, "replicas": list(c.replicas)}
                    for c in reply.chunks],
     }
     if as_json:
-        click.echo(json.dumps(facts, indent=2))
+        _emit(facts)
         return
     click.echo(f"name:     {_shown(reply.name)}")
     click.echo(f"size:     {format_size(reply.size_bytes)} ({reply.size_bytes} bytes)")
@@ -803,7 +870,7 @@ def stat(ctx: Context, name: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_JSON_OPTION
 @pass_context
 def fsck(ctx: Context, as_json: bool) -> None:
     """Check the cluster's replication health (as the node's ring sees it).
@@ -822,7 +889,7 @@ def fsck(ctx: Context, as_json: bool) -> None:
     facts = dataclasses.asdict(reply)
     facts["at_risk"] = at_risk
     if as_json:
-        click.echo(json.dumps(facts, indent=2))
+        _emit(facts)
     else:
         click.echo(f"nodes asked:        {reply.nodes_asked} ({len(reply.nodes_unreachable)} unreachable)")
         click.echo(f"names checked:      {reply.names_checked}")
@@ -846,10 +913,14 @@ def fsck(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@_JSON_OPTION
 @pass_context
-def leave(ctx: Context) -> None:
+def leave(ctx: Context, as_json: bool) -> None:
     """Ask the node to hand its data to the other nodes, leave the cluster and exit."""
-    _call(ctx, "leave")
+    reply = _call(ctx, "leave")
+    if as_json:
+        _emit({"address": str(ctx.node_address()), "accepted": reply.accepted})
+        return
     click.echo(f"{ctx.node_address()} is handing off its data and will leave (see its log)")
 
 
@@ -867,6 +938,11 @@ _DIR_OPTION = click.option("--dir", "directory", required=True, metavar="DIR",
                            help="Directory holding the network's identities, data and logs.")
 
 
+def _progress_printer(as_json: bool) -> Any:
+    """Progress lines on stderr for people; none under --json, whose stderr is for an error object."""
+    return (lambda text: None) if as_json else (lambda text: click.echo(text, err=True))
+
+
 @testnet.command("up")
 @_DIR_OPTION
 @click.option("--nodes", default=5, show_default=True, help="Number of nodes.")
@@ -878,8 +954,9 @@ _DIR_OPTION = click.option("--dir", "directory", required=True, metavar="DIR",
 @click.option("--set", "settings", multiple=True, metavar="SECTION.OPTION=VALUE",
               help="Any other node option, for every node (repeatable), e.g. "
                    "replication.anti_entropy_interval_s=5.")
+@_JSON_OPTION
 def testnet_up(directory: Path, nodes: int, base_port: int, dead_grace_s: float | None,
-               settings: tuple[str, ...]) -> None:
+               settings: tuple[str, ...], as_json: bool) -> None:
     """Create (if needed) and start a network; wait until every node sees every other.
 
     Prints the two environment lines that point the CLI at it. Options that shape
@@ -896,8 +973,12 @@ def testnet_up(directory: Path, nodes: int, base_port: int, dead_grace_s: float 
         if dead_grace_s < 0:
             raise BadInput("--dead-grace-s cannot be negative")
         overrides.setdefault("replication", {})["dead_grace_s"] = dead_grace_s
-    procs = tn.up(directory, nodes, base_port, overrides=overrides,
-                  progress=lambda s: click.echo(s, err=True))
+    procs = tn.up(directory, nodes, base_port, overrides=overrides, progress=_progress_printer(as_json))
+    if as_json:
+        _emit({"nodes": [p.as_json() for p in procs],
+               "env": {"P2PFS_IDENTITY": str((directory / tn.CLIENT_DIR).resolve()),
+                       "P2PFS_NODE": str(procs[0].address)}})
+        return
     click.echo(f"{len(procs)} nodes up; point the CLI at the network with:", err=True)
     click.echo(f"export P2PFS_IDENTITY={(directory / tn.CLIENT_DIR).resolve()}")
     click.echo(f"export P2PFS_NODE={procs[0].address}")
@@ -906,25 +987,29 @@ def testnet_up(directory: Path, nodes: int, base_port: int, dead_grace_s: float 
 @testnet.command("add")
 @_DIR_OPTION
 @click.option("--nodes", default=1, show_default=True, help="Number of nodes to add.")
-def testnet_add(directory: Path, nodes: int) -> None:
+@_JSON_OPTION
+def testnet_add(directory: Path, nodes: int, as_json: bool) -> None:
     """Add nodes to a running network (next names and ports, the same settings) and start them."""
     from p2pfs import testnet as tn
 
-    added = tn.add(directory, nodes, progress=lambda s: click.echo(s, err=True))
+    added = tn.add(directory, nodes, progress=_progress_printer(as_json))
+    if as_json:
+        _emit({"nodes": [p.as_json() for p in added]})
+        return
     for proc in added:
         click.echo(f"{proc.name} {proc.node_id[:12]} {proc.address} running")
 
 
 @testnet.command("status")
 @_DIR_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_JSON_OPTION
 def testnet_status(directory: Path, as_json: bool) -> None:
     """Each node: name, node id, address, pid, running."""
     from p2pfs import testnet as tn
 
     procs = tn.status(directory)
     if as_json:
-        click.echo(json.dumps([p.as_json() for p in procs], indent=2))
+        _emit([p.as_json() for p in procs])
         return
     _table([[p.name, p.node_id[:12], str(p.address), str(p.pid or "-"), "yes" if p.running else "no"]
             for p in procs], ["NAME", "NODE", "ADDRESS", "PID", "RUNNING"])
@@ -934,12 +1019,17 @@ def testnet_status(directory: Path, as_json: bool) -> None:
 @_DIR_OPTION
 @click.argument("name")
 @click.option("--kill", is_flag=True, help="SIGKILL instead of a graceful SIGTERM.")
-def testnet_stop(directory: Path, name: str, kill: bool) -> None:
+@_JSON_OPTION
+def testnet_stop(directory: Path, name: str, kill: bool, as_json: bool) -> None:
     """Stop node NAME (e.g. node3): a graceful leave (hand-off, then exit), or at once with --kill."""
     from p2pfs import testnet as tn
 
     node_dir = tn.resolve_node(directory, name)
-    if tn.stop_node(node_dir, kill=kill):
+    was_running = tn.stop_node(node_dir, kill=kill)
+    if as_json:
+        _emit({"name": node_dir.name, "was_running": was_running, "killed": kill})
+        return
+    if was_running:
         click.echo(f"{node_dir.name} {'killed' if kill else 'stopped'}")
     else:
         click.echo(f"{node_dir.name} was not running")
@@ -948,18 +1038,23 @@ def testnet_stop(directory: Path, name: str, kill: bool) -> None:
 @testnet.command("start")
 @_DIR_OPTION
 @click.argument("name")
-def testnet_start(directory: Path, name: str) -> None:
+@_JSON_OPTION
+def testnet_start(directory: Path, name: str, as_json: bool) -> None:
     """Start node NAME again, with its identity and data."""
     from p2pfs import testnet as tn
 
     node_dir = tn.resolve_node(directory, name)
     pid = tn.start_node(node_dir)
+    if as_json:
+        _emit({"name": node_dir.name, "pid": pid})
+        return
     click.echo(f"{node_dir.name} running (pid {pid})")
 
 
 @testnet.command("down")
 @_DIR_OPTION
-def testnet_down(directory: Path) -> None:
+@_JSON_OPTION
+def testnet_down(directory: Path, as_json: bool) -> None:
     """Stop every node; no process is left behind. Identities and data stay in DIR.
 
     Nodes stop without leaving the cluster, so `testnet up` brings the same cluster back.
@@ -967,6 +1062,9 @@ def testnet_down(directory: Path) -> None:
     from p2pfs import testnet as tn
 
     stopped = tn.down(directory)
+    if as_json:
+        _emit({"stopped": stopped})
+        return
     click.echo(f"stopped {len(stopped)} node(s)")
 
 
