@@ -799,6 +799,15 @@ def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool)
     report(header, str(target))
 
 
+@cli.command()
+@click.argument("name")
+@_JSON_OPTION
+@click.pass_context
+def cat(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Write a file to stdout, verified: short for `get NAME -o -`."""
+    ctx.invoke(get, name=name, output="-", force=False, as_json=as_json)
+
+
 def _version_text(wall_ms: int, logical: int) -> str:
     stamp = datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.timezone.utc)
     return f"{stamp:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z+{logical}"

@@ -77,7 +77,7 @@ def test_the_examples_run_and_print_the_documented_shape(tmp_path):
             result = subprocess.run([sys.executable, "-m", "p2pfs", *args], capture_output=True, env=env,
                                     cwd=tmp_path, timeout=CLI_TIMEOUT_S)
             # get's answer, and any error, are on stderr (stdout may hold the file)
-            printed = result.stderr if args[0] == "get" or result.returncode else result.stdout
+            printed = result.stderr if args[0] in ("get", "cat") or result.returncode else result.stdout
             try:
                 actual = json.loads(printed)
             except json.JSONDecodeError:
@@ -86,3 +86,13 @@ def test_the_examples_run_and_print_the_documented_shape(tmp_path):
             if result.returncode:
                 assert actual["exit_code"] != ExitCode.OK and actual["error"] == ExitCode(result.returncode).name.lower()
             assert shape_errors(documented, actual) == [], f"p2pfs {' '.join(args)}"
+
+
+def test_bash_completion_completes_commands():
+    env = {**os.environ, "_P2PFS_COMPLETE": "bash_complete", "COMP_WORDS": "p2pfs st", "COMP_CWORD": "1"}
+    result = subprocess.run([sys.executable, "-m", "p2pfs"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "plain,stat" in result.stdout.split() and "plain,status" in result.stdout.split()
+    script = subprocess.run([sys.executable, "-m", "p2pfs"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "_P2PFS_COMPLETE": "bash_source"})
+    assert "complete -o nosort -F _p2pfs_completion p2pfs" in script.stdout

@@ -47,6 +47,7 @@ def run_into_closed_pipe(net, *args: str) -> subprocess.CompletedProcess:
     ["members"],
     ["status"],
     ["get", "big.bin", "-o", "-"],
+    ["cat", "big.bin"],
 ])
 def test_a_reader_gone_ends_the_command_quietly_with_exit_0(net, args):
     result = run_into_closed_pipe(net, *args)
@@ -71,3 +72,10 @@ def test_stat_cut_by_head_under_pipefail(net):
                             timeout=CLI_TIMEOUT_S)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.startswith(b"name:     big.bin")
+
+
+def test_cat_writes_the_file_to_stdout(net):
+    data = os.urandom(100_000)
+    net.cli("put", "-", "--name", "small.bin", stdin=data)
+    result = net.cli("cat", "small.bin")
+    assert result.stdout == data and result.stderr == b""
