@@ -24,9 +24,8 @@ from testnet_helpers import CLI_TIMEOUT_S, running_testnet
 
 pytestmark = pytest.mark.integration
 
-# How long a fake service keeps an accepted connection open: longer than the client's
-# handshake deadline (NetConfig.handshake_timeout_s, 5 s), shorter than the CLI's timeout.
-FAKE_SERVICE_HOLD_S = 30.0
+# How long the fake service's thread gets to finish once its listener is shut down.
+FAKE_SERVICE_JOIN_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def net(tmp_path_factory):
 @contextlib.contextmanager
 def fake_service(greeting: bytes) -> Iterator[str]:
     """A TCP service on 127.0.0.1 that accepts, writes ``greeting`` (maybe nothing) and then
-    holds the connection open without a word more. Yields its HOST:PORT."""
+    holds the connection open without a word more, until the test ends. Yields its HOST:PORT."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -60,10 +59,11 @@ def fake_service(greeting: bytes) -> Iterator[str]:
         yield f"127.0.0.1:{listener.getsockname()[1]}"
     finally:
         stop.set()
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (close alone does not)
         listener.close()
         for conn in accepted:
             conn.close()
-        thread.join(timeout=FAKE_SERVICE_HOLD_S)
+        thread.join(timeout=FAKE_SERVICE_JOIN_TIMEOUT_S)
 
 
 def cli_at(net, address: str, *args: str, env: dict[str, str] | None = None):
