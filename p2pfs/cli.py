@@ -592,7 +592,7 @@ def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
     except BadInput:
         source.close()
         raise
-    progress = Progress(f"put {_shown(name)}", size)
+    progress = Progress(f"put {_shown(name)}", size, enabled=False if as_json else None)
 
     async def go():
         async with Client.connect(ident, node_address) as c:
@@ -716,7 +716,7 @@ def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool)
 
     name = _check_name(name)
     ident, node_address = ctx.client_identity(), ctx.node_address()
-    progress = Progress(f"get {_shown(name)}", None)
+    progress = Progress(f"get {_shown(name)}", None, enabled=False if as_json else None)
 
     async def fetch(sink: _Output) -> Any:
         async with Client.connect(ident, node_address) as c:

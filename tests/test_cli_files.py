@@ -172,3 +172,28 @@ def test_names_with_control_characters_are_printed_escaped(net, tmp_path):
     assert escaped in outputs[3].stdout.decode()
     assert escaped in outputs[5].stdout.decode()
     assert outputs[6].returncode == ExitCode.NOT_FOUND
+
+
+def test_json_output_on_a_terminal_has_no_progress_line(net, tmp_path):
+    """Progress is drawn on stderr when it is a terminal, but never under --json."""
+    import json
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "p2pfs", "--node", net.address("node1"), "get", "f.bin",
+             "-o", str(tmp_path / "out.bin"), "--json"],
+            stdout=subprocess.PIPE, stderr=terminal, env=net.env(), timeout=CLI_TIMEOUT_S)
+        os.close(terminal)
+        terminal = -1
+        printed = bytearray()
+        with contextlib.suppress(OSError):  # EIO once everything written has been read
+            while chunk := os.read(controller, 65536):
+                printed.extend(chunk)
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert result.returncode == 0, printed.decode()
+    assert json.loads(printed.decode())["size_bytes"] == FILE_BYTES
