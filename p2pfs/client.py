@@ -1,25 +1,26 @@
 """The Python client library: speak to one node over mutual TLS.
 
 The CLI is a thin shell over this. Every call has a deadline; network and
-remote failures become ``UserError``s with the CLI's exit codes, so a script
-using the library gets the same clear messages as a person at the terminal.
+remote failures become the classes of ``p2pfs.errors`` (``Unavailable``,
+``NotFound``, ``AuthError``, ...) with a message a person can act on, so a
+script using the library can catch what it can handle and gets the same clear
+messages as a person at the terminal. Only the CLI turns them into exit codes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 from typing import AsyncIterator, BinaryIO, Callable
 
 import trio
 
-from p2pfs import net, wire
+from p2pfs import errors, net, wire
 from p2pfs.address import Address
-from p2pfs.errors import ExitCode, UserError
 from p2pfs.identity import Identity
 from p2pfs.node import messages as m
 from p2pfs.replication import messages as dm
-from p2pfs.storage import FileHasher
-from p2pfs.wire import ErrorCode
+from p2pfs.wire import ErrorCode, Role
 
 # Deadline for small requests (status, members, ...).
 REQUEST_TIMEOUT_S = 10.0
@@ -35,31 +36,81 @@ READ_BYTES = 1024 * 1024
 
 Progress = Callable[[int], None]
 
-_EXIT_FOR_ERROR = {
-    ErrorCode.NOT_FOUND: ExitCode.NOT_FOUND,
-    ErrorCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
-    ErrorCode.TIMEOUT: ExitCode.UNAVAILABLE,
-    ErrorCode.BAD_REQUEST: ExitCode.BAD_INPUT,
-    ErrorCode.FORBIDDEN: ExitCode.AUTH,
-    ErrorCode.STORAGE_FULL: ExitCode.STORAGE_FULL,
+# The class each error code of a node's answer becomes. A code not here (INTERNAL,
+# CORRUPT, CANCELLED) is a plain P2pfsError: the node failed, and its text says how.
+_ERROR_FOR_CODE: dict[ErrorCode, type[errors.P2pfsError]] = {
+    ErrorCode.NOT_FOUND: errors.NotFound,
+    ErrorCode.UNAVAILABLE: errors.Unavailable,
+    ErrorCode.TIMEOUT: errors.Unavailable,
+    ErrorCode.BAD_REQUEST: errors.BadInput,
+    ErrorCode.FORBIDDEN: errors.AuthError,
+    ErrorCode.STORAGE_FULL: errors.StorageFull,
 }
+
+# OpenSSL reasons that mean a certificate was refused (on either end): an authentication
+# failure. Any other TLS failure during the handshake means the other end does not speak
+# p2pfs's TLS at all (another service on the port, or garbage): it is unavailable to us.
+_CERTIFICATE_REASON_WORDS = ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED")
+
+
+def _handshake_error(exc: net.HandshakeError, node: Address) -> errors.P2pfsError:
+    """Tell a refused certificate (AuthError) from a node that is not there to talk to.
+
+    A frozen or overloaded node, or a non-p2pfs service that accepts and says
+    nothing, lets the handshake's deadline pass; a service that answers with
+    something other than TLS fails the TLS layer. Neither is an authentication
+    problem: the node is unavailable. The net layer keeps the cause as the
+    error's context.
+    """
+    causes = _causes(exc)
+    if any(isinstance(cause, trio.TooSlowError) for cause in causes):
+        return errors.Unavailable(
+            f"node {node} accepted the connection but did not complete the handshake in time "
+            "(is it frozen or overloaded, or is another service listening on that port?)"
+        )
+    if any(isinstance(cause, (ssl.SSLError, trio.BrokenResourceError)) for cause in causes):
+        reasons = " ".join((getattr(c, "reason", None) or "").upper() for c in causes)
+        if not any(word in reasons for word in _CERTIFICATE_REASON_WORDS):
+            return errors.Unavailable(
+                f"{node} does not speak p2pfs's TLS ({exc}): is another service listening on that port?"
+            )
+    return errors.AuthError(f"cannot authenticate with {node}: {exc}")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The chain of exceptions behind ``exc`` (its causes and contexts), nearest first."""
+    chain: list[BaseException] = []
+    current = exc.__cause__ or exc.__context__
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 @contextlib.contextmanager
-def user_errors(node: Address):
-    """Turn network and remote errors into UserErrors with the right exit code."""
+def library_errors(node: Address):
+    """Turn network and remote errors into the classes of p2pfs.errors."""
     try:
         yield
     except net.HandshakeError as exc:
-        raise UserError(f"cannot authenticate with {node}: {exc}", ExitCode.AUTH) from None
+        raise _handshake_error(exc, node) from None
     except net.ConnectError as exc:
-        raise UserError(f"cannot reach node {node}: {exc}", ExitCode.UNAVAILABLE) from None
+        raise errors.Unavailable(f"cannot reach node {node}: {exc}") from None
     except net.RequestTimeout as exc:
-        raise UserError(f"node {node} did not answer in time: {exc}", ExitCode.UNAVAILABLE) from None
+        raise errors.Unavailable(f"node {node} did not answer in time: {exc}") from None
     except net.ConnectionClosed as exc:
-        raise UserError(f"connection to {node} lost: {exc}", ExitCode.UNAVAILABLE) from None
+        raise errors.Unavailable(f"connection to {node} lost: {exc}") from None
     except net.RemoteError as exc:
-        raise UserError(exc.text, _EXIT_FOR_ERROR.get(exc.code, ExitCode.FAILURE)) from None
+        raise _ERROR_FOR_CODE.get(exc.code, errors.P2pfsError)(exc.text) from None
+
+
+def _only_leaf(group: BaseExceptionGroup) -> BaseException | None:
+    """The single exception inside (possibly nested) groups, or None if there are several."""
+    while len(group.exceptions) == 1 and isinstance(group.exceptions[0], BaseExceptionGroup):
+        group = group.exceptions[0]
+    if len(group.exceptions) == 1:
+        return group.exceptions[0]
+    return None
 
 
 class Client:
@@ -72,16 +123,36 @@ class Client:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(cls, identity: Identity, node: Address) -> AsyncIterator["Client"]:
-        with user_errors(node):
-            async with net.client_connection(identity, node) as conn:
-                yield cls(conn, node)
+        if identity.role is not Role.CLIENT:
+            raise errors.AuthError(
+                f"{identity.directory} holds a {identity.role.value} identity; commands speak as a "
+                "client: use a client identity (create one with `p2pfs client init DIR --ca CA_DIR`)"
+            )
+        with library_errors(node):
+            try:
+                async with net.client_connection(identity, node) as conn:
+                    yield cls(conn, node)
+            except BaseExceptionGroup as group:
+                # The connection's reader runs in a nursery beside the caller's block, so
+                # what the block raises arrives wrapped in a group; a lone error is raised
+                # as itself, so that callers catch P2pfsError, not groups.
+                leaf = _only_leaf(group)
+                if leaf is None or not isinstance(leaf, Exception):
+                    raise
+                # Keep the leaf's own context (the network error it was translated from),
+                # which raising it here would replace with the group.
+                context = leaf.__context__
+                try:
+                    raise leaf
+                finally:
+                    leaf.__context__ = context
 
     async def _call(self, msg: wire.Message, expect: type, timeout_s: float = REQUEST_TIMEOUT_S,
                     body: AsyncIterator[bytes] | None = None):
-        with user_errors(self.node):
+        with library_errors(self.node):
             reply = await self.conn.request(msg, timeout_s=timeout_s, body=body)
         if not isinstance(reply, expect):
-            raise UserError(f"node {self.node} answered {type(reply).__name__}, expected {expect.__name__}")
+            raise errors.PeerFault(f"node {self.node} answered {type(reply).__name__}, expected {expect.__name__}")
         return reply
 
     async def status(self) -> m.StatusReply:
@@ -105,29 +176,31 @@ class Client:
 
     async def get(self, name: str, sink: BinaryIO, progress: Progress = lambda n: None,
                   on_size: Callable[[int], None] = lambda size_bytes: None) -> dm.GetFileReply:
-        """Stream a file into ``sink``; raise UserError unless every byte arrived and verified.
+        """Stream a file into ``sink``; raise unless every byte arrived and verified.
 
         ``on_size`` hears the file's size as soon as the node has found it.
         """
+        from p2pfs.storage import FileHasher  # here: the storage room costs every other command start-up time
+
         hasher = FileHasher()
 
         def write(data: bytes) -> None:
             sink.write(data)
             hasher.update(data)
 
-        with user_errors(self.node):
+        with library_errors(self.node):
             async with self.conn.open_request(dm.GetFile(name), timeout_s=CLUSTER_REQUEST_TIMEOUT_S) as response:
                 header = response.msg
                 if not isinstance(header, dm.GetFileReply) or response.body is None:
-                    raise UserError(f"node {self.node} answered a get with {type(header).__name__}")
+                    raise errors.PeerFault(f"node {self.node} answered a get with {type(header).__name__}")
                 on_size(header.size_bytes)
                 async for data in response.body:
                     await trio.to_thread.run_sync(write, data)
                     progress(len(data))
         if hasher.size_bytes != header.size_bytes or hasher.digest() != header.file_hash:
-            raise UserError(
+            raise errors.PeerFault(
                 f"{name!r} arrived damaged ({hasher.size_bytes} of {header.size_bytes} bytes, "
-                "hash mismatch); nothing was kept", ExitCode.FAILURE,
+                "hash mismatch); nothing was kept"
             )
         return header
 

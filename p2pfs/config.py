@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -46,6 +45,18 @@ def parse_size(value: str | int) -> int:
     if match is None or unit not in _SIZE_UNITS:
         raise ValueError(f"{value!r} is not a size (examples: 4096, '500MB', '10GiB')")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+_BINARY_UNITS = (("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+
+
+def format_size_exact(size_bytes: int) -> str | int:
+    """``"10GiB"`` for a whole number of a binary unit, else the bytes as an int: the way a
+    config file or a help text shows a size, exactly (``parse_size`` reads both back)."""
+    for unit, factor in _BINARY_UNITS:
+        if size_bytes >= factor and size_bytes % factor == 0:
+            return f"{size_bytes // factor}{unit}"
+    return size_bytes
 
 
 def format_size(size_bytes: int) -> str:
@@ -101,6 +112,8 @@ class NodeSettings:
             raise ValueError("must be more than 0")
         if self.listen.port == 0:
             raise ValueError("a node needs a fixed port to listen on")
+        if not self.zone.isprintable():
+            raise ValueError(f"zone {self.zone!r} has control characters; use letters, digits and punctuation")
 
 
 def _convert(tp: Any, value: Any) -> Any:
@@ -165,6 +178,8 @@ def load_section(cls: type, table: Any, section: str) -> Any:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here, not at the top: the CLI imports this module for every command
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -178,17 +193,23 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is a directory, not a config file") from None
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (Address, Path, str)):
-        text = str(value)
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _toml_value(value: Any, *, size: bool = False) -> str:
+    """One value as TOML, escaped by tomli_w; a size (``size``) as "10GiB" when exact.
+
+    Arrays stay on one line (tomli_w would spread them over several), each item
+    rendered by tomli_w.
+    """
+    import tomli_w
+
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise AssertionError(f"cannot render {value!r}")
+    if isinstance(value, (Address, Path)):
+        value = str(value)
+    elif size and isinstance(value, int) and not isinstance(value, bool):
+        value = format_size_exact(value)
+    line = tomli_w.dumps({"v": value})
+    assert line.startswith("v = ") and line.endswith("\n"), line
+    return line[len("v = "):-1]
 
 
 def render_section(section: str, values: Any, *, commented: bool) -> str:
@@ -201,7 +222,7 @@ def render_section(section: str, values: Any, *, commented: bool) -> str:
         lines.extend(f"# {line}" for line in _wrap(text))
         value = getattr(values, f.name)
         prefix = "# " if commented and value == getattr(defaults, f.name) else ""
-        lines.append(f"{prefix}{f.name} = {_toml_value(value)}")
+        lines.append(f"{prefix}{f.name} = {_toml_value(value, size='_bytes' in f.name)}")
         lines.append("")
     return "\n".join(lines)
 

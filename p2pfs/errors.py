@@ -63,30 +63,3 @@ class LocalStorageError(P2pfsError):
 
 class StorageFull(LocalStorageError):
     """The store has no room for what was asked."""
-
-
-# -- being retired: the CLI's exit codes, still raised by library code -----------
-# The client-side work moves these into the CLI (the library raises the classes
-# above); until then they stay here so nothing breaks.
-import enum  # noqa: E402
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    FAILURE = 1
-    BAD_INPUT = 2
-    NOT_FOUND = 3
-    UNAVAILABLE = 4
-    AUTH = 5
-    STORAGE_FULL = 6
-
-
-class UserError(P2pfsError):
-    """An error with a message a person can act on, and an exit code."""
-
-    exit_code: ExitCode = ExitCode.FAILURE
-
-    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code

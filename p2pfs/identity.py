@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from p2pfs.errors import ExitCode, UserError
+from p2pfs.errors import AuthError, BadInput
 from p2pfs.ids import short_id
 from p2pfs.wire import Role
 
@@ -54,10 +54,11 @@ CERT_VALIDITY_DAYS_DEFAULT = 3650
 NODE_ID_HEX_CHARS = 64
 
 
-class IdentityError(UserError):
-    """An identity cannot be created or loaded; the message says what to do."""
+class IdentityError(AuthError):
+    """An identity's key or certificate cannot be used; the message says what to do.
 
-    exit_code = ExitCode.AUTH
+    A missing directory or a file in the way is the caller's input (``BadInput``).
+    """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,7 +108,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
-        raise IdentityError(f"{path} already exists; refusing to overwrite it", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"{path} already exists; refusing to overwrite it") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -139,13 +140,12 @@ def _prepare_dir(directory: Path, files: tuple[str, ...]) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IdentityError(f"cannot create {directory}: {exc.strerror}", ExitCode.BAD_INPUT) from None
+        raise BadInput(f"cannot create {directory}: {exc.strerror}") from None
     existing = [name for name in files if (directory / name).exists()]
     if existing:
-        raise IdentityError(
+        raise BadInput(
             f"{directory} already holds {', '.join(existing)}; refusing to overwrite "
-            "(choose another directory or remove it first)",
-            ExitCode.BAD_INPUT,
+            "(choose another directory or remove it first)"
         )
 
 
@@ -262,7 +262,7 @@ def load_ca(directory: Path) -> CertificateAuthority:
     key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
     for path in (key_path, cert_path):
         if not path.is_file():
-            raise IdentityError(f"{path} not found: is {directory} a CA directory (p2pfs ca init)?", ExitCode.BAD_INPUT)
+            raise BadInput(f"{path} not found: is {directory} a CA directory (p2pfs ca init)?")
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -368,11 +368,11 @@ def create_identity(
 def load_identity(directory: Path) -> Identity:
     """Load an identity directory, with errors that say which file is wrong."""
     if not directory.is_dir():
-        raise IdentityError(f"identity directory {directory} does not exist", ExitCode.BAD_INPUT)
+        raise BadInput(f"identity directory {directory} does not exist")
     paths = {name: directory / name for name in (KEY_FILE, CERT_FILE, CA_CERT_FILE)}
     for name, path in paths.items():
         if not path.is_file():
-            raise IdentityError(f"{path} not found: is {directory} an identity directory?", ExitCode.BAD_INPUT)
+            raise BadInput(f"{path} not found: is {directory} an identity directory?")
     try:
         key_pem = paths[KEY_FILE].read_bytes()
         cert = x509.load_pem_x509_certificate(paths[CERT_FILE].read_bytes())

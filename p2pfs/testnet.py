@@ -35,7 +35,7 @@ from p2pfs import identity
 from p2pfs.address import Address
 from p2pfs.client import Client
 from p2pfs.config import CONFIG_FILE, NodeSettings
-from p2pfs.errors import ExitCode, UserError
+from p2pfs.errors import BadInput, P2pfsError, Unavailable
 from p2pfs.node.config import load_node_config, render_node_config
 from p2pfs.wire import Role
 
@@ -147,8 +147,7 @@ def status(directory: Path) -> list[NodeProcess]:
 
 def _require_testnet(directory: Path) -> None:
     if not (directory / CA_DIR / identity.CA_CERT_FILE).is_file():
-        raise UserError(f"{directory} is not a test network (create one with `p2pfs testnet up --dir {directory}`)",
-                        ExitCode.BAD_INPUT)
+        raise BadInput(f"{directory} is not a test network (create one with `p2pfs testnet up --dir {directory}`)")
 
 
 def _port_free(address: Address) -> bool:
@@ -183,16 +182,16 @@ def create(directory: Path, nodes: int, base_port: int, overrides: dict[str, dic
     ``base_port`` 0: each node gets a port the operating system chose.
     """
     if not 1 <= nodes <= NODES_MAX:
-        raise UserError(f"--nodes must be between 1 and {NODES_MAX}", ExitCode.BAD_INPUT)
+        raise BadInput(f"--nodes must be between 1 and {NODES_MAX}")
     if base_port != 0 and not 1024 <= base_port <= 65535 - nodes:
-        raise UserError("--base-port must be 0 (ports chosen by the system) or leave room for every "
-                        "node's port (1024-65535)", ExitCode.BAD_INPUT)
+        raise BadInput("--base-port must be 0 (ports chosen by the system) or leave room for every "
+                       "node's port (1024-65535)")
     ports = os_chosen_ports(nodes) if base_port == 0 else [base_port + i for i in range(nodes)]
     addresses = [Address("127.0.0.1", port) for port in ports]
     busy = [str(a) for a in addresses if not _port_free(a)]
     if busy:
-        raise UserError(
-            f"port(s) already in use: {', '.join(busy)}; choose another --base-port", ExitCode.BAD_INPUT
+        raise BadInput(
+            f"port(s) already in use: {', '.join(busy)}; choose another --base-port"
         )
     render_node_config(NodeSettings(), overrides)  # check the overrides before creating anything
     directory.mkdir(parents=True, exist_ok=True)
@@ -218,10 +217,10 @@ def add(directory: Path, count: int, progress: Callable[[str], None] = lambda s:
     """Add ``count`` nodes to a network (next names, next ports, same settings) and start them."""
     _require_testnet(directory)
     if not 1 <= count <= NODES_MAX:
-        raise UserError(f"--nodes must be between 1 and {NODES_MAX}", ExitCode.BAD_INPUT)
+        raise BadInput(f"--nodes must be between 1 and {NODES_MAX}")
     existing = status(directory)
     if not existing:
-        raise UserError(f"{directory} has no nodes", ExitCode.BAD_INPUT)
+        raise BadInput(f"{directory} has no nodes")
     overrides = json.loads((directory / OVERRIDES_FILE).read_text())
     authority = identity.load_ca(directory / CA_DIR)
     last_index = max(int(p.name[4:]) for p in existing)
@@ -235,7 +234,7 @@ def add(directory: Path, count: int, progress: Callable[[str], None] = lambda s:
     for offset, port in enumerate(ports, start=1):
         address = Address("127.0.0.1", port)
         if not _port_free(address):
-            raise UserError(f"port {address} is in use", ExitCode.BAD_INPUT)
+            raise BadInput(f"port {address} is in use")
         new_dirs.append(_create_node(directory, authority, last_index + offset, address, seeds, overrides))
     for node_dir in new_dirs:
         progress(f"starting {node_dir.name}")
@@ -251,7 +250,7 @@ def start_node(node_dir: Path) -> int:
     if proc.running:
         return proc.pid
     if not _port_free(proc.address):
-        raise UserError(f"{proc.name}: port {proc.address} is in use by another program", ExitCode.UNAVAILABLE)
+        raise Unavailable(f"{proc.name}: port {proc.address} is in use by another program")
     log_file = open(node_dir / LOG_FILE, "ab")
     try:
         child = subprocess.Popen(
@@ -302,7 +301,7 @@ def resolve_node(directory: Path, name: str) -> Path:
         node_dir = directory / f"node{name}"
     if not (node_dir / CONFIG_FILE).is_file() or not node_dir.name.startswith("node"):
         names = ", ".join(d.name for d in _node_dirs(directory))
-        raise UserError(f"no node {name!r} in {directory} (nodes: {names})", ExitCode.BAD_INPUT)
+        raise BadInput(f"no node {name!r} in {directory} (nodes: {names})")
     return node_dir
 
 
@@ -327,9 +326,9 @@ async def wait_converged(directory: Path, *, timeout_s: float, started: Iterable
                 if proc.name in started_names and _pid_exists(proc.pid):
                     starting.append(proc.name)
                     continue
-                raise UserError(
+                raise Unavailable(
                     f"{proc.name} exited: {_last_line(proc.directory / LOG_FILE)} "
-                    f"(log: {proc.directory / LOG_FILE})", ExitCode.UNAVAILABLE,
+                    f"(log: {proc.directory / LOG_FILE})"
                 )
             lagging = list(starting)
             for proc in procs:
@@ -339,7 +338,7 @@ async def wait_converged(directory: Path, *, timeout_s: float, started: Iterable
                     with trio.fail_after(3):
                         async with Client.connect(client_ident, proc.address) as client:
                             members = await client.members()
-                except (UserError, trio.TooSlowError):
+                except (P2pfsError, trio.TooSlowError):
                     lagging.append(proc.name)
                     continue
                 alive = {mb.node_id for mb in members if mb.state == "alive"}
@@ -354,10 +353,9 @@ async def wait_converged(directory: Path, *, timeout_s: float, started: Iterable
             await trio.sleep(0.2)  # poll the cluster's own view again
     if scope.cancelled_caught:
         logs = ", ".join(str(directory / name / LOG_FILE) for name in lagging)
-        raise UserError(
+        raise Unavailable(
             f"the network did not converge within {timeout_s:.0f} s ({', '.join(lagging)} lagging); "
-            f"see {logs}",
-            ExitCode.UNAVAILABLE,
+            f"see {logs}"
         )
 
 

@@ -48,7 +48,7 @@ import trio
 from p2pfs import identity, testnet
 from p2pfs.address import Address
 from p2pfs.client import Client
-from p2pfs.errors import UserError
+from p2pfs.errors import P2pfsError
 from p2pfs.membership import MembershipConfig
 
 from bench_procs import (
@@ -116,7 +116,7 @@ class MemberViews:
                 if address not in self._held:
                     await self._nursery.start(self._hold, address)
                 members = await self._held[address][0].members()
-        except (UserError, trio.TooSlowError):
+        except (P2pfsError, trio.TooSlowError):
             self.drop(address)
             return None
         return {mb.node_id: mb.state for mb in members}

@@ -27,7 +27,8 @@ from p2pfs.chaos.history import read_header
 from p2pfs.chaos.nemesis import FAULT_KINDS
 from p2pfs.chaos.runner import RunOptions, run_chaos
 from p2pfs.chaos.checker import render_summary
-from p2pfs.errors import ExitCode, UserError
+from p2pfs.cli import ExitCode, exit_code_for
+from p2pfs.errors import P2pfsError
 
 OUT_ROOT_DEFAULT = Path("/tmp/p2pfs-chaos")
 
@@ -89,10 +90,10 @@ def main(minutes: float, seed: int | None, nodes: int, faults: str, workers: int
                              workers=workers)
     try:
         summary = run_chaos(options)
-    except UserError as exc:
+    except P2pfsError as exc:
         click.echo(f"chaos: the run could not complete: {exc} (history so far: {out_dir / 'history.jsonl'})",
                    err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(exit_code_for(exc))
     click.echo(json.dumps(summary, indent=2, sort_keys=True) if as_json else render_summary(summary))
     click.echo(f"history: {out_dir / 'history.jsonl'} (replay with --replay)", err=True)
     sys.exit(ExitCode.FAILURE if summary["violations"] else ExitCode.OK)

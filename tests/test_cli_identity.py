@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from p2pfs import identity
-from p2pfs.cli import cli
 from p2pfs.config import NodeSettings
-from p2pfs.errors import ConfigError, ExitCode
+from p2pfs.cli import ExitCode, cli
+from p2pfs.errors import ConfigError
 from p2pfs.node.config import load_node_config, render_node_config
 from p2pfs.wire import Role
 
@@ -118,3 +119,48 @@ def test_example_config_in_the_repository_is_current():
 
     example = Path(__file__).parent.parent / "configs" / "node.example.toml"
     assert example.read_text() == example_config()
+
+
+def test_node_init_refuses_a_zone_with_control_characters_and_writes_nothing(tmp_path):
+    run("ca", "init", str(tmp_path / "ca"))
+    node_dir = tmp_path / "n1"
+    result = CliRunner().invoke(cli, ["node", "init", str(node_dir), "--ca", str(tmp_path / "ca"),
+                                      "--listen", "127.0.0.1:7101", "--zone", "rack\n1"])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "control characters" in result.output and "Traceback" not in result.output
+    assert not (node_dir / "key.pem").exists() and not (node_dir / "p2pfs.toml").exists()
+
+
+def test_node_init_writes_any_printable_zone_and_sizes_as_units(tmp_path):
+    run("ca", "init", str(tmp_path / "ca"))
+    zone = 'rack "1" \\ ünï = [x]'
+    result = run("node", "init", str(tmp_path / "n1"), "--ca", str(tmp_path / "ca"),
+                 "--listen", "127.0.0.1:7101", "--zone", zone, "--capacity", "2GiB")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "n1" / "p2pfs.toml").read_text()
+    assert 'capacity_bytes = "2GiB"' in text
+    assert '# chunk_size_bytes = "1MiB"' in text
+    cfg = load_node_config(tmp_path / "n1" / "p2pfs.toml")
+    assert cfg.node.zone == zone and cfg.node.capacity_bytes == 2 * 1024**3
+
+
+def test_rendered_config_escapes_every_string(tmp_path):
+    settings = NodeSettings(data_dir=Path('da\nta "x" \\ \t'))
+    path = tmp_path / "p2pfs.toml"
+    path.write_text(render_node_config(settings))
+    assert load_node_config(path).node == settings
+
+
+def test_help_shows_the_capacity_default_as_a_size():
+    result = run("node", "init", "--help")
+    assert "[default: 10GiB]" in " ".join(result.output.split())
+
+
+def test_client_init_saves_the_node_as_toml(tmp_path):
+    run("ca", "init", str(tmp_path / "ca"))
+    result = run("client", "init", str(tmp_path / "c"), "--ca", str(tmp_path / "ca"),
+                 "--node", "[::1]:7101")
+    assert result.exit_code == 0, result.output
+    import tomllib
+
+    assert tomllib.loads((tmp_path / "c" / "client.toml").read_text()) == {"node": "[::1]:7101"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from p2pfs.config import NodeSettings
-from p2pfs.errors import ExitCode
+from p2pfs.cli import ExitCode
 from p2pfs.replication.placement import ring_weight
 from p2pfs.ring import Ring, RingMember
 from p2pfs.storage import CHUNK_SIZE_BYTES_DEFAULT

@@ -32,7 +32,7 @@ import trio
 from p2pfs import identity
 from p2pfs.address import Address
 from p2pfs.client import Client
-from p2pfs.errors import UserError
+from p2pfs.errors import P2pfsError, Unavailable
 from p2pfs.membership import MembershipConfig
 from p2pfs.node.daemon import WALL_CLOCK_OFFSET_FILE_ENV
 from p2pfs.wire import Role
@@ -158,9 +158,9 @@ def render_config(listen: Address, seeds: list[Address], timings: Timings) -> st
     return "\n".join(lines) + "\n"
 
 
-def user_error_in(exc: BaseException) -> UserError | None:
-    """The UserError behind ``exc``, also when a nursery in the client wrapped it in a group."""
-    if isinstance(exc, UserError):
+def user_error_in(exc: BaseException) -> P2pfsError | None:
+    """The P2pfsError behind ``exc``, also when a nursery in the client wrapped it in a group."""
+    if isinstance(exc, P2pfsError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         leaves = [user_error_in(e) for e in exc.exceptions]
@@ -246,7 +246,7 @@ class Cluster:
                 if await self._answers(node):
                     return
                 await trio.sleep(POLL_INTERVAL_S)  # polling the daemon, under a deadline
-        raise UserError(f"{node.name} did not start: see {node.directory / LOG_FILE}")
+        raise Unavailable(f"{node.name} did not start: see {node.directory / LOG_FILE}")
 
     async def _answers(self, node: ChaosNode) -> bool:
         try:
@@ -255,7 +255,7 @@ class Cluster:
                     await client.status()
         except trio.TooSlowError:
             return False
-        except (UserError, BaseExceptionGroup) as exc:
+        except (P2pfsError, BaseExceptionGroup) as exc:
             if user_error_in(exc) is None:
                 raise
             return False
@@ -307,7 +307,7 @@ class Cluster:
                     members = await client.members()
         except trio.TooSlowError:
             return None
-        except (UserError, BaseExceptionGroup) as exc:
+        except (P2pfsError, BaseExceptionGroup) as exc:
             if user_error_in(exc) is None:
                 raise
             return None

@@ -27,7 +27,8 @@ from p2pfs.chaos.history import ABSENT, Fault, HistoryWriter, Op
 from p2pfs.chaos.netns import Firewall, bring_up_loopback
 from p2pfs.chaos.workload import Workload, name_pool
 from p2pfs.client import Client
-from p2pfs.errors import ExitCode, UserError
+from p2pfs.cli import ExitCode
+from p2pfs.errors import NotFound, P2pfsError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,7 @@ class Run:
                     nursery.start_soon(self.cluster.start, node)
             lagging = await self.cluster.wait_converged(CONVERGE_TIMEOUT_S)
             if lagging:
-                raise UserError(f"the cluster did not converge at the start ({', '.join(lagging)} lagging)",
-                                ExitCode.UNAVAILABLE)
+                raise Unavailable(f"the cluster did not converge at the start ({', '.join(lagging)} lagging)")
             await self._chaos()
             await self._check()
         finally:
@@ -200,11 +200,11 @@ class Run:
                             found[node.name] = f"{reply.version_wall_ms}.{reply.version_logical}.{reply.writer}"
             except trio.TooSlowError:
                 found[node.name] = f"{READ_ERROR_PREFIX} no answer in {CHECK_READ_TIMEOUT_S} s"
-            except (UserError, BaseExceptionGroup) as exc:
+            except (P2pfsError, BaseExceptionGroup) as exc:
                 error = user_error_in(exc)
                 if error is None:
                     raise
-                found[node.name] = ABSENT if error.exit_code is ExitCode.NOT_FOUND else f"{READ_ERROR_PREFIX} {error}"
+                found[node.name] = ABSENT if isinstance(error, NotFound) else f"{READ_ERROR_PREFIX} {error}"
         return found
 
     async def _settle(self) -> dict[str, dict[str, str]]:
@@ -250,7 +250,7 @@ class Run:
                     listing = await client.ls("")
         except trio.TooSlowError:
             return [Violation("unreadable", "ls", "no answer in time")]
-        except (UserError, BaseExceptionGroup) as exc:
+        except (P2pfsError, BaseExceptionGroup) as exc:
             error = user_error_in(exc)
             if error is None:
                 raise

@@ -26,7 +26,8 @@ import trio
 
 from p2pfs import net
 from p2pfs.client import Client
-from p2pfs.errors import ExitCode, UserError
+from p2pfs.cli import exit_code_for
+from p2pfs.errors import NotFound, P2pfsError
 from p2pfs.chaos.cluster import Cluster, user_error_in
 from p2pfs.chaos.history import ABSENT, DELETE, FAIL, GET, INFO, OK, PUT, Op
 
@@ -86,7 +87,7 @@ def plan(seed: int, worker: int, names: list[str], node_count: int) -> Iterator[
         )
 
 
-def classify(op: Op, error: UserError) -> None:
+def classify(op: Op, error: P2pfsError) -> None:
     """Set an op's outcome from the error the client raised.
 
     The client library chains the network error it translated as ``__context__``:
@@ -94,13 +95,13 @@ def classify(op: Op, error: UserError) -> None:
     op); a ``ConnectError`` means nothing was sent.
     """
     cause = error.__context__
-    op.error = f"{error.exit_code.name}: {error}"
+    op.error = f"{exit_code_for(error).name}: {error}"  # as the CLI would report it
     op.answered = isinstance(cause, net.RemoteError)
     if isinstance(cause, net.ConnectError):
         op.outcome = FAIL
-    elif op.kind == GET and op.answered and error.exit_code is ExitCode.NOT_FOUND:
+    elif op.kind == GET and op.answered and isinstance(error, NotFound):
         op.outcome, op.value, op.error = OK, ABSENT, ""
-    elif op.kind == DELETE and op.answered and error.exit_code is ExitCode.NOT_FOUND:
+    elif op.kind == DELETE and op.answered and isinstance(error, NotFound):
         op.outcome = FAIL  # rm found no file and wrote nothing
     elif op.kind == GET:
         op.outcome = FAIL  # a failed read changes nothing
@@ -158,7 +159,7 @@ class Workload:
                 op.outcome, op.answered = OK, True
                 if op.kind == GET:
                     op.value = hashlib.sha256(received.getvalue()).hexdigest()
-        except (UserError, BaseExceptionGroup) as exc:
+        except (P2pfsError, BaseExceptionGroup) as exc:
             error = user_error_in(exc)
             if error is None:
                 raise

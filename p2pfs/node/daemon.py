@@ -28,7 +28,7 @@ import trio
 
 from p2pfs import __version__, net, wire
 from p2pfs.clock import SystemClock
-from p2pfs.errors import ConfigError, ExitCode, LocalStorageError, UserError
+from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
 from p2pfs.identity import Identity
 from p2pfs.ids import short_id
 from p2pfs.membership import (
@@ -81,7 +81,7 @@ class Node:
 
     def __init__(self, cfg: NodeConfig, ident: Identity) -> None:
         if ident.role is not Role.NODE:
-            raise UserError(f"{ident.directory} holds a client identity, not a node's", ExitCode.AUTH)
+            raise AuthError(f"{ident.directory} holds a client identity, not a node's")
         self.cfg = cfg
         offset_file = os.environ.get(WALL_CLOCK_OFFSET_FILE_ENV)
         self.clock = SystemClock(wall_offset_ms=wall_clock_offset_ms(),
@@ -137,17 +137,16 @@ class Node:
             try:
                 await nursery.start(self.data.run)
             except LocalStorageError as exc:
-                raise UserError(f"cannot open the data dir {self.cfg.data_dir}: {exc}") from None
+                raise LocalStorageError(f"cannot open the data dir {self.cfg.data_dir}: {exc}") from None
             try:
                 await nursery.start(self.endpoint.run)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    raise UserError(
+                    raise BadInput(
                         f"address {self.cfg.node.listen} is already in use "
-                        "(is another daemon running? change [node] listen)",
-                        ExitCode.BAD_INPUT,
+                        "(is another daemon running? change [node] listen)"
                     ) from None
-                raise UserError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
+                raise P2pfsError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
             await nursery.start(self.membership.run, self.cfg.node.seeds)
             log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
             task_status.started()

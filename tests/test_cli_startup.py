@@ -1,0 +1,58 @@
+"""Start-up time: a command imports only what it needs (measured with `python -X importtime`).
+
+Wall-clock limits would fail on a loaded machine; which modules get imported does not
+depend on the load, and it is what made `p2pfs --help` take 0.3 s.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from p2pfs.cli import ExitCode
+
+# Imported by no command that does not talk to a node or run one.
+HEAVY_FOR_HELP = ("trio", "cryptography", "ssl", "tomllib", "p2pfs.identity", "p2pfs.net", "p2pfs.wire",
+                  "p2pfs.node.config", "p2pfs.membership")
+# Imported by no client command: the daemon's rooms.
+DAEMON_ONLY = ("p2pfs.node.config", "p2pfs.node.daemon", "p2pfs.membership", "p2pfs.replication.service",
+               "p2pfs.storage")
+
+
+def imported_modules(*args: str, env: dict[str, str] | None = None) -> tuple[set[str], subprocess.CompletedProcess]:
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "p2pfs", *args],
+                            capture_output=True, text=True, env=env, timeout=60)
+    modules = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line}
+    return modules, result
+
+
+def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ls", "--help"], ["get", "--help"], ["testnet", "--help"]])
+def test_help_imports_neither_trio_nor_cryptography_nor_the_daemon(args):
+    modules, result = imported_modules(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "p2pfs.cli" in modules
+    assert loaded(modules, HEAVY_FOR_HELP) == []
+
+
+def test_ls_imports_no_room_of_the_daemon(tmp_path):
+    from p2pfs import identity
+    from p2pfs.wire import Role
+
+    authority = identity.init_ca(tmp_path / "ca")
+    identity.create_identity(tmp_path / "client", authority, Role.CLIENT)
+    with socket.socket() as sock:  # a port nobody listens on: ls imports everything, then fails
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"P2PFS_IDENTITY": str(tmp_path / "client"), "P2PFS_NODE": f"127.0.0.1:{port}", "PATH": "/usr/bin:/bin"}
+    modules, result = imported_modules("ls", env=env)
+    assert result.returncode == ExitCode.UNAVAILABLE, result.stderr[-2000:]
+    assert "p2pfs.client" in modules
+    assert loaded(modules, DAEMON_ONLY) == []
