@@ -92,12 +92,12 @@ def classify(op: Op, error: P2pfsError) -> None:
 
     The client library chains the network error it translated as ``__context__``:
     a ``RemoteError`` means the coordinator answered (it has finished with the
-    op); a ``ConnectError`` means nothing was sent.
+    op); a ``ConnectError`` or ``HandshakeError`` means nothing was sent.
     """
     cause = error.__context__
     op.error = f"{exit_code_for(error).name}: {error}"  # as the CLI would report it
     op.answered = isinstance(cause, net.RemoteError)
-    if isinstance(cause, net.ConnectError):
+    if isinstance(cause, (net.ConnectError, net.HandshakeError)):
         op.outcome = FAIL
     elif op.kind == GET and op.answered and isinstance(error, NotFound):
         op.outcome, op.value, op.error = OK, ABSENT, ""
