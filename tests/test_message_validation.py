@@ -21,6 +21,7 @@ from p2pfs import wire
 from p2pfs.errors import BadInput
 from p2pfs.membership import messages as mm
 from p2pfs.node import messages as nm
+from p2pfs.replication import fields
 from p2pfs.replication import messages as dm
 from p2pfs.storage.hlc import LOGICAL_MAX, WALL_MS_MAX
 from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MAX, MANIFEST_CHUNKS_MAX
@@ -84,7 +85,7 @@ TABLE: list[tuple[wire.Message, list[tuple[str, object]]]] = [
         ("version_wall_ms", WALL_MS_MAX + 1), ("version_logical", -1),
         ("writer", "AB" * 32), ("writer", "ab" * 31), ("writer", "g" * 64),
         ("chunks.0.chunk_id", b"x"), ("chunks.0.size_bytes", 0), ("chunks.0.size_bytes", CHUNK_SIZE_BYTES_MAX + 1),
-        ("chunks.0.replicas.0", ""), ("chunks.0.replicas", ["n"] * (dm.NODES_PER_MESSAGE_MAX + 1)),
+        ("chunks.0.replicas.0", ""), ("chunks.0.replicas", ["n"] * (fields.NODES_PER_MESSAGE_MAX + 1)),
     ]),
     (dm.SyncChunks((dm.BucketDigest(0, DIGEST, 1),)), [
         ("buckets.0.bucket", -1), ("buckets.0.bucket", 256), ("buckets.0.digest", DIGEST[:15]),
@@ -124,7 +125,7 @@ TABLE: list[tuple[wire.Message, list[tuple[str, object]]]] = [
         ("problems.0.kind", "broken"), ("problems.0.what", "chunk"),
         ("problems.0.key", "AB" * 32), ("problems.0.key", NAME),
         ("problems.0", ["missing", "names", "", [], []]),
-        ("problems.0.holders", ["x" * 129]), ("problems.0.wanted", ["n"] * (dm.NODES_PER_MESSAGE_MAX + 1)),
+        ("problems.0.holders", ["x" * 129]), ("problems.0.wanted", ["n"] * (fields.NODES_PER_MESSAGE_MAX + 1)),
     ]),
     (nm.StatusRequest(), [("", ["surplus"])]),
     (nm.StatusReply(HEX, "127.0.0.1", 7000, "0.1.0", 1.0, "", 0, 0, 1, 0, 0, 0), [

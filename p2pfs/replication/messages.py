@@ -11,7 +11,7 @@ Name entries and manifests travel in their storage encodings (``NameEntry.encode
 which their decoders check in full where they are used; the wire layer checks
 their size only, so that a put does not decode every manifest twice.
 
-Node ids come in two kinds. A writer (``NameSummary.writer``) is what
+The caps and field checks are in ``fields.py``. Node ids come in two kinds. A writer (``NameSummary.writer``) is what
 ``NameEntry`` accepts: 64 lowercase hex digits. Any other node id here names a
 member (a hint's owner, a replica, an fsck holder) and follows the membership
 messages' rule, because it comes from the member table: a stricter rule here
@@ -23,145 +23,21 @@ from __future__ import annotations
 import math
 
 from p2pfs import wire
-from p2pfs.membership.messages import NODE_ID_CHARS_MAX, PUSH_PULL_MEMBERS_MAX
-from p2pfs.replication.healing import BUCKETS, DIGEST_BYTES
-from p2pfs.storage.hlc import LOGICAL_MAX, WALL_MS_MAX
-from p2pfs.storage.manifest import (
-    CHUNK_ID_BYTES,
-    CHUNK_SIZE_BYTES_MAX,
-    FILE_HASH_BYTES,
-    MANIFEST_CHUNKS_MAX,
+from p2pfs.replication.fields import (  # the caps are part of this module's interface (dm.X_MAX)
+    CHUNK_IDS_PER_MESSAGE_MAX, FILE_SIZE_BYTES_MAX, FILES_PER_LIST_MAX, FSCK_KINDS, FSCK_PROBLEMS_MAX,
+    FSCK_WHATS, HAS_CHUNKS_IDS_MAX, HEX_DIGITS, LEAVING_FOR_S_MAX, NAME_SUMMARIES_PER_MESSAGE_MAX,
+    NAMES_PER_PAGE_MAX, check_bucket, check_chunk_id, check_chunk_ids, check_count,
+    check_data, check_file_hash, check_hint_for, check_id_list, check_int, check_member_ids, check_name,
+    check_prefix, check_version, check_writer,
 )
-from p2pfs.storage.names import ENTRY_ENCODED_BYTES_MAX, WRITER_HEX_CHARS, BadName, validate_name
+from p2pfs.replication.healing import BUCKETS, DIGEST_BYTES
+from p2pfs.storage.hlc import WALL_MS_MAX
+from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, MANIFEST_CHUNKS_MAX
+from p2pfs.storage.names import ENTRY_ENCODED_BYTES_MAX
 from p2pfs.wire import Role
 
 CLIENT = (Role.CLIENT,)
 BOTH = (Role.NODE, Role.CLIENT)
-
-# -- caps ---------------------------------------------------------------------
-# Each is at least what an honest node sends (the senders' own caps are named in
-# the comment), so only a peer that breaks the protocol meets them.
-
-# Largest file a manifest can describe: its chunk count cap times the largest chunk.
-FILE_SIZE_BYTES_MAX = MANIFEST_CHUNKS_MAX * CHUNK_SIZE_BYTES_MAX
-# Ids asked about in one HasChunks (handlers.HAS_CHUNKS_MAX; hand-off asks 1024).
-HAS_CHUNKS_IDS_MAX = 4096
-# Chunk ids in one ListChunks page or one SyncChunks answer (replicas.IDS_PER_MESSAGE_MAX).
-CHUNK_IDS_PER_MESSAGE_MAX = 65536
-# Name entries in one ListNames answer (replicas.LIST_PAGE_NAMES).
-NAMES_PER_PAGE_MAX = 1000
-# Files in one ls answer (service.LIST_NAMES_MAX).
-FILES_PER_LIST_MAX = 100_000
-# Node ids in one list (replicas of a chunk, fsck's holders and unreachable
-# nodes): the largest member table a node shares in one push-pull.
-NODES_PER_MESSAGE_MAX = PUSH_PULL_MEMBERS_MAX
-# Name summaries in one SyncNames answer. The answerer stops after the bucket
-# that takes it past antientropy.NAMES_PER_MESSAGE_MAX, so one big bucket can take
-# it further; the frame cap stops it anyway, and a summary takes at least 72
-# bytes (a 64-digit writer, a name, two ints, a bool, the array header).
-NAME_SUMMARIES_PER_MESSAGE_MAX = wire.FRAME_SIZE_BYTES_MAX // 72
-# Problems one fsck answer names (fsck.FSCK_PROBLEMS_LISTED_MAX).
-FSCK_PROBLEMS_MAX = 50
-# Longest a leaving node may ask to stay out of the ring (seconds). It sends
-# leave_handoff_timeout_s + handoff.LEAVING_MARGIN_S (6 minutes by default), and
-# the receiver clamps it to its own setting; this only keeps NaN, infinities and
-# absurd values out.
-LEAVING_FOR_S_MAX = 30 * 86400.0
-# Fsck's problem kinds and what they are about (what ``fsck.Fsck.run`` reports).
-FSCK_KINDS = frozenset({"under_replicated", "missing", "corrupt", "misplaced", "over_replicated"})
-FSCK_WHATS = frozenset({"chunks", "names"})
-# Counters are int64 on the wire and in SQLite.
-COUNT_MAX = 2**63 - 1
-
-_HEX_DIGITS = frozenset("0123456789abcdef")
-
-
-# -- field checks ---------------------------------------------------------------
-# Each raises wire.FieldError (a ValueError: the codec's cue for WireError), naming the field.
-
-
-def _check_int(value: int, what: str, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise wire.FieldError(f"{what} must be in [{low}, {high}], got {value}")
-
-
-def _check_chunk_id(value: bytes, what: str) -> None:
-    if len(value) != CHUNK_ID_BYTES:
-        raise wire.FieldError(f"{what} must be {CHUNK_ID_BYTES} bytes, got {len(value)}")
-
-
-def _check_chunk_ids(ids: tuple[bytes, ...], what: str, count_max: int) -> None:
-    if len(ids) > count_max:
-        raise wire.FieldError(f"{len(ids)} {what} exceed the cap of {count_max}")
-    for chunk_id in ids:
-        _check_chunk_id(chunk_id, what)
-
-
-def _check_id_list(concatenated: bytes, what: str, count_max: int) -> None:
-    """Concatenated 32-byte ids: whole ids only, and at most ``count_max`` of them."""
-    if len(concatenated) % CHUNK_ID_BYTES:
-        raise wire.FieldError(f"{what} of {len(concatenated)} bytes is not a whole number of {CHUNK_ID_BYTES}-byte ids")
-    if len(concatenated) > count_max * CHUNK_ID_BYTES:
-        raise wire.FieldError(f"{what} holds {len(concatenated) // CHUNK_ID_BYTES} ids, over the cap of {count_max}")
-
-
-def _check_name(name: str, what: str) -> None:
-    try:
-        validate_name(name)
-    except BadName as exc:
-        raise wire.FieldError(f"{what}: {exc}") from None
-
-
-def _check_prefix(prefix: str, what: str) -> None:
-    """A prefix of names: empty, or what a name may be."""
-    if prefix:
-        _check_name(prefix, what)
-
-
-def _check_writer(writer: str, what: str) -> None:
-    if len(writer) != WRITER_HEX_CHARS or not _HEX_DIGITS.issuperset(writer):
-        raise wire.FieldError(f"{what} must be a node id of {WRITER_HEX_CHARS} lowercase hex digits, got {writer!r:.80}")
-
-
-def _check_member_id(node_id: str, what: str) -> None:
-    if not 0 < len(node_id) <= NODE_ID_CHARS_MAX:
-        raise wire.FieldError(f"{what} must have 1 to {NODE_ID_CHARS_MAX} characters")
-
-
-def _check_member_ids(node_ids: tuple[str, ...], what: str) -> None:
-    if len(node_ids) > NODES_PER_MESSAGE_MAX:
-        raise wire.FieldError(f"{len(node_ids)} {what} exceed the cap of {NODES_PER_MESSAGE_MAX}")
-    for node_id in node_ids:
-        _check_member_id(node_id, what)
-
-
-def _check_hint_for(hint_for: str) -> None:
-    if hint_for:
-        _check_member_id(hint_for, "hint_for")
-
-
-def _check_version(wall_ms: int, logical: int, what: str) -> None:
-    """An HLC reading (``storage.hlc.Timestamp``'s range)."""
-    _check_int(wall_ms, f"{what} wall_ms", 0, WALL_MS_MAX)
-    _check_int(logical, f"{what} logical", 0, LOGICAL_MAX)
-
-
-def _check_bucket(bucket: int) -> None:
-    _check_int(bucket, "bucket", 0, BUCKETS - 1)
-
-
-def _check_data(data: bytes) -> None:
-    _check_int(len(data), "chunk length in bytes", 1, CHUNK_SIZE_BYTES_MAX)
-
-
-def _check_file_hash(file_hash: bytes) -> None:
-    if len(file_hash) != FILE_HASH_BYTES:
-        raise wire.FieldError(f"file_hash must be {FILE_HASH_BYTES} bytes, got {len(file_hash)}")
-
-
-def _check_count(value: int, what: str) -> None:
-    _check_int(value, what, 0, COUNT_MAX)
-
 
 # --- between nodes ---------------------------------------------------------
 
@@ -175,9 +51,9 @@ class StoreChunk(wire.Message):
     hint_for: str
 
     def __post_init__(self) -> None:
-        _check_chunk_id(self.chunk_id, "chunk_id")
-        _check_data(self.data)
-        _check_hint_for(self.hint_for)
+        check_chunk_id(self.chunk_id, "chunk_id")
+        check_data(self.data)
+        check_hint_for(self.hint_for)
 
 
 @wire.message(41)
@@ -190,7 +66,7 @@ class FetchChunk(wire.Message):
     chunk_id: bytes
 
     def __post_init__(self) -> None:
-        _check_chunk_id(self.chunk_id, "chunk_id")
+        check_chunk_id(self.chunk_id, "chunk_id")
 
 
 @wire.message(43)
@@ -198,7 +74,7 @@ class ChunkData(wire.Message):
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_data(self.data)
+        check_data(self.data)
 
 
 @wire.message(44)
@@ -206,7 +82,7 @@ class HasChunks(wire.Message):
     chunk_ids: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        _check_chunk_ids(self.chunk_ids, "chunk_ids", HAS_CHUNKS_IDS_MAX)
+        check_chunk_ids(self.chunk_ids, "chunk_ids", HAS_CHUNKS_IDS_MAX)
 
 
 @wire.message(45)
@@ -214,7 +90,7 @@ class HasChunksReply(wire.Message):
     present: tuple[bool, ...]
 
     def __post_init__(self) -> None:
-        _check_int(len(self.present), "answers in present", 0, HAS_CHUNKS_IDS_MAX)
+        check_int(len(self.present), "answers in present", 0, HAS_CHUNKS_IDS_MAX)
 
 
 @wire.message(46)
@@ -225,8 +101,8 @@ class PutName(wire.Message):
     hint_for: str
 
     def __post_init__(self) -> None:
-        _check_int(len(self.entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
-        _check_hint_for(self.hint_for)
+        check_int(len(self.entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
+        check_hint_for(self.hint_for)
 
 
 @wire.message(47)
@@ -239,7 +115,7 @@ class GetName(wire.Message):
     name: str
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
+        check_name(self.name, "name")
 
 
 @wire.message(49)
@@ -248,7 +124,7 @@ class GetNameReply(wire.Message):
 
     def __post_init__(self) -> None:
         if self.entry is not None:
-            _check_int(len(self.entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
+            check_int(len(self.entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
 
 
 @wire.message(50)
@@ -260,9 +136,9 @@ class ListNames(wire.Message):
     limit: int
 
     def __post_init__(self) -> None:
-        _check_prefix(self.prefix, "prefix")
-        _check_prefix(self.start_after, "start_after")
-        _check_int(self.limit, "limit", 1, NAMES_PER_PAGE_MAX)
+        check_prefix(self.prefix, "prefix")
+        check_prefix(self.start_after, "start_after")
+        check_int(self.limit, "limit", 1, NAMES_PER_PAGE_MAX)
 
 
 @wire.message(51)
@@ -271,9 +147,9 @@ class ListNamesReply(wire.Message):
     more: bool
 
     def __post_init__(self) -> None:
-        _check_int(len(self.entries), "entries", 0, NAMES_PER_PAGE_MAX)
+        check_int(len(self.entries), "entries", 0, NAMES_PER_PAGE_MAX)
         for entry in self.entries:
-            _check_int(len(entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
+            check_int(len(entry), "entry length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
 
 
 # --- client to coordinator -------------------------------------------------
@@ -287,8 +163,8 @@ class PutFile(wire.Message):
     size_bytes: int
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
-        _check_int(self.size_bytes, "size_bytes", -1, FILE_SIZE_BYTES_MAX)
+        check_name(self.name, "name")
+        check_int(self.size_bytes, "size_bytes", -1, FILE_SIZE_BYTES_MAX)
 
 
 @wire.message(61, senders=BOTH)
@@ -301,11 +177,11 @@ class PutFileReply(wire.Message):
     chunks: int
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
-        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
-        _check_file_hash(self.file_hash)
-        _check_version(self.version_wall_ms, self.version_logical, "version")
-        _check_int(self.chunks, "chunks", 0, MANIFEST_CHUNKS_MAX)
+        check_name(self.name, "name")
+        check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        check_file_hash(self.file_hash)
+        check_version(self.version_wall_ms, self.version_logical, "version")
+        check_int(self.chunks, "chunks", 0, MANIFEST_CHUNKS_MAX)
 
 
 @wire.message(62, senders=CLIENT)
@@ -313,7 +189,7 @@ class GetFile(wire.Message):
     name: str
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
+        check_name(self.name, "name")
 
 
 @wire.message(63, senders=BOTH)
@@ -325,9 +201,9 @@ class GetFileReply(wire.Message):
     file_hash: bytes
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
-        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
-        _check_file_hash(self.file_hash)
+        check_name(self.name, "name")
+        check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        check_file_hash(self.file_hash)
 
 
 @wire.message(64, senders=CLIENT)
@@ -335,7 +211,7 @@ class ListFiles(wire.Message):
     prefix: str
 
     def __post_init__(self) -> None:
-        _check_prefix(self.prefix, "prefix")
+        check_prefix(self.prefix, "prefix")
 
 
 @wire.record
@@ -347,10 +223,10 @@ class FileInfo:
     version_logical: int
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
-        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
-        _check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
-        _check_version(self.version_wall_ms, self.version_logical, "version")
+        check_name(self.name, "name")
+        check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
+        check_version(self.version_wall_ms, self.version_logical, "version")
 
 
 @wire.message(65, senders=BOTH)
@@ -359,7 +235,7 @@ class ListFilesReply(wire.Message):
     complete: bool  # False if some node could not be asked
 
     def __post_init__(self) -> None:
-        _check_int(len(self.files), "files", 0, FILES_PER_LIST_MAX)
+        check_int(len(self.files), "files", 0, FILES_PER_LIST_MAX)
 
 
 @wire.message(66, senders=CLIENT)
@@ -367,7 +243,7 @@ class RemoveFile(wire.Message):
     name: str
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
+        check_name(self.name, "name")
 
 
 @wire.message(67, senders=BOTH)
@@ -375,7 +251,7 @@ class RemoveFileReply(wire.Message):
     name: str
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
+        check_name(self.name, "name")
 
 
 @wire.message(68, senders=CLIENT)
@@ -383,7 +259,7 @@ class StatFile(wire.Message):
     name: str
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
+        check_name(self.name, "name")
 
 
 @wire.record
@@ -393,9 +269,9 @@ class ChunkInfo:
     replicas: tuple[str, ...]  # node ids found holding it
 
     def __post_init__(self) -> None:
-        _check_chunk_id(self.chunk_id, "chunk_id")
-        _check_int(self.size_bytes, "size_bytes", 1, CHUNK_SIZE_BYTES_MAX)
-        _check_member_ids(self.replicas, "replicas")
+        check_chunk_id(self.chunk_id, "chunk_id")
+        check_int(self.size_bytes, "size_bytes", 1, CHUNK_SIZE_BYTES_MAX)
+        check_member_ids(self.replicas, "replicas")
 
 
 @wire.message(69, senders=BOTH)
@@ -410,13 +286,13 @@ class StatFileReply(wire.Message):
     chunks: tuple[ChunkInfo, ...]
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
-        _check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
-        _check_file_hash(self.file_hash)
-        _check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
-        _check_version(self.version_wall_ms, self.version_logical, "version")
-        _check_writer(self.writer, "writer")
-        _check_int(len(self.chunks), "chunks", 0, MANIFEST_CHUNKS_MAX)
+        check_name(self.name, "name")
+        check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
+        check_file_hash(self.file_hash)
+        check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
+        check_version(self.version_wall_ms, self.version_logical, "version")
+        check_writer(self.writer, "writer")
+        check_int(len(self.chunks), "chunks", 0, MANIFEST_CHUNKS_MAX)
 
 
 # --- anti-entropy, hand-off and fsck (between nodes) -----------------------
@@ -431,10 +307,10 @@ class BucketDigest:
     count: int
 
     def __post_init__(self) -> None:
-        _check_bucket(self.bucket)
+        check_bucket(self.bucket)
         if len(self.digest) != DIGEST_BYTES:
             raise wire.FieldError(f"digest must be {DIGEST_BYTES} bytes, got {len(self.digest)}")
-        _check_count(self.count, "count")
+        check_count(self.count, "count")
 
 
 @wire.record
@@ -443,8 +319,8 @@ class BucketChunks:
     ids: bytes  # concatenated 32-byte chunk ids
 
     def __post_init__(self) -> None:
-        _check_bucket(self.bucket)
-        _check_id_list(self.ids, "ids", CHUNK_IDS_PER_MESSAGE_MAX)
+        check_bucket(self.bucket)
+        check_id_list(self.ids, "ids", CHUNK_IDS_PER_MESSAGE_MAX)
 
 
 @wire.record
@@ -456,9 +332,9 @@ class NameSummary:
     tombstone: bool
 
     def __post_init__(self) -> None:
-        _check_name(self.name, "name")
-        _check_version(self.wall_ms, self.logical, "version")
-        _check_writer(self.writer, "writer")
+        check_name(self.name, "name")
+        check_version(self.wall_ms, self.logical, "version")
+        check_writer(self.writer, "writer")
 
 
 def _check_digests(buckets: tuple[BucketDigest, ...]) -> None:
@@ -484,9 +360,9 @@ class SyncChunksReply(wire.Message):
     buckets: tuple[BucketChunks, ...]
 
     def __post_init__(self) -> None:
-        _check_int(len(self.buckets), "buckets", 0, BUCKETS)
+        check_int(len(self.buckets), "buckets", 0, BUCKETS)
         total_bytes = sum(len(b.ids) for b in self.buckets)
-        _check_int(total_bytes // CHUNK_ID_BYTES, "ids in all buckets", 0, CHUNK_IDS_PER_MESSAGE_MAX)
+        check_int(total_bytes // CHUNK_ID_BYTES, "ids in all buckets", 0, CHUNK_IDS_PER_MESSAGE_MAX)
 
 
 @wire.message(54)
@@ -503,10 +379,10 @@ class SyncNamesReply(wire.Message):
     names: tuple[NameSummary, ...]  # the receiver's entries in those buckets
 
     def __post_init__(self) -> None:
-        _check_int(len(self.differing), "differing buckets", 0, BUCKETS)
+        check_int(len(self.differing), "differing buckets", 0, BUCKETS)
         for bucket in self.differing:
-            _check_bucket(bucket)
-        _check_int(len(self.names), "names", 0, NAME_SUMMARIES_PER_MESSAGE_MAX)
+            check_bucket(bucket)
+        check_int(len(self.names), "names", 0, NAME_SUMMARIES_PER_MESSAGE_MAX)
 
 
 @wire.message(56)
@@ -518,8 +394,8 @@ class ListChunks(wire.Message):
 
     def __post_init__(self) -> None:
         if self.start_after:
-            _check_chunk_id(self.start_after, "start_after")
-        _check_int(self.limit, "limit", 1, CHUNK_IDS_PER_MESSAGE_MAX)
+            check_chunk_id(self.start_after, "start_after")
+        check_int(self.limit, "limit", 1, CHUNK_IDS_PER_MESSAGE_MAX)
 
 
 @wire.message(57)
@@ -529,9 +405,9 @@ class ListChunksReply(wire.Message):
     corrupt: bytes  # ids found corrupt here and not yet repaired (first page only)
 
     def __post_init__(self) -> None:
-        _check_id_list(self.ids, "ids", CHUNK_IDS_PER_MESSAGE_MAX)
+        check_id_list(self.ids, "ids", CHUNK_IDS_PER_MESSAGE_MAX)
         # Corrupt chunks are few; the frame cap bounds how many one answer can name.
-        _check_id_list(self.corrupt, "corrupt", wire.FRAME_SIZE_BYTES_MAX // CHUNK_ID_BYTES)
+        check_id_list(self.corrupt, "corrupt", wire.FRAME_SIZE_BYTES_MAX // CHUNK_ID_BYTES)
 
 
 @wire.message(58)
@@ -573,12 +449,12 @@ class FsckProblem:
         if self.what not in FSCK_WHATS:
             raise wire.FieldError(f"an fsck problem is about chunks or names, not {self.what!r:.40}")
         if self.what == "chunks":
-            if len(self.key) != 2 * CHUNK_ID_BYTES or not _HEX_DIGITS.issuperset(self.key):
+            if len(self.key) != 2 * CHUNK_ID_BYTES or not HEX_DIGITS.issuperset(self.key):
                 raise wire.FieldError("a chunk's key must be its id in lowercase hex")
         else:
-            _check_name(self.key, "key")
-        _check_member_ids(self.holders, "holders")
-        _check_member_ids(self.wanted, "wanted")
+            check_name(self.key, "key")
+        check_member_ids(self.holders, "holders")
+        check_member_ids(self.wanted, "wanted")
 
 
 @wire.message(71, senders=BOTH)
@@ -599,9 +475,9 @@ class FsckReply(wire.Message):
 
     def __post_init__(self) -> None:
         for field in _FSCK_COUNTS:
-            _check_count(getattr(self, field), field)
-        _check_member_ids(self.nodes_unreachable, "nodes_unreachable")
-        _check_int(len(self.problems), "problems", 0, FSCK_PROBLEMS_MAX)
+            check_count(getattr(self, field), field)
+        check_member_ids(self.nodes_unreachable, "nodes_unreachable")
+        check_int(len(self.problems), "problems", 0, FSCK_PROBLEMS_MAX)
 
 
 _FSCK_COUNTS = (
