@@ -18,8 +18,11 @@ from p2pfs.cli import ExitCode
 HEAVY_FOR_HELP = ("trio", "cryptography", "ssl", "tomllib", "p2pfs.identity", "p2pfs.net", "p2pfs.wire",
                   "p2pfs.node.config", "p2pfs.membership")
 # Imported by no client command: the daemon's rooms.
-DAEMON_ONLY = ("p2pfs.node.config", "p2pfs.node.daemon", "p2pfs.membership", "p2pfs.replication.service",
-               "p2pfs.storage")
+# The daemon's running parts. The CLI may load the rules messages are checked by (membership and
+# data messages, storage.naming, hlc, manifest, ring for the digest tree) but none of these.
+DAEMON_ONLY = ("p2pfs.node.config", "p2pfs.node.daemon", "p2pfs.membership.state", "p2pfs.membership.driver",
+               "p2pfs.replication.service", "p2pfs.replication.coordinator", "p2pfs.storage.chunkstore",
+               "p2pfs.storage.names", "sqlite3")
 
 
 def imported_modules(*args: str, env: dict[str, str] | None = None) -> tuple[set[str], subprocess.CompletedProcess]:

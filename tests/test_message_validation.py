@@ -25,7 +25,7 @@ from p2pfs.replication import fields
 from p2pfs.replication import messages as dm
 from p2pfs.storage.hlc import LOGICAL_MAX, WALL_MS_MAX
 from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MAX, MANIFEST_CHUNKS_MAX
-from p2pfs.storage.names import ENTRY_ENCODED_BYTES_MAX
+from p2pfs.storage.naming import ENTRY_ENCODED_BYTES_MAX
 
 import p2pfs.node.daemon  # noqa: F401  (registers every message type)
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from p2pfs.storage import names
 from p2pfs.storage.hlc import Timestamp
 from p2pfs.storage.manifest import ChunkRef, Manifest, ManifestError, chunk_id_of
-from p2pfs.storage.names import NAME_BYTES_MAX, NAMES_FILE_NAME, BadName, NameEntry, NameIndex, validate_name
+from p2pfs.storage.names import NAMES_FILE_NAME, NameEntry, NameIndex
+from p2pfs.storage.naming import NAME_BYTES_MAX, BadName, validate_name
 
 # This property test is about ordering, not durability: on tmpfs (where there is
 # one) its hundreds of fsynced commits don't wait on a busy disk.

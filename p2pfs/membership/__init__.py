@@ -5,16 +5,25 @@
 * ``config.MembershipConfig`` — every timing, memberlist's LAN defaults, ``detection_bound_s``.
 * ``messages`` — wire messages (type codes 20-39) and ``is_membership_message`` for dispatch.
 
-The driver's names are loaded on first use (PEP 562 ``__getattr__``), so that importing the
-pure core (``Member``, ``MemberState``, ``Membership``) does not import trio.
+The driver's and the core's names are loaded on first use (PEP 562 ``__getattr__``), so that
+importing the pure core does not import trio, and reading the messages loads neither.
 """
+
+import importlib
 
 from .config import MembershipConfig
 from .messages import MEMBERSHIP_MESSAGES, MemberState, is_membership_message
-from .state import Member, Membership, Send
 
-# Names that live in the trio driver: imported from it only when asked for.
-_DRIVER_NAMES = frozenset({"GossipTransport", "MembershipService", "incarnation_from_wall_clock"})
+# Names loaded from their module on first use: the trio driver's, and the core's (so that
+# a reader of the messages alone, such as the CLI, loads neither).
+_HOMES = {
+    "GossipTransport": "driver",
+    "MembershipService": "driver",
+    "incarnation_from_wall_clock": "driver",
+    "Member": "state",
+    "Membership": "state",
+    "Send": "state",
+}
 
 __all__ = [
     "MEMBERSHIP_MESSAGES",
@@ -31,8 +40,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in _DRIVER_NAMES:
-        from . import driver
-
-        return getattr(driver, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

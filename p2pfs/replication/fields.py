@@ -17,7 +17,7 @@ from p2pfs.storage.manifest import (
     FILE_HASH_BYTES,
     MANIFEST_CHUNKS_MAX,
 )
-from p2pfs.storage.names import WRITER_HEX_CHARS, BadName, validate_name
+from p2pfs.storage.naming import WRITER_HEX_CHARS, BadName, validate_name
 
 # -- caps ---------------------------------------------------------------------
 # Each is at least what an honest node sends (the senders' own caps are named in

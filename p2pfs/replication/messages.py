@@ -33,7 +33,7 @@ from p2pfs.replication.fields import (  # the caps are part of this module's int
 from p2pfs.replication.healing import BUCKETS, DIGEST_BYTES
 from p2pfs.storage.hlc import WALL_MS_MAX
 from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, MANIFEST_CHUNKS_MAX
-from p2pfs.storage.names import ENTRY_ENCODED_BYTES_MAX
+from p2pfs.storage.naming import ENTRY_ENCODED_BYTES_MAX
 from p2pfs.wire import Role
 
 CLIENT = (Role.CLIENT,)

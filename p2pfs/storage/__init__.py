@@ -13,22 +13,41 @@ Layout of a node's data dir ``DATA``::
     DATA/names.sqlite        NameIndex(DATA / NAMES_FILE_NAME)
 """
 
-from p2pfs.storage.chunker import FileHasher, ManifestBuilder, check_chunk_size, iter_chunks
-from p2pfs.storage.chunkstore import ChunkCorrupt, ChunkMismatch, ChunkMissing, ChunkStore
-from p2pfs.storage.errors import StorageError, StorageFull
-from p2pfs.storage.hlc import MAX_DRIFT_MS, ClockDriftError, HybridClock, Timestamp
-from p2pfs.storage.manifest import (
-    CHUNK_ID_BYTES,
-    CHUNK_SIZE_BYTES_DEFAULT,
-    CHUNK_SIZE_BYTES_MAX,
-    CHUNK_SIZE_BYTES_MIN,
-    MANIFEST_CHUNKS_MAX,
-    ChunkRef,
-    Manifest,
-    ManifestError,
-    chunk_id_of,
-)
-from p2pfs.storage.names import NAME_BYTES_MAX, NAMES_FILE_NAME, BadName, NameEntry, NameIndex, validate_name
+import importlib
+
+# Each name and the module it lives in: loaded on first use (PEP 562), so that the
+# pure modules (naming, hlc, manifest) can be imported without the stores' I/O.
+_HOMES = {
+    "FileHasher": "chunker",
+    "ManifestBuilder": "chunker",
+    "check_chunk_size": "chunker",
+    "iter_chunks": "chunker",
+    "ChunkCorrupt": "chunkstore",
+    "ChunkMismatch": "chunkstore",
+    "ChunkMissing": "chunkstore",
+    "ChunkStore": "chunkstore",
+    "StorageError": "errors",
+    "StorageFull": "errors",
+    "ClockDriftError": "hlc",
+    "HybridClock": "hlc",
+    "MAX_DRIFT_MS": "hlc",
+    "Timestamp": "hlc",
+    "CHUNK_ID_BYTES": "manifest",
+    "CHUNK_SIZE_BYTES_DEFAULT": "manifest",
+    "CHUNK_SIZE_BYTES_MAX": "manifest",
+    "CHUNK_SIZE_BYTES_MIN": "manifest",
+    "ChunkRef": "manifest",
+    "MANIFEST_CHUNKS_MAX": "manifest",
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "chunk_id_of": "manifest",
+    "BadName": "naming",
+    "NAMES_FILE_NAME": "names",
+    "NAME_BYTES_MAX": "naming",
+    "NameEntry": "names",
+    "NameIndex": "names",
+    "validate_name": "naming",
+}
 
 __all__ = [
     "CHUNK_ID_BYTES",
@@ -61,3 +80,12 @@ __all__ = [
     "iter_chunks",
     "validate_name",
 ]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

@@ -26,26 +26,25 @@ import msgpack
 
 from p2pfs.storage.errors import StorageError
 from p2pfs.storage.hlc import Timestamp
+from p2pfs.storage.naming import (
+    ENTRY_ENCODED_BYTES_MAX,
+    HEX_DIGITS,
+    WRITER_HEX_CHARS,
+    BadName,
+    encode_name,
+    utf8,
+    validate_name,
+)
 from p2pfs.storage.manifest import (
-    MANIFEST_ENCODED_BYTES_MAX,
     Manifest,
     ManifestError,
     unpack_strict,
 )
 
 NAMES_FILE_NAME = "names.sqlite"
-# Longest name, in UTF-8 bytes: POSIX PATH_MAX is 4096 and S3 keys stop at 1024;
-# names are keys, not documents, and every entry carries its name on the wire.
-NAME_BYTES_MAX = 1024
-# A writer is a node id: the SHA-256 of its public key in lowercase hex
-# (p2pfs.identity). Lowercase only, so comparing strings compares the ids' bytes.
-WRITER_HEX_CHARS = 64
-_HEX_DIGITS = frozenset("0123456789abcdef")
-
 # First field of an encoded entry; a new layout gets a new number.
 ENTRY_FORMAT_VERSION = 1
 _ENTRY_FIELDS = 6
-ENTRY_ENCODED_BYTES_MAX = MANIFEST_ENCODED_BYTES_MAX + NAME_BYTES_MAX + 256
 
 # On-disk schema version (PRAGMA user_version); bump with a migration.
 SCHEMA_VERSION = 1
@@ -55,36 +54,6 @@ SCHEMA_VERSION = 1
 LIST_PAGE_ROWS = 32
 # Greater than every UTF-8 string (0xff never occurs in UTF-8): the open upper bound.
 _AFTER_ALL_NAMES = b"\xff"
-
-
-class BadName(StorageError, ValueError):
-    """A name is empty, too long, contains NUL, or is not encodable as UTF-8."""
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` unchanged if it may be used as a name; raise BadName otherwise."""
-    _name_bytes(name)
-    return name
-
-
-def _name_bytes(name: str) -> bytes:
-    if type(name) is not str:
-        raise BadName(f"a name must be a str, got {type(name).__name__}")
-    if not name:
-        raise BadName("a name must not be empty")
-    if "\x00" in name:
-        raise BadName("a name must not contain the NUL character (\\x00)")
-    encoded = _utf8(name)
-    if len(encoded) > NAME_BYTES_MAX:
-        raise BadName(f"a name is at most {NAME_BYTES_MAX} bytes of UTF-8; this one is {len(encoded)} bytes")
-    return encoded
-
-
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise BadName(f"a name must be valid Unicode text (it has a lone surrogate at {exc.start})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +70,7 @@ class NameEntry:
         if type(self.version) is not Timestamp:
             raise TypeError(f"version must be a Timestamp, got {type(self.version).__name__}")
         writer = self.writer
-        if type(writer) is not str or len(writer) != WRITER_HEX_CHARS or not _HEX_DIGITS.issuperset(writer):
+        if type(writer) is not str or len(writer) != WRITER_HEX_CHARS or not HEX_DIGITS.issuperset(writer):
             raise ValueError(f"writer must be a node id: {WRITER_HEX_CHARS} lowercase hex digits, got {writer!r:.80}")
         if self.manifest is not None and type(self.manifest) is not Manifest:
             raise TypeError(f"manifest must be a Manifest or None, got {type(self.manifest).__name__}")
@@ -229,7 +198,7 @@ class NameIndex:
         Idempotent and order-independent: applying the same set of entries in any
         order leaves the same entry per name.
         """
-        name_bytes = _name_bytes(entry.name)
+        name_bytes = encode_name(entry.name)
         manifest_bytes = None if entry.manifest is None else entry.manifest.encode()
         with self._lock:
             conn = self._conn
@@ -263,7 +232,7 @@ class NameIndex:
 
     def get(self, name: str) -> NameEntry | None:
         """The newest entry held for ``name`` (a tombstone if deleted), or None."""
-        name_bytes = _name_bytes(name)
+        name_bytes = encode_name(name)
         with self._lock:
             row = self._conn.execute(
                 "SELECT wall_ms, logical, writer, manifest FROM names WHERE name = ?",
@@ -279,7 +248,7 @@ class NameIndex:
         """
         if type(prefix) is not str:
             raise BadName(f"a prefix must be a str, got {type(prefix).__name__}")
-        lower = _utf8(prefix)
+        lower = utf8(prefix)
         # The smallest byte string after every string starting with `lower`: bump its
         # last byte (never 0xff in UTF-8, so no carry).
         upper = lower[:-1] + bytes([lower[-1] + 1]) if lower else _AFTER_ALL_NAMES
@@ -314,7 +283,7 @@ class NameIndex:
         with self._lock:
             cursor = self._conn.execute(
                 "DELETE FROM names WHERE name = ? AND wall_ms = ? AND logical = ? AND writer = ?",
-                (_name_bytes(name), version.wall_ms, version.logical, writer),
+                (encode_name(name), version.wall_ms, version.logical, writer),
             )
             return cursor.rowcount > 0
 

@@ -1,0 +1,308 @@
+"""What every command shares: the global options, exit codes, error reporting, output helpers.
+
+Output for people goes to stdout via ``click.echo``; ``--json`` gives machines
+the same facts. Errors go to stderr as one line with an exit code from
+``ExitCode``: the library raises the classes of ``p2pfs.errors`` and only the
+CLI knows exit codes. A traceback only ever means a bug.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from p2pfs import __version__, errors
+from p2pfs.address import Address, parse_address
+from p2pfs.config import parse_size
+from p2pfs.errors import BadInput
+
+
+# Start-up time: `p2pfs --help` and the cluster commands must feel instant, so the
+# CLI's modules import only click and the small modules above. trio, cryptography (via
+# p2pfs.identity), the network and the daemon's rooms are imported inside the
+# commands that need them.
+if TYPE_CHECKING:
+    from p2pfs import identity
+
+CLIENT_CONFIG_FILE = "client.toml"
+
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit statuses, documented in README.md."""
+
+    OK = 0
+    FAILURE = 1
+    BAD_INPUT = 2
+    NOT_FOUND = 3
+    UNAVAILABLE = 4
+    AUTH = 5
+    STORAGE_FULL = 6
+    LOCAL_DISK = 7
+
+
+@dataclasses.dataclass(slots=True)
+class Context:
+    """What the global options select: who speaks, and to which node."""
+
+    identity_dir: Path | None
+    node: Address | None
+
+    def client_identity(self) -> "identity.Identity":
+        from p2pfs import identity
+
+        if self.identity_dir is None:
+            raise BadInput(
+                "no identity given: pass --identity DIR or set P2PFS_IDENTITY "
+                "(create one with `p2pfs client init DIR --ca CA_DIR`)"
+            )
+        return identity.load_identity(self.identity_dir)
+
+    def node_address(self) -> Address:
+        if self.node is not None:
+            return self.node
+        if self.identity_dir is not None:
+            saved = _read_client_config(self.identity_dir).get("node")
+            if saved:
+                return parse_address(saved)
+        raise BadInput("no node given: pass --node HOST:PORT or set P2PFS_NODE")
+
+
+def _read_client_config(directory: Path) -> dict[str, Any]:
+    import tomllib
+
+    path = directory / CLIENT_CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"cannot read {path}: {exc}") from None
+
+
+class AddressType(click.ParamType):
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Address:
+        if isinstance(value, Address):
+            return value
+        try:
+            return parse_address(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ADDRESS = AddressType()
+SIZE = SizeType()
+pass_context = click.make_pass_decorator(Context)
+
+
+def escaped(text: str) -> str:
+    """``text`` with every non-printable character (control characters, terminal escape
+    sequences, invisible formatting like U+202E) written as a Python escape, so that
+    nothing a name or a peer's message holds can move the cursor or recolour the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def shown(text: str) -> str:
+    """A name or path for text output: as it is if that is unambiguous, else a quoted
+    Python string literal (control characters escaped, and backslashes, so that a
+    literal backslash is not mistaken for an escape)."""
+    if text.isprintable() and "\\" not in text and text[:1] not in ("'", '"'):
+        return text
+    return repr(text)
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+# Exit codes for the library's error classes, most specific first (documented in README.md).
+_EXIT_CODES: tuple[tuple[type[errors.P2pfsError], ExitCode], ...] = (
+    (errors.StorageFull, ExitCode.STORAGE_FULL),
+    (errors.LocalStorageError, ExitCode.LOCAL_DISK),
+    (errors.BadInput, ExitCode.BAD_INPUT),
+    (errors.NotFound, ExitCode.NOT_FOUND),
+    (errors.Unavailable, ExitCode.UNAVAILABLE),
+    (errors.AuthError, ExitCode.AUTH),
+)
+
+
+def exit_code_for(exc: errors.P2pfsError) -> ExitCode:
+    for cls, code in _EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return ExitCode.FAILURE
+
+
+_JSON_META_KEY = "p2pfs.json"
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[_JSON_META_KEY] = True  # ctx.meta is shared with the group, which reports errors
+    return value
+
+
+# Every command's --json: its answer as one JSON object on stdout (docs/CLI.md gives each
+# command's), and an error as one object on stderr. Eager, so that it is known before
+# any other option can fail.
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, is_eager=True, callback=_remember_json,
+    help="Machine-readable output: one JSON object (an error too, on stderr).",
+)
+
+
+def emit(facts: Any, *, err: bool = False) -> None:
+    click.echo(json.dumps(facts, indent=2, ensure_ascii=True), err=err)
+
+
+def time_facts(prefix: str, wall_ms: int) -> dict[str, Any]:
+    """A time as both epoch milliseconds (``PREFIX_ms``) and ISO 8601 UTC (``PREFIX_at``)."""
+    stamp = datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.timezone.utc)
+    return {f"{prefix}_ms": wall_ms, f"{prefix}_at": stamp.isoformat(timespec="milliseconds")}
+
+
+def _drop_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that what is still buffered for a
+    reader that has gone away is discarded instead of failing again at exit."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (tests' CliRunner)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+class _Group(click.Group):
+    """Turns P2pfsError into a one-line message on stderr and its exit code.
+
+    trio's nurseries wrap what escapes them in exception groups; a group made
+    only of P2pfsErrors (or interrupts) is reported like a single one.
+
+    When the reader of stdout goes away (``p2pfs stat NAME | head -1``), the
+    command ends quietly with exit 0, whatever it had left to write: the reader
+    took what it wanted, and a non-zero status would fail every ``cmd | head``
+    under ``set -o pipefail``. (A command that had already decided on another
+    exit code, like fsck finding data at risk, keeps it.) Only writes to local
+    files and pipes raise BrokenPipeError; trio reports a closed socket as
+    BrokenResourceError, so this never hides a network failure.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            try:
+                result = super().invoke(ctx)
+            except click.exceptions.Exit:
+                _flush_stdout()
+                raise
+            _flush_stdout()
+            return result
+        except BrokenPipeError:
+            self._output_closed(ctx)
+        except errors.P2pfsError as exc:
+            self._fail(ctx, exc)
+        except KeyboardInterrupt:
+            self._interrupted(ctx)
+        except BaseExceptionGroup as group:
+            leaves = _leaves(group)
+            if any(isinstance(e, BrokenPipeError) for e in leaves):
+                self._output_closed(ctx)
+            if leaves and all(isinstance(e, KeyboardInterrupt) for e in leaves):
+                self._interrupted(ctx)
+            failures = [e for e in leaves if isinstance(e, errors.P2pfsError)]
+            if len(failures) != len(leaves):
+                raise
+            self._fail(ctx, failures[0])
+
+    @staticmethod
+    def _output_closed(ctx: click.Context) -> None:
+        _drop_stdout()
+        ctx.exit(0)
+
+    @staticmethod
+    def _fail(ctx: click.Context, exc: errors.P2pfsError) -> None:
+        code = exit_code_for(exc)
+        if ctx.meta.get(_JSON_META_KEY):
+            emit({"error": code.name.lower(), "message": str(exc), "exit_code": int(code)}, err=True)
+        else:
+            click.echo(f"error: {escaped(str(exc))}", err=True)
+        ctx.exit(int(code))
+
+    @staticmethod
+    def _interrupted(ctx: click.Context) -> None:
+        click.echo("interrupted", err=True)
+        ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="p2pfs")
+@click.option(
+    "--identity", "identity_dir", type=click.Path(path_type=Path, file_okay=False),
+    envvar="P2PFS_IDENTITY", metavar="DIR",
+    help="Client identity directory to speak with (env P2PFS_IDENTITY).",
+)
+@click.option(
+    "--node", type=ADDRESS, envvar="P2PFS_NODE", metavar="HOST:PORT",
+    help="Node to talk to (env P2PFS_NODE; default: the one saved by `client init --node`).",
+)
+@click.pass_context
+def cli(ctx: click.Context, identity_dir: Path | None, node: Address | None) -> None:
+    """p2pfs: a peer-to-peer, gossip-based file store.
+
+    Set up a cluster with `ca init`, `node init` and `client init`, run nodes
+    with `daemon`, or start a whole local network with `testnet up`.
+    """
+    ctx.obj = Context(identity_dir, node)
+
+
+def call(ctx: Context, method: str, *args: Any) -> Any:
+    from p2pfs.client import Client, run
+
+    ident, node_address = ctx.client_identity(), ctx.node_address()
+
+    async def go() -> Any:
+        async with Client.connect(ident, node_address) as c:
+            return await getattr(c, method)(*args)
+
+    return run(go)
+
+
+def table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())

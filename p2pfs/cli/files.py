@@ -1,0 +1,361 @@
+"""Files: ``put``, ``get``, ``cat``, ``ls``, ``stat``, ``rm``."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p2pfs import errors
+from p2pfs.cli.base import JSON_OPTION, Context, call, cli, emit, pass_context, shown, table, time_facts
+from p2pfs.config import format_size
+from p2pfs.errors import BadInput
+
+
+def _check_name(name: str) -> str:
+    from p2pfs.storage import BadName, validate_name
+
+    try:
+        return validate_name(name)
+    except BadName as exc:
+        raise BadInput(f"bad name {name!r}: {exc}") from None
+
+
+def _open_source(path: str) -> tuple[Any, int]:
+    """The file to put and its size (-1 for stdin), with errors a person can act on."""
+    import os
+
+    if path == "-":
+        return sys.stdin.buffer, -1
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path} is a directory; put takes one file") from None
+    except PermissionError:
+        raise BadInput(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: {exc.strerror}") from None
+    info = os.fstat(f.fileno())
+    import stat as stat_module
+
+    if stat_module.S_ISDIR(info.st_mode):
+        f.close()
+        raise BadInput(f"{path} is a directory; put takes one file")
+    size = info.st_size if stat_module.S_ISREG(info.st_mode) else -1
+    return f, size
+
+
+@cli.command()
+@click.argument("path", metavar="PATH")
+@click.option("--name", help="Name to store it under (default: PATH's file name; required for stdin).")
+@JSON_OPTION
+@pass_context
+def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
+    """Store a file (PATH, or - for stdin) in the cluster.
+
+    Succeeds only when every chunk and the name are stored at the write quorum;
+    otherwise the name is left as it was.
+    """
+    from p2pfs.client import Client, run
+    from p2pfs.progress import Progress
+
+    if name is None and path == "-":
+        raise BadInput("reading stdin needs --name NAME")
+    ident, node_address = ctx.client_identity(), ctx.node_address()
+    source, size = _open_source(path)
+    try:
+        name = _check_name(Path(path).name if name is None else name)
+    except BadInput:
+        source.close()
+        raise
+    progress = Progress(f"put {shown(name)}", size, enabled=False if as_json else None)
+
+    async def go():
+        async with Client.connect(ident, node_address) as c:
+            return await c.put(source, name, size, progress)
+
+    try:
+        reply = run(go)
+    finally:
+        progress.finish()
+        if source is not sys.stdin.buffer:
+            source.close()
+    if as_json:
+        emit({"name": reply.name, "size_bytes": reply.size_bytes, "file_hash": reply.file_hash.hex(),
+               "chunks": reply.chunks, "version": {"logical": reply.version_logical,
+                                                   **time_facts("wall", reply.version_wall_ms)}})
+        return
+    click.echo(f"stored {shown(reply.name)}: {format_size(reply.size_bytes)} in {reply.chunks} chunk(s), "
+               f"blake3 {reply.file_hash.hex()[:16]}")
+
+
+def _default_output(name: str) -> Path:
+    """``get NAME`` without -o writes the last part of NAME in the current directory.
+
+    Only the part after the last '/' is used, and never '.', '..' or an empty
+    string, so no name can lead a get outside the current directory.
+    """
+    base = name.rsplit("/", 1)[-1]
+    if base in ("", ".", "..") or "\0" in base:
+        raise BadInput(f"cannot make a file name from {name!r}; give -o PATH")
+    return Path(base)
+
+
+# Errors of the path the user chose (fix the path, exit 2); any other OSError while
+# writing is the local disk's (full, quota, read-only, I/O error: exit 7).
+_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                          errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def _local_file_error(path: str, exc: OSError) -> errors.P2pfsError:
+    text = f"cannot write {shown(path)}: {exc.strerror or exc}"
+    if exc.errno in _PATH_ERRNOS:
+        return BadInput(text)
+    return errors.LocalStorageError(text)
+
+
+class _Output:
+    """The file a get writes to; an OSError becomes one clear line naming the path.
+
+    A closed pipe (BrokenPipeError) passes through: the reader went away, which
+    ``_Group`` ends quietly.
+    """
+
+    def __init__(self, file: Any, shown_path: str) -> None:
+        self._file = file
+        self.path = shown_path
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _local_file_error(self.path, exc) from None
+
+    def finish(self, *, sync: bool) -> None:
+        """Flush (and fsync, for a file about to be renamed into place)."""
+        import os
+
+        try:
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _local_file_error(self.path, exc) from None
+
+
+@contextlib.contextmanager
+def _closed_quietly(file: Any) -> Any:
+    """Close ``file`` on the way out without letting close's flush of what a failed
+    write left buffered replace the error that is already on its way."""
+    try:
+        yield file
+    finally:
+        with contextlib.suppress(OSError):
+            file.close()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-o", "--output", metavar="PATH",
+              help="Where to write (default: NAME's last part, in this directory; - for stdout).")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@JSON_OPTION
+@pass_context
+def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool) -> None:
+    """Fetch a file, verified against its hash.
+
+    A regular file is written to a temporary file beside PATH and renamed into
+    place only when every byte has arrived and matched, so a failed get leaves
+    nothing; it gets the mode an existing PATH had, or 0666 less the umask. A
+    symbolic link is followed: its target gets the file. A FIFO or a character
+    device (/dev/null, /dev/stdout) is written through as the bytes arrive, like
+    `-o -`; a block device only with --force.
+    """
+    import os
+    import stat as stat_module
+    import tempfile
+
+    from p2pfs.client import Client, run
+    from p2pfs.progress import Progress
+
+    name = _check_name(name)
+    ident, node_address = ctx.client_identity(), ctx.node_address()
+    progress = Progress(f"get {shown(name)}", None, enabled=False if as_json else None)
+
+    async def fetch(sink: _Output) -> Any:
+        async with Client.connect(ident, node_address) as c:
+            return await c.get(name, sink, progress, on_size=progress.set_total)
+
+    def write_through(file: Any, shown_path: str) -> Any:
+        sink = _Output(file, shown_path)
+        try:
+            header = run(fetch, sink)
+            sink.finish(sync=False)
+        finally:
+            progress.finish()
+        return header
+
+    def report(header: Any, path: str) -> None:
+        """What was written: on stderr, since stdout may hold the file itself (-o -)."""
+        if as_json:
+            emit({"name": header.name, "size_bytes": header.size_bytes, "file_hash": header.file_hash.hex(),
+                   "path": path}, err=True)
+        elif path != "-":
+            click.echo(f"wrote {shown(path)}: {format_size(header.size_bytes)}, verified", err=True)
+
+    if output == "-":
+        report(write_through(sys.stdout.buffer, "stdout"), "-")
+        return
+    target = Path(output) if output else _default_output(name)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))  # write through the link: it stays a link
+    try:
+        info = target.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise _local_file_error(str(target), exc) from None
+    mode = info.st_mode if info else 0
+    if info and stat_module.S_ISDIR(mode):
+        raise BadInput(f"{shown(str(target))} is a directory; give a file path with -o")
+    if info and (stat_module.S_ISCHR(mode) or stat_module.S_ISFIFO(mode)
+                 or (stat_module.S_ISBLK(mode) and force)):
+        try:
+            device = open(target, "wb")
+        except OSError as exc:
+            raise _local_file_error(str(target), exc) from None
+        with _closed_quietly(device):
+            header = write_through(device, str(target))
+        report(header, str(target))
+        return
+    if info and stat_module.S_ISBLK(mode):
+        raise BadInput(f"{shown(str(target))} is a block device; use --force to write over it")
+    if info and not stat_module.S_ISREG(mode):
+        raise BadInput(f"{shown(str(target))} is neither a file nor a device; give another path with -o")
+    if info and not force:
+        raise BadInput(f"{shown(str(target))} exists; use --force to overwrite it")
+    file_mode = stat_module.S_IMODE(mode) if info else 0o666 & ~_umask()
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".p2pfs-part", dir=directory)
+    except FileNotFoundError:
+        raise BadInput(f"directory {shown(str(directory))} does not exist") from None
+    except OSError as exc:
+        raise _local_file_error(str(directory), exc) from None
+    try:
+        with _closed_quietly(os.fdopen(fd, "wb")) as file:
+            sink = _Output(file, str(target))
+            header = run(fetch, sink)
+            sink.finish(sync=True)
+            os.fchmod(file.fileno(), file_mode)  # mkstemp made it 0600
+        if target.exists() and not force:
+            raise BadInput(f"{shown(str(target))} appeared meanwhile; use --force to overwrite it")
+        try:
+            os.replace(temp_name, target)
+        except OSError as exc:
+            raise _local_file_error(str(target), exc) from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    finally:
+        progress.finish()
+    report(header, str(target))
+
+
+@cli.command()
+@click.argument("name")
+@JSON_OPTION
+@click.pass_context
+def cat(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Write a file to stdout, verified: short for `get NAME -o -`."""
+    ctx.invoke(get, name=name, output="-", force=False, as_json=as_json)
+
+
+def _version_text(wall_ms: int, logical: int) -> str:
+    stamp = datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.timezone.utc)
+    return f"{stamp:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z+{logical}"
+
+
+@cli.command()
+@click.argument("prefix", default="")
+@JSON_OPTION
+@pass_context
+def ls(ctx: Context, prefix: str, as_json: bool) -> None:
+    """List stored files (optionally those whose name starts with PREFIX)."""
+    reply = call(ctx, "ls", prefix)
+    if as_json:
+        emit({"complete": reply.complete,
+               "files": [{"name": f.name, "size_bytes": f.size_bytes, **time_facts("created", f.created_ms),
+                          "version": {"logical": f.version_logical, **time_facts("wall", f.version_wall_ms)}}
+                         for f in reply.files]})
+    else:
+        table([[format_size(f.size_bytes), _version_text(f.version_wall_ms, f.version_logical), shown(f.name)]
+                for f in reply.files], ["SIZE", "VERSION", "NAME"])
+    if not reply.complete:
+        click.echo("warning: some nodes could not be asked; the list may be incomplete", err=True)
+
+
+@cli.command()
+@click.argument("name")
+@JSON_OPTION
+@pass_context
+def rm(ctx: Context, name: str, as_json: bool) -> None:
+    """Delete a file (a tombstone that wins over older versions everywhere)."""
+    name = _check_name(name)
+    reply = call(ctx, "rm", name)
+    if as_json:
+        emit({"name": reply.name, "removed": True})
+        return
+    click.echo(f"removed {shown(name)}")
+
+
+@cli.command()
+@click.argument("name")
+@JSON_OPTION
+@pass_context
+def stat(ctx: Context, name: str, as_json: bool) -> None:
+    """Show a file: size, hash, version, and each chunk with the nodes holding it."""
+    name = _check_name(name)
+    reply = call(ctx, "stat", name)
+    facts = {
+        "name": reply.name,
+        "size_bytes": reply.size_bytes,
+        "file_hash": reply.file_hash.hex(),
+        **time_facts("created", reply.created_ms),
+        "version": {"logical": reply.version_logical, **time_facts("wall", reply.version_wall_ms),
+                    "writer": reply.writer},
+        "chunks": [{"chunk_id": c.chunk_id.hex(), "size_bytes": c.size_bytes, "replicas": list(c.replicas)}
+                   for c in reply.chunks],
+    }
+    if as_json:
+        emit(facts)
+        return
+    click.echo(f"name:     {shown(reply.name)}")
+    click.echo(f"size:     {format_size(reply.size_bytes)} ({reply.size_bytes} bytes)")
+    click.echo(f"blake3:   {reply.file_hash.hex()}")
+    click.echo(f"version:  {_version_text(reply.version_wall_ms, reply.version_logical)} "
+               f"by {reply.writer[:12]}")
+    click.echo(f"chunks:   {len(reply.chunks)}")
+    for index, chunk in enumerate(reply.chunks):
+        holders = " ".join(r[:12] for r in chunk.replicas) or "NONE"
+        click.echo(f"  {index:5d} {chunk.chunk_id.hex()[:16]} {format_size(chunk.size_bytes):>10}  {holders}")
