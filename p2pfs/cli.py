@@ -307,9 +307,9 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
 def daemon(directory: Path, config_file: Path | None) -> None:
     """Run a node in the foreground, with its identity in DIR.
 
-    Logs go to stderr. SIGTERM or SIGINT make the node hand its data to the
-    other nodes, leave the cluster and exit 0; SIGUSR2 stops it at once without
-    leaving (it rejoins with its data when started again).
+    Logs go to stderr. SIGTERM or SIGINT stop it within seconds without leaving
+    the cluster (it rejoins with its data when started again); `p2pfs leave`
+    decommissions it. SIGHUP reloads the config file.
     """
     import trio
 
@@ -322,7 +322,7 @@ def daemon(directory: Path, config_file: Path | None) -> None:
     if ident.role is not Role.NODE:
         raise UserError(f"{directory} holds a client identity; a daemon needs a node's", ExitCode.AUTH)
     ident.server_context()  # fail now, clearly, if the key or certificate cannot be loaded
-    setup_logging(cfg.node.log_level, ident.node_id[:12])
+    setup_logging(cfg.node.log_level, ident.node_id[:12], cfg.admin.log_format)
     trio.run(serve, cfg, ident)
 
 
@@ -701,6 +701,8 @@ def testnet_up(directory: Path, nodes: int, base_port: int, dead_grace_s: float 
     click.echo(f"{len(procs)} nodes up; point the CLI at the network with:", err=True)
     click.echo(f"export P2PFS_IDENTITY={(directory / tn.CLIENT_DIR).resolve()}")
     click.echo(f"export P2PFS_NODE={procs[0].address}")
+    if procs[0].status_page:
+        click.echo(f"status page: {procs[0].status_page}", err=True)
 
 
 @testnet.command("add")
@@ -733,9 +735,11 @@ def testnet_status(directory: Path, as_json: bool) -> None:
 @testnet.command("stop")
 @_DIR_OPTION
 @click.argument("name")
-@click.option("--kill", is_flag=True, help="SIGKILL instead of a graceful SIGTERM.")
+@click.option("--kill", is_flag=True, help="SIGKILL instead of SIGTERM.")
 def testnet_stop(directory: Path, name: str, kill: bool) -> None:
-    """Stop node NAME (e.g. node3): a graceful leave (hand-off, then exit), or at once with --kill."""
+    """Stop node NAME (e.g. node3) without leaving the cluster (SIGTERM), or SIGKILL it with --kill.
+
+    To decommission it instead, `p2pfs --node ADDRESS leave`."""
     from p2pfs import testnet as tn
 
     node_dir = tn.resolve_node(directory, name)
