@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from prometheus_client import exposition
+from prometheus_client import Gauge, exposition
 
 from p2pfs import net, observe, wire
 from p2pfs.admin.metrics import new_registry, operation_name
@@ -79,6 +79,11 @@ class AdminService:
     def __init__(self, node: Node) -> None:
         self._node = node
         self.registry, self.requests, self.events = new_registry(node, lambda: readiness(node))
+        self.scrape_duration = Gauge(
+            "p2pfs_metrics_scrape_duration_seconds",
+            "Time the previous /metrics answer took to build, in this daemon (HTTP excluded).",
+            registry=self.registry,
+        )
         self._peers = PeerUsage(node)
         self._token = load_token(node) if node.cfg.admin.enabled else None
         self._page = importlib.resources.files("p2pfs.admin").joinpath("status.html").read_bytes()
@@ -145,7 +150,10 @@ class AdminService:
             text = "ready\n" if ready.ok else "".join(f"{reason}\n" for reason in ready.reasons)
             return (200 if ready.ok else 503), "text/plain", text.encode()
         if path == "/metrics":
-            return 200, exposition.CONTENT_TYPE_LATEST, exposition.generate_latest(self.registry)
+            started_s = time.perf_counter()
+            body = exposition.generate_latest(self.registry)
+            self.scrape_duration.set(time.perf_counter() - started_s)
+            return 200, exposition.CONTENT_TYPE_LATEST, body
         if path == "/api/status":
             await self._peers.refresh()
             document = status_document(self._node, self.events, self._peers)
