@@ -25,6 +25,7 @@ from typing import Awaitable, Callable
 import trio
 
 from p2pfs import __version__, net, wire
+from p2pfs.admin import sdnotify
 from p2pfs.admin.reload import reload_config
 from p2pfs.admin.server import AdminService
 from p2pfs.errors import ExitCode, UserError
@@ -234,6 +235,7 @@ async def serve(cfg: NodeConfig, ident: Identity) -> None:
         async with trio.open_nursery() as nursery:
             node = Node(cfg, ident)
             await nursery.start(node.run)
+            nursery.start_soon(sdnotify.run, node)  # p2pfs.admin: READY and watchdog for systemd
             async with trio.open_nursery() as waiting:
 
                 async def on_signal() -> None:
@@ -254,6 +256,7 @@ async def serve(cfg: NodeConfig, ident: Identity) -> None:
 
                 waiting.start_soon(on_signal)
                 waiting.start_soon(on_request)
+            sdnotify.notify("STOPPING=1\nSTATUS=" + ("leaving the cluster" if leave else "stopping"))
             if leave:
                 with trio.move_on_after(cfg.replication.leave_handoff_timeout_s + LEAVE_TIMEOUT_S + 1.0):
                     await node.leave()
