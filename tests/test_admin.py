@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import time
 
 import pytest
 
@@ -120,3 +121,41 @@ def test_with_a_token_every_route_needs_it(tmp_path):
             assert http_get(page + route, token="wrong")[0] == 401, route
             assert http_get(page + route, token=token)[0] == 200, route
         assert http_get(page + f"?token={token}")[0] == 200, "the page's first load carries it in the URL"
+
+
+# The issue's idle budget per daemon with the admin listener on and scraped.
+IDLE_CPU_CORE_FRACTION_MAX = 0.005
+IDLE_RSS_BYTES_MAX = 60 * 1024 * 1024
+IDLE_WINDOW_S = 20.0
+SCRAPE_INTERVAL_S = 5.0  # a busier scrape than Prometheus' default 15 s
+
+
+def cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_idle_cost_with_the_admin_listener_on(tmp_path):
+    with running_testnet(tmp_path / "net", nodes=5) as net:
+        procs = net.status()
+        pids = {name: p.pid for name, p in procs.items()}
+        for name in net.names:
+            samples(procs[name].status_page)  # warm: the first scrape imports and builds
+        start = {name: cpu_s(pid) for name, pid in pids.items()}
+        started = time.monotonic()
+        while time.monotonic() - started < IDLE_WINDOW_S:
+            for name in net.names:
+                samples(procs[name].status_page)
+            time.sleep(SCRAPE_INTERVAL_S)  # the scrape interval under test, not a synchronisation
+        elapsed_s = time.monotonic() - started
+        for name, pid in pids.items():
+            fraction = (cpu_s(pid) - start[name]) / elapsed_s
+            assert fraction < IDLE_CPU_CORE_FRACTION_MAX, f"{name} used {fraction:.2%} of a core idle"
+            assert rss_bytes(pid) < IDLE_RSS_BYTES_MAX, f"{name} holds {rss_bytes(pid) / 2**20:.1f} MiB"
