@@ -73,10 +73,13 @@ class NodeProcess:
     pid: int | None
     running: bool
     admin: Address | None = None  # the admin listener, when the node has one
+    admin_https: bool = False  # [admin] client_certificates
 
     @property
     def status_page(self) -> str | None:
-        return f"http://{self.admin}/" if self.admin is not None else None
+        if self.admin is None:
+            return None
+        return f"{'https' if self.admin_https else 'http'}://{self.admin}/"
 
     def as_json(self) -> dict:
         return {
@@ -149,6 +152,7 @@ def node_process(node_dir: Path) -> NodeProcess:
         pid=pid,
         running=pid is not None and _pid_alive(pid, node_dir),
         admin=cfg.admin.listen if cfg.admin.enabled else None,
+        admin_https=cfg.admin.client_certificates,
     )
 
 

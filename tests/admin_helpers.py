@@ -12,10 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 HTTP_TIMEOUT_S = 10.0
 
 
-def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
+def http_get(url: str, token: str | None = None, context=None) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

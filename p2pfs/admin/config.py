@@ -1,11 +1,12 @@
 """The ``[admin]`` section: the HTTP admin listener, readiness and the log format.
 
 The admin listener serves ``/metrics`` (Prometheus), ``/health``, ``/ready``,
-``/api/status`` (JSON) and ``/`` (the status page). It is off by default, and
-plain HTTP: on loopback the machine's own users may read it (what a local
-Prometheus or an SSH tunnel needs); anywhere else every request must carry the
-bearer token from ``token_file``, because the status page names every member,
-its address and its load.
+``/api/status`` (JSON) and ``/`` (the status page). It is off by default. On
+loopback it may be plain HTTP: the machine's own users may read it (what a local
+Prometheus or an SSH tunnel needs). Anywhere else it needs a bearer token
+(``token_file``) or client certificates (``client_certificates``: HTTPS with the
+node's own certificate, and only clients with a certificate from the cluster CA),
+because the status page names every member, its address and its load.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ class AdminConfig:
         "Relative paths are relative to the config file's directory. Empty: no token.",
         "",
     )
+    client_certificates: bool = _doc(
+        "Serve HTTPS with this node's certificate and admit only clients that present a "
+        "certificate issued by the cluster CA (a `p2pfs client init` identity, or a node's). "
+        "TLS 1.3 only, as on the node port. Prometheus presents one with tls_config cert_file "
+        "and key_file.",
+        False,
+    )
     log_format: str = _doc(
         "Log line format: \"text\" (for people and grep) or \"json\" (one object per line with "
         "time, level, node, event and fields, for a log shipper). Changes on SIGHUP.",
@@ -71,10 +79,11 @@ class AdminConfig:
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format {self.log_format!r} is not \"text\" or \"json\"")
-        if self.enabled and not self.token_file and not is_loopback(self.listen.host):
+        guarded = self.token_file or self.client_certificates
+        if self.enabled and not guarded and not is_loopback(self.listen.host):
             raise ValueError(
-                f"an admin listener on {self.listen} (not loopback) needs token_file: anyone who "
-                "can reach it would see the cluster's members and load"
+                f"an admin listener on {self.listen} (not loopback) needs token_file or "
+                "client_certificates: anyone who can reach it would see the cluster's members and load"
             )
         if self.ready_join_timeout_s < 0:
             raise ValueError("ready_join_timeout_s cannot be negative")
