@@ -3,6 +3,7 @@ that move when their events happen, the token, and the cost of a scrape."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -68,6 +69,8 @@ def test_health_ready_status_and_metrics_follow_the_cluster(tmp_path):
         net.cli("put", str(tmp_path / "f.bin"), node="node1")
         net.cli("get", "f.bin", "-o", str(tmp_path / "back.bin"), node="node1")
         assert (tmp_path / "back.bin").read_bytes() == data
+        log = (net.directory / "node1" / "daemon.log").read_text()
+        assert "put_file for client" in log and "name=f.bin" in log, "one line per client operation"
         after = samples(page)
         assert value(after, "p2pfs_requests_total", operation="put_file", outcome="ok") == 1
         assert value(after, "p2pfs_request_duration_seconds_count", operation="put_file") == 1
@@ -115,7 +118,7 @@ def test_health_ready_status_and_metrics_follow_the_cluster(tmp_path):
 def test_with_a_token_every_route_needs_it(tmp_path):
     token = "s3cret-token"
     (tmp_path / "admin.token").write_text(token + "\n")
-    overrides = {"admin": {"token_file": str(tmp_path / "admin.token")}}
+    overrides = {"admin": {"token_file": str(tmp_path / "admin.token"), "log_format": "json"}}
     with running_testnet(tmp_path / "net", nodes=1, overrides=overrides) as net:
         page = page_of(net, "node1")
         for route in ("health", "metrics", "api/status", ""):
@@ -123,6 +126,13 @@ def test_with_a_token_every_route_needs_it(tmp_path):
             assert http_get(page + route, token="wrong")[0] == 401, route
             assert http_get(page + route, token=token)[0] == 200, route
         assert http_get(page + f"?token={token}")[0] == 200, "the page's first load carries it in the URL"
+        # JSON log lines: the client's status request, with its fields.
+        net.cli("status")
+        lines = [json.loads(line) for line in (net.directory / "node1" / "daemon.log").read_text().splitlines()
+                 if line.startswith("{")]
+        served = [line for line in lines if line.get("operation") == "status_request"]
+        assert served and served[-1]["client_id"] and served[-1]["duration_s"] >= 0
+        assert served[-1]["node"] == net.node_id("node1")[:12] and served[-1]["level"] == "INFO"
 
 
 # The issue's idle budget per daemon with the admin listener on and scraped.

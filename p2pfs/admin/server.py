@@ -39,6 +39,7 @@ from p2pfs import net, observe, wire
 from p2pfs.admin.metrics import new_registry, operation_name
 from p2pfs.admin.status import PeerUsage, readiness, status_document
 from p2pfs.errors import ConfigError
+from p2pfs.wire import Role
 
 if TYPE_CHECKING:
     from p2pfs.node.daemon import Node
@@ -192,16 +193,31 @@ class AdminService:
 
     # -- the daemon's request hook ----------------------------------------------
 
-    def record_request(self, msg_type: type, outcome: str, started_s: float) -> None:
-        self.requests.observe(operation_name(msg_type), outcome, trio.current_time() - started_s)
+    def record_request(self, request: net.IncomingRequest, outcome: str, started_s: float) -> None:
+        """Count and time one answered request, and log it: a client's at info (one line per
+        operation a person would grep for), a peer node's at debug (one per chunk)."""
+        duration_s = trio.current_time() - started_s
+        operation = operation_name(type(request.msg))
+        self.requests.observe(operation, outcome, duration_s)
+        peer = request.peer
+        fields = {"operation": operation, "duration_s": round(duration_s, 6), "peer": peer.short_id}
+        name = getattr(request.msg, "name", None)
+        if isinstance(name, str):
+            fields["file_name"] = name
+        if peer.role is Role.CLIENT:
+            fields["client_id"] = peer.short_id
+        level = logging.INFO if peer.role is Role.CLIENT else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s%s: %s in %.3f s", operation, "for client " if peer.role is Role.CLIENT else "from ",
+                    peer.short_id, outcome, duration_s, extra=fields)
 
-    def record_answer(self, msg_type: type, answer: wire.Message | net.Reply,
+    def record_answer(self, request: net.IncomingRequest, answer: wire.Message | net.Reply,
                       started_s: float) -> wire.Message | net.Reply:
         """Count an answer; a streamed one when its body ends, with the bytes it carried."""
         if not isinstance(answer, net.Reply):
-            self.record_request(msg_type, "ok", started_s)
+            self.record_request(request, "ok", started_s)
             return answer
-        operation, write_body = operation_name(msg_type), answer.body
+        operation, write_body = operation_name(type(request.msg)), answer.body
 
         async def counted_body(send) -> None:
             async def counting_send(data) -> None:
@@ -216,7 +232,7 @@ class AdminService:
                 outcome = exc.code.name.lower()
                 raise
             finally:
-                self.record_request(msg_type, outcome, started_s)
+                self.record_request(request, outcome, started_s)
 
         return net.Reply(answer.msg, counted_body)
 

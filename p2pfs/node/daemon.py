@@ -166,12 +166,12 @@ class Node:
         try:
             answer = await route(request)
         except net.RemoteError as exc:
-            self.admin.record_request(type(request.msg), exc.code.name.lower(), started_s)
+            self.admin.record_request(request, exc.code.name.lower(), started_s)
             raise
         except Exception:
-            self.admin.record_request(type(request.msg), "error", started_s)
+            self.admin.record_request(request, "error", started_s)
             raise
-        return self.admin.record_answer(type(request.msg), answer, started_s)
+        return self.admin.record_answer(request, answer, started_s)
 
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
         if isinstance(msg, MEMBERSHIP_MESSAGES) and conn.peer_address is not None:
