@@ -126,6 +126,8 @@ def test_with_a_token_every_route_needs_it(tmp_path):
             assert http_get(page + route, token="wrong")[0] == 401, route
             assert http_get(page + route, token=token)[0] == 200, route
         assert http_get(page + f"?token={token}")[0] == 200, "the page's first load carries it in the URL"
+        code, reasons = http_get(page + "ready", token=token)
+        assert code == 503 and b"fewer than rf=3" in reasons, "one node cannot hold three replicas"
         # JSON log lines: the client's status request, with its fields.
         net.cli("status")
         lines = [json.loads(line) for line in (net.directory / "node1" / "daemon.log").read_text().splitlines()
