@@ -62,6 +62,11 @@ def test_health_ready_status_and_metrics_follow_the_cluster(tmp_path):
         assert value(before, "p2pfs_members", state="alive") == 4
         assert value(before, "p2pfs_ready") == 1
         assert value(before, "p2pfs_certificate_expiry_seconds") > 300 * 86400
+        assert value(before, "p2pfs_connections_open") >= 3, "one to each peer at least"
+        gossip_sent = value(before, "p2pfs_gossip_payload_bytes_total", direction="sent")
+        assert gossip_sent > 0 and value(before, "p2pfs_gossip_messages_total", direction="received") > 0
+        wait_for(lambda: value(samples(page), "p2pfs_gossip_payload_bytes_total", direction="sent") > gossip_sent,
+                 timeout_s=10, what="gossip bytes to grow with the probes")
 
         # A put and a get: requests by operation and outcome, latency histograms, bytes out.
         data = os.urandom(300_000)

@@ -11,7 +11,9 @@ scrape cannot see after the fact, and are counted here as they happen:
   count by operation and outcome, latency histogram, response body bytes;
 - membership transitions (``MembershipEvents``), from the member table's change
   notifications: suspicions, deaths, refutations, leaves and joins, with the
-  last ``EVENTS_KEPT`` kept for the status page.
+  last ``EVENTS_KEPT`` kept for the status page;
+- gossip messages and bytes (``GossipMetrics``), from the daemon's gossip
+  transport and one-way message hooks.
 """
 
 from __future__ import annotations
@@ -69,6 +71,25 @@ class RequestMetrics:
 
     def add_bytes_out(self, operation: str, size_bytes: int) -> None:
         self.bytes_out.labels(operation).inc(size_bytes)
+
+
+class GossipMetrics:
+    """Membership messages sent and received, by direction, from the daemon's gossip hooks.
+
+    Bytes are the encoded message (what the frame carries), without the frame header and
+    TLS record overhead, which add a roughly constant few dozen bytes per message.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter("p2pfs_gossip_messages", "Membership messages, by direction (sent, received).",
+                                ["direction"], registry=registry)
+        self.payload_bytes = Counter("p2pfs_gossip_payload_bytes",
+                                     "Encoded bytes of membership messages, by direction (sent, received).",
+                                     ["direction"], registry=registry)
+
+    def count(self, direction: str, size_bytes: int) -> None:
+        self.messages.labels(direction).inc()
+        self.payload_bytes.labels(direction).inc(size_bytes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +170,8 @@ class NodeCollector:
                      certificate_expiry_s(node.identity.cert))
         yield _gauge("p2pfs_ca_certificate_expiry_seconds", "Seconds until the cluster CA's certificate expires.",
                      certificate_expiry_s(node.identity.ca_cert))
+        yield _gauge("p2pfs_connections_open", "Mutual-TLS connections open to peers and clients.",
+                     len(node.endpoint.connections()))
         yield _counter("p2pfs_gossip_sends_dropped", "Gossip sends dropped because the send queue was full.",
                        node.membership.sends_dropped)
         yield _counter("p2pfs_gossip_sends_timed_out", "Gossip sends abandoned at their deadline.",
@@ -197,9 +220,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def new_registry(node: Node, readiness) -> tuple[CollectorRegistry, RequestMetrics, MembershipEvents]:
+def new_registry(node: Node, readiness) -> tuple[CollectorRegistry, RequestMetrics, MembershipEvents, GossipMetrics]:
     """One registry per node: its collectors, its event counters, and the process's CPU and memory."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node, readiness))
     ProcessCollector(registry=registry)
-    return registry, RequestMetrics(registry), MembershipEvents(registry)
+    return registry, RequestMetrics(registry), MembershipEvents(registry), GossipMetrics(registry)

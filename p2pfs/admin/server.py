@@ -80,7 +80,7 @@ class AdminService:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self.registry, self.requests, self.events = new_registry(node, lambda: readiness(node))
+        self.registry, self.requests, self.events, self.gossip = new_registry(node, lambda: readiness(node))
         # CPU time rather than wall time: what a scrape costs the event loop, not how long
         # the machine's scheduler kept the thread waiting meanwhile.
         self.scrape_cpu = Gauge(
@@ -191,7 +191,10 @@ class AdminService:
         log.warning("log level set to %s through the admin listener", level)
         return 200, "text/plain", f"log level {level}\n".encode()
 
-    # -- the daemon's request hook ----------------------------------------------
+    # -- the daemon's hooks -------------------------------------------------------
+
+    def count_gossip(self, direction: str, msg: wire.Message) -> None:
+        self.gossip.count(direction, len(wire.encode_message(msg)))
 
     def record_request(self, request: net.IncomingRequest, outcome: str, started_s: float) -> None:
         """Count and time one answered request, and log it: a client's at info (one line per

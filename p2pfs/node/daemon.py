@@ -54,11 +54,13 @@ Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
 class EndpointGossip:
     """Membership's transport over the node's mutual-TLS endpoint: best-effort one-way sends."""
 
-    def __init__(self, endpoint: net.Endpoint) -> None:
+    def __init__(self, endpoint: net.Endpoint, on_sent: Callable[[wire.Message], None]) -> None:
         self._endpoint = endpoint
+        self._on_sent = on_sent  # p2pfs.admin hook: gossip bytes
 
     async def send(self, to, msg: wire.Message) -> None:
-        await self._endpoint.send_oneway(to, msg)
+        if await self._endpoint.send_oneway(to, msg):
+            self._on_sent(msg)
 
 
 class Node:
@@ -93,7 +95,7 @@ class Node:
                 rng=random.Random(),
                 now_s=trio.current_time(),
             ),
-            EndpointGossip(self.endpoint),
+            EndpointGossip(self.endpoint, on_sent=lambda msg: self.admin.count_gossip("sent", msg)),
         )
         self.data = DataService(
             node_id=self.node_id,
@@ -175,6 +177,7 @@ class Node:
 
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
         if isinstance(msg, MEMBERSHIP_MESSAGES) and conn.peer_address is not None:
+            self.admin.count_gossip("received", msg)  # p2pfs.admin hook: gossip bytes
             self.membership.deliver(conn.peer_address, msg)
         else:
             log.debug("ignored one-way %s from %s", type(msg).__name__, conn.peer.short_id)
