@@ -1,41 +1,113 @@
-"""Structured logs: one line per event, key=value fields, to stderr.
+"""Structured logs: one line per event, to stderr, as text or as JSON.
 
-The format is logfmt-like so that both people and grep read it::
+Text is logfmt-like so that both people and grep read it::
 
     2026-11-25T13:42:49.123Z INFO node=2fb11f969eff p2pfs.net: rejected 127.0.0.1:4242: ...
+
+JSON (``[admin] log_format = "json"``) is one object per line for a log
+shipper, with the fields a query filters on::
+
+    {"time": "2026-11-25T13:42:49.123Z", "level": "INFO", "node": "2fb11f969eff",
+     "logger": "p2pfs.net", "event": "rejected %s: %s", "message": "rejected 127.0.0.1:4242: ...",
+     "peer": "...", "operation": "...", "name": "...", "client_id": "...", "duration_s": 0.012}
+
+``event`` is the message before its arguments are filled in: the same for every
+occurrence of an event, so it groups and counts without parsing the message.
+``peer``, ``operation``, ``name``, ``client_id`` and ``duration_s`` appear when
+the call passes them (``log.info(..., extra={"peer": ...})``; a file's name is
+passed as ``file_name``, because ``LogRecord`` keeps ``name`` for the logger).
+
+The level and the format can change while the daemon runs (SIGHUP reload, or
+the admin listener): ``set_level`` and ``set_format`` act on the one handler.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+FORMATS = ("text", "json")
+# Fields a call may attach with ``extra=`` -> their key in a line.
+EXTRA_FIELDS = {"peer": "peer", "operation": "operation", "file_name": "name", "client_id": "client_id",
+                "duration_s": "duration_s"}
 
 
-class _Formatter(logging.Formatter):
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
     def __init__(self, node_tag: str) -> None:
         super().__init__()
         self._node_tag = node_tag
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-
     def format(self, record: logging.LogRecord) -> str:
-        line = (
-            f"{self.formatTime(record)} {record.levelname} node={self._node_tag} "
-            f"{record.name}: {record.getMessage()}"
-        )
+        line = f"{_timestamp(record)} {record.levelname} node={self._node_tag} {record.name}: {record.getMessage()}"
+        extras = " ".join(f"{field}={getattr(record, key)}" for key, field in EXTRA_FIELDS.items()
+                          if hasattr(record, key))
+        if extras:
+            line += f" {extras}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
-def setup_logging(level: str, node_tag: str) -> None:
+class JsonFormatter(logging.Formatter):
+    def __init__(self, node_tag: str) -> None:
+        super().__init__()
+        self._node_tag = node_tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {
+            "time": _timestamp(record),
+            "level": record.levelname,
+            "node": self._node_tag,
+            "logger": record.name,
+            "event": str(record.msg),
+            "message": record.getMessage(),
+        }
+        for key, field in EXTRA_FIELDS.items():
+            if hasattr(record, key):
+                fields[field] = getattr(record, key)
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return json.dumps(fields, default=str)
+
+
+_FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
+_handler: logging.Handler | None = None
+_node_tag = "-"
+
+
+def setup_logging(level: str, node_tag: str, log_format: str = "text") -> None:
     """Send every p2pfs log line to stderr, tagged with the node's short id."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(node_tag))
+    global _handler, _node_tag
+    _node_tag = node_tag
+    _handler = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(LEVELS[level])
+    root.handlers[:] = [_handler]
+    set_format(log_format)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Change the level of every p2pfs logger at once (run time, no restart)."""
+    if level not in LEVELS:
+        raise ValueError(f"{level!r} is not one of {', '.join(LEVELS)}")
+    logging.getLogger().setLevel(LEVELS[level])
+
+
+def set_format(log_format: str) -> None:
+    """Switch the handler between text and JSON lines."""
+    if log_format not in _FORMATTERS:
+        raise ValueError(f"{log_format!r} is not one of {', '.join(FORMATS)}")
+    assert _handler is not None, "setup_logging first"
+    _handler.setFormatter(_FORMATTERS[log_format](_node_tag))
+
+
+def current_level() -> str:
+    level = logging.getLogger().level
+    return next((name for name, value in LEVELS.items() if value == level), logging.getLevelName(level).lower())

@@ -44,10 +44,12 @@ NODES_DEFAULT = 5
 NODES_MAX = 200
 # Time for a freshly started network to converge before `up` gives up.
 CONVERGE_TIMEOUT_S = 60.0
-# Time a SIGTERMed daemon has to hand off its data, leave and exit before it is killed
+# Time a SIGTERMed daemon has to exit (it stops without leaving, in seconds) before it is killed.
+STOP_TIMEOUT_S = 20.0
+# Time a daemon asked to leave has to hand off its data, leave and exit before it is killed
 # (the default leave_handoff_timeout_s plus the leave announcement).
-STOP_TIMEOUT_S = 330.0
-# Time `down` gives daemons to exit after SIGUSR2 (stop without leaving).
+LEAVE_TIMEOUT_S = 330.0
+# Time `down` gives daemons to exit after SIGTERM.
 DOWN_TIMEOUT_S = 20.0
 PID_FILE = "daemon.pid"
 # The config overrides the network was created with, applied to nodes added later.
@@ -57,6 +59,9 @@ OS_PORTS_FILE = "os-ports"
 LOG_FILE = "daemon.log"
 CLIENT_DIR = "client"
 CA_DIR = "ca"
+# Each node's admin listener (status page, metrics) is on its node port plus this offset,
+# or on a port the system chose (base port 0). Above NODES_MAX so the two ranges never meet.
+ADMIN_PORT_OFFSET = 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +72,14 @@ class NodeProcess:
     address: Address
     pid: int | None
     running: bool
+    admin: Address | None = None  # the admin listener, when the node has one
+    admin_https: bool = False  # [admin] client_certificates
+
+    @property
+    def status_page(self) -> str | None:
+        if self.admin is None:
+            return None
+        return f"{'https' if self.admin_https else 'http'}://{self.admin}/"
 
     def as_json(self) -> dict:
         return {
@@ -75,6 +88,7 @@ class NodeProcess:
             "address": str(self.address),
             "pid": self.pid,
             "running": self.running,
+            "status_page": self.status_page,
         }
 
 
@@ -137,6 +151,8 @@ def node_process(node_dir: Path) -> NodeProcess:
         address=cfg.node.listen,
         pid=pid,
         running=pid is not None and _pid_alive(pid, node_dir),
+        admin=cfg.admin.listen if cfg.admin.enabled else None,
+        admin_https=cfg.admin.client_certificates,
     )
 
 
@@ -186,9 +202,15 @@ def create(directory: Path, nodes: int, base_port: int, overrides: dict[str, dic
     if base_port != 0 and not 1024 <= base_port <= 65535 - nodes:
         raise BadInput("--base-port must be 0 (ports chosen by the system) or leave room for every "
                        "node's port (1024-65535)")
-    ports = os_chosen_ports(nodes) if base_port == 0 else [base_port + i for i in range(nodes)]
+    if base_port == 0:
+        chosen = os_chosen_ports(2 * nodes)
+        ports, admin_ports = chosen[:nodes], chosen[nodes:]
+    else:
+        ports = [base_port + i for i in range(nodes)]
+        admin_ports = [port + ADMIN_PORT_OFFSET for port in ports]
     addresses = [Address("127.0.0.1", port) for port in ports]
-    busy = [str(a) for a in addresses if not _port_free(a)]
+    admins = [Address("127.0.0.1", port) for port in admin_ports]
+    busy = [str(a) for a in addresses + admins if not _port_free(a)]
     if busy:
         raise BadInput(
             f"port(s) already in use: {', '.join(busy)}; choose another --base-port"
@@ -199,17 +221,20 @@ def create(directory: Path, nodes: int, base_port: int, overrides: dict[str, dic
     (directory / OVERRIDES_FILE).write_text(json.dumps(overrides or {}, indent=2) + "\n")
     if base_port == 0:
         (directory / OS_PORTS_FILE).touch()
-    for i, address in enumerate(addresses, start=1):
-        _create_node(directory, authority, i, address, tuple(addresses[:2]), overrides)
+    for i, (address, admin) in enumerate(zip(addresses, admins), start=1):
+        _create_node(directory, authority, i, address, admin, tuple(addresses[:2]), overrides)
     identity.create_identity(directory / CLIENT_DIR, authority, Role.CLIENT)
 
 
 def _create_node(directory: Path, authority: identity.CertificateAuthority, index: int,
-                 address: Address, seeds: tuple[Address, ...], overrides: dict | None) -> Path:
+                 address: Address, admin: Address, seeds: tuple[Address, ...], overrides: dict | None) -> Path:
     node_dir = directory / f"node{index}"
     identity.create_identity(node_dir, authority, Role.NODE)
     settings = NodeSettings(listen=address, seeds=tuple(s for s in seeds if s != address))
-    (node_dir / CONFIG_FILE).write_text(render_node_config(settings, overrides))
+    # Every test node serves its status page and metrics on loopback.
+    with_admin = dict(overrides or {})
+    with_admin["admin"] = {"enabled": True, "listen": admin, **with_admin.get("admin", {})}
+    (node_dir / CONFIG_FILE).write_text(render_node_config(settings, with_admin))
     return node_dir
 
 
@@ -227,15 +252,19 @@ def add(directory: Path, count: int, progress: Callable[[str], None] = lambda s:
     last_port = max(p.address.port for p in existing)
     seeds = tuple(p.address for p in existing[:2])
     if (directory / OS_PORTS_FILE).exists():
-        ports = os_chosen_ports(count)
+        chosen = os_chosen_ports(2 * count)
+        ports, admin_ports = chosen[:count], chosen[count:]
     else:
         ports = [last_port + offset for offset in range(1, count + 1)]
+        admin_ports = [port + ADMIN_PORT_OFFSET for port in ports]
     new_dirs = []
-    for offset, port in enumerate(ports, start=1):
-        address = Address("127.0.0.1", port)
-        if not _port_free(address):
-            raise BadInput(f"port {address} is in use")
-        new_dirs.append(_create_node(directory, authority, last_index + offset, address, seeds, overrides))
+    for offset, (port, admin_port) in enumerate(zip(ports, admin_ports), start=1):
+        address, admin = Address("127.0.0.1", port), Address("127.0.0.1", admin_port)
+        for wanted in (address, admin):
+            if not _port_free(wanted):
+                raise BadInput(f"port {wanted} is in use")
+        new_dirs.append(_create_node(directory, authority, last_index + offset, address, admin, seeds,
+                                     overrides))
     for node_dir in new_dirs:
         progress(f"starting {node_dir.name}")
         start_node(node_dir)
@@ -268,7 +297,7 @@ def start_node(node_dir: Path) -> int:
 
 
 def stop_node(node_dir: Path, *, kill: bool, timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """SIGTERM (graceful leave) or SIGKILL a daemon, and wait for it to exit.
+    """SIGTERM (stop, still a member) or SIGKILL a daemon, and wait for it to exit.
 
     Returns False if it was not running.
     """
@@ -276,14 +305,39 @@ def stop_node(node_dir: Path, *, kill: bool, timeout_s: float = STOP_TIMEOUT_S) 
     if not proc.running:
         return False
     os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    _wait_exit(proc, timeout_s)
+    return True
+
+
+def leave_node(node_dir: Path, timeout_s: float = LEAVE_TIMEOUT_S) -> bool:
+    """Decommission a daemon (what `p2pfs leave` asks: hand off, leave), and wait for it to exit.
+
+    Returns False if it was not running.
+    """
+    proc = node_process(node_dir)
+    if not proc.running:
+        return False
+    client_ident = identity.load_identity(node_dir.parent / CLIENT_DIR)
+
+    async def ask() -> None:
+        with trio.fail_after(10.0):
+            async with Client.connect(client_ident, proc.address) as client:
+                await client.leave()
+
+    trio.run(ask)
+    _wait_exit(proc, timeout_s)
+    return True
+
+
+def _wait_exit(proc: NodeProcess, timeout_s: float) -> None:
+    """Wait for a signalled or leaving daemon to exit; SIGKILL it past ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while _pid_alive(proc.pid, node_dir):
+    while _pid_alive(proc.pid, proc.directory):
         if time.monotonic() > deadline:
             os.kill(proc.pid, signal.SIGKILL)
             deadline = time.monotonic() + 5.0
         _reap(proc.pid)
         time.sleep(0.02)  # polling a process we do not parent: no event to wait on
-    return True
 
 
 def _reap(pid: int) -> None:
@@ -375,11 +429,11 @@ def up(directory: Path, nodes: int, base_port: int, *, overrides: dict[str, dict
 
 
 def down(directory: Path, timeout_s: float = DOWN_TIMEOUT_S) -> list[str]:
-    """Stop every node without leaving the cluster (SIGUSR2), so that `up` brings the same
+    """Stop every node without leaving the cluster (SIGTERM), so that `up` brings the same
     cluster back with its data; SIGKILL whatever has not exited in time."""
     running = [p for p in status(directory) if p.running]
     for proc in running:
-        os.kill(proc.pid, signal.SIGUSR2)
+        os.kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     for proc in running:
         while _pid_alive(proc.pid, proc.directory):

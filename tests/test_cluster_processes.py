@@ -50,9 +50,9 @@ def test_network_converges_detects_kill_and_leave_and_takes_a_node_back(tmp_path
         wait_for(lambda: all(set(states_seen_by(net, o).values()) == {"alive"} for o in net.names),
                  timeout_s=30, what="node2 to be alive everywhere again")
 
-        # SIGTERM: a graceful leave, seen as "left", and the process exits 0 by itself.
+        # Decommission (`p2pfs leave`): a graceful leave, seen as "left", and the process exits by itself.
         pid = net.status()["node4"].pid
-        net.stop("node4")
+        net.leave("node4")
         remaining = [n for n in net.names if n != "node4"]
         wait_for(lambda: all(states_seen_by(net, o)[ids["node4"]] == "left" for o in remaining),
                  timeout_s=15, what="node4 to be marked left")

@@ -102,7 +102,7 @@ def test_the_cluster_heals_itself(tmp_path):
         # 3. A graceful leave hands off before leaving: no moment of under-replication.
         leaver = "node3"
         pid = net.status()[leaver].pid
-        os.kill(pid, 15)
+        net.cli("leave", node=leaver)
         checks = 0
         while os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]:
             report = fsck(net, "node1")

@@ -64,7 +64,12 @@ class Net:
         assert testnet.stop_node(self.directory / name, kill=True)
 
     def stop(self, name: str) -> None:
+        """SIGTERM: the node stops without leaving the cluster."""
         assert testnet.stop_node(self.directory / name, kill=False)
+
+    def leave(self, name: str) -> None:
+        """Decommission (`p2pfs leave`): hand off, leave, exit; wait for the exit."""
+        assert testnet.leave_node(self.directory / name)
 
     def start(self, name: str) -> None:
         testnet.start_node(self.directory / name)

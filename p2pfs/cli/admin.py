@@ -170,9 +170,9 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
 def daemon(directory: Path, config_file: Path | None) -> None:
     """Run a node in the foreground, with its identity in DIR.
 
-    Logs go to stderr. SIGTERM or SIGINT make the node hand its data to the
-    other nodes, leave the cluster and exit 0; SIGUSR2 stops it at once without
-    leaving (it rejoins with its data when started again).
+    Logs go to stderr. SIGTERM or SIGINT stop it within seconds without leaving
+    the cluster (it rejoins with its data when started again); `p2pfs leave`
+    decommissions it. SIGHUP reloads the config file.
     """
     import trio
 
@@ -187,7 +187,7 @@ def daemon(directory: Path, config_file: Path | None) -> None:
     if ident.role is not Role.NODE:
         raise errors.AuthError(f"{directory} holds a client identity; a daemon needs a node's")
     ident.server_context()  # fail now, clearly, if the key or certificate cannot be loaded
-    setup_logging(cfg.node.log_level, ident.node_id[:12])
+    setup_logging(cfg.node.log_level, ident.node_id[:12], cfg.admin.log_format)
     trio.run(serve, cfg, ident)
 
 

@@ -66,6 +66,8 @@ def testnet_up(directory: Path, nodes: int, base_port: int, dead_grace_s: float 
     click.echo(f"{len(procs)} nodes up; point the CLI at the network with:", err=True)
     click.echo(f"export P2PFS_IDENTITY={(directory / tn.CLIENT_DIR).resolve()}")
     click.echo(f"export P2PFS_NODE={procs[0].address}")
+    if procs[0].status_page:
+        click.echo(f"status page: {procs[0].status_page}", err=True)
 
 
 @testnet.command("add")
@@ -102,10 +104,12 @@ def testnet_status(directory: Path, as_json: bool) -> None:
 @testnet.command("stop")
 @_DIR_OPTION
 @click.argument("name")
-@click.option("--kill", is_flag=True, help="SIGKILL instead of a graceful SIGTERM.")
+@click.option("--kill", is_flag=True, help="SIGKILL instead of SIGTERM.")
 @JSON_OPTION
 def testnet_stop(directory: Path, name: str, kill: bool, as_json: bool) -> None:
-    """Stop node NAME (e.g. node3): a graceful leave (hand-off, then exit), or at once with --kill."""
+    """Stop node NAME (e.g. node3) without leaving the cluster (SIGTERM), or SIGKILL it with --kill.
+
+    To decommission it instead, `p2pfs --node ADDRESS leave`."""
     from p2pfs import testnet as tn
 
     node_dir = tn.resolve_node(directory, name)

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from p2pfs import config
+from p2pfs.admin.config import AdminConfig
 from p2pfs.config import NodeSettings
 from p2pfs.errors import ConfigError
 from p2pfs.membership import MembershipConfig
@@ -18,6 +19,7 @@ SECTIONS: dict[str, type] = {
     "replication": ReplicationConfig,
     "membership": MembershipConfig,
     "net": NetConfig,
+    "admin": AdminConfig,
 }
 
 _HEADER = """\
@@ -36,6 +38,7 @@ class NodeConfig:
     replication: ReplicationConfig
     membership: MembershipConfig
     net: NetConfig
+    admin: AdminConfig
     path: Path | None = None
 
     @property

@@ -1,9 +1,16 @@
 """The daemon: one nursery holding every service of a node.
 
 ``Node.run`` opens the listener (failing early and clearly if the address is
-taken), starts membership, and serves requests. SIGTERM or SIGINT triggers a
-graceful leave: the node announces its departure and exits within
-``leave_timeout_s``.
+taken), starts membership, and serves requests.
+
+Stopping a node is not decommissioning it (Cassandra's and HDFS's choice): SIGTERM
+or SIGINT stops it within seconds without leaving the cluster, so that a service
+manager's stop, a reboot or an upgrade moves no data; the others see it dead, hint
+what it misses, and it rejoins with its data when started again, as long as it is
+back within ``[replication] dead_grace_s``. ``p2pfs leave`` is the decommission: the
+node hands its data to the next owners, announces its departure and exits.
+SIGHUP reloads the config file (what can change without a restart; see
+``Node.reload``).
 
 The node's clock is ``SystemClock``, its wall time offset by
 ``P2PFS_WALL_CLOCK_OFFSET_MS`` milliseconds if that is set (an integer, either
@@ -27,6 +34,9 @@ from typing import Awaitable, Callable
 import trio
 
 from p2pfs import __version__, net, wire
+from p2pfs.admin import sdnotify
+from p2pfs.admin.reload import reload_config
+from p2pfs.admin.server import AdminService
 from p2pfs.clock import SystemClock
 from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
 from p2pfs.identity import Identity
@@ -69,11 +79,13 @@ Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
 class EndpointGossip:
     """Membership's transport over the node's mutual-TLS endpoint: best-effort one-way sends."""
 
-    def __init__(self, endpoint: net.Endpoint) -> None:
+    def __init__(self, endpoint: net.Endpoint, on_sent: Callable[[wire.Message], None]) -> None:
         self._endpoint = endpoint
+        self._on_sent = on_sent  # p2pfs.admin hook: gossip bytes
 
     async def send(self, to, msg: wire.Message) -> None:
-        await self._endpoint.send_oneway(to, msg)
+        if await self._endpoint.send_oneway(to, msg):
+            self._on_sent(msg)
 
 
 class Node:
@@ -111,7 +123,7 @@ class Node:
                 rng=random.Random(),
                 now_s=trio.current_time(),
             ),
-            EndpointGossip(self.endpoint),
+            EndpointGossip(self.endpoint, on_sent=lambda msg: self.admin.count_gossip("sent", msg)),
         )
         self.data = DataService(
             node_id=self.node_id,
@@ -122,6 +134,7 @@ class Node:
             members=self.membership.members,
             clock=self.clock,
         )
+        self.admin = AdminService(self)
         self.leave_requested = trio.Event()
         self._routes: dict[type, Route] = {
             m.StatusRequest: self._status,
@@ -148,6 +161,7 @@ class Node:
                     ) from None
                 raise P2pfsError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
             await nursery.start(self.membership.run, self.cfg.node.seeds)
+            await nursery.start(self.admin.run)  # p2pfs.admin: metrics, health, status page
             log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
             task_status.started()
 
@@ -167,16 +181,31 @@ class Node:
             log.warning("hand-off incomplete; anti-entropy will re-replicate the rest")
         await self.membership.leave(timeout_s=LEAVE_TIMEOUT_S)
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what can change at run time."""
+        self.cfg = reload_config(self.cfg)
+
     # -- requests -----------------------------------------------------------
 
     async def handle_request(self, request: net.IncomingRequest) -> wire.Message | net.Reply:
         route = self._routes.get(type(request.msg))
         if route is None:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"{type(request.msg).__name__} is not served here")
-        return await route(request)
+        # p2pfs.admin hook: count and time every request by operation and outcome.
+        started_s = trio.current_time()
+        try:
+            answer = await route(request)
+        except net.RemoteError as exc:
+            self.admin.record_request(request, exc.code.name.lower(), started_s)
+            raise
+        except Exception:
+            self.admin.record_request(request, "error", started_s)
+            raise
+        return self.admin.record_answer(request, answer, started_s)
 
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
         if isinstance(msg, MEMBERSHIP_MESSAGES) and conn.peer_address is not None:
+            self.admin.count_gossip("received", msg)  # p2pfs.admin hook: gossip bytes
             self.membership.deliver(conn.peer_address, msg)
         else:
             log.debug("ignored one-way %s from %s", type(msg).__name__, conn.peer.short_id)
@@ -223,37 +252,42 @@ class Node:
         )
 
 
-# Stop without leaving: the node's data stays its own and it rejoins when started again
-# (what `testnet down` uses, so that `testnet up` brings back the same cluster).
-SHUTDOWN_SIGNAL = signal.SIGUSR2
+# Stop without leaving: the node's data stays its own and it rejoins when started again.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Re-read the config file and apply what can change at run time.
+RELOAD_SIGNAL = signal.SIGHUP
 
 
 async def serve(cfg: NodeConfig, ident: Identity) -> None:
-    """Run a node until SIGTERM, SIGINT or a client's leave request, then leave gracefully.
-
-    SIGUSR2 stops it at once without leaving: the others will see it die.
-    """
-    leave = True
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, SHUTDOWN_SIGNAL) as signals:
+    """Run a node until SIGTERM or SIGINT (stop, stay a member) or a client's leave request
+    (hand off, leave the cluster, exit). SIGHUP reloads the config."""
+    leave = False
+    with trio.open_signal_receiver(*STOP_SIGNALS, RELOAD_SIGNAL) as signals:
         async with trio.open_nursery() as nursery:
             node = Node(cfg, ident)
             await nursery.start(node.run)
+            nursery.start_soon(sdnotify.run, node)  # p2pfs.admin: READY and watchdog for systemd
             async with trio.open_nursery() as waiting:
 
                 async def on_signal() -> None:
-                    nonlocal leave
                     async for signum in signals:
-                        log.info("received %s", signal.Signals(signum).name)
-                        leave = signum != SHUTDOWN_SIGNAL
+                        if signum == RELOAD_SIGNAL:
+                            node.reload()
+                            continue
+                        log.info("received %s: stopping (still a member; `p2pfs leave` decommissions)",
+                                 signal.Signals(signum).name)
                         break
                     waiting.cancel_scope.cancel()
 
                 async def on_request() -> None:
+                    nonlocal leave
                     await node.leave_requested.wait()
+                    leave = True
                     waiting.cancel_scope.cancel()
 
                 waiting.start_soon(on_signal)
                 waiting.start_soon(on_request)
+            sdnotify.notify("STOPPING=1\nSTATUS=" + ("leaving the cluster" if leave else "stopping"))
             if leave:
                 with trio.move_on_after(cfg.replication.leave_handoff_timeout_s + LEAVE_TIMEOUT_S + 1.0):
                     await node.leave()

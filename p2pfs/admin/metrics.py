@@ -1,0 +1,228 @@
+"""Prometheus metrics of one node, named by Prometheus' conventions (units in names,
+``_total`` counters, histograms for latencies).
+
+Most values are read from the node's own objects when Prometheus scrapes
+(``NodeCollector``): the member table, the chunk store's used bytes, the hint
+store, the ring, the repair counters, the certificate. The other rooms keep no
+metrics code and pay nothing between scrapes. Two sources are events, which a
+scrape cannot see after the fact, and are counted here as they happen:
+
+- requests, from the daemon's ``handle_request`` hook (``RequestMetrics``):
+  count by operation and outcome, latency histogram, response body bytes;
+- membership transitions (``MembershipEvents``), from the member table's change
+  notifications: suspicions, deaths, refutations, leaves and joins, with the
+  last ``EVENTS_KEPT`` kept for the status page;
+- gossip messages and bytes (``GossipMetrics``), from the daemon's gossip
+  transport and one-way message hooks.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from p2pfs import __version__
+from p2pfs.membership import MemberState
+
+if TYPE_CHECKING:
+    from p2pfs.node.daemon import Node
+
+# Recent membership events kept for the status page: enough to cover a rolling
+# restart of a 5-node cluster (each node: suspect, dead, alive) with room to spare.
+EVENTS_KEPT = 50
+# Request latency buckets, in seconds: from a local metadata answer (~1 ms) to a
+# large streamed put or get of many chunks (tens of seconds).
+REQUEST_DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def operation_name(msg_type: type) -> str:
+    """``PutFile`` -> ``put_file``: the request message's type as a label value."""
+    name = msg_type.__name__
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+class RequestMetrics:
+    """Requests this node served, by operation and outcome, counted by the daemon's hook."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "p2pfs_requests", "Requests served, by operation and outcome (ok or the error code).",
+            ["operation", "outcome"], registry=registry,
+        )
+        self.duration = Histogram(
+            "p2pfs_request_duration_seconds",
+            "Time from a request's arrival to its answer (a streamed body's end for gets).",
+            ["operation"], buckets=REQUEST_DURATION_BUCKETS_S, registry=registry,
+        )
+        self.bytes_out = Counter(
+            "p2pfs_response_body_bytes", "Bytes of streamed response bodies sent, by operation.",
+            ["operation"], registry=registry,
+        )
+
+    def observe(self, operation: str, outcome: str, duration_s: float) -> None:
+        self.requests.labels(operation, outcome).inc()
+        self.duration.labels(operation).observe(duration_s)
+
+    def add_bytes_out(self, operation: str, size_bytes: int) -> None:
+        self.bytes_out.labels(operation).inc(size_bytes)
+
+
+class GossipMetrics:
+    """Membership messages sent and received, by direction, from the daemon's gossip hooks.
+
+    Bytes are the encoded message (what the frame carries), without the frame header and
+    TLS record overhead, which add a roughly constant few dozen bytes per message.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter("p2pfs_gossip_messages", "Membership messages, by direction (sent, received).",
+                                ["direction"], registry=registry)
+        self.payload_bytes = Counter("p2pfs_gossip_payload_bytes",
+                                     "Encoded bytes of membership messages, by direction (sent, received).",
+                                     ["direction"], registry=registry)
+
+    def count(self, direction: str, size_bytes: int) -> None:
+        self.messages.labels(direction).inc()
+        self.payload_bytes.labels(direction).inc(size_bytes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemberEvent:
+    at_ms: int  # wall clock, for people
+    node_id: str
+    address: str
+    before: str  # "" for a member seen for the first time
+    after: str
+
+
+class MembershipEvents:
+    """Counts state transitions of the member table between two notifications.
+
+    A transition seen here is what this node concluded: SUSPECT is a suspicion,
+    DEAD a death, SUSPECT -> ALIVE a refutation (the suspect raised its
+    incarnation), LEFT a graceful leave. Transitions that happen and undo
+    themselves within one notification are not seen; the core does not report
+    them either.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.transitions = Counter(
+            "p2pfs_membership_transitions",
+            "Member state changes this node saw, by the state entered (suspect: a suspicion, dead: a "
+            "death, alive: a join or a refutation, left: a graceful leave).",
+            ["state"], registry=registry,
+        )
+        self.refutations = Counter(
+            "p2pfs_membership_refutations", "Suspected members seen alive again (they refuted).",
+            registry=registry,
+        )
+        self.recent: collections.deque[MemberEvent] = collections.deque(maxlen=EVENTS_KEPT)
+        self._states: dict[str, MemberState] = {}
+
+    def update(self, members, now_ms: int) -> None:
+        for member in members:
+            before = self._states.get(member.node_id)
+            if before == member.state:
+                continue
+            self._states[member.node_id] = member.state
+            after = member.state.name.lower()
+            self.transitions.labels(after).inc()
+            if before is MemberState.SUSPECT and member.state is MemberState.ALIVE:
+                self.refutations.inc()
+            self.recent.append(MemberEvent(now_ms, member.node_id, str(member.address),
+                                           before.name.lower() if before is not None else "", after))
+
+
+class NodeCollector:
+    """Reads the node's state at scrape time; nothing is stored between scrapes."""
+
+    def __init__(self, node: Node, readiness) -> None:
+        self._node = node
+        self._readiness = readiness
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: families appear as they are read
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node
+        members = node.membership.members()
+        by_state = GaugeMetricFamily("p2pfs_members", "Members this node sees, by state.", labels=["state"])
+        counts = collections.Counter(member.state for member in members)
+        for state in MemberState:
+            by_state.add_metric([state.name.lower()], counts[state])
+        yield by_state
+
+        yield _gauge("p2pfs_up_seconds", "Seconds since the daemon started.",
+                     time.monotonic() - node.started_at_s)
+        info = GaugeMetricFamily("p2pfs_build_info", "Version of this daemon.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        ready = self._readiness()
+        yield _gauge("p2pfs_ready", "1 when /ready answers 200 (joined, enough members for rf, disk "
+                     "writable).", 1 if ready.ok else 0)
+        yield _gauge("p2pfs_certificate_expiry_seconds", "Seconds until this node's certificate expires.",
+                     certificate_expiry_s(node.identity.cert))
+        yield _gauge("p2pfs_ca_certificate_expiry_seconds", "Seconds until the cluster CA's certificate expires.",
+                     certificate_expiry_s(node.identity.ca_cert))
+        yield _gauge("p2pfs_connections_open", "Mutual-TLS connections open to peers and clients.",
+                     len(node.endpoint.connections()))
+        yield _counter("p2pfs_gossip_sends_dropped", "Gossip sends dropped because the send queue was full.",
+                       node.membership.sends_dropped)
+        yield _counter("p2pfs_gossip_sends_timed_out", "Gossip sends abandoned at their deadline.",
+                       node.membership.sends_timed_out)
+
+        data = node.data
+        if data.store is not None:
+            yield _gauge("p2pfs_store_used_bytes", "Bytes of chunks this node holds.", data.store.used_bytes)
+            yield _gauge("p2pfs_store_capacity_bytes", "Bytes this node offers for chunks.",
+                         data.store.capacity_bytes)
+        if data.hints is not None:
+            yield _gauge("p2pfs_hints_pending", "Hints held for members that were down when written to.",
+                         data.hints.count())
+        yield _gauge("p2pfs_corrupt_chunks_pending", "Chunks that failed verification and await repair.",
+                     len(data.corrupt_pending))
+        yield _counter("p2pfs_repair_sent_bytes", "Chunk bytes this node pushed to peers in anti-entropy "
+                       "and hand-off.", data.healer.bytes_pushed)
+        yield _counter("p2pfs_repair_received_bytes", "Chunk bytes this node pulled from peers in "
+                       "anti-entropy.", data.healer.bytes_pulled)
+        share = ring_share(node)
+        yield _gauge("p2pfs_ring_ownership_ratio", "Fraction of the key space this node holds a replica of "
+                     "(rf copies: shares add up to rf).", share.get(node.node_id, 0.0))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Readiness:
+    ok: bool
+    reasons: tuple[str, ...]  # why not, for people
+
+
+def ring_share(node: Node) -> dict[str, float]:
+    """Each ring member's share of the key space, times rf (what it holds a replica of)."""
+    rf = node.cfg.replication.rf
+    return {node_id: fraction for node_id, fraction in node.data.ring().ownership_fraction(rf).items()}
+
+
+def certificate_expiry_s(cert) -> float:
+    return cert.not_valid_after_utc.timestamp() - time.time()
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def new_registry(node: Node, readiness) -> tuple[CollectorRegistry, RequestMetrics, MembershipEvents, GossipMetrics]:
+    """One registry per node: its collectors, its event counters, and the process's CPU and memory."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node, readiness))
+    ProcessCollector(registry=registry)
+    return registry, RequestMetrics(registry), MembershipEvents(registry), GossipMetrics(registry)
