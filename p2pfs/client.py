@@ -10,7 +10,6 @@ messages as a person at the terminal. Only the CLI turns them into exit codes.
 from __future__ import annotations
 
 import contextlib
-import ssl
 from typing import AsyncIterator, BinaryIO, Callable
 
 import trio
@@ -47,53 +46,13 @@ _ERROR_FOR_CODE: dict[ErrorCode, type[errors.P2pfsError]] = {
     ErrorCode.STORAGE_FULL: errors.StorageFull,
 }
 
-# OpenSSL reasons that mean a certificate was refused (on either end): an authentication
-# failure. Any other TLS failure during the handshake means the other end does not speak
-# p2pfs's TLS at all (another service on the port, or garbage): it is unavailable to us.
-_CERTIFICATE_REASON_WORDS = ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED")
-
-
-def _handshake_error(exc: net.HandshakeError, node: Address) -> errors.P2pfsError:
-    """Tell a refused certificate (AuthError) from a node that is not there to talk to.
-
-    A frozen or overloaded node, or a non-p2pfs service that accepts and says
-    nothing, lets the handshake's deadline pass; a service that answers with
-    something other than TLS fails the TLS layer. Neither is an authentication
-    problem: the node is unavailable. The net layer keeps the cause as the
-    error's context.
-    """
-    causes = _causes(exc)
-    if any(isinstance(cause, trio.TooSlowError) for cause in causes):
-        return errors.Unavailable(
-            f"node {node} accepted the connection but did not complete the handshake in time "
-            "(is it frozen or overloaded, or is another service listening on that port?)"
-        )
-    if any(isinstance(cause, (ssl.SSLError, trio.BrokenResourceError)) for cause in causes):
-        reasons = " ".join((getattr(c, "reason", None) or "").upper() for c in causes)
-        if not any(word in reasons for word in _CERTIFICATE_REASON_WORDS):
-            return errors.Unavailable(
-                f"{node} does not speak p2pfs's TLS ({exc}): is another service listening on that port?"
-            )
-    return errors.AuthError(f"cannot authenticate with {node}: {exc}")
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The chain of exceptions behind ``exc`` (its causes and contexts), nearest first."""
-    chain: list[BaseException] = []
-    current = exc.__cause__ or exc.__context__
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
 @contextlib.contextmanager
 def library_errors(node: Address):
     """Turn network and remote errors into the classes of p2pfs.errors."""
     try:
         yield
-    except net.HandshakeError as exc:
-        raise _handshake_error(exc, node) from None
+    except net.HandshakeError as exc:  # a certificate or identity refused (net tells it from the rest)
+        raise errors.AuthError(f"cannot authenticate with {node}: {exc}") from None
     except net.ConnectError as exc:
         raise errors.Unavailable(f"cannot reach node {node}: {exc}") from None
     except net.RequestTimeout as exc:

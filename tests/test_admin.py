@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from p2pfs.admin.config import AdminConfig
+from p2pfs.node.admin.config import AdminConfig
 from p2pfs.address import Address
 from p2pfs.errors import ConfigError
 from p2pfs.config import load_section

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from p2pfs.address import Address
-from p2pfs.admin.metrics import EVENTS_KEPT, MembershipEvents, operation_name
+from p2pfs.node.admin.metrics import EVENTS_KEPT, MembershipEvents, operation_name
 from p2pfs.membership import MemberState
 from p2pfs.membership.view import Member
 

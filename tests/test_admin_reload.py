@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from p2pfs import observe
-from p2pfs.admin.reload import reload_config
+from p2pfs.node.admin.reload import reload_config
 from p2pfs.config import CONFIG_FILE, NodeSettings
 from p2pfs.node.config import load_node_config, render_node_config
 

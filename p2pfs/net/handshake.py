@@ -72,8 +72,9 @@ async def handshake(
         return await _exchange_hello(stream, identity, listen)
     except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         reason = _ssl_reason(exc)
-        error = HandshakeError if reason in _CERTIFICATE_REJECTED_REASONS else ConnectError
-        raise error(f"TLS handshake failed: {reason}") from None
+        if reason in _CERTIFICATE_REJECTED_REASONS:
+            raise HandshakeError(f"TLS handshake failed: {reason}") from None
+        raise ConnectError(f"TLS handshake failed: {reason} (does another service listen on that port?)") from None
     except wire.WireError as exc:
         raise ConnectError(f"bad hello: {exc}") from None
 
@@ -160,7 +161,9 @@ async def dial(
         if isinstance(exc, trio.TooSlowError):
             # A node that accepts and then says nothing is frozen or overloaded: unavailable.
             raise ConnectError(
-                f"no handshake from {address} within {config.handshake_timeout_s} s"
+                f"{address} accepted the connection but did not complete the handshake within "
+                f"{config.handshake_timeout_s} s (is it frozen or overloaded, or does another service "
+                "listen on that port?)"
             ) from None
         raise
     return Connection(

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from p2pfs import config
-from p2pfs.admin.config import AdminConfig
+from p2pfs.node.admin.config import AdminConfig
 from p2pfs.config import NodeSettings
 from p2pfs.errors import ConfigError
 from p2pfs.membership import MembershipConfig

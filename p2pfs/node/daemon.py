@@ -34,9 +34,9 @@ from typing import Awaitable, Callable
 import trio
 
 from p2pfs import __version__, net, wire
-from p2pfs.admin import sdnotify
-from p2pfs.admin.reload import reload_config
-from p2pfs.admin.server import AdminService
+from p2pfs.node.admin import sdnotify
+from p2pfs.node.admin.reload import reload_config
+from p2pfs.node.admin.server import AdminService
 from p2pfs.clock import SystemClock
 from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
 from p2pfs.identity import Identity
@@ -81,7 +81,7 @@ class EndpointGossip:
 
     def __init__(self, endpoint: net.Endpoint, on_sent: Callable[[wire.Message], None]) -> None:
         self._endpoint = endpoint
-        self._on_sent = on_sent  # p2pfs.admin hook: gossip bytes
+        self._on_sent = on_sent  # p2pfs.node.admin hook: gossip bytes
 
     async def send(self, to, msg: wire.Message) -> None:
         if await self._endpoint.send_oneway(to, msg):
@@ -161,7 +161,7 @@ class Node:
                     ) from None
                 raise P2pfsError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
             await nursery.start(self.membership.run, self.cfg.node.seeds)
-            await nursery.start(self.admin.run)  # p2pfs.admin: metrics, health, status page
+            await nursery.start(self.admin.run)  # p2pfs.node.admin: metrics, health, status page
             log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
             task_status.started()
 
@@ -191,7 +191,7 @@ class Node:
         route = self._routes.get(type(request.msg))
         if route is None:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"{type(request.msg).__name__} is not served here")
-        # p2pfs.admin hook: count and time every request by operation and outcome.
+        # p2pfs.node.admin hook: count and time every request by operation and outcome.
         started_s = trio.current_time()
         try:
             answer = await route(request)
@@ -205,7 +205,7 @@ class Node:
 
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
         if isinstance(msg, MEMBERSHIP_MESSAGES) and conn.peer_address is not None:
-            self.admin.count_gossip("received", msg)  # p2pfs.admin hook: gossip bytes
+            self.admin.count_gossip("received", msg)  # p2pfs.node.admin hook: gossip bytes
             self.membership.deliver(conn.peer_address, msg)
         else:
             log.debug("ignored one-way %s from %s", type(msg).__name__, conn.peer.short_id)
@@ -266,7 +266,7 @@ async def serve(cfg: NodeConfig, ident: Identity) -> None:
         async with trio.open_nursery() as nursery:
             node = Node(cfg, ident)
             await nursery.start(node.run)
-            nursery.start_soon(sdnotify.run, node)  # p2pfs.admin: READY and watchdog for systemd
+            nursery.start_soon(sdnotify.run, node)  # p2pfs.node.admin: READY and watchdog for systemd
             async with trio.open_nursery() as waiting:
 
                 async def on_signal() -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from p2pfs import __version__, net
-from p2pfs.admin.metrics import MembershipEvents, Readiness, certificate_expiry_s, ring_share
+from p2pfs.node.admin.metrics import MembershipEvents, Readiness, certificate_expiry_s, ring_share
 from p2pfs.membership import MemberState
 from p2pfs.node import messages as m
 

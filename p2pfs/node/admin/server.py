@@ -36,8 +36,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client import Gauge, exposition
 
 from p2pfs import net, observe, wire
-from p2pfs.admin.metrics import new_registry, operation_name
-from p2pfs.admin.status import PeerUsage, readiness, status_document
+from p2pfs.node.admin.metrics import new_registry, operation_name
+from p2pfs.node.admin.status import PeerUsage, readiness, status_document
 from p2pfs.errors import ConfigError
 from p2pfs.wire import Role
 
@@ -90,7 +90,7 @@ class AdminService:
         )
         self._peers = PeerUsage(node)
         self._token = load_token(node) if node.cfg.admin.enabled else None
-        self._page = importlib.resources.files("p2pfs.admin").joinpath("status.html").read_bytes()
+        self._page = importlib.resources.files("p2pfs.node.admin").joinpath("status.html").read_bytes()
         self.url: str | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -114,7 +114,7 @@ class AdminService:
         host = f"[{listen.host}]" if ":" in listen.host else listen.host
         config.bind = [f"{host}:{listen.port}"]
         config.accesslog = None  # one line per request would drown the node's own events
-        config.errorlog = logging.getLogger("p2pfs.admin.http")
+        config.errorlog = logging.getLogger("p2pfs.node.admin.http")
         config.keep_alive_timeout = ADMIN_KEEP_ALIVE_S
         config.h11_max_incomplete_size = ADMIN_REQUEST_HEAD_BYTES_MAX
         if self._node.cfg.admin.client_certificates:
