@@ -154,6 +154,7 @@ class Ring:
         "_zone_count",
         "_tokens",
         "_owners",
+        "_ownership",
     )
 
     def __init__(
@@ -196,6 +197,7 @@ class Ring:
         self._zone_count = len(zones)
         self._tokens = array("Q", [p >> _RANK_BITS for p in packed])
         self._owners = array("I", [p & _RANK_MASK for p in packed])
+        self._ownership: dict[int, dict[str, float]] = {}  # by rf, computed on first use
         assert len(self._tokens) == len(self._owners)
         assert len(self._tokens) >= len(self._node_ids)
 
@@ -248,6 +250,26 @@ class Ring:
         """
         preferred = set(self.preference_list(key, rf))
         return [n for n in self.walk(key) if n not in preferred]
+
+    def ownership_fraction(self, rf: int) -> dict[str, float]:
+        """Each member's fraction of the circle (hence of uniform keys) it holds a replica of at ``rf``.
+
+        Fractions sum to ``min(rf, len(self))``. One walk per token, O(tokens x rf), done once
+        per ring and rf (the ring is immutable): the status page and metrics show it.
+        """
+        _check_rf(rf)
+        cached = self._ownership.get(rf)
+        if cached is not None:
+            return cached
+        held = [0] * len(self._node_ids)
+        tokens = self._tokens
+        for index in range(len(tokens)):
+            size = range_size(tokens[index - 1], tokens[index])  # the range this token ends
+            for rank in self._select(self._walk_ranks(index), rf):
+                held[rank] += size
+        fractions = {n: h / HASH_SPACE_SIZE for n, h in zip(self._node_ids, held)}
+        self._ownership[rf] = fractions
+        return fractions
 
     def _index(self, position: int) -> int:
         """Index of the token that ends the range holding ``position``."""

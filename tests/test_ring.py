@@ -380,3 +380,19 @@ def test_zones_balance_per_zone():
     for member in members:
         target = 1 / sizes[member.zone]
         assert abs(fractions[member.node_id] - target) <= 0.2 * target
+
+
+@pytest.mark.parametrize("members, rf", [(1, 3), (3, 3), (5, 3), (7, 2)])
+def test_ownership_fraction_is_each_members_share_of_keys_replicated(members, rf):
+    ring = Ring([RingMember(f"node-{i}", zone=f"z{i % 3}") for i in range(members)])
+    shares = ring.ownership_fraction(rf)
+    assert math.isclose(sum(shares.values()), min(rf, members))
+    rng = random.Random(members * 10 + rf)
+    keys = 20_000
+    held = {node_id: 0 for node_id in shares}
+    for _ in range(keys):
+        for node_id in ring.preference_list(rng.randbytes(16), rf):
+            held[node_id] += 1
+    for node_id, share in shares.items():
+        assert abs(held[node_id] / keys - share) < 0.02, (node_id, held[node_id] / keys, share)
+    assert ring.ownership_fraction(rf) is shares, "computed once per ring"

@@ -77,6 +77,8 @@ class AntiEntropy:
         self._replicas = replicas
         self._local = local
         self._pusher = pusher
+        # Chunk bytes pulled from peers (the admin's repair metric).
+        self.received_bytes = 0
         self._pacer = pacer
         self._offload = offload
 
@@ -123,6 +125,7 @@ class AntiEntropy:
                 data = await remote.fetch_chunk(chunk_id)
                 await self._pacer.pace(len(data))
                 await self._replicas.local.store_chunk(chunk_id, data)
+                self.received_bytes += len(data)
 
     async def on_sync_chunks(self, request: net.IncomingRequest) -> dm.SyncChunksReply:
         peer = request.peer.node_id

@@ -52,6 +52,8 @@ class Pusher:
         self._local = local
         self._pacer = pacer
         self._offload = offload
+        # Chunk bytes pushed to peers by anti-entropy and hand-off (the admin's repair metric).
+        self.sent_bytes = 0
 
     async def push(self, replica: Replica, chunk_id: bytes) -> bool:
         """Give ``replica`` our copy; False if we hold no good copy any more."""
@@ -61,6 +63,7 @@ class Pusher:
             return False
         await self._pacer.pace(len(data))
         await replica.store_chunk(chunk_id, data)
+        self.sent_bytes += len(data)
         return True
 
 

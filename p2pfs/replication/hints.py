@@ -60,6 +60,11 @@ class HintStore:
                 (owner, int(kind), key, created_ms),
             )
 
+    def count(self) -> int:
+        """Hints held, for every owner."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM hints").fetchone()[0]
+
     def owners(self) -> list[str]:
         with self._lock:
             return [row[0] for row in self._db.execute("SELECT DISTINCT owner FROM hints")]

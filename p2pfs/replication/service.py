@@ -16,6 +16,7 @@ rooms' typed errors into the wire's error codes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
@@ -55,6 +56,18 @@ log = logging.getLogger(__name__)
 LIST_NAMES_MAX = 100_000
 # Longest name prefix accepted by ls (a prefix is at most a name).
 PREFIX_BYTES_MAX = 1024
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DataStats:
+    """The data layer's figures for metrics and the status page, read at scrape time."""
+
+    used_bytes: int
+    capacity_bytes: int
+    hints_pending: int
+    corrupt_chunks_pending: int
+    repair_sent_bytes: int  # chunk bytes pushed to peers by anti-entropy and hand-off
+    repair_received_bytes: int  # chunk bytes pulled from peers by anti-entropy
+
 
 Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
 
@@ -99,7 +112,25 @@ class DataService:
         self._hints: HintDelivery | None = None
         self._gc: GarbageCollector | None = None
         self._scrubber: Scrubber | None = None
+        self._pusher: Pusher | None = None
         self._routes: dict[type, Route] = {}
+
+    def stats(self) -> DataStats | None:
+        """What the node's admin listener reports of the data layer; None until the stores are open.
+
+        Reads counters and the hint table (a COUNT over a small SQLite table): cheap
+        enough for a scrape on the event loop.
+        """
+        if self.local is None or self._pusher is None or self._anti_entropy is None:
+            return None
+        return DataStats(
+            used_bytes=self.local.chunks.used_bytes,
+            capacity_bytes=self._capacity_bytes,
+            hints_pending=self.local.hints.count(),
+            corrupt_chunks_pending=len(self.local.corrupt_pending),
+            repair_sent_bytes=self._pusher.sent_bytes,
+            repair_received_bytes=self._anti_entropy.received_bytes,
+        )
 
     @property
     def store(self) -> ChunkStore:
@@ -139,7 +170,7 @@ class DataService:
             offload=offload,
         )
         pacer = RepairPacer(config.repair_bytes_per_s, clock)
-        pusher = Pusher(local, pacer, offload)
+        pusher = self._pusher = Pusher(local, pacer, offload)
         self._hand_off = HandOff(
             config=config, view=view, replicas=replicas, local=local, pusher=pusher, offload=offload
         )

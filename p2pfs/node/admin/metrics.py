@@ -177,20 +177,18 @@ class NodeCollector:
         yield _counter("p2pfs_gossip_sends_timed_out", "Gossip sends abandoned at their deadline.",
                        node.membership.sends_timed_out)
 
-        data = node.data
-        if data.store is not None:
-            yield _gauge("p2pfs_store_used_bytes", "Bytes of chunks this node holds.", data.store.used_bytes)
-            yield _gauge("p2pfs_store_capacity_bytes", "Bytes this node offers for chunks.",
-                         data.store.capacity_bytes)
-        if data.hints is not None:
+        stats = node.data.stats()
+        if stats is not None:
+            yield _gauge("p2pfs_store_used_bytes", "Bytes of chunks this node holds.", stats.used_bytes)
+            yield _gauge("p2pfs_store_capacity_bytes", "Bytes this node offers for chunks.", stats.capacity_bytes)
             yield _gauge("p2pfs_hints_pending", "Hints held for members that were down when written to.",
-                         data.hints.count())
-        yield _gauge("p2pfs_corrupt_chunks_pending", "Chunks that failed verification and await repair.",
-                     len(data.corrupt_pending))
-        yield _counter("p2pfs_repair_sent_bytes", "Chunk bytes this node pushed to peers in anti-entropy "
-                       "and hand-off.", data.healer.bytes_pushed)
-        yield _counter("p2pfs_repair_received_bytes", "Chunk bytes this node pulled from peers in "
-                       "anti-entropy.", data.healer.bytes_pulled)
+                         stats.hints_pending)
+            yield _gauge("p2pfs_corrupt_chunks_pending", "Chunks that failed verification and await repair.",
+                         stats.corrupt_chunks_pending)
+            yield _counter("p2pfs_repair_sent_bytes", "Chunk bytes this node pushed to peers in anti-entropy "
+                           "and hand-off.", stats.repair_sent_bytes)
+            yield _counter("p2pfs_repair_received_bytes", "Chunk bytes this node pulled from peers in "
+                           "anti-entropy.", stats.repair_received_bytes)
         share = ring_share(node)
         yield _gauge("p2pfs_ring_ownership_ratio", "Fraction of the key space this node holds a replica of "
                      "(rf copies: shares add up to rf).", share.get(node.node_id, 0.0))
@@ -205,7 +203,7 @@ class Readiness:
 def ring_share(node: Node) -> dict[str, float]:
     """Each ring member's share of the key space, times rf (what it holds a replica of)."""
     rf = node.cfg.replication.rf
-    return {node_id: fraction for node_id, fraction in node.data.ring().ownership_fraction(rf).items()}
+    return node.data.ring().ownership_fraction(rf)
 
 
 def certificate_expiry_s(cert) -> float:

@@ -40,12 +40,12 @@ def readiness(node: Node) -> Readiness:
     rf = node.cfg.replication.rf
     if live < rf:
         reasons.append(f"{live} live member(s), fewer than rf={rf}")
-    store = node.data.store
-    if store is None:
+    stats = node.data.stats()
+    if stats is None:
         reasons.append("the chunk store is not open yet")
     elif not os.access(node.cfg.data_dir, os.W_OK):
         reasons.append(f"data dir {node.cfg.data_dir} is not writable")
-    elif store.free_bytes <= 0:
+    elif stats.used_bytes >= stats.capacity_bytes:
         reasons.append("no capacity left for chunks")
     return Readiness(ok=not reasons, reasons=tuple(reasons))
 
@@ -85,11 +85,11 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
     now_s = trio.current_time()
     shares = ring_share(node)
     ready = readiness(node)
-    store = node.data.store
+    stats = node.data.stats()
     members = []
     for member in sorted(node.membership.members(), key=lambda mb: mb.node_id):
         is_self = member.node_id == node.node_id
-        used = store.used_bytes if is_self and store is not None else peers.used_bytes.get(member.node_id)
+        used = stats.used_bytes if is_self and stats is not None else peers.used_bytes.get(member.node_id)
         members.append({
             "node_id": member.node_id,
             "address": str(member.address),
@@ -113,16 +113,16 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
             "not_ready_because": list(ready.reasons),
             "rf": node.cfg.replication.rf,
             "capacity_bytes": node.cfg.node.capacity_bytes,
-            "used_bytes": store.used_bytes if store is not None else None,
+            "used_bytes": stats.used_bytes if stats is not None else None,
             "certificate_expiry_s": round(certificate_expiry_s(node.identity.cert)),
             "ca_certificate_expiry_s": round(certificate_expiry_s(node.identity.ca_cert)),
         },
         "members": members,
         "queues": {
-            "hints_pending": node.data.hints.count() if node.data.hints is not None else None,
-            "corrupt_chunks_pending": len(node.data.corrupt_pending),
-            "repair_sent_bytes": node.data.healer.bytes_pushed,
-            "repair_received_bytes": node.data.healer.bytes_pulled,
+            "hints_pending": stats.hints_pending if stats is not None else None,
+            "corrupt_chunks_pending": stats.corrupt_chunks_pending if stats is not None else None,
+            "repair_sent_bytes": stats.repair_sent_bytes if stats is not None else None,
+            "repair_received_bytes": stats.repair_received_bytes if stats is not None else None,
         },
         "events": [
             {"at_ms": e.at_ms, "node_id": e.node_id, "address": e.address, "before": e.before, "after": e.after}
