@@ -48,6 +48,7 @@ from p2pfs.membership import MembershipConfig, MembershipService, incarnation_fr
 from p2pfs.membership import messages as mm
 from p2pfs.membership.state import Membership
 from p2pfs.node import messages as nm
+from p2pfs.node.admin.config import AdminConfig
 from p2pfs.node.config import NodeConfig
 from p2pfs.node.daemon import EndpointGossip, Node
 from p2pfs.replication import messages as dm
@@ -257,7 +258,7 @@ class Harness:
                     protocol_version=wire.PROTOCOL_VERSION, incarnation_initial=incarnation_from_wall_clock(SystemClock()),
                     config=MembershipConfig(), rng=random.Random(1), now_s=trio.current_time(),
                 ),
-                EndpointGossip(hostile_endpoint),
+                EndpointGossip(hostile_endpoint, on_sent=lambda msg: None),
             )
             await nursery.start(self.hostile.membership.run, ())
             self.node = Node(
@@ -272,6 +273,7 @@ class Harness:
                     ),
                     membership=MembershipConfig(),
                     net=net.NetConfig(handshake_timeout_s=2.0, stream_idle_timeout_s=2.0),
+                    admin=AdminConfig(),
                 ),
                 self.victim_ident,
             )
