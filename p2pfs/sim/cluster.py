@@ -19,24 +19,20 @@ So ``run_seed(seed)`` writes the same history, byte for byte, every time in
 the same interpreter build and with the same ``PYTHONHASHSEED`` (set and
 iteration order of strings depend on it). A failing seed is a replayable bug.
 
-Wall time. Versions are stamped with wall time, which must follow the
-simulated clock for a run to replay. Where ``DataService`` takes a ``clock``,
-each node gets its own ``SimClock`` and the nemesis also skews them. Until it
-does, ``_simulated_wall_time`` points the data layer's two wall-clock reads
-at one ``SimClock`` for the run, and there is no skew. Chunk files' mtimes
-are still the host's, so chunk GC finds nothing old enough to collect; GC of
-tombstones runs on simulated time.
+Wall time. Versions, hint expiry and GC ages come from each node's
+``SimClock``, a function of the simulated clock, so a run replays; the
+nemesis skews a node by moving its clock's offset. Chunk files get their
+modification times from the same clock, so chunk GC runs on simulated time
+as tombstone GC does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import inspect
 import random
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import trio
 
@@ -54,7 +50,6 @@ from p2pfs.membership.config import MembershipConfig
 from p2pfs.membership.messages import MemberState
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
-from p2pfs.replication.service import DataService
 from p2pfs.wire import ErrorCode
 
 from .data import DataCluster, DataNode, SimEndpoint
@@ -130,50 +125,13 @@ class SimResult:
     faults: list[Fault]
     violations: list[Violation]
     simulated_s: float
-    skew: bool  # whether the nemesis could skew clocks (DataService takes a clock)
-
-
-def clock_supported() -> bool:
-    """Whether ``DataService`` takes a data-layer ``clock`` (then each node gets a SimClock)."""
-    return "clock" in inspect.signature(DataService).parameters
 
 
 def run_seed(seed: int, root: Path, settings: SimSettings = SimSettings()) -> SimResult:
     """Run one seeded simulation in ``root`` (a fresh directory); history in root/history.jsonl."""
     root.mkdir(parents=True, exist_ok=True)
     assert not any(root.iterdir()), f"{root} is not empty: a run starts from empty disks"
-    with _simulated_wall_time(SimClock(SIM_EPOCH_MS)):
-        return run_simulation(_Run(seed, root, settings).main, seed=seed)
-
-
-@contextlib.contextmanager
-def _simulated_wall_time(clock: SimClock) -> Iterator[None]:
-    """Until ``DataService`` takes a ``clock``: the data layer's wall-clock reads, on ``clock``.
-
-    ``replication.service`` stamps versions and hints with ``_wall_ms()`` and
-    ``replication.repair`` reads ``time`` for GC; on the host's clock a replay
-    would stamp differently. A bridge for this module only, removed with it.
-    """
-    if clock_supported():
-        yield
-        return
-    from p2pfs.replication import repair, service
-
-    class _Time:
-        @staticmethod
-        def time() -> float:
-            return clock.wall_ms() / 1000
-
-        @staticmethod
-        def time_ns() -> int:
-            return clock.wall_ms() * 1_000_000
-
-    saved = service._wall_ms, repair.time
-    service._wall_ms, repair.time = clock.wall_ms, _Time
-    try:
-        yield
-    finally:
-        service._wall_ms, repair.time = saved
+    return run_simulation(_Run(seed, root, settings).main, seed=seed)
 
 
 def content(seed: int, op_id: int, size_bytes: int) -> bytes:
@@ -189,7 +147,6 @@ class _Run:
         self.settings = settings
         self.rng = random.Random(seed)
         self.names = [f"sim/file-{i:02d}" for i in range(settings.names)]
-        self.skew = clock_supported()
         self.clocks = {i: SimClock(SIM_EPOCH_MS) for i in range(1, settings.nodes + 1)}
         self.ops: list[Op] = []
         self.faults: list[Fault] = []
@@ -207,7 +164,7 @@ class _Run:
         settings = self.settings
         network = SimNetwork(random.Random(self.rng.getrandbits(64)), LinkFaults())
         header = {
-            "source": "p2pfs.sim.cluster", "seed": self.seed, "skew": self.skew,
+            "source": "p2pfs.sim.cluster", "seed": self.seed,
             **dataclasses.asdict(settings),
         }
         self.history = HistoryWriter(self.root / "history.jsonl", header)
@@ -233,11 +190,11 @@ class _Run:
         finally:
             self.history.close()
         return SimResult(self.seed, self.history.path, self.ops, self.faults, violations,
-                         trio.current_time(), self.skew)
+                         trio.current_time())
 
     async def _start(self, index: int) -> DataNode:
         seeds = (sim_address(1), sim_address(2))
-        return await self.cluster.start(index, seeds, clock=self.clocks[index] if self.skew else None)
+        return await self.cluster.start(index, seeds, clock=self.clocks[index])
 
     def _membership_converged(self) -> bool:
         want = {node.node_id for node in self.cluster.nodes.values()}
@@ -312,7 +269,7 @@ class _Run:
     async def _nemesis(self, stop: trio.Event) -> None:
         settings = self.settings
         rng = random.Random(f"sim-nemesis-{self.seed}")
-        kinds = [k for k in FAULT_WEIGHTS if k != "skew" or self.skew]
+        kinds = list(FAULT_WEIGHTS)
         weights = [FAULT_WEIGHTS[k] for k in kinds]
         while True:  # until stopped: each round one fault, then its repair
             with trio.move_on_after(rng.uniform(settings.fault_gap_s_min, settings.fault_gap_s_max)):
