@@ -107,8 +107,19 @@ class Connection:
     def is_closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def is_idle(self) -> bool:
+        """No request open in either direction: closing it now interrupts nobody."""
+        return not self._pending and not self._serving
+
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    def shed(self, reason: str) -> None:
+        """Close without waiting (the listener makes room for a new connection); ``run`` cleans up."""
+        self._mark_closed(reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # -- running ------------------------------------------------------------
 
