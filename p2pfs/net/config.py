@@ -77,6 +77,20 @@ class NetConfig:
         "Longest wait, in seconds, for the next piece of a streamed body or for credit to send one.",
         default=15.0,
     )
+    frame_read_timeout_s: float = doc(
+        "A frame whose first bytes arrived must be complete within this many seconds, or the "
+        "connection is closed: a peer cannot hold a buffer (up to a whole declared frame, 8 MiB) "
+        "and a reader by sending part of a frame and then nothing. Our largest frames are 1 MiB "
+        "of body, so 30 s allows a link as slow as ~35 KB/s; lower it to free stuck buffers sooner.",
+        default=30.0,
+    )
+    connection_idle_timeout_s: float = doc(
+        "A connection with no request open either way and nothing received for this many seconds "
+        "is closed. Between nodes, gossip keeps a connection in use well within it; a closed one is "
+        "dialled again when next needed (one handshake). A client that pauses longer reconnects. "
+        "Lower frees idle sockets sooner, at the cost of more handshakes.",
+        default=300.0,
+    )
     redial_backoff_s_min: float = doc(
         "After a failed dial, seconds before the address is tried again; doubles on each failure...",
         default=0.1,
