@@ -124,6 +124,25 @@ def _write_public(path: Path, data: bytes) -> None:
     _write_new(path, data, 0o644)
 
 
+# Bits of a key file's mode that let anyone but its owner read or change it. As ssh
+# does for its private keys, such a key is refused rather than used: whoever else
+# can read it can act as this node (or, for the CA key, mint members).
+_KEY_MODE_OTHERS = 0o077
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a key file that its group or others may read or write, saying how to fix it."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as exc:
+        raise IdentityError(f"cannot read {path}: {exc.strerror}") from None
+    if mode & _KEY_MODE_OTHERS:
+        raise IdentityError(
+            f"{path} has mode {mode:04o}: a private key must be readable by its owner alone; "
+            f"fix it with `chmod 600 {path}`"
+        )
+
+
 def _key_pem(key: ed25519.Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -263,6 +282,7 @@ def load_ca(directory: Path) -> CertificateAuthority:
     for path in (key_path, cert_path):
         if not path.is_file():
             raise BadInput(f"{path} not found: is {directory} a CA directory (p2pfs ca init)?")
+    _check_private(key_path)
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -373,6 +393,7 @@ def load_identity(directory: Path) -> Identity:
     for name, path in paths.items():
         if not path.is_file():
             raise BadInput(f"{path} not found: is {directory} an identity directory?")
+    _check_private(paths[KEY_FILE])
     try:
         key_pem = paths[KEY_FILE].read_bytes()
         cert = x509.load_pem_x509_certificate(paths[CERT_FILE].read_bytes())

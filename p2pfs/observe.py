@@ -111,3 +111,38 @@ def set_format(log_format: str) -> None:
 def current_level() -> str:
     level = logging.getLogger().level
     return next((name for name, value in LEVELS.items() if value == level), logging.getLevelName(level).lower())
+
+
+class Collapsed:
+    """One log line per interval for an event that can repeat without bound, with a count.
+
+    A flood (silent connections, refused dials) would otherwise write one line
+    per occurrence: tens of thousands a minute, which fills disks and buries the
+    line that matters. The first occurrence is logged at once; later ones within
+    ``interval_s`` are only counted, and the first one after the interval is
+    logged with that count ("... (and 812 more in the last 10.0 s)"). A count
+    left when the flood stops is told with the next occurrence, not lost.
+
+    Pure: the caller passes ``now_s`` (monotonic seconds), so it is tested
+    without a clock.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int, interval_s: float) -> None:
+        assert interval_s > 0, interval_s
+        self._logger = logger
+        self._level = level
+        self._interval_s = interval_s
+        self._logged_at_s: float | None = None
+        self._suppressed = 0
+
+    def log(self, now_s: float, msg: str, *args: object) -> None:
+        if self._logged_at_s is not None and now_s - self._logged_at_s < self._interval_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            since_s = now_s - self._logged_at_s
+            msg = f"{msg} (and %d more in the last %.1f s)"
+            args = (*args, self._suppressed, since_s)
+        self._logger.log(self._level, msg, *args)
+        self._logged_at_s = now_s
+        self._suppressed = 0

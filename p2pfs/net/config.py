@@ -26,8 +26,29 @@ INCOMING_REQUESTS_PER_CONNECTION_MAX = 512
 # flood) from starving the event loop.
 HANDSHAKES_CONCURRENT_MAX = 64
 # Connections a listener keeps open at once; each holds two socket buffers and
-# a reader task.
+# a reader task. When it is reached, a new connection sheds an old one rather
+# than being refused: first the oldest that has not authenticated (it proved
+# nothing and costs an attacker one SYN), then an authenticated one with no
+# request open (a node redials it in milliseconds, a client opens one per
+# command). Only when every connection is authenticated and busy is the new one
+# refused: 1,024 busy peers are a real overload, not a flood.
 INBOUND_CONNECTIONS_MAX = 1024
+# Connections from one source address that have not finished the handshake yet.
+# Without it one host holding silent connections takes every handshake slot
+# (HANDSHAKES_CONCURRENT_MAX) and every other peer waits out its deadline. Below
+# the slot count, so one address never has all of them; well above what one
+# honest host needs at once (a node dials each peer once, a client once per
+# command). Authenticated connections do not count: a busy node or NAT gateway
+# is not limited, only its half-open attempts. At the limit the oldest attempt
+# from that address is shed, not the new one, so an honest client behind the
+# same address still gets in unless the flood outruns its handshake (a few ms).
+# Like OpenSSH's MaxStartups, but per source and oldest-first instead of random.
+UNAUTHENTICATED_PER_ADDRESS_MAX = 16
+# A connection flood produces one event per connection (refused, shed, timed
+# out, rejected); each kind is logged at most once per this many seconds with
+# the count of the rest. 10 s keeps a sustained flood to a few lines a minute
+# while a single incident still shows up at once.
+LOG_COLLAPSE_INTERVAL_S = 10.0
 # The hello is one small frame; a peer announcing more is not speaking our protocol.
 HELLO_FRAME_BYTES_MAX = 4096
 
@@ -41,7 +62,9 @@ class NetConfig:
     """
 
     handshake_timeout_s: float = doc(
-        "A peer that connects and does not finish TLS and the hello within this many seconds is dropped.",
+        "A peer that connects and does not finish TLS and the hello within this many seconds of the "
+        "accept is dropped; time spent waiting for a handshake slot counts, so a flood of silent "
+        "connections cannot park peers in the queue forever.",
         default=5.0,
     )
     connect_timeout_s: float = doc("Seconds to establish a TCP connection when dialling.", default=3.0)
@@ -53,6 +76,20 @@ class NetConfig:
     stream_idle_timeout_s: float = doc(
         "Longest wait, in seconds, for the next piece of a streamed body or for credit to send one.",
         default=15.0,
+    )
+    frame_read_timeout_s: float = doc(
+        "A frame whose first bytes arrived must be complete within this many seconds, or the "
+        "connection is closed: a peer cannot hold a buffer (up to a whole declared frame, 8 MiB) "
+        "and a reader by sending part of a frame and then nothing. Our largest frames are 1 MiB "
+        "of body, so 30 s allows a link as slow as ~35 KB/s; lower it to free stuck buffers sooner.",
+        default=30.0,
+    )
+    connection_idle_timeout_s: float = doc(
+        "A connection with no request open either way and nothing received for this many seconds "
+        "is closed. Between nodes, gossip keeps a connection in use well within it; a closed one is "
+        "dialled again when next needed (one handshake). A client that pauses longer reconnects. "
+        "Lower frees idle sockets sooner, at the cost of more handshakes.",
+        default=300.0,
     )
     redial_backoff_s_min: float = doc(
         "After a failed dial, seconds before the address is tried again; doubles on each failure...",

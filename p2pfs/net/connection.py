@@ -10,7 +10,12 @@ and the connection stays usable. The reader never blocks on application
 code: bodies arrive into buffers the mux's credit bounds.
 
 Anything a peer does wrong (bad frame, unknown type, wrong role, exceeding its
-credit) closes that one connection with a logged reason.
+credit) closes that one connection with a logged reason. So does holding it
+without progress: a frame started and not finished within ``frame_read_timeout_s``,
+or nothing received and no request open for ``connection_idle_timeout_s``. The
+reader waits under one cancel scope whose deadline is moved whenever one of
+those changes (a frame begins or ends, a request opens or closes), so the
+receive is cancelled only to close the connection and never loses bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import ssl
 from typing import AsyncIterable, AsyncIterator
 
@@ -92,6 +98,10 @@ class Connection:
         self._closed = trio.Event()
         self.close_reason: str | None = None
         self._nursery: trio.Nursery | None = None
+        # The reader's wait and what its deadline is computed from (trio time, seconds).
+        self._read_scope: trio.CancelScope | None = None
+        self._partial_frame_since_s: float | None = None
+        self._quiet_since_s = 0.0
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer.role.value} {self.peer.short_id} {self.peer_address}>"
@@ -107,8 +117,19 @@ class Connection:
     def is_closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def is_idle(self) -> bool:
+        """No request open in either direction: closing it now interrupts nobody."""
+        return not self._pending and not self._serving
+
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    def shed(self, reason: str) -> None:
+        """Close without waiting (the listener makes room for a new connection); ``run`` cleans up."""
+        self._mark_closed(reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     # -- running ------------------------------------------------------------
 
@@ -157,23 +178,62 @@ class Connection:
         decoder = wire.FrameDecoder()
         decoder.feed(self._initial_bytes)
         self._initial_bytes = b""
+        self._quiet_since_s = trio.current_time()
         try:
-            while (frame := decoder.next_frame()) is not None:
-                self._execute(self._mux.receive_frame(frame))
+            self._decode(decoder, self._quiet_since_s)
             while True:
-                data = await self._stream.receive_some(_RECEIVE_BYTES)
+                with trio.CancelScope() as scope:
+                    self._read_scope = scope
+                    scope.deadline = self._read_deadline_s()
+                    data = await self._stream.receive_some(_RECEIVE_BYTES)
+                self._read_scope = None
+                if scope.cancelled_caught:
+                    self.close_reason = self._stall_reason()
+                    log.info("closing connection to %s %s: %s", self.peer.role.value, self.peer.short_id,
+                             self.close_reason)
+                    return
                 if not data:
                     self.close_reason = "peer closed the connection"
                     return
+                self._quiet_since_s = trio.current_time()
                 decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    self._execute(self._mux.receive_frame(frame))
+                self._decode(decoder, self._quiet_since_s)
         except (wire.WireError, ProtocolViolation) as exc:
             self.close_reason = f"protocol error: {exc}"
             log.warning("closing connection to %s %s: %s", self.peer.role.value, self.peer.short_id, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
             self.close_reason = f"connection lost: {exc!r}"
             log.debug("connection to %s lost: %r", self.peer.short_id, exc)
+
+    def _decode(self, decoder: wire.FrameDecoder, now_s: float) -> None:
+        """Carry out every complete frame; note when a frame left incomplete began."""
+        completed = False
+        while (frame := decoder.next_frame()) is not None:
+            completed = True
+            self._execute(self._mux.receive_frame(frame))
+        if decoder.buffered_bytes == 0:
+            self._partial_frame_since_s = None
+        elif completed or self._partial_frame_since_s is None:
+            self._partial_frame_since_s = now_s  # a new frame began in this read
+
+    def _read_deadline_s(self) -> float:
+        """When the reader gives up: a started frame must finish; a connection nobody uses must hear something."""
+        if self._partial_frame_since_s is not None:
+            return self._partial_frame_since_s + self.config.frame_read_timeout_s
+        if self._pending or self._serving:
+            return math.inf  # each request has its own deadline
+        return self._quiet_since_s + self.config.connection_idle_timeout_s
+
+    def _stall_reason(self) -> str:
+        if self._partial_frame_since_s is not None:
+            return f"a frame was not completed within {self.config.frame_read_timeout_s} s"
+        return f"idle for {self.config.connection_idle_timeout_s} s"
+
+    def _streams_changed(self) -> None:
+        """A request opened or closed: the idle clock restarts, and the reader's deadline moves."""
+        self._quiet_since_s = trio.current_time()
+        if self._read_scope is not None:
+            self._read_scope.deadline = self._read_deadline_s()
 
     def _execute(self, events: list[m.Event]) -> None:
         """Carry out what the mux made of one frame. Never waits: the reader must not block."""
@@ -265,6 +325,7 @@ class Connection:
             del self._serving[stream_id]
             self._send_wakeups.pop(stream_id, None)
             self._mux.close_serve(stream_id)
+            self._streams_changed()
 
     # -- sending ------------------------------------------------------------
 
@@ -355,6 +416,7 @@ class Connection:
         """Like ``request``, but yields a Response whose streamed body the caller reads."""
         stream_id, frame = self._mux.start_request(msg, with_body=body is not None)
         pending = self._pending[stream_id] = _Pending()
+        self._streams_changed()
         try:
             await self._send_frame(frame)
             if body is not None:
@@ -368,6 +430,7 @@ class Connection:
             yield Response(pending.answer, pending.body)
         finally:
             del self._pending[stream_id]
+            self._streams_changed()
             self._send_wakeups.pop(stream_id, None)
             cancel = self._mux.close_call(stream_id)
             if cancel is not None and not self._closed.is_set():

@@ -1,8 +1,19 @@
-"""A node's endpoint: the TLS listener and the pool of connections by node id; and a client's connection."""
+"""A node's endpoint: the TLS listener and the pool of connections by node id; and a client's connection.
+
+The listener is open to anyone who can reach the port, so what an
+unauthenticated peer can hold is bounded (``config.py`` gives the numbers and
+why): the handshake deadline runs from the accept, queueing for a handshake
+slot included; one source address has at most
+``UNAUTHENTICATED_PER_ADDRESS_MAX`` connections that have not authenticated;
+and at ``INBOUND_CONNECTIONS_MAX`` a new connection sheds an unauthenticated
+one, then an idle authenticated one, before it is refused. What a flood makes
+happen per connection is logged once per ``LOG_COLLAPSE_INTERVAL_S`` with a count.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import random
@@ -13,9 +24,16 @@ import trio
 from p2pfs import wire
 from p2pfs.address import Address
 from p2pfs.identity import Identity
+from p2pfs.observe import Collapsed
 from p2pfs.wire import Role
 
-from .config import HANDSHAKES_CONCURRENT_MAX, INBOUND_CONNECTIONS_MAX, NetConfig
+from .config import (
+    HANDSHAKES_CONCURRENT_MAX,
+    INBOUND_CONNECTIONS_MAX,
+    LOG_COLLAPSE_INTERVAL_S,
+    UNAUTHENTICATED_PER_ADDRESS_MAX,
+    NetConfig,
+)
 from .connection import Connection
 from .errors import ConnectError, HandshakeError, NetError, RequestTimeout
 from .handshake import dial, handshake
@@ -23,6 +41,15 @@ from .streams import Handlers
 from .tls import TLSStream
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Unauthenticated:
+    """An accepted connection still in its handshake; ``scope`` carries its deadline and ends it if shed."""
+
+    host: str
+    scope: trio.CancelScope
+    shed: bool = False
 
 
 class Endpoint:
@@ -56,6 +83,15 @@ class Endpoint:
         self._backoff: dict[Address, tuple[float, float]] = {}  # address -> (retry_at, delay_s)
         self._inbound_count = 0
         self._handshakes = trio.Semaphore(HANDSHAKES_CONCURRENT_MAX)
+        # Connections in their handshake, oldest first (dicts keep insertion order): all of
+        # them, and by source host. Authenticated inbound connections, to shed an idle one.
+        self._unauthenticated: dict[_Unauthenticated, None] = {}
+        self._unauthenticated_by_host: dict[str, dict[_Unauthenticated, None]] = {}
+        self._authenticated_inbound: dict[Connection, None] = {}
+        self._log_refused = Collapsed(log, logging.WARNING, LOG_COLLAPSE_INTERVAL_S)
+        self._log_shed = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
+        self._log_timed_out = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
+        self._log_rejected = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
         self._nursery: trio.Nursery | None = None
         self.bound_port: int | None = None
         # Built once: loading the certificate files per connection would cost a
@@ -86,27 +122,77 @@ class Endpoint:
                         await trio.sleep(0.1)  # resource exhaustion: let connections close
                         continue
                     raise
-                if self._inbound_count >= INBOUND_CONNECTIONS_MAX:
-                    log.warning("refusing a connection: %d inbound connections open", self._inbound_count)
+                now_s = trio.current_time()
+                host = _remote_host(tcp)
+                if not self._make_room(host, now_s):
+                    self._log_refused.log(
+                        now_s, "refusing a connection from %s: %d inbound connections open, all "
+                        "authenticated and busy", host, self._inbound_count,
+                    )
                     await trio.aclose_forcefully(tcp)
                     continue
-                self._nursery.start_soon(self._serve_inbound, tcp)
+                attempt = _Unauthenticated(host, trio.CancelScope(deadline=now_s + self.config.handshake_timeout_s))
+                self._unauthenticated[attempt] = None
+                self._unauthenticated_by_host.setdefault(host, {})[attempt] = None
+                self._inbound_count += 1
+                self._nursery.start_soon(self._serve_inbound, tcp, attempt)
 
-    async def _serve_inbound(self, tcp: trio.SocketStream) -> None:
-        self._inbound_count += 1
+    def _make_room(self, host: str, now_s: float) -> bool:
+        """Shed what must go for a new connection from ``host``; False if it must be refused instead."""
+        from_host = self._unauthenticated_by_host.get(host, {})
+        if len(from_host) >= UNAUTHENTICATED_PER_ADDRESS_MAX:
+            self._shed_attempt(next(iter(from_host)), now_s, f"{UNAUTHENTICATED_PER_ADDRESS_MAX} from that address")
+            return True
+        if self._inbound_count < INBOUND_CONNECTIONS_MAX:
+            return True
+        if self._unauthenticated:
+            self._shed_attempt(next(iter(self._unauthenticated)), now_s, f"{INBOUND_CONNECTIONS_MAX} inbound")
+            return True
+        idle = next((c for c in self._authenticated_inbound if c.is_idle and not c.is_closed), None)
+        if idle is not None:
+            self._log_shed.log(now_s, "shed idle %r: %d inbound connections open", idle, self._inbound_count)
+            self._forget_authenticated(idle)
+            idle.shed(f"shed to make room: {INBOUND_CONNECTIONS_MAX} inbound connections open")
+            return True
+        return False
+
+    def _shed_attempt(self, attempt: _Unauthenticated, now_s: float, why: str) -> None:
+        self._log_shed.log(now_s, "shed a connection from %s still in its handshake (%s)", attempt.host, why)
+        attempt.shed = True
+        attempt.scope.cancel()
+        self._forget_attempt(attempt)
+
+    def _forget_attempt(self, attempt: _Unauthenticated) -> None:
+        self._unauthenticated.pop(attempt, None)
+        from_host = self._unauthenticated_by_host.get(attempt.host)
+        if from_host is not None:
+            from_host.pop(attempt, None)
+            if not from_host:
+                del self._unauthenticated_by_host[attempt.host]
+
+    def _forget_authenticated(self, conn: Connection) -> None:
+        self._authenticated_inbound.pop(conn, None)
+
+    async def _serve_inbound(self, tcp: trio.SocketStream, attempt: _Unauthenticated) -> None:
         try:
             stream = TLSStream(tcp, self._server_context, server_side=True)
             remote = _remote_name(tcp)
             try:
-                async with self._handshakes:
-                    with trio.fail_after(self.config.handshake_timeout_s):
+                with attempt.scope:  # the deadline set at the accept: queueing for a slot counts
+                    async with self._handshakes:
                         peer, hello, leftover = await handshake(stream, self.identity, self.listen)
-            except trio.TooSlowError:
-                log.info("dropped %s: no handshake within %s s", remote, self.config.handshake_timeout_s)
+            except (ConnectError, HandshakeError) as exc:
+                self._log_rejected.log(trio.current_time(), "rejected %s: %s", remote, exc)
                 await trio.aclose_forcefully(stream)
                 return
-            except (ConnectError, HandshakeError) as exc:
-                log.info("rejected %s: %s", remote, exc)
+            finally:
+                self._forget_attempt(attempt)
+            if attempt.scope.cancelled_caught:
+                if not attempt.shed:
+                    self._log_timed_out.log(
+                        trio.current_time(), "dropped %s: no handshake within %s s of the accept",
+                        remote, self.config.handshake_timeout_s,
+                    )
                 await trio.aclose_forcefully(stream)
                 return
             conn = Connection(
@@ -119,9 +205,11 @@ class Endpoint:
                 current = self._by_node.get(peer.node_id)
                 if current is None or current.is_closed:
                     self._by_node[peer.node_id] = conn
+            self._authenticated_inbound[conn] = None
             try:
                 await conn.run()
             finally:
+                self._forget_authenticated(conn)
                 if self._by_node.get(peer.node_id) is conn:
                     del self._by_node[peer.node_id]
         finally:
@@ -198,6 +286,14 @@ class Endpoint:
 
     def connections(self) -> list[Connection]:
         return [c for c in self._by_node.values() if not c.is_closed]
+
+
+def _remote_host(tcp: trio.SocketStream) -> str:
+    """The source address a connection counts against (its port is the peer's to choose)."""
+    try:
+        return str(tcp.socket.getpeername()[0])
+    except OSError:
+        return "<unknown>"
 
 
 def _remote_name(tcp: trio.SocketStream) -> str:

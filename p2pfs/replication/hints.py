@@ -18,6 +18,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from p2pfs.storage import modes
+
 HINTS_FILE_NAME = "hints.sqlite"
 # Hints handed over per owner per delivery round: bounds the work of one round.
 HINTS_PER_ROUND_MAX = 256
@@ -39,6 +41,7 @@ class Hint:
 class HintStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        modes.private_database(path)  # no one else reads which peer is owed which chunk
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

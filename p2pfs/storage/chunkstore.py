@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from p2pfs.clock import Clock
+from p2pfs.storage import modes
 from p2pfs.storage.errors import StorageError, StorageFull
 from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, chunk_id_of
 
@@ -278,7 +279,7 @@ class ChunkStore:
         """Write ``view`` to a temp file beside ``path``, fsync it, rename it to ``path``."""
         temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes.FILE_MODE)
             try:
                 written_bytes = 0
                 while written_bytes < view.nbytes:
@@ -337,10 +338,12 @@ class ChunkStore:
         log.error("chunk %s is corrupt (%s); moved to %s", hex_id, reason, target)
 
     def _create_dirs(self) -> None:
-        self._quarantine_dir.mkdir(parents=True, exist_ok=True)
-        self._chunks_dir.mkdir(parents=True, exist_ok=True)
+        # Private (see modes.py): the data dir itself too, whoever created it.
+        modes.private_dir(self._root)
+        modes.private_dir(self._quarantine_dir)
+        modes.private_dir(self._chunks_dir)
         for fanout_name in _FANOUT_NAMES:
-            (self._chunks_dir / fanout_name).mkdir(exist_ok=True)
+            modes.private_dir(self._chunks_dir / fanout_name)
         _fsync_dir(self._chunks_dir)
         _fsync_dir(self._root)
 

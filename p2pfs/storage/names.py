@@ -24,6 +24,7 @@ from types import TracebackType
 
 import msgpack
 
+from p2pfs.storage import modes
 from p2pfs.storage.errors import StorageError
 from p2pfs.storage.hlc import Timestamp
 from p2pfs.storage.naming import (
@@ -139,6 +140,7 @@ class NameIndex:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         # check_same_thread=False: trio runs our calls on worker threads; the lock
         # above serialises them.
+        modes.private_database(Path(path))
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             self._setup()
