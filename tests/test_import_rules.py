@@ -29,7 +29,12 @@ PACKAGE_DIR = ROOT / "p2pfs"
 # Modules (fnmatch patterns) that hold protocol logic and must stay sans-IO. Replication's
 # pure cores are matched by name, so cores split out of the service later are covered too.
 PURE_CORES = (
+    "p2pfs.errors",
+    "p2pfs.ids",
+    "p2pfs.clock",
     "p2pfs.membership.state",
+    "p2pfs.membership.view",
+    "p2pfs.membership.probes",
     "p2pfs.membership.suspicion",
     "p2pfs.membership.awareness",
     "p2pfs.membership.broadcast",
@@ -41,11 +46,16 @@ PURE_CORES = (
     "p2pfs.storage.chunker",
     "p2pfs.storage.manifest",
     "p2pfs.storage.hlc",
+    "p2pfs.storage.naming",
     "p2pfs.replication.placement",
+    "p2pfs.replication.fields",
     "p2pfs.replication.healing",
     "p2pfs.replication.*decision*",
     "p2pfs.replication.quorum*",
 )
+# The stream multiplexer's state machine and its credit windows: pure themselves, though
+# their package (net) is not, so only their own imports are checked.
+PURE_IN_IMPURE_PACKAGES = ("p2pfs.net.mux", "p2pfs.net.flow")
 # What a pure core may not load, directly or not (a name and everything under it).
 IMPURE = ("trio", "socket", "ssl", "p2pfs.net", "p2pfs.node")
 
@@ -253,6 +263,12 @@ def test_a_pure_core_loads_no_io(core):
     loaded = loaded_by(core)
     bad = sorted(chain(core, target, loaded) for target in loaded if under(target, IMPURE))
     assert bad == [], f"{core} loads I/O: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("core", PURE_IN_IMPURE_PACKAGES)
+def test_the_multiplexer_imports_no_io_itself(core):
+    bad = sorted(target for target, _ in imported_names(core) if under(target, ("trio", "socket", "ssl")))
+    assert bad == [], f"{core} imports I/O: {bad}"
 
 
 @pytest.mark.parametrize("shell", matching(SHELLS))
