@@ -70,12 +70,11 @@ class Context:
         if self.nodes:
             return self.nodes
         if self.identity_dir is not None:
-            saved = _read_client_config(self.identity_dir).get("node")
+            from p2pfs.client.settings import saved_nodes
+
+            saved = saved_nodes(self.identity_dir)
             if saved:
-                try:
-                    return parse_addresses(saved)
-                except ValueError as exc:
-                    raise BadInput(f"{self.identity_dir / CLIENT_CONFIG_FILE}: node: {exc}") from None
+                return saved
         raise BadInput("no node given: pass --node HOST:PORT or set P2PFS_NODE")
 
     def node_address(self) -> Address:
@@ -94,24 +93,13 @@ class Context:
 
 
 def parse_addresses(text: str) -> tuple[Address, ...]:
-    """``HOST:PORT[,HOST:PORT...]``: several nodes to try, in order."""
+    """``HOST:PORT[,HOST:PORT...]``: several nodes to try, in order. (The library's
+    ``p2pfs.client.settings`` reads the same form; this copy spares the option parser
+    importing trio.)"""
     parts = [part.strip() for part in text.split(",")]
     if not all(parts):
         raise ValueError(f"empty address in {text!r}")
     return tuple(parse_address(part) for part in parts)
-
-
-def _read_client_config(directory: Path) -> dict[str, Any]:
-    import tomllib
-
-    path = directory / CLIENT_CONFIG_FILE
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BadInput(f"cannot read {path}: {exc}") from None
 
 
 class AddressesType(click.ParamType):

@@ -27,8 +27,11 @@ the same at every node and is raised at once.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
-from typing import Any, Awaitable, BinaryIO, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, BinaryIO, Callable, Sequence, TypeVar, Union
 
 from p2pfs import errors
 from p2pfs.address import Address
@@ -47,6 +50,36 @@ FAILOVER_ATTEMPTS_MAX = 8
 FAILOVER_WINDOW_S = 180.0
 
 T = TypeVar("T")
+# A name in the cluster: a str, or a path-like object read as its string ("photos/a.jpg").
+Name = Union[str, os.PathLike]
+# A local file: its path, as a str or a Path.
+LocalPath = Union[str, os.PathLike]
+
+
+def cluster_name(name: Name) -> str:
+    """``name`` as the cluster stores it, checked (BadInput if it cannot be a name)."""
+    from p2pfs.storage.naming import BadName, validate_name
+
+    text = os.fspath(name)
+    if not isinstance(text, str):
+        raise errors.BadInput(f"a name is text, not {type(text).__name__}: {text!r}")
+    try:
+        return validate_name(text)
+    except BadName as exc:
+        raise errors.BadInput(f"bad name {text!r}: {exc}") from None
+
+
+def _open_local(path: Path) -> tuple[BinaryIO, int]:
+    """A local file to put and its size, with errors a person can act on."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise errors.BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise errors.BadInput(f"{path} is a directory; put takes one file") from None
+    except OSError as exc:
+        raise errors.BadInput(f"{path}: {exc.strerror or exc}") from None
+    return f, os.fstat(f.fileno()).st_size
 
 
 def nodes_to_try(given: Sequence[Address], remembered: Sequence[Address]) -> list[Address]:
@@ -96,6 +129,12 @@ def _start_of(stream: Any) -> int | None:
         return None
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
 class Cluster:
     """The cluster, reached through any of ``nodes``: every operation fails over.
 
@@ -135,7 +174,9 @@ class Cluster:
             except errors.Unavailable as exc:
                 failures.append(_described(node, exc))
                 if not isinstance(exc, NodeUnreachable) and (reason := resend()) is not None:
-                    raise errors.Unavailable(f"cannot {what}: {'; '.join(failures)} (not retried: {reason})") from None
+                    raise errors.Unavailable(
+                        f"cannot {what}: {'; '.join(failures)} (not retried: {reason})"
+                    ) from None
                 continue
             self.last_node = node
             return result
@@ -152,8 +193,8 @@ class Cluster:
             return
         try:
             found = await client.members()
-        except errors.Unavailable:
-            return  # a cache: the next successful operation asks again
+        except (errors.Unavailable, errors.PeerFault):
+            return  # a cache: the operation succeeded, and the next one asks again
         save_members(self.remember_in, worth_remembering((mb.host, mb.port, mb.state) for mb in found),
                      now_wall_ms)
 
@@ -163,20 +204,40 @@ class Cluster:
     async def members(self):
         return await self._run("list the members", lambda c: c.members())
 
-    async def ls(self, prefix: str = ""):
+    async def ls(self, prefix: Name = ""):
+        prefix = os.fspath(prefix)
         return await self._run("list files", lambda c: c.ls(prefix))
 
-    async def stat(self, name: str):
+    async def stat(self, name: Name):
+        name = cluster_name(name)
         return await self._run(f"stat {name!r}", lambda c: c.stat(name))
 
     async def fsck(self):
         return await self._run("check the cluster", lambda c: c.fsck())
 
-    async def rm(self, name: str):
+    async def rm(self, name: Name):
+        name = cluster_name(name)
         return await self._run(f"remove {name!r}", lambda c: c.rm(name))
 
-    async def put(self, source: BinaryIO, name: str, size_bytes: int = -1, progress: Progress = lambda n: None):
-        """Store ``source`` under ``name``; re-sent elsewhere only if ``source`` can be rewound."""
+    async def put(self, source: LocalPath | BinaryIO, name: Name | None = None, size_bytes: int = -1,
+                  progress: Progress = lambda n: None):
+        """Store a local file (a path) or a binary stream under ``name``.
+
+        A path's name defaults to its file name; a stream needs one, and
+        ``size_bytes`` when known (-1 if not). Re-sent at another node only if
+        the source can be rewound (see the module's docstring).
+        """
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            name = cluster_name(path.name if name is None else name)
+            file, size_bytes = _open_local(path)
+            with file:
+                return await self._put_stream(file, name, size_bytes, progress)
+        if name is None:
+            raise errors.BadInput("putting a stream needs a name")
+        return await self._put_stream(source, cluster_name(name), size_bytes, progress)
+
+    async def _put_stream(self, source: BinaryIO, name: str, size_bytes: int, progress: Progress):
         start = _start_of(source)
         reader = _Reader(source)
         sent = 0
@@ -199,9 +260,38 @@ class Cluster:
 
         return await self._run(f"put {name!r}", lambda c: c.put(reader, name, size_bytes, counted), rewind)
 
-    async def get(self, name: str, sink: BinaryIO, progress: Progress = lambda n: None,
+    async def get(self, name: Name, target: LocalPath | BinaryIO, progress: Progress = lambda n: None,
                   on_size: Callable[[int], None] = lambda size_bytes: None):
-        """Fetch ``name`` into ``sink``; retried elsewhere unless bytes already went to a pipe."""
+        """Fetch ``name`` into a local file (a path) or a binary stream, verified against its hash.
+
+        A path is written through a temporary file beside it, renamed into place
+        only once every byte has arrived and matched (replacing a file that was
+        there), so a failed get leaves the path as it was.
+        """
+        name = cluster_name(name)
+        if not isinstance(target, (str, os.PathLike)):
+            return await self._get_stream(name, target, progress, on_size)
+        path = Path(target)
+        try:
+            fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".p2pfs-part",
+                                             dir=path.parent)
+        except OSError as exc:
+            raise errors.BadInput(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "wb") as file:
+                reply = await self._get_stream(name, file, progress, on_size)
+                file.flush()
+                os.fsync(file.fileno())
+                os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp made it 0600
+            os.replace(temp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+            raise
+        return reply
+
+    async def _get_stream(self, name: str, sink: BinaryIO, progress: Progress,
+                          on_size: Callable[[int], None]):
         start = _start_of(sink)
         writer = _Writer(sink)
 
