@@ -30,6 +30,7 @@ from p2pfs.errors import BadInput
 # commands that need them.
 if TYPE_CHECKING:
     from p2pfs import identity
+    from p2pfs.client import Cluster
 
 CLIENT_CONFIG_FILE = "client.toml"
 
@@ -52,7 +53,7 @@ class Context:
     """What the global options select: who speaks, and to which node."""
 
     identity_dir: Path | None
-    node: Address | None
+    nodes: tuple[Address, ...]
 
     def client_identity(self) -> "identity.Identity":
         from p2pfs import identity
@@ -64,27 +65,55 @@ class Context:
             )
         return identity.load_identity(self.identity_dir)
 
-    def node_address(self) -> Address:
-        if self.node is not None:
-            return self.node
+    def node_addresses(self) -> tuple[Address, ...]:
+        """The nodes to try, in order: --node (or P2PFS_NODE), else the ones ``client init`` saved."""
+        if self.nodes:
+            return self.nodes
         if self.identity_dir is not None:
-            saved = _read_client_config(self.identity_dir).get("node")
+            from p2pfs.client.settings import saved_nodes
+
+            saved = saved_nodes(self.identity_dir)
             if saved:
-                return parse_address(saved)
+                return saved
         raise BadInput("no node given: pass --node HOST:PORT or set P2PFS_NODE")
 
+    def node_address(self) -> Address:
+        """The one node a command about one node (leave) speaks to."""
+        nodes = self.node_addresses()
+        if len(nodes) != 1:
+            raise BadInput(f"this command asks one node; {len(nodes)} were given "
+                           f"({', '.join(map(str, nodes))}): give one --node")
+        return nodes[0]
 
-def _read_client_config(directory: Path) -> dict[str, Any]:
-    import tomllib
+    def cluster(self) -> "Cluster":
+        """The cluster through the given nodes, remembering its members beside the identity."""
+        from p2pfs.client import Cluster
 
-    path = directory / CLIENT_CONFIG_FILE
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BadInput(f"cannot read {path}: {exc}") from None
+        return Cluster(self.client_identity(), self.node_addresses(), remember_in=self.identity_dir)
+
+
+def parse_addresses(text: str) -> tuple[Address, ...]:
+    """``HOST:PORT[,HOST:PORT...]``: several nodes to try, in order. (The library's
+    ``p2pfs.client.settings`` reads the same form; this copy spares the option parser
+    importing trio.)"""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ValueError(f"empty address in {text!r}")
+    return tuple(parse_address(part) for part in parts)
+
+
+class AddressesType(click.ParamType):
+    """One or several comma-separated addresses (the global --node, which may also repeat)."""
+
+    name = "HOST:PORT[,HOST:PORT...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[Address, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_addresses(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class AddressType(click.ParamType):
@@ -112,6 +141,7 @@ class SizeType(click.ParamType):
 
 
 ADDRESS = AddressType()
+ADDRESSES = AddressesType()
 SIZE = SizeType()
 pass_context = click.make_pass_decorator(Context)
 
@@ -277,20 +307,30 @@ class _Group(click.Group):
     help="Client identity directory to speak with (env P2PFS_IDENTITY).",
 )
 @click.option(
-    "--node", type=ADDRESS, envvar="P2PFS_NODE", metavar="HOST:PORT",
-    help="Node to talk to (env P2PFS_NODE; default: the one saved by `client init --node`).",
+    "--node", "nodes", type=ADDRESSES, envvar="P2PFS_NODE", multiple=True, metavar="HOST:PORT[,...]",
+    help="Node(s) to talk to, tried in order until one can do the operation; comma-separated, or "
+         "repeat --node (env P2PFS_NODE; default: the ones saved by `client init --node`).",
 )
 @click.pass_context
-def cli(ctx: click.Context, identity_dir: Path | None, node: Address | None) -> None:
+def cli(ctx: click.Context, identity_dir: Path | None, nodes: tuple[tuple[Address, ...], ...]) -> None:
     """p2pfs: a peer-to-peer, gossip-based file store.
 
     Set up a cluster with `ca init`, `node init` and `client init`, run nodes
     with `daemon`, or start a whole local network with `testnet up`.
     """
-    ctx.obj = Context(identity_dir, node)
+    ctx.obj = Context(identity_dir, tuple(dict.fromkeys(address for group in nodes for address in group)))
 
 
 def call(ctx: Context, method: str, *args: Any) -> Any:
+    """Run a cluster operation, failing over between the given (and remembered) nodes."""
+    from p2pfs.client import run
+
+    cluster = ctx.cluster()
+    return run(getattr(cluster, method), *args)
+
+
+def call_one(ctx: Context, method: str, *args: Any) -> Any:
+    """Run an operation that concerns one node itself (leave): no failover."""
     from p2pfs.client import Client, run
 
     ident, node_address = ctx.client_identity(), ctx.node_address()

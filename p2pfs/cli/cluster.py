@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from p2pfs.cli.base import JSON_OPTION, Context, ExitCode, call, cli, emit, pass_context, shown, table
+from p2pfs.cli.base import JSON_OPTION, Context, ExitCode, call, call_one, cli, emit, pass_context, shown, table
 from p2pfs.config import format_size
 
 
@@ -96,7 +96,7 @@ def fsck(ctx: Context, as_json: bool) -> None:
 @pass_context
 def leave(ctx: Context, as_json: bool) -> None:
     """Ask the node to hand its data to the other nodes, leave the cluster and exit."""
-    reply = call(ctx, "leave")
+    reply = call_one(ctx, "leave")
     if as_json:
         emit({"address": str(ctx.node_address()), "accepted": reply.accepted})
         return

@@ -63,12 +63,12 @@ def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
     Succeeds only when every chunk and the name are stored at the write quorum;
     otherwise the name is left as it was.
     """
-    from p2pfs.client import Client, run
+    from p2pfs.client import run
     from p2pfs.progress import Progress
 
     if name is None and path == "-":
         raise BadInput("reading stdin needs --name NAME")
-    ident, node_address = ctx.client_identity(), ctx.node_address()
+    cluster = ctx.cluster()
     source, size = _open_source(path)
     try:
         name = _check_name(Path(path).name if name is None else name)
@@ -77,12 +77,8 @@ def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
         raise
     progress = Progress(f"put {shown(name)}", size, enabled=False if as_json else None)
 
-    async def go():
-        async with Client.connect(ident, node_address) as c:
-            return await c.put(source, name, size, progress)
-
     try:
-        reply = run(go)
+        reply = run(cluster.put, source, name, size, progress)
     finally:
         progress.finish()
         if source is not sys.stdin.buffer:
@@ -131,6 +127,19 @@ class _Output:
     def __init__(self, file: Any, shown_path: str) -> None:
         self._file = file
         self.path = shown_path
+
+    # A get retried at another node rewinds a file it had begun to write (a pipe it cannot).
+    def seekable(self) -> bool:
+        return self._file.seekable()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int) -> int:
+        return self._file.seek(offset)
+
+    def truncate(self) -> int:
+        return self._file.truncate()
 
     def write(self, data: bytes) -> None:
         try:
@@ -194,16 +203,15 @@ def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool)
     import stat as stat_module
     import tempfile
 
-    from p2pfs.client import Client, run
+    from p2pfs.client import run
     from p2pfs.progress import Progress
 
     name = _check_name(name)
-    ident, node_address = ctx.client_identity(), ctx.node_address()
+    cluster = ctx.cluster()
     progress = Progress(f"get {shown(name)}", None, enabled=False if as_json else None)
 
     async def fetch(sink: _Output) -> Any:
-        async with Client.connect(ident, node_address) as c:
-            return await c.get(name, sink, progress, on_size=progress.set_total)
+        return await cluster.get(name, sink, progress, on_size=progress.set_total)
 
     def write_through(file: Any, shown_path: str) -> Any:
         sink = _Output(file, shown_path)

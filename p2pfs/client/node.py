@@ -1,6 +1,7 @@
-"""The Python client library: speak to one node over mutual TLS.
+"""A connection to one node over mutual TLS, and the errors it raises.
 
-The CLI is a thin shell over this. Every call has a deadline; network and
+``p2pfs.client.failover`` runs operations through several of these in turn; the
+CLI is a thin shell over that. Every call has a deadline; network and
 remote failures become the classes of ``p2pfs.errors`` (``Unavailable``,
 ``NotFound``, ``AuthError``, ...) with a message a person can act on, so a
 script using the library can catch what it can handle and gets the same clear
@@ -46,6 +47,11 @@ _ERROR_FOR_CODE: dict[ErrorCode, type[errors.P2pfsError]] = {
     ErrorCode.STORAGE_FULL: errors.StorageFull,
 }
 
+class NodeUnreachable(errors.Unavailable):
+    """No connection to a node could be made (refused, timed out, silent after
+    accepting): nothing was sent, so any operation may be tried elsewhere."""
+
+
 @contextlib.contextmanager
 def library_errors(node: Address):
     """Turn network and remote errors into the classes of p2pfs.errors."""
@@ -54,7 +60,7 @@ def library_errors(node: Address):
     except net.HandshakeError as exc:  # a certificate or identity refused (net tells it from the rest)
         raise errors.AuthError(f"cannot authenticate with {node}: {exc}") from None
     except net.ConnectError as exc:
-        raise errors.Unavailable(f"cannot reach node {node}: {exc}") from None
+        raise NodeUnreachable(f"cannot reach node {node}: {exc}") from None
     except net.RequestTimeout as exc:
         raise errors.Unavailable(f"node {node} did not answer in time: {exc}") from None
     except net.ConnectionClosed as exc:
@@ -177,8 +183,3 @@ class Client:
 
     async def stat(self, name: str) -> dm.StatFileReply:
         return await self._call(dm.StatFile(name), dm.StatFileReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)
-
-
-def run(async_fn, *args):
-    """Run a client coroutine from synchronous code (the CLI)."""
-    return trio.run(async_fn, *args)

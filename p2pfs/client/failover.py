@@ -1,0 +1,308 @@
+"""Operations through any of several nodes: what is retried elsewhere, and when.
+
+Every node can coordinate every operation, so a node that cannot be reached,
+does not finish the handshake, or answers that it could not meet a quorum is no
+reason to fail: the operation is tried at the next node. The nodes tried are
+the given ones, in order, then those the client remembered from an earlier
+answer (``members.py``), at most ``FAILOVER_ATTEMPTS_MAX`` in all, and a new
+attempt starts only within ``FAILOVER_WINDOW_S`` of the first.
+
+Whether an attempt may be repeated depends on what it may have done:
+
+- Nothing was sent (``NodeUnreachable``: refused, timed out, no handshake):
+  every operation is tried elsewhere.
+- Reads (get, ls, stat, members, status, fsck) change nothing: always retried.
+- rm writes a tombstone. A second one leaves the name removed whether or not
+  the first arrived, exactly as if the one rm had arrived a little later: retried.
+- put is re-sent whole when its source can be read again from its start (a
+  file, not a pipe). Whatever the first attempt left, the re-sent bytes become
+  the name's newest version: at worst the same content is stored twice as two
+  versions. A put from a stream already partly consumed cannot be re-sent.
+- A get that already wrote bytes is retried only into a sink that can be
+  rewound (a file): a pipe would get the first bytes twice.
+
+Any other error (not found, bad input, refused identity, a damaged answer) is
+the same at every node and is raised at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Awaitable, BinaryIO, Callable, Sequence, TypeVar, Union
+
+from p2pfs import errors
+from p2pfs.address import Address
+from p2pfs.client.members import RememberedMembers, load_members, save_members, worth_remembering
+from p2pfs.client.node import Client, NodeUnreachable, Progress
+from p2pfs.clock import Clock, SystemClock
+from p2pfs.identity import Identity
+
+# Nodes one operation tries: enough to get past a rack or a zone being down, few
+# enough that a client cut off from the whole cluster gives up within a minute
+# (each unreachable node costs at most connect plus handshake timeouts, 3 + 5 s).
+FAILOVER_ATTEMPTS_MAX = 8
+# A further attempt starts only this many seconds after the operation's start: a
+# retry later than that would surprise someone waiting at a terminal more than an error.
+# An attempt under way keeps its own deadlines (a long put is never cut short by this).
+FAILOVER_WINDOW_S = 180.0
+
+T = TypeVar("T")
+# A name in the cluster: a str, or a path-like object read as its string ("photos/a.jpg").
+Name = Union[str, os.PathLike]
+# A local file: its path, as a str or a Path.
+LocalPath = Union[str, os.PathLike]
+
+
+def cluster_name(name: Name) -> str:
+    """``name`` as the cluster stores it, checked (BadInput if it cannot be a name)."""
+    from p2pfs.storage.naming import BadName, validate_name
+
+    text = os.fspath(name)
+    if not isinstance(text, str):
+        raise errors.BadInput(f"a name is text, not {type(text).__name__}: {text!r}")
+    try:
+        return validate_name(text)
+    except BadName as exc:
+        raise errors.BadInput(f"bad name {text!r}: {exc}") from None
+
+
+def _open_local(path: Path) -> tuple[BinaryIO, int]:
+    """A local file to put and its size, with errors a person can act on."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise errors.BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise errors.BadInput(f"{path} is a directory; put takes one file") from None
+    except OSError as exc:
+        raise errors.BadInput(f"{path}: {exc.strerror or exc}") from None
+    return f, os.fstat(f.fileno()).st_size
+
+
+def nodes_to_try(given: Sequence[Address], remembered: Sequence[Address]) -> list[Address]:
+    """The given nodes in order, then remembered ones not given, without repeats, capped."""
+    order: list[Address] = []
+    for address in [*given, *remembered]:
+        if address not in order:
+            order.append(address)
+    return order[:FAILOVER_ATTEMPTS_MAX]
+
+
+def _described(node: Address, exc: BaseException) -> str:
+    text = str(exc)
+    return text if str(node) in text else f"{node}: {text}"
+
+
+class _Reader:
+    """A put's source, counting what was read (and so whether re-sending needs a rewind)."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.read_bytes = 0
+
+    def read(self, size: int) -> bytes:
+        data = self.source.read(size)
+        self.read_bytes += len(data)
+        return data
+
+
+class _Writer:
+    """A get's sink, counting what was written (and so whether retrying needs a rewind)."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self.sink = sink
+        self.written_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.written_bytes += len(data)
+
+
+def _start_of(stream: Any) -> int | None:
+    """Where a stream is now, if it can be moved back there; None for a pipe."""
+    try:
+        return stream.tell() if stream.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
+class Cluster:
+    """The cluster, reached through any of ``nodes``: every operation fails over.
+
+    ``remember_in`` (usually the identity directory) keeps the member list learnt
+    from the nodes, so that a later operation can try them too.
+    ``last_node`` is the node that served the last successful operation.
+    """
+
+    def __init__(self, identity: Identity, nodes: Sequence[Address], *, remember_in: Path | None = None,
+                 clock: Clock | None = None) -> None:
+        if not nodes:
+            raise errors.BadInput("no node given")
+        self.identity = identity
+        self.nodes = tuple(nodes)
+        self.remember_in = remember_in
+        self._clock = clock or SystemClock()
+        self.last_node: Address | None = None
+
+    async def _run(self, what: str, operation: Callable[[Client], Awaitable[T]],
+                   resend: Callable[[], str | None] = lambda: None) -> T:
+        """Run ``operation`` at the first node that can; ``resend`` prepares a repeat
+        after an attempt that may have sent something, or says why there can be none."""
+        remembered = load_members(self.remember_in) if self.remember_in is not None else None
+        candidates = nodes_to_try(self.nodes, remembered.addresses if remembered else ())
+        started_s = self._clock.monotonic_s()
+        failures: list[str] = []
+        tried: list[Address] = []
+        for node in candidates:
+            if failures and self._clock.monotonic_s() - started_s > FAILOVER_WINDOW_S:
+                failures.append(f"no further node tried after {FAILOVER_WINDOW_S:.0f} s")
+                break
+            tried.append(node)
+            try:
+                async with Client.connect(self.identity, node) as client:
+                    result = await operation(client)
+                    await self._refresh(client, remembered)
+            except errors.Unavailable as exc:
+                failures.append(_described(node, exc))
+                if not isinstance(exc, NodeUnreachable) and (reason := resend()) is not None:
+                    raise errors.Unavailable(
+                        f"cannot {what}: {'; '.join(failures)} (not retried: {reason})"
+                    ) from None
+                continue
+            self.last_node = node
+            return result
+        raise errors.Unavailable(
+            f"cannot {what} at any node tried ({', '.join(map(str, tried))}): {'; '.join(failures)}"
+        )
+
+    async def _refresh(self, client: Client, remembered: RememberedMembers | None) -> None:
+        """Learn the member list from ``client``'s node when the remembered one is missing or stale."""
+        if self.remember_in is None:
+            return
+        now_wall_ms = self._clock.wall_ms()
+        if remembered is not None and not remembered.stale(now_wall_ms):
+            return
+        try:
+            found = await client.members()
+        except (errors.Unavailable, errors.PeerFault):
+            return  # a cache: the operation succeeded, and the next one asks again
+        save_members(self.remember_in, worth_remembering((mb.host, mb.port, mb.state) for mb in found),
+                     now_wall_ms)
+
+    async def status(self):
+        return await self._run("ask a node's status", lambda c: c.status())
+
+    async def members(self):
+        return await self._run("list the members", lambda c: c.members())
+
+    async def ls(self, prefix: Name = ""):
+        prefix = os.fspath(prefix)
+        return await self._run("list files", lambda c: c.ls(prefix))
+
+    async def stat(self, name: Name):
+        name = cluster_name(name)
+        return await self._run(f"stat {name!r}", lambda c: c.stat(name))
+
+    async def fsck(self):
+        return await self._run("check the cluster", lambda c: c.fsck())
+
+    async def rm(self, name: Name):
+        name = cluster_name(name)
+        return await self._run(f"remove {name!r}", lambda c: c.rm(name))
+
+    async def put(self, source: LocalPath | BinaryIO, name: Name | None = None, size_bytes: int = -1,
+                  progress: Progress = lambda n: None):
+        """Store a local file (a path) or a binary stream under ``name``.
+
+        A path's name defaults to its file name; a stream needs one, and
+        ``size_bytes`` when known (-1 if not). Re-sent at another node only if
+        the source can be rewound (see the module's docstring).
+        """
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            name = cluster_name(path.name if name is None else name)
+            file, size_bytes = _open_local(path)
+            with file:
+                return await self._put_stream(file, name, size_bytes, progress)
+        if name is None:
+            raise errors.BadInput("putting a stream needs a name")
+        return await self._put_stream(source, cluster_name(name), size_bytes, progress)
+
+    async def _put_stream(self, source: BinaryIO, name: str, size_bytes: int, progress: Progress):
+        start = _start_of(source)
+        reader = _Reader(source)
+        sent = 0
+
+        def counted(count_bytes: int) -> None:
+            nonlocal sent
+            sent += count_bytes
+            progress(count_bytes)
+
+        def rewind() -> str | None:
+            nonlocal sent
+            if reader.read_bytes and start is None:
+                return "its source cannot be read again"
+            if start is not None:
+                source.seek(start)
+            reader.read_bytes = 0
+            progress(-sent)  # the failed attempt's bytes will be sent again
+            sent = 0
+            return None
+
+        return await self._run(f"put {name!r}", lambda c: c.put(reader, name, size_bytes, counted), rewind)
+
+    async def get(self, name: Name, target: LocalPath | BinaryIO, progress: Progress = lambda n: None,
+                  on_size: Callable[[int], None] = lambda size_bytes: None):
+        """Fetch ``name`` into a local file (a path) or a binary stream, verified against its hash.
+
+        A path is written through a temporary file beside it, renamed into place
+        only once every byte has arrived and matched (replacing a file that was
+        there), so a failed get leaves the path as it was.
+        """
+        name = cluster_name(name)
+        if not isinstance(target, (str, os.PathLike)):
+            return await self._get_stream(name, target, progress, on_size)
+        path = Path(target)
+        try:
+            fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".p2pfs-part",
+                                             dir=path.parent)
+        except OSError as exc:
+            raise errors.BadInput(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "wb") as file:
+                reply = await self._get_stream(name, file, progress, on_size)
+                file.flush()
+                os.fsync(file.fileno())
+                os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp made it 0600
+            os.replace(temp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+            raise
+        return reply
+
+    async def _get_stream(self, name: str, sink: BinaryIO, progress: Progress,
+                          on_size: Callable[[int], None]):
+        start = _start_of(sink)
+        writer = _Writer(sink)
+
+        def rewind() -> str | None:
+            if writer.written_bytes and start is None:
+                return "part of the file was already written to a stream that cannot be rewound"
+            if start is not None:
+                sink.seek(start)
+                sink.truncate()
+            progress(-writer.written_bytes)
+            writer.written_bytes = 0
+            return None
+
+        return await self._run(f"get {name!r}", lambda c: c.get(name, writer, progress, on_size), rewind)

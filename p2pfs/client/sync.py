@@ -1,0 +1,61 @@
+"""The client library for code without trio: each call runs to completion.
+
+``sync.connect()`` takes what ``p2pfs.client.connect()`` takes and returns a
+``Cluster`` whose methods are the same, minus ``await``. Each call starts its
+own trio run, so it must not be made from inside one (use the async
+``p2pfs.client.Cluster`` there).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, BinaryIO, Callable
+
+import trio
+
+from p2pfs import client
+from p2pfs.client.failover import LocalPath, Name
+from p2pfs.client.settings import Nodes
+
+
+class Cluster:
+    """Blocking twins of ``p2pfs.client.Cluster``'s operations (same arguments, answers, errors)."""
+
+    def __init__(self, cluster: client.Cluster) -> None:
+        self.cluster = cluster
+
+    def _run(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return trio.run(functools.partial(operation, *args, **kwargs))
+
+    def put(self, source: LocalPath | BinaryIO, name: Name | None = None, size_bytes: int = -1) -> Any:
+        return self._run(self.cluster.put, source, name, size_bytes)
+
+    def get(self, name: Name, target: LocalPath | BinaryIO) -> Any:
+        return self._run(self.cluster.get, name, target)
+
+    def ls(self, prefix: Name = "") -> Any:
+        return self._run(self.cluster.ls, prefix)
+
+    def stat(self, name: Name) -> Any:
+        return self._run(self.cluster.stat, name)
+
+    def rm(self, name: Name) -> Any:
+        return self._run(self.cluster.rm, name)
+
+    def members(self) -> Any:
+        return self._run(self.cluster.members)
+
+    def status(self) -> Any:
+        return self._run(self.cluster.status)
+
+    @property
+    def last_node(self):
+        """The node that served the last successful operation."""
+        return self.cluster.last_node
+
+
+def connect(identity: str | os.PathLike | None = None, nodes: Nodes | None = None, *,
+            remember: bool = True) -> Cluster:
+    """Like ``p2pfs.client.connect``, for code without trio."""
+    return Cluster(client.connect(identity, nodes, remember=remember))
