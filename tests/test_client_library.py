@@ -3,7 +3,7 @@ from the caller, the environment or client.toml, and p2pfs.errors classes throug
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 import trio
