@@ -9,6 +9,7 @@ Areas and the modules (beside this file) that measure them:
     data        bench_data        put and get through the CLI and the client library, and the
                                   machine's own TLS ceiling in the same run
     heal        bench_heal        time to restore full replication after losing a node
+    sim         bench_sim         the seeded whole-cluster simulation: many seeds, checked, a replay
     all         each of the above with its defaults, one after another
 
 Options after AREA go to its module (``python scripts/bench.py data --help``). ``membership`` also
@@ -83,6 +84,7 @@ AREAS: dict[str, Callable[[list[str]], int]] = {
     "membership": _membership,
     "data": _module_main("bench_data"),
     "heal": _module_main("bench_heal"),
+    "sim": _module_main("bench_sim"),
 }
 
 
