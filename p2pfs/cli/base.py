@@ -14,7 +14,7 @@ import enum
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -102,47 +102,27 @@ def parse_addresses(text: str) -> tuple[Address, ...]:
     return tuple(parse_address(part) for part in parts)
 
 
-class AddressesType(click.ParamType):
-    """One or several comma-separated addresses (the global --node, which may also repeat)."""
+class ParsedType(click.ParamType):
+    """An option value read by ``parse``; its ValueError becomes click's usage error (exit 2)."""
 
-    name = "HOST:PORT[,HOST:PORT...]"
+    def __init__(self, name: str, parse: Callable[[str], Any], parsed: type) -> None:
+        self.name = name
+        self._parse = parse
+        self._parsed = parsed  # a value already of this type (a default) is kept as it is
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[Address, ...]:
-        if isinstance(value, tuple):
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, self._parsed):
             return value
         try:
-            return parse_addresses(value)
+            return self._parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class AddressType(click.ParamType):
-    name = "HOST:PORT"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Address:
-        if isinstance(value, Address):
-            return value
-        try:
-            return parse_address(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class SizeType(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-ADDRESS = AddressType()
-ADDRESSES = AddressesType()
-SIZE = SizeType()
+ADDRESS = ParsedType("HOST:PORT", parse_address, Address)
+# One or several comma-separated addresses (the global --node, which may also repeat).
+ADDRESSES = ParsedType("HOST:PORT[,HOST:PORT...]", parse_addresses, tuple)
+SIZE = ParsedType("SIZE", parse_size, int)
 pass_context = click.make_pass_decorator(Context)
 
 
