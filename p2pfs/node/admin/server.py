@@ -128,7 +128,7 @@ class AdminService:
         membership = self._node.membership
         version = -1
         while True:  # until the node's nursery is cancelled
-            self.events.update(membership.members(), int(time.time() * 1000))
+            self.events.update(membership.members(), self._node.clock.wall_ms())
             version = await membership.wait_changed(version)
 
     # -- the ASGI app ---------------------------------------------------------

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from p2pfs import __version__, net
+from p2pfs import __version__
+from p2pfs.errors import P2pfsError
 from p2pfs.node.admin.metrics import MembershipEvents, Readiness, certificate_expiry_s, ring_share
 from p2pfs.membership import MemberState
 from p2pfs.node import messages as m
@@ -74,7 +75,7 @@ class PeerUsage:
             reply = await self._node.endpoint.request(
                 member.address, m.StatusRequest(), timeout_s=PEER_STATUS_TIMEOUT_S, node_id=member.node_id
             )
-        except (net.NetError, net.RemoteError, net.ProtocolViolation):
+        except P2pfsError:
             return  # the page shows the last value it had
         if isinstance(reply, m.StatusReply):
             self.used_bytes[member.node_id] = reply.used_bytes
