@@ -33,9 +33,28 @@ class Progress:
         self._enabled = self._stream.isatty() if enabled is None else enabled
         self._started_s = time.monotonic()
         self._drawn_s = 0.0
+        # A transfer of many files (put -r, get -r) also shows how many are done.
+        self.files_total: int | None = None
+        self.files_done = 0
 
     def set_total(self, total_bytes: int) -> None:
         self.total_bytes = total_bytes
+
+    def set_files(self, files_total: int, total_bytes: int) -> None:
+        self.files_total = files_total
+        self.total_bytes = total_bytes
+
+    def file_done(self) -> None:
+        self.files_done += 1
+
+    def note(self, text: str) -> None:
+        """A line of its own on the stream (a file that failed), above the progress line."""
+        if self._enabled:
+            self._stream.write("\r" + " " * 70 + "\r")
+        self._stream.write(text + "\n")
+        self._stream.flush()
+        if self._enabled:
+            self._draw(time.monotonic())
 
     def __call__(self, count_bytes: int) -> None:
         self.done_bytes += count_bytes
@@ -48,6 +67,8 @@ class Progress:
         elapsed_s = max(now - self._started_s, 1e-6)
         rate = self.done_bytes / elapsed_s
         parts = [self.label, format_size(self.done_bytes)]
+        if self.files_total is not None:
+            parts.insert(1, f"{self.files_done}/{self.files_total} files")
         if self.total_bytes:
             parts[-1] += f" / {format_size(self.total_bytes)}"
             parts.append(f"{100 * self.done_bytes / self.total_bytes:3.0f}%")

@@ -158,6 +158,19 @@ TABLE: list[tuple[wire.Message, list[tuple[str, object]]]] = [
     (mm.Gossip(()), [("updates", [["", 1, 1, "", None]])]),
     (mm.PushPull(False, ()), [("members", [[HEX, 1, 3, "", None]] * (mm.PUSH_PULL_MEMBERS_MAX + 1))]),
     (wire.Hello(1, b"", "node", "", 0), [("role", "admin"), ("listen_port", 65536)]),
+    # Resumable transfers.
+    (dm.GetFileFrom(NAME, ID, 3), [
+        ("name", ""), ("file_hash", ID[:31]), ("first_chunk", -1), ("first_chunk", MANIFEST_CHUNKS_MAX + 1),
+    ]),
+    (dm.GetFileFromReply(NAME, b"m", 0, 0, 0), [
+        ("manifest", b""), ("manifest", bytes(ENTRY_ENCODED_BYTES_MAX + 1)), ("version_wall_ms", -1),
+        ("first_chunk", -1),
+    ]),
+    (dm.HeldChunks((ID,)), [("chunk_ids.0", ID[:16]), ("chunk_ids", [ID] * (dm.HAS_CHUNKS_IDS_MAX + 1))]),
+    (dm.HeldChunksReply((True,)), [("held", [True] * (dm.HAS_CHUNKS_IDS_MAX + 1))]),
+    (dm.PutFileKnown(NAME, b"m", b""), [
+        ("name", "\x00"), ("manifest", b""), ("held", bytes(MANIFEST_CHUNKS_MAX // 8 + 1)),
+    ]),
 ]
 
 

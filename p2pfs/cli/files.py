@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,18 +55,33 @@ def _open_source(path: str) -> tuple[Any, int]:
 
 @cli.command()
 @click.argument("path", metavar="PATH")
-@click.option("--name", help="Name to store it under (default: PATH's file name; required for stdin).")
+@click.option("--name", help="Name to store it under (default: PATH's file name; required for stdin). "
+                             "With -r: the prefix of the names (default: the directory's name).")
+@click.option("-r", "--recursive", is_flag=True,
+              help="PATH is a directory: store each regular file under it as PREFIX/RELATIVE/PATH.")
 @JSON_OPTION
 @pass_context
-def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
+def put(ctx: Context, path: str, name: str | None, recursive: bool, as_json: bool) -> None:
     """Store a file (PATH, or - for stdin) in the cluster.
 
     Succeeds only when every chunk and the name are stored at the write quorum;
-    otherwise the name is left as it was.
+    otherwise the name is left as it was. Chunks the cluster already holds (from
+    an interrupted put of the same file) are not sent again.
+
+    With -r, symbolic links and special files in the tree are skipped (never
+    followed) and reported; a file that fails is reported and the others go on;
+    the exit status is 1 if any failed.
     """
     from p2pfs.client import run
     from p2pfs.progress import Progress
 
+    if recursive:
+        from p2pfs.cli.tree import put_tree
+
+        if path == "-":
+            raise BadInput("put -r takes a directory, not stdin")
+        put_tree(ctx, path, name, as_json)
+        return
     if name is None and path == "-":
         raise BadInput("reading stdin needs --name NAME")
     cluster = ctx.cluster()
@@ -78,7 +94,12 @@ def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
     progress = Progress(f"put {shown(name)}", size, enabled=False if as_json else None)
 
     try:
-        reply = run(cluster.put, source, name, size, progress)
+        if source is sys.stdin.buffer:
+            reply = run(cluster.put, source, name, size, progress)
+            sent_bytes = reply.size_bytes
+        else:  # a file: only the chunks the cluster lacks are sent (p2pfs/client/resume.py)
+            stored = run(cluster.put_file, source, name, path, progress)
+            reply, sent_bytes = stored.reply, stored.sent_bytes
     finally:
         progress.finish()
         if source is not sys.stdin.buffer:
@@ -86,10 +107,12 @@ def put(ctx: Context, path: str, name: str | None, as_json: bool) -> None:
     if as_json:
         emit({"name": reply.name, "size_bytes": reply.size_bytes, "file_hash": reply.file_hash.hex(),
                "chunks": reply.chunks, "version": {"logical": reply.version_logical,
-                                                   **time_facts("wall", reply.version_wall_ms)}})
+                                                   **time_facts("wall", reply.version_wall_ms)},
+               "sent_bytes": sent_bytes})
         return
+    held = f", {format_size(reply.size_bytes - sent_bytes)} already held" if sent_bytes < reply.size_bytes else ""
     click.echo(f"stored {shown(reply.name)}: {format_size(reply.size_bytes)} in {reply.chunks} chunk(s), "
-               f"blake3 {reply.file_hash.hex()[:16]}")
+               f"blake3 {reply.file_hash.hex()[:16]}{held}")
 
 
 def _default_output(name: str) -> Path:
@@ -186,26 +209,43 @@ def _umask() -> int:
 @click.argument("name")
 @click.option("-o", "--output", metavar="PATH",
               help="Where to write (default: NAME's last part, in this directory; - for stdout).")
-@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists (with -r: files in DIR).")
+@click.option("-r", "--recursive", is_flag=True,
+              help="NAME is a prefix: fetch every file named NAME/... into the directory -o DIR.")
 @JSON_OPTION
 @pass_context
-def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool) -> None:
+def get(ctx: Context, name: str, output: str | None, force: bool, recursive: bool, as_json: bool) -> None:
     """Fetch a file, verified against its hash.
 
-    A regular file is written to a temporary file beside PATH and renamed into
-    place only when every byte has arrived and matched, so a failed get leaves
-    nothing; it gets the mode an existing PATH had, or 0666 less the umask. A
-    symbolic link is followed: its target gets the file. A FIFO or a character
-    device (/dev/null, /dev/stdout) is written through as the bytes arrive, like
-    `-o -`; a block device only with --force.
+    With -r, each name NAME/REST is written to DIR/REST, and nothing outside
+    DIR: names with empty, '.' or '..' parts are refused, and no symbolic link
+    in DIR is followed. A file that fails is reported and the others go on; the
+    exit status is 1 if any failed or the listing may be incomplete.
+
+    A regular file is written to a partial file beside PATH (.PATH.p2pfs-part)
+    and renamed into place only when every byte has arrived and matched; it gets
+    the mode an existing PATH had, or 0666 less the umask. A get cut short (no
+    node could serve it, Ctrl-C, killed) keeps its partial file and a note of
+    the version it is a copy of (.PATH.p2pfs-resume): the same get run again
+    fetches only the chunks still missing, unless the name now holds other
+    content, which is then fetched from its start. Any other failure leaves
+    nothing. A symbolic link is followed: its target gets the file. A FIFO or a
+    character device (/dev/null, /dev/stdout) is written through as the bytes
+    arrive, like `-o -`; a block device only with --force.
     """
     import os
     import stat as stat_module
-    import tempfile
 
     from p2pfs.client import run
     from p2pfs.progress import Progress
 
+    if recursive:
+        from p2pfs.cli.tree import get_tree
+
+        if output is None or output == "-":
+            raise BadInput("get -r needs -o DIR, the directory to write to")
+        get_tree(ctx, name, output, force, as_json)
+        return
     name = _check_name(name)
     cluster = ctx.cluster()
     progress = Progress(f"get {shown(name)}", None, enabled=False if as_json else None)
@@ -224,11 +264,15 @@ def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool)
 
     def report(header: Any, path: str) -> None:
         """What was written: on stderr, since stdout may hold the file itself (-o -)."""
+        # A get to a file may resume (p2pfs/client/resume.py); one to a stream receives it all.
+        received_bytes = getattr(header, "received_bytes", header.size_bytes)
+        resumed_bytes = getattr(header, "resumed_bytes", 0)
         if as_json:
             emit({"name": header.name, "size_bytes": header.size_bytes, "file_hash": header.file_hash.hex(),
-                   "path": path}, err=True)
+                   "path": path, "received_bytes": received_bytes, "resumed_bytes": resumed_bytes}, err=True)
         elif path != "-":
-            click.echo(f"wrote {shown(path)}: {format_size(header.size_bytes)}, verified", err=True)
+            resumed = f", resumed after {format_size(resumed_bytes)}" if resumed_bytes else ""
+            click.echo(f"wrote {shown(path)}: {format_size(header.size_bytes)}, verified{resumed}", err=True)
 
     if output == "-":
         report(write_through(sys.stdout.buffer, "stdout"), "-")
@@ -263,31 +307,21 @@ def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool)
         raise BadInput(f"{shown(str(target))} exists; use --force to overwrite it")
     file_mode = stat_module.S_IMODE(mode) if info else 0o666 & ~_umask()
     directory = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".p2pfs-part", dir=directory)
-    except FileNotFoundError:
-        raise BadInput(f"directory {shown(str(directory))} does not exist") from None
-    except OSError as exc:
-        raise _local_file_error(str(directory), exc) from None
-    try:
-        with _closed_quietly(os.fdopen(fd, "wb")) as file:
-            sink = _Output(file, str(target))
-            header = run(fetch, sink)
-            sink.finish(sync=True)
-            os.fchmod(file.fileno(), file_mode)  # mkstemp made it 0600
+    if not directory.is_dir():
+        raise BadInput(f"directory {shown(str(directory))} does not exist")
+
+    def may_replace() -> None:
         if target.exists() and not force:
             raise BadInput(f"{shown(str(target))} appeared meanwhile; use --force to overwrite it")
-        try:
-            os.replace(temp_name, target)
-        except OSError as exc:
-            raise _local_file_error(str(target), exc) from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
+
+    try:
+        fetched = run(functools.partial(
+            cluster.get_file, name, target, file_mode=file_mode, may_replace=may_replace, progress=progress,
+            on_size=progress.set_total, local_error=_local_file_error,
+        ))
     finally:
         progress.finish()
-    report(header, str(target))
+    report(fetched, str(target))
 
 
 @cli.command()
@@ -296,7 +330,7 @@ def get(ctx: Context, name: str, output: str | None, force: bool, as_json: bool)
 @click.pass_context
 def cat(ctx: click.Context, name: str, as_json: bool) -> None:
     """Write a file to stdout, verified: short for `get NAME -o -`."""
-    ctx.invoke(get, name=name, output="-", force=False, as_json=as_json)
+    ctx.invoke(get, name=name, output="-", force=False, recursive=False, as_json=as_json)
 
 
 def _version_text(wall_ms: int, logical: int) -> str:

@@ -27,9 +27,7 @@ the same at every node and is raised at once.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, BinaryIO, Callable, Sequence, TypeVar, Union
 
@@ -225,14 +223,17 @@ class Cluster:
 
         A path's name defaults to its file name; a stream needs one, and
         ``size_bytes`` when known (-1 if not). Re-sent at another node only if
-        the source can be rewound (see the module's docstring).
+        the source can be rewound (see the module's docstring). A path is cut
+        into chunks here, and the chunks the cluster already holds are not sent
+        (``resume.py``): the answer is then a ``resume.Stored``, which also
+        gives ``sent_bytes``.
         """
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             name = cluster_name(path.name if name is None else name)
             file, size_bytes = _open_local(path)
             with file:
-                return await self._put_stream(file, name, size_bytes, progress)
+                return await self.put_file(file, name, path, progress)
         if name is None:
             raise errors.BadInput("putting a stream needs a name")
         return await self._put_stream(source, cluster_name(name), size_bytes, progress)
@@ -264,31 +265,16 @@ class Cluster:
                   on_size: Callable[[int], None] = lambda size_bytes: None):
         """Fetch ``name`` into a local file (a path) or a binary stream, verified against its hash.
 
-        A path is written through a temporary file beside it, renamed into place
+        A path is written through a partial file beside it, renamed into place
         only once every byte has arrived and matched (replacing a file that was
-        there), so a failed get leaves the path as it was.
+        there), so a failed get leaves the path as it was; a get that could not
+        finish for want of a node keeps its verified chunks for the next get of
+        the same path (``resume.py``), and answers with a ``resume.Fetched``.
         """
         name = cluster_name(name)
         if not isinstance(target, (str, os.PathLike)):
             return await self._get_stream(name, target, progress, on_size)
-        path = Path(target)
-        try:
-            fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".p2pfs-part",
-                                             dir=path.parent)
-        except OSError as exc:
-            raise errors.BadInput(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
-        try:
-            with os.fdopen(fd, "wb") as file:
-                reply = await self._get_stream(name, file, progress, on_size)
-                file.flush()
-                os.fsync(file.fileno())
-                os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp made it 0600
-            os.replace(temp_name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
-            raise
-        return reply
+        return await self.get_file(name, Path(target), progress=progress, on_size=on_size)
 
     async def _get_stream(self, name: str, sink: BinaryIO, progress: Progress,
                           on_size: Callable[[int], None]):
@@ -306,3 +292,55 @@ class Cluster:
             return None
 
         return await self._run(f"get {name!r}", lambda c: c.get(name, writer, progress, on_size), rewind)
+
+    # -- resumable transfers of local files (resume.py) -------------------------------
+
+    async def put_file(self, file: BinaryIO, name: Name, path: LocalPath, progress: Progress = lambda n: None):
+        """Put an open regular ``file`` (read from ``path``), sending only the chunks the
+        cluster does not hold already; a ``resume.Stored``. Anything else (a FIFO, a
+        device), or a file too large to cut at the default chunk size, is streamed whole."""
+        from p2pfs.client.resume import Stored, can_cut, put_path
+
+        import stat
+
+        name = cluster_name(name)
+        info = os.fstat(file.fileno())
+        size_bytes = info.st_size if stat.S_ISREG(info.st_mode) else -1
+        if size_bytes >= 0 and can_cut(size_bytes):
+            return await put_path(self._run, Path(path), file, name, progress)
+        reply = await self._put_stream(file, name, size_bytes, progress)
+        return Stored(reply, reply.size_bytes)
+
+    async def get_file(self, name: Name, target: LocalPath, *, file_mode: int | None = None,
+                       may_replace: Callable[[], None] = lambda: None, progress: Progress = lambda n: None,
+                       on_size: Callable[[int], None] = lambda size_bytes: None, local_error=None):
+        """``get`` to a path, resumable (``resume.get_to_path``): ``file_mode`` defaults to 0666
+        less the umask; ``may_replace`` raises if ``target`` may not be replaced after all;
+        ``local_error(path, OSError)`` makes the error raised for a local file problem."""
+        from p2pfs.client.resume import get_to_path, plain_local_error
+
+        return await get_to_path(
+            self._run, cluster_name(name), Path(target),
+            file_mode=0o666 & ~_umask() if file_mode is None else file_mode, may_replace=may_replace,
+            progress=progress, on_size=on_size, local_error=local_error or plain_local_error,
+        )
+
+    # -- directories (tree.py) ------------------------------------------------------------
+
+    async def put_tree(self, directory: LocalPath, prefix: Name | None = None, *,
+                       progress: Progress = lambda n: None, on_total=lambda files, size_bytes: None,
+                       on_file=lambda outcome: None):
+        """Store every regular file under ``directory`` as ``PREFIX/RELATIVE/PATH``
+        (``prefix`` defaults to the directory's name); a ``tree.TreeResult``."""
+        from p2pfs.client.tree import put_tree
+
+        return await put_tree(self, directory, prefix, progress=progress, on_total=on_total, on_file=on_file)
+
+    async def get_tree(self, prefix: Name, directory: LocalPath, *, force: bool = False,
+                       progress: Progress = lambda n: None, on_total=lambda files, size_bytes: None,
+                       on_file=lambda outcome: None):
+        """Fetch every file named ``PREFIX/...`` into ``directory``, nothing outside it; a ``tree.TreeResult``."""
+        from p2pfs.client.tree import get_tree
+
+        return await get_tree(self, prefix, directory, force=force, progress=progress, on_total=on_total,
+                              on_file=on_file)

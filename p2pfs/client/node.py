@@ -183,3 +183,30 @@ class Client:
 
     async def stat(self, name: str) -> dm.StatFileReply:
         return await self._call(dm.StatFile(name), dm.StatFileReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)
+
+    # -- resumable transfers (p2pfs.client.resume) --------------------------------------
+
+    async def held_chunks(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
+        """Which of ``chunk_ids`` (at most ``dm.HAS_CHUNKS_IDS_MAX``) all their preferred nodes hold."""
+        reply = await self._call(dm.HeldChunks(chunk_ids), dm.HeldChunksReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)
+        if len(reply.held) != len(chunk_ids):
+            raise errors.PeerFault(f"node {self.node} answered for {len(reply.held)} of {len(chunk_ids)} chunks")
+        return reply.held
+
+    async def put_known(self, name: str, manifest: bytes, held: bytes,
+                        body: AsyncIterator[bytes]) -> dm.PutFileReply:
+        """A put of a file cut here: ``body`` carries the chunks not marked in ``held``."""
+        return await self._call(dm.PutFileKnown(name, manifest, held), dm.PutFileReply,
+                                timeout_s=PUT_COMMIT_TIMEOUT_S, body=body)
+
+    @contextlib.asynccontextmanager
+    async def get_from(self, name: str, file_hash: bytes,
+                       first_chunk: int) -> AsyncIterator[tuple[dm.GetFileFromReply, AsyncIterator[bytes]]]:
+        """A resumable get's header and body (chunks from ``header.first_chunk`` on)."""
+        with library_errors(self.node):
+            async with self.conn.open_request(dm.GetFileFrom(name, file_hash, first_chunk),
+                                              timeout_s=CLUSTER_REQUEST_TIMEOUT_S) as response:
+                header = response.msg
+                if not isinstance(header, dm.GetFileFromReply) or response.body is None:
+                    raise errors.PeerFault(f"node {self.node} answered a get with {type(header).__name__}")
+                yield header, response.body

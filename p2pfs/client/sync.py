@@ -34,6 +34,12 @@ class Cluster:
     def get(self, name: Name, target: LocalPath | BinaryIO) -> Any:
         return self._run(self.cluster.get, name, target)
 
+    def put_tree(self, directory: LocalPath, prefix: Name | None = None) -> Any:
+        return self._run(self.cluster.put_tree, directory, prefix)
+
+    def get_tree(self, prefix: Name, directory: LocalPath, *, force: bool = False) -> Any:
+        return self._run(self.cluster.get_tree, prefix, directory, force=force)
+
     def ls(self, prefix: Name = "") -> Any:
         return self._run(self.cluster.ls, prefix)
 

@@ -485,3 +485,92 @@ _FSCK_COUNTS = (
     "chunks_over_replicated", "names_over_replicated", "names_misplaced", "chunks_misplaced",
     "chunks_missing", "chunks_corrupt", "nodes_asked",
 )
+
+
+# --- resumable transfers (client to coordinator) ---------------------------
+# A get that resumes from the chunks a client already holds, and a put that does
+# not send the chunks the cluster already holds (p2pfs/replication/resumable.py).
+
+
+@wire.message(72, senders=CLIENT)
+class GetFileFrom(wire.Message):
+    """The newest version of ``name``, its body from chunk ``first_chunk`` on when that
+    version's hash is ``file_hash`` (what the client's partial copy is of), else from
+    the start. An empty ``file_hash`` asks for the whole file."""
+
+    name: str
+    file_hash: bytes
+    first_chunk: int
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        if self.file_hash:
+            check_file_hash(self.file_hash)
+        check_int(self.first_chunk, "first_chunk", 0, MANIFEST_CHUNKS_MAX)
+
+
+@wire.message(73, senders=BOTH)
+class GetFileFromReply(wire.Message):
+    """Header of a resumable get: the version sent (its manifest in the storage
+    encoding, which the client decodes and checks) and the chunk the body starts at."""
+
+    name: str
+    manifest: bytes
+    version_wall_ms: int
+    version_logical: int
+    first_chunk: int
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        check_int(len(self.manifest), "manifest length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
+        check_version(self.version_wall_ms, self.version_logical, "version")
+        check_int(self.first_chunk, "first_chunk", 0, MANIFEST_CHUNKS_MAX)
+
+
+@wire.message(74, senders=CLIENT)
+class HeldChunks(wire.Message):
+    """Which of these chunks every one of their ``rf`` preferred nodes holds."""
+
+    chunk_ids: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        check_chunk_ids(self.chunk_ids, "chunk_ids", HAS_CHUNKS_IDS_MAX)
+
+
+@wire.message(75, senders=BOTH)
+class HeldChunksReply(wire.Message):
+    held: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        check_int(len(self.held), "answers in held", 0, HAS_CHUNKS_IDS_MAX)
+
+
+def held_bitmap(held: list[bool]) -> bytes:
+    """``PutFileKnown.held`` from one flag per chunk: bit i of byte i // 8, least significant first."""
+    bitmap = bytearray((len(held) + 7) // 8)
+    for index, here in enumerate(held):
+        if here:
+            bitmap[index // 8] |= 1 << (index % 8)
+    return bytes(bitmap)
+
+
+def is_held(bitmap: bytes, index: int) -> bool:
+    """Whether ``PutFileKnown.held`` marks chunk ``index`` as held (not in the body)."""
+    return index // 8 < len(bitmap) and bool(bitmap[index // 8] & (1 << (index % 8)))
+
+
+@wire.message(76, senders=CLIENT)
+class PutFileKnown(wire.Message):
+    """Store a file the client cut into chunks itself: ``manifest`` lists every chunk;
+    the body carries, in order, the chunks whose bit in ``held`` (bit i of byte i // 8,
+    least significant first) is clear. The others the cluster holds already. The
+    answer is a PutFileReply."""
+
+    name: str
+    manifest: bytes
+    held: bytes
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        check_int(len(self.manifest), "manifest length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
+        check_int(len(self.held), "held bitmap length in bytes", 0, (MANIFEST_CHUNKS_MAX + 7) // 8)

@@ -43,6 +43,7 @@ from p2pfs.replication.hints import HINTS_FILE_NAME, HintStore
 from p2pfs.replication.local import LocalReplica, LocalStore
 from p2pfs.replication.quorum import QuorumError
 from p2pfs.replication.replicas import Replicas, collect_names
+from p2pfs.replication.resumable import Resumable
 from p2pfs.replication.scrub import Scrubber
 from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
@@ -197,6 +198,10 @@ class DataService:
             dm.Leaving: self._hand_off.on_leaving,
             dm.Fsck: fsck.on_fsck,
         }
+        self._routes.update(Resumable(
+            coordinator=self.coordinator, view=view, replicas=replicas, offload=offload,
+            existing_file=self._existing_file,
+        ).routes())
 
     def _start_background(self, nursery: trio.Nursery) -> None:
         config = self.config
@@ -238,6 +243,8 @@ class DataService:
             dm.ListFiles: self._list_files,
             dm.RemoveFile: self._remove_file,
             dm.StatFile: self._stat_file,
+            # Resumable gets and puts (resumable.py), answered once the stores are open.
+            **{t: self._node_route for t in (dm.GetFileFrom, dm.HeldChunks, dm.PutFileKnown)},
         }
 
     async def _node_route(self, request: net.IncomingRequest) -> wire.Message | net.Reply:

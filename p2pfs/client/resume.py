@@ -1,0 +1,359 @@
+"""Gets and puts that pick up where an interrupted one stopped (the node's side:
+``p2pfs.replication.resumable``).
+
+**A get to a path** writes to a partial file beside it, ``.NAME.p2pfs-part``, and
+keeps beside that, in ``.NAME.p2pfs-resume``, what the partial file is a copy of:
+the cluster name, and the version's manifest (its chunk ids and sizes). A get that
+finds both starts by reading the partial file back chunk by chunk against the
+manifest's ids; the chunks that match from the start (all of them verified, so a
+torn last write costs only its chunk) are kept, and the node is asked for the rest
+of that version. If the name has a newer version with other content, the node
+sends the new version from its start, the partial file is emptied first, and the
+sidecar is rewritten before any byte of it is written: two versions never mix in
+one file. On success the partial file is renamed into place and the sidecar
+removed. A get that fails because no node could serve it (or is interrupted)
+keeps both for the next attempt; any other failure (not found, a damaged answer,
+a local disk error) removes them. An exclusive lock on the partial file keeps two
+gets from writing it at once. Retries at another node within one get resume the
+same way.
+
+**A put of a path** cuts the file here first (at ``CHUNK_SIZE_BYTES_DEFAULT``, the
+chunk size nodes cut at, so the ids match those of a put the node cut), asks
+which chunks the cluster holds already at full replication, and sends only the
+others. So an interrupted put, or a retry at another node, does not send again
+what reached the cluster; the cost is reading the file twice (hashing is cheap
+next to sending).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable
+
+import trio
+
+from p2pfs import errors
+from p2pfs.client.node import READ_BYTES, Client, Progress
+from p2pfs.replication import messages as dm
+
+# Suffixes of the two files a resumable get keeps beside its target: the partial copy, and what it is of.
+PART_SUFFIX = ".p2pfs-part"
+STATE_SUFFIX = ".p2pfs-resume"
+# Largest sidecar read back: a manifest at its cap, hex-encoded, with room for the name.
+STATE_BYTES_MAX = 2 * dm.ENTRY_ENCODED_BYTES_MAX + 4096
+STATE_FORMAT = 1
+
+Run = Callable[..., Awaitable[Any]]
+LocalError = Callable[[str, OSError], errors.P2pfsError]
+
+
+def plain_local_error(path: str, exc: OSError) -> errors.P2pfsError:
+    """A local file error as a library error: a path's problem (BadInput) or the disk's."""
+    import errno
+
+    text = f"cannot write {path}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                     errno.ENAMETOOLONG, errno.ELOOP):
+        return errors.BadInput(text)
+    return errors.LocalStorageError(text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a get to a path wrote: the version, and how much of it came over the network now."""
+
+    name: str
+    size_bytes: int
+    file_hash: bytes
+    version_wall_ms: int
+    version_logical: int
+    received_bytes: int  # body bytes received in this get (all attempts)
+    resumed_bytes: int  # bytes kept from an earlier get's partial file
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stored:
+    """A put's answer (``PutFileReply``) and how many of the file's bytes were sent."""
+
+    reply: dm.PutFileReply
+    sent_bytes: int
+
+    def __getattr__(self, attribute: str) -> Any:  # name, size_bytes, file_hash, ... as the reply's
+        return getattr(self.reply, attribute)
+
+
+def partial_paths(target: Path) -> tuple[Path, Path]:
+    return (target.parent / f".{target.name}{PART_SUFFIX}", target.parent / f".{target.name}{STATE_SUFFIX}")
+
+
+def _read_state(state_path: Path, name: str):
+    """The manifest the partial file is a copy of, or None (no sidecar, another name, unreadable)."""
+    from p2pfs.storage.manifest import Manifest, ManifestError
+
+    try:
+        with open(state_path, "rb") as f:
+            raw = f.read(STATE_BYTES_MAX + 1)
+        facts = json.loads(raw)
+        if len(raw) > STATE_BYTES_MAX or facts.get("format") != STATE_FORMAT or facts.get("name") != name:
+            return None
+        return Manifest.decode(bytes.fromhex(facts["manifest"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ManifestError):
+        return None
+
+
+def _write_state(state_path: Path, name: str, manifest_bytes: bytes) -> None:
+    """Write the sidecar whole or not at all (a temporary file renamed over it), durably,
+    before the first byte of the version it describes."""
+    temp = state_path.with_name(state_path.name + ".tmp")
+    with open(temp, "w", encoding="utf-8") as f:
+        json.dump({"format": STATE_FORMAT, "name": name, "manifest": manifest_bytes.hex()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, state_path)
+
+
+def _verified_prefix(file: BinaryIO, manifest) -> tuple[int, int, Any]:
+    """(chunks, bytes) of ``file`` from its start that match ``manifest``, and a hasher fed with them."""
+    from p2pfs.storage import FileHasher
+    from p2pfs.storage.manifest import chunk_id_of
+
+    hasher = FileHasher()
+    file.seek(0)
+    kept_bytes = 0
+    for index, ref in enumerate(manifest.chunks):
+        data = file.read(ref.size_bytes)
+        if len(data) != ref.size_bytes or chunk_id_of(data) != ref.chunk_id:
+            return index, kept_bytes, hasher
+        hasher.update(data)
+        kept_bytes += len(data)
+    return len(manifest.chunks), kept_bytes, hasher
+
+
+class _PartialGet:
+    """One get to a path: its partial file, its sidecar, and what the attempts received."""
+
+    def __init__(self, name: str, target: Path, progress: Progress, on_size: Callable[[int], None],
+                 local_error: LocalError) -> None:
+        self.name = name
+        self.target = target
+        self.part_path, self.state_path = partial_paths(target)
+        self.progress = progress
+        self.on_size = on_size
+        self.local_error = local_error
+        self.file: BinaryIO | None = None
+        self.manifest = None
+        self.received_bytes = 0
+        self.resumed_bytes: int | None = None  # what the first attempt kept
+        self.shown_bytes = 0  # what progress has been told of, taken back when an attempt starts again
+
+    def open(self) -> None:
+        """Open (or create, 0600) the partial file and lock it; BadInput if another get holds it."""
+        import fcntl
+
+        try:
+            fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise self.local_error(str(self.target.parent), exc) from None
+        self.file = os.fdopen(fd, "r+b")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise errors.BadInput(f"another get is writing {self.target} (its partial file is locked)") from None
+        self.manifest = _read_state(self.state_path, self.name)
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.part_path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.state_path)
+
+    def _prepare(self) -> tuple[int, int, Any]:
+        """(first chunk to ask for, bytes kept, hasher over them): the partial file checked
+        against the sidecar's manifest, and cut after its last good chunk."""
+        from p2pfs.storage import FileHasher
+
+        if self.manifest is None:
+            first_chunk, kept_bytes, hasher = 0, 0, FileHasher()
+        else:
+            first_chunk, kept_bytes, hasher = _verified_prefix(self.file, self.manifest)
+        self.file.seek(kept_bytes)
+        self.file.truncate()
+        return first_chunk, kept_bytes, hasher
+
+    async def attempt(self, client: Client) -> Fetched:
+        from p2pfs.storage.manifest import Manifest, ManifestError
+
+        first_chunk, kept_bytes, hasher = await trio.to_thread.run_sync(self._local, self._prepare)
+        if self.resumed_bytes is None:
+            self.resumed_bytes = kept_bytes
+        file_hash = self.manifest.file_hash if self.manifest is not None and first_chunk else b""
+        self.progress(kept_bytes - self.shown_bytes)
+        self.shown_bytes = kept_bytes
+        async with client.get_from(self.name, file_hash, first_chunk) as (header, body):
+            try:
+                manifest = Manifest.decode(header.manifest)
+            except ManifestError as exc:
+                raise errors.PeerFault(f"node {client.node} sent a bad manifest: {exc}") from None
+            if header.first_chunk not in (0, first_chunk) or (
+                    header.first_chunk and manifest.chunks[:first_chunk] != self.manifest.chunks[:first_chunk]):
+                raise errors.PeerFault(f"node {client.node} resumed {self.name!r} at the wrong chunk")
+            if header.first_chunk != first_chunk or self.manifest is None or self.manifest != manifest:
+                # Another version (or the first attempt): the sidecar describes it before a byte of it lands.
+                self.manifest = manifest
+                if header.first_chunk == 0:
+                    hasher, kept_bytes = await trio.to_thread.run_sync(self._local, self._restart)
+                    self.progress(-self.shown_bytes)
+                    self.shown_bytes = 0
+                await trio.to_thread.run_sync(self._local, _write_state, self.state_path, self.name, header.manifest)
+            self.on_size(manifest.size_bytes)
+
+            def write(data: bytes) -> None:
+                self.file.write(data)
+                hasher.update(data)
+
+            async for data in body:
+                await trio.to_thread.run_sync(self._local, write, data)
+                self.received_bytes += len(data)
+                self.shown_bytes += len(data)
+                self.progress(len(data))
+        if hasher.size_bytes != manifest.size_bytes or hasher.digest() != manifest.file_hash:
+            self.manifest = None  # nothing of it is worth keeping: the next attempt starts afresh
+            raise errors.PeerFault(
+                f"{self.name!r} arrived damaged ({hasher.size_bytes} of {manifest.size_bytes} bytes, "
+                "hash mismatch); nothing was kept"
+            )
+        return Fetched(self.name, manifest.size_bytes, manifest.file_hash, header.version_wall_ms,
+                       header.version_logical, self.received_bytes, self.resumed_bytes)
+
+    def _restart(self) -> tuple[Any, int]:
+        from p2pfs.storage import FileHasher
+
+        self.file.seek(0)
+        self.file.truncate()
+        return FileHasher(), 0
+
+    def _local(self, fn: Callable, *args: Any) -> Any:
+        """Run a local file step; an OSError becomes one clear line naming the target."""
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise self.local_error(str(self.target), exc) from None
+
+    def finish(self, file_mode: int) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        os.fchmod(self.file.fileno(), file_mode)  # created 0600 while partial
+
+    def close(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+
+
+async def get_to_path(run: Run, name: str, target: Path, *, file_mode: int,
+                      may_replace: Callable[[], None] = lambda: None, progress: Progress = lambda n: None,
+                      on_size: Callable[[int], None] = lambda size_bytes: None,
+                      local_error: LocalError = plain_local_error) -> Fetched:
+    """Fetch ``name`` into ``target`` through a resumable partial file beside it (see the module).
+
+    ``run(what, operation, resend)`` runs an attempt with failover; ``may_replace``
+    raises if ``target`` may no longer be replaced (checked just before the rename);
+    ``local_error`` turns a local OSError into the error to raise.
+    """
+    partial = _PartialGet(name, target, progress, on_size, local_error)
+    partial.open()
+    keep = False
+    try:
+        fetched = await run(f"get {name!r}", partial.attempt, lambda: None)
+        partial._local(partial.finish, file_mode)
+        may_replace()
+        try:
+            os.replace(partial.part_path, target)
+        except OSError as exc:
+            raise local_error(str(target), exc) from None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial.state_path)
+        return fetched
+    except errors.Unavailable:
+        keep = partial.manifest is not None
+        raise
+    except (KeyboardInterrupt, trio.Cancelled):
+        keep = partial.manifest is not None
+        raise
+    finally:
+        partial.close()
+        if not keep:
+            partial.discard()
+
+
+def _cut(path: Path, file: BinaryIO):
+    """The manifest of ``file`` cut at the default chunk size (chunk ids and whole-file hash)."""
+    from p2pfs.storage import FileHasher, ManifestBuilder
+    from p2pfs.storage.chunker import iter_chunks
+    from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT, chunk_id_of
+
+    builder = ManifestBuilder(CHUNK_SIZE_BYTES_DEFAULT)
+    hasher = FileHasher()
+    file.seek(0)
+    for data in iter_chunks(file, CHUNK_SIZE_BYTES_DEFAULT):
+        hasher.update(data)
+        builder.add(chunk_id_of(data), len(data))
+    return builder.finish(hasher.digest(), 0)  # the node stamps the creation time
+
+
+def can_cut(size_bytes: int) -> bool:
+    """Whether a file of ``size_bytes`` fits a manifest cut at the default chunk size."""
+    from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT, MANIFEST_CHUNKS_MAX
+
+    return 0 <= size_bytes <= MANIFEST_CHUNKS_MAX * CHUNK_SIZE_BYTES_DEFAULT
+
+
+async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Progress) -> Stored:
+    """Put a local file, sending only the chunks the cluster does not hold yet (see the module)."""
+    from p2pfs.storage.manifest import chunk_id_of
+
+    manifest = await trio.to_thread.run_sync(_cut, path, file)
+    encoded = manifest.encode()
+    ids = [ref.chunk_id for ref in manifest.chunks]
+    offsets = [0]
+    for ref in manifest.chunks:
+        offsets.append(offsets[-1] + ref.size_bytes)
+    counted = {"sent": 0, "shown": 0}
+
+    def show(count_bytes: int) -> None:
+        counted["shown"] += count_bytes
+        progress(count_bytes)
+
+    def read_chunk(index: int) -> bytes:
+        file.seek(offsets[index])
+        data = file.read(manifest.chunks[index].size_bytes)
+        if chunk_id_of(data) != ids[index]:
+            raise errors.BadInput(f"{path} changed while it was read; put it again")
+        return data
+
+    async def attempt(client: Client) -> Stored:
+        show(-counted["shown"])  # a new attempt at another node counts from nothing
+        held: list[bool] = []
+        for start in range(0, len(ids), dm.HAS_CHUNKS_IDS_MAX):
+            held.extend(await client.held_chunks(tuple(ids[start : start + dm.HAS_CHUNKS_IDS_MAX])))
+        show(sum(ref.size_bytes for ref, here in zip(manifest.chunks, held) if here))
+
+        async def body() -> AsyncIterator[bytes]:
+            for index, here in enumerate(held):
+                if here:
+                    continue
+                data = await trio.to_thread.run_sync(read_chunk, index)
+                for offset in range(0, len(data), READ_BYTES):
+                    yield data[offset : offset + READ_BYTES]
+                counted["sent"] += len(data)
+                show(len(data))
+
+        reply = await client.put_known(name, encoded, dm.held_bitmap(held), body())
+        return Stored(reply, counted["sent"])
+
+    return await run(f"put {name!r}", attempt, lambda: None)
