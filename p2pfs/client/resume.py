@@ -189,8 +189,6 @@ class _PartialGet:
         from p2pfs.storage.manifest import Manifest, ManifestError
 
         first_chunk, kept_bytes, hasher = await trio.to_thread.run_sync(self._local, self._prepare)
-        if self.resumed_bytes is None:
-            self.resumed_bytes = kept_bytes
         file_hash = self.manifest.file_hash if self.manifest is not None and first_chunk else b""
         self.progress(kept_bytes - self.shown_bytes)
         self.shown_bytes = kept_bytes
@@ -210,6 +208,8 @@ class _PartialGet:
                     self.progress(-self.shown_bytes)
                     self.shown_bytes = 0
                 await trio.to_thread.run_sync(self._local, _write_state, self.state_path, self.name, header.manifest)
+            if self.resumed_bytes is None:  # what this get kept of an earlier one's partial file
+                self.resumed_bytes = kept_bytes
             self.on_size(manifest.size_bytes)
 
             def write(data: bytes) -> None:

@@ -1,0 +1,177 @@
+"""Interrupted transfers resume through the real CLI against real daemons: a get killed
+half-way fetches only its missing chunks, and a put run again does not send the chunks
+the cluster already holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pfs import errors, identity, testnet
+from p2pfs.client import Client
+from p2pfs.client.resume import PART_SUFFIX, STATE_SUFFIX, _cut
+from p2pfs.replication import messages as dm
+from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT
+from testnet_helpers import CLI_TIMEOUT_S, running_testnet, wait_for
+
+pytestmark = pytest.mark.integration
+
+CHUNK = CHUNK_SIZE_BYTES_DEFAULT
+BIG_BYTES = 50 * 1024 * 1024 + 777
+# A get or put is stopped once this many chunks have reached their destination.
+CHUNKS_BEFORE_KILL = 3
+# How often the test looks at how far a transfer it means to kill has got: often,
+# since a 50 MiB transfer on loopback takes well under a second of its own.
+POLL_INTERVAL_S = 0.002
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    with running_testnet(tmp_path_factory.mktemp("resume"), nodes=3) as network:
+        yield network
+
+
+def cli_process(net, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "p2pfs", "--node", net.address("node1"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=net.env())
+
+
+def kill_when(process: subprocess.Popen, reached, what: str) -> None:
+    """SIGKILL ``process`` as soon as ``reached()``; fail if it ended first."""
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while not reached():
+        assert process.poll() is None, f"the transfer ended before {what}: {process.stderr.read().decode()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(POLL_INTERVAL_S)  # polling another process's progress, under a deadline
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=CLI_TIMEOUT_S)
+    assert process.returncode == -signal.SIGKILL
+
+
+def partial_size(part: Path) -> int:
+    try:
+        return part.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def killed_get(net, name: str, out: Path) -> tuple[Path, Path]:
+    part, state = out.parent / f".{out.name}{PART_SUFFIX}", out.parent / f".{out.name}{STATE_SUFFIX}"
+    process = cli_process(net, "get", name, "-o", str(out))
+    kill_when(process, lambda: partial_size(part) > CHUNKS_BEFORE_KILL * CHUNK,
+              f"{CHUNKS_BEFORE_KILL} chunks of {name} were written")
+    assert not out.exists() and part.exists() and state.exists()
+    return part, state
+
+
+def test_a_killed_get_resumes_with_only_the_missing_chunks(net, tmp_path):
+    data = os.urandom(BIG_BYTES)
+    (tmp_path / "big.bin").write_bytes(data)
+    net.cli("put", str(tmp_path / "big.bin"), "--name", "resume/big.bin")
+    out = tmp_path / "out.bin"
+    part, state = killed_get(net, "resume/big.bin", out)
+    kept = partial_size(part)
+    # A torn last write costs only its chunk: damage the partial file's end on purpose.
+    with open(part, "r+b") as f:
+        f.seek(kept - 10)
+        f.write(b"\xff" * 10)
+    verified_bytes = (kept - 10) // CHUNK * CHUNK
+
+    result = net.cli("get", "resume/big.bin", "-o", str(out), "--json")
+    facts = json.loads(result.stderr)
+    assert facts["resumed_bytes"] == verified_bytes >= CHUNKS_BEFORE_KILL * CHUNK
+    assert facts["received_bytes"] == BIG_BYTES - verified_bytes
+    assert out.read_bytes() == data
+    assert not part.exists() and not state.exists()
+
+    # A get with nothing to resume receives the whole file.
+    again = json.loads(net.cli("get", "resume/big.bin", "-o", str(out), "--force", "--json").stderr)
+    assert (again["resumed_bytes"], again["received_bytes"]) == (0, BIG_BYTES)
+
+
+def test_a_resumed_get_of_a_name_with_new_content_never_mixes_versions(net, tmp_path):
+    old, new = os.urandom(BIG_BYTES), os.urandom(BIG_BYTES)
+    (tmp_path / "old.bin").write_bytes(old)
+    (tmp_path / "new.bin").write_bytes(new)
+    net.cli("put", str(tmp_path / "old.bin"), "--name", "resume/changing.bin")
+    out = tmp_path / "out.bin"
+    part, state = killed_get(net, "resume/changing.bin", out)
+    net.cli("put", str(tmp_path / "new.bin"), "--name", "resume/changing.bin")
+
+    facts = json.loads(net.cli("get", "resume/changing.bin", "-o", str(out), "--json").stderr)
+    assert (facts["resumed_bytes"], facts["received_bytes"]) == (0, BIG_BYTES)
+    assert out.read_bytes() == new
+    assert not part.exists() and not state.exists()
+
+
+def chunks_held(net, chunk_ids: list[bytes]) -> int:
+    """How many of ``chunk_ids`` every one of their nodes holds, asked through the library."""
+    ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
+
+    async def ask() -> int:
+        with trio.fail_after(CLI_TIMEOUT_S):
+            async with Client.connect(ident, net.status()["node2"].address) as client:
+                return sum(await client.held_chunks(tuple(chunk_ids)))
+
+    return trio.run(ask)
+
+
+def test_an_interrupted_put_run_again_sends_only_what_the_cluster_lacks(net, tmp_path):
+    path = tmp_path / "upload.bin"
+    path.write_bytes(os.urandom(BIG_BYTES))
+    with open(path, "rb") as f:
+        chunk_ids = [ref.chunk_id for ref in _cut(path, f).chunks]
+    assert chunks_held(net, chunk_ids) == 0
+    process = cli_process(net, "put", str(path), "--name", "resume/upload.bin")
+    kill_when(process, lambda: chunks_held(net, chunk_ids) >= CHUNKS_BEFORE_KILL,
+              f"{CHUNKS_BEFORE_KILL} chunks were held by all their nodes")
+    held_before = chunks_held(net, chunk_ids)
+    not_stored = net.cli("stat", "resume/upload.bin", check=False)
+    assert not_stored.returncode != 0  # the put never finished: no name
+
+    facts = json.loads(net.cli("put", str(path), "--name", "resume/upload.bin", "--json").stdout)
+    assert facts["size_bytes"] == BIG_BYTES
+    assert facts["sent_bytes"] <= BIG_BYTES - held_before * CHUNK
+    out = tmp_path / "back.bin"
+    net.cli("get", "resume/upload.bin", "-o", str(out))
+    assert out.read_bytes() == path.read_bytes()
+
+    # Everything is held now: the same file under another name sends nothing.
+    copy = json.loads(net.cli("put", str(path), "--name", "resume/copy.bin", "--json").stdout)
+    assert copy["sent_bytes"] == 0
+
+
+def test_a_node_refuses_a_put_that_skips_chunks_it_does_not_hold(net, tmp_path):
+    """A client cannot make a name out of chunks the cluster lacks, or send a chunk
+    that is not what the manifest says."""
+    path = tmp_path / "small.bin"
+    path.write_bytes(os.urandom(2 * CHUNK + 5))
+    with open(path, "rb") as f:
+        manifest = _cut(path, f)
+    data = path.read_bytes()
+    ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
+
+    async def put(held: list[bool], body: bytes):
+        async def pieces():
+            yield body
+
+        with trio.fail_after(CLI_TIMEOUT_S):
+            async with Client.connect(ident, net.status()["node1"].address) as client:
+                return await client.put_known("resume/forged.bin", manifest.encode(), dm.held_bitmap(held),
+                                              pieces())
+
+    with pytest.raises(errors.Unavailable, match="fewer than the write quorum"):
+        trio.run(put, [True, False, False], data[CHUNK:])
+    with pytest.raises(errors.BadInput, match="does not match its id"):
+        trio.run(put, [False, False, False], data[:CHUNK] + bytes(CHUNK) + data[2 * CHUNK:])
+    assert net.cli("stat", "resume/forged.bin", check=False).returncode != 0
+    reply = trio.run(put, [False, False, False], data)
+    assert reply.size_bytes == len(data) and reply.file_hash == manifest.file_hash
