@@ -70,6 +70,9 @@ def test_every_command_has_json_and_an_example():
 @pytest.mark.integration
 def test_the_examples_run_and_print_the_documented_shape(tmp_path):
     (tmp_path / "report.pdf").write_bytes(os.urandom(3_000_000))
+    (tmp_path / "photos" / "2024").mkdir(parents=True)  # for put -r and get -r
+    for name in ("a.jpg", "2024/d.jpg"):
+        (tmp_path / "photos" / name).write_bytes(os.urandom(20_000))
     with running_testnet(tmp_path / "testnet", nodes=3) as net:
         env = net.env()
         env["P2PFS_NODE"] = net.address("node1")

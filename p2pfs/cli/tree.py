@@ -59,7 +59,7 @@ def _on_file(progress: Any, as_json: bool):
     return on_file
 
 
-def _finish(ctx: Context, result: Any, as_json: bool, *, get: bool) -> None:
+def _finish(result: Any, as_json: bool, *, get: bool) -> None:
     if as_json:
         emit(_summary_facts(result, get=get), err=get)
     else:
@@ -96,7 +96,7 @@ def put_tree(ctx: Context, directory: str, prefix: str | None, as_json: bool) ->
         result = run(go)
     finally:
         progress.finish()
-    _finish(ctx, result, as_json, get=False)
+    _finish(result, as_json, get=False)
 
 
 def get_tree(ctx: Context, prefix: str, directory: str, force: bool, as_json: bool) -> None:
@@ -114,4 +114,4 @@ def get_tree(ctx: Context, prefix: str, directory: str, force: bool, as_json: bo
         result = run(go)
     finally:
         progress.finish()
-    _finish(ctx, result, as_json, get=True)
+    _finish(result, as_json, get=True)

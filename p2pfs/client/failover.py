@@ -14,12 +14,15 @@ Whether an attempt may be repeated depends on what it may have done:
 - Reads (get, ls, stat, members, status, fsck) change nothing: always retried.
 - rm writes a tombstone. A second one leaves the name removed whether or not
   the first arrived, exactly as if the one rm had arrived a little later: retried.
-- put is re-sent whole when its source can be read again from its start (a
-  file, not a pipe). Whatever the first attempt left, the re-sent bytes become
-  the name's newest version: at worst the same content is stored twice as two
-  versions. A put from a stream already partly consumed cannot be re-sent.
+- put is sent again when its source can be read again from its start (a
+  file, not a pipe): a file's chunks that the first attempt got to the cluster
+  are not sent again (``resume.py``), a seekable stream is re-sent whole.
+  Whatever the first attempt left, the new attempt becomes the name's newest
+  version: at worst the same content is stored twice as two versions. A put
+  from a stream already partly consumed cannot be re-sent.
 - A get that already wrote bytes is retried only into a sink that can be
-  rewound (a file): a pipe would get the first bytes twice.
+  rewound (a file): a pipe would get the first bytes twice. A get to a path
+  resumes from the chunks it has verified (``resume.py``).
 
 Any other error (not found, bad input, refused identity, a damaged answer) is
 the same at every node and is raised at once.

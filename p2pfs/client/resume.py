@@ -291,7 +291,7 @@ async def get_to_path(run: Run, name: str, target: Path, *, file_mode: int,
             partial.discard()
 
 
-def _cut(path: Path, file: BinaryIO):
+def cut_file(file: BinaryIO):
     """The manifest of ``file`` cut at the default chunk size (chunk ids and whole-file hash)."""
     from p2pfs.storage import FileHasher, ManifestBuilder
     from p2pfs.storage.chunker import iter_chunks
@@ -317,7 +317,13 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
     """Put a local file, sending only the chunks the cluster does not hold yet (see the module)."""
     from p2pfs.storage.manifest import chunk_id_of
 
-    manifest = await trio.to_thread.run_sync(_cut, path, file)
+    def cut() -> Any:
+        try:
+            return cut_file(file)
+        except OSError as exc:
+            raise errors.BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    manifest = await trio.to_thread.run_sync(cut)
     encoded = manifest.encode()
     ids = [ref.chunk_id for ref in manifest.chunks]
     offsets = [0]
@@ -330,8 +336,11 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
         progress(count_bytes)
 
     def read_chunk(index: int) -> bytes:
-        file.seek(offsets[index])
-        data = file.read(manifest.chunks[index].size_bytes)
+        try:
+            file.seek(offsets[index])
+            data = file.read(manifest.chunks[index].size_bytes)
+        except OSError as exc:
+            raise errors.BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
         if chunk_id_of(data) != ids[index]:
             raise errors.BadInput(f"{path} changed while it was read; put it again")
         return data

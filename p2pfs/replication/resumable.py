@@ -90,9 +90,10 @@ class Resumable:
         return counts
 
     async def on_held_chunks(self, request: net.IncomingRequest) -> dm.HeldChunksReply:
-        rf = self._coordinator.config.rf
+        # Full replication: every preferred node (rf of them, fewer in a smaller cluster).
+        replicas = quorum_size(self._coordinator.config.rf, len(self._view.ring()))
         counts = await self.holders(request.msg.chunk_ids)
-        return dm.HeldChunksReply(tuple(count >= rf for count in counts))
+        return dm.HeldChunksReply(tuple(count >= replicas for count in counts))
 
     async def on_get_from(self, request: net.IncomingRequest) -> net.Reply:
         msg = request.msg
