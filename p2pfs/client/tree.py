@@ -102,7 +102,7 @@ class TreeResult:
         return sum(f.size_bytes for f in self.files if f.ok)
 
 
-def _prefix_for_put(directory: Path, prefix: str | None) -> str:
+def put_prefix(directory: Path, prefix: str | None) -> str:
     """'PREFIX/' (or '' for an empty prefix) before each relative path: by default the directory's name."""
     text = Path(os.path.abspath(directory)).name if prefix is None else os.fspath(prefix)
     text = text.rstrip("/")
@@ -159,7 +159,7 @@ async def put_tree(cluster: "Cluster", directory: "LocalPath", prefix: "Name | N
     root = Path(directory)
     if not root.is_dir():
         raise errors.BadInput(f"{root} is not a directory")
-    head = _prefix_for_put(root, None if prefix is None else os.fspath(prefix))
+    head = put_prefix(root, None if prefix is None else os.fspath(prefix))
     found, skipped, unreadable = await trio.to_thread.run_sync(walk, root)
     outcomes = [FileOutcome(rel, head + rel, size) for rel, size in found]
     on_total(len(outcomes), sum(o.size_bytes for o in outcomes))
