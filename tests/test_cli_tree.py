@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 BIG_BYTES = 50 * 1024 * 1024 + 12345
 # Names a shell or a terminal would trip on: spaces, Unicode (composed and not), a newline.
-ODD_NAMES = ["with space.txt", "caf\u00e9 \u6587\u4ef6.txt", "e\u0301t\u00e9", "new\nline", "'quoted'", "back\\slash"]
+ODD_NAMES = ["with space.txt", "caf\u00e9 \u6587\u4ef6.txt", "e\u0301t\u00e9", "new\nline", "'quoted'",
+             "back\\slash"]
 
 
 def files_under(directory: Path) -> dict[str, bytes]:

@@ -175,3 +175,27 @@ def test_a_node_refuses_a_put_that_skips_chunks_it_does_not_hold(net, tmp_path):
     assert net.cli("stat", "resume/forged.bin", check=False).returncode != 0
     reply = trio.run(put, [False, False, False], data)
     assert reply.size_bytes == len(data) and reply.file_hash == manifest.file_hash
+
+
+def test_a_node_sends_only_the_chunks_after_the_first_asked_for_of_the_same_version(net, tmp_path):
+    """The node side of a resumed get, asked directly: the body starts at ``first_chunk``
+    only when the client's partial copy is of the newest version."""
+    data = os.urandom(3 * CHUNK + 99)
+    (tmp_path / "three.bin").write_bytes(data)
+    stored = json.loads(net.cli("put", str(tmp_path / "three.bin"), "--name", "resume/three.bin", "--json").stdout)
+    ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
+
+    async def get_from(file_hash: bytes, first_chunk: int) -> tuple[int, bytes]:
+        received = bytearray()
+        with trio.fail_after(CLI_TIMEOUT_S):
+            async with Client.connect(ident, net.status()["node3"].address) as client:
+                async with client.get_from("resume/three.bin", file_hash, first_chunk) as (header, body):
+                    async for piece in body:
+                        received += piece
+        return header.first_chunk, bytes(received)
+
+    file_hash = bytes.fromhex(stored["file_hash"])
+    assert trio.run(get_from, file_hash, 2) == (2, data[2 * CHUNK:])
+    assert trio.run(get_from, file_hash, 4) == (4, b"")
+    assert trio.run(get_from, bytes(32), 2) == (0, data)  # another version's partial copy: from the start
+    assert trio.run(get_from, b"", 0) == (0, data)

@@ -207,7 +207,8 @@ class _PartialGet:
                     hasher, kept_bytes = await trio.to_thread.run_sync(self._local, self._restart)
                     self.progress(-self.shown_bytes)
                     self.shown_bytes = 0
-                await trio.to_thread.run_sync(self._local, _write_state, self.state_path, self.name, header.manifest)
+                await trio.to_thread.run_sync(self._local, _write_state, self.state_path, self.name,
+                                              header.manifest)
             if self.resumed_bytes is None:  # what this get kept of an earlier one's partial file
                 self.resumed_bytes = kept_bytes
             self.on_size(manifest.size_bytes)
