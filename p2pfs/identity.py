@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from p2pfs import access
 from p2pfs.errors import AuthError, BadInput
 from p2pfs.ids import short_id
 from p2pfs.wire import Role
@@ -67,10 +68,20 @@ class PeerIdentity:
 
     node_id: str
     role: Role
+    # What a client may do (``access``); None for a node. A client without the
+    # extension gets ``access.GRANT_WITHOUT_EXTENSION``.
+    grant: access.Grant | None = None
+    serial_number: int = 0  # the certificate's, which a CRL names
+    not_valid_after_s: float = 0.0  # the certificate's expiry, Unix seconds
 
     @property
     def short_id(self) -> str:
         return short_id(self.node_id)
+
+    def grant_or_default(self) -> access.Grant:
+        """The grant requests are judged by (a peer built without one: ``GRANT_WITHOUT_EXTENSION``)."""
+        assert self.role is Role.CLIENT, "only clients' requests are judged by a grant"
+        return self.grant or access.GRANT_WITHOUT_EXTENSION
 
 
 def node_id_of(cert: x509.Certificate) -> str:
@@ -89,9 +100,25 @@ def role_of(cert: x509.Certificate) -> Role:
     return Role.NODE if ExtendedKeyUsageOID.SERVER_AUTH in eku else Role.CLIENT
 
 
+def grant_of(cert: x509.Certificate) -> access.Grant:
+    """A client certificate's grant; ``GRANT_WITHOUT_EXTENSION`` if it has none, GrantError if unreadable."""
+    oid = x509.ObjectIdentifier(access.GRANT_EXTENSION_OID)
+    try:
+        extension = cert.extensions.get_extension_for_oid(oid).value
+    except x509.ExtensionNotFound:
+        return access.GRANT_WITHOUT_EXTENSION
+    assert isinstance(extension, x509.UnrecognizedExtension)
+    return access.Grant.decode(extension.value)
+
+
 def peer_identity_from_der(der: bytes) -> PeerIdentity:
+    """The peer behind a verified certificate; GrantError if a client's grant cannot be read."""
     cert = x509.load_der_x509_certificate(der)
-    return PeerIdentity(node_id_of(cert), role_of(cert))
+    role = role_of(cert)
+    return PeerIdentity(
+        node_id_of(cert), role, grant_of(cert) if role is Role.CLIENT else None,
+        cert.serial_number, cert.not_valid_after_utc.timestamp(),
+    )
 
 
 def cluster_id_of(ca_cert: x509.Certificate) -> bytes:
@@ -189,8 +216,13 @@ class CertificateAuthority:
         common_name: str,
         not_valid_before: datetime.datetime | None = None,
         not_valid_after: datetime.datetime | None = None,
+        grant: access.Grant | None = None,
     ) -> x509.Certificate:
-        """Sign a certificate for a node or a client. The validity window is settable for tests."""
+        """Sign a certificate for a node or a client. The validity window is settable for tests.
+
+        A client's ``grant`` (role and prefixes) goes into our extension; a node has none.
+        """
+        assert grant is None or role is Role.CLIENT, "only a client certificate carries a grant"
         now = datetime.datetime.now(datetime.timezone.utc)
         start = not_valid_before or now - datetime.timedelta(minutes=5)  # tolerate small clock skew
         end = not_valid_after or now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT)
@@ -203,7 +235,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             ]
         )
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
@@ -231,8 +263,13 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),
                 critical=False,
             )
-            .sign(self.key, None)  # Ed25519 signs without a separate digest
         )
+        if grant is not None:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier(access.GRANT_EXTENSION_OID), grant.encode()),
+                critical=False,  # OpenSSL refuses certificates with critical extensions it does not know
+            )
+        return builder.sign(self.key, None)  # Ed25519 signs without a separate digest
 
 
 def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
@@ -314,6 +351,11 @@ class Identity:
         return role_of(self.cert)
 
     @property
+    def grant(self) -> access.Grant | None:
+        """A client's grant (``access``); None for a node."""
+        return grant_of(self.cert) if self.role is Role.CLIENT else None
+
+    @property
     def cluster_id(self) -> bytes:
         return cluster_id_of(self.ca_cert)
 
@@ -364,8 +406,15 @@ def create_identity(
     *,
     not_valid_before: datetime.datetime | None = None,
     not_valid_after: datetime.datetime | None = None,
+    grant: access.Grant | None = None,
 ) -> Identity:
-    """Generate a key, have the CA sign it, and write key, certificate and CA copy."""
+    """Generate a key, have the CA sign it, and write key, certificate and CA copy.
+
+    A client gets ``grant``, or the admin role if none is given: the library's callers
+    (testnet, chaos) make the operator's own key. `p2pfs client init` passes the one asked for.
+    """
+    if role is Role.CLIENT and grant is None:
+        grant = access.Grant(access.ClientRole.ADMIN)
     _prepare_dir(directory, (KEY_FILE, CERT_FILE, CA_CERT_FILE))
     key = ed25519.Ed25519PrivateKey.generate()
     public_spki = key.public_key().public_bytes(
@@ -378,6 +427,7 @@ def create_identity(
         common_name=f"{role.value}-{short_id(node_id)}",
         not_valid_before=not_valid_before,
         not_valid_after=not_valid_after,
+        grant=grant,
     )
     _write_private(directory / KEY_FILE, _key_pem(key))
     _write_public(directory / CERT_FILE, _cert_pem(cert))

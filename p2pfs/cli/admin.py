@@ -99,19 +99,39 @@ def client() -> None:
     """Client identities (for the CLI)."""
 
 
+_ROLE_NAMES = ("read", "write", "admin")  # p2pfs.access.ClientRole, without importing it at start-up
+
+
 @client.command("init")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
 @_CA_OPTION
 @click.option("--node", "node_address", type=ADDRESS, default=None,
               help="Node this client talks to by default.")
+@click.option("--role", type=click.Choice(_ROLE_NAMES), default="read", show_default=True,
+              help="What the key may do: read (get, ls, stat, members, status), write (also put and rm), "
+                   "admin (also leave, fsck, reload, revocation). The default is the least: a key made "
+                   "in passing and then leaked exposes reads only.")
+@click.option("--prefix", "prefixes", multiple=True, metavar="PREFIX",
+              help="Limit put and rm to names starting with PREFIX (repeatable; write and admin roles). "
+                   "Without it a write key may write every name.")
 @JSON_OPTION
-def client_init(directory: Path, ca_dir: Path, node_address: Address | None, as_json: bool) -> None:
-    """Create a client identity in DIR for use with --identity."""
-    from p2pfs import identity
+def client_init(directory: Path, ca_dir: Path, node_address: Address | None, role: str,
+                prefixes: tuple[str, ...], as_json: bool) -> None:
+    """Create a client identity in DIR for use with --identity.
+
+    The role and prefixes are signed into the certificate by the CA, and every node
+    judges every request by them; to change them, make a new identity and revoke
+    the old one (`p2pfs ca revoke`).
+    """
+    from p2pfs import access, identity
     from p2pfs.wire import Role
 
+    try:
+        grant = access.Grant(access.ClientRole(role), prefixes)
+    except access.GrantError as exc:
+        raise BadInput(f"--prefix: {exc}") from None
     authority = identity.load_ca(ca_dir)
-    ident = identity.create_identity(directory, authority, Role.CLIENT)
+    ident = identity.create_identity(directory, authority, Role.CLIENT, grant=grant)
     if node_address is not None:
         import tomli_w
 
@@ -121,9 +141,10 @@ def client_init(directory: Path, ca_dir: Path, node_address: Address | None, as_
         )
     if as_json:
         emit({"node_id": ident.node_id, "directory": str(directory),
-               "address": str(node_address) if node_address else None})
+               "address": str(node_address) if node_address else None,
+               "role": grant.role.value, "prefixes": list(grant.prefixes)})
         return
-    click.echo(f"created client {ident.node_id[:12]} in {shown(str(directory))}")
+    click.echo(f"created {grant.describe()} client {ident.node_id[:12]} in {shown(str(directory))}")
     click.echo(f"use it with: export P2PFS_IDENTITY={directory.resolve()}")
 
 
@@ -143,6 +164,8 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
     facts = {
         "node_id": ident.node_id,
         "role": ident.role.value,
+        **({"client_role": ident.grant.role.value, "prefixes": list(ident.grant.prefixes)}
+           if ident.grant is not None else {}),
         "cluster_id": ident.cluster_id.hex(),
         **time_facts("not_valid_before", int(ident.cert.not_valid_before_utc.timestamp() * 1000)),
         **time_facts("not_valid_after", int(ident.cert.not_valid_after_utc.timestamp() * 1000)),
@@ -154,7 +177,7 @@ def whoami(ctx: Context, directory: Path | None, as_json: bool) -> None:
     expires = ident.cert.not_valid_after_utc
     days = (expires - datetime.datetime.now(datetime.timezone.utc)).days
     click.echo(f"id:        {facts['node_id']}")
-    click.echo(f"role:      {facts['role']}")
+    click.echo(f"role:      {facts['role']}" + (f", may {ident.grant.describe()}" if ident.grant else ""))
     click.echo(f"cluster:   {facts['cluster_id'][:16]}")
     click.echo(f"valid to:  {expires:%Y-%m-%d} ({days} days)")
 

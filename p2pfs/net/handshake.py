@@ -21,6 +21,7 @@ import ssl
 import trio
 
 from p2pfs import wire
+from p2pfs.access import GrantError
 from p2pfs.address import Address
 from p2pfs.identity import Identity, PeerIdentity, peer_identity_from_der
 from p2pfs.ids import short_id
@@ -85,7 +86,10 @@ async def _exchange_hello(
     der = stream.getpeercert(binary_form=True)
     if not der:
         raise HandshakeError("the peer presented no certificate")
-    peer = peer_identity_from_der(der)
+    try:
+        peer = peer_identity_from_der(der)
+    except GrantError as exc:  # signed by our CA, yet unreadable: refuse rather than guess its rights
+        raise HandshakeError(f"the peer's certificate carries a bad grant: {exc}") from None
     payload = wire.encode_message(_local_hello(identity, listen))
     await stream.send_all(wire.encode_frame(Frame(FrameKind.HELLO, 0, wire.Hello.TYPE, payload)))
     decoder = wire.FrameDecoder(frame_size_bytes_max=HELLO_FRAME_BYTES_MAX)

@@ -34,6 +34,8 @@ from typing import Awaitable, Callable
 import trio
 
 from p2pfs import __version__, net, wire
+from p2pfs.access import Operation
+from p2pfs.net.access import authorize
 from p2pfs.node.admin import sdnotify
 from p2pfs.node.admin.reload import reload_config
 from p2pfs.node.admin.server import AdminService
@@ -211,6 +213,7 @@ class Node:
             log.debug("ignored one-way %s from %s", type(msg).__name__, conn.peer.short_id)
 
     async def _status(self, request: net.IncomingRequest) -> m.StatusReply:
+        authorize(request, Operation.STATUS)
         counts = {state: 0 for state in MemberState}
         for member in self.membership.members():
             counts[member.state] += 1
@@ -230,11 +233,13 @@ class Node:
         )
 
     async def _leave_request(self, request: net.IncomingRequest) -> m.LeaveReply:
+        authorize(request, Operation.LEAVE)
         log.info("leave requested by client %s", request.peer.short_id)
         self.leave_requested.set()
         return m.LeaveReply(True)
 
     async def _members(self, request: net.IncomingRequest) -> m.MembersReply:
+        authorize(request, Operation.MEMBERS)
         return m.MembersReply(
             tuple(
                 m.MemberInfo(
