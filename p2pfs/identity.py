@@ -34,6 +34,7 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -45,6 +46,8 @@ from p2pfs.wire import Role
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.pem"
+# In a CA directory: a copy of every certificate it signed, by serial (``revocation``).
+ISSUED_DIR = "issued"
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
 
@@ -203,6 +206,7 @@ def _prepare_dir(directory: Path, files: tuple[str, ...]) -> None:
 class CertificateAuthority:
     key: ed25519.Ed25519PrivateKey
     cert: x509.Certificate
+    directory: Path | None = None  # where it lives; certificates it signs are recorded there
 
     @property
     def cluster_id(self) -> bytes:
@@ -308,7 +312,7 @@ def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
 def init_ca(directory: Path) -> CertificateAuthority:
     """Create a CA in ``directory``. Refuses to overwrite an existing one."""
     _prepare_dir(directory, (CA_KEY_FILE, CA_CERT_FILE))
-    ca = create_ca()
+    ca = dataclasses.replace(create_ca(), directory=directory)
     _write_private(directory / CA_KEY_FILE, _key_pem(ca.key))
     _write_public(directory / CA_CERT_FILE, _cert_pem(ca.cert))
     return ca
@@ -327,7 +331,19 @@ def load_ca(directory: Path) -> CertificateAuthority:
         raise IdentityError(f"cannot read the CA in {directory}: {exc}") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise IdentityError(f"{key_path} is not an Ed25519 key")
-    return CertificateAuthority(key, cert)
+    return CertificateAuthority(key, cert, directory)
+
+
+def record_issued(ca: CertificateAuthority, cert: x509.Certificate) -> None:
+    """Keep a copy of a certificate the CA signed (if it has a directory), so that
+    `p2pfs ca revoke ID` can find its serial number. Public data: 0644."""
+    if ca.directory is None:
+        return
+    issued = ca.directory / ISSUED_DIR
+    issued.mkdir(exist_ok=True)
+    path = issued / f"{cert.serial_number:x}.pem"
+    if not path.exists():
+        _write_public(path, _cert_pem(cert))
 
 
 # ---------------------------------------------------------------------------
@@ -340,7 +356,14 @@ class Identity:
 
     directory: Path
     cert: x509.Certificate
-    ca_cert: x509.Certificate
+    ca_cert: x509.Certificate  # the trusted CA that signed ``cert``
+    # Every CA ca.pem lists: more than one while the CA is being rotated (docs/SECURITY.md).
+    ca_certs: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def trusted_cluster_ids(self) -> frozenset[bytes]:
+        """The cluster ids of every trusted CA: a peer's hello may name any of them."""
+        return frozenset(cluster_id_of(ca) for ca in self.ca_certs or (self.ca_cert,))
 
     @property
     def node_id(self) -> str:
@@ -432,7 +455,8 @@ def create_identity(
     _write_private(directory / KEY_FILE, _key_pem(key))
     _write_public(directory / CERT_FILE, _cert_pem(cert))
     _write_public(directory / CA_CERT_FILE, _cert_pem(ca.cert))
-    return Identity(directory, cert, ca.cert)
+    record_issued(ca, cert)
+    return Identity(directory, cert, ca.cert, (ca.cert,))
 
 
 def load_identity(directory: Path) -> Identity:
@@ -447,7 +471,7 @@ def load_identity(directory: Path) -> Identity:
     try:
         key_pem = paths[KEY_FILE].read_bytes()
         cert = x509.load_pem_x509_certificate(paths[CERT_FILE].read_bytes())
-        ca_cert = x509.load_pem_x509_certificate(paths[CA_CERT_FILE].read_bytes())
+        ca_certs = tuple(x509.load_pem_x509_certificates(paths[CA_CERT_FILE].read_bytes()))
         key = serialization.load_pem_private_key(key_pem, password=None)
     except PermissionError as exc:
         raise IdentityError(f"cannot read {exc.filename}: permission denied") from None
@@ -457,4 +481,15 @@ def load_identity(directory: Path) -> Identity:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     ) != cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw):
         raise IdentityError(f"{paths[KEY_FILE]} does not match {paths[CERT_FILE]}")
-    return Identity(directory, cert, ca_cert)
+    return Identity(directory, cert, issuer_of(cert, ca_certs), ca_certs)
+
+
+def issuer_of(cert: x509.Certificate, ca_certs: tuple[x509.Certificate, ...]) -> x509.Certificate:
+    """The CA among ``ca_certs`` whose key signed ``cert`` (the first if none did: TLS will refuse it)."""
+    for ca_cert in ca_certs:
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca_cert
+    return ca_certs[0]

@@ -12,7 +12,8 @@ from p2pfs.address import Address
 from p2pfs.config import CONFIG_FILE, NodeSettings, format_size_exact
 from p2pfs.errors import BadInput
 from p2pfs.cli.base import (
-    ADDRESS, CLIENT_CONFIG_FILE, JSON_OPTION, SIZE, Context, cli, emit, pass_context, shown, time_facts,
+    ADDRESS, CLIENT_CONFIG_FILE, JSON_OPTION, SIZE, Context, call_one, cli, emit, pass_context, shown,
+    time_facts,
 )
 
 
@@ -38,6 +39,112 @@ def ca_init(directory: Path, as_json: bool) -> None:
         return
     click.echo(f"created CA in {shown(str(directory))}")
     click.echo(f"cluster id: {authority.cluster_id.hex()[:16]}")
+
+
+@ca.command("revoke")
+@click.argument("what", metavar="ID|CERT")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              metavar="CA_DIR", help="The cluster CA directory (from `p2pfs ca init`).")
+@JSON_OPTION
+def ca_revoke(what: str, ca_dir: Path, as_json: bool) -> None:
+    """Revoke a node's or client's key: ID (its id, or the first 8 or more hex digits of it) or
+    CERT (a certificate file).
+
+    Adds every certificate the CA issued for that key to CA_DIR/crl.pem, a standard
+    X.509 CRL with a higher CRL number. Then hand it to any one node with
+    `p2pfs crl push CA_DIR/crl.pem` (an admin client): it spreads to every node,
+    which refuse the key and close its connections from then on.
+    """
+    import datetime as dt
+
+    from p2pfs import identity, revocation
+
+    authority = identity.load_ca(ca_dir)
+    certs = _certificates_to_revoke(what, ca_dir)
+    crl = revocation.revoke(ca_dir, authority.key, authority.cert, certs, dt.datetime.now(dt.timezone.utc))
+    ids = sorted({identity.node_id_of(c) for c in certs})
+    if as_json:
+        emit({"crl": str(ca_dir / revocation.CRL_FILE), "crl_number": crl.number, "revoked_ids": ids,
+              "revoked_serials": [f"{c.serial_number:x}" for c in certs], "revoked_total": len(crl.serials)})
+        return
+    for cert in certs:
+        click.echo(f"revoked {identity.role_of(cert).value} {identity.node_id_of(cert)[:12]} "
+                   f"(serial {cert.serial_number:x})")
+    click.echo(f"CRL {crl.number} written to {shown(str(ca_dir / revocation.CRL_FILE))}; "
+               f"hand it to a node with: p2pfs crl push {shown(str(ca_dir / revocation.CRL_FILE))}")
+
+
+def _certificates_to_revoke(what: str, ca_dir: Path) -> list:
+    """The certificates ``what`` names: a certificate file, or every one issued for a key id (prefix)."""
+    from cryptography import x509
+
+    from p2pfs import identity, revocation
+
+    path = Path(what)
+    if path.is_file():
+        try:
+            return [x509.load_pem_x509_certificate(path.read_bytes())]
+        except ValueError as exc:
+            raise BadInput(f"{what} is not a PEM certificate: {exc}") from None
+    wanted = what.lower()
+    if len(wanted) < revocation.ID_PREFIX_CHARS_MIN or not all(c in "0123456789abcdef" for c in wanted):
+        raise BadInput(f"{what!r} is neither a certificate file nor an id "
+                       f"({revocation.ID_PREFIX_CHARS_MIN} or more hex digits)")
+    issued = revocation.issued_certificates(ca_dir)
+    matches = [c for c in issued if identity.node_id_of(c).startswith(wanted)]
+    ids = {identity.node_id_of(c) for c in matches}
+    if not matches:
+        raise BadInput(f"this CA has no record of issuing a certificate for id {what} "
+                       f"(revoke it by its certificate file instead)")
+    if len(ids) > 1:
+        raise BadInput(f"{what} matches {len(ids)} ids ({', '.join(i[:16] for i in sorted(ids))}): give more digits")
+    return matches
+
+
+@cli.group()
+def crl() -> None:
+    """Certificate revocation lists (made by `p2pfs ca revoke`)."""
+
+
+@crl.command("push")
+@click.argument("crl_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), metavar="CRL")
+@JSON_OPTION
+@pass_context
+def crl_push(ctx: Context, crl_file: Path, as_json: bool) -> None:
+    """Hand a CRL (e.g. CA_DIR/crl.pem) to the node given with --node (admin role).
+
+    The node checks the CA's signature, takes it if its number is higher than the
+    one it holds, and spreads it to every node; each then refuses the revoked keys
+    at the handshake, closes their connections and drops revoked nodes from its
+    member list. The CRL survives restarts.
+    """
+    from p2pfs import revocation
+
+    try:
+        crl_der = revocation.RevocationList.parse(crl_file.read_bytes()).der()
+    except OSError as exc:
+        raise BadInput(f"cannot read {crl_file}: {exc.strerror}") from None
+    reply = call_one(ctx, "push_crl", crl_der)
+    if as_json:
+        emit({"address": str(ctx.node_address()), "accepted": reply.accepted, "crl_number": reply.crl_number})
+        return
+    if reply.accepted:
+        click.echo(f"{ctx.node_address()} took CRL {reply.crl_number} and is spreading it")
+    else:
+        click.echo(f"{ctx.node_address()} already holds CRL {reply.crl_number}, as new or newer")
+
+
+@cli.command("reload")
+@JSON_OPTION
+@pass_context
+def reload_identity(ctx: Context, as_json: bool) -> None:
+    """Have the node given with --node re-read its certificate, key, trusted CAs and CRL
+    from its identity directory (admin role), as SIGHUP does; open connections stay."""
+    reply = call_one(ctx, "reload")
+    if as_json:
+        emit({"address": str(ctx.node_address()), "changes": list(reply.changes)})
+        return
+    click.echo(f"{ctx.node_address()} reloaded: {', '.join(reply.changes) or 'nothing changed'}")
 
 
 _CA_OPTION = click.option(

@@ -22,6 +22,7 @@ without touching the host's. Monotonic time is never skewed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -41,7 +42,7 @@ from p2pfs.node.admin.reload import reload_config
 from p2pfs.node.admin.server import AdminService
 from p2pfs.clock import SystemClock
 from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
-from p2pfs.identity import Identity
+from p2pfs.identity import Identity, IdentityError
 from p2pfs.ids import short_id
 from p2pfs.membership import (
     MEMBERSHIP_MESSAGES,
@@ -52,6 +53,7 @@ from p2pfs.membership import (
 )
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
+from p2pfs.node.trust import TrustService
 from p2pfs.replication.service import DataService
 from p2pfs.wire import Role
 
@@ -137,12 +139,14 @@ class Node:
             clock=self.clock,
         )
         self.admin = AdminService(self)
+        self.trust = TrustService(self.endpoint, self.membership, self.clock)  # CRLs, reloads, expiry
         self.leave_requested = trio.Event()
         self._routes: dict[type, Route] = {
             m.StatusRequest: self._status,
             m.MembersRequest: self._members,
             m.LeaveRequest: self._leave_request,
             **self.data.routes(),
+            **self.trust.routes(),
         }
 
     # -- running ------------------------------------------------------------
@@ -163,6 +167,7 @@ class Node:
                     ) from None
                 raise P2pfsError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
             await nursery.start(self.membership.run, self.cfg.node.seeds)
+            await nursery.start(self.trust.run)
             await nursery.start(self.admin.run)  # p2pfs.node.admin: metrics, health, status page
             log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
             task_status.started()
@@ -184,8 +189,11 @@ class Node:
         await self.membership.leave(timeout_s=LEAVE_TIMEOUT_S)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file and apply what can change at run time."""
+        """SIGHUP: re-read the config file and the identity, and apply what can change at run time."""
         self.cfg = reload_config(self.cfg)
+        with contextlib.suppress(IdentityError):  # logged; the running identity stays
+            self.trust.reload()  # certificate, key, trusted CAs, CRL (p2pfs.node.trust)
+        self.identity = self.endpoint.identity
 
     # -- requests -----------------------------------------------------------
 
