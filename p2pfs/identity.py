@@ -51,9 +51,16 @@ ISSUED_DIR = "issued"
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
 
-# Ten years: certificate rotation is not built yet, so a cluster must not
-# stop working because a default expiry passed. `--days` sets another.
-CERT_VALIDITY_DAYS_DEFAULT = 3650
+# Node and client certificates: one year. A year bounds how long a key that leaked
+# unnoticed (and was never revoked) stays useful, and matches a yearly operations
+# cycle; renewal is one command per identity and a reload (`p2pfs node renew`,
+# `client renew`), and nodes warn 30 days ahead (node.trust). Shorter lifetimes
+# (Let's Encrypt's 90 days) pay off only with automated renewal, which we do not
+# ship. `renew --days` sets another.
+CERT_VALIDITY_DAYS_DEFAULT = 365
+# The CA: ten years. Its key stays offline and replacing it is a rotation of every
+# identity (docs/SECURITY.md), so it should come up rarely, on the operator's schedule.
+CA_VALIDITY_DAYS_DEFAULT = 3650
 
 NODE_ID_HEX_CHARS = 64
 
@@ -76,6 +83,7 @@ class PeerIdentity:
     grant: access.Grant | None = None
     serial_number: int = 0  # the certificate's, which a CRL names
     not_valid_after_s: float = 0.0  # the certificate's expiry, Unix seconds
+    issuer_key_id: bytes = b""  # which CA signed it (authority key identifier); b"" if not said
 
     @property
     def short_id(self) -> str:
@@ -118,10 +126,19 @@ def peer_identity_from_der(der: bytes) -> PeerIdentity:
     """The peer behind a verified certificate; GrantError if a client's grant cannot be read."""
     cert = x509.load_der_x509_certificate(der)
     role = role_of(cert)
+    try:
+        issuer_key_id = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        issuer_key_id = None
     return PeerIdentity(
         node_id_of(cert), role, grant_of(cert) if role is Role.CLIENT else None,
-        cert.serial_number, cert.not_valid_after_utc.timestamp(),
+        cert.serial_number, cert.not_valid_after_utc.timestamp(), issuer_key_id or b"",
     )
+
+
+def key_id_of(ca_cert: x509.Certificate) -> bytes:
+    """A CA's key identifier, as the certificates it signs name it (RFC 5280 method 1)."""
+    return x509.SubjectKeyIdentifier.from_public_key(ca_cert.public_key()).digest
 
 
 def cluster_id_of(ca_cert: x509.Certificate) -> bytes:
@@ -287,7 +304,7 @@ def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT))
+        .not_valid_after(now + datetime.timedelta(days=CA_VALIDITY_DAYS_DEFAULT))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -482,6 +499,52 @@ def load_identity(directory: Path) -> Identity:
     ) != cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw):
         raise IdentityError(f"{paths[KEY_FILE]} does not match {paths[CERT_FILE]}")
     return Identity(directory, cert, issuer_of(cert, ca_certs), ca_certs)
+
+
+def renew_identity(directory: Path, ca: CertificateAuthority, *, days: int = CERT_VALIDITY_DAYS_DEFAULT) -> Identity:
+    """Give an identity a new certificate for the same key (so the same id) from ``ca``.
+
+    The new certificate copies the old one's subject and extensions (role, a client's
+    grant, whatever else the CA signed into it) with a new validity window and serial;
+    ``ca`` may be a new CA during a rotation, and is then added to DIR/ca.pem, so the
+    identity trusts the CA it now presents. cert.pem (and ca.pem) are replaced
+    atomically; a running node takes them up on reload (SIGHUP or `p2pfs reload`).
+    """
+    if days <= 0:
+        raise BadInput(f"a certificate must be valid for at least a day, not {days}")
+    old = load_identity(directory)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(old.cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    for extension in old.cert.extensions:
+        if isinstance(extension.value, x509.AuthorityKeyIdentifier):
+            continue  # names the signing CA: made anew below
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()), critical=False
+    )
+    cert = builder.sign(ca.key, None)
+    if ca.cert not in old.ca_certs:
+        _replace_public(directory / CA_CERT_FILE, b"".join(_cert_pem(c) for c in (*old.ca_certs, ca.cert)))
+    _replace_public(directory / CERT_FILE, _cert_pem(cert))
+    record_issued(ca, cert)
+    return load_identity(directory)
+
+
+def _replace_public(path: Path, data: bytes) -> None:
+    """Replace a public file whole or not at all (temp file, fsync, rename): a node reloading
+    at that moment reads the old file or the new one, never half of one."""
+    temp = path.with_name(path.name + ".new")
+    temp.unlink(missing_ok=True)
+    _write_public(temp, data)
+    os.replace(temp, path)
 
 
 def issuer_of(cert: x509.Certificate, ca_certs: tuple[x509.Certificate, ...]) -> x509.Certificate:

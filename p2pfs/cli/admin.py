@@ -255,6 +255,56 @@ def client_init(directory: Path, ca_dir: Path, node_address: Address | None, rol
     click.echo(f"use it with: export P2PFS_IDENTITY={directory.resolve()}")
 
 
+def _renew(directory: Path, ca_dir: Path, days: int, as_json: bool, role: str) -> None:
+    from p2pfs import identity
+
+    authority = identity.load_ca(ca_dir)
+    before = identity.load_identity(directory)
+    if before.role.value != role:
+        raise BadInput(f"{directory} holds a {before.role.value} identity; use `p2pfs {before.role.value} renew`")
+    ident = identity.renew_identity(directory, authority, days=days)
+    facts = {"node_id": ident.node_id, "directory": str(directory), "serial": f"{ident.cert.serial_number:x}",
+             **time_facts("not_valid_after", int(ident.cert.not_valid_after_utc.timestamp() * 1000))}
+    if as_json:
+        emit(facts)
+        return
+    click.echo(f"renewed {role} {ident.node_id[:12]} in {shown(str(directory))}: valid to "
+               f"{ident.cert.not_valid_after_utc:%Y-%m-%d}")
+    if role == "node":
+        click.echo("a running node takes it up on SIGHUP or `p2pfs --node ADDRESS reload`")
+
+
+_DAYS_OPTION = click.option(
+    "--days", type=click.IntRange(min=1), default=365, show_default=True,
+    help="Days the new certificate is valid (p2pfs.identity.CERT_VALIDITY_DAYS_DEFAULT says why a year).",
+)
+
+
+@node.command("renew")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
+@_CA_OPTION
+@_DAYS_OPTION
+@JSON_OPTION
+def node_renew(directory: Path, ca_dir: Path, days: int, as_json: bool) -> None:
+    """Give the node in DIR a new certificate for its key (its id stays), signed by CA_DIR.
+
+    Everything the old certificate said is kept; only the validity window and serial are new.
+    With a new CA (a rotation) that CA is also added to DIR/ca.pem. A running node takes
+    it up on SIGHUP or `p2pfs reload`, without dropping connections.
+    """
+    _renew(directory, ca_dir, days, as_json, "node")
+
+
+@client.command("renew")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
+@_CA_OPTION
+@_DAYS_OPTION
+@JSON_OPTION
+def client_renew(directory: Path, ca_dir: Path, days: int, as_json: bool) -> None:
+    """Give the client in DIR a new certificate for its key, with the same role and prefixes."""
+    _renew(directory, ca_dir, days, as_json, "client")
+
+
 @cli.command("whoami")
 @click.argument("directory", required=False, type=click.Path(path_type=Path, file_okay=False),
                 metavar="[DIR]")

@@ -23,7 +23,7 @@ import ssl
 from pathlib import Path
 
 from p2pfs.errors import BadInput
-from p2pfs.identity import Identity, IdentityError, PeerIdentity, load_identity
+from p2pfs.identity import Identity, IdentityError, PeerIdentity, key_id_of, load_identity
 from p2pfs.revocation import CRL_FILE, RevocationError, RevocationList, ca_key_id, write_atomic
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,12 @@ class TrustStore:
 
     def revoked_node_ids(self) -> frozenset[str]:
         return frozenset().union(*(crl.node_ids for crl in self._crls.values()))
+
+    def is_untrusted_issuer(self, peer: PeerIdentity) -> bool:
+        """Whether the CA that signed the peer's certificate is no longer trusted (withdrawn after a
+        CA rotation): the connection it opened must not outlive the trust that admitted it."""
+        trusted = {key_id_of(ca) for ca in self.identity.ca_certs or (self.identity.ca_cert,)}
+        return bool(peer.issuer_key_id) and peer.issuer_key_id not in trusted
 
     def refusal(self, peer: PeerIdentity) -> str | None:
         """Why a peer whose certificate TLS accepted is refused anyway (revoked), or None."""

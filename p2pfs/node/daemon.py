@@ -238,6 +238,7 @@ class Node:
             members_suspect=counts[MemberState.SUSPECT],
             members_dead=counts[MemberState.DEAD],
             members_left=counts[MemberState.LEFT],
+            **self.trust.status_facts(),
         )
 
     async def _leave_request(self, request: net.IncomingRequest) -> m.LeaveReply:

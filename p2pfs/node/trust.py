@@ -111,8 +111,20 @@ class TrustService:
             log.error("identity reload failed, keeping the running one: %s", exc)
             raise
         self.apply()
+        for peer in self._endpoint.close_where(self._trust.is_untrusted_issuer, "its CA is no longer trusted"):
+            log.warning("closed the connection of %s %s: the CA that signed its certificate is no longer trusted",
+                        peer.role.value, peer.node_id)
         log.info("identity reloaded from %s: %s", self._trust.identity.directory, ", ".join(changes) or "nothing new")
         return changes
+
+    def status_facts(self) -> dict[str, int]:
+        """The trust fields of a StatusReply: expiry dates (Unix ms) and the CRL number."""
+        identity = self._trust.identity
+        return {
+            "cert_not_valid_after_ms": int(identity.cert.not_valid_after_utc.timestamp() * 1000),
+            "ca_not_valid_after_ms": int(min(ca.not_valid_after_utc.timestamp() for ca in identity.ca_certs) * 1000),
+            "crl_number": self._trust.crl_number(),
+        }
 
     # -- routes ---------------------------------------------------------------------
 
