@@ -6,6 +6,7 @@ expiry (issue 12, "Rotation and expiry")."""
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import signal
@@ -196,3 +197,90 @@ async def test_a_connection_does_not_outlive_its_certificate(tmp_path, nursery):
         with trio.fail_after(10):
             await expiring.wait_closed()
         assert not healthy.is_closed
+
+
+@pytest.mark.integration
+def test_the_ca_rotates_under_a_steady_workload_without_a_failure_or_a_restart(tmp_path):
+    """docs/SECURITY.md's procedure, step by step, on three daemons while a client puts and gets."""
+    from p2pfs.client import Cluster
+
+    with running_testnet(tmp_path / "testnet", nodes=3) as running:
+        old_ca, new_ca = running.directory / testnet.CA_DIR, tmp_path / "ca2"
+        admin_dir = running.directory / testnet.CLIENT_DIR
+        dirs = [running.directory / name for name in running.names] + [admin_dir]
+        addresses = [parse_address(running.address(name)) for name in running.names]
+        pids = {name: p.pid for name, p in running.status().items()}
+        outsider = tmp_path / "outsider"  # a client of the old CA that is never renewed
+        assert cli(running, "client", "init", str(outsider), "--ca", str(old_ca)).returncode == 0
+        done, failures = [], []
+
+        async def workload(stop: trio.Event) -> None:
+            index = 0
+            while not stop.is_set():
+                # As the CLI does: the identity is read afresh for every operation.
+                cluster = Cluster(identity.load_identity(admin_dir), addresses)
+                data = os.urandom(2000 + index)
+                name = f"rotation/{index}"
+                try:
+                    await cluster.put(io.BytesIO(data), name, len(data))
+                    sink = io.BytesIO()
+                    await cluster.get(name, sink)
+                    assert sink.getvalue() == data
+                    done.append(name)
+                except Exception as exc:  # noqa: BLE001 - every failure is recorded and fails the test
+                    failures.append(f"{name}: {exc!r}")
+                index += 1
+
+        async def run(*args: str) -> None:
+            result = await trio.run_process([sys.executable, "-m", "p2pfs", *args], capture_stdout=True,
+                                            capture_stderr=True, env=running.env(), check=False)
+            assert result.returncode == 0, f"{args}: {result.stderr.decode()}"
+
+        async def reload_all() -> None:
+            for name in running.names:
+                await run("--node", running.address(name), "reload")
+
+        async def rotate() -> None:
+            await run("ca", "init", str(new_ca))
+            # 2. Trust both CAs everywhere.
+            for directory in dirs:
+                with open(directory / identity.CA_CERT_FILE, "ab") as f:
+                    f.write((new_ca / identity.CA_CERT_FILE).read_bytes())
+            await reload_all()
+            # 3. Every identity re-signed by the new CA, same keys.
+            for name in running.names:
+                await run("node", "renew", str(running.directory / name), "--ca", str(new_ca))
+            await reload_all()
+            await run("client", "renew", str(admin_dir), "--ca", str(new_ca))
+            # 4. The old CA withdrawn.
+            for directory in dirs:
+                (directory / identity.CA_CERT_FILE).write_bytes((new_ca / identity.CA_CERT_FILE).read_bytes())
+            await reload_all()
+
+        async def scenario() -> None:
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(workload, stop)
+                with trio.fail_after(60):
+                    while len(done) < 3:  # the workload is under way before the rotation starts
+                        await trio.sleep(0.1)
+                with trio.fail_after(300):
+                    await rotate()
+                    settled = len(done) + 3
+                    while len(done) < settled and not failures:  # and it goes on after
+                        await trio.sleep(0.1)
+                stop.set()
+
+        trio.run(scenario)
+        assert failures == []
+        assert len(done) >= 6
+        assert {name: p.pid for name, p in running.status().items()} == pids  # no daemon restarted
+        new_cluster_id = identity.load_ca(new_ca).cluster_id
+        for directory in dirs:
+            assert identity.load_identity(directory).trusted_cluster_ids == {new_cluster_id}
+        for name in running.names:
+            facts = json.loads(cli(running, "status", "--json", node=name).stdout)
+            assert facts["members_alive"] == 3
+        refused = subprocess.run([sys.executable, "-m", "p2pfs", "--identity", str(outsider), "--node",
+                                  running.address("node1"), "status"], capture_output=True, timeout=CLI_TIMEOUT_S)
+        assert refused.returncode == 5, refused.stderr.decode()
