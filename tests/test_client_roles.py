@@ -98,6 +98,28 @@ def test_a_client_certificate_without_the_extension_keeps_the_old_rights(ca_dir)
     assert access.GRANT_WITHOUT_EXTENSION.allows(Operation.LEAVE)
 
 
+def test_client_init_signs_the_role_asked_for_and_reads_by_default(tmp_path):
+    from click.testing import CliRunner
+
+    from p2pfs.cli import cli
+
+    def run(*args):
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    ca = tmp_path / "ca"
+    assert run("ca", "init", str(ca)).exit_code == 0
+    assert run("client", "init", str(tmp_path / "r"), "--ca", str(ca)).exit_code == 0
+    assert identity.load_identity(tmp_path / "r").grant == Grant(ClientRole.READ)
+    result = run("client", "init", str(tmp_path / "w"), "--ca", str(ca), "--role", "write", "--prefix", "a/",
+                 "--prefix", "b/")
+    assert result.exit_code == 0 and "created write (a/, b/) client" in result.output
+    assert identity.load_identity(tmp_path / "w").grant == Grant(ClientRole.WRITE, ("a/", "b/"))
+    assert "may write (a/, b/)" in run("whoami", str(tmp_path / "w")).output
+    refused = run("client", "init", str(tmp_path / "x"), "--ca", str(ca), "--prefix", "a/")
+    assert refused.exit_code == ExitCode.BAD_INPUT and "a read grant has none" in refused.output
+    assert not (tmp_path / "x").exists()
+
+
 # --- who wrote: the name entry -----------------------------------------------------------
 
 

@@ -210,3 +210,26 @@ def test_a_revoked_client_and_node_are_refused_by_every_node_within_10_s(tmp_pat
         assert cli(running, "client", "init", str(reader), "--ca", str(ca_dir)).returncode == 0
         pushed = cli(running, "crl", "push", str(ca_dir / revocation.CRL_FILE), identity_dir=reader)
         assert pushed.returncode == ExitCode.AUTH and "revocation needs the admin role" in pushed.stderr.decode()
+
+
+async def test_a_client_holding_the_crl_refuses_a_revoked_node(authority, tmp_path, nursery):
+    node_ident = new_identity(authority, tmp_path, "node")
+    client_ident = new_identity(authority, tmp_path, "client", Role.CLIENT)
+
+    class Handlers:
+        async def handle_request(self, request):
+            return request.msg
+
+        def handle_oneway(self, conn, msg):
+            pass
+
+    endpoint = net.Endpoint(node_ident, Address("127.0.0.1", 0), Handlers(), config=FAST)
+    await nursery.start(endpoint.run)
+    address = Address("127.0.0.1", endpoint.bound_port)
+    async with net.client_connection(client_ident, address, config=FAST):
+        pass
+    revocation.revoke(authority.directory, authority.key, authority.cert, [node_ident.cert], NOW)
+    push_crl_file(client_ident, authority.directory)
+    with pytest.raises(net.HandshakeError, match=f"certificate .* of node {node_ident.node_id[:12]} is revoked"):
+        async with net.client_connection(client_ident, address, config=FAST):
+            pass

@@ -325,8 +325,13 @@ def _remote_name(tcp: trio.SocketStream) -> str:
 async def client_connection(
     identity: Identity, address: Address, *, config: NetConfig = NetConfig()
 ) -> AsyncIterator[Connection]:
-    """A connection from the CLI (or any client) to one node, closed on exit."""
-    conn = await dial(identity, address, config=config)
+    """A connection from the CLI (or any client) to one node, closed on exit.
+
+    A client whose identity directory holds a CRL (a copy of the CA's crl.pem)
+    refuses a revoked node too, as nodes do.
+    """
+    trust = TrustStore(identity)
+    conn = await dial(identity, address, config=config, ssl_context=trust.client_context, refuse=trust.refusal)
     async with trio.open_nursery() as nursery:
         await nursery.start(conn.run)
         try:

@@ -18,15 +18,13 @@ never names another CA's certificate in practice.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from pathlib import Path
 
 from p2pfs.errors import BadInput
 from p2pfs.identity import Identity, IdentityError, PeerIdentity, key_id_of, load_identity
 from p2pfs.revocation import CRL_FILE, RevocationError, RevocationList, ca_key_id, write_atomic
-
-log = logging.getLogger(__name__)
+from p2pfs.wire import Role
 
 
 class TrustStore:
@@ -45,7 +43,7 @@ class TrustStore:
     # -- reading --------------------------------------------------------------------
 
     def _contexts(self, identity: Identity) -> tuple[ssl.SSLContext | None, ssl.SSLContext]:
-        server = identity.server_context() if identity.role.value == "node" else None
+        server = identity.server_context() if identity.role is Role.NODE else None
         if server is not None:
             server.num_tickets = 0  # no resumption: every connection shows a certificate (see above)
         return server, identity.client_context()

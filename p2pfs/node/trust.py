@@ -159,6 +159,8 @@ class TrustService:
         return [m for m in self._membership.members() if m.state is MemberState.ALIVE and m.node_id != own]
 
     def _spread(self, crl_der: bytes, exclude: str) -> None:
+        if self._nursery is None:  # a push before run() started: the sync rounds spread it
+            return
         peers = [m for m in self._live_peers() if m.node_id != exclude][:CRL_PUSH_FANOUT_MAX]
         for member in peers:
             self._nursery.start_soon(self._push, member, crl_der)
