@@ -15,13 +15,19 @@ certificate only clientAuth. OpenSSL's purpose check therefore refuses a client
 certificate on the accepting end of a TLS connection, and our handshake refuses
 a connection whose certificate says client but whose hello says node.
 
+A client certificate also carries a grant (``access``): its role and write
+prefixes, in an extension of our own.
+
 On disk (an identity directory)::
 
     key.pem    private key, mode 0600
     cert.pem   this identity's certificate, signed by the cluster CA
-    ca.pem     the cluster CA certificate (a copy)
+    ca.pem     the cluster CA certificate (a copy); two while the CA is rotated
+    crl.pem    the newest CRL a node holds (``net.trust``), if any
 
-and a CA directory holds ``ca.key`` (0600) and ``ca.pem``.
+and a CA directory holds ``ca.key`` (0600), ``ca.pem``, ``issued/`` (a copy of
+every certificate it signed) and ``crl.pem`` once it has revoked one
+(``revocation``).
 """
 
 from __future__ import annotations

@@ -71,10 +71,9 @@ class Endpoint:
         config: NetConfig = NetConfig(),
         bind_host: str | None = None,
         rng: random.Random | None = None,
-        trust: TrustStore | None = None,
     ) -> None:
         # What this node presents and trusts; reloadable (``trust``), read on every accept and dial.
-        self.trust = trust or TrustStore(identity)
+        self.trust = TrustStore(identity)
         self.listen = listen
         self.config = config
         self._handlers = handlers
