@@ -189,7 +189,13 @@ def test_attack_3_a_non_admin_client_cannot_stop_a_node(net, tmp_path):
             result = as_client(net, directory, "leave", node=name)
             assert result.returncode == ExitCode.AUTH, result.stderr.decode()
             assert "leave needs the admin role" in result.stderr.decode()
-            assert f"refused leave from client {client_id}" in daemon_log(net, name)
+            refusals = [line for line in daemon_log(net, name).splitlines()
+                        if f"refused leave from client {client_id}" in line]
+            assert refusals and all(" WARNING " in line for line in refusals)
+    # fsck is an admin's too; reads are everyone's.
+    result = as_client(net, tmp_path / "writer", "fsck", node="node2")
+    assert result.returncode == ExitCode.AUTH and "fsck needs the admin role" in result.stderr.decode()
+    assert as_client(net, tmp_path / "reader", "members", node="node3").returncode == 0
     # Every node is still running and serving: a status through each answers.
     assert sorted(net.live()) == sorted(net.names)
     for name in net.names:
