@@ -15,13 +15,19 @@ certificate only clientAuth. OpenSSL's purpose check therefore refuses a client
 certificate on the accepting end of a TLS connection, and our handshake refuses
 a connection whose certificate says client but whose hello says node.
 
+A client certificate also carries a grant (``access``): its role and write
+prefixes, in an extension of our own.
+
 On disk (an identity directory)::
 
     key.pem    private key, mode 0600
     cert.pem   this identity's certificate, signed by the cluster CA
-    ca.pem     the cluster CA certificate (a copy)
+    ca.pem     the cluster CA certificate (a copy); two while the CA is rotated
+    crl.pem    the newest CRL a node holds (``net.trust``), if any
 
-and a CA directory holds ``ca.key`` (0600) and ``ca.pem``.
+and a CA directory holds ``ca.key`` (0600), ``ca.pem``, ``issued/`` (a copy of
+every certificate it signed) and ``crl.pem`` once it has revoked one
+(``revocation``).
 """
 
 from __future__ import annotations
@@ -34,22 +40,33 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from p2pfs import access
 from p2pfs.errors import AuthError, BadInput
 from p2pfs.ids import short_id
 from p2pfs.wire import Role
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.pem"
+# In a CA directory: a copy of every certificate it signed, by serial (``revocation``).
+ISSUED_DIR = "issued"
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
 
-# Ten years: certificate rotation is not built yet, so a cluster must not
-# stop working because a default expiry passed. `--days` sets another.
-CERT_VALIDITY_DAYS_DEFAULT = 3650
+# Node and client certificates: one year. A year bounds how long a key that leaked
+# unnoticed (and was never revoked) stays useful, and matches a yearly operations
+# cycle; renewal is one command per identity and a reload (`p2pfs node renew`,
+# `client renew`), and nodes warn 30 days ahead (node.trust). Shorter lifetimes
+# (Let's Encrypt's 90 days) pay off only with automated renewal, which we do not
+# ship. `renew --days` sets another.
+CERT_VALIDITY_DAYS_DEFAULT = 365
+# The CA: ten years. Its key stays offline and replacing it is a rotation of every
+# identity (docs/SECURITY.md), so it should come up rarely, on the operator's schedule.
+CA_VALIDITY_DAYS_DEFAULT = 3650
 
 NODE_ID_HEX_CHARS = 64
 
@@ -67,10 +84,21 @@ class PeerIdentity:
 
     node_id: str
     role: Role
+    # What a client may do (``access``); None for a node. A client without the
+    # extension gets ``access.GRANT_WITHOUT_EXTENSION``.
+    grant: access.Grant | None = None
+    serial_number: int = 0  # the certificate's, which a CRL names
+    not_valid_after_s: float = 0.0  # the certificate's expiry, Unix seconds
+    issuer_key_id: bytes = b""  # which CA signed it (authority key identifier); b"" if not said
 
     @property
     def short_id(self) -> str:
         return short_id(self.node_id)
+
+    def grant_or_default(self) -> access.Grant:
+        """The grant requests are judged by (a peer built without one: ``GRANT_WITHOUT_EXTENSION``)."""
+        assert self.role is Role.CLIENT, "only clients' requests are judged by a grant"
+        return self.grant or access.GRANT_WITHOUT_EXTENSION
 
 
 def node_id_of(cert: x509.Certificate) -> str:
@@ -89,9 +117,34 @@ def role_of(cert: x509.Certificate) -> Role:
     return Role.NODE if ExtendedKeyUsageOID.SERVER_AUTH in eku else Role.CLIENT
 
 
+def grant_of(cert: x509.Certificate) -> access.Grant:
+    """A client certificate's grant; ``GRANT_WITHOUT_EXTENSION`` if it has none, GrantError if unreadable."""
+    oid = x509.ObjectIdentifier(access.GRANT_EXTENSION_OID)
+    try:
+        extension = cert.extensions.get_extension_for_oid(oid).value
+    except x509.ExtensionNotFound:
+        return access.GRANT_WITHOUT_EXTENSION
+    assert isinstance(extension, x509.UnrecognizedExtension)
+    return access.Grant.decode(extension.value)
+
+
 def peer_identity_from_der(der: bytes) -> PeerIdentity:
+    """The peer behind a verified certificate; GrantError if a client's grant cannot be read."""
     cert = x509.load_der_x509_certificate(der)
-    return PeerIdentity(node_id_of(cert), role_of(cert))
+    role = role_of(cert)
+    try:
+        issuer_key_id = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        issuer_key_id = None
+    return PeerIdentity(
+        node_id_of(cert), role, grant_of(cert) if role is Role.CLIENT else None,
+        cert.serial_number, cert.not_valid_after_utc.timestamp(), issuer_key_id or b"",
+    )
+
+
+def key_id_of(ca_cert: x509.Certificate) -> bytes:
+    """A CA's key identifier, as the certificates it signs name it (RFC 5280 method 1)."""
+    return x509.SubjectKeyIdentifier.from_public_key(ca_cert.public_key()).digest
 
 
 def cluster_id_of(ca_cert: x509.Certificate) -> bytes:
@@ -176,6 +229,7 @@ def _prepare_dir(directory: Path, files: tuple[str, ...]) -> None:
 class CertificateAuthority:
     key: ed25519.Ed25519PrivateKey
     cert: x509.Certificate
+    directory: Path | None = None  # where it lives; certificates it signs are recorded there
 
     @property
     def cluster_id(self) -> bytes:
@@ -189,8 +243,13 @@ class CertificateAuthority:
         common_name: str,
         not_valid_before: datetime.datetime | None = None,
         not_valid_after: datetime.datetime | None = None,
+        grant: access.Grant | None = None,
     ) -> x509.Certificate:
-        """Sign a certificate for a node or a client. The validity window is settable for tests."""
+        """Sign a certificate for a node or a client. The validity window is settable for tests.
+
+        A client's ``grant`` (role and prefixes) goes into our extension; a node has none.
+        """
+        assert grant is None or role is Role.CLIENT, "only a client certificate carries a grant"
         now = datetime.datetime.now(datetime.timezone.utc)
         start = not_valid_before or now - datetime.timedelta(minutes=5)  # tolerate small clock skew
         end = not_valid_after or now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT)
@@ -203,7 +262,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             ]
         )
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
@@ -231,8 +290,13 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),
                 critical=False,
             )
-            .sign(self.key, None)  # Ed25519 signs without a separate digest
         )
+        if grant is not None:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier(access.GRANT_EXTENSION_OID), grant.encode()),
+                critical=False,  # OpenSSL refuses certificates with critical extensions it does not know
+            )
+        return builder.sign(self.key, None)  # Ed25519 signs without a separate digest
 
 
 def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
@@ -246,7 +310,7 @@ def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT))
+        .not_valid_after(now + datetime.timedelta(days=CA_VALIDITY_DAYS_DEFAULT))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -271,7 +335,7 @@ def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
 def init_ca(directory: Path) -> CertificateAuthority:
     """Create a CA in ``directory``. Refuses to overwrite an existing one."""
     _prepare_dir(directory, (CA_KEY_FILE, CA_CERT_FILE))
-    ca = create_ca()
+    ca = dataclasses.replace(create_ca(), directory=directory)
     _write_private(directory / CA_KEY_FILE, _key_pem(ca.key))
     _write_public(directory / CA_CERT_FILE, _cert_pem(ca.cert))
     return ca
@@ -290,7 +354,19 @@ def load_ca(directory: Path) -> CertificateAuthority:
         raise IdentityError(f"cannot read the CA in {directory}: {exc}") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise IdentityError(f"{key_path} is not an Ed25519 key")
-    return CertificateAuthority(key, cert)
+    return CertificateAuthority(key, cert, directory)
+
+
+def record_issued(ca: CertificateAuthority, cert: x509.Certificate) -> None:
+    """Keep a copy of a certificate the CA signed (if it has a directory), so that
+    `p2pfs ca revoke ID` can find its serial number. Public data: 0644."""
+    if ca.directory is None:
+        return
+    issued = ca.directory / ISSUED_DIR
+    issued.mkdir(exist_ok=True)
+    path = issued / f"{cert.serial_number:x}.pem"
+    if not path.exists():
+        _write_public(path, _cert_pem(cert))
 
 
 # ---------------------------------------------------------------------------
@@ -303,7 +379,14 @@ class Identity:
 
     directory: Path
     cert: x509.Certificate
-    ca_cert: x509.Certificate
+    ca_cert: x509.Certificate  # the trusted CA that signed ``cert``
+    # Every CA ca.pem lists: more than one while the CA is being rotated (docs/SECURITY.md).
+    ca_certs: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def trusted_cluster_ids(self) -> frozenset[bytes]:
+        """The cluster ids of every trusted CA: a peer's hello may name any of them."""
+        return frozenset(cluster_id_of(ca) for ca in self.ca_certs or (self.ca_cert,))
 
     @property
     def node_id(self) -> str:
@@ -312,6 +395,11 @@ class Identity:
     @property
     def role(self) -> Role:
         return role_of(self.cert)
+
+    @property
+    def grant(self) -> access.Grant | None:
+        """A client's grant (``access``); None for a node."""
+        return grant_of(self.cert) if self.role is Role.CLIENT else None
 
     @property
     def cluster_id(self) -> bytes:
@@ -364,8 +452,15 @@ def create_identity(
     *,
     not_valid_before: datetime.datetime | None = None,
     not_valid_after: datetime.datetime | None = None,
+    grant: access.Grant | None = None,
 ) -> Identity:
-    """Generate a key, have the CA sign it, and write key, certificate and CA copy."""
+    """Generate a key, have the CA sign it, and write key, certificate and CA copy.
+
+    A client gets ``grant``, or the admin role if none is given: the library's callers
+    (testnet, chaos) make the operator's own key. `p2pfs client init` passes the one asked for.
+    """
+    if role is Role.CLIENT and grant is None:
+        grant = access.Grant(access.ClientRole.ADMIN)
     _prepare_dir(directory, (KEY_FILE, CERT_FILE, CA_CERT_FILE))
     key = ed25519.Ed25519PrivateKey.generate()
     public_spki = key.public_key().public_bytes(
@@ -378,11 +473,13 @@ def create_identity(
         common_name=f"{role.value}-{short_id(node_id)}",
         not_valid_before=not_valid_before,
         not_valid_after=not_valid_after,
+        grant=grant,
     )
     _write_private(directory / KEY_FILE, _key_pem(key))
     _write_public(directory / CERT_FILE, _cert_pem(cert))
     _write_public(directory / CA_CERT_FILE, _cert_pem(ca.cert))
-    return Identity(directory, cert, ca.cert)
+    record_issued(ca, cert)
+    return Identity(directory, cert, ca.cert, (ca.cert,))
 
 
 def load_identity(directory: Path) -> Identity:
@@ -397,7 +494,7 @@ def load_identity(directory: Path) -> Identity:
     try:
         key_pem = paths[KEY_FILE].read_bytes()
         cert = x509.load_pem_x509_certificate(paths[CERT_FILE].read_bytes())
-        ca_cert = x509.load_pem_x509_certificate(paths[CA_CERT_FILE].read_bytes())
+        ca_certs = tuple(x509.load_pem_x509_certificates(paths[CA_CERT_FILE].read_bytes()))
         key = serialization.load_pem_private_key(key_pem, password=None)
     except PermissionError as exc:
         raise IdentityError(f"cannot read {exc.filename}: permission denied") from None
@@ -407,4 +504,61 @@ def load_identity(directory: Path) -> Identity:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     ) != cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw):
         raise IdentityError(f"{paths[KEY_FILE]} does not match {paths[CERT_FILE]}")
-    return Identity(directory, cert, ca_cert)
+    return Identity(directory, cert, issuer_of(cert, ca_certs), ca_certs)
+
+
+def renew_identity(directory: Path, ca: CertificateAuthority, *, days: int = CERT_VALIDITY_DAYS_DEFAULT) -> Identity:
+    """Give an identity a new certificate for the same key (so the same id) from ``ca``.
+
+    The new certificate copies the old one's subject and extensions (role, a client's
+    grant, whatever else the CA signed into it) with a new validity window and serial;
+    ``ca`` may be a new CA during a rotation, and is then added to DIR/ca.pem, so the
+    identity trusts the CA it now presents. cert.pem (and ca.pem) are replaced
+    atomically; a running node takes them up on reload (SIGHUP or `p2pfs reload`).
+    """
+    if days <= 0:
+        raise BadInput(f"a certificate must be valid for at least a day, not {days}")
+    old = load_identity(directory)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(old.cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    for extension in old.cert.extensions:
+        if isinstance(extension.value, x509.AuthorityKeyIdentifier):
+            continue  # names the signing CA: made anew below
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()), critical=False
+    )
+    cert = builder.sign(ca.key, None)
+    if ca.cert not in old.ca_certs:
+        _replace_public(directory / CA_CERT_FILE, b"".join(_cert_pem(c) for c in (*old.ca_certs, ca.cert)))
+    _replace_public(directory / CERT_FILE, _cert_pem(cert))
+    record_issued(ca, cert)
+    return load_identity(directory)
+
+
+def _replace_public(path: Path, data: bytes) -> None:
+    """Replace a public file whole or not at all (temp file, fsync, rename): a node reloading
+    at that moment reads the old file or the new one, never half of one."""
+    temp = path.with_name(path.name + ".new")
+    temp.unlink(missing_ok=True)
+    _write_public(temp, data)
+    os.replace(temp, path)
+
+
+def issuer_of(cert: x509.Certificate, ca_certs: tuple[x509.Certificate, ...]) -> x509.Certificate:
+    """The CA among ``ca_certs`` whose key signed ``cert`` (the first if none did: TLS will refuse it)."""
+    for ca_cert in ca_certs:
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca_cert
+    return ca_certs[0]

@@ -46,6 +46,15 @@ def status(ctx: Context, as_json: bool) -> None:
         f"members:  {reply.members_alive} alive, {reply.members_suspect} suspect, "
         f"{reply.members_dead} dead, {reply.members_left} left"
     )
+    if reply.cert_not_valid_after_ms:
+        click.echo(f"cert:     valid to {_day(reply.cert_not_valid_after_ms)}, CA to "
+                   f"{_day(reply.ca_not_valid_after_ms)}; CRL {reply.crl_number or 'none'}")
+
+
+def _day(unix_ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(unix_ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
 @cli.command()

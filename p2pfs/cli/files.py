@@ -385,7 +385,7 @@ def stat(ctx: Context, name: str, as_json: bool) -> None:
         "file_hash": reply.file_hash.hex(),
         **time_facts("created", reply.created_ms),
         "version": {"logical": reply.version_logical, **time_facts("wall", reply.version_wall_ms),
-                    "writer": reply.writer},
+                    "writer": reply.writer, "client": reply.writer_client or None},
         "chunks": [{"chunk_id": c.chunk_id.hex(), "size_bytes": c.size_bytes, "replicas": list(c.replicas)}
                    for c in reply.chunks],
     }
@@ -397,6 +397,7 @@ def stat(ctx: Context, name: str, as_json: bool) -> None:
     click.echo(f"blake3:   {reply.file_hash.hex()}")
     click.echo(f"version:  {_version_text(reply.version_wall_ms, reply.version_logical)} "
                f"by {reply.writer[:12]}")
+    click.echo(f"client:   {reply.writer_client or '(not recorded)'}")
     click.echo(f"chunks:   {len(reply.chunks)}")
     for index, chunk in enumerate(reply.chunks):
         holders = " ".join(r[:12] for r in chunk.replicas) or "NONE"

@@ -19,6 +19,7 @@ from p2pfs import errors, net, wire
 from p2pfs.address import Address
 from p2pfs.identity import Identity
 from p2pfs.node import messages as m
+from p2pfs.node import trust_messages as tm
 from p2pfs.replication import messages as dm
 from p2pfs.wire import ErrorCode, Role
 
@@ -180,6 +181,14 @@ class Client:
 
     async def leave(self) -> m.LeaveReply:
         return await self._call(m.LeaveRequest(), m.LeaveReply)
+
+    async def push_crl(self, crl_der: bytes) -> tm.CrlPushReply:
+        """Hand the node a CRL (admin role); it spreads it through the cluster."""
+        return await self._call(tm.CrlPush(crl_der), tm.CrlPushReply)
+
+    async def reload(self) -> tm.ReloadReply:
+        """Have the node re-read its certificate, key, trusted CAs and CRL (admin role)."""
+        return await self._call(tm.ReloadRequest(), tm.ReloadReply)
 
     async def stat(self, name: str) -> dm.StatFileReply:
         return await self._call(dm.StatFile(name), dm.StatFileReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)

@@ -80,6 +80,7 @@ class MembershipService:
         self.sends_dropped = 0    # send queue full
         self.sends_timed_out = 0  # abandoned at config.send_timeout_s
         self._tag = core.node_id[:12]
+        self._excluded: frozenset[str] = frozenset()  # revoked nodes (see exclude)
 
     async def run(self, seeds: Sequence[Address], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Join through ``seeds`` and run until cancelled. Ready as soon as the join is sent;
@@ -131,7 +132,15 @@ class MembershipService:
         return gossip_pending or self._sends_in_flight > 0 or self._send_out.statistics().current_buffer_used > 0
 
     def members(self) -> list[Member]:
-        return self.core.members()
+        return [m for m in self.core.members() if m.node_id not in self._excluded]
+
+    def exclude(self, node_ids: frozenset[str]) -> None:
+        """Leave these nodes (their keys revoked) out of ``members()``, whatever gossip says of them.
+
+        The core still knows them (and probes them, in vain: their connections are refused),
+        but the ring, placement and status no longer count them.
+        """
+        self._excluded = frozenset(node_ids)
 
     async def wait_changed(self, version_seen: int) -> int:
         """Wait until ``members()`` differs from version ``version_seen``; return the new version."""

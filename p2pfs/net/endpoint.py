@@ -17,13 +17,13 @@ import dataclasses
 import errno
 import logging
 import random
-from typing import AsyncIterable, AsyncIterator
+from typing import AsyncIterable, AsyncIterator, Callable
 
 import trio
 
 from p2pfs import wire
 from p2pfs.address import Address
-from p2pfs.identity import Identity
+from p2pfs.identity import Identity, PeerIdentity
 from p2pfs.observe import Collapsed
 from p2pfs.wire import Role
 
@@ -39,6 +39,7 @@ from .errors import ConnectError, HandshakeError, NetError, RequestTimeout
 from .handshake import dial, handshake
 from .streams import Handlers
 from .tls import TLSStream
+from .trust import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class Endpoint:
         bind_host: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.identity = identity
+        # What this node presents and trusts; reloadable (``trust``), read on every accept and dial.
+        self.trust = TrustStore(identity)
         self.listen = listen
         self.config = config
         self._handlers = handlers
@@ -94,10 +96,10 @@ class Endpoint:
         self._log_rejected = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
         self._nursery: trio.Nursery | None = None
         self.bound_port: int | None = None
-        # Built once: loading the certificate files per connection would cost a
-        # file read and a parse on every accept and dial.
-        self._server_context = identity.server_context()
-        self._client_context = identity.client_context()
+
+    @property
+    def identity(self) -> Identity:
+        return self.trust.identity
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled. Raises OSError (e.g. EADDRINUSE) before ``started``."""
@@ -175,12 +177,16 @@ class Endpoint:
 
     async def _serve_inbound(self, tcp: trio.SocketStream, attempt: _Unauthenticated) -> None:
         try:
-            stream = TLSStream(tcp, self._server_context, server_side=True)
+            # The contexts are built once per (re)load, not per connection: reading the
+            # certificate files on every accept would cost a file read and a parse.
+            stream = TLSStream(tcp, self.trust.server_context, server_side=True)
             remote = _remote_name(tcp)
             try:
                 with attempt.scope:  # the deadline set at the accept: queueing for a slot counts
                     async with self._handshakes:
-                        peer, hello, leftover = await handshake(stream, self.identity, self.listen)
+                        peer, hello, leftover = await handshake(
+                            stream, self.identity, self.listen, self.trust.refusal
+                        )
             except (ConnectError, HandshakeError) as exc:
                 self._log_rejected.log(trio.current_time(), "rejected %s: %s", remote, exc)
                 await trio.aclose_forcefully(stream)
@@ -238,7 +244,7 @@ class Endpoint:
             conn = await dial(
                 self.identity, address, config=self.config, handlers=self._handlers,
                 listen=self.listen, bind_host=self._bind_host, expected_node_id=node_id,
-                ssl_context=self._client_context,
+                ssl_context=self.trust.client_context, refuse=self.trust.refusal,
             )
         except (ConnectError, HandshakeError):
             delay_s = min(
@@ -287,6 +293,16 @@ class Endpoint:
     def connections(self) -> list[Connection]:
         return [c for c in self._by_node.values() if not c.is_closed]
 
+    def close_where(self, condemned: Callable[[PeerIdentity], bool], reason: str) -> list[PeerIdentity]:
+        """Close every open connection (to nodes and clients) whose peer is ``condemned``: a revoked
+        or expired certificate must not keep the access its handshake once gave. Returns the peers."""
+        closed = []
+        for conn in {*self._by_node.values(), *self._authenticated_inbound}:
+            if not conn.is_closed and condemned(conn.peer):
+                conn.shed(reason)
+                closed.append(conn.peer)
+        return closed
+
 
 def _remote_host(tcp: trio.SocketStream) -> str:
     """The source address a connection counts against (its port is the peer's to choose)."""
@@ -308,8 +324,13 @@ def _remote_name(tcp: trio.SocketStream) -> str:
 async def client_connection(
     identity: Identity, address: Address, *, config: NetConfig = NetConfig()
 ) -> AsyncIterator[Connection]:
-    """A connection from the CLI (or any client) to one node, closed on exit."""
-    conn = await dial(identity, address, config=config)
+    """A connection from the CLI (or any client) to one node, closed on exit.
+
+    A client whose identity directory holds a CRL (a copy of the CA's crl.pem)
+    refuses a revoked node too, as nodes do.
+    """
+    trust = TrustStore(identity)
+    conn = await dial(identity, address, config=config, ssl_context=trust.client_context, refuse=trust.refusal)
     async with trio.open_nursery() as nursery:
         await nursery.start(conn.run)
         try:

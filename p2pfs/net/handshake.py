@@ -17,10 +17,12 @@ node is down, not an impostor.
 from __future__ import annotations
 
 import ssl
+from typing import Callable
 
 import trio
 
 from p2pfs import wire
+from p2pfs.access import GrantError
 from p2pfs.address import Address
 from p2pfs.identity import Identity, PeerIdentity, peer_identity_from_der
 from p2pfs.ids import short_id
@@ -31,6 +33,9 @@ from .connection import Connection
 from .errors import ConnectError, HandshakeError
 from .streams import Handlers
 from .tls import TLSStream
+
+# Judges a peer whose certificate TLS accepted: why it is refused anyway (revoked), or None.
+Refuse = Callable[[PeerIdentity], "str | None"]
 
 # OpenSSL's reasons for a handshake that failed because a certificate was judged and refused:
 # by this end (verification failed) or by the peer (the alert it sent back says why).
@@ -59,17 +64,20 @@ def _local_hello(identity: Identity, listen: Address | None) -> wire.Hello:
 
 
 async def handshake(
-    stream: TLSStream, identity: Identity, listen: Address | None
+    stream: TLSStream, identity: Identity, listen: Address | None, refuse: Refuse | None = None
 ) -> tuple[PeerIdentity, wire.Hello, bytes]:
     """TLS, then hellos both ways, checked against the peer's certificate. No deadline of its own.
 
     Returns the peer, its hello, and any bytes read past the hello frame.
     Raises HandshakeError (an identity refused) or ConnectError (anything
-    else), with a message that leaves naming the peer to the caller.
+    else), with a message that leaves naming the peer to the caller. A peer
+    that ``refuse`` turns away gets an ERROR frame (FORBIDDEN, saying why) in
+    place of our hello, so that it, too, knows it was refused and not merely
+    cut off.
     """
     try:
         await stream.do_handshake()
-        return await _exchange_hello(stream, identity, listen)
+        return await _exchange_hello(stream, identity, listen, refuse)
     except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         reason = _ssl_reason(exc)
         if reason in _CERTIFICATE_REJECTED_REASONS:
@@ -80,12 +88,20 @@ async def handshake(
 
 
 async def _exchange_hello(
-    stream: TLSStream, identity: Identity, listen: Address | None
+    stream: TLSStream, identity: Identity, listen: Address | None, refuse: Refuse | None
 ) -> tuple[PeerIdentity, wire.Hello, bytes]:
     der = stream.getpeercert(binary_form=True)
     if not der:
         raise HandshakeError("the peer presented no certificate")
-    peer = peer_identity_from_der(der)
+    try:
+        peer = peer_identity_from_der(der)
+    except GrantError as exc:  # signed by our CA, yet unreadable: refuse rather than guess its rights
+        raise HandshakeError(f"the peer's certificate carries a bad grant: {exc}") from None
+    reason = refuse(peer) if refuse is not None else None
+    if reason is not None:
+        error = wire.encode_error(wire.ErrorCode.FORBIDDEN, reason)
+        await stream.send_all(wire.encode_frame(Frame(FrameKind.ERROR, 0, 0, error)))
+        raise HandshakeError(reason)
     payload = wire.encode_message(_local_hello(identity, listen))
     await stream.send_all(wire.encode_frame(Frame(FrameKind.HELLO, 0, wire.Hello.TYPE, payload)))
     decoder = wire.FrameDecoder(frame_size_bytes_max=HELLO_FRAME_BYTES_MAX)
@@ -94,6 +110,11 @@ async def _exchange_hello(
         if not data:
             raise ConnectError("the peer closed the connection during the hello")
         decoder.feed(data)
+    if frame.kind is FrameKind.ERROR:
+        code, text = wire.decode_error(frame.payload)
+        if code is wire.ErrorCode.FORBIDDEN:
+            raise HandshakeError(f"refused: {text}")
+        raise ConnectError(f"refused: {code.name}: {text}")
     if frame.kind is not FrameKind.HELLO or frame.msg_type != wire.Hello.TYPE:
         raise ConnectError(f"expected a hello, got {frame.kind.name}")
     hello = wire.decode_message(frame.msg_type, frame.payload)
@@ -102,7 +123,7 @@ async def _exchange_hello(
         raise ConnectError(
             f"peer speaks protocol version {hello.protocol_version}, we speak {wire.PROTOCOL_VERSION}"
         )
-    if hello.cluster_id != identity.cluster_id:
+    if hello.cluster_id not in identity.trusted_cluster_ids:
         raise HandshakeError("peer belongs to another cluster (cluster ids differ)")
     if hello.role != peer.role.value:
         raise HandshakeError(
@@ -128,6 +149,7 @@ async def dial(
     bind_host: str | None = None,
     expected_node_id: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    refuse: Refuse | None = None,
 ) -> Connection:
     """Open a TLS connection to a node and exchange hellos. Does not start the reader.
 
@@ -145,7 +167,7 @@ async def dial(
     try:
         with trio.fail_after(config.handshake_timeout_s):
             try:
-                peer, hello, leftover = await handshake(stream, identity, listen)
+                peer, hello, leftover = await handshake(stream, identity, listen, refuse)
             except (ConnectError, HandshakeError) as exc:
                 raise type(exc)(f"{address}: {exc}") from None
         if peer.role is not Role.NODE:

@@ -22,6 +22,7 @@ without touching the host's. Monotonic time is never skewed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -34,12 +35,14 @@ from typing import Awaitable, Callable
 import trio
 
 from p2pfs import __version__, net, wire
+from p2pfs.access import Operation
+from p2pfs.net.access import authorize
 from p2pfs.node.admin import sdnotify
 from p2pfs.node.admin.reload import reload_config
 from p2pfs.node.admin.server import AdminService
 from p2pfs.clock import SystemClock
 from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
-from p2pfs.identity import Identity
+from p2pfs.identity import Identity, IdentityError
 from p2pfs.ids import short_id
 from p2pfs.membership import (
     MEMBERSHIP_MESSAGES,
@@ -50,6 +53,7 @@ from p2pfs.membership import (
 )
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
+from p2pfs.node.trust import TrustService
 from p2pfs.replication.service import DataService
 from p2pfs.wire import Role
 
@@ -135,12 +139,14 @@ class Node:
             clock=self.clock,
         )
         self.admin = AdminService(self)
+        self.trust = TrustService(self.endpoint, self.membership, self.clock)  # CRLs, reloads, expiry
         self.leave_requested = trio.Event()
         self._routes: dict[type, Route] = {
             m.StatusRequest: self._status,
             m.MembersRequest: self._members,
             m.LeaveRequest: self._leave_request,
             **self.data.routes(),
+            **self.trust.routes(),
         }
 
     # -- running ------------------------------------------------------------
@@ -161,6 +167,7 @@ class Node:
                     ) from None
                 raise P2pfsError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
             await nursery.start(self.membership.run, self.cfg.node.seeds)
+            await nursery.start(self.trust.run)
             await nursery.start(self.admin.run)  # p2pfs.node.admin: metrics, health, status page
             log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
             task_status.started()
@@ -182,8 +189,11 @@ class Node:
         await self.membership.leave(timeout_s=LEAVE_TIMEOUT_S)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file and apply what can change at run time."""
+        """SIGHUP: re-read the config file and the identity, and apply what can change at run time."""
         self.cfg = reload_config(self.cfg)
+        with contextlib.suppress(IdentityError):  # logged; the running identity stays
+            self.trust.reload()  # certificate, key, trusted CAs, CRL (p2pfs.node.trust)
+        self.identity = self.endpoint.identity
 
     # -- requests -----------------------------------------------------------
 
@@ -211,6 +221,7 @@ class Node:
             log.debug("ignored one-way %s from %s", type(msg).__name__, conn.peer.short_id)
 
     async def _status(self, request: net.IncomingRequest) -> m.StatusReply:
+        authorize(request, Operation.STATUS)
         counts = {state: 0 for state in MemberState}
         for member in self.membership.members():
             counts[member.state] += 1
@@ -227,14 +238,17 @@ class Node:
             members_suspect=counts[MemberState.SUSPECT],
             members_dead=counts[MemberState.DEAD],
             members_left=counts[MemberState.LEFT],
+            **self.trust.status_facts(),
         )
 
     async def _leave_request(self, request: net.IncomingRequest) -> m.LeaveReply:
+        authorize(request, Operation.LEAVE)
         log.info("leave requested by client %s", request.peer.short_id)
         self.leave_requested.set()
         return m.LeaveReply(True)
 
     async def _members(self, request: net.IncomingRequest) -> m.MembersReply:
+        authorize(request, Operation.MEMBERS)
         return m.MembersReply(
             tuple(
                 m.MemberInfo(

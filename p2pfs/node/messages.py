@@ -87,6 +87,11 @@ class StatusReply(wire.Message):
     members_suspect: int
     members_dead: int
     members_left: int
+    # Trust (node.trust): when this node's certificate and the soonest-expiring trusted CA
+    # stop being valid (Unix ms), and the newest CRL number it holds (0: none).
+    cert_not_valid_after_ms: int = 0
+    ca_not_valid_after_ms: int = 0
+    crl_number: int = 0
 
     def __post_init__(self) -> None:
         _check_text(self.node_id, "node_id", 1, NODE_ID_CHARS_MAX)
@@ -98,7 +103,8 @@ class StatusReply(wire.Message):
         _check_text(self.zone, "zone", 0, ZONE_CHARS_MAX)
         _check_int(self.capacity_bytes, "capacity_bytes", 0, CAPACITY_BYTES_MAX)
         _check_int(self.used_bytes, "used_bytes", 0, COUNT_MAX)
-        for field in ("members_alive", "members_suspect", "members_dead", "members_left"):
+        for field in ("members_alive", "members_suspect", "members_dead", "members_left",
+                      "cert_not_valid_after_ms", "ca_not_valid_after_ms", "crl_number"):
             _check_int(getattr(self, field), field, 0, COUNT_MAX)
 
 

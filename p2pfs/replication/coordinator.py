@@ -243,7 +243,9 @@ class Coordinator:
 
     # -- put, get, rm ---------------------------------------------------------------
 
-    async def put(self, name: str, pieces: AsyncIterable[bytes], size_bytes: int = -1) -> NameEntry:
+    async def put(
+        self, name: str, pieces: AsyncIterable[bytes], size_bytes: int = -1, *, client: str = ""
+    ) -> NameEntry:
         """Store a file from a stream of byte pieces of any size; return its name entry.
 
         Raises QuorumError when a quorum is not met, SizeMismatch when the stream
@@ -302,15 +304,16 @@ class Coordinator:
             )
         wall_ms = self.clock.wall_ms()
         manifest = builder.finish(hasher.digest(), wall_ms)
-        entry = NameEntry(name, self.hlc.now(wall_ms), self.node_id, manifest)
+        entry = NameEntry(name, self.hlc.now(wall_ms), self.node_id, manifest, client)
         await self.write_name(entry)
-        log.info("put %r: %d bytes in %d chunks", name, manifest.size_bytes, len(manifest.chunks))
+        log.info("put %r: %d bytes in %d chunks, for client %s", name, manifest.size_bytes, len(manifest.chunks),
+                 client or "(none)")
         return entry
 
-    async def remove(self, name: str) -> None:
-        """Write a tombstone for ``name`` at quorum."""
-        await self.write_name(NameEntry(name, self.hlc.now(self.clock.wall_ms()), self.node_id, None))
-        log.info("removed %r", name)
+    async def remove(self, name: str, *, client: str = "") -> None:
+        """Write a tombstone for ``name`` at quorum (``client``: who asked, recorded in it)."""
+        await self.write_name(NameEntry(name, self.hlc.now(self.clock.wall_ms()), self.node_id, None, client))
+        log.info("removed %r, for client %s", name, client or "(none)")
 
     async def stream_chunks(self, refs: Sequence[ChunkRef], send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss."""

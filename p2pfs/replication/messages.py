@@ -284,6 +284,7 @@ class StatFileReply(wire.Message):
     version_logical: int
     writer: str
     chunks: tuple[ChunkInfo, ...]
+    writer_client: str = ""  # the client whose put wrote this version; "" if not recorded
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -293,6 +294,8 @@ class StatFileReply(wire.Message):
         check_version(self.version_wall_ms, self.version_logical, "version")
         check_writer(self.writer, "writer")
         check_int(len(self.chunks), "chunks", 0, MANIFEST_CHUNKS_MAX)
+        if self.writer_client:
+            check_writer(self.writer_client, "writer_client")
 
 
 # --- anti-entropy, hand-off and fsck (between nodes) -----------------------

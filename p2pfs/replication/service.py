@@ -26,8 +26,10 @@ from typing import AsyncIterable, Awaitable, Callable
 import trio
 
 from p2pfs import errors, net, wire
+from p2pfs.access import Operation
 from p2pfs.clock import Clock
 from p2pfs.membership import Member
+from p2pfs.net.access import authorize
 from p2pfs.replication import messages as dm
 from p2pfs.replication.antientropy import AntiEntropy
 from p2pfs.replication.background import ROUND_JITTER_FRACTION, RepairPacer, round_deadline_s, run_rounds
@@ -248,6 +250,8 @@ class DataService:
         }
 
     async def _node_route(self, request: net.IncomingRequest) -> wire.Message | net.Reply:
+        if isinstance(request.msg, dm.Fsck):  # sent by clients (wire sender roles), admins only
+            authorize(request, Operation.FSCK)
         route = self._routes.get(type(request.msg))
         if route is None:
             raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, "the data service is starting")
@@ -268,20 +272,22 @@ class DataService:
         """Before leaving: hand every chunk and name to its owners in the ring without this node."""
         return await self._hand_off.leave()
 
-    async def put(self, name: str, pieces: AsyncIterable[bytes], size_bytes: int = -1) -> NameEntry:
-        """Store a file; RemoteError UNAVAILABLE short of a quorum, BAD_REQUEST on a size mismatch."""
+    async def put(
+        self, name: str, pieces: AsyncIterable[bytes], size_bytes: int = -1, *, client: str = ""
+    ) -> NameEntry:
+        """Store a file for ``client``; RemoteError UNAVAILABLE short of a quorum, BAD_REQUEST on a size mismatch."""
         try:
-            return await self.coordinator.put(name, pieces, size_bytes)
+            return await self.coordinator.put(name, pieces, size_bytes, client=client)
         except QuorumError as exc:
             raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, f"put {name!r} failed: {exc}") from None
         except errors.BadInput as exc:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, str(exc)) from None
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, *, client: str = "") -> None:
         """Write a tombstone for ``name`` at quorum; RemoteError NOT_FOUND if there is no file."""
         await self._existing_file(name)
         try:
-            await self.coordinator.remove(name)
+            await self.coordinator.remove(name, client=client)
         except QuorumError as exc:
             raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, f"rm {name!r} failed: {exc}") from None
 
@@ -300,9 +306,10 @@ class DataService:
     async def _put_file(self, request: net.IncomingRequest) -> dm.PutFileReply:
         msg = request.msg
         name = check_name(msg.name)
+        client = authorize(request, Operation.PUT, name)
         if request.body is None:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "a put carries the file as its body")
-        entry = await self.put(name, request.body, msg.size_bytes)
+        entry = await self.put(name, request.body, msg.size_bytes, client=client)
         manifest = entry.manifest
         return dm.PutFileReply(
             name, manifest.size_bytes, manifest.file_hash, entry.version.wall_ms,
@@ -311,6 +318,7 @@ class DataService:
 
     async def _get_file(self, request: net.IncomingRequest) -> net.Reply:
         name = check_name(request.msg.name)
+        authorize(request, Operation.GET, name)
         manifest = (await self._existing_file(name)).manifest
 
         async def body(send: Callable[[bytes], Awaitable[None]]) -> None:
@@ -323,6 +331,7 @@ class DataService:
 
     async def _list_files(self, request: net.IncomingRequest) -> dm.ListFilesReply:
         prefix = request.msg.prefix
+        authorize(request, Operation.LIST)
         if len(prefix.encode("utf-8", "surrogatepass")) > PREFIX_BYTES_MAX:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"a prefix is at most {PREFIX_BYTES_MAX} bytes")
         merged, _, unreachable, too_many = await collect_names(
@@ -342,11 +351,13 @@ class DataService:
 
     async def _remove_file(self, request: net.IncomingRequest) -> dm.RemoveFileReply:
         name = check_name(request.msg.name)
-        await self.remove(name)
+        client = authorize(request, Operation.REMOVE, name)
+        await self.remove(name, client=client)
         return dm.RemoveFileReply(name)
 
     async def _stat_file(self, request: net.IncomingRequest) -> dm.StatFileReply:
         name = check_name(request.msg.name)
+        authorize(request, Operation.STAT, name)
         entry = await self._existing_file(name)
         manifest = entry.manifest
         ids = [ref.chunk_id for ref in manifest.chunks]
@@ -380,4 +391,5 @@ class DataService:
                 dm.ChunkInfo(ref.chunk_id, ref.size_bytes, tuple(sorted(holders[ref.chunk_id])))
                 for ref in manifest.chunks
             ),
+            writer_client=entry.client,
         )

@@ -43,12 +43,17 @@ from p2pfs.storage.manifest import (
 )
 
 NAMES_FILE_NAME = "names.sqlite"
-# First field of an encoded entry; a new layout gets a new number.
+# First field of an encoded entry; a new layout gets a new number. Format 2 appends
+# the writing client's id; an entry without one (written by a node's own jobs, or
+# before client ids were recorded) is still encoded as format 1, byte for byte as
+# before, so existing entries keep their encoding and their tie-break order.
 ENTRY_FORMAT_VERSION = 1
-_ENTRY_FIELDS = 6
+ENTRY_FORMAT_VERSION_WITH_CLIENT = 2
+_ENTRY_FIELDS = {ENTRY_FORMAT_VERSION: 6, ENTRY_FORMAT_VERSION_WITH_CLIENT: 7}
 
-# On-disk schema version (PRAGMA user_version); bump with a migration.
-SCHEMA_VERSION = 1
+# On-disk schema version (PRAGMA user_version); bump with a migration. Version 2 adds
+# the writing client's id (see _migrate_to_2).
+SCHEMA_VERSION = 2
 # Rows fetched per query by list(): each query holds the index lock, so pages keep
 # writers waiting briefly; each row may carry a manifest of up to
 # MANIFEST_ENCODED_BYTES_MAX, so this also caps list()'s memory (32 x 4 MiB worst case).
@@ -65,6 +70,9 @@ class NameEntry:
     version: Timestamp  # the writer's HLC when the write happened
     writer: str  # node id (lowercase hex) of the node that stamped the version
     manifest: Manifest | None  # None = tombstone
+    # Id (lowercase hex) of the client whose put or rm wrote this version; "" if unknown
+    # (written before client ids were recorded).
+    client: str = ""
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -75,6 +83,12 @@ class NameEntry:
             raise ValueError(f"writer must be a node id: {WRITER_HEX_CHARS} lowercase hex digits, got {writer!r:.80}")
         if self.manifest is not None and type(self.manifest) is not Manifest:
             raise TypeError(f"manifest must be a Manifest or None, got {type(self.manifest).__name__}")
+        client = self.client
+        if type(client) is not str or (
+            client and (len(client) != WRITER_HEX_CHARS or not HEX_DIGITS.issuperset(client))
+        ):
+            raise ValueError(f"client must be \"\" or a client id: {WRITER_HEX_CHARS} lowercase hex digits, "
+                             f"got {client!r:.80}")
 
     @property
     def key(self) -> tuple[Timestamp, str]:
@@ -94,18 +108,18 @@ class NameEntry:
         return self.encode() > other.encode()
 
     def encode(self) -> bytes:
-        """The wire form: a msgpack array with the manifest's own encoding inline."""
-        return msgpack.packb(
-            [
-                ENTRY_FORMAT_VERSION,
-                self.name,
-                self.version.wall_ms,
-                self.version.logical,
-                self.writer,
-                None if self.manifest is None else self.manifest.encode(),
-            ],
-            use_bin_type=True,
-        )
+        """The wire form: a msgpack array with the manifest's own encoding inline (and the client's id)."""
+        fields = [
+            ENTRY_FORMAT_VERSION_WITH_CLIENT if self.client else ENTRY_FORMAT_VERSION,
+            self.name,
+            self.version.wall_ms,
+            self.version.logical,
+            self.writer,
+            None if self.manifest is None else self.manifest.encode(),
+        ]
+        if self.client:
+            fields.append(self.client)
+        return msgpack.packb(fields, use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> NameEntry:
@@ -113,16 +127,22 @@ class NameEntry:
         if type(data) is bytes and len(data) > ENTRY_ENCODED_BYTES_MAX:
             raise ManifestError(f"name entry of {len(data)} bytes exceeds {ENTRY_ENCODED_BYTES_MAX}")
         fields = unpack_strict(data, "name entry")
-        if type(fields) is not list or len(fields) != _ENTRY_FIELDS:
-            raise ManifestError(f"a name entry must be a {_ENTRY_FIELDS}-item array")
-        version, name, wall_ms, logical, writer, manifest_bytes = fields
-        if type(version) is not int or version != ENTRY_FORMAT_VERSION:
+        if type(fields) is not list or not fields:
+            raise ManifestError("a name entry must be a non-empty array")
+        version = fields[0]
+        if type(version) is not int or version not in _ENTRY_FIELDS:
             raise ManifestError(f"unknown name entry format {version!r:.80}")
+        if len(fields) != _ENTRY_FIELDS[version]:
+            raise ManifestError(f"a name entry of format {version} must be a {_ENTRY_FIELDS[version]}-item array")
+        _, name, wall_ms, logical, writer, manifest_bytes = fields[:6]
+        client = fields[6] if version == ENTRY_FORMAT_VERSION_WITH_CLIENT else ""
+        if version == ENTRY_FORMAT_VERSION_WITH_CLIENT and (type(client) is not str or not client):
+            raise ManifestError("a format 2 name entry names its client")
         if manifest_bytes is not None and type(manifest_bytes) is not bytes:
             raise ManifestError("a name entry's manifest must be bytes or nil")
         manifest = None if manifest_bytes is None else Manifest.decode(manifest_bytes)
         try:
-            return cls(name, Timestamp(wall_ms, logical), writer, manifest)
+            return cls(name, Timestamp(wall_ms, logical), writer, manifest, client)
         except (ValueError, TypeError) as exc:
             raise ManifestError(f"bad name entry: {exc}") from exc
 
@@ -160,6 +180,9 @@ class NameIndex:
         schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
         if schema_version == SCHEMA_VERSION:
             return
+        if schema_version == 1:
+            _migrate_to_2(conn)
+            return
         if schema_version != 0:
             raise StorageError(
                 f"name index schema version {schema_version} is not {SCHEMA_VERSION}: "
@@ -172,7 +195,8 @@ class NameIndex:
                 wall_ms INTEGER NOT NULL,
                 logical INTEGER NOT NULL,
                 writer TEXT NOT NULL,
-                manifest BLOB             -- Manifest.encode(); NULL for a tombstone
+                manifest BLOB,            -- Manifest.encode(); NULL for a tombstone
+                client TEXT NOT NULL DEFAULT ''  -- the writing client's id; '' if not known
             )"""
         )
         conn.execute("CREATE INDEX tombstones ON names (wall_ms, logical) WHERE manifest IS NULL")
@@ -207,7 +231,7 @@ class NameIndex:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute(
-                    "SELECT wall_ms, logical, writer, manifest FROM names WHERE name = ?",
+                    "SELECT wall_ms, logical, writer, manifest, client FROM names WHERE name = ?",
                     (name_bytes,),
                 ).fetchone()
                 if row is not None:
@@ -218,12 +242,13 @@ class NameIndex:
                         conn.execute("ROLLBACK")
                         return False
                 conn.execute(
-                    """INSERT INTO names (name, wall_ms, logical, writer, manifest)
-                    VALUES (?, ?, ?, ?, ?)
+                    """INSERT INTO names (name, wall_ms, logical, writer, manifest, client)
+                    VALUES (?, ?, ?, ?, ?, ?)
                     ON CONFLICT (name) DO UPDATE SET wall_ms = excluded.wall_ms,
                         logical = excluded.logical, writer = excluded.writer,
-                        manifest = excluded.manifest""",
-                    (name_bytes, entry.version.wall_ms, entry.version.logical, entry.writer, manifest_bytes),
+                        manifest = excluded.manifest, client = excluded.client""",
+                    (name_bytes, entry.version.wall_ms, entry.version.logical, entry.writer, manifest_bytes,
+                     entry.client),
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -237,7 +262,7 @@ class NameIndex:
         name_bytes = encode_name(name)
         with self._lock:
             row = self._conn.execute(
-                "SELECT wall_ms, logical, writer, manifest FROM names WHERE name = ?",
+                "SELECT wall_ms, logical, writer, manifest, client FROM names WHERE name = ?",
                 (name_bytes,),
             ).fetchone()
         return None if row is None else _entry_from_row(name_bytes, *row)
@@ -257,7 +282,7 @@ class NameIndex:
         while True:
             with self._lock:
                 rows = self._conn.execute(
-                    """SELECT name, wall_ms, logical, writer, manifest FROM names
+                    """SELECT name, wall_ms, logical, writer, manifest, client FROM names
                     WHERE name >= ? AND name < ? AND (? OR manifest IS NOT NULL)
                     ORDER BY name LIMIT ?""",
                     (lower, upper, include_tombstones, LIST_PAGE_ROWS),
@@ -304,10 +329,21 @@ class NameIndex:
             return cursor.rowcount
 
 
-def _entry_from_row(name_bytes: bytes, wall_ms: int, logical: int, writer: str, manifest: bytes | None) -> NameEntry:
+def _entry_from_row(
+    name_bytes: bytes, wall_ms: int, logical: int, writer: str, manifest: bytes | None, client: str
+) -> NameEntry:
     return NameEntry(
         name=name_bytes.decode("utf-8"),
         version=Timestamp(wall_ms, logical),
         writer=writer,
         manifest=None if manifest is None else Manifest.decode(manifest),
+        client=client,
     )
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: add the writing client's column; existing rows say '' (not known)."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE names ADD COLUMN client TEXT NOT NULL DEFAULT ''")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("COMMIT")
