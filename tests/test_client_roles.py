@@ -231,3 +231,29 @@ def test_attack_5_roles_and_prefixes_hold_and_stat_says_who_wrote(net, tmp_path)
     # The write is logged with the client's id by the node that coordinated it.
     assert f"put 'a/x': 4 bytes in 1 chunks, for client {writer_id}" in daemon_log(net, "node3")
     assert "refused put from client" in daemon_log(net, "node4")
+
+
+@pytest.mark.integration
+def test_resumable_puts_and_gets_are_judged_like_the_others(net, tmp_path):
+    """A put of a file asks which chunks are held, then sends the rest: both steps obey the grant."""
+    reader, writer = tmp_path / "reader", tmp_path / "writer-c"
+    make_client(net, reader)
+    writer_id = make_client(net, writer, "--role", "write", "--prefix", "c/")
+    source = tmp_path / "file.bin"
+    source.write_bytes(b"resumable bytes" * 1000)
+
+    for directory, name in ((reader, "c/by-reader"), (writer, "d/outside")):
+        result = as_client(net, directory, "put", str(source), "--name", name, node="node2")
+        assert result.returncode == ExitCode.AUTH, (name, result.stderr.decode())
+        assert as_client(net, reader, "stat", name, node="node3").returncode == ExitCode.NOT_FOUND
+
+    result = as_client(net, writer, "put", str(source), "--name", "c/mine", "--json", node="node4")
+    assert result.returncode == 0, result.stderr.decode()
+    facts = json.loads(as_client(net, reader, "stat", "c/mine", "--json", node="node5").stdout)
+    assert facts["version"]["client"] == writer_id
+    assert f"'c/mine': {source.stat().st_size} bytes" in daemon_log(net, "node4")
+    assert f"for client {writer_id}" in daemon_log(net, "node4")
+    # A read key may fetch it to a file (the resumable get).
+    target = tmp_path / "copy.bin"
+    assert as_client(net, reader, "get", "c/mine", "-o", str(target), node="node1").returncode == 0
+    assert target.read_bytes() == source.read_bytes()

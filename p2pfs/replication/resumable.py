@@ -30,6 +30,8 @@ from typing import AsyncIterable, Awaitable, Callable
 import trio
 
 from p2pfs import net, wire
+from p2pfs.access import Operation
+from p2pfs.net.access import authorize
 from p2pfs.replication import messages as dm
 from p2pfs.replication.coordinator import Coordinator
 from p2pfs.replication.errors import ReplicaError
@@ -90,6 +92,7 @@ class Resumable:
         return counts
 
     async def on_held_chunks(self, request: net.IncomingRequest) -> dm.HeldChunksReply:
+        authorize(request, Operation.GET)  # says which contents the cluster holds: a read
         # Full replication: every preferred node (rf of them, fewer in a smaller cluster).
         replicas = quorum_size(self._coordinator.config.rf, len(self._view.ring()))
         counts = await self.holders(request.msg.chunk_ids)
@@ -97,6 +100,7 @@ class Resumable:
 
     async def on_get_from(self, request: net.IncomingRequest) -> net.Reply:
         msg = request.msg
+        authorize(request, Operation.GET, msg.name)
         entry = await self._existing_file(msg.name)
         manifest = entry.manifest
         same = msg.file_hash == manifest.file_hash and msg.first_chunk <= len(manifest.chunks)
@@ -115,6 +119,7 @@ class Resumable:
 
     async def on_put_known(self, request: net.IncomingRequest) -> dm.PutFileReply:
         msg = request.msg
+        client = authorize(request, Operation.PUT, msg.name)
         if request.body is None:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "a put carries the chunks to store as its body")
         try:
@@ -122,7 +127,7 @@ class Resumable:
         except ManifestError as exc:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"bad manifest: {exc}") from None
         try:
-            entry = await self.put_known(msg.name, given, msg.held, request.body)
+            entry = await self.put_known(msg.name, given, msg.held, request.body, client=client)
         except QuorumError as exc:
             raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, f"put {msg.name!r} failed: {exc}") from None
         manifest = entry.manifest
@@ -130,8 +135,8 @@ class Resumable:
                                entry.version.logical, len(manifest.chunks))
 
     async def put_known(self, name: str, given: Manifest, held: bytes,
-                        body: AsyncIterable[bytes]) -> NameEntry:
-        """Store the chunks the body carries, check the skipped ones, then write the name."""
+                        body: AsyncIterable[bytes], *, client: str = "") -> NameEntry:
+        """Store the chunks the body carries, check the skipped ones, then write the name for ``client``."""
         coordinator = self._coordinator
         try:
             await coordinator.read_name(name)  # orders this version after the one it replaces
@@ -149,10 +154,10 @@ class Resumable:
         await self._store_sent(given, held, body)
         wall_ms = coordinator.clock.wall_ms()
         manifest = Manifest(given.chunks, given.size_bytes, given.file_hash, wall_ms, given.chunk_size_bytes)
-        entry = NameEntry(name, coordinator.hlc.now(wall_ms), coordinator.node_id, manifest)
+        entry = NameEntry(name, coordinator.hlc.now(wall_ms), coordinator.node_id, manifest, client)
         await coordinator.write_name(entry)
-        log.info("put %r: %d bytes in %d chunks, %d already held", name, manifest.size_bytes,
-                 len(manifest.chunks), len(skipped))
+        log.info("put %r: %d bytes in %d chunks, %d already held, for client %s", name, manifest.size_bytes,
+                 len(manifest.chunks), len(skipped), client or "(none)")
         return entry
 
     async def _store_sent(self, given: Manifest, held: bytes, body: AsyncIterable[bytes]) -> None:
