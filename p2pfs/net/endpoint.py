@@ -70,9 +70,13 @@ class Endpoint:
         config: NetConfig = NetConfig(),
         bind_host: str | None = None,
         rng: random.Random | None = None,
+        advertise: Address | None = None,
     ) -> None:
         self.identity = identity
         self.listen = listen
+        # What the hello tells peers to dial: ``[node] advertise`` when the node binds a
+        # wildcard or sits behind NAT, else the listen address.
+        self.advertise = advertise
         self.config = config
         self._handlers = handlers
         self._bind_host = bind_host
@@ -105,6 +109,7 @@ class Endpoint:
         self.bound_port = listeners[0].socket.getsockname()[1]
         if self.listen.port == 0:  # an ephemeral port (tests): tell peers the real one
             self.listen = Address(self.listen.host, self.bound_port)
+        self.advertise = self.advertise or self.listen
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for listener in listeners:
@@ -180,7 +185,7 @@ class Endpoint:
             try:
                 with attempt.scope:  # the deadline set at the accept: queueing for a slot counts
                     async with self._handshakes:
-                        peer, hello, leftover = await handshake(stream, self.identity, self.listen)
+                        peer, hello, leftover = await handshake(stream, self.identity, self.advertise)
             except (ConnectError, HandshakeError) as exc:
                 self._log_rejected.log(trio.current_time(), "rejected %s: %s", remote, exc)
                 await trio.aclose_forcefully(stream)
@@ -237,7 +242,7 @@ class Endpoint:
         try:
             conn = await dial(
                 self.identity, address, config=self.config, handlers=self._handlers,
-                listen=self.listen, bind_host=self._bind_host, expected_node_id=node_id,
+                listen=self.advertise, bind_host=self._bind_host, expected_node_id=node_id,
                 ssl_context=self._client_context,
             )
         except (ConnectError, HandshakeError):

@@ -107,11 +107,12 @@ class Node:
             self,
             config=cfg.net,
             bind_host=cfg.node.listen.host if cfg.node.bind_outgoing else None,
+            advertise=cfg.node.advertise,
         )
         self.membership = MembershipService(
             Membership(
                 node_id=self.node_id,
-                address=cfg.node.listen,
+                address=cfg.node.advertise_address,
                 zone=cfg.node.zone,
                 capacity_bytes=cfg.node.capacity_bytes,
                 protocol_version=wire.PROTOCOL_VERSION,
@@ -162,7 +163,8 @@ class Node:
                 raise P2pfsError(f"cannot listen on {self.cfg.node.listen}: {exc.strerror}") from None
             await nursery.start(self.membership.run, self.cfg.node.seeds)
             await nursery.start(self.admin.run)  # p2pfs.node.admin: metrics, health, status page
-            log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
+            log.info("node %s listening on %s, advertised as %s", short_id(self.node_id),
+                     self.cfg.node.listen, self.cfg.node.advertise_address)
             task_status.started()
 
     async def leave(self) -> None:
@@ -216,8 +218,8 @@ class Node:
             counts[member.state] += 1
         return m.StatusReply(
             node_id=self.node_id,
-            host=self.cfg.node.listen.host,
-            port=self.cfg.node.listen.port,
+            host=self.cfg.node.advertise_address.host,
+            port=self.cfg.node.advertise_address.port,
             version=__version__,
             uptime_s=time.monotonic() - self.started_at_s,
             zone=self.cfg.node.zone,

@@ -106,7 +106,7 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
     return {
         "node": {
             "node_id": node.node_id,
-            "address": str(node.cfg.node.listen),
+            "address": str(node.cfg.node.advertise_address),
             "zone": node.cfg.node.zone,
             "version": __version__,
             "uptime_s": round(time.monotonic() - node.started_at_s, 1),
