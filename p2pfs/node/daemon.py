@@ -35,7 +35,7 @@ import trio
 
 from p2pfs import __version__, net, wire
 from p2pfs.node.admin import sdnotify
-from p2pfs.node.admin.reload import reload_config
+from p2pfs.node.admin.reload import Reloaded, reload_config
 from p2pfs.node.admin.server import AdminService
 from p2pfs.clock import SystemClock
 from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
@@ -50,6 +50,7 @@ from p2pfs.membership import (
 )
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
+from p2pfs.node.limits import Throttle
 from p2pfs.replication.service import DataService
 from p2pfs.wire import Role
 
@@ -135,6 +136,8 @@ class Node:
             members=self.membership.members,
             clock=self.clock,
         )
+        # Clients' file bodies through this node share one budget ([replication] client_bytes_per_s).
+        self.client_limit = Throttle(cfg.replication.client_bytes_per_s)
         self.admin = AdminService(self)
         self.leave_requested = trio.Event()
         self._routes: dict[type, Route] = {
@@ -183,9 +186,15 @@ class Node:
             log.warning("hand-off incomplete; anti-entropy will re-replicate the rest")
         await self.membership.leave(timeout_s=LEAVE_TIMEOUT_S)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config file and apply what can change at run time."""
-        self.cfg = reload_config(self.cfg)
+    def reload(self) -> Reloaded:
+        """SIGHUP or the admin listener: re-read the config file and apply what can change at
+        run time (log level and format, the bandwidth caps)."""
+        outcome = reload_config(self.cfg)
+        self.cfg = outcome.config
+        self.client_limit.set_rate(self.cfg.replication.client_bytes_per_s)
+        if self.data.repair_pacer is not None:
+            self.data.repair_pacer.set_rate(self.cfg.replication.repair_bytes_per_s)
+        return outcome
 
     # -- requests -----------------------------------------------------------
 
@@ -195,6 +204,10 @@ class Node:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"{type(request.msg).__name__} is not served here")
         # p2pfs.node.admin hook: count and time every request by operation and outcome.
         started_s = trio.current_time()
+        client = request.peer.role is Role.CLIENT
+        if client:
+            request = self.client_limit.paced_request(request)
+        request = self.admin.counted_request(request)
         try:
             answer = await route(request)
         except net.RemoteError as exc:
@@ -203,6 +216,8 @@ class Node:
         except Exception:
             self.admin.record_request(request, "error", started_s)
             raise
+        if client and isinstance(answer, net.Reply):
+            answer = self.client_limit.paced_reply(answer)
         return self.admin.record_answer(request, answer, started_s)
 
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:

@@ -70,10 +70,15 @@ class RepairPacer:
     """The one bandwidth budget of repair traffic (``healing.Pacer``), on the data layer's clock."""
 
     def __init__(self, rate_bytes_per_s: float, clock: Clock) -> None:
+        self._clock = clock
+        self.set_rate(rate_bytes_per_s)
+
+    def set_rate(self, rate_bytes_per_s: float) -> None:
+        """Change the budget (a config reload): transfers from now on are paced at the new rate."""
+        self.rate_bytes_per_s = rate_bytes_per_s
         # A burst of at least 8 MiB: a round's first few chunks go out without waiting.
         burst_bytes = max(rate_bytes_per_s, 8 * 1024 * 1024)
         self._pacer = Pacer(rate_bytes_per_s, burst_bytes)
-        self._clock = clock
 
     async def pace(self, size_bytes: int) -> None:
         delay_s = self._pacer.delay_s(size_bytes, self._clock.monotonic_s())

@@ -113,6 +113,8 @@ class DataService:
         self._gc: GarbageCollector | None = None
         self._scrubber: Scrubber | None = None
         self._pusher: Pusher | None = None
+        # Repair's bandwidth budget, which a config reload changes (the node's admin).
+        self.repair_pacer: RepairPacer | None = None
         self._routes: dict[type, Route] = {}
 
     def stats(self) -> DataStats | None:
@@ -169,7 +171,7 @@ class DataService:
             node_id=self.node_id, config=config, view=view, replicas=replicas, local=local, clock=clock,
             offload=offload,
         )
-        pacer = RepairPacer(config.repair_bytes_per_s, clock)
+        pacer = self.repair_pacer = RepairPacer(config.repair_bytes_per_s, clock)
         pusher = self._pusher = Pusher(local, pacer, offload)
         self._hand_off = HandOff(
             config=config, view=view, replicas=replicas, local=local, pusher=pusher, offload=offload

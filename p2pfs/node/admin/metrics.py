@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,6 +64,10 @@ class RequestMetrics:
             "p2pfs_response_body_bytes", "Bytes of streamed response bodies sent, by operation.",
             ["operation"], registry=registry,
         )
+        self.bytes_in = Counter(
+            "p2pfs_request_body_bytes", "Bytes of streamed request bodies received, by operation.",
+            ["operation"], registry=registry,
+        )
 
     def observe(self, operation: str, outcome: str, duration_s: float) -> None:
         self.requests.labels(operation, outcome).inc()
@@ -71,6 +75,29 @@ class RequestMetrics:
 
     def add_bytes_out(self, operation: str, size_bytes: int) -> None:
         self.bytes_out.labels(operation).inc(size_bytes)
+
+    def add_bytes_in(self, operation: str, size_bytes: int) -> None:
+        self.bytes_in.labels(operation).inc(size_bytes)
+
+
+class CountedPieces:
+    """A request body's pieces, each counted as the handler reads it (an iterator class, not
+    an async generator: a handler that stops early leaves nothing to finalize)."""
+
+    def __init__(self, pieces: AsyncIterable[bytes], count: Callable[[int], None]) -> None:
+        self._pieces = pieces
+        self._count = count
+        self._iterator: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> CountedPieces:
+        self._iterator = aiter(self._pieces)
+        return self
+
+    async def __anext__(self) -> bytes:
+        assert self._iterator is not None
+        piece = await anext(self._iterator)
+        self._count(len(piece))
+        return piece
 
 
 class GossipMetrics:
@@ -189,6 +216,13 @@ class NodeCollector:
                            "and hand-off.", stats.repair_sent_bytes)
             yield _counter("p2pfs_repair_received_bytes", "Chunk bytes this node pulled from peers in "
                            "anti-entropy.", stats.repair_received_bytes)
+        yield _gauge("p2pfs_client_limit_bytes_per_second", "Cap on clients' file bodies through this node "
+                     "([replication] client_bytes_per_s; 0: none).", node.client_limit.rate_bytes_per_s)
+        yield _counter("p2pfs_client_throttled_seconds", "Seconds client transfers were held back by the cap "
+                       "(summed over transfers).", node.client_limit.waited_s)
+        if node.data.repair_pacer is not None:
+            yield _gauge("p2pfs_repair_limit_bytes_per_second", "Cap on repair traffic "
+                         "([replication] repair_bytes_per_s).", node.data.repair_pacer.rate_bytes_per_s)
         share = ring_share(node)
         yield _gauge("p2pfs_ring_ownership_ratio", "Fraction of the key space this node holds a replica of "
                      "(rf copies: shares add up to rf).", share.get(node.node_id, 0.0))

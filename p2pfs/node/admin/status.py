@@ -125,6 +125,10 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
             "repair_sent_bytes": stats.repair_sent_bytes if stats is not None else None,
             "repair_received_bytes": stats.repair_received_bytes if stats is not None else None,
         },
+        "limits": {
+            "client_bytes_per_s": node.client_limit.rate_bytes_per_s,
+            "repair_bytes_per_s": node.cfg.replication.repair_bytes_per_s,
+        },
         "events": [
             {"at_ms": e.at_ms, "node_id": e.node_id, "address": e.address, "before": e.before, "after": e.after}
             for e in reversed(events.recent)
