@@ -96,6 +96,10 @@ class Endpoint:
         self._log_shed = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
         self._log_timed_out = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
         self._log_rejected = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
+        # Handshakes that failed, by reason (the node's metrics): "auth" (a certificate or
+        # identity refused, either way), "protocol" (an inbound peer not speaking TLS or our
+        # hello), "timeout" (an inbound peer silent past handshake_timeout_s).
+        self.handshake_failures: dict[str, int] = {"auth": 0, "protocol": 0, "timeout": 0}
         self._nursery: trio.Nursery | None = None
         self.bound_port: int | None = None
         # Built once: loading the certificate files per connection would cost a
@@ -187,6 +191,7 @@ class Endpoint:
                     async with self._handshakes:
                         peer, hello, leftover = await handshake(stream, self.identity, self.advertise)
             except (ConnectError, HandshakeError) as exc:
+                self.handshake_failures["auth" if isinstance(exc, HandshakeError) else "protocol"] += 1
                 self._log_rejected.log(trio.current_time(), "rejected %s: %s", remote, exc)
                 await trio.aclose_forcefully(stream)
                 return
@@ -194,6 +199,7 @@ class Endpoint:
                 self._forget_attempt(attempt)
             if attempt.scope.cancelled_caught:
                 if not attempt.shed:
+                    self.handshake_failures["timeout"] += 1
                     self._log_timed_out.log(
                         trio.current_time(), "dropped %s: no handshake within %s s of the accept",
                         remote, self.config.handshake_timeout_s,
@@ -245,7 +251,9 @@ class Endpoint:
                 listen=self.advertise, bind_host=self._bind_host, expected_node_id=node_id,
                 ssl_context=self._client_context,
             )
-        except (ConnectError, HandshakeError):
+        except (ConnectError, HandshakeError) as exc:
+            if isinstance(exc, HandshakeError):
+                self.handshake_failures["auth"] += 1
             delay_s = min(
                 max(delay_s * 2, self.config.redial_backoff_s_min), self.config.redial_backoff_s_max
             )

@@ -80,11 +80,15 @@ Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
 class EndpointGossip:
     """Membership's transport over the node's mutual-TLS endpoint: best-effort one-way sends."""
 
-    def __init__(self, endpoint: net.Endpoint, on_sent: Callable[[wire.Message], None]) -> None:
+    def __init__(self, endpoint: net.Endpoint, on_sent: Callable[[wire.Message], None],
+                 on_sending: Callable[[wire.Message], None] = lambda msg: None) -> None:
         self._endpoint = endpoint
+        self._on_sending = on_sending  # p2pfs.node.admin hook: probe round trips
         self._on_sent = on_sent  # p2pfs.node.admin hook: gossip bytes
 
     async def send(self, to, msg: wire.Message) -> None:
+        # Before the send: the ack may be handled before this task resumes.
+        self._on_sending(msg)
         if await self._endpoint.send_oneway(to, msg):
             self._on_sent(msg)
 
@@ -125,7 +129,8 @@ class Node:
                 rng=random.Random(),
                 now_s=trio.current_time(),
             ),
-            EndpointGossip(self.endpoint, on_sent=lambda msg: self.admin.count_gossip("sent", msg)),
+            EndpointGossip(self.endpoint, on_sending=lambda msg: self.admin.gossip_sending(msg),
+                           on_sent=lambda msg: self.admin.count_gossip("sent", msg)),
         )
         self.data = DataService(
             node_id=self.node_id,

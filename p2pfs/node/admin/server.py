@@ -82,7 +82,8 @@ class AdminService:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self.registry, self.requests, self.events, self.gossip = new_registry(node, lambda: readiness(node))
+        self.registry, self.requests, self.events, self.gossip, self.probes = new_registry(
+            node, lambda: readiness(node))
         # CPU time rather than wall time: what a scrape costs the event loop, not how long
         # the machine's scheduler kept the thread waiting meanwhile.
         self.scrape_cpu = Gauge(
@@ -216,6 +217,12 @@ class AdminService:
 
     def count_gossip(self, direction: str, msg: wire.Message) -> None:
         self.gossip.count(direction, len(wire.encode_message(msg)))
+        if direction == "received":
+            self.probes.received(msg, trio.current_time())
+
+    def gossip_sending(self, msg: wire.Message) -> None:
+        """A membership message about to go out: a Ping's round trip starts here."""
+        self.probes.sending(msg, trio.current_time())
 
     def record_request(self, request: net.IncomingRequest, outcome: str, started_s: float) -> None:
         """Count and time one answered request, and log it: a client's at info (one line per
