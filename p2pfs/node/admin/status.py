@@ -124,6 +124,9 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
             "corrupt_chunks_pending": stats.corrupt_chunks_pending if stats is not None else None,
             "repair_sent_bytes": stats.repair_sent_bytes if stats is not None else None,
             "repair_received_bytes": stats.repair_received_bytes if stats is not None else None,
+            "repair_queue_chunks": stats.repair_queue_chunks if stats is not None else None,
+            "under_replicated_keys": stats.under_replicated_keys if stats is not None else None,
+            "hints_delivered": stats.hints_delivered if stats is not None else None,
         },
         "limits": {
             "client_bytes_per_s": node.client_limit.rate_bytes_per_s,
