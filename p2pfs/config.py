@@ -90,9 +90,9 @@ class NodeSettings:
         default=Address("127.0.0.1", 7000),
     )
     advertise: Address | None = doc(
-        "Address peers and clients are told to dial, HOST:PORT: what the member table, the "
-        "node's status and its certificate name. Needed when listen is a wildcard (a peer "
-        "cannot dial 0.0.0.0) or behind NAT or a port forward. Unset: the listen address.",
+        "Address peers and clients are told to dial, HOST:PORT: what the member table and the "
+        "node's status show. Needed when listen is a wildcard (a peer cannot dial 0.0.0.0) or "
+        "behind NAT or a port forward. Unset: the listen address.",
         default=None,
     )
     seeds: tuple[Address, ...] = doc(
