@@ -3,7 +3,7 @@
 Probe round trips and handshake failures (membership and net), and the background jobs'
 figures: chunks held, the anti-entropy round's under-replicated estimate, the repair queue,
 chunks and bytes moved by repair, hints delivered, scrub progress and corrupt chunks, GC
-removals.
+removals of chunks and tombstones.
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ FILE_BYTES = 8 * CHUNK_BYTES
 # One chunk per second per node: node4's share of the data (about 3/4 of FILES * 8 chunks)
 # cannot be repaired in less than ~12 s with four nodes at it, so the queue is seen.
 SLOW_REPAIR_BYTES_PER_S = CHUNK_BYTES
+# Long enough for anti-entropy (every second) to give every replica the tombstone first.
+TOMBSTONE_GRACE_S = 5.0
 FAST = {
     "replication": {"anti_entropy_interval_s": 1.0, "hint_delivery_interval_s": 0.5, "gc_interval_s": 1.0,
-                    "chunk_gc_grace_s": 1.0, "chunk_size_bytes": CHUNK_BYTES},
+                    "chunk_gc_grace_s": 1.0, "tombstone_gc_grace_s": TOMBSTONE_GRACE_S,
+                    "chunk_size_bytes": CHUNK_BYTES},
     "net": {"handshake_timeout_s": HANDSHAKE_TIMEOUT_S},
 }
 
@@ -165,7 +168,10 @@ def test_background_jobs_report_what_they_do(tmp_path):
         moved_bytes = total(net, "p2pfs_repair_sent_bytes_total") + total(net, "p2pfs_repair_received_bytes_total")
         assert moved > 0 and moved_bytes == moved * CHUNK_BYTES, (moved, moved_bytes)
 
-        # A removed file's chunks are collected.
+        # A removed file's chunks are collected, and its tombstone once past its grace.
+        assert total(net, "p2pfs_gc_purged_tombstones_total") == 0
         net.cli("rm", "f0", node="node1")
         wait_for(lambda: total(net, "p2pfs_gc_removed_chunks_total") > 0, timeout_s=60,
                  what="garbage collection to remove the file's chunks")
+        wait_for(lambda: total(net, "p2pfs_gc_purged_tombstones_total") > 0, timeout_s=60,
+                 what="garbage collection to purge the tombstone")
