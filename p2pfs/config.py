@@ -10,6 +10,7 @@ checks every key: an unknown key, a wrong type or a bad value is a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 import typing
@@ -71,13 +72,28 @@ def doc(text: str, **kwargs: Any) -> Any:
     return dataclasses.field(metadata={"doc": text}, **kwargs)
 
 
+def is_wildcard(host: str) -> bool:
+    """True for 0.0.0.0 and :: (listen on every interface): an address to bind, never to dial."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeSettings:
     """The ``[node]`` section: who this node is and where it lives."""
 
     listen: Address = doc(
-        "Address to accept connections on, HOST:PORT. Peers and clients dial it.",
+        "Address to accept connections on, HOST:PORT. Peers and clients dial it unless "
+        "advertise is set. 0.0.0.0 or [::] (every interface) needs advertise.",
         default=Address("127.0.0.1", 7000),
+    )
+    advertise: Address | None = doc(
+        "Address peers and clients are told to dial, HOST:PORT: what the member table and the "
+        "node's status show. Needed when listen is a wildcard (a peer cannot dial 0.0.0.0) or "
+        "behind NAT or a port forward. Unset: the listen address.",
+        default=None,
     )
     seeds: tuple[Address, ...] = doc(
         "Members to join through, [\"HOST:PORT\", ...]. One reachable seed is enough; "
@@ -105,6 +121,11 @@ class NodeSettings:
     )
     log_level: str = doc("Log level: debug, info, warning or error.", default="info")
 
+    @property
+    def advertise_address(self) -> Address:
+        """The address others are told to dial: ``advertise``, else ``listen``."""
+        return self.advertise if self.advertise is not None else self.listen
+
     def __post_init__(self) -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"{self.log_level!r} is not one of debug, info, warning, error")
@@ -112,6 +133,15 @@ class NodeSettings:
             raise ValueError("must be more than 0")
         if self.listen.port == 0:
             raise ValueError("a node needs a fixed port to listen on")
+        if is_wildcard(self.listen.host) and self.advertise is None:
+            raise ValueError(
+                f"listen = \"{self.listen}\" accepts on every interface, which no peer can dial: "
+                "set [node] advertise = \"HOST:PORT\" to the address peers and clients reach this "
+                "node at (`p2pfs node init --advertise`)"
+            )
+        if self.advertise is not None and (is_wildcard(self.advertise.host) or self.advertise.port == 0):
+            raise ValueError(f"advertise = \"{self.advertise}\" must be an address peers can dial "
+                             "(a host and a fixed port, not a wildcard)")
         if not self.zone.isprintable():
             raise ValueError(f"zone {self.zone!r} has control characters; use letters, digits and punctuation")
 
@@ -221,6 +251,10 @@ def render_section(section: str, values: Any, *, commented: bool) -> str:
         assert text, f"{type(values).__name__}.{f.name} has no doc"
         lines.extend(f"# {line}" for line in _wrap(text))
         value = getattr(values, f.name)
+        if value is None:  # an optional setting left unset: TOML has no null
+            lines.append(f"# {f.name} =")
+            lines.append("")
+            continue
         prefix = "# " if commented and value == getattr(defaults, f.name) else ""
         lines.append(f"{prefix}{f.name} = {_toml_value(value, size='_bytes' in f.name)}")
         lines.append("")

@@ -148,7 +148,7 @@ def node_process(node_dir: Path) -> NodeProcess:
         name=node_dir.name,
         directory=node_dir,
         node_id=ident.node_id,
-        address=cfg.node.listen,
+        address=cfg.node.advertise_address,
         pid=pid,
         running=pid is not None and _pid_alive(pid, node_dir),
         admin=cfg.admin.listen if cfg.admin.enabled else None,

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from admin_helpers import http_get
-from testnet_helpers import running_testnet
+from testnet_helpers import running_testnet, wait_for
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ALERTS = CONFIGS / "alerts.yml"
@@ -71,7 +71,9 @@ tests:
         values: '1 0x10'
       - series: 'p2pfs_members{{state="dead", instance="n2"}}'
         values: '0 1x30'
-      - series: 'p2pfs_hints_pending{{instance="n2"}}'
+      - series: 'p2pfs_antientropy_under_replicated_keys{{instance="n2"}}'
+        values: '0x5 12x30'
+      - series: 'p2pfs_antientropy_under_replicated_keys{{instance="n3"}}'
         values: '0x40'
       - series: 'p2pfs_corrupt_chunks_pending{{instance="n2"}}'
         values: '0x40'
@@ -91,10 +93,10 @@ tests:
         alertname: P2pfsNodeDown
         exp_alerts:
           - exp_labels: {{severity: page, job: p2pfs, instance: n1}}
-      - eval_time: 10m
+      - eval_time: 17m
         alertname: P2pfsDataUnderReplicated
         exp_alerts: []
-      - eval_time: 17m
+      - eval_time: 22m
         alertname: P2pfsDataUnderReplicated
         exp_alerts:
           - exp_labels: {{severity: page}}
@@ -144,8 +146,12 @@ def metric_names(text: str) -> set[str]:
 
 @pytest.mark.integration
 def test_dashboard_and_alerts_name_only_exported_metrics(tmp_path):
-    with running_testnet(tmp_path / "net", nodes=1) as net:
-        code, body = http_get(net.status()["node1"].status_page + "metrics")
+    # Anti-entropy every second: its figures appear once a round has run.
+    with running_testnet(tmp_path / "net", nodes=1, overrides={"replication": {"anti_entropy_interval_s": 1.0}}) as net:
+        page = net.status()["node1"].status_page
+        wait_for(lambda: b"p2pfs_antientropy_under_replicated_keys " in http_get(page + "metrics")[1], timeout_s=30,
+                 what="the first anti-entropy round")
+        code, body = http_get(page + "metrics")
     assert code == 200
     exported = set()
     for line in body.decode().splitlines():

@@ -162,6 +162,8 @@ def node() -> None:
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="DIR")
 @_CA_OPTION
 @click.option("--listen", required=True, type=ADDRESS, help="Address the node accepts connections on.")
+@click.option("--advertise", type=ADDRESS, default=None,
+              help="Address peers and clients dial, if not --listen (needed with 0.0.0.0 or [::]).")
 @click.option("--seed", "seeds", multiple=True, type=ADDRESS,
               help="A member to join through (repeatable).")
 @click.option("--zone", default="", help="Failure zone name (rack, machine, ...).")
@@ -173,7 +175,7 @@ def node() -> None:
               help="Data directory (relative to DIR unless absolute).")
 @JSON_OPTION
 def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Address, ...],
-              zone: str, capacity_bytes: int, data_dir: Path, as_json: bool) -> None:
+              zone: str, capacity_bytes: int, data_dir: Path, as_json: bool, advertise: Address | None) -> None:
     """Create a node identity and a documented config file DIR/p2pfs.toml."""
     if listen.port == 0:
         raise BadInput("--listen needs a fixed port, not 0")
@@ -182,8 +184,8 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
     if (directory / CONFIG_FILE).exists():
         raise BadInput(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
     try:
-        settings = NodeSettings(listen=listen, seeds=seeds, zone=zone, capacity_bytes=capacity_bytes,
-                                data_dir=data_dir)
+        settings = NodeSettings(listen=listen, advertise=advertise, seeds=seeds, zone=zone,
+                                capacity_bytes=capacity_bytes, data_dir=data_dir)
     except ValueError as exc:  # checked before anything is written
         raise BadInput(str(exc)) from None
     from p2pfs import identity
@@ -195,7 +197,7 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
     (directory / CONFIG_FILE).write_text(render_node_config(settings))
     if as_json:
         emit({"node_id": ident.node_id, "directory": str(directory), "config": str(directory / CONFIG_FILE),
-               "address": str(listen)})
+               "address": str(settings.advertise_address)})
         return
     click.echo(f"created node {ident.node_id} in {shown(str(directory))}")
     click.echo(f"start it with: p2pfs daemon {shown(str(directory))}")

@@ -71,10 +71,14 @@ class Endpoint:
         config: NetConfig = NetConfig(),
         bind_host: str | None = None,
         rng: random.Random | None = None,
+        advertise: Address | None = None,
     ) -> None:
         # What this node presents and trusts; reloadable (``trust``), read on every accept and dial.
         self.trust = TrustStore(identity)
         self.listen = listen
+        # What the hello tells peers to dial: ``[node] advertise`` when the node binds a
+        # wildcard or sits behind NAT, else the listen address.
+        self.advertise = advertise
         self.config = config
         self._handlers = handlers
         self._bind_host = bind_host
@@ -94,6 +98,10 @@ class Endpoint:
         self._log_shed = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
         self._log_timed_out = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
         self._log_rejected = Collapsed(log, logging.INFO, LOG_COLLAPSE_INTERVAL_S)
+        # Handshakes that failed, by reason (the node's metrics): "auth" (a certificate or
+        # identity refused, either way), "protocol" (an inbound peer not speaking TLS or our
+        # hello), "timeout" (an inbound peer silent past handshake_timeout_s).
+        self.handshake_failures: dict[str, int] = {"auth": 0, "protocol": 0, "timeout": 0}
         self._nursery: trio.Nursery | None = None
         self.bound_port: int | None = None
 
@@ -107,6 +115,7 @@ class Endpoint:
         self.bound_port = listeners[0].socket.getsockname()[1]
         if self.listen.port == 0:  # an ephemeral port (tests): tell peers the real one
             self.listen = Address(self.listen.host, self.bound_port)
+        self.advertise = self.advertise or self.listen
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for listener in listeners:
@@ -185,9 +194,10 @@ class Endpoint:
                 with attempt.scope:  # the deadline set at the accept: queueing for a slot counts
                     async with self._handshakes:
                         peer, hello, leftover = await handshake(
-                            stream, self.identity, self.listen, self.trust.refusal
+                            stream, self.identity, self.advertise, self.trust.refusal
                         )
             except (ConnectError, HandshakeError) as exc:
+                self.handshake_failures["auth" if isinstance(exc, HandshakeError) else "protocol"] += 1
                 self._log_rejected.log(trio.current_time(), "rejected %s: %s", remote, exc)
                 await trio.aclose_forcefully(stream)
                 return
@@ -195,6 +205,7 @@ class Endpoint:
                 self._forget_attempt(attempt)
             if attempt.scope.cancelled_caught:
                 if not attempt.shed:
+                    self.handshake_failures["timeout"] += 1
                     self._log_timed_out.log(
                         trio.current_time(), "dropped %s: no handshake within %s s of the accept",
                         remote, self.config.handshake_timeout_s,
@@ -243,10 +254,12 @@ class Endpoint:
         try:
             conn = await dial(
                 self.identity, address, config=self.config, handlers=self._handlers,
-                listen=self.listen, bind_host=self._bind_host, expected_node_id=node_id,
+                listen=self.advertise, bind_host=self._bind_host, expected_node_id=node_id,
                 ssl_context=self.trust.client_context, refuse=self.trust.refusal,
             )
-        except (ConnectError, HandshakeError):
+        except (ConnectError, HandshakeError) as exc:
+            if isinstance(exc, HandshakeError):
+                self.handshake_failures["auth"] += 1
             delay_s = min(
                 max(delay_s * 2, self.config.redial_backoff_s_min), self.config.redial_backoff_s_max
             )

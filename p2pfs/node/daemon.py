@@ -38,7 +38,7 @@ from p2pfs import __version__, net, wire
 from p2pfs.access import Operation
 from p2pfs.net.access import authorize
 from p2pfs.node.admin import sdnotify
-from p2pfs.node.admin.reload import reload_config
+from p2pfs.node.admin.reload import Reloaded, reload_config
 from p2pfs.node.admin.server import AdminService
 from p2pfs.clock import SystemClock
 from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
@@ -53,6 +53,7 @@ from p2pfs.membership import (
 )
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
+from p2pfs.node.limits import Throttle
 from p2pfs.node.trust import TrustService
 from p2pfs.replication.service import DataService
 from p2pfs.wire import Role
@@ -83,11 +84,15 @@ Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
 class EndpointGossip:
     """Membership's transport over the node's mutual-TLS endpoint: best-effort one-way sends."""
 
-    def __init__(self, endpoint: net.Endpoint, on_sent: Callable[[wire.Message], None]) -> None:
+    def __init__(self, endpoint: net.Endpoint, on_sent: Callable[[wire.Message], None],
+                 on_sending: Callable[[wire.Message], None] = lambda msg: None) -> None:
         self._endpoint = endpoint
+        self._on_sending = on_sending  # p2pfs.node.admin hook: probe round trips
         self._on_sent = on_sent  # p2pfs.node.admin hook: gossip bytes
 
     async def send(self, to, msg: wire.Message) -> None:
+        # Before the send: the ack may be handled before this task resumes.
+        self._on_sending(msg)
         if await self._endpoint.send_oneway(to, msg):
             self._on_sent(msg)
 
@@ -111,11 +116,12 @@ class Node:
             self,
             config=cfg.net,
             bind_host=cfg.node.listen.host if cfg.node.bind_outgoing else None,
+            advertise=cfg.node.advertise,
         )
         self.membership = MembershipService(
             Membership(
                 node_id=self.node_id,
-                address=cfg.node.listen,
+                address=cfg.node.advertise_address,
                 zone=cfg.node.zone,
                 capacity_bytes=cfg.node.capacity_bytes,
                 protocol_version=wire.PROTOCOL_VERSION,
@@ -127,7 +133,8 @@ class Node:
                 rng=random.Random(),
                 now_s=trio.current_time(),
             ),
-            EndpointGossip(self.endpoint, on_sent=lambda msg: self.admin.count_gossip("sent", msg)),
+            EndpointGossip(self.endpoint, on_sending=lambda msg: self.admin.gossip_sending(msg),
+                           on_sent=lambda msg: self.admin.count_gossip("sent", msg)),
         )
         self.data = DataService(
             node_id=self.node_id,
@@ -138,6 +145,8 @@ class Node:
             members=self.membership.members,
             clock=self.clock,
         )
+        # Clients' file bodies through this node share one budget ([replication] client_bytes_per_s).
+        self.client_limit = Throttle(cfg.replication.client_bytes_per_s)
         self.admin = AdminService(self)
         self.trust = TrustService(self.endpoint, self.membership, self.clock)  # CRLs, reloads, expiry
         self.leave_requested = trio.Event()
@@ -169,7 +178,8 @@ class Node:
             await nursery.start(self.membership.run, self.cfg.node.seeds)
             await nursery.start(self.trust.run)
             await nursery.start(self.admin.run)  # p2pfs.node.admin: metrics, health, status page
-            log.info("node %s listening on %s", short_id(self.node_id), self.cfg.node.listen)
+            log.info("node %s listening on %s, advertised as %s", short_id(self.node_id),
+                     self.cfg.node.listen, self.cfg.node.advertise_address)
             task_status.started()
 
     async def leave(self) -> None:
@@ -188,12 +198,19 @@ class Node:
             log.warning("hand-off incomplete; anti-entropy will re-replicate the rest")
         await self.membership.leave(timeout_s=LEAVE_TIMEOUT_S)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config file and the identity, and apply what can change at run time."""
-        self.cfg = reload_config(self.cfg)
+    def reload(self) -> Reloaded:
+        """SIGHUP or the admin listener: re-read the config file and the identity, and apply what
+        can change at run time (log level and format, the bandwidth caps; certificate, key,
+        trusted CAs and CRL)."""
+        outcome = reload_config(self.cfg)
+        self.cfg = outcome.config
+        self.client_limit.set_rate(self.cfg.replication.client_bytes_per_s)
+        if self.data.repair_pacer is not None:
+            self.data.repair_pacer.set_rate(self.cfg.replication.repair_bytes_per_s)
         with contextlib.suppress(IdentityError):  # logged; the running identity stays
-            self.trust.reload()  # certificate, key, trusted CAs, CRL (p2pfs.node.trust)
+            self.trust.reload()  # p2pfs.node.trust
         self.identity = self.endpoint.identity
+        return outcome
 
     # -- requests -----------------------------------------------------------
 
@@ -203,6 +220,10 @@ class Node:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"{type(request.msg).__name__} is not served here")
         # p2pfs.node.admin hook: count and time every request by operation and outcome.
         started_s = trio.current_time()
+        client = request.peer.role is Role.CLIENT
+        if client:
+            request = self.client_limit.paced_request(request)
+        request = self.admin.counted_request(request)
         try:
             answer = await route(request)
         except net.RemoteError as exc:
@@ -211,6 +232,8 @@ class Node:
         except Exception:
             self.admin.record_request(request, "error", started_s)
             raise
+        if client and isinstance(answer, net.Reply):
+            answer = self.client_limit.paced_reply(answer)
         return self.admin.record_answer(request, answer, started_s)
 
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
@@ -227,8 +250,8 @@ class Node:
             counts[member.state] += 1
         return m.StatusReply(
             node_id=self.node_id,
-            host=self.cfg.node.listen.host,
-            port=self.cfg.node.listen.port,
+            host=self.cfg.node.advertise_address.host,
+            port=self.cfg.node.advertise_address.port,
             version=__version__,
             uptime_s=time.monotonic() - self.started_at_s,
             zone=self.cfg.node.zone,

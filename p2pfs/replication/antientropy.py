@@ -77,13 +77,26 @@ class AntiEntropy:
         self._replicas = replicas
         self._local = local
         self._pusher = pusher
-        # Chunk bytes pulled from peers (the admin's repair metric).
+        # For the admin's metrics: chunks and their bytes pulled from peers; transfers a round
+        # decided on and has not done yet (the repair queue); and, from the last whole round,
+        # the chunks held and the keys found short of a live copy (see ``round``).
         self.received_bytes = 0
+        self.received_chunks = 0
+        self.queued_chunks = 0
+        self.chunks_held: int | None = None
+        self.under_replicated_keys: int | None = None
         self._pacer = pacer
         self._offload = offload
 
     async def round(self) -> NotOurs | None:
-        """Reconcile chunks and names with every live peer; None while this node is leaving."""
+        """Reconcile chunks and names with every live peer; None while this node is leaving.
+
+        On the way it estimates the keys (chunks and names) it shares that are short of a
+        live copy: those whose other replicas include a member not alive or not answering,
+        or that a replica (this node included) lacked. What a round repairs was
+        under-replicated when it began; a clean cluster gives 0. Each holder counts a key,
+        so the cluster's figure is the maximum over nodes, not the sum.
+        """
         if self.node_id in self._view.leaving:
             return None  # the leave's own hand-off is at work
         ring = self._view.ring()
@@ -95,37 +108,63 @@ class AntiEntropy:
         by_name = {name: (version, writer, tomb) for name, version, writer, tomb in summaries}
         names_by_key = {name_key(n): n for n in by_name}
         names_by_peer, names_not_ours = shared_keys(ring, rf, me, names_by_key)
-        peers = sorted(((set(chunks_by_peer) | set(names_by_peer)) & self._view.alive()) - {me})
+        alive = self._view.alive()
+        peers = sorted(((set(chunks_by_peer) | set(names_by_peer)) & alive) - {me})
         limiter = trio.CapacityLimiter(self.config.repair_concurrency)
+        short: set[bytes] = set()  # chunk ids and name keys short of a live copy
+        for by_peer in (chunks_by_peer, names_by_peer):
+            for peer, keys in by_peer.items():
+                if peer not in alive:
+                    short.update(keys)
 
         async def with_peer(peer: str) -> None:
             async with limiter:
                 try:
-                    await self._sync_chunks(peer, chunks_by_peer.get(peer, []))
-                    await self._sync_names(peer, [names_by_key[k] for k in names_by_peer.get(peer, [])], by_name)
+                    await self._sync_chunks(peer, chunks_by_peer.get(peer, []), short)
+                    await self._sync_names(peer, [names_by_key[k] for k in names_by_peer.get(peer, [])], by_name,
+                                           short)
                 except ReplicaError as exc:
+                    short.update(chunks_by_peer.get(peer, []))
+                    short.update(names_by_peer.get(peer, []))
                     log.info("anti-entropy with %s stopped: %s", short_id(peer), exc)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(with_peer, peer)
+        self.chunks_held = len(chunk_ids)
+        self.under_replicated_keys = len(short)
         return NotOurs(ring, chunks_not_ours, [names_by_key[k] for k in names_not_ours])
 
     # -- chunks ---------------------------------------------------------------------
 
-    async def _sync_chunks(self, peer: str, shared: list[bytes]) -> None:
+    async def _sync_chunks(self, peer: str, shared: list[bytes], short: set[bytes]) -> None:
         ours = by_bucket(shared)
         remote = self._replicas.remote(peer)
         for bucket, ids in await remote.sync_chunks(_digest_messages(bucket_digests(ours))):
             theirs = set(ids)
             mine = set(ours.get(bucket, []))
-            for chunk_id in sorted(mine - theirs):
-                await self._pusher.push(remote, chunk_id)
-            for chunk_id in sorted(theirs - mine):
-                data = await remote.fetch_chunk(chunk_id)
-                await self._pacer.pace(len(data))
-                await self._replicas.local.store_chunk(chunk_id, data)
-                self.received_bytes += len(data)
+            to_push, to_pull = sorted(mine - theirs), sorted(theirs - mine)
+            short.update(to_push)
+            short.update(to_pull)
+            left = len(to_push) + len(to_pull)
+            self.queued_chunks += left
+            try:
+                for chunk_id in to_push:
+                    await self._pusher.push(remote, chunk_id)
+                    left -= 1
+                    self.queued_chunks -= 1
+                for chunk_id in to_pull:
+                    data = await remote.fetch_chunk(chunk_id)
+                    await self._pacer.pace(len(data))
+                    await self._replicas.local.store_chunk(chunk_id, data)
+                    self.received_bytes += len(data)
+                    self.received_chunks += 1
+                    left -= 1
+                    self.queued_chunks -= 1
+            finally:
+                # What was not done (a peer's error, the round's deadline) leaves the queue;
+                # the next round decides again.
+                self.queued_chunks -= left
 
     async def on_sync_chunks(self, request: net.IncomingRequest) -> dm.SyncChunksReply:
         peer = request.peer.node_id
@@ -145,19 +184,22 @@ class AntiEntropy:
 
     # -- names ------------------------------------------------------------------------
 
-    async def _sync_names(self, peer: str, shared: list[str], by_name: dict[str, Summary]) -> None:
+    async def _sync_names(self, peer: str, shared: list[str], by_name: dict[str, Summary],
+                          short: set[bytes]) -> None:
         grouped, digests = _name_digests((n, *by_name[n]) for n in shared)
         remote = self._replicas.remote(peer)
         differing, theirs = await remote.sync_names(_digest_messages(digests))
         for bucket in differing:
             for name, version, writer, _ in grouped.get(bucket, []):
                 if name not in theirs or (version, writer) > theirs[name]:
+                    short.add(name_key(name))
                     entry = await self._offload(self._local.names.get, name)
                     if entry is not None:
                         await remote.put_name(entry)
         for name, key in theirs.items():
             mine = by_name.get(name)
             if mine is None or key > (mine[0], mine[1]):
+                short.add(name_key(name))
                 entry = await remote.get_name(name)
                 if entry is not None:
                     await self._replicas.local.put_name(entry)

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # not hold up the rest for long.
 ROUND_DEADLINE_INTERVALS = 10
 ROUND_DEADLINE_S_MIN = 600.0
+# Seconds of the repair rate that may go out at once (see RepairPacer).
+REPAIR_BURST_S = 1.0
 # Rounds start at a uniformly random fraction of the interval within this much
 # either way, so that nodes started together do not repair in lockstep.
 ROUND_JITTER_FRACTION = 0.25
@@ -70,10 +72,16 @@ class RepairPacer:
     """The one bandwidth budget of repair traffic (``healing.Pacer``), on the data layer's clock."""
 
     def __init__(self, rate_bytes_per_s: float, clock: Clock) -> None:
-        # A burst of at least 8 MiB: a round's first few chunks go out without waiting.
-        burst_bytes = max(rate_bytes_per_s, 8 * 1024 * 1024)
-        self._pacer = Pacer(rate_bytes_per_s, burst_bytes)
         self._clock = clock
+        self.set_rate(rate_bytes_per_s)
+
+    def set_rate(self, rate_bytes_per_s: float) -> None:
+        """Change the budget (a config reload): transfers from now on are paced at the new rate."""
+        self.rate_bytes_per_s = rate_bytes_per_s
+        # A burst of one second at the rate (64 MiB by default): a round's first chunks go out
+        # without waiting, and a cap an operator lowers is a cap from the first second on (a
+        # floor of several MiB would let a slow link's repair run unpaced for that long).
+        self._pacer = Pacer(rate_bytes_per_s, rate_bytes_per_s * REPAIR_BURST_S)
 
     async def pace(self, size_bytes: int) -> None:
         delay_s = self._pacer.delay_s(size_bytes, self._clock.monotonic_s())

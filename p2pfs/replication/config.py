@@ -57,8 +57,16 @@ class ReplicationConfig:
     )
     repair_bytes_per_s: int = doc(
         "Bandwidth cap for anti-entropy, hand-off and scrub repair, in bytes per second (or a "
-        "size like \"64MiB\"), so repair never starves foreground puts and gets.",
+        "size like \"64MiB\"), so repair never starves foreground puts and gets. Changes on SIGHUP.",
         default=64 * 1024 * 1024,
+    )
+    client_bytes_per_s: int = doc(
+        "Bandwidth cap for clients' file transfers through this node, in bytes per second (or a "
+        "size like \"100MiB\"): put bodies received and get bodies sent share it. Chunk copies "
+        "between nodes are not counted (repair has repair_bytes_per_s). 0: no cap. Set it a little "
+        "below the link's speed minus repair_bytes_per_s so that gossip and repair keep room. "
+        "Changes on SIGHUP.",
+        default=0,
     )
     repair_concurrency: int = doc("Peers a node repairs with at once.", default=2)
     scrub_bytes_per_s: int = doc(
@@ -106,5 +114,7 @@ class ReplicationConfig:
             raise ValueError("repair_concurrency must be at least 1")
         if self.scrub_bytes_per_s < 0:
             raise ValueError("scrub_bytes_per_s cannot be negative")
+        if self.client_bytes_per_s < 0:
+            raise ValueError("client_bytes_per_s cannot be negative")
         if self.put_window_chunks < 1 or self.get_window_chunks < 1:
             raise ValueError("windows must be at least 1 chunk")

@@ -32,6 +32,9 @@ class GarbageCollector:
         self._local = local
         self._clock = clock
         self._offload = offload
+        # Totals for the admin's metrics.
+        self.removed_chunks = 0
+        self.purged_tombstones = 0
 
     async def round(self) -> tuple[int, int]:
         """Remove unreferenced chunks past their grace, and old tombstones. Returns the counts."""
@@ -40,6 +43,7 @@ class GarbageCollector:
             self._local.names.purge_tombstones,
             Timestamp(max(0, now_ms - int(self.config.tombstone_gc_grace_s * 1000)), 0),
         )
+        self.purged_tombstones += purged
         everyone = self._view.everyone(self._view.ring())
         entries, _, unreachable, _ = await collect_names(self._replicas, everyone)
         if unreachable:
@@ -52,6 +56,7 @@ class GarbageCollector:
             if chunk_id not in referenced:
                 if await self._offload(self._local.chunks.delete_if_unused_since, chunk_id, before_ms):
                     removed += 1
+                    self.removed_chunks += 1
         if removed or purged:
             log.info("gc: removed %d unreferenced chunks and %d old tombstones", removed, purged)
         return removed, purged

@@ -52,8 +52,10 @@ class Pusher:
         self._local = local
         self._pacer = pacer
         self._offload = offload
-        # Chunk bytes pushed to peers by anti-entropy and hand-off (the admin's repair metric).
+        # Chunks and their bytes pushed to peers by anti-entropy and hand-off (the admin's
+        # repair metrics).
         self.sent_bytes = 0
+        self.sent_chunks = 0
 
     async def push(self, replica: Replica, chunk_id: bytes) -> bool:
         """Give ``replica`` our copy; False if we hold no good copy any more."""
@@ -64,6 +66,7 @@ class Pusher:
         await self._pacer.pace(len(data))
         await replica.store_chunk(chunk_id, data)
         self.sent_bytes += len(data)
+        self.sent_chunks += 1
         return True
 
 

@@ -35,6 +35,7 @@ class HintDelivery:
         self._local = local
         self._clock = clock
         self._offload = offload
+        self.delivered = 0  # hinted chunks and names handed to their owners (the admin's metric)
 
     async def round(self) -> int:
         """Hand hinted chunks and names to owners that are alive again; returns how many."""
@@ -66,6 +67,7 @@ class HintDelivery:
                     break
                 await self._offload(hints.remove, hint)
                 delivered += 1
+                self.delivered += 1
                 if hint.kind is HintKind.CHUNK:
                     await self._drop_if_not_ours(hint.key)
             if delivered:

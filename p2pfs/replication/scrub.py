@@ -37,6 +37,14 @@ class Scrubber:
         self._rng = rng
         self._offload = offload
         self._pass: list[bytes] = []
+        # Progress and findings, for the admin's metrics.
+        self.pass_chunks = 0  # chunks in the current pass (the rest of it: len(self._pass))
+        self.verified_chunks = 0
+        self.corrupt_chunks = 0
+
+    @property
+    def pass_remaining_chunks(self) -> int:
+        return len(self._pass)
 
     def round_deadline_s(self) -> float:
         """Time a round may take: every chunk at the largest size at the scrub rate, or a wait."""
@@ -47,6 +55,7 @@ class Scrubber:
         if not self._pass:
             self._pass = await self._offload(self._local.chunk_ids)
             self._rng.shuffle(self._pass)
+            self.pass_chunks = len(self._pass)
             if not self._pass:
                 await trio.sleep(self.config.anti_entropy_interval_s)
                 return
@@ -62,9 +71,11 @@ class Scrubber:
         except ChunkMissing:
             return True  # deleted meanwhile
         await trio.sleep(size_bytes / self.config.scrub_bytes_per_s)
+        self.verified_chunks += 1
         if good:
             return True
         log.warning("scrub: chunk %s failed verification; repairing", chunk_id.hex()[:16])
+        self.corrupt_chunks += 1
         self._local.corrupt_pending.add(chunk_id)
         await self._repair(chunk_id)
         return False

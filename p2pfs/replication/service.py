@@ -70,6 +70,20 @@ class DataStats:
     corrupt_chunks_pending: int
     repair_sent_bytes: int  # chunk bytes pushed to peers by anti-entropy and hand-off
     repair_received_bytes: int  # chunk bytes pulled from peers by anti-entropy
+    # Totals and queues of the background jobs (the node's admin metrics).
+    repair_sent_chunks: int = 0
+    repair_received_chunks: int = 0
+    repair_queue_chunks: int = 0  # transfers anti-entropy decided on, not yet done
+    read_repairs_running: int = 0
+    chunks_held: int | None = None  # as of the last anti-entropy round
+    under_replicated_keys: int | None = None  # the last anti-entropy round's estimate
+    hints_delivered: int = 0
+    gc_removed_chunks: int = 0
+    gc_purged_tombstones: int = 0
+    scrub_pass_chunks: int = 0
+    scrub_pass_remaining_chunks: int = 0
+    scrub_verified_chunks: int = 0
+    scrub_corrupt_chunks: int = 0
 
 
 Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
@@ -116,6 +130,8 @@ class DataService:
         self._gc: GarbageCollector | None = None
         self._scrubber: Scrubber | None = None
         self._pusher: Pusher | None = None
+        # Repair's bandwidth budget, which a config reload changes (the node's admin).
+        self.repair_pacer: RepairPacer | None = None
         self._routes: dict[type, Route] = {}
 
     def stats(self) -> DataStats | None:
@@ -133,7 +149,26 @@ class DataService:
             corrupt_chunks_pending=len(self.local.corrupt_pending),
             repair_sent_bytes=self._pusher.sent_bytes,
             repair_received_bytes=self._anti_entropy.received_bytes,
+            **self._job_stats(),
         )
+
+    def _job_stats(self) -> dict[str, int | None]:
+        anti_entropy, scrubber = self._anti_entropy, self._scrubber
+        return {
+            "repair_sent_chunks": self._pusher.sent_chunks,
+            "repair_received_chunks": anti_entropy.received_chunks,
+            "repair_queue_chunks": anti_entropy.queued_chunks,
+            "read_repairs_running": self.coordinator.repairs.running,
+            "chunks_held": anti_entropy.chunks_held,
+            "under_replicated_keys": anti_entropy.under_replicated_keys,
+            "hints_delivered": self._hints.delivered,
+            "gc_removed_chunks": self._gc.removed_chunks,
+            "gc_purged_tombstones": self._gc.purged_tombstones,
+            "scrub_pass_chunks": scrubber.pass_chunks if scrubber else 0,
+            "scrub_pass_remaining_chunks": scrubber.pass_remaining_chunks if scrubber else 0,
+            "scrub_verified_chunks": scrubber.verified_chunks if scrubber else 0,
+            "scrub_corrupt_chunks": scrubber.corrupt_chunks if scrubber else 0,
+        }
 
     @property
     def store(self) -> ChunkStore:
@@ -172,7 +207,7 @@ class DataService:
             node_id=self.node_id, config=config, view=view, replicas=replicas, local=local, clock=clock,
             offload=offload,
         )
-        pacer = RepairPacer(config.repair_bytes_per_s, clock)
+        pacer = self.repair_pacer = RepairPacer(config.repair_bytes_per_s, clock)
         pusher = self._pusher = Pusher(local, pacer, offload)
         self._hand_off = HandOff(
             config=config, view=view, replicas=replicas, local=local, pusher=pusher, offload=offload

@@ -13,7 +13,10 @@ scrape cannot see after the fact, and are counted here as they happen:
   notifications: suspicions, deaths, refutations, leaves and joins, with the
   last ``EVENTS_KEPT`` kept for the status page;
 - gossip messages and bytes (``GossipMetrics``), from the daemon's gossip
-  transport and one-way message hooks.
+  transport and one-way message hooks;
+- probe round trips (``ProbeTimes``), from the same hooks: a Ping's sequence
+  number as it goes out, its Ack as it comes in. The membership core is not
+  touched: what it sends and receives is enough.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from p2pfs import __version__
 from p2pfs.membership import MemberState
+from p2pfs.membership.messages import Ack, Ping
 
 if TYPE_CHECKING:
     from p2pfs.node.daemon import Node
@@ -38,6 +42,13 @@ if TYPE_CHECKING:
 EVENTS_KEPT = 50
 # Request latency buckets, in seconds: from a local metadata answer (~1 ms) to a
 # large streamed put or get of many chunks (tens of seconds).
+# Probe round-trip buckets, in seconds: a LAN round trip over pooled TLS (~0.5 ms) up to
+# the probe timeout (500 ms by default) and past it, for acks that came late or via a relay.
+PROBE_RTT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Pings awaiting their ack, timed by sequence number. A node sends one probe per probe
+# interval plus the pings it relays (at most RELAY_PROBES_MAX, 256); a ping never acked
+# (its target is down) is dropped oldest first beyond this.
+PINGS_TIMED_MAX = 1024
 REQUEST_DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -64,6 +75,10 @@ class RequestMetrics:
             "p2pfs_response_body_bytes", "Bytes of streamed response bodies sent, by operation.",
             ["operation"], registry=registry,
         )
+        self.bytes_in = Counter(
+            "p2pfs_request_body_bytes", "Bytes of streamed request bodies received, by operation.",
+            ["operation"], registry=registry,
+        )
 
     def observe(self, operation: str, outcome: str, duration_s: float) -> None:
         self.requests.labels(operation, outcome).inc()
@@ -71,6 +86,29 @@ class RequestMetrics:
 
     def add_bytes_out(self, operation: str, size_bytes: int) -> None:
         self.bytes_out.labels(operation).inc(size_bytes)
+
+    def add_bytes_in(self, operation: str, size_bytes: int) -> None:
+        self.bytes_in.labels(operation).inc(size_bytes)
+
+
+class CountedPieces:
+    """A request body's pieces, each counted as the handler reads it (an iterator class, not
+    an async generator: a handler that stops early leaves nothing to finalize)."""
+
+    def __init__(self, pieces: AsyncIterable[bytes], count: Callable[[int], None]) -> None:
+        self._pieces = pieces
+        self._count = count
+        self._iterator: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> CountedPieces:
+        self._iterator = aiter(self._pieces)
+        return self
+
+    async def __anext__(self) -> bytes:
+        assert self._iterator is not None
+        piece = await anext(self._iterator)
+        self._count(len(piece))
+        return piece
 
 
 class GossipMetrics:
@@ -90,6 +128,29 @@ class GossipMetrics:
     def count(self, direction: str, size_bytes: int) -> None:
         self.messages.labels(direction).inc()
         self.payload_bytes.labels(direction).inc(size_bytes)
+
+
+class ProbeTimes:
+    """Round trip of each probe: from a Ping going out to the first Ack with its sequence
+    number (direct, or forwarded by a relay when the direct one was lost)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rtt = Histogram("p2pfs_probe_rtt_seconds", "Time from a membership Ping sent to its Ack.",
+                             buckets=PROBE_RTT_BUCKETS_S, registry=registry)
+        self._sent_s: dict[int, float] = {}  # by sequence number, oldest first
+
+    def sending(self, msg, now_s: float) -> None:
+        if not isinstance(msg, Ping):
+            return
+        if len(self._sent_s) >= PINGS_TIMED_MAX:
+            del self._sent_s[next(iter(self._sent_s))]
+        self._sent_s[msg.seq] = now_s
+
+    def received(self, msg, now_s: float) -> None:
+        if isinstance(msg, Ack):
+            sent_s = self._sent_s.pop(msg.seq, None)
+            if sent_s is not None:
+                self.rtt.observe(now_s - sent_s)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -176,6 +237,13 @@ class NodeCollector:
                        node.membership.sends_dropped)
         yield _counter("p2pfs_gossip_sends_timed_out", "Gossip sends abandoned at their deadline.",
                        node.membership.sends_timed_out)
+        failures = CounterMetricFamily(
+            "p2pfs_handshake_failures", "Connection handshakes that failed, by reason (auth: a certificate or "
+            "identity refused; protocol: an inbound peer not speaking TLS or the hello; timeout: an inbound "
+            "peer silent past handshake_timeout_s).", labels=["reason"])
+        for reason, count in sorted(node.endpoint.handshake_failures.items()):
+            failures.add_metric([reason], count)
+        yield failures
 
         stats = node.data.stats()
         if stats is not None:
@@ -189,6 +257,14 @@ class NodeCollector:
                            "and hand-off.", stats.repair_sent_bytes)
             yield _counter("p2pfs_repair_received_bytes", "Chunk bytes this node pulled from peers in "
                            "anti-entropy.", stats.repair_received_bytes)
+            yield from _job_metrics(stats)
+        yield _gauge("p2pfs_client_limit_bytes_per_second", "Cap on clients' file bodies through this node "
+                     "([replication] client_bytes_per_s; 0: none).", node.client_limit.rate_bytes_per_s)
+        yield _counter("p2pfs_client_throttled_seconds", "Seconds client transfers were held back by the cap "
+                       "(summed over transfers).", node.client_limit.waited_s)
+        if node.data.repair_pacer is not None:
+            yield _gauge("p2pfs_repair_limit_bytes_per_second", "Cap on repair traffic "
+                         "([replication] repair_bytes_per_s).", node.data.repair_pacer.rate_bytes_per_s)
         share = ring_share(node)
         yield _gauge("p2pfs_ring_ownership_ratio", "Fraction of the key space this node holds a replica of "
                      "(rf copies: shares add up to rf).", share.get(node.node_id, 0.0))
@@ -218,9 +294,45 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def new_registry(node: Node, readiness) -> tuple[CollectorRegistry, RequestMetrics, MembershipEvents, GossipMetrics]:
+def _job_metrics(stats) -> Iterator[Metric]:
+    """The background jobs' totals and queues (``DataStats``)."""
+    if stats.chunks_held is not None:
+        yield _gauge("p2pfs_store_chunks", "Chunks this node holds, as counted by the last anti-entropy round.",
+                     stats.chunks_held)
+    if stats.under_replicated_keys is not None:
+        yield _gauge("p2pfs_antientropy_under_replicated_keys",
+                     "Chunks and names this node shares that the last anti-entropy round found short of a live "
+                     "copy (a replica dead, unreachable or lacking it). Take the maximum over nodes.",
+                     stats.under_replicated_keys)
+    yield _gauge("p2pfs_repair_queue_chunks", "Chunk transfers anti-entropy decided on and has not done yet.",
+                 stats.repair_queue_chunks)
+    yield _gauge("p2pfs_read_repairs_running", "Read repairs (a stale or missing replica found by a read) "
+                 "in flight.", stats.read_repairs_running)
+    yield _counter("p2pfs_repair_sent_chunks", "Chunks this node pushed to replicas lacking them (anti-entropy "
+                   "and hand-off).", stats.repair_sent_chunks)
+    yield _counter("p2pfs_repair_received_chunks", "Chunks this node pulled from replicas in anti-entropy.",
+                   stats.repair_received_chunks)
+    yield _counter("p2pfs_hints_delivered", "Hinted chunks and names handed back to their owners.",
+                   stats.hints_delivered)
+    yield _counter("p2pfs_gc_removed_chunks", "Chunks garbage collection removed (no live file refers to "
+                   "them).", stats.gc_removed_chunks)
+    yield _counter("p2pfs_gc_purged_tombstones", "Delete tombstones purged past tombstone_gc_grace_s.",
+                   stats.gc_purged_tombstones)
+    yield _gauge("p2pfs_scrub_pass_chunks", "Chunks in the scrub's current pass over the store.",
+                 stats.scrub_pass_chunks)
+    yield _gauge("p2pfs_scrub_pass_remaining_chunks", "Chunks of the current scrub pass not verified yet.",
+                 stats.scrub_pass_remaining_chunks)
+    yield _counter("p2pfs_scrub_verified_chunks", "Chunks the scrub re-read and verified.",
+                   stats.scrub_verified_chunks)
+    yield _counter("p2pfs_scrub_corrupt_chunks", "Chunks the scrub found corrupt (quarantined, then repaired).",
+                   stats.scrub_corrupt_chunks)
+
+
+def new_registry(node: Node, readiness) -> tuple[CollectorRegistry, RequestMetrics, MembershipEvents,
+                                                 GossipMetrics, ProbeTimes]:
     """One registry per node: its collectors, its event counters, and the process's CPU and memory."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node, readiness))
     ProcessCollector(registry=registry)
-    return registry, RequestMetrics(registry), MembershipEvents(registry), GossipMetrics(registry)
+    return (registry, RequestMetrics(registry), MembershipEvents(registry), GossipMetrics(registry),
+            ProbeTimes(registry))

@@ -12,6 +12,8 @@ Routes (GET unless noted):
   ``STATUS_REFRESH_S`` and redraws itself.
 - ``POST /api/log-level?level=debug``: change the log level until the next
   reload or restart.
+- ``POST /api/reload``: reload the config file, as SIGHUP does; the answer says
+  what was applied, what waits for a restart, or why the file was refused.
 
 Anything else is 404. With a token configured, every route needs
 ``Authorization: Bearer TOKEN`` (the page takes it once as ``?token=`` and keeps
@@ -36,7 +38,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client import Gauge, exposition
 
 from p2pfs import net, observe, wire
-from p2pfs.node.admin.metrics import new_registry, operation_name
+from p2pfs.node.admin.metrics import CountedPieces, new_registry, operation_name
 from p2pfs.node.admin.status import PeerUsage, readiness, status_document
 from p2pfs.errors import ConfigError
 from p2pfs.wire import Role
@@ -80,7 +82,8 @@ class AdminService:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self.registry, self.requests, self.events, self.gossip = new_registry(node, lambda: readiness(node))
+        self.registry, self.requests, self.events, self.gossip, self.probes = new_registry(
+            node, lambda: readiness(node))
         # CPU time rather than wall time: what a scrape costs the event loop, not how long
         # the machine's scheduler kept the thread waiting meanwhile.
         self.scrape_cpu = Gauge(
@@ -150,6 +153,8 @@ class AdminService:
             return 401, "text/plain", b"missing or wrong bearer token\n"
         if path == "/api/log-level" and method == "POST":
             return self._set_log_level(query)
+        if path == "/api/reload" and method == "POST":
+            return self._reload()
         if method != "GET":
             return 405, "text/plain", b"GET only\n"
         if path == "/health":
@@ -191,10 +196,33 @@ class AdminService:
         log.warning("log level set to %s through the admin listener", level)
         return 200, "text/plain", f"log level {level}\n".encode()
 
+    def _reload(self) -> tuple[int, str, bytes]:
+        """What SIGHUP does, with the outcome in the answer: 200 and what was applied and what
+        waits for a restart, or 400 and why the file was refused (the running config stays)."""
+        outcome = self._node.reload()
+        if outcome.error is not None:
+            return 400, "application/json", json.dumps({"error": outcome.error}).encode()
+        return 200, "application/json", json.dumps(
+            {"applied": list(outcome.applied), "restart": list(outcome.restart)}).encode()
+
     # -- the daemon's hooks -------------------------------------------------------
+
+    def counted_request(self, request: net.IncomingRequest) -> net.IncomingRequest:
+        """The request with its streamed body (if any) counted as it is read, by operation."""
+        if request.body is None:
+            return request
+        operation = operation_name(type(request.msg))
+        return net.IncomingRequest(request.conn, request.msg,
+                                   CountedPieces(request.body, lambda n: self.requests.add_bytes_in(operation, n)))
 
     def count_gossip(self, direction: str, msg: wire.Message) -> None:
         self.gossip.count(direction, len(wire.encode_message(msg)))
+        if direction == "received":
+            self.probes.received(msg, trio.current_time())
+
+    def gossip_sending(self, msg: wire.Message) -> None:
+        """A membership message about to go out: a Ping's round trip starts here."""
+        self.probes.sending(msg, trio.current_time())
 
     def record_request(self, request: net.IncomingRequest, outcome: str, started_s: float) -> None:
         """Count and time one answered request, and log it: a client's at info (one line per

@@ -106,7 +106,7 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
     return {
         "node": {
             "node_id": node.node_id,
-            "address": str(node.cfg.node.listen),
+            "address": str(node.cfg.node.advertise_address),
             "zone": node.cfg.node.zone,
             "version": __version__,
             "uptime_s": round(time.monotonic() - node.started_at_s, 1),
@@ -124,6 +124,13 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
             "corrupt_chunks_pending": stats.corrupt_chunks_pending if stats is not None else None,
             "repair_sent_bytes": stats.repair_sent_bytes if stats is not None else None,
             "repair_received_bytes": stats.repair_received_bytes if stats is not None else None,
+            "repair_queue_chunks": stats.repair_queue_chunks if stats is not None else None,
+            "under_replicated_keys": stats.under_replicated_keys if stats is not None else None,
+            "hints_delivered": stats.hints_delivered if stats is not None else None,
+        },
+        "limits": {
+            "client_bytes_per_s": node.client_limit.rate_bytes_per_s,
+            "repair_bytes_per_s": node.cfg.replication.repair_bytes_per_s,
         },
         "events": [
             {"at_ms": e.at_ms, "node_id": e.node_id, "address": e.address, "before": e.before, "after": e.after}
