@@ -167,7 +167,7 @@ TABLE: list[tuple[wire.Message, list[tuple[str, object]]]] = [
         ("first_chunk", -1),
     ]),
     (dm.HeldChunks((ID,)), [("chunk_ids.0", ID[:16]), ("chunk_ids", [ID] * (dm.HAS_CHUNKS_IDS_MAX + 1))]),
-    (dm.HeldChunksReply((True,)), [("held", [True] * (dm.HAS_CHUNKS_IDS_MAX + 1))]),
+    (dm.HeldChunksReply((True,), 1 << 20), [("held", [True] * (dm.HAS_CHUNKS_IDS_MAX + 1)), ("chunk_size_bytes", 0)]),
     (dm.PutFileKnown(NAME, b"m", b""), [
         ("name", "\x00"), ("manifest", b""), ("held", bytes(MANIFEST_CHUNKS_MAX // 8 + 1)),
     ]),

@@ -128,7 +128,7 @@ def test_an_interrupted_put_run_again_sends_only_what_the_cluster_lacks(net, tmp
     path = tmp_path / "upload.bin"
     path.write_bytes(os.urandom(BIG_BYTES))
     with open(path, "rb") as f:
-        chunk_ids = [ref.chunk_id for ref in cut_file(f).chunks]
+        chunk_ids = [ref.chunk_id for ref in cut_file(f, CHUNK_SIZE_BYTES_DEFAULT).chunks]
     assert chunks_held(net, chunk_ids) == 0
     process = cli_process(net, "put", str(path), "--name", "resume/upload.bin")
     kill_when(process, lambda: chunks_held(net, chunk_ids) >= CHUNKS_BEFORE_KILL,
@@ -155,7 +155,7 @@ def test_a_node_refuses_a_put_that_skips_chunks_it_does_not_hold(net, tmp_path):
     path = tmp_path / "small.bin"
     path.write_bytes(os.urandom(2 * CHUNK + 5))
     with open(path, "rb") as f:
-        manifest = cut_file(f)
+        manifest = cut_file(f, CHUNK_SIZE_BYTES_DEFAULT)
     data = path.read_bytes()
     ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
 

@@ -195,12 +195,13 @@ class Client:
 
     # -- resumable transfers (p2pfs.client.resume) --------------------------------------
 
-    async def held_chunks(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
-        """Which of ``chunk_ids`` (at most ``dm.HAS_CHUNKS_IDS_MAX``) all their preferred nodes hold."""
+    async def held_chunks(self, chunk_ids: tuple[bytes, ...]) -> dm.HeldChunksReply:
+        """Which of ``chunk_ids`` (at most ``dm.HAS_CHUNKS_IDS_MAX``) all their preferred nodes
+        hold, and the chunk size the cluster cuts files at."""
         reply = await self._call(dm.HeldChunks(chunk_ids), dm.HeldChunksReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)
         if len(reply.held) != len(chunk_ids):
             raise errors.PeerFault(f"node {self.node} answered for {len(reply.held)} of {len(chunk_ids)} chunks")
-        return reply.held
+        return reply
 
     async def put_known(self, name: str, manifest: bytes, held: bytes,
                         body: AsyncIterator[bytes]) -> dm.PutFileReply:

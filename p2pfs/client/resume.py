@@ -292,16 +292,16 @@ async def get_to_path(run: Run, name: str, target: Path, *, file_mode: int,
             partial.discard()
 
 
-def cut_file(file: BinaryIO):
-    """The manifest of ``file`` cut at the default chunk size (chunk ids and whole-file hash)."""
+def cut_file(file: BinaryIO, chunk_size_bytes: int):
+    """The manifest of ``file`` cut at ``chunk_size_bytes`` (chunk ids and whole-file hash)."""
     from p2pfs.storage import FileHasher, ManifestBuilder
     from p2pfs.storage.chunker import iter_chunks
-    from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT, chunk_id_of
+    from p2pfs.storage.manifest import chunk_id_of
 
-    builder = ManifestBuilder(CHUNK_SIZE_BYTES_DEFAULT)
+    builder = ManifestBuilder(chunk_size_bytes)
     hasher = FileHasher()
     file.seek(0)
-    for data in iter_chunks(file, CHUNK_SIZE_BYTES_DEFAULT):
+    for data in iter_chunks(file, chunk_size_bytes):
         hasher.update(data)
         builder.add(chunk_id_of(data), len(data))
     return builder.finish(hasher.digest(), 0)  # the node stamps the creation time
@@ -314,22 +314,40 @@ def can_cut(size_bytes: int) -> bool:
     return 0 <= size_bytes <= MANIFEST_CHUNKS_MAX * CHUNK_SIZE_BYTES_DEFAULT
 
 
-async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Progress) -> Stored:
-    """Put a local file, sending only the chunks the cluster does not hold yet (see the module)."""
-    from p2pfs.storage.manifest import chunk_id_of
+@dataclasses.dataclass
+class _Cut:
+    """A local file cut into chunks: its manifest, and where each chunk starts."""
 
-    def cut() -> Any:
+    manifest: Any
+    encoded: bytes
+    ids: list[bytes]
+    offsets: list[int]
+
+    @classmethod
+    def of(cls, manifest: Any) -> _Cut:
+        offsets = [0]
+        for ref in manifest.chunks:
+            offsets.append(offsets[-1] + ref.size_bytes)
+        return cls(manifest, manifest.encode(), [ref.chunk_id for ref in manifest.chunks], offsets)
+
+
+async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Progress) -> Stored:
+    """Put a local file, sending only the chunks the cluster does not hold yet (see the module).
+
+    The file is cut at the default chunk size; a cluster configured for another size
+    says so in its first answer, and the file is cut again at that size.
+    """
+    from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT, ManifestError, chunk_id_of
+
+    def cut_at(chunk_size_bytes: int) -> _Cut:
         try:
-            return cut_file(file)
+            return _Cut.of(cut_file(file, chunk_size_bytes))
         except OSError as exc:
             raise errors.BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+        except (ManifestError, ValueError) as exc:
+            raise errors.BadInput(f"cannot put {path} in chunks of {chunk_size_bytes} bytes: {exc}") from None
 
-    manifest = await trio.to_thread.run_sync(cut)
-    encoded = manifest.encode()
-    ids = [ref.chunk_id for ref in manifest.chunks]
-    offsets = [0]
-    for ref in manifest.chunks:
-        offsets.append(offsets[-1] + ref.size_bytes)
+    cut = await trio.to_thread.run_sync(cut_at, CHUNK_SIZE_BYTES_DEFAULT)
     counted = {"sent": 0, "shown": 0}
 
     def show(count_bytes: int) -> None:
@@ -338,20 +356,33 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
 
     def read_chunk(index: int) -> bytes:
         try:
-            file.seek(offsets[index])
-            data = file.read(manifest.chunks[index].size_bytes)
+            file.seek(cut.offsets[index])
+            data = file.read(cut.manifest.chunks[index].size_bytes)
         except OSError as exc:
             raise errors.BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
-        if chunk_id_of(data) != ids[index]:
+        if chunk_id_of(data) != cut.ids[index]:
             raise errors.BadInput(f"{path} changed while it was read; put it again")
         return data
 
+    async def held_chunks(client: Client) -> list[bool]:
+        """Which chunks the cluster holds; cut again first if it cuts at another size."""
+        nonlocal cut
+        for _ in range(2):  # a second answer naming yet another size is the node's fault
+            held: list[bool] = []
+            for start in range(0, max(len(cut.ids), 1), dm.HAS_CHUNKS_IDS_MAX):
+                reply = await client.held_chunks(tuple(cut.ids[start : start + dm.HAS_CHUNKS_IDS_MAX]))
+                if reply.chunk_size_bytes != cut.manifest.chunk_size_bytes:
+                    break
+                held.extend(reply.held)
+            else:
+                return held
+            cut = await trio.to_thread.run_sync(cut_at, reply.chunk_size_bytes)
+        raise errors.PeerFault(f"node {client.node} changed its chunk size while a put asked it")
+
     async def attempt(client: Client) -> Stored:
         show(-counted["shown"])  # a new attempt at another node counts from nothing
-        held: list[bool] = []
-        for start in range(0, len(ids), dm.HAS_CHUNKS_IDS_MAX):
-            held.extend(await client.held_chunks(tuple(ids[start : start + dm.HAS_CHUNKS_IDS_MAX])))
-        show(sum(ref.size_bytes for ref, here in zip(manifest.chunks, held) if here))
+        held = await held_chunks(client)
+        show(sum(ref.size_bytes for ref, here in zip(cut.manifest.chunks, held) if here))
 
         async def body() -> AsyncIterator[bytes]:
             for index, here in enumerate(held):
@@ -363,7 +394,7 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
                 counted["sent"] += len(data)
                 show(len(data))
 
-        reply = await client.put_known(name, encoded, dm.held_bitmap(held), body())
+        reply = await client.put_known(name, cut.encoded, dm.held_bitmap(held), body())
         return Stored(reply, counted["sent"])
 
     return await run(f"put {name!r}", attempt, lambda: None)

@@ -32,7 +32,7 @@ from p2pfs.replication.fields import (  # the caps are part of this module's int
 )
 from p2pfs.replication.healing import BUCKETS, DIGEST_BYTES
 from p2pfs.storage.hlc import WALL_MS_MAX
-from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, MANIFEST_CHUNKS_MAX
+from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, MANIFEST_CHUNKS_MAX
 from p2pfs.storage.naming import ENTRY_ENCODED_BYTES_MAX
 from p2pfs.wire import Role
 
@@ -542,10 +542,15 @@ class HeldChunks(wire.Message):
 
 @wire.message(75, senders=BOTH)
 class HeldChunksReply(wire.Message):
+    """``chunk_size_bytes``: the size this cluster cuts files at; a client that cut at
+    another size cuts again, so one content is stored one way (and found held)."""
+
     held: tuple[bool, ...]
+    chunk_size_bytes: int
 
     def __post_init__(self) -> None:
         check_int(len(self.held), "answers in held", 0, HAS_CHUNKS_IDS_MAX)
+        check_int(self.chunk_size_bytes, "chunk_size_bytes", CHUNK_SIZE_BYTES_MIN, CHUNK_SIZE_BYTES_MAX)
 
 
 def held_bitmap(held: list[bool]) -> bytes:

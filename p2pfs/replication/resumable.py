@@ -96,7 +96,8 @@ class Resumable:
         # Full replication: every preferred node (rf of them, fewer in a smaller cluster).
         replicas = quorum_size(self._coordinator.config.rf, len(self._view.ring()))
         counts = await self.holders(request.msg.chunk_ids)
-        return dm.HeldChunksReply(tuple(count >= replicas for count in counts))
+        return dm.HeldChunksReply(tuple(count >= replicas for count in counts),
+                                  self._coordinator.config.chunk_size_bytes)
 
     async def on_get_from(self, request: net.IncomingRequest) -> net.Reply:
         msg = request.msg
@@ -126,6 +127,10 @@ class Resumable:
             given = Manifest.decode(msg.manifest)
         except ManifestError as exc:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"bad manifest: {exc}") from None
+        chunk_size_bytes = self._coordinator.config.chunk_size_bytes
+        if given.chunk_size_bytes != chunk_size_bytes:  # the same content is stored one way only
+            raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, f"this cluster cuts files in chunks of "
+                                  f"{chunk_size_bytes} bytes, not {given.chunk_size_bytes}")
         try:
             entry = await self.put_known(msg.name, given, msg.held, request.body, client=client)
         except QuorumError as exc:

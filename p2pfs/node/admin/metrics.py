@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 # Recent membership events kept for the status page: enough to cover a rolling
 # restart of a 5-node cluster (each node: suspect, dead, alive) with room to spare.
 EVENTS_KEPT = 50
-# Request latency buckets, in seconds: from a local metadata answer (~1 ms) to a
-# large streamed put or get of many chunks (tens of seconds).
 # Probe round-trip buckets, in seconds: a LAN round trip over pooled TLS (~0.5 ms) up to
 # the probe timeout (500 ms by default) and past it, for acks that came late or via a relay.
 PROBE_RTT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -49,12 +47,21 @@ PROBE_RTT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 # interval plus the pings it relays (at most RELAY_PROBES_MAX, 256); a ping never acked
 # (its target is down) is dropped oldest first beyond this.
 PINGS_TIMED_MAX = 1024
+# Request latency buckets, in seconds: from a local metadata answer (~1 ms) to a
+# large streamed put or get of many chunks (tens of seconds).
 REQUEST_DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+# Requests that are another form of the same operation for whoever reads the metrics:
+# a resumable get or put (p2pfs.replication.resumable) is still a get or a put.
+OPERATION_ALIASES = {"GetFileFrom": "get_file", "PutFileKnown": "put_file"}
 
 
 def operation_name(msg_type: type) -> str:
     """``PutFile`` -> ``put_file``: the request message's type as a label value."""
     name = msg_type.__name__
+    if name in OPERATION_ALIASES:
+        return OPERATION_ALIASES[name]
     return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
