@@ -119,7 +119,7 @@ def chunks_held(net, chunk_ids: list[bytes]) -> int:
     async def ask() -> int:
         with trio.fail_after(CLI_TIMEOUT_S):
             async with Client.connect(ident, net.status()["node2"].address) as client:
-                return sum(await client.held_chunks(tuple(chunk_ids)))
+                return sum((await client.held_chunks(tuple(chunk_ids))).held)
 
     return trio.run(ask)
 
