@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from p2pfs.claims import NodeClaims, claims_extension
 from p2pfs.errors import AuthError, BadInput
 from p2pfs.ids import short_id
 from p2pfs.wire import Role
@@ -189,8 +190,13 @@ class CertificateAuthority:
         common_name: str,
         not_valid_before: datetime.datetime | None = None,
         not_valid_after: datetime.datetime | None = None,
+        claims: NodeClaims | None = None,
     ) -> x509.Certificate:
-        """Sign a certificate for a node or a client. The validity window is settable for tests."""
+        """Sign a certificate for a node or a client. The validity window is settable for tests.
+
+        ``claims`` (nodes only) bound what the node may announce about itself (``p2pfs.claims``).
+        """
+        assert claims is None or role is Role.NODE, "only a node's certificate carries claims"
         now = datetime.datetime.now(datetime.timezone.utc)
         start = not_valid_before or now - datetime.timedelta(minutes=5)  # tolerate small clock skew
         end = not_valid_after or now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT)
@@ -203,7 +209,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             ]
         )
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
@@ -231,8 +237,10 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),
                 critical=False,
             )
-            .sign(self.key, None)  # Ed25519 signs without a separate digest
         )
+        if claims is not None:
+            builder = builder.add_extension(claims_extension(claims), critical=False)
+        return builder.sign(self.key, None)  # Ed25519 signs without a separate digest
 
 
 def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
@@ -329,6 +337,17 @@ class Identity:
     def ca_path(self) -> Path:
         return self.directory / CA_CERT_FILE
 
+    def signing_key(self) -> ed25519.Ed25519PrivateKey:
+        """The private key, for a node's signed membership records (``membership.records``)."""
+        _check_private(self.key_path)
+        try:
+            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"cannot read {self.key_path}: {exc}") from None
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise IdentityError(f"{self.key_path} is not an Ed25519 key")
+        return key
+
     def server_context(self) -> ssl.SSLContext:
         """Accepting end: TLS 1.3 only, a certificate from the cluster CA required."""
         if self.role is not Role.NODE:
@@ -364,8 +383,9 @@ def create_identity(
     *,
     not_valid_before: datetime.datetime | None = None,
     not_valid_after: datetime.datetime | None = None,
+    claims: NodeClaims | None = None,
 ) -> Identity:
-    """Generate a key, have the CA sign it, and write key, certificate and CA copy."""
+    """Generate a key, have the CA sign it (with a node's ``claims``), and write key, certificate and CA copy."""
     _prepare_dir(directory, (KEY_FILE, CERT_FILE, CA_CERT_FILE))
     key = ed25519.Ed25519PrivateKey.generate()
     public_spki = key.public_key().public_bytes(
@@ -378,6 +398,7 @@ def create_identity(
         common_name=f"{role.value}-{short_id(node_id)}",
         not_valid_before=not_valid_before,
         not_valid_after=not_valid_after,
+        claims=claims,
     )
     _write_private(directory / KEY_FILE, _key_pem(key))
     _write_public(directory / CERT_FILE, _cert_pem(cert))
