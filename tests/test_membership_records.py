@@ -16,7 +16,9 @@ from p2pfs.address import Address
 from p2pfs.claims import NO_CLAIMS, NodeClaims, claims_of
 from p2pfs.membership import records
 from p2pfs.membership.config import MembershipConfig
-from p2pfs.membership.messages import INCARNATION_MAX, Gossip, MemberFact, MemberMeta, MemberState, Ping, PingReq
+from p2pfs.membership.messages import (
+    INCARNATION_MAX, Gossip, MemberFact, MemberMeta, MemberState, Ping, PingReq, PushPull,
+)
 from p2pfs.membership.state import INCARNATION_STEP_MAX, Membership
 from p2pfs.wire import Role
 
@@ -213,3 +215,18 @@ def test_claims_round_trip_through_a_certificate():
     cert = CA.issue(key.public_key(), Role.NODE, common_name="n", claims=claims)
     assert claims_of(cert) == claims
     assert claims_of(CA.issue(key.public_key(), Role.NODE, common_name="n")) == NO_CLAIMS
+
+
+def test_a_full_state_carries_certificates_only_where_the_receiver_may_lack_them(pair):
+    a, b = pair
+    c = Node("c")
+    tell(a, c.record(10))
+    # The request: our own certificate only, for a seed that may not know us.
+    request = next(s.msg for step in range(200) for s in a.core.tick(step * 0.5) if isinstance(s.msg, PushPull))
+    assert {f.node_id for f in request.members if f.cert} == {a.id}
+    assert all(f.signature for f in request.members)
+    # The reply: the certificates of the members the requester did not list.
+    sends = a.core.handle(b.address, PushPull(False, (b.record(10),)), 0.0, sender_id=b.id)
+    reply = next(s.msg for s in sends if isinstance(s.msg, PushPull))
+    assert {f.node_id for f in reply.members if f.cert} == {a.id, c.id}
+    assert reply.members[0].cert == a.cert_der

@@ -233,7 +233,10 @@ class Membership:
             facts = [f if f.state != _DEAD else self._as_suspicion(f) for f in msg.members]
             self._merge(facts, now_s, sends)
             if not msg.is_reply:
-                sends.append(Send(sender, PushPull(True, self._view.state_facts()), sender_id))
+                # Certificates only of members the requester did not list.
+                listed = {f.node_id for f in msg.members}
+                reply = self._view.state_facts(lambda node_id: node_id not in listed)
+                sends.append(Send(sender, PushPull(True, reply), sender_id))
         else:
             raise TypeError(f"not a membership message: {type(msg).__name__}")
         return sends
@@ -250,12 +253,12 @@ class Membership:
                 self._next_push_pull_s = now_s + self.config.push_pull_interval_s_for(self.live_count)
                 if self._view.live_ids:
                     target = self._view.members[self._view.pick(self._view.live_ids)]
-                    sends.append(Send(target.address, PushPull(False, self._view.state_facts()), target.node_id))
+                    sends.append(Send(target.address, PushPull(False, self._request_state()), target.node_id))
             if now_s >= self._next_reconnect_s:
                 self._next_reconnect_s = now_s + self.config.reconnect_interval_s
                 if self._view.dead_ids:
                     target = self._view.members[self._view.pick(self._view.dead_ids)]
-                    sends.append(Send(target.address, PushPull(False, self._view.state_facts()), target.node_id))
+                    sends.append(Send(target.address, PushPull(False, self._request_state()), target.node_id))
             if self._seeds and not self._view.live_ids and now_s >= self._next_join_s:
                 self._contact_seeds(now_s, sends)
         if now_s >= self._next_gossip_s and len(self._broadcasts) and self._view.live_ids:
@@ -539,12 +542,17 @@ class Membership:
 
     def _contact_seeds(self, now_s: float, sends: list[Send]) -> None:
         self._next_join_s = now_s + self.config.join_retry_interval_s
-        state = self._view.state_facts()
+        state = self._request_state()
         for seed in self._seeds:
             sends.append(Send(seed, PushPull(False, state), None))
 
     # ------------------------------------------------------------------
     # Helpers
+
+    def _request_state(self) -> tuple[MemberFact, ...]:
+        """Our full state for a PushPull request: with our own certificate only (a seed may not
+        know us yet); the reply carries those of members we did not list."""
+        return self._view.state_facts(lambda node_id: node_id == self.node_id)
 
     def _set_self(self, state: MemberState, now_s: float, *, cert: bool = True) -> MemberFact:
         """Record our own ``state`` at our incarnation (signed, once per change); the fact to gossip.

@@ -17,7 +17,7 @@ import dataclasses
 import heapq
 import logging
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 from p2pfs.address import Address
 from p2pfs.ids import short_id
@@ -112,7 +112,8 @@ class MemberView:
             self.proofs[node_id] = (signature, cert or (held[1] if held else b""))
         signature, cert = self.proofs.get(node_id, (b"", b""))
         meta = MemberMeta(new.address.host, new.address.port, new.zone, new.capacity_bytes, new.protocol_version)
-        self.facts[node_id] = MemberFact(node_id, new.incarnation, new.state, accuser_id, meta, signature, cert)
+        # Without the certificate: a full state carries it only where the receiver may lack it.
+        self.facts[node_id] = MemberFact(node_id, new.incarnation, new.state, accuser_id, meta, signature)
         self.version += 1
         if node_id == self.self_id:
             return
@@ -266,14 +267,23 @@ class MemberView:
                 return member
         return None
 
-    def state_facts(self) -> tuple[MemberFact, ...]:
-        """Our full view for a PushPull: self first, live members before the rest, capped."""
+    def state_facts(self, with_cert: Callable[[str], bool] = lambda node_id: False) -> tuple[MemberFact, ...]:
+        """Our full view for a PushPull: self first, live members before the rest, capped.
+
+        The facts of members for which ``with_cert`` is true carry their
+        certificate (where the receiver may not know the member yet).
+        """
         facts = self.facts
         if len(facts) <= PUSH_PULL_MEMBERS_MAX:
-            return tuple(facts.values())
-        chosen = [facts[self.self_id]] + [facts[i] for i in self.live_ids]
-        chosen += [f for i, f in facts.items() if self.members[i].state > MemberState.SUSPECT]
-        return tuple(chosen[:PUSH_PULL_MEMBERS_MAX])
+            chosen = list(facts.values())
+        else:
+            chosen = [facts[self.self_id]] + [facts[i] for i in self.live_ids]
+            chosen += [f for i, f in facts.items() if self.members[i].state > MemberState.SUSPECT]
+            chosen = chosen[:PUSH_PULL_MEMBERS_MAX]
+        for i, fact in enumerate(chosen):
+            if fact.signature and with_cert(fact.node_id):
+                chosen[i] = dataclasses.replace(fact, cert=self.proofs[fact.node_id][1])
+        return tuple(chosen)
 
     def pick(self, ids: list[str]) -> str:
         return ids[self._rng.randrange(len(ids))]
