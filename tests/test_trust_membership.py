@@ -410,8 +410,8 @@ def test_a_far_future_tombstone_in_name_sync_is_not_stored(network, attacker, tm
     listen = Address("127.0.0.1", _free_port())
     rogue_ident = identity.create_identity(tmp_path / "rogue", ca, Role.NODE, claims=NodeClaims(listen, "", 2**30))
     with RogueMember(rogue_ident, listen, (addresses["node1"], addresses["node2"]), name) as rogue:
-        wait_for(lambda: len(rogue.asked) >= 2 or rogue.failure, timeout_s=90.0,
-                 what="two nodes to read the rogue's name in name sync")
+        wait_for(lambda: rogue.asked or rogue.failure, timeout_s=120.0,
+                 what="a node to read the rogue's name in name sync")
         assert rogue.failure is None, rogue.failure
         asked = sorted(rogue.asked)
 
