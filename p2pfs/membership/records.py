@@ -173,7 +173,8 @@ class RecordVerifier:
         return True
 
     def _refuse(self, fact: MemberFact, why: str) -> bool:
+        # Debug, not info: a hostile peer decides how many of these there are; ``refused`` counts them.
         self.refused += 1
-        log.info("refused a record of %s (%s at incarnation %d): %s", short_id(fact.node_id),
+        log.debug("refused a record of %s (%s at incarnation %d): %s", short_id(fact.node_id),
                  fact.state.name, fact.incarnation, why)
         return False
