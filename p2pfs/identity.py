@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from p2pfs import access
+from p2pfs.claims import NodeClaims, claims_extension
 from p2pfs.errors import AuthError, BadInput
 from p2pfs.ids import short_id
 from p2pfs.wire import Role
@@ -244,12 +245,15 @@ class CertificateAuthority:
         not_valid_before: datetime.datetime | None = None,
         not_valid_after: datetime.datetime | None = None,
         grant: access.Grant | None = None,
+        claims: NodeClaims | None = None,
     ) -> x509.Certificate:
         """Sign a certificate for a node or a client. The validity window is settable for tests.
 
         A client's ``grant`` (role and prefixes) goes into our extension; a node has none.
+        ``claims`` (nodes only) bound what the node may announce about itself (``p2pfs.claims``).
         """
         assert grant is None or role is Role.CLIENT, "only a client certificate carries a grant"
+        assert claims is None or role is Role.NODE, "only a node's certificate carries claims"
         now = datetime.datetime.now(datetime.timezone.utc)
         start = not_valid_before or now - datetime.timedelta(minutes=5)  # tolerate small clock skew
         end = not_valid_after or now + datetime.timedelta(days=CERT_VALIDITY_DAYS_DEFAULT)
@@ -296,6 +300,8 @@ class CertificateAuthority:
                 x509.UnrecognizedExtension(x509.ObjectIdentifier(access.GRANT_EXTENSION_OID), grant.encode()),
                 critical=False,  # OpenSSL refuses certificates with critical extensions it does not know
             )
+        if claims is not None:
+            builder = builder.add_extension(claims_extension(claims), critical=False)
         return builder.sign(self.key, None)  # Ed25519 signs without a separate digest
 
 
@@ -417,6 +423,17 @@ class Identity:
     def ca_path(self) -> Path:
         return self.directory / CA_CERT_FILE
 
+    def signing_key(self) -> ed25519.Ed25519PrivateKey:
+        """The private key, for a node's signed membership records (``membership.records``)."""
+        _check_private(self.key_path)
+        try:
+            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"cannot read {self.key_path}: {exc}") from None
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise IdentityError(f"{self.key_path} is not an Ed25519 key")
+        return key
+
     def server_context(self) -> ssl.SSLContext:
         """Accepting end: TLS 1.3 only, a certificate from the cluster CA required."""
         if self.role is not Role.NODE:
@@ -453,8 +470,10 @@ def create_identity(
     not_valid_before: datetime.datetime | None = None,
     not_valid_after: datetime.datetime | None = None,
     grant: access.Grant | None = None,
+    claims: NodeClaims | None = None,
 ) -> Identity:
-    """Generate a key, have the CA sign it, and write key, certificate and CA copy.
+    """Generate a key, have the CA sign it (with a client's ``grant`` or a node's ``claims``),
+    and write key, certificate and CA copy.
 
     A client gets ``grant``, or the admin role if none is given: the library's callers
     (testnet, chaos) make the operator's own key. `p2pfs client init` passes the one asked for.
@@ -474,6 +493,7 @@ def create_identity(
         not_valid_before=not_valid_before,
         not_valid_after=not_valid_after,
         grant=grant,
+        claims=claims,
     )
     _write_private(directory / KEY_FILE, _key_pem(key))
     _write_public(directory / CERT_FILE, _cert_pem(cert))

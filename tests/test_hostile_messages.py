@@ -38,6 +38,7 @@ import threading
 import hypothesis
 import pytest
 import trio
+from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from p2pfs import identity, net, wire
@@ -47,6 +48,7 @@ from p2pfs.clock import SystemClock
 from p2pfs.membership import MembershipConfig, MembershipService, incarnation_from_wall_clock
 from p2pfs.membership import messages as mm
 from p2pfs.membership.state import Membership
+from p2pfs.membership.records import RecordSigner, RecordVerifier
 from p2pfs.node import messages as nm
 from p2pfs.node.admin.config import AdminConfig
 from p2pfs.node.config import NodeConfig
@@ -257,6 +259,9 @@ class Harness:
                     node_id=self.hostile_ident.node_id, address=hostile_address, zone="", capacity_bytes=10**12,
                     protocol_version=wire.PROTOCOL_VERSION, incarnation_initial=incarnation_from_wall_clock(SystemClock()),
                     config=MembershipConfig(), rng=random.Random(1), now_s=trio.current_time(),
+                    # It joins honestly: its records are signed, as the node requires.
+                    signer=RecordSigner(self.hostile_ident.signing_key(), self.hostile_ident.cert.public_bytes(Encoding.DER)),
+                    verifier=RecordVerifier(self.hostile_ident.ca_cert),
                 ),
                 EndpointGossip(hostile_endpoint, on_sent=lambda msg: None),
             )

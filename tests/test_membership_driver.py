@@ -35,11 +35,11 @@ class Stalling:
         self.stalled = stalled
         self.delivered: list[tuple[Address, str]] = []
 
-    async def send(self, to: Address, msg: wire.Message) -> None:
+    async def send(self, to: Address, msg: wire.Message, to_id: str | None) -> None:
         if to in self.stalled:
             await trio.sleep_forever()
         self.delivered.append((to, type(msg).__name__))
-        await self.inner.send(to, msg)
+        await self.inner.send(to, msg, to_id)
 
 
 async def start_services(network: SimNetwork, nursery: trio.Nursery, n: int, wrap=lambda i, t: t):

@@ -170,17 +170,27 @@ def node() -> None:
 @click.option("--capacity", "capacity_bytes", type=SIZE,
               default=str(format_size_exact(NodeSettings().capacity_bytes)), show_default=True,
               help="Disk space offered for chunks, e.g. 10GiB.")
+@click.option("--capacity-max", "capacity_bytes_max", type=SIZE, default=None,
+              help="Most capacity the certificate lets the node offer (default: --capacity); "
+                   "peers refuse more.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("data"), show_default=True,
               help="Data directory (relative to DIR unless absolute).")
 @JSON_OPTION
 def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Address, ...],
-              zone: str, capacity_bytes: int, data_dir: Path, as_json: bool, advertise: Address | None) -> None:
-    """Create a node identity and a documented config file DIR/p2pfs.toml."""
+              zone: str, capacity_bytes: int, capacity_bytes_max: int | None, data_dir: Path,
+              as_json: bool, advertise: Address | None) -> None:
+    """Create a node identity and a documented config file DIR/p2pfs.toml.
+
+    The CA signs the node's address (the advertised one), zone and capacity ceiling
+    into its certificate; peers refuse announcements beyond them.
+    """
     if listen.port == 0:
         raise BadInput("--listen needs a fixed port, not 0")
     if capacity_bytes <= 0:
         raise BadInput("--capacity must be more than 0")
+    if capacity_bytes_max is not None and capacity_bytes_max < capacity_bytes:
+        raise BadInput("--capacity-max must be at least --capacity")
     if (directory / CONFIG_FILE).exists():
         raise BadInput(f"{directory / CONFIG_FILE} already exists; refusing to overwrite it")
     try:
@@ -189,11 +199,14 @@ def node_init(directory: Path, ca_dir: Path, listen: Address, seeds: tuple[Addre
     except ValueError as exc:  # checked before anything is written
         raise BadInput(str(exc)) from None
     from p2pfs import identity
+    from p2pfs.claims import NodeClaims
     from p2pfs.node.config import render_node_config
     from p2pfs.wire import Role
 
     authority = identity.load_ca(ca_dir)
-    ident = identity.create_identity(directory, authority, Role.NODE)
+    claims = NodeClaims(settings.advertise_address, zone,
+                        capacity_bytes if capacity_bytes_max is None else capacity_bytes_max)
+    ident = identity.create_identity(directory, authority, Role.NODE, claims=claims)
     (directory / CONFIG_FILE).write_text(render_node_config(settings))
     if as_json:
         emit({"node_id": ident.node_id, "directory": str(directory), "config": str(directory / CONFIG_FILE),

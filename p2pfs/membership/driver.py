@@ -48,10 +48,12 @@ def incarnation_from_wall_clock(clock: Clock) -> int:
 
 
 class GossipTransport(Protocol):
-    async def send(self, to: Address, msg: wire.Message) -> None:
+    async def send(self, to: Address, msg: wire.Message, to_id: str | None) -> None:
         """Send one-way, best effort, bounded in time by the transport itself.
 
-        Must not raise for network faults (log and drop instead).
+        ``to_id`` (None for a seed) is the node the message is for: deliver
+        it to that node only, whoever else claims ``to``. Must not raise for
+        network faults (log and drop instead).
         """
         ...
 
@@ -98,11 +100,11 @@ class MembershipService:
         finally:
             self._running = False
 
-    def deliver(self, sender: Address, msg: wire.Message) -> None:
-        """Feed an incoming membership message to the core. Never blocks."""
+    def deliver(self, sender: Address, msg: wire.Message, sender_id: str | None = None) -> None:
+        """Feed an incoming membership message from node ``sender_id`` at ``sender`` to the core. Never blocks."""
         if not self._running:
             return
-        self._queue(self.core.handle(sender, msg, trio.current_time()))
+        self._queue(self.core.handle(sender, msg, trio.current_time(), sender_id=sender_id))
         scope = self._timer_scope
         if scope is not None:
             deadline_s = self.core.next_deadline_s()
@@ -181,7 +183,7 @@ class MembershipService:
             self._sends_in_flight += 1
             try:
                 with trio.move_on_after(self.core.config.send_timeout_s) as scope:
-                    await self._transport.send(send.to, send.msg)
+                    await self._transport.send(send.to, send.msg, send.to_id)
                 if scope.cancelled_caught:
                     self.sends_timed_out += 1
                     log.debug("%s: send of %s to %s timed out", self._tag, type(send.msg).__name__, send.to)

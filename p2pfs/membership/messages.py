@@ -26,6 +26,12 @@ ZONE_CHARS_MAX = 64
 HOST_CHARS_MAX = 255  # longest DNS name
 INCARNATION_MAX = 2**63 - 1  # msgpack int64; a wall-clock start (~1.7e9) leaves ample room
 CAPACITY_BYTES_MAX = 2**63 - 1
+# A member's signature on its own record (``records.py``): Ed25519, 64 bytes.
+SIGNATURE_BYTES = 64
+# A DER certificate carried with a member's record for receivers that do not
+# know the member yet. Ours are about 450 bytes with claims; 2 KiB leaves room
+# for longer names without letting a peer make us hold much.
+CERT_BYTES_MAX = 2048
 SEQ_MODULUS = 2**32  # sequence numbers wrap around, as 32-bit counters
 
 # Piggybacked updates per Ping/Ack/PingReq message, by bytes and by count.
@@ -113,6 +119,14 @@ class MemberFact:
     ALIVE and LEFT): Lifeguard counts distinct accusers as confirmations.
     ``meta`` is required for ALIVE (it introduces the member) and optional
     otherwise (gossip leaves it out to stay small; push-pull includes it).
+
+    ``signature`` is the member's own signature (``records.py``) on
+    (node_id, incarnation, LEFT if the state is LEFT else ALIVE, meta): what
+    the member said about itself at that incarnation, which an accusation
+    (SUSPECT, DEAD) carries along to prove the member reached that
+    incarnation. ``cert`` is the member's DER certificate, carried for
+    receivers that have not seen it yet (empty when the sender leaves it
+    out). Both are empty in a cluster that does not sign (the simulation).
     """
 
     node_id: str
@@ -120,6 +134,8 @@ class MemberFact:
     state: MemberState
     accuser_id: str
     meta: MemberMeta | None
+    signature: bytes = b""
+    cert: bytes = b""
 
     def __post_init__(self) -> None:
         _check_node_id(self.node_id, "node_id")
@@ -129,6 +145,12 @@ class MemberFact:
             raise ValueError(f"incarnation {self.incarnation} out of range")
         if self.state == MemberState.ALIVE and self.meta is None:
             raise ValueError("an ALIVE fact must carry the member's meta")
+        if len(self.signature) not in (0, SIGNATURE_BYTES):
+            raise ValueError(f"a signature has {SIGNATURE_BYTES} bytes")
+        if self.signature and self.meta is None:
+            raise ValueError("a signature signs the member's meta, which is missing")
+        if len(self.cert) > CERT_BYTES_MAX:
+            raise ValueError("cert too long")
 
 
 @wire.message(20)
@@ -256,6 +278,16 @@ def _str_bytes(text: str) -> int:
     return 5 + n
 
 
+def _bin_bytes(data: bytes) -> int:
+    """msgpack size of a bin."""
+    n = len(data)
+    if n < 2**8:
+        return 2 + n
+    if n < 2**16:
+        return 3 + n
+    return 5 + n
+
+
 def fact_size_bytes(fact: MemberFact) -> int:
     """Encoded size of one fact inside a message's update list.
 
@@ -263,7 +295,10 @@ def fact_size_bytes(fact: MemberFact) -> int:
     retransmit queue sizes every fact it holds; tests check it against
     ``wire.encode_message``.
     """
-    size = 1 + _str_bytes(fact.node_id) + _int_bytes(fact.incarnation) + 1 + _str_bytes(fact.accuser_id)
+    size = (
+        1 + _str_bytes(fact.node_id) + _int_bytes(fact.incarnation) + 1 + _str_bytes(fact.accuser_id)
+        + _bin_bytes(fact.signature) + _bin_bytes(fact.cert)
+    )
     meta = fact.meta
     if meta is None:
         return size + 1

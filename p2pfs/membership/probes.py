@@ -39,11 +39,12 @@ class Probe:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Relay:
-    """A ping we send for ``requester``, known to it by ``requester_seq``; nack at ``deadline_s``."""
+    """A ping we send for ``requester`` (node ``requester_id``), known to it by ``requester_seq``; nack at ``deadline_s``."""
 
     requester: Address
     requester_seq: int
     deadline_s: float
+    requester_id: str | None = None
 
 
 class Relays:

@@ -44,6 +44,19 @@ Phillips, Currey, arXiv:1707.00788; the details follow hashicorp/memberlist):
   answers.
 * Local health (Lifeguard). Failed probes and missing nacks raise an awareness
   score that stretches this node's probe interval and timeout (``awareness.py``).
+* Signed records (issue 12). With a ``signer`` and a ``verifier`` (the
+  daemon's; the simulation runs without), what a member says about itself
+  (ALIVE at an incarnation with its meta, or LEFT) is a record signed with
+  its own key (``records.py``), and a fact that carries meta must carry the
+  member's valid record. Others may accuse (SUSPECT, DEAD) only at an
+  incarnation the member has signed: one we hold already, or one whose
+  record the accusation carries. So nobody but the member can make it LEFT
+  or push its incarnation, its own refutation (signed, one above) always
+  wins, and a signed incarnation moves at most ``INCARNATION_STEP_MAX``
+  above the one we hold. Ping-reqs are relayed only to a member we hold, at
+  the address of its record, and every send names its target's node id
+  (``Send.to_id``), so the transport never hands a member's traffic to
+  another that claims its address.
 * Leave and reap. ``leave`` announces LEFT; DEAD and LEFT members are kept for
   ``dead_reap_s``/``left_reap_s`` and then forgotten. A DEAD, LEFT or otherwise
   unknown-meta fact about a member we do not know is ignored, so a reaped
@@ -59,7 +72,7 @@ import dataclasses
 import logging
 import math
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 from p2pfs import wire
 from p2pfs.address import Address
@@ -88,6 +101,7 @@ from .messages import (
     fact_size_bytes,
 )
 from .probes import Probe, Relay, Relays
+from .records import RecordSigner
 from .view import Member, MemberView
 
 __all__ = ["Member", "MemberState", "Membership", "Send"]
@@ -100,6 +114,13 @@ SEEDS_MAX = 64
 # probe period, so the nack arrives before the requester stops counting
 # (Lifeguard nacks at 80% of the probe timeout).
 NACK_TIMEOUT_FRACTION = 0.8
+# Largest step by which a member's signed incarnation may move past the one we
+# hold. Incarnations start from the wall clock in seconds and grow by one per
+# refutation, so a restart after a long absence is the biggest honest step;
+# 2^22 s (48 days) covers any absence shorter than dead_reap_s and
+# left_reap_s (24 h), after which the member is forgotten and starts afresh.
+# It keeps INCARNATION_MAX out of reach: 2^41 such steps.
+INCARNATION_STEP_MAX = 2**22
 
 
 _SUSPECT = MemberState.SUSPECT
@@ -108,10 +129,16 @@ _DEAD = MemberState.DEAD
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Send:
-    """An action: send ``msg`` to ``to`` (one-way, best effort)."""
+    """An action: send ``msg`` to ``to`` (one-way, best effort).
+
+    ``to_id`` is the node id the message is meant for (None only for a seed,
+    known by address alone): the transport must deliver it to that node or
+    not at all, whoever else claims the address.
+    """
 
     to: Address
     msg: wire.Message
+    to_id: str | None
 
 
 class Membership:
@@ -129,9 +156,16 @@ class Membership:
         config: MembershipConfig,
         rng: random.Random,
         now_s: float,
+        signer: RecordSigner | None = None,
+        verifier: Callable[[MemberFact], bool] | None = None,
     ) -> None:
+        """``signer`` and ``verifier`` (both or neither) make this a signing member (see the module docstring)."""
         assert 0 <= incarnation_initial < INCARNATION_MAX
+        assert (signer is None) == (verifier is None), "a signing member both signs and verifies"
+        assert signer is None or signer.node_id == node_id
         self.config = config
+        self._signer = signer
+        self._verify = verifier
         self.node_id = node_id
         self.address = address
         self._rng = rng
@@ -153,7 +187,7 @@ class Membership:
         self._next_push_pull_s = now_s + rng.uniform(0, config.push_pull_interval_s)
         self._next_reconnect_s = now_s + rng.uniform(0, config.reconnect_interval_s)
         self._next_join_s = math.inf
-        self._set_member(Member.from_meta(node_id, self._meta, incarnation_initial, MemberState.ALIVE, now_s), "", now_s)
+        self._set_self(MemberState.ALIVE, now_s)
 
     # ------------------------------------------------------------------
     # Public API
@@ -167,15 +201,15 @@ class Membership:
             self._contact_seeds(now_s, sends)
         return sends
 
-    def handle(self, sender: Address, msg: wire.Message, now_s: float) -> list[Send]:
-        """Process one message from ``sender`` (the address replies go to)."""
+    def handle(self, sender: Address, msg: wire.Message, now_s: float, *, sender_id: str | None = None) -> list[Send]:
+        """Process one message from ``sender`` (the address replies go to), node ``sender_id`` if known."""
         sends: list[Send] = []
         if isinstance(msg, Ping):
             self._merge(msg.updates, now_s, sends)
             if msg.target_id != self.node_id:
                 log.debug("%s: ping from %s for another node %s", short_id(self.node_id), sender, short_id(msg.target_id))
                 return sends
-            sends.append(Send(sender, Ack(msg.seq, self._piggyback(None, PIGGYBACK_BYTES_MAX))))
+            sends.append(Send(sender, Ack(msg.seq, self._piggyback(None, PIGGYBACK_BYTES_MAX)), sender_id))
         elif isinstance(msg, Ack):
             self._merge(msg.updates, now_s, sends)
             self._on_ack(msg.seq, sends)
@@ -185,7 +219,7 @@ class Membership:
                 probe.nacks += 1
         elif isinstance(msg, PingReq):
             self._merge(msg.updates, now_s, sends)
-            self._relay(sender, msg, now_s, sends)
+            self._relay(sender, sender_id, msg, now_s, sends)
         elif isinstance(msg, Gossip):
             self._merge(msg.updates, now_s, sends)
         elif isinstance(msg, PushPull):
@@ -193,13 +227,16 @@ class Membership:
             # (memberlist's mergeState): the member gets a suspicion timeout to
             # refute in, so the two sides of a healed partition, which hold
             # each other dead, do not kill each other's live members outright.
-            facts = [
-                f if f.state != _DEAD else MemberFact(f.node_id, f.incarnation, _SUSPECT, self.node_id, None)
-                for f in msg.members
-            ]
+            # A signing member keeps the accused member's record along,
+            # for a member it holds (a late DEAD must not bring back one
+            # that was forgotten).
+            facts = [f if f.state != _DEAD else self._as_suspicion(f) for f in msg.members]
             self._merge(facts, now_s, sends)
             if not msg.is_reply:
-                sends.append(Send(sender, PushPull(True, self._view.state_facts())))
+                # Certificates only of members the requester did not list.
+                listed = {f.node_id for f in msg.members}
+                reply = self._view.state_facts(lambda node_id: node_id not in listed)
+                sends.append(Send(sender, PushPull(True, reply), sender_id))
         else:
             raise TypeError(f"not a membership message: {type(msg).__name__}")
         return sends
@@ -216,12 +253,12 @@ class Membership:
                 self._next_push_pull_s = now_s + self.config.push_pull_interval_s_for(self.live_count)
                 if self._view.live_ids:
                     target = self._view.members[self._view.pick(self._view.live_ids)]
-                    sends.append(Send(target.address, PushPull(False, self._view.state_facts())))
+                    sends.append(Send(target.address, PushPull(False, self._request_state()), target.node_id))
             if now_s >= self._next_reconnect_s:
                 self._next_reconnect_s = now_s + self.config.reconnect_interval_s
                 if self._view.dead_ids:
                     target = self._view.members[self._view.pick(self._view.dead_ids)]
-                    sends.append(Send(target.address, PushPull(False, self._view.state_facts())))
+                    sends.append(Send(target.address, PushPull(False, self._request_state()), target.node_id))
             if self._seeds and not self._view.live_ids and now_s >= self._next_join_s:
                 self._contact_seeds(now_s, sends)
         if now_s >= self._next_gossip_s and len(self._broadcasts) and self._view.live_ids:
@@ -259,9 +296,7 @@ class Membership:
             return sends
         self._left = True
         self._probe = None
-        me = self._view.members[self.node_id]
-        self._set_member(dataclasses.replace(me, state=MemberState.LEFT, state_since_s=now_s), "", now_s)
-        self._enqueue(MemberFact(self.node_id, self._incarnation, MemberState.LEFT, "", None))
+        self._enqueue(self._set_self(MemberState.LEFT, now_s, cert=False))
         self._gossip_round(now_s, sends)
         log.info("%s: leaving at incarnation %d", short_id(self.node_id), self._incarnation)
         return sends
@@ -324,7 +359,7 @@ class Membership:
         timeout_s = now_s + self._awareness.scale_timeout_s(self.config.probe_timeout_s)
         self._probe = Probe(target.node_id, seq, timeout_s, now_s + interval_s)
         ping = Ping(seq, target.node_id, self._piggyback(target.node_id, PIGGYBACK_BYTES_MAX))
-        sends.append(Send(target.address, ping))
+        sends.append(Send(target.address, ping, target.node_id))
 
     def _send_ping_reqs(self, probe: Probe, now_s: float, sends: list[Send]) -> None:
         probe.indirect_sent = True
@@ -339,7 +374,7 @@ class Membership:
                 probe.seq, target.node_id, target.address.host, target.address.port, nack_timeout_s,
                 self._piggyback(relay_id, PIGGYBACK_BYTES_MAX),
             )
-            sends.append(Send(relay.address, req))
+            sends.append(Send(relay.address, req, relay_id))
         probe.nacks_expected = len(relays)
 
     def _probe_failed(self, probe: Probe, now_s: float, sends: list[Send]) -> None:
@@ -353,10 +388,10 @@ class Membership:
         target = self._view.members.get(probe.target_id)
         if target is None or target.state > MemberState.SUSPECT:
             return
-        fact = MemberFact(target.node_id, target.incarnation, MemberState.SUSPECT, self.node_id, None)
+        fact = self._view.accusation(target, MemberState.SUSPECT, self.node_id)
         self._apply_local(fact, now_s)
         # Tell the suspect first, so it can refute before the word spreads.
-        sends.append(Send(target.address, Gossip((fact,))))
+        sends.append(Send(target.address, Gossip((fact,)), target.node_id))
 
     def _on_ack(self, seq: int, sends: list[Send]) -> None:
         probe = self._probe
@@ -366,26 +401,33 @@ class Membership:
             return
         relay = self._relays.pop(seq)
         if relay is not None:
-            sends.append(Send(relay.requester, Ack(relay.requester_seq, self._piggyback(None, PIGGYBACK_BYTES_MAX))))
+            ack = Ack(relay.requester_seq, self._piggyback(None, PIGGYBACK_BYTES_MAX))
+            sends.append(Send(relay.requester, ack, relay.requester_id))
 
-    def _relay(self, sender: Address, req: PingReq, now_s: float, sends: list[Send]) -> None:
+    def _relay(self, sender: Address, sender_id: str | None, req: PingReq, now_s: float, sends: list[Send]) -> None:
+        # Only a member we hold, at the address its record gave: a ping-req
+        # must not make us dial an address of the requester's choosing.
+        target = self._view.members.get(req.target_id)
+        if target is None or target.node_id == self.node_id or target.address != Address(req.target_host, req.target_port):
+            log.debug("%s: ping-req from %s for %s at %s:%d, not a member there; ignored", short_id(self.node_id),
+                      sender, short_id(req.target_id), req.target_host, req.target_port)
+            return
         if self._relays.full:
             log.debug("%s: relay table full, ignoring ping-req from %s", short_id(self.node_id), sender)
             return
         seq = self._next_seq()
         deadline_s = now_s + req.nack_timeout_s
-        self._relays.add(seq, Relay(sender, req.seq, deadline_s))
-        target = Address(req.target_host, req.target_port)
-        sends.append(Send(target, Ping(seq, req.target_id, self._piggyback(req.target_id, PIGGYBACK_BYTES_MAX))))
+        self._relays.add(seq, Relay(sender, req.seq, deadline_s, sender_id))
+        ping = Ping(seq, target.node_id, self._piggyback(target.node_id, PIGGYBACK_BYTES_MAX))
+        sends.append(Send(target.address, ping, target.node_id))
 
     def _expire_relays(self, now_s: float, sends: list[Send]) -> None:
         for relay in self._relays.expire(now_s):
-            sends.append(Send(relay.requester, Nack(relay.requester_seq)))
+            sends.append(Send(relay.requester, Nack(relay.requester_seq), relay.requester_id))
 
     def _expire_suspicions(self, now_s: float, sends: list[Send]) -> None:
         for member in self._view.expired_suspects(now_s):
-            fact = MemberFact(member.node_id, member.incarnation, MemberState.DEAD, self.node_id, None)
-            self._apply_local(fact, now_s)
+            self._apply_local(self._view.accusation(member, MemberState.DEAD, self.node_id), now_s)
 
     # ------------------------------------------------------------------
     # Facts
@@ -402,8 +444,34 @@ class Membership:
                     continue
                 if incarnation == old.incarnation and fact.state <= old.state and fact.state != _SUSPECT:
                     continue
+            if self._verify is not None and not self._believable(fact):
+                continue
             if self._apply(fact, now_s) and fact.node_id != self.node_id:
                 self._enqueue(fact)
+
+    def _believable(self, fact: MemberFact) -> bool:
+        """A signing member's check of a fact that would be news (see the module docstring)."""
+        assert self._verify is not None
+        held = self._view.members.get(fact.node_id)
+        if fact.meta is None:
+            # No record: only an accusation at an incarnation the member has signed.
+            if fact.state in (_SUSPECT, _DEAD) and held is not None and fact.incarnation <= held.incarnation:
+                return True
+            log.debug("%s: refused %s of %s at incarnation %d: no record of it", short_id(self.node_id),
+                      fact.state.name, short_id(fact.node_id), fact.incarnation)
+            return False
+        if held is not None and fact.incarnation > held.incarnation + INCARNATION_STEP_MAX:
+            log.info("%s: refused %s of %s at incarnation %d: more than %d above %d", short_id(self.node_id),
+                     fact.state.name, short_id(fact.node_id), fact.incarnation, INCARNATION_STEP_MAX,
+                     held.incarnation)
+            return False
+        return self._verify(fact)
+
+    def _as_suspicion(self, fact: MemberFact) -> MemberFact:
+        """A DEAD from a remote full state, as our own suspicion (see ``handle``)."""
+        if self._signer is not None and fact.node_id in self._view.members and fact.signature:
+            return MemberFact(fact.node_id, fact.incarnation, _SUSPECT, self.node_id, fact.meta, fact.signature)
+        return MemberFact(fact.node_id, fact.incarnation, _SUSPECT, self.node_id, None)
 
     def _apply_local(self, fact: MemberFact, now_s: float) -> None:
         """Apply a fact we originate, and queue it for gossip."""
@@ -434,11 +502,7 @@ class Membership:
             "%s: refuting %s at incarnation %d with %d", short_id(self.node_id), fact.state.name,
             fact.incarnation, self._incarnation,
         )
-        alive = MemberFact(self.node_id, self._incarnation, MemberState.ALIVE, "", self._meta)
-        self._set_member(
-            Member.from_meta(self.node_id, self._meta, self._incarnation, MemberState.ALIVE, now_s), "", now_s
-        )
-        self._enqueue(alive)
+        self._enqueue(self._set_self(MemberState.ALIVE, now_s))
         return True
 
     # ------------------------------------------------------------------
@@ -454,8 +518,7 @@ class Membership:
         if to_id is not None:
             suspicion = self._view.suspicions.get(to_id)
             if suspicion is not None:
-                member = self._view.members[to_id]
-                fact = MemberFact(to_id, member.incarnation, MemberState.SUSPECT, suspicion.accuser_id, None)
+                fact = self._view.accusation(self._view.members[to_id], MemberState.SUSPECT, suspicion.accuser_id)
                 facts.append(fact)
                 budget_bytes -= fact_size_bytes(fact)
         if len(self._broadcasts):
@@ -475,19 +538,38 @@ class Membership:
             updates = self._piggyback(None, GOSSIP_BYTES_MAX)
             if not updates:
                 break
-            sends.append(Send(self._view.members[node_id].address, Gossip(updates)))
+            sends.append(Send(self._view.members[node_id].address, Gossip(updates), node_id))
 
     def _contact_seeds(self, now_s: float, sends: list[Send]) -> None:
         self._next_join_s = now_s + self.config.join_retry_interval_s
-        state = self._view.state_facts()
+        state = self._request_state()
         for seed in self._seeds:
-            sends.append(Send(seed, PushPull(False, state)))
+            sends.append(Send(seed, PushPull(False, state), None))
 
     # ------------------------------------------------------------------
     # Helpers
 
-    def _set_member(self, new: Member, accuser_id: str, now_s: float) -> None:
-        self._view.set(new, accuser_id, now_s, self_live=not self._left)
+    def _request_state(self) -> tuple[MemberFact, ...]:
+        """Our full state for a PushPull request: with our own certificate only (a seed may not
+        know us yet); the reply carries those of members we did not list."""
+        return self._view.state_facts(lambda node_id: node_id == self.node_id)
+
+    def _set_self(self, state: MemberState, now_s: float, *, cert: bool = True) -> MemberFact:
+        """Record our own ``state`` at our incarnation (signed, once per change); the fact to gossip.
+
+        The certificate rides along where a receiver may not know us yet (an
+        ALIVE: a join or a refutation), not on a LEAVE.
+        """
+        signature, cert_der = b"", b""
+        if self._signer is not None:
+            signature = self._signer.sign(self._incarnation, state, self._meta)
+            cert_der = self._signer.cert_der
+        self._view.set(
+            Member.from_meta(self.node_id, self._meta, self._incarnation, state, now_s), "", now_s,
+            self_live=not self._left, signature=signature, cert=cert_der,
+        )
+        return MemberFact(self.node_id, self._incarnation, state, "", self._meta, signature,
+                          cert_der if cert else b"")
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) % SEQ_MODULUS

@@ -17,7 +17,7 @@ import dataclasses
 import heapq
 import logging
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 from p2pfs.address import Address
 from p2pfs.ids import short_id
@@ -72,6 +72,9 @@ class MemberView:
         self._rng = rng
         self.members: dict[str, Member] = {}
         self.facts: dict[str, MemberFact] = {}
+        # Per member, its own signed record of the incarnation held and its
+        # certificate (``records.py``); empty where the cluster does not sign.
+        self.proofs: dict[str, tuple[bytes, bytes]] = {}
         # Other members that are ALIVE or SUSPECT, and those DEAD.
         self.live_ids: list[str] = []
         self._live_pos: dict[str, int] = {}
@@ -91,17 +94,26 @@ class MemberView:
     def get(self, node_id: str) -> Member | None:
         return self.members.get(node_id)
 
-    def set(self, new: Member, accuser_id: str, now_s: float, *, self_live: bool) -> None:
+    def set(self, new: Member, accuser_id: str, now_s: float, *, self_live: bool,
+            signature: bytes | None = None, cert: bytes = b"") -> None:
         """Install ``new`` and keep every index in step with it.
 
         ``self_live``: whether this node counts itself among the live members
         (not once it has left), for the n of the suspicion timeouts' log(n).
+        ``signature`` (with ``cert``, if not empty) is the member's record of
+        ``new``'s incarnation, replacing the one held; None keeps it (an
+        accusation at the incarnation of the record held).
         """
         node_id = new.node_id
         old = self.members.get(node_id)
         self.members[node_id] = new
+        if signature is not None:
+            held = self.proofs.get(node_id)
+            self.proofs[node_id] = (signature, cert or (held[1] if held else b""))
+        signature, cert = self.proofs.get(node_id, (b"", b""))
         meta = MemberMeta(new.address.host, new.address.port, new.zone, new.capacity_bytes, new.protocol_version)
-        self.facts[node_id] = MemberFact(node_id, new.incarnation, new.state, accuser_id, meta)
+        # Without the certificate: a full state carries it only where the receiver may lack it.
+        self.facts[node_id] = MemberFact(node_id, new.incarnation, new.state, accuser_id, meta, signature)
         self.version += 1
         if node_id == self.self_id:
             return
@@ -148,7 +160,7 @@ class MemberView:
                 return False
             self.set(
                 Member.from_meta(fact.node_id, fact.meta, fact.incarnation, fact.state, now_s),
-                fact.accuser_id, now_s, self_live=self_live,
+                fact.accuser_id, now_s, self_live=self_live, signature=fact.signature, cert=fact.cert,
             )
             log.debug("%s: learned %s (%s)", short_id(self.self_id), short_id(fact.node_id), fact.state.name)
             return True
@@ -157,7 +169,10 @@ class MemberView:
                 return False
             news = False
             if fact.incarnation > old.incarnation:
-                self.set(dataclasses.replace(old, incarnation=fact.incarnation), fact.accuser_id, now_s, self_live=self_live)
+                self.set(
+                    dataclasses.replace(old, incarnation=fact.incarnation), fact.accuser_id, now_s,
+                    self_live=self_live, signature=fact.signature if fact.signature else None, cert=fact.cert,
+                )
                 news = True
             suspicion = self.suspicions[fact.node_id]
             if suspicion.confirm(fact.accuser_id):
@@ -177,7 +192,8 @@ class MemberView:
                 old, incarnation=fact.incarnation, state=fact.state,
                 state_since_s=now_s if fact.state != old.state else old.state_since_s,
             )
-        self.set(new, fact.accuser_id, now_s, self_live=self_live)
+        self.set(new, fact.accuser_id, now_s, self_live=self_live,
+                 signature=fact.signature if fact.signature else None, cert=fact.cert)
         if new.state != old.state:
             level = logging.DEBUG if new.state == MemberState.ALIVE and old.state == MemberState.ALIVE else logging.INFO
             log.log(
@@ -185,6 +201,17 @@ class MemberView:
                 new.state.name, fact.incarnation, f", by {short_id(fact.accuser_id)}" if fact.accuser_id else "",
             )
         return True
+
+    def accusation(self, member: Member, state: MemberState, accuser_id: str) -> MemberFact:
+        """``accuser_id``'s fact that ``member`` is ``state`` at its incarnation.
+
+        Carries the member's own record of that incarnation (without the
+        certificate: whoever holds the member has it), so a receiver that
+        has not yet heard of the incarnation can believe it was reached.
+        """
+        signature, _ = self.proofs.get(member.node_id, (b"", b""))
+        meta = self.facts[member.node_id].meta if signature else None
+        return MemberFact(member.node_id, member.incarnation, state, accuser_id, meta, signature)
 
     def expired_suspects(self, now_s: float) -> Iterator[Member]:
         """Suspects whose suspicion has run out at ``now_s``, each checked when reached.
@@ -219,6 +246,7 @@ class MemberView:
                 continue
             del self.members[node_id]
             del self.facts[node_id]
+            self.proofs.pop(node_id, None)
             _index_update(self.dead_ids, self._dead_pos, node_id, False)
             self.version += 1
             log.debug("%s: forgot %s (%s)", short_id(self.self_id), short_id(node_id), member.state.name)
@@ -239,14 +267,23 @@ class MemberView:
                 return member
         return None
 
-    def state_facts(self) -> tuple[MemberFact, ...]:
-        """Our full view for a PushPull: self first, live members before the rest, capped."""
+    def state_facts(self, with_cert: Callable[[str], bool] = lambda node_id: False) -> tuple[MemberFact, ...]:
+        """Our full view for a PushPull: self first, live members before the rest, capped.
+
+        The facts of members for which ``with_cert`` is true carry their
+        certificate (where the receiver may not know the member yet).
+        """
         facts = self.facts
         if len(facts) <= PUSH_PULL_MEMBERS_MAX:
-            return tuple(facts.values())
-        chosen = [facts[self.self_id]] + [facts[i] for i in self.live_ids]
-        chosen += [f for i, f in facts.items() if self.members[i].state > MemberState.SUSPECT]
-        return tuple(chosen[:PUSH_PULL_MEMBERS_MAX])
+            chosen = list(facts.values())
+        else:
+            chosen = [facts[self.self_id]] + [facts[i] for i in self.live_ids]
+            chosen += [f for i, f in facts.items() if self.members[i].state > MemberState.SUSPECT]
+            chosen = chosen[:PUSH_PULL_MEMBERS_MAX]
+        for i, fact in enumerate(chosen):
+            if fact.signature and with_cert(fact.node_id):
+                chosen[i] = dataclasses.replace(fact, cert=self.proofs[fact.node_id][1])
+        return tuple(chosen)
 
     def pick(self, ids: list[str]) -> str:
         return ids[self._rng.randrange(len(ids))]

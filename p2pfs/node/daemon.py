@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import trio
+from cryptography.hazmat.primitives import serialization
 
 from p2pfs import __version__, net, wire
 from p2pfs.access import Operation
@@ -40,6 +41,7 @@ from p2pfs.net.access import authorize
 from p2pfs.node.admin import sdnotify
 from p2pfs.node.admin.reload import Reloaded, reload_config
 from p2pfs.node.admin.server import AdminService
+from p2pfs.claims import claims_of
 from p2pfs.clock import SystemClock
 from p2pfs.errors import AuthError, BadInput, ConfigError, LocalStorageError, P2pfsError
 from p2pfs.identity import Identity, IdentityError
@@ -51,6 +53,7 @@ from p2pfs.membership import (
     MemberState,
     incarnation_from_wall_clock,
 )
+from p2pfs.membership.records import RecordSigner, RecordVerifier
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
 from p2pfs.node.limits import Throttle
@@ -90,11 +93,21 @@ class EndpointGossip:
         self._on_sending = on_sending  # p2pfs.node.admin hook: probe round trips
         self._on_sent = on_sent  # p2pfs.node.admin hook: gossip bytes
 
-    async def send(self, to, msg: wire.Message) -> None:
+    async def send(self, to, msg: wire.Message, to_id: str | None = None) -> None:
         # Before the send: the ack may be handled before this task resumes.
         self._on_sending(msg)
-        if await self._endpoint.send_oneway(to, msg):
-            self._on_sent(msg)
+        if to_id is None:  # a seed, known by its address alone
+            if await self._endpoint.send_oneway(to, msg):
+                self._on_sent(msg)
+            return
+        # By node id: never to another node that claims the same address in its hello.
+        try:
+            conn = await self._endpoint.connect(to, node_id=to_id)
+            await conn.send_oneway(msg)
+        except net.NetError as exc:
+            log.debug("could not send %s to %s at %s: %s", type(msg).__name__, short_id(to_id), to, exc)
+            return
+        self._on_sent(msg)
 
 
 class Node:
@@ -109,6 +122,14 @@ class Node:
                                  offset_file=Path(offset_file) if offset_file else None)
         self.identity = ident
         self.node_id = ident.node_id
+        # What the CA certified this node may announce (p2pfs.claims): peers refuse more.
+        overstep = claims_of(ident.cert).refusal(cfg.node.advertise_address, cfg.node.zone, cfg.node.capacity_bytes)
+        if overstep is not None:
+            raise ConfigError(f"the configuration oversteps this node's certificate: {overstep}")
+        self.records = RecordVerifier(ident.ca_cert)
+        self.records.trust(ident.ca_certs or [ident.ca_cert])  # all trusted CAs: both during a CA rotation
+        cert_der = ident.cert.public_bytes(serialization.Encoding.DER)
+        self.records.add_certificate(cert_der)
         self.started_at_s = time.monotonic()
         self.endpoint = net.Endpoint(
             ident,
@@ -132,6 +153,9 @@ class Node:
                 config=cfg.membership,
                 rng=random.Random(),
                 now_s=trio.current_time(),
+                # Our records about ourselves signed with our key; everyone's checked (issue 12).
+                signer=RecordSigner(ident.signing_key(), cert_der),
+                verifier=self.records,
             ),
             EndpointGossip(self.endpoint, on_sending=lambda msg: self.admin.gossip_sending(msg),
                            on_sent=lambda msg: self.admin.count_gossip("sent", msg)),
@@ -210,6 +234,7 @@ class Node:
         with contextlib.suppress(IdentityError):  # logged; the running identity stays
             self.trust.reload()  # p2pfs.node.trust
         self.identity = self.endpoint.identity
+        self.records.trust(self.identity.ca_certs or [self.identity.ca_cert])
         return outcome
 
     # -- requests -----------------------------------------------------------
@@ -239,7 +264,7 @@ class Node:
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:
         if isinstance(msg, MEMBERSHIP_MESSAGES) and conn.peer_address is not None:
             self.admin.count_gossip("received", msg)  # p2pfs.node.admin hook: gossip bytes
-            self.membership.deliver(conn.peer_address, msg)
+            self.membership.deliver(conn.peer_address, msg, conn.peer.node_id)
         else:
             log.debug("ignored one-way %s from %s", type(msg).__name__, conn.peer.short_id)
 

@@ -36,6 +36,7 @@ from p2pfs.replication.replicas import IDS_PER_MESSAGE_MAX, Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
 from p2pfs.storage import Timestamp
+from p2pfs.storage.hlc import ClockDriftError
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,14 @@ class AntiEntropy:
             if mine is None or key > (mine[0], mine[1]):
                 short.add(name_key(name))
                 entry = await remote.get_name(name)
-                if entry is not None:
-                    await self._replicas.local.put_name(entry)
+                if entry is None:
+                    continue
+                try:
+                    self._local.check_version(entry)
+                except ClockDriftError as exc:
+                    log.warning("name sync with %s: refused %r: %s", short_id(peer), name, exc)
+                    continue
+                await self._replicas.local.put_name(entry)
 
     async def on_sync_names(self, request: net.IncomingRequest) -> dm.SyncNamesReply:
         peer = request.peer.node_id

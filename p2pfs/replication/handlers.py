@@ -14,6 +14,7 @@ from p2pfs.replication.local import LocalStore, Offload
 from p2pfs.replication.replicas import IDS_PER_MESSAGE_MAX, LIST_PAGE_NAMES
 from p2pfs.storage import BadName, ChunkCorrupt, ChunkMismatch, ChunkMissing, ManifestError, NameEntry, StorageFull
 from p2pfs.storage import validate_name
+from p2pfs.storage.hlc import ClockDriftError
 from p2pfs.wire import ErrorCode
 
 # Chunk ids one HasChunks request may ask about.
@@ -80,6 +81,10 @@ class ReplicaHandlers:
             entry = NameEntry.decode(request.msg.entry)
         except ManifestError as exc:
             raise net.RemoteError(ErrorCode.BAD_REQUEST, f"bad name entry: {exc}") from None
+        try:
+            self._local.check_version(entry)  # a put, a hint (hint_for) or a hand-off alike
+        except ClockDriftError as exc:
+            raise net.RemoteError(ErrorCode.BAD_REQUEST, f"name entry {entry.name!r}: {exc}") from None
         self._observe(entry)
         applied = await self._offload(self._local.apply, entry, request.msg.hint_for)
         return dm.PutNameReply(applied)

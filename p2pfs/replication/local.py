@@ -17,6 +17,7 @@ from p2pfs.clock import Clock
 from p2pfs.replication.errors import LocalFailure, ReplicaLacks
 from p2pfs.replication.hints import HintKind, HintStore
 from p2pfs.storage import ChunkCorrupt, ChunkMissing, ChunkStore, NameEntry, NameIndex, StorageError
+from p2pfs.storage.hlc import check_not_ahead
 
 Offload = Callable[..., Awaitable]
 
@@ -38,7 +39,12 @@ class LocalStore:
         if hint_for:
             self.hints.add(hint_for, HintKind.CHUNK, chunk_id, self._clock.wall_ms())
 
+    def check_version(self, entry: NameEntry) -> None:
+        """ClockDriftError if ``entry``'s version is beyond the allowed clock offset (never stored)."""
+        check_not_ahead(entry.version, self._clock.wall_ms())
+
     def apply(self, entry: NameEntry, hint_for: str) -> bool:
+        self.check_version(entry)
         applied = self.names.apply(entry)
         if hint_for:
             self.hints.add(hint_for, HintKind.NAME, entry.name.encode("utf-8"), self._clock.wall_ms())

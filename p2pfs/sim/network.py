@@ -86,7 +86,8 @@ class SimTransport:
         self.network = network
         self.address = address
 
-    async def send(self, to: Address, msg: wire.Message) -> None:
+    async def send(self, to: Address, msg: wire.Message, to_id: str | None = None) -> None:
+        # Addresses are never shared in the simulation: the address names the node.
         self.network.send(self.address, to, msg)
 
 

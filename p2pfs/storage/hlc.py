@@ -62,6 +62,24 @@ class Timestamp:
 ZERO = Timestamp(0, 0)
 
 
+def check_not_ahead(stamp: Timestamp, wall_ms: int, *, max_drift_ms: int = MAX_DRIFT_MS) -> None:
+    """Raise ClockDriftError if ``stamp`` is more than ``max_drift_ms`` ahead of ``wall_ms``.
+
+    Every version that arrives from elsewhere (a put, name sync, a hint, a
+    repair) passes this before it is stored: a version stamped at 2^48-1 ms
+    would otherwise win every last-writer-wins comparison for ever, pinning
+    its name (a tombstone there hides every later put and is never
+    collected). Our own clock refuses to observe such a stamp for the same
+    reason (``HybridClock.observe``).
+    """
+    drift_ms = stamp.wall_ms - wall_ms
+    if drift_ms > max_drift_ms:
+        raise ClockDriftError(
+            f"version is {drift_ms} ms ahead of our clock (limit {max_drift_ms} ms); "
+            "refused (check NTP on the writer's host)"
+        )
+
+
 class HybridClock:
     """A node's HLC. Not thread-safe: one owner calls it (the node's event loop)."""
 
