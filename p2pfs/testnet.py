@@ -33,6 +33,7 @@ import trio
 
 from p2pfs import identity
 from p2pfs.address import Address
+from p2pfs.claims import NodeClaims
 from p2pfs.client import Client
 from p2pfs.config import CONFIG_FILE, NodeSettings
 from p2pfs.errors import BadInput, P2pfsError, Unavailable
@@ -229,12 +230,16 @@ def create(directory: Path, nodes: int, base_port: int, overrides: dict[str, dic
 def _create_node(directory: Path, authority: identity.CertificateAuthority, index: int,
                  address: Address, admin: Address, seeds: tuple[Address, ...], overrides: dict | None) -> Path:
     node_dir = directory / f"node{index}"
-    identity.create_identity(node_dir, authority, Role.NODE)
     settings = NodeSettings(listen=address, seeds=tuple(s for s in seeds if s != address))
     # Every test node serves its status page and metrics on loopback.
     with_admin = dict(overrides or {})
     with_admin["admin"] = {"enabled": True, "listen": admin, **with_admin.get("admin", {})}
+    node_dir.mkdir(parents=True, exist_ok=True)
     (node_dir / CONFIG_FILE).write_text(render_node_config(settings, with_admin))
+    # As `node init` does: the CA signs what the node's config says it may announce.
+    cfg = load_node_config(node_dir / CONFIG_FILE).node
+    claims = NodeClaims(cfg.advertise_address, cfg.zone, cfg.capacity_bytes)
+    identity.create_identity(node_dir, authority, Role.NODE, claims=claims)
     return node_dir
 
 
