@@ -41,6 +41,7 @@ from p2pfs.replication.handoff import HandOff, Pusher
 from p2pfs.replication.hinted import HintDelivery
 from p2pfs.replication.hints import HINTS_FILE_NAME, HintStore
 from p2pfs.replication.local import LocalReplica, LocalStore
+from p2pfs.replication.namerepair import NAME_REFILL_CHECK_INTERVAL_S, NameRefill
 from p2pfs.replication.quorum import QuorumError
 from p2pfs.replication.replicas import Replicas, collect_names
 from p2pfs.replication.scrub import Scrubber
@@ -67,6 +68,8 @@ class DataStats:
     corrupt_chunks_pending: int
     repair_sent_bytes: int  # chunk bytes pushed to peers by anti-entropy and hand-off
     repair_received_bytes: int  # chunk bytes pulled from peers by anti-entropy
+    names_rows_quarantined: int  # undecodable name-index rows removed since start (refilled from replicas)
+    names_index_rebuilds: int  # times the name-index file was found damaged and rebuilt since start
 
 
 Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
@@ -112,6 +115,7 @@ class DataService:
         self._hints: HintDelivery | None = None
         self._gc: GarbageCollector | None = None
         self._scrubber: Scrubber | None = None
+        self._name_refill: NameRefill | None = None
         self._pusher: Pusher | None = None
         self._routes: dict[type, Route] = {}
 
@@ -130,6 +134,8 @@ class DataService:
             corrupt_chunks_pending=len(self.local.corrupt_pending),
             repair_sent_bytes=self._pusher.sent_bytes,
             repair_received_bytes=self._anti_entropy.received_bytes,
+            names_rows_quarantined=self.local.names.rows_quarantined,
+            names_index_rebuilds=self.local.names.rebuilds,
         )
 
     @property
@@ -178,6 +184,7 @@ class DataService:
             config=config, view=view, replicas=replicas, local=local, pusher=pusher, pacer=pacer,
             offload=offload,
         )
+        self._name_refill = NameRefill(names=local.names, anti_entropy=self._anti_entropy, view=view)
         self._hints = HintDelivery(
             config=config, view=view, replicas=replicas, local=local, clock=clock, offload=offload
         )
@@ -207,6 +214,7 @@ class DataService:
             ("anti-entropy", self._anti_entropy_and_hand_off, config.anti_entropy_interval_s,
              ROUND_JITTER_FRACTION),
             ("gc", self._gc.round, config.gc_interval_s, ROUND_JITTER_FRACTION),
+            ("name refill", self._name_refill.round, NAME_REFILL_CHECK_INTERVAL_S, 0.0),
         ]
         for name, round_fn, interval_s, jitter_fraction in rounds:
             nursery.start_soon(functools.partial(
@@ -244,7 +252,13 @@ class DataService:
         route = self._routes.get(type(request.msg))
         if route is None:
             raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, "the data service is starting")
-        return await route(request)
+        try:
+            return await route(request)
+        except errors.LocalStorageError as exc:
+            # This node's disk or index failed (full, read-only, a damaged row it has
+            # just quarantined): the asker tries another replica; not a bug of ours.
+            code = wire.ErrorCode.STORAGE_FULL if isinstance(exc, errors.StorageFull) else wire.ErrorCode.UNAVAILABLE
+            raise net.RemoteError(code, f"this replica's storage failed: {exc}") from None
 
     # -- what the daemon, the simulation and the tests use ------------------------------
 
