@@ -10,6 +10,8 @@ Areas and the modules (beside this file) that measure them:
                                   machine's own TLS ceiling in the same run
     heal        bench_heal        time to restore full replication after losing a node
     sim         bench_sim         the seeded whole-cluster simulation: many seeds, checked, a replay
+    fuzz        bench_fuzz        the frame decoder in process and every handler of a live node:
+                                  inputs, crashes, hangs, the node's RSS and CPU
     all         each of the above with its defaults, one after another
 
 Options after AREA go to its module (``python scripts/bench.py data --help``). ``membership`` also
@@ -85,6 +87,7 @@ AREAS: dict[str, Callable[[list[str]], int]] = {
     "data": _module_main("bench_data"),
     "heal": _module_main("bench_heal"),
     "sim": _module_main("bench_sim"),
+    "fuzz": _module_main("bench_fuzz"),
 }
 
 
