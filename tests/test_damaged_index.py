@@ -20,6 +20,7 @@ import trio
 from p2pfs import identity, testnet
 from p2pfs.client import Client
 
+from admin_helpers import samples, value
 from damage_helpers import break_manifest, checkpoint, insert_invalid_utf8_row, overwrite_page, page_count
 from testnet_helpers import CLI_TIMEOUT_S, Net, read_all, running_testnet, wait_for
 
@@ -136,6 +137,9 @@ def test_a_node_with_a_damaged_name_index_serves_and_is_refilled(net: Net, case:
     read_all(net, files, through=[DAMAGED])
 
     assert net.status()[DAMAGED].running, "the node exited"
+    # Counted where an operator looks: each case is one bad row or one rebuild since the restart.
+    metrics = samples(net.status()[DAMAGED].status_page)
+    assert value(metrics, "p2pfs_names_rows_quarantined_total") + value(metrics, "p2pfs_names_index_rebuilds_total") >= 1
     # The access log's line per client request aside (the test makes ~130 requests).
     new_lines = [line for line in log.read_bytes().splitlines()[lines_before:] if b" operation=" not in line]
     assert len(new_lines) <= LOG_LINES_MAX, b"\n".join(new_lines[-20:]).decode(errors="replace")

@@ -29,7 +29,7 @@ from types import TracebackType
 import msgpack
 
 from p2pfs.storage import modes
-from p2pfs.storage.errors import StorageError
+from p2pfs.storage.errors import StorageError, StorageFull
 from p2pfs.storage.hlc import Timestamp
 from p2pfs.storage.naming import (
     ENTRY_ENCODED_BYTES_MAX,
@@ -206,11 +206,42 @@ class NameIndex:
         modes.private_database(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            _setup(conn)
+            NameIndex._setup(conn)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise StorageError(f"could not put the name index in WAL mode (got {mode!r})")
+        # FULL: a name write that was acknowledged survives power loss, not only a
+        # process crash (NORMAL can lose the last commits); names are written far
+        # less often than chunks, so the extra fsync is cheap.
+        conn.execute("PRAGMA synchronous=FULL")
+        schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if schema_version == SCHEMA_VERSION:
+            return
+        if schema_version != 0:
+            raise StorageError(
+                f"name index schema version {schema_version} is not {SCHEMA_VERSION}: "
+                f"written by a different p2pfs version"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            """CREATE TABLE names (
+                name BLOB PRIMARY KEY,    -- UTF-8 bytes: opaque, ordered bytewise
+                wall_ms INTEGER NOT NULL,
+                logical INTEGER NOT NULL,
+                writer TEXT NOT NULL,
+                manifest BLOB             -- Manifest.encode(); NULL for a tombstone
+            )"""
+        )
+        conn.execute("CREATE INDEX tombstones ON names (wall_ms, logical) WHERE manifest IS NULL")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -275,7 +306,8 @@ class NameIndex:
                         if _decode_row(*row) is None:
                             bad += 1
                             continue
-                        fresh.execute("INSERT OR IGNORE INTO names VALUES (?, ?, ?, ?, ?)", row)
+                        fresh.execute("INSERT OR IGNORE INTO names (name, wall_ms, logical, writer, manifest) "
+                                      "VALUES (?, ?, ?, ?, ?)", row)
                         copied += 1
                 except sqlite3.DatabaseError:
                     pass  # the rest of the file is past the damage
@@ -457,37 +489,6 @@ class NameIndex:
                 (older_than.wall_ms, older_than.logical),
             )
             return cursor.rowcount
-
-
-def _setup(conn: sqlite3.Connection) -> None:
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    if mode != "wal":
-        raise StorageError(f"could not put the name index in WAL mode (got {mode!r})")
-    # FULL: a name write that was acknowledged survives power loss, not only a
-    # process crash (NORMAL can lose the last commits); names are written far
-    # less often than chunks, so the extra fsync is cheap.
-    conn.execute("PRAGMA synchronous=FULL")
-    schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if schema_version == SCHEMA_VERSION:
-        return
-    if schema_version != 0:
-        raise StorageError(
-            f"name index schema version {schema_version} is not {SCHEMA_VERSION}: "
-            f"written by a different p2pfs version"
-        )
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute(
-        """CREATE TABLE names (
-            name BLOB PRIMARY KEY,    -- UTF-8 bytes: opaque, ordered bytewise
-            wall_ms INTEGER NOT NULL,
-            logical INTEGER NOT NULL,
-            writer TEXT NOT NULL,
-            manifest BLOB             -- Manifest.encode(); NULL for a tombstone
-        )"""
-    )
-    conn.execute("CREATE INDEX tombstones ON names (wall_ms, logical) WHERE manifest IS NULL")
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    conn.execute("COMMIT")
 
 
 def _check_file(conn: sqlite3.Connection) -> str | None:

@@ -189,6 +189,10 @@ class NodeCollector:
                            "and hand-off.", stats.repair_sent_bytes)
             yield _counter("p2pfs_repair_received_bytes", "Chunk bytes this node pulled from peers in "
                            "anti-entropy.", stats.repair_received_bytes)
+            yield _counter("p2pfs_names_rows_quarantined", "Name-index rows found undecodable and removed "
+                           "(refilled from the replicas).", stats.names_rows_quarantined)
+            yield _counter("p2pfs_names_index_rebuilds", "Times the name-index file was found damaged, "
+                           "quarantined and rebuilt.", stats.names_index_rebuilds)
         share = ring_share(node)
         yield _gauge("p2pfs_ring_ownership_ratio", "Fraction of the key space this node holds a replica of "
                      "(rf copies: shares add up to rf).", share.get(node.node_id, 0.0))
