@@ -61,7 +61,7 @@ from p2pfs.membership import messages as mm
 from p2pfs.net.errors import ProtocolViolation
 from p2pfs.net.mux import Mux
 from p2pfs.node import messages as nm
-from p2pfs.replication import messages as dm
+from p2pfs.replication import messages as dm  # noqa: F401 (importing it registers the data messages)
 from p2pfs.wire import FrameKind, Role
 
 # A status request must be answered within this long, or the node counts as hung:
@@ -204,15 +204,14 @@ class Inputs:
         else:
             corpus[self.rng.randrange(64)] = payload
 
-    def message_frame(self, role: Role, stream_id: int) -> tuple[type, bytes]:
+    def message_frame(self, role: Role, stream_id: int) -> bytes:
         """A request (or one-way message) of a type ``role`` may send, mostly; encoded, header and all."""
         rng = self.rng
         own = self.types_by_role[role]
         cls = rng.choice(own if rng.random() < 0.9 else self.all_types)
         kind = FrameKind.ONEWAY if cls.__module__ == mm.__name__ and rng.random() < 0.8 else rng.choice(
             [FrameKind.REQUEST] * 6 + [FrameKind.REQUEST_STREAM, FrameKind.ONEWAY])
-        payload = self.payload(cls)
-        return cls, _frame(kind, stream_id, cls.TYPE, payload)
+        return _frame(kind, stream_id, cls.TYPE, self.payload(cls))
 
     def random_frame(self, stream_id: int) -> bytes:
         rng = self.rng
@@ -244,7 +243,7 @@ class Inputs:
         rng = self.rng
         r = rng.random()
         if r < 0.7:
-            return self.message_frame(role, stream_id)[1]
+            return self.message_frame(role, stream_id)
         if r < 0.9:
             return self.random_frame(stream_id)
         if r < 0.95:
@@ -258,7 +257,6 @@ def _frame(kind: int, stream_id: int, msg_type: int, payload: bytes) -> bytes:
 
 def message_types() -> dict[Role, list[type]]:
     """Every message type (the replies too: a peer may send anything), by the roles that may send it."""
-    assert mm and dm and nm  # registered by importing their modules
     found: dict[Role, list[type]] = {Role.NODE: [], Role.CLIENT: []}
     for code, cls in sorted(wire.message_types().items()):
         if code == wire.Hello.TYPE:
@@ -594,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         "node_rss_mb_first": round(live.rss_bytes[0] / 1e6, 1) if live.rss_bytes else None,
         "node_rss_mb_max": round(max(live.rss_bytes) / 1e6, 1) if live.rss_bytes else None,
         "node_rss_mb_last": round(live.rss_bytes[-1] / 1e6, 1) if live.rss_bytes else None,
+        # At each quarter of the health checks: a leak grows from one to the next.
+        "node_rss_mb_quarters": [round(live.rss_bytes[len(live.rss_bytes) * q // 4 - 1] / 1e6, 1)
+                                 for q in range(1, 5)] if len(live.rss_bytes) >= 4 else [],
     }
     if args.json:
         print(json.dumps(figures))
