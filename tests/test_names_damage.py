@@ -10,13 +10,17 @@ from pathlib import Path
 import pytest
 import trio
 
+from p2pfs.clock import SystemClock
 from p2pfs.membership import MembershipConfig
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.hints import HINTS_FILE_NAME, HintStore
+from p2pfs.replication.local import LocalStore
+from p2pfs.replication.scrub import SCRUB_NAME_ROWS_PER_ROUND, Scrubber
 from p2pfs.sim.data import DataCluster
 from p2pfs.sim.membership import sim_address, wait_until
 from p2pfs.sim.network import SEED_ENV, SimNetwork, run_simulation, sim_seed
-from p2pfs.storage import StorageError, StorageFull
+from p2pfs.storage import ChunkStore, StorageError, StorageFull
 from p2pfs.storage.hlc import Timestamp
 from p2pfs.storage.manifest import ChunkRef, Manifest, chunk_id_of
 from p2pfs.storage.names import NAMES_FILE_NAME, QUARANTINE_DIR_NAME, NameEntry, NameIndex, NameIndexDamaged
@@ -215,3 +219,33 @@ def test_puts_through_a_node_whose_index_is_read_only_reach_w_through_stand_ins(
             nursery.cancel_scope.cancel()
 
     run_simulation(main, seed=seed)
+
+
+def test_the_scrub_decodes_the_index_a_batch_a_round_and_removes_bad_rows(tmp_path):
+    path = _filled(tmp_path, SCRUB_NAME_ROWS_PER_ROUND + 10)
+    break_manifest(path, _entry(SCRUB_NAME_ROWS_PER_ROUND + 5).name)  # in the second batch
+    clock = SystemClock()
+
+    async def inline(fn, *args):
+        return fn(*args)
+
+    async def no_repair(chunk_id: bytes) -> bool:
+        raise AssertionError("no chunk to repair")
+
+    async def main() -> None:
+        hints = HintStore(tmp_path / HINTS_FILE_NAME)
+        with NameIndex(path) as names:
+            local = LocalStore(ChunkStore(tmp_path, 1 << 20, clock=clock), names, hints, clock)
+            scrubber = Scrubber(config=ReplicationConfig(scrub_bytes_per_s=1 << 20), local=local, repair=no_repair,
+                                rng=random.Random(1), offload=inline)
+            await scrubber.scrub_names()
+            assert scrubber.bad_name_rows == 0
+            await scrubber.scrub_names()
+            assert scrubber.bad_name_rows == 1 and names.rows_quarantined == 1
+            await scrubber.scrub_names()  # the pass is over until the next pass of chunks
+            assert names.rows_quarantined == 1
+            assert len(names.summaries()) == SCRUB_NAME_ROWS_PER_ROUND + 9
+        hints.close()
+
+    trio.run(main)
+

@@ -21,7 +21,7 @@ import trio
 
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.local import LocalStore, Offload
-from p2pfs.storage import CHUNK_SIZE_BYTES_MAX, ChunkMissing
+from p2pfs.storage import CHUNK_SIZE_BYTES_MAX, ChunkMissing, NameIndexDamaged
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,13 @@ class Scrubber:
         """Decode the next rows of the name index; the index removes bad ones and counts them."""
         if self._names_after is None:
             return
-        after, bad = await self._offload(self._local.names.check_rows, self._names_after, SCRUB_NAME_ROWS_PER_ROUND)
+        try:
+            after, bad = await self._offload(
+                self._local.names.check_rows, self._names_after, SCRUB_NAME_ROWS_PER_ROUND
+            )
+        except NameIndexDamaged:
+            self._names_after = b""  # the index was rebuilt (and said so): check the new one from the start
+            return
         self._names_after = after or None
         self.bad_name_rows += bad
 
