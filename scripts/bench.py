@@ -11,6 +11,8 @@ Areas and the modules (beside this file) that measure them:
     heal        bench_heal        time to restore full replication after losing a node
     sim         bench_sim         the seeded whole-cluster simulation: many seeds, checked, a replay
     admin       bench_admin       the admin listener on real daemons: idle cost while scraped, one scrape
+    fuzz        bench_fuzz        the frame decoder in process and every handler of a live node:
+                                  inputs, crashes, hangs, the node's RSS and CPU
     all         each of the above with its defaults, one after another
 
 Options after AREA go to its module (``python scripts/bench.py data --help``). ``membership`` also
@@ -87,6 +89,7 @@ AREAS: dict[str, Callable[[list[str]], int]] = {
     "heal": _module_main("bench_heal"),
     "sim": _module_main("bench_sim"),
     "admin": _module_main("bench_admin"),
+    "fuzz": _module_main("bench_fuzz"),
 }
 
 

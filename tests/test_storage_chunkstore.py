@@ -17,6 +17,7 @@ from p2pfs.storage.chunkstore import (
     ChunkMismatch,
     ChunkMissing,
     ChunkStore,
+    StorageError,
     StorageFull,
 )
 from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MAX, chunk_id_of
@@ -180,11 +181,38 @@ def test_failed_rename_leaves_no_partial_chunk(
 
     monkeypatch.setattr(chunkstore.os, "rename", broken_rename)
     chunk_id, data = _chunk(1)
-    with pytest.raises(OSError, match="I/O error"):
+    with pytest.raises(StorageError, match="I/O error"):
         store.put(chunk_id, data)
     assert not store.has(chunk_id)
     assert _files_under(tmp_path) == []
     assert store.used_bytes == 0
+
+
+def test_a_read_only_disk_is_a_storage_error_and_leaves_nothing_behind(
+    store: ChunkStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica on a read-only file system refuses with the room's error, so a coordinator fails over."""
+    held_id, held = _chunk(2)
+    store.put(held_id, held)
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args)
+
+    def read_only_utime(*args, **kwargs) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(chunkstore.os, "open", read_only)
+    monkeypatch.setattr(chunkstore.os, "utime", read_only_utime)
+    chunk_id, data = _chunk(1)
+    with pytest.raises(StorageError, match="Read-only"):
+        store.put(chunk_id, data)
+    with pytest.raises(StorageError, match="Read-only"):
+        store.put(held_id, held)  # held already: only its time is touched
+    assert not store.has(chunk_id)
+    assert store.used_bytes == len(held)
 
 
 def test_open_removes_temp_files_and_rescans(tmp_path: Path) -> None:

@@ -136,6 +136,28 @@ class AntiEntropy:
         self.under_replicated_keys = len(short)
         return NotOurs(ring, chunks_not_ours, [names_by_key[k] for k in names_not_ours])
 
+    async def refill_names(self) -> tuple[int, int]:
+        """Name sync alone, with every live peer, whatever it shares with this node's index today.
+
+        What a damaged (emptied) index needs at once, without waiting for the next
+        round: each peer answers with the names this node should hold and lacks, and
+        they are pulled. Returns (peers that answered, peers that did not).
+        """
+        summaries = await self._offload(self._local.names.summaries)
+        by_name = {name: (version, writer, tomb) for name, version, writer, tomb in summaries}
+        names_by_key = {name_key(n): n for n in by_name}
+        names_by_peer, _ = shared_keys(self._view.ring(), self.config.rf, self.node_id, names_by_key)
+        answered, failed = 0, 0
+        for peer in sorted(self._view.alive() - {self.node_id}):
+            try:
+                await self._sync_names(peer, [names_by_key[k] for k in names_by_peer.get(peer, [])], by_name)
+            except ReplicaError as exc:
+                log.info("refilling names from %s stopped: %s", short_id(peer), exc)
+                failed += 1
+                continue
+            answered += 1
+        return answered, failed
+
     # -- chunks ---------------------------------------------------------------------
 
     async def _sync_chunks(self, peer: str, shared: list[bytes], short: set[bytes]) -> None:

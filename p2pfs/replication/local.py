@@ -109,10 +109,17 @@ class LocalReplica:
             raise LocalFailure(str(exc)) from exc
 
     async def get_name(self, name: str) -> NameEntry | None:
-        return await self._offload(self._local.names.get, name)
+        """The entry held here; a damaged row or index fails this replica (LocalFailure), as a peer's would."""
+        try:
+            return await self._offload(self._local.names.get, name)
+        except StorageError as exc:
+            raise LocalFailure(str(exc)) from exc
 
     async def list_names(self, prefix: str, start_after: str, limit: int) -> tuple[list[NameEntry], bool]:
-        entries = await self._offload(self._local.list_names, prefix, start_after, limit + 1)
+        try:
+            entries = await self._offload(self._local.list_names, prefix, start_after, limit + 1)
+        except StorageError as exc:
+            raise LocalFailure(str(exc)) from exc
         return entries[:limit], len(entries) > limit
 
     async def list_chunks(self, start_after: bytes, limit: int) -> tuple[list[bytes], list[bytes], bool]:

@@ -1,9 +1,14 @@
 """Scrub: chunks are re-read at ``scrub_bytes_per_s``; one that fails verification is quarantined
-and fetched again from a healthy replica.
+and fetched again from a healthy replica. The name index is scrubbed alongside.
 
 A round verifies up to ``SCRUB_CHUNKS_PER_ROUND`` chunks of a shuffled pass
 over the store; the next pass starts when one is done, so every chunk is read
 once per pass whatever the order of rounds.
+
+Each round also decodes up to ``SCRUB_NAME_ROWS_PER_ROUND`` rows of the name index
+in name order (``NameIndex.check_rows``), and the last batch of a pass checks the
+whole file's pages (``PRAGMA quick_check``); one pass of names per pass of chunks.
+What is bad is quarantined by the index itself, and ``namerepair`` refills it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ import trio
 
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.local import LocalStore, Offload
-from p2pfs.storage import CHUNK_SIZE_BYTES_MAX, ChunkMissing
+from p2pfs.storage import CHUNK_SIZE_BYTES_MAX, ChunkMissing, NameIndexDamaged
 
 log = logging.getLogger(__name__)
 
 # Chunks verified per round: a round at the largest chunk size and the scrub rate
 # takes SCRUB_CHUNKS_PER_ROUND * CHUNK_SIZE_BYTES_MAX / scrub_bytes_per_s.
 SCRUB_CHUNKS_PER_ROUND = 64
+# Name-index rows decoded per round: a row is at most a manifest (4 MiB, usually a
+# few hundred bytes), decoded in a worker thread under the index's lock, so a round
+# holds writers off for at most this many decodes.
+SCRUB_NAME_ROWS_PER_ROUND = 256
 
 
 class Scrubber:
@@ -41,6 +50,11 @@ class Scrubber:
         self.pass_chunks = 0  # chunks in the current pass (the rest of it: len(self._pass))
         self.verified_chunks = 0
         self.corrupt_chunks = 0
+        # Where the name pass goes on from (after this key); None once it is over
+        # for this pass of chunks.
+        self._names_after: bytes | None = b""
+        # Name rows found bad by the scrub (each also counted by the index).
+        self.bad_name_rows = 0
 
     @property
     def pass_remaining_chunks(self) -> int:
@@ -52,7 +66,9 @@ class Scrubber:
         return 2 * max(verify_s, self.config.anti_entropy_interval_s)
 
     async def round(self) -> None:
+        await self.scrub_names()
         if not self._pass:
+            self._names_after = b""
             self._pass = await self._offload(self._local.chunk_ids)
             self._rng.shuffle(self._pass)
             self.pass_chunks = len(self._pass)
@@ -62,6 +78,20 @@ class Scrubber:
         batch, self._pass = self._pass[:SCRUB_CHUNKS_PER_ROUND], self._pass[SCRUB_CHUNKS_PER_ROUND:]
         for chunk_id in batch:
             await self.scrub_one(chunk_id)
+
+    async def scrub_names(self) -> None:
+        """Decode the next rows of the name index; the index removes bad ones and counts them."""
+        if self._names_after is None:
+            return
+        try:
+            after, bad = await self._offload(
+                self._local.names.check_rows, self._names_after, SCRUB_NAME_ROWS_PER_ROUND
+            )
+        except NameIndexDamaged:
+            self._names_after = b""  # the index was rebuilt (and said so): check the new one from the start
+            return
+        self._names_after = after or None
+        self.bad_name_rows += bad
 
     async def scrub_one(self, chunk_id: bytes) -> bool:
         """Verify one chunk at the scrub rate; repair it from a replica if it fails. True if good."""

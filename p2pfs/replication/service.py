@@ -43,6 +43,7 @@ from p2pfs.replication.handoff import HandOff, Pusher
 from p2pfs.replication.hinted import HintDelivery
 from p2pfs.replication.hints import HINTS_FILE_NAME, HintStore
 from p2pfs.replication.local import LocalReplica, LocalStore
+from p2pfs.replication.namerepair import NAME_REFILL_CHECK_INTERVAL_S, NameRefill
 from p2pfs.replication.quorum import QuorumError
 from p2pfs.replication.replicas import Replicas, collect_names
 from p2pfs.replication.resumable import Resumable
@@ -84,6 +85,8 @@ class DataStats:
     scrub_pass_remaining_chunks: int = 0
     scrub_verified_chunks: int = 0
     scrub_corrupt_chunks: int = 0
+    names_rows_quarantined: int = 0  # undecodable name-index rows removed since start (refilled from replicas)
+    names_index_rebuilds: int = 0  # times the name-index file was found damaged and rebuilt since start
 
 
 Route = Callable[[net.IncomingRequest], Awaitable[wire.Message | net.Reply]]
@@ -129,6 +132,7 @@ class DataService:
         self._hints: HintDelivery | None = None
         self._gc: GarbageCollector | None = None
         self._scrubber: Scrubber | None = None
+        self._name_refill: NameRefill | None = None
         self._pusher: Pusher | None = None
         # Repair's bandwidth budget, which a config reload changes (the node's admin).
         self.repair_pacer: RepairPacer | None = None
@@ -150,6 +154,8 @@ class DataService:
             repair_sent_bytes=self._pusher.sent_bytes,
             repair_received_bytes=self._anti_entropy.received_bytes,
             **self._job_stats(),
+            names_rows_quarantined=self.local.names.rows_quarantined,
+            names_index_rebuilds=self.local.names.rebuilds,
         )
 
     def _job_stats(self) -> dict[str, int | None]:
@@ -216,6 +222,7 @@ class DataService:
             config=config, view=view, replicas=replicas, local=local, pusher=pusher, pacer=pacer,
             offload=offload,
         )
+        self._name_refill = NameRefill(names=local.names, anti_entropy=self._anti_entropy, view=view)
         self._hints = HintDelivery(
             config=config, view=view, replicas=replicas, local=local, clock=clock, offload=offload
         )
@@ -249,6 +256,7 @@ class DataService:
             ("anti-entropy", self._anti_entropy_and_hand_off, config.anti_entropy_interval_s,
              ROUND_JITTER_FRACTION),
             ("gc", self._gc.round, config.gc_interval_s, ROUND_JITTER_FRACTION),
+            ("name refill", self._name_refill.round, NAME_REFILL_CHECK_INTERVAL_S, 0.0),
         ]
         for name, round_fn, interval_s, jitter_fraction in rounds:
             nursery.start_soon(functools.partial(
@@ -290,7 +298,13 @@ class DataService:
         route = self._routes.get(type(request.msg))
         if route is None:
             raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, "the data service is starting")
-        return await route(request)
+        try:
+            return await route(request)
+        except errors.LocalStorageError as exc:
+            # This node's disk or index failed (full, read-only, a damaged row it has
+            # just quarantined): the asker tries another replica; not a bug of ours.
+            code = wire.ErrorCode.STORAGE_FULL if isinstance(exc, errors.StorageFull) else wire.ErrorCode.UNAVAILABLE
+            raise net.RemoteError(code, f"this replica's storage failed: {exc}") from None
 
     # -- what the daemon, the simulation and the tests use ------------------------------
 

@@ -46,6 +46,7 @@ _HOMES = {
     "NAME_BYTES_MAX": "naming",
     "NameEntry": "names",
     "NameIndex": "names",
+    "NameIndexDamaged": "names",
     "validate_name": "naming",
 }
 
@@ -72,6 +73,7 @@ __all__ = [
     "ManifestError",
     "NameEntry",
     "NameIndex",
+    "NameIndexDamaged",
     "StorageError",
     "StorageFull",
     "Timestamp",

@@ -164,7 +164,10 @@ class ChunkStore:
             if path.exists():
                 # Held already (deduplicated): restart its garbage-collection grace, so a
                 # chunk that a new manifest is about to reference is not collected as unused.
-                os.utime(path, ns=self._stamp_ns())
+                try:
+                    os.utime(path, ns=self._stamp_ns())
+                except OSError as exc:
+                    raise StorageError(f"cannot touch chunk {path.name}: {exc}") from exc
                 return False
             self._reserve(size_bytes)
             try:
@@ -293,6 +296,9 @@ class ChunkStore:
             temp.unlink(missing_ok=True)
             if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
                 raise StorageFull(f"disk full writing chunk {path.name}: {exc}") from exc
+            if isinstance(exc, OSError):
+                # A read-only or failing disk: this replica refuses, a coordinator tries another.
+                raise StorageError(f"cannot write chunk {path.name}: {exc}") from exc
             raise
 
     def _read(self, path: Path, chunk_id: bytes) -> tuple[bytes, tuple[int, int]]:

@@ -15,6 +15,10 @@ replicating an entry replicates its manifest too.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -25,7 +29,7 @@ from types import TracebackType
 import msgpack
 
 from p2pfs.storage import modes
-from p2pfs.storage.errors import StorageError
+from p2pfs.storage.errors import StorageError, StorageFull
 from p2pfs.storage.hlc import Timestamp
 from p2pfs.storage.naming import (
     ENTRY_ENCODED_BYTES_MAX,
@@ -42,7 +46,24 @@ from p2pfs.storage.manifest import (
     unpack_strict,
 )
 
+log = logging.getLogger(__name__)
+
 NAMES_FILE_NAME = "names.sqlite"
+# Damaged index files go where the chunk store puts corrupt chunks (DATA/quarantine),
+# as names.sqlite.<n> (with its -wal and -shm); the new file is built beside the old
+# one under this suffix, then renamed into place.
+QUARANTINE_DIR_NAME = "quarantine"
+REBUILD_SUFFIX = ".rebuild"
+# Problems PRAGMA quick_check reports at most: one is enough to rebuild, a few say why.
+QUICK_CHECK_ERRORS_MAX = 5
+# Characters of a damage report kept for the log line.
+PROBLEM_CHARS_MAX = 300
+# SQLite's primary result codes for a damaged file (sqlite.org/rescode.html), and a full one.
+_SQLITE_DAMAGED = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+_SQLITE_FULL = 13
+# What decoding a damaged row can raise: a name that is not UTF-8 (ValueError), a
+# column of the wrong type (TypeError, AttributeError), a manifest that does not parse.
+_ROW_ERRORS = (ValueError, TypeError, AttributeError, ManifestError)
 # First field of an encoded entry; a new layout gets a new number. Format 2 appends
 # the writing client's id; an entry without one (written by a node's own jobs, or
 # before client ids were recorded) is still encoded as format 1, byte for byte as
@@ -147,29 +168,72 @@ class NameEntry:
             raise ManifestError(f"bad name entry: {exc}") from exc
 
 
+class NameIndexDamaged(StorageError):
+    """A row or a page of the name index was found damaged: it was quarantined, this call failed.
+
+    The index is usable again at once (the bad rows removed, or the file rebuilt from
+    what could be read); what was lost comes back from the replicas.
+    """
+
+
 class NameIndex:
     """Name -> newest NameEntry, in one SQLite file; safe to call from many threads.
 
     One connection, serialised by a lock: SQLite allows one writer anyway, and the
     calls are short (one row, or one page of rows).
+
+    The file is this node's own data, and a node never stops because of it. It is
+    checked when opened (``PRAGMA quick_check``) and row by row by the scrub
+    (``check_rows``); every read decodes what it returns. A row that does not decode
+    is deleted (counted in ``rows_quarantined``, logged at WARNING once per call that
+    found any); a damaged page (SQLite's CORRUPT or NOTADB) makes the index move the
+    file to ``DATA/quarantine`` and start a new one from the rows that can still be
+    read (counted in ``rebuilds``). Either way the replicas hold every entry rf
+    times: ``damage_count`` tells the replication layer to refill the index from them.
     """
 
     def __init__(self, path: Path) -> None:
         """Open (creating if needed) the index file, e.g. ``DATA / NAMES_FILE_NAME``."""
+        self._path = Path(path)
         self._lock = threading.Lock()
+        # Undecodable rows removed, and files rebuilt, since this index was opened.
+        self.rows_quarantined = 0
+        self.rebuilds = 0
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._conn = self._connect(self._path)
+            problem = _check_file(self._conn)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            problem = str(exc)  # not even the header reads: nothing to copy
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        if problem is not None:
+            self._rebuild(problem)
+
+    @property
+    def damage_count(self) -> int:
+        """Grows whenever entries may have been lost here: what a refill from the replicas waits for."""
+        return self.rows_quarantined + self.rebuilds
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         # check_same_thread=False: trio runs our calls on worker threads; the lock
-        # above serialises them.
-        modes.private_database(Path(path))
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # serialises them.
+        modes.private_database(path)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            self._setup()
+            NameIndex._setup(conn)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
 
-    def _setup(self) -> None:
-        conn = self._conn
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise StorageError(f"could not put the name index in WAL mode (got {mode!r})")
@@ -218,57 +282,168 @@ class NameIndex:
     ) -> None:
         self.close()
 
+    # -- damage -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; SQLite's errors turned into the storage room's.
+
+        A damaged file is quarantined and rebuilt before the call fails; a full disk
+        is ``StorageFull`` and a read-only or failing one a ``StorageError``, so a
+        coordinator tries another replica. Errors SQLite did not raise (misuse) pass.
+        """
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.DatabaseError as exc:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                code = getattr(exc, "sqlite_errorcode", None)
+                if code is None:
+                    raise
+                if _is_damage(exc):
+                    self._rebuild(str(exc))
+                    raise NameIndexDamaged(f"the name index was damaged ({exc}); rebuilt") from None
+                if code & 0xFF == _SQLITE_FULL:
+                    raise StorageFull(f"the name index cannot grow: {exc}") from None
+                raise StorageError(f"the name index failed: {exc}") from None
+
+    def _rebuild(self, reason: str) -> None:
+        """Move the damaged file to quarantine and carry on with a new one holding every row still readable.
+
+        Called with the lock held (or from ``__init__``). Rows are copied as they are
+        read and the copy stops at the first unreadable page: what it misses, the
+        replicas refill.
+        """
+        quarantine_dir = self._path.parent / QUARANTINE_DIR_NAME
+        modes.private_dir(quarantine_dir)
+        fresh_path = self._path.with_name(self._path.name + REBUILD_SUFFIX)
+        for stale in _database_files(fresh_path):
+            stale.unlink(missing_ok=True)
+        fresh = self._connect(fresh_path)
+        copied, bad = 0, 0
+        try:
+            if self._conn is not None:
+                try:
+                    rows = self._conn.execute("SELECT name, wall_ms, logical, writer, manifest, client FROM names")
+                    for row in rows:
+                        if _decode_row(*row) is None:
+                            bad += 1
+                            continue
+                        fresh.execute("INSERT OR IGNORE INTO names (name, wall_ms, logical, writer, manifest, "
+                                      "client) VALUES (?, ?, ?, ?, ?, ?)", row)
+                        copied += 1
+                except sqlite3.DatabaseError:
+                    pass  # the rest of the file is past the damage
+        finally:
+            fresh.close()
+            if self._conn is not None:
+                self._conn.close()
+        serial = next(n for n in itertools.count() if not (quarantine_dir / f"{self._path.name}.{n}").exists())
+        for old in _database_files(self._path):
+            if old.exists():
+                os.replace(old, quarantine_dir / f"{old.name.replace(self._path.name, f'{self._path.name}.{serial}')}")
+        os.replace(fresh_path, self._path)
+        self._conn = self._connect(self._path)
+        self.rebuilds += 1
+        self.rows_quarantined += bad
+        log.warning(
+            "the name index %s is damaged (%s): moved to %s, %d rows kept, %d undecodable dropped; "
+            "the replicas refill the rest", self._path, reason, quarantine_dir, copied, bad,
+        )
+
+    def _drop_rows(self, conn: sqlite3.Connection, bad: list[tuple[bytes, str]]) -> None:
+        """Delete rows that did not decode (lock held); one WARNING for the lot."""
+        if not bad:
+            return
+        for name_bytes, _ in bad:
+            conn.execute("DELETE FROM names WHERE name IS ?", (name_bytes,))
+        self.rows_quarantined += len(bad)
+        log.warning(
+            "the name index held %d undecodable rows (first: %r: %s); removed, the replicas refill them",
+            len(bad), bad[0][0][:64], bad[0][1],
+        )
+
+    def check_rows(self, start_after: bytes, limit: int) -> tuple[bytes, int]:
+        """Decode up to ``limit`` rows after ``start_after`` (the scrub); remove bad ones.
+
+        Returns the key to continue after (``b""`` once the pass is over: the whole
+        file is then checked with ``PRAGMA quick_check``) and how many rows were bad.
+        """
+        assert limit > 0
+        with self._guarded() as conn:
+            rows = conn.execute(
+                """SELECT name, wall_ms, logical, writer, manifest, client FROM names
+                WHERE name > ? ORDER BY name LIMIT ?""",
+                (start_after, limit),
+            ).fetchall()
+            bad = [(row[0], why) for row in rows if (why := _row_problem(*row)) is not None]
+            self._drop_rows(conn, bad)
+            if len(rows) == limit:
+                return rows[-1][0], len(bad)
+            problem = _check_file(conn)
+            if problem is not None:
+                self._rebuild(problem)
+        return b"", len(bad)
+
+    # -- entries ------------------------------------------------------------------------
+
     def apply(self, entry: NameEntry) -> bool:
         """Store ``entry`` if it supersedes what is held (LWW); True if the index changed.
 
         Idempotent and order-independent: applying the same set of entries in any
-        order leaves the same entry per name.
+        order leaves the same entry per name. A held row that does not decode is
+        replaced.
         """
         name_bytes = encode_name(entry.name)
         manifest_bytes = None if entry.manifest is None else entry.manifest.encode()
-        with self._lock:
-            conn = self._conn
+        with self._guarded() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT wall_ms, logical, writer, manifest, client FROM names WHERE name = ?",
-                    (name_bytes,),
-                ).fetchone()
-                if row is not None:
-                    held_key = (Timestamp(row[0], row[1]), row[2])
-                    if entry.key < held_key or (
-                        entry.key == held_key and not entry.supersedes(_entry_from_row(name_bytes, *row))
-                    ):
-                        conn.execute("ROLLBACK")
-                        return False
-                conn.execute(
-                    """INSERT INTO names (name, wall_ms, logical, writer, manifest, client)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (name) DO UPDATE SET wall_ms = excluded.wall_ms,
-                        logical = excluded.logical, writer = excluded.writer,
-                        manifest = excluded.manifest, client = excluded.client""",
-                    (name_bytes, entry.version.wall_ms, entry.version.logical, entry.writer, manifest_bytes,
-                     entry.client),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        return True
-
-    def get(self, name: str) -> NameEntry | None:
-        """The newest entry held for ``name`` (a tombstone if deleted), or None."""
-        name_bytes = encode_name(name)
-        with self._lock:
-            row = self._conn.execute(
+            row = conn.execute(
                 "SELECT wall_ms, logical, writer, manifest, client FROM names WHERE name = ?",
                 (name_bytes,),
             ).fetchone()
-        return None if row is None else _entry_from_row(name_bytes, *row)
+            held = None if row is None else _decode_row(name_bytes, *row)
+            if row is not None and held is None:
+                self._drop_rows(conn, [(name_bytes, "replaced by a new version")])
+            if held is not None and not entry.supersedes(held):
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute(
+                """INSERT INTO names (name, wall_ms, logical, writer, manifest, client)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET wall_ms = excluded.wall_ms,
+                    logical = excluded.logical, writer = excluded.writer,
+                    manifest = excluded.manifest, client = excluded.client""",
+                (name_bytes, entry.version.wall_ms, entry.version.logical, entry.writer, manifest_bytes,
+                 entry.client),
+            )
+            conn.execute("COMMIT")
+        return True
+
+    def get(self, name: str) -> NameEntry | None:
+        """The newest entry held for ``name`` (a tombstone if deleted), or None.
+
+        ``NameIndexDamaged`` if the row did not decode (it is removed): this replica
+        cannot answer for the name until it is refilled.
+        """
+        name_bytes = encode_name(name)
+        with self._guarded() as conn:
+            row = conn.execute(
+                "SELECT wall_ms, logical, writer, manifest, client FROM names WHERE name = ?",
+                (name_bytes,),
+            ).fetchone()
+            if row is None:
+                return None
+            why = _row_problem(name_bytes, *row)
+            if why is None:
+                return _entry_from_row(name_bytes, *row)
+            self._drop_rows(conn, [(name_bytes, why)])
+        raise NameIndexDamaged(f"the entry of {name!r} was damaged here ({why}); removed")
 
     def list(self, prefix: str = "", include_tombstones: bool = False) -> Iterator[NameEntry]:
-        """Entries whose name starts with ``prefix``, in UTF-8 byte order.
+        """Entries whose name starts with ``prefix``, in UTF-8 byte order; damaged rows skipped (and removed).
 
         Fetched a page at a time, so entries written while iterating may or may not
         appear, and no lock is held between pages.
@@ -280,15 +455,18 @@ class NameIndex:
         # last byte (never 0xff in UTF-8, so no carry).
         upper = lower[:-1] + bytes([lower[-1] + 1]) if lower else _AFTER_ALL_NAMES
         while True:
-            with self._lock:
-                rows = self._conn.execute(
+            with self._guarded() as conn:
+                rows = conn.execute(
                     """SELECT name, wall_ms, logical, writer, manifest, client FROM names
                     WHERE name >= ? AND name < ? AND (? OR manifest IS NOT NULL)
                     ORDER BY name LIMIT ?""",
                     (lower, upper, include_tombstones, LIST_PAGE_ROWS),
                 ).fetchall()
-            for row in rows:
-                yield _entry_from_row(*row)
+                decoded = [(row, _decode_row(*row)) for row in rows]
+                self._drop_rows(conn, [(row[0], "does not decode") for row, entry in decoded if entry is None])
+            for _, entry in decoded:
+                if entry is not None:
+                    yield entry
             if len(rows) < LIST_PAGE_ROWS:
                 return
             lower = rows[-1][0] + b"\x00"  # the next byte string after the last name seen
@@ -296,19 +474,29 @@ class NameIndex:
     def summaries(self) -> list[tuple[str, Timestamp, str, bool]]:
         """(name, version, writer, is_tombstone) of every entry, without decoding manifests.
 
-        What anti-entropy compares: the version decides which replica is behind.
+        What anti-entropy compares: the version decides which replica is behind. Rows
+        whose name, version or writer do not decode are removed.
         """
-        with self._lock:
-            rows = self._conn.execute(
+        with self._guarded() as conn:
+            rows = conn.execute(
                 "SELECT name, wall_ms, logical, writer, manifest IS NULL FROM names"
             ).fetchall()
-        return [(n.decode("utf-8"), Timestamp(w, lg), wr, bool(t)) for n, w, lg, wr, t in rows]
+            found, bad = [], []
+            for name_bytes, wall_ms, logical, writer, tomb in rows:
+                try:
+                    key = NameEntry(name_bytes.decode("utf-8"), Timestamp(wall_ms, logical), writer, None)
+                except _ROW_ERRORS as exc:
+                    bad.append((name_bytes, str(exc)))
+                    continue
+                found.append((key.name, key.version, key.writer, bool(tomb)))
+            self._drop_rows(conn, bad)
+        return found
 
     def remove_if(self, name: str, version: Timestamp, writer: str) -> bool:
         """Drop ``name``'s entry if it is still exactly this version (a node handing a name
         off must not drop a newer version that arrived meanwhile); True if removed."""
-        with self._lock:
-            cursor = self._conn.execute(
+        with self._guarded() as conn:
+            cursor = conn.execute(
                 "DELETE FROM names WHERE name = ? AND wall_ms = ? AND logical = ? AND writer = ?",
                 (encode_name(name), version.wall_ms, version.logical, writer),
             )
@@ -321,12 +509,56 @@ class NameIndex:
         hides: otherwise that version comes back to life. The replication layer picks
         ``older_than`` (e.g. now minus a grace period longer than any outage it repairs).
         """
-        with self._lock:
-            cursor = self._conn.execute(
+        with self._guarded() as conn:
+            cursor = conn.execute(
                 "DELETE FROM names WHERE manifest IS NULL AND (wall_ms, logical) < (?, ?)",
                 (older_than.wall_ms, older_than.logical),
             )
             return cursor.rowcount
+
+
+def _check_file(conn: sqlite3.Connection) -> str | None:
+    """What ``PRAGMA quick_check`` finds wrong with the file (pages, b-trees), or None if nothing.
+
+    quick_check reads every page once (integrity_check also compares indexes with
+    their tables, several times slower); a file too damaged to read at all is a
+    problem too, not an exception.
+    """
+    try:
+        rows = conn.execute(f"PRAGMA quick_check({QUICK_CHECK_ERRORS_MAX})").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if not _is_damage(exc):
+            raise
+        return str(exc)
+    found = [str(row[0]) for row in rows]
+    # One line (quick_check's own lines break), short enough for a log line.
+    return None if found == ["ok"] else "; ".join(found).replace("\n", "; ")[:PROBLEM_CHARS_MAX]
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _SQLITE_DAMAGED
+
+
+def _database_files(path: Path) -> list[Path]:
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))]
+
+
+def _row_problem(name_bytes: object, wall_ms: object, logical: object, writer: object, manifest: object,
+                 client: object) -> str | None:
+    """Why a row does not decode to an entry, or None if it does."""
+    try:
+        _entry_from_row(name_bytes, wall_ms, logical, writer, manifest, client)
+    except _ROW_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return None
+
+
+def _decode_row(name_bytes, wall_ms, logical, writer, manifest, client) -> NameEntry | None:
+    try:
+        return _entry_from_row(name_bytes, wall_ms, logical, writer, manifest, client)
+    except _ROW_ERRORS:
+        return None
 
 
 def _entry_from_row(

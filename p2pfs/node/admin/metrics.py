@@ -265,6 +265,10 @@ class NodeCollector:
             yield _counter("p2pfs_repair_received_bytes", "Chunk bytes this node pulled from peers in "
                            "anti-entropy.", stats.repair_received_bytes)
             yield from _job_metrics(stats)
+            yield _counter("p2pfs_names_rows_quarantined", "Name-index rows found undecodable and removed "
+                           "(refilled from the replicas).", stats.names_rows_quarantined)
+            yield _counter("p2pfs_names_index_rebuilds", "Times the name-index file was found damaged, "
+                           "quarantined and rebuilt.", stats.names_index_rebuilds)
         yield _gauge("p2pfs_client_limit_bytes_per_second", "Cap on clients' file bodies through this node "
                      "([replication] client_bytes_per_s; 0: none).", node.client_limit.rate_bytes_per_s)
         yield _counter("p2pfs_client_throttled_seconds", "Seconds client transfers were held back by the cap "
