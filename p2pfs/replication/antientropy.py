@@ -150,7 +150,9 @@ class AntiEntropy:
         answered, failed = 0, 0
         for peer in sorted(self._view.alive() - {self.node_id}):
             try:
-                await self._sync_names(peer, [names_by_key[k] for k in names_by_peer.get(peer, [])], by_name)
+                # Keys found short here are the next round's estimate to make, not this refill's.
+                await self._sync_names(peer, [names_by_key[k] for k in names_by_peer.get(peer, [])], by_name,
+                                       set())
             except ReplicaError as exc:
                 log.info("refilling names from %s stopped: %s", short_id(peer), exc)
                 failed += 1
