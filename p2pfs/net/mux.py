@@ -238,9 +238,9 @@ class Mux:
         self._window_units = window_units
         # What all the bodies on this connection may send and buffer together.
         self._connection_send = SendWindow(connection_window_units)
-        # Connection credit goes back a frame's worth at a time, not half the window at once: the
-        # streams that share it each hold up to a window of it, and what is freed must not wait
-        # for half of everything to be freed.
+        # Connection credit goes back in batches of a frame's worth (or half a smaller window),
+        # not half the window: the streams that share it each hold up to a window of it, and
+        # what one frees must not wait for half of everything to be freed.
         self._connection_receive = ReceiveWindow(
             connection_window_units, max(1, min(connection_window_units // 2, STREAM_DATA_BYTES_MAX))
         )
