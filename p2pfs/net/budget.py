@@ -34,7 +34,7 @@ import logging
 
 import trio
 
-from p2pfs.observe import PeerCollapsed
+from p2pfs.observe import Collapsed, PeerCollapsed
 
 from .config import LOG_COLLAPSE_INTERVAL_S, LOGGED_PEERS_MAX
 
@@ -127,6 +127,7 @@ class NodeLimits:
     def __init__(self, memory_bytes: int, requests_per_peer_max: int) -> None:
         self.memory = MemoryBudget(memory_bytes)
         self.requests = PeerRequests(requests_per_peer_max)
-        self.peer_faults = PeerCollapsed(
-            logging.getLogger("p2pfs.net.connection"), LOG_COLLAPSE_INTERVAL_S, LOGGED_PEERS_MAX
-        )
+        log = logging.getLogger("p2pfs.net.connection")
+        self.peer_faults = PeerCollapsed(log, LOG_COLLAPSE_INTERVAL_S, LOGGED_PEERS_MAX)
+        # Connections closed because the budget stayed spent: the node's condition, not a peer's fault.
+        self.budget_spent = Collapsed(log, logging.WARNING, LOG_COLLAPSE_INTERVAL_S)

@@ -106,6 +106,7 @@ class Connection:
         self._limits = limits or NodeLimits(config.memory_budget_bytes, INCOMING_REQUESTS_PER_PEER_MAX)
         # Budget bytes the reader holds: what its decoder buffers, plus room for the read under way.
         self._reader_bytes = 0
+        self._awaiting_memory = False
         self._send_lock = trio.Lock()
         self._pending: dict[int, _Pending] = {}
         self._serving: dict[int, _Serving] = {}
@@ -213,7 +214,12 @@ class Connection:
                     self._read_scope = None
                     if scope.cancelled_caught:
                         self.close_reason = self._stall_reason()
-                        if self._partial_frame_since_s is not None:
+                        if self._awaiting_memory:  # not the peer's fault: the node's budget stayed spent
+                            self._limits.budget_spent.log(
+                                trio.current_time(), "closed a connection to %s %s: %s",
+                                self.peer.role.value, self.peer.short_id, self.close_reason,
+                            )
+                        elif self._partial_frame_since_s is not None:
                             self._peer_fault("closing the connection: %s", self.close_reason)
                         else:
                             log.debug("closing connection to %s %s: %s", self.peer.role.value,
@@ -244,7 +250,9 @@ class Connection:
     async def _reserve(self, size_bytes: int) -> None:
         """Hold at least ``size_bytes`` of the budget for the reader, waiting for room if need be."""
         if size_bytes > self._reader_bytes:
+            self._awaiting_memory = True
             await self._limits.memory.take(size_bytes - self._reader_bytes)
+            self._awaiting_memory = False
             self._reader_bytes = size_bytes
 
     def _peer_fault(self, msg: str, *args: object) -> None:
@@ -277,6 +285,8 @@ class Connection:
         return self._quiet_since_s + self.config.connection_idle_timeout_s
 
     def _stall_reason(self) -> str:
+        if self._awaiting_memory:
+            return "the node's memory budget stayed spent until the read deadline"
         if self._partial_frame_since_s is not None:
             return f"a frame was not completed within {self.config.frame_read_timeout_s} s"
         return f"idle for {self.config.connection_idle_timeout_s} s"
