@@ -314,13 +314,13 @@ def test_a_sender_sends_a_window_of_bytes_then_waits_for_credit():
     assert dialler.sendable_bytes(stream_id, 10) == 0
     with pytest.raises(LocalProtocolError):
         dialler.send_data(stream_id, b"x")
-    # The reader frees the buffer: stream credit goes back in batches of half the window,
-    # connection credit a frame's worth at a time.
+    # The reader frees the buffer: stream and connection credit go back together, in batches
+    # of half the stream's window.
     grants = [acceptor.body_consumed(stream_id, full) for _ in range(STREAM_WINDOW_FRAMES)]
     half = STREAM_WINDOW_FRAMES // 2
-    connection_credit = frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(cost(full)))
-    assert grants[: half - 1] == [[connection_credit]] * (half - 1)
+    assert grants[: half - 1] == [[]] * (half - 1)
     stream_credit = frame(K.CREDIT, stream_id, wire.encode_credit(half * cost(full)))
+    connection_credit = frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(half * cost(full)))
     assert grants[half - 1] == [stream_credit, connection_credit]
     assert grants[-1] == [stream_credit, connection_credit]
     assert dialler.receive_frame(stream_credit) == [m.SendUnblocked(stream_id)]

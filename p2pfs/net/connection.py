@@ -361,8 +361,13 @@ class Connection:
 
     async def _body_consumed(self, stream_id: int, data: bytes | memoryview, held_bytes: int) -> None:
         self._limits.memory.give_back(held_bytes)
-        for credit in self._mux.body_consumed(stream_id, data):
-            await self._send_frame(credit)
+        credits = self._mux.body_consumed(stream_id, data)
+        if credits:  # the stream's and the connection's, in one write
+            if self._closed.is_set():
+                raise ConnectionClosed(self.close_reason or "closed")
+            async with self._send_lock:
+                with trio.CancelScope(shield=True):  # whole, as in _send_frame
+                    await self._send_frame_whole(b"".join(wire.encode_frame(f) for f in credits), b"")
 
     def _body(self, stream_id: int) -> BodyReader:
         holder = self._pending.get(stream_id) or self._serving[stream_id]

@@ -57,7 +57,6 @@ from . import flow
 from .config import (
     CONNECTION_WINDOW_BYTES,
     INCOMING_REQUESTS_PER_CONNECTION_MAX,
-    STREAM_DATA_BYTES_MAX,
     STREAM_WINDOW_BYTES,
 )
 from .errors import ConnectionClosed, ProtocolViolation, RemoteError
@@ -238,11 +237,12 @@ class Mux:
         self._window_units = window_units
         # What all the bodies on this connection may send and buffer together.
         self._connection_send = SendWindow(connection_window_units)
-        # Connection credit goes back in batches of a frame's worth (or half a smaller window),
-        # not half the window: the streams that share it each hold up to a window of it, and
-        # what one frees must not wait for half of everything to be freed.
+        # Connection credit goes back in the batches a stream's does (half a stream window), not
+        # half the connection window: the streams that share it each hold up to a window of it,
+        # and what one frees must not wait for half of everything to be freed. For one stream
+        # the two credits then fall due together and go out in one write.
         self._connection_receive = ReceiveWindow(
-            connection_window_units, max(1, min(connection_window_units // 2, STREAM_DATA_BYTES_MAX))
+            connection_window_units, max(1, min(connection_window_units, window_units) // 2)
         )
         self._serves_max = serves_max
         self._first_stream_id = 1 if dialled else 2
