@@ -23,6 +23,7 @@ the admin listener): ``set_level`` and ``set_format`` act on the one handler.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import sys
@@ -135,7 +136,7 @@ class Collapsed:
         self._logged_at_s: float | None = None
         self._suppressed = 0
 
-    def log(self, now_s: float, msg: str, *args: object) -> None:
+    def log(self, now_s: float, msg: str, *args: object, extra: dict[str, object] | None = None) -> None:
         if self._logged_at_s is not None and now_s - self._logged_at_s < self._interval_s:
             self._suppressed += 1
             return
@@ -143,6 +144,42 @@ class Collapsed:
             since_s = now_s - self._logged_at_s
             msg = f"{msg} (and %d more in the last %.1f s)"
             args = (*args, self._suppressed, since_s)
-        self._logger.log(self._level, msg, *args)
+        self._logger.log(self._level, msg, *args, extra=extra)
         self._logged_at_s = now_s
         self._suppressed = 0
+
+
+class PeerCollapsed:
+    """A remote peer's misbehaviour: one line per peer and kind of event per interval, at WARNING.
+
+    Not ERROR: ERROR is kept for faults of this node, which an operator must act
+    on; a peer that breaks the protocol or stalls is that peer's operator's
+    problem, and a hostile one must not be able to fill our log. Each line
+    carries the peer's id (``peer=``), so the peer can be found and, if need be,
+    revoked. The kind of event is the message template: a peer's protocol errors
+    and its stalls are counted apart. One flood from many connections of the same
+    certificate is still one peer.
+
+    At most ``peers_max`` (peer, kind) pairs are remembered, the least recently
+    seen forgotten first (with its count, which is then not told): the table
+    stays bounded however many peers misbehave.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float, peers_max: int) -> None:
+        assert peers_max > 0, peers_max
+        self._logger = logger
+        self._interval_s = interval_s
+        self._peers_max = peers_max
+        self._by_peer: collections.OrderedDict[tuple[str, str], Collapsed] = collections.OrderedDict()
+
+    def log(self, now_s: float, peer_id: str, msg: str, *args: object) -> None:
+        """``peer_id``: the short id the log shows for the peer."""
+        key = (peer_id, msg)
+        collapsed = self._by_peer.get(key)
+        if collapsed is None:
+            collapsed = self._by_peer[key] = Collapsed(self._logger, logging.WARNING, self._interval_s)
+            if len(self._by_peer) > self._peers_max:
+                self._by_peer.popitem(last=False)
+        else:
+            self._by_peer.move_to_end(key)
+        collapsed.log(now_s, msg, *args, extra={"peer": peer_id})

@@ -43,7 +43,8 @@ import msgpack
 
 from p2pfs.errors import BadInput, PeerFault
 
-PROTOCOL_VERSION = 1
+# 2: CREDIT counts bytes (and stream 0 carries the connection's credit); 1 counted frames.
+PROTOCOL_VERSION = 2
 
 FRAME_HEADER = struct.Struct(">IBIH")  # body_length, kind, stream_id, msg_type
 FRAME_HEADER_BYTES = FRAME_HEADER.size
@@ -88,7 +89,7 @@ class FrameKind(enum.IntEnum):
     STREAM_DATA = 6    # raw bytes of a streamed body, for stream_id
     STREAM_END = 7     # end of a streamed body (empty payload)
     CANCEL = 8         # the caller gave up on stream_id
-    CREDIT = 9         # payload: u32 frames the sender of STREAM_DATA may add
+    CREDIT = 9         # payload: u32 bytes of credit the sender of STREAM_DATA may add (stream 0: the connection's)
     REQUEST_STREAM = 10   # a REQUEST whose body follows as STREAM_DATA frames
     RESPONSE_STREAM = 11  # a RESPONSE whose body follows as STREAM_DATA frames
 
@@ -135,6 +136,9 @@ class Message:
 
     TYPE: ClassVar[int]
     SENDERS: ClassVar[frozenset[Role]]
+    # Whether a request of this type may carry a streamed body (REQUEST_STREAM). One that
+    # takes none is refused if sent with one: nobody would read it, so it would only hold memory.
+    TAKES_BODY: ClassVar[bool]
     __slots__ = ()
 
 
@@ -142,10 +146,11 @@ _MESSAGES: dict[int, type[Message]] = {}
 _DECODERS: dict[type, typing.Callable[[Any], Any]] = {}
 
 
-def message(type_code: int, *, senders: tuple[Role, ...] = (Role.NODE,)):
+def message(type_code: int, *, senders: tuple[Role, ...] = (Role.NODE,), takes_body: bool = False):
     """Class decorator: make a frozen, slotted dataclass and register its type code.
 
-    ``senders`` are the roles whose connections may send this message.
+    ``senders`` are the roles whose connections may send this message;
+    ``takes_body``: a request of this type may be followed by a streamed body.
     """
     assert 1 <= type_code < 2**16
 
@@ -156,6 +161,7 @@ def message(type_code: int, *, senders: tuple[Role, ...] = (Role.NODE,)):
         cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
         cls.TYPE = type_code
         cls.SENDERS = frozenset(senders)
+        cls.TAKES_BODY = takes_body
         _MESSAGES[type_code] = cls
         _DECODERS[cls] = _record_decoder(cls)
         return cls
@@ -324,15 +330,16 @@ def decode_error(payload: bytes | memoryview) -> tuple[ErrorCode, str]:
 _CREDIT = struct.Struct(">I")
 
 
-def encode_credit(frames: int) -> bytes:
-    return _CREDIT.pack(frames)
+def encode_credit(credit_bytes: int) -> bytes:
+    return _CREDIT.pack(credit_bytes)
 
 
 def decode_credit(payload: bytes | memoryview) -> int:
+    """The bytes of credit a CREDIT frame grants."""
     if len(payload) != _CREDIT.size:
         raise WireError("bad credit payload")
-    (frames,) = _CREDIT.unpack(payload)
-    return frames
+    (credit_bytes,) = _CREDIT.unpack(payload)
+    return credit_bytes
 
 
 # ---------------------------------------------------------------------------
@@ -403,7 +410,8 @@ class FrameDecoder:
         if len(buf) < end:
             return None
         kind_raw, stream_id, msg_type = _BODY_HEADER.unpack_from(buf, _LENGTH.size)
-        payload = bytes(buf[FRAME_HEADER_BYTES:end])
+        with memoryview(buf) as view:  # one copy of the payload, not two (a slice of a bytearray is one)
+            payload = bytes(view[FRAME_HEADER_BYTES:end])
         del buf[:end]
         try:
             kind = FrameKind(kind_raw)

@@ -38,7 +38,7 @@ def transfer_deadline_s(size_bytes: int) -> float:
     return TRANSFER_ALLOWANCE_S + size_bytes / TRANSFER_RATE_BYTES_PER_S_MIN
 
 
-@wire.message(61001, senders=(Role.NODE, Role.CLIENT))
+@wire.message(61001, senders=(Role.NODE, Role.CLIENT), takes_body=True)
 class BenchUpload(wire.Message):
     """Benchmark-only request whose streamed body the receiver counts and drops."""
 

@@ -27,7 +27,7 @@ class SleepThenAnswer(wire.Message):
     tag: int
 
 
-@wire.message(60002, senders=(Role.NODE, Role.CLIENT))
+@wire.message(60002, senders=(Role.NODE, Role.CLIENT), takes_body=True)
 class Upload(wire.Message):
     """Test-only request with a streamed body; the answer carries its size."""
 

@@ -10,7 +10,12 @@ import pytest
 
 from p2pfs import wire
 from p2pfs.net import mux as m
-from p2pfs.net.config import STREAM_DATA_BYTES_MAX, STREAM_WINDOW_FRAMES
+from p2pfs.net.config import (
+    STREAM_DATA_BYTES_MAX,
+    STREAM_DATA_FRAME_COST_BYTES,
+    STREAM_WINDOW_BYTES,
+    STREAM_WINDOW_FRAMES,
+)
 from p2pfs.net.errors import ConnectionClosed, ProtocolViolation, RemoteError, RemoteNotFound
 from p2pfs.net.flow import LocalProtocolError, ReceiveWindow, SendWindow
 from p2pfs.wire import ErrorCode, Frame, FrameKind, Role
@@ -187,7 +192,7 @@ def test_answers_become_events():
 def test_late_frames_of_a_forgotten_stream_are_dropped(kind):
     dialler, _ = pair()
     stream_id, _ = dialler.start_request(ECHO, with_body=False)
-    assert dialler.close_call(stream_id) == frame(K.CANCEL, stream_id)
+    assert dialler.close_call(stream_id) == [frame(K.CANCEL, stream_id)]
     payload = {K.ERROR: wire.encode_error(ErrorCode.TIMEOUT, "late"), K.CREDIT: wire.encode_credit(1)}
     msg = ECHO if kind in (K.RESPONSE, K.RESPONSE_STREAM) else None
     assert dialler.receive_frame(frame(kind, stream_id, payload.get(kind, b""), msg=msg)) == []
@@ -242,7 +247,7 @@ def test_giving_up_before_the_end_sends_cancel_and_stops_the_handler():
     dialler, acceptor = pair()
     stream_id, request = dialler.start_request(ECHO, with_body=False)
     acceptor.receive_frame(request)
-    cancel = dialler.close_call(stream_id)
+    (cancel,) = dialler.close_call(stream_id)
     assert cancel == frame(K.CANCEL, stream_id)
     assert acceptor.receive_frame(cancel) == [m.Cancelled(stream_id)]
     with pytest.raises(ConnectionClosed):
@@ -269,7 +274,7 @@ def test_cancel_is_sent_only_for_an_unfinished_answer(answer, cancel_expected):
             dialler.receive_frame(error_frame(stream_id))
         else:
             dialler.receive_frame(frame(kind, stream_id, msg=ECHO if kind is not K.STREAM_END else None))
-    assert (dialler.close_call(stream_id) is not None) is cancel_expected
+    assert (dialler.close_call(stream_id) == [frame(K.CANCEL, stream_id)]) is cancel_expected
 
 
 def test_an_answer_during_an_upload_stops_the_upload():
@@ -285,48 +290,153 @@ def test_an_answer_during_an_upload_stops_the_upload():
         dialler.sendable_bytes(stream_id, 10)
     with pytest.raises(ConnectionClosed):
         dialler.end_body(stream_id)
-    assert dialler.close_call(stream_id) is None
+    assert dialler.close_call(stream_id) == []
 
 
 # -- flow control -----------------------------------------------------------------------------
 
 
-def test_a_sender_sends_a_window_of_frames_then_waits_for_credit():
+def cost(payload: bytes) -> int:
+    """What a body frame costs in credit: its bytes and the upkeep of one frame."""
+    return len(payload) + STREAM_DATA_FRAME_COST_BYTES
+
+
+def test_a_sender_sends_a_window_of_bytes_then_waits_for_credit():
     dialler, acceptor = pair()
     stream_id, request = dialler.start_request(ECHO, with_body=True)
     acceptor.receive_frame(request)
     big = STREAM_DATA_BYTES_MAX * 3
     assert dialler.sendable_bytes(stream_id, big) == STREAM_DATA_BYTES_MAX  # cut to frame size
     assert dialler.sendable_bytes(stream_id, 10) == 10
-    for _ in range(STREAM_WINDOW_FRAMES):
-        acceptor.receive_frame(dialler.send_data(stream_id, b"x"))
+    full = b"x" * STREAM_DATA_BYTES_MAX
+    for _ in range(STREAM_WINDOW_FRAMES):  # the window holds exactly this many full frames
+        acceptor.receive_frame(dialler.send_data(stream_id, full))
     assert dialler.sendable_bytes(stream_id, 10) == 0
     with pytest.raises(LocalProtocolError):
         dialler.send_data(stream_id, b"x")
-    # The reader frees the buffer: credit goes back in batches of half the window.
-    grants = [acceptor.body_consumed(stream_id, b"x") for _ in range(STREAM_WINDOW_FRAMES)]
+    # The reader frees the buffer: stream and connection credit go back together, in batches
+    # of half the stream's window.
+    grants = [acceptor.body_consumed(stream_id, full) for _ in range(STREAM_WINDOW_FRAMES)]
     half = STREAM_WINDOW_FRAMES // 2
-    assert grants[: half - 1] == [None] * (half - 1)
-    assert grants[half - 1] == frame(K.CREDIT, stream_id, wire.encode_credit(half))
-    assert grants[-1] == frame(K.CREDIT, stream_id, wire.encode_credit(half))
-    assert dialler.receive_frame(grants[half - 1]) == [m.SendUnblocked(stream_id)]
+    assert grants[: half - 1] == [[]] * (half - 1)
+    stream_credit = frame(K.CREDIT, stream_id, wire.encode_credit(half * cost(full)))
+    connection_credit = frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(half * cost(full)))
+    assert grants[half - 1] == [stream_credit, connection_credit]
+    assert grants[-1] == [stream_credit, connection_credit]
+    assert dialler.receive_frame(stream_credit) == [m.SendUnblocked(stream_id)]
     assert dialler.sendable_bytes(stream_id, 10) == 10
+
+
+def test_small_frames_cost_their_upkeep():
+    """Empty frames are not free: a window holds as many as its bytes pay the upkeep of."""
+    dialler, acceptor = pair()
+    stream_id, request = dialler.start_request(ECHO, with_body=True)
+    acceptor.receive_frame(request)
+    fits = STREAM_WINDOW_BYTES // STREAM_DATA_FRAME_COST_BYTES
+    for _ in range(fits):
+        acceptor.receive_frame(frame(K.STREAM_DATA, stream_id, b""))
+    with pytest.raises(ProtocolViolation, match="exceeded its credit"):
+        acceptor.receive_frame(frame(K.STREAM_DATA, stream_id, b""))
 
 
 def test_data_beyond_the_credit_is_a_violation():
     _, acceptor = pair()
     acceptor.receive_frame(frame(K.REQUEST_STREAM, 1, msg=ECHO))
-    for _ in range(STREAM_WINDOW_FRAMES):
-        acceptor.receive_frame(frame(K.STREAM_DATA, 1, b"x"))
+    acceptor.receive_frame(frame(K.STREAM_DATA, 1, b"x" * (STREAM_WINDOW_BYTES - STREAM_DATA_FRAME_COST_BYTES)))
     with pytest.raises(ProtocolViolation, match="stream 1 exceeded its credit"):
-        acceptor.receive_frame(frame(K.STREAM_DATA, 1, b"x"))
+        acceptor.receive_frame(frame(K.STREAM_DATA, 1, b""))
+
+
+def test_the_streams_of_a_connection_share_its_window():
+    """Each stream is within its own window, yet together they may not exceed the connection's."""
+    window = 1000
+    acceptor = m.Mux(dialled=False, peer_role=Role.NODE, serving=True, window_units=window,
+                     connection_window_units=2 * window)
+    piece = b"x" * (window - STREAM_DATA_FRAME_COST_BYTES)
+    for stream_id in (1, 3):
+        acceptor.receive_frame(frame(K.REQUEST_STREAM, stream_id, msg=ECHO))
+        acceptor.receive_frame(frame(K.STREAM_DATA, stream_id, piece))
+    acceptor.receive_frame(frame(K.REQUEST_STREAM, 5, msg=ECHO))
+    with pytest.raises(ProtocolViolation, match="stream 5 exceeded the connection's credit"):
+        acceptor.receive_frame(frame(K.STREAM_DATA, 5, b""))
+
+
+def test_a_sender_waits_for_the_connection_credit_as_well():
+    window = 1000
+    dialler = m.Mux(dialled=True, peer_role=Role.NODE, serving=True, window_units=window,
+                    connection_window_units=window + 100)
+    a, _ = dialler.start_request(ECHO, with_body=True)
+    b, _ = dialler.start_request(ECHO, with_body=True)
+    dialler.send_data(a, b"x" * (window - STREAM_DATA_FRAME_COST_BYTES))
+    assert dialler.sendable_bytes(b, 500) == 0  # b's own window is full, the connection's is not
+    with pytest.raises(LocalProtocolError):
+        dialler.send_data(b, b"x")
+    # Connection credit wakes every uploader: any of them may have been waiting for it.
+    assert dialler.receive_frame(frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(window))) == [
+        m.SendUnblocked(a), m.SendUnblocked(b)
+    ]
+    assert dialler.sendable_bytes(b, 500) == 500
+    with pytest.raises(ProtocolViolation, match="more credit than the window"):
+        dialler.receive_frame(frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(1)))
+
+
+@pytest.mark.parametrize("close", ["serve", "refuse"])
+def test_a_body_left_unread_gives_the_connection_its_credit_back(close):
+    window = 20_000  # connection credit goes back in batches of half of it
+    acceptor = m.Mux(dialled=False, peer_role=Role.NODE, serving=True, window_units=window,
+                     connection_window_units=window)
+    acceptor.receive_frame(frame(K.REQUEST_STREAM, 1, msg=ECHO))
+    read, unread = b"x" * 5000, b"y" * 6000
+    acceptor.receive_frame(frame(K.STREAM_DATA, 1, read))
+    assert acceptor.body_consumed(1, read) == []  # less than a batch: kept back
+    acceptor.receive_frame(frame(K.STREAM_DATA, 1, unread))
+    if close == "serve":
+        frames = acceptor.close_serve(1)
+    else:
+        frames = acceptor.refuse(1, ErrorCode.UNAVAILABLE, "busy")[1:]
+    assert frames == [frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(cost(read) + cost(unread)))]
+
+
+def test_body_frames_of_a_stream_that_is_gone_still_count_against_the_connection():
+    """A peer's in-flight body after we refused or cancelled uses connection credit; it is given back
+    at once (else both ends' view of the window would drift), and beyond it is a violation."""
+    window = 10_000
+    acceptor = m.Mux(dialled=False, peer_role=Role.NODE, serving=True, window_units=window,
+                     connection_window_units=window)
+    big = b"x" * (window - STREAM_DATA_FRAME_COST_BYTES)  # the whole window: a batch of credit
+    (credit,) = acceptor.receive_frame(frame(K.STREAM_DATA, 7, big))
+    assert credit == m.SendFrame(frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(window)))
+    with pytest.raises(ProtocolViolation):
+        acceptor.receive_frame(frame(K.STREAM_DATA, 9, big + b"x"))
+
+
+@pytest.mark.parametrize("takes_body", [False, True])
+def test_a_body_on_a_request_that_takes_none_is_refused(takes_body):
+    _, acceptor = pair()
+    msg = ECHO if takes_body else NodeOnlyNote(1)
+    events = acceptor.receive_frame(frame(K.REQUEST_STREAM, 1, msg=msg))
+    if takes_body:
+        assert events == [m.RequestReceived(1, msg, True)]
+        return
+    (refusal,) = events
+    assert refusal.frame.kind is K.ERROR
+    assert wire.decode_error(refusal.frame.payload) == (ErrorCode.BAD_REQUEST, "NodeOnlyNote takes no body")
+    assert acceptor.stream_count() == 0
+    assert acceptor.receive_frame(frame(K.STREAM_DATA, 1, b"ignored")) == []  # dropped, as a stream gone
+
+
+def test_this_end_cannot_send_a_body_on_a_request_that_takes_none():
+    dialler, _ = pair()
+    with pytest.raises(LocalProtocolError, match="takes no body"):
+        dialler.start_request(NodeOnlyNote(1), with_body=True)
 
 
 def test_credit_beyond_the_window_is_a_violation():
     dialler, _ = pair()
     stream_id, _ = dialler.start_request(ECHO, with_body=True)
     dialler.send_data(stream_id, b"x")
-    assert dialler.receive_frame(frame(K.CREDIT, stream_id, wire.encode_credit(1))) == [m.SendUnblocked(stream_id)]
+    credit = frame(K.CREDIT, stream_id, wire.encode_credit(cost(b"x")))
+    assert dialler.receive_frame(credit) == [m.SendUnblocked(stream_id)]
     with pytest.raises(ProtocolViolation, match="more credit than the window"):
         dialler.receive_frame(frame(K.CREDIT, stream_id, wire.encode_credit(1)))
 
@@ -337,18 +447,24 @@ def test_credit_for_a_stream_without_a_body_is_ignored():
     assert dialler.receive_frame(frame(K.CREDIT, stream_id, wire.encode_credit(1))) == []
 
 
-def test_no_credit_is_returned_once_the_body_has_ended():
+def test_no_stream_credit_is_returned_once_the_body_has_ended():
     _, acceptor = pair()
     acceptor.receive_frame(frame(K.REQUEST_STREAM, 1, msg=ECHO))
+    full = b"x" * STREAM_DATA_BYTES_MAX
     for _ in range(STREAM_WINDOW_FRAMES):
-        acceptor.receive_frame(frame(K.STREAM_DATA, 1, b"x"))
+        acceptor.receive_frame(frame(K.STREAM_DATA, 1, full))
     acceptor.receive_frame(frame(K.STREAM_END, 1))
-    assert [acceptor.body_consumed(1, b"x") for _ in range(STREAM_WINDOW_FRAMES)] == [None] * STREAM_WINDOW_FRAMES
+    credits = [f for _ in range(STREAM_WINDOW_FRAMES) for f in acceptor.body_consumed(1, full)]
+    assert {f.stream_id for f in credits} == {m.CONNECTION_STREAM_ID}  # the connection's credit only
 
 
 def test_a_long_body_crosses_the_link_within_the_window():
     """Sender and receiver joined frame by frame: the receiver never holds more than the window."""
-    dialler, acceptor = pair()
+    window = 5 * cost(b"x" * 10)  # small, so that the sender waits for credit many times
+    dialler = m.Mux(dialled=True, peer_role=Role.NODE, serving=True, window_units=window,
+                    connection_window_units=2 * window)
+    acceptor = m.Mux(dialled=False, peer_role=Role.NODE, serving=True, window_units=window,
+                     connection_window_units=2 * window)
     stream_id, request = dialler.start_request(ECHO, with_body=True)
     assert acceptor.receive_frame(request) == [m.RequestReceived(stream_id, ECHO, True)]
     pieces = [bytes([i]) * 10 for i in range(50)]
@@ -361,13 +477,12 @@ def test_a_long_body_crosses_the_link_within_the_window():
         if to_send and dialler.sendable_bytes(stream_id, len(to_send[0])):
             (event,) = acceptor.receive_frame(dialler.send_data(stream_id, to_send.pop(0)))
             buffered.append(event.data)
-            assert len(buffered) <= STREAM_WINDOW_FRAMES
+            assert sum(cost(data) for data in buffered) <= window
         else:
             data = buffered.pop(0)
             received.append(data)
-            credit = acceptor.body_consumed(stream_id, data)
-            if credit is not None:
-                assert dialler.receive_frame(credit) == [m.SendUnblocked(stream_id)]
+            for credit in acceptor.body_consumed(stream_id, data):
+                assert dialler.receive_frame(credit)
     assert received == pieces
     assert acceptor.receive_frame(dialler.end_body(stream_id)) == [m.BodyEnded(stream_id)]
 
@@ -376,6 +491,7 @@ def test_a_long_body_crosses_the_link_within_the_window():
     "size_units, releases, grants",
     [
         (8, [1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 4, 0, 0, 0, 4]),
+        (8 * 1024, [3000, 3000, 2192], [0, 6000, 0]),  # bytes: back once half the window is freed
         (8, [4, 4], [4, 4]),
         (1, [1, 1], [1, 1]),   # a window of one returns every unit
         (3, [1, 1, 1], [1, 1, 1]),

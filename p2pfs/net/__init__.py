@@ -7,7 +7,9 @@ One concern per module:
 * ``tls``: TLS over a socket through memory BIOs.
 * ``handshake``: TLS plus the hello, and ``dial``; what a failure means (auth or unavailable).
 * ``mux``: the stream multiplexer (stream ids, states, cancel), pure and sans-IO.
-* ``flow``: its per-stream credit windows, and the unit credit is counted in. Pure.
+* ``flow``: its credit windows (per stream and per connection), counted in bytes. Pure.
+* ``budget``: what a node's connections share: the memory budget for buffered input,
+  requests per peer, the per-peer fault log.
 * ``streams``: what handlers and callers see: requests, answers, streamed bodies.
 * ``connection``: the trio driver of one connection, carrying out what the mux decides.
 * ``endpoint``: a node's listener and connection pool, and a client's connection.

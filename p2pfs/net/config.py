@@ -11,16 +11,42 @@ import dataclasses
 
 from p2pfs.config import doc
 
-# Frames a stream receiver buffers at most; the sender starts with this much
-# credit. With STREAM_DATA_BYTES_MAX it bounds a stream's buffer at 8 MiB; 8
-# frames in flight keep a 1 Gbit/s link busy up to ~60 ms of round trip.
-STREAM_WINDOW_FRAMES = 8
 # Largest STREAM_DATA payload we send; bodies are cut to this size. Well under
 # wire.FRAME_SIZE_BYTES_MAX, and large enough that per-frame costs vanish.
 STREAM_DATA_BYTES_MAX = 1024 * 1024
+# What a STREAM_DATA frame costs in credit beyond its payload: the bookkeeping of
+# one buffered piece (a bytes object, its slot in the body buffer, the event that
+# carried it; ~100-200 bytes in CPython). Without it a peer sending empty or 1-byte
+# frames could make us hold millions of objects within a window counted in bytes.
+STREAM_DATA_FRAME_COST_BYTES = 256
+# Full frames a stream's window holds. 8 frames of 1 MiB keep a 1 Gbit/s link busy
+# up to ~60 ms of round trip, and are 8 chunks of the default chunk size: the
+# sender never waits for credit while the receiver keeps up (the window before it
+# counted bytes held the same 8 frames, so honest transfers pace as they did).
+STREAM_WINDOW_FRAMES = 8
+# Bytes a stream's receiver buffers at most; the sender starts with this much credit.
+STREAM_WINDOW_BYTES = STREAM_WINDOW_FRAMES * (STREAM_DATA_BYTES_MAX + STREAM_DATA_FRAME_COST_BYTES)
+# Bytes of body all the streams of one connection buffer at most together (HTTP/2's
+# connection window, RFC 9113 section 6.9.1). Four streams at full pace: a client's
+# parallel transfers share it without waiting, and 512 concurrent requests on one
+# connection cannot each fill a window (512 x 8 MiB would be 4 GiB).
+CONNECTION_WINDOW_BYTES = 4 * STREAM_WINDOW_BYTES
 # Concurrent incoming requests per connection; beyond it requests are refused
 # with UNAVAILABLE instead of queueing without bound.
 INCOMING_REQUESTS_PER_CONNECTION_MAX = 512
+# Concurrent incoming requests from one peer (one certificate) over all its
+# connections; beyond it they are refused with UNAVAILABLE. Without it a peer
+# opens more connections to get more requests served at once. Twice the
+# per-connection cap: a node and its peer may briefly hold two connections (both
+# dialled at once), and a coordinator's put and get windows (8 chunks each) for
+# dozens of files at once stay far below it.
+INCOMING_REQUESTS_PER_PEER_MAX = 2 * INCOMING_REQUESTS_PER_CONNECTION_MAX
+# Bytes the reader asks for per read while a frame is under way, and while none
+# is (a new frame's header and a small message fit in one TLS record). What a
+# read may bring in is taken from the memory budget before the read, so the
+# budget is a hard bound; an idle connection holds only the small reservation.
+RECEIVE_BYTES = 256 * 1024
+RECEIVE_BYTES_IDLE = 16 * 1024
 # Concurrent TLS handshakes a listener runs; more connections wait in the
 # backlog. A handshake costs a few ms of CPU: this keeps a burst of dials (or a
 # flood) from starving the event loop.
@@ -49,6 +75,14 @@ UNAUTHENTICATED_PER_ADDRESS_MAX = 16
 # the count of the rest. 10 s keeps a sustained flood to a few lines a minute
 # while a single incident still shows up at once.
 LOG_COLLAPSE_INTERVAL_S = 10.0
+# Peers (and kinds of fault) whose collapsed warnings are remembered at once
+# (observe.PeerCollapsed); beyond it the least recently seen is forgotten. A
+# 1,024-node cluster fits, and the table stays a few hundred KB.
+LOGGED_PEERS_MAX = 1024
+# The smallest memory budget: one largest frame (wire.FRAME_SIZE_BYTES_MAX, 8 MiB)
+# must fit, or a connection receiving one would wait for memory forever; twice
+# that leaves room for other connections meanwhile.
+MEMORY_BUDGET_BYTES_MIN = 16 * 1024 * 1024
 # The hello is one small frame; a peer announcing more is not speaking our protocol.
 HELLO_FRAME_BYTES_MAX = 4096
 
@@ -96,3 +130,18 @@ class NetConfig:
         default=0.1,
     )
     redial_backoff_s_max: float = doc("... up to this many seconds.", default=5.0)
+    memory_budget_bytes: int = doc(
+        "Bytes of input the node buffers at most, over all its connections: frames being read, "
+        "bodies not yet consumed, and requests being handled. When it is spent, connections stop "
+        "reading (TCP pushes back on the senders) until handlers and consumers free some; it never "
+        "grows. 256 MiB is 32 streams at a full window (8 MiB each), or 256 chunks of 1 MiB in "
+        "replicas' hands, far above what a busy node holds (a put has 8 chunks in flight); it "
+        "bounds what abusive peers can make the node hold to that plus the node's idle size. "
+        "Raise it for many parallel transfers on a large machine; lower it on a small one "
+        "(at least 16 MiB: one frame of 8 MiB must fit, with room for others).",
+        default=256 * 1024 * 1024,
+    )
+
+    def __post_init__(self) -> None:
+        if self.memory_budget_bytes < MEMORY_BUDGET_BYTES_MIN:
+            raise ValueError(f"memory_budget_bytes must be at least {MEMORY_BUDGET_BYTES_MIN} (16MiB)")

@@ -9,6 +9,16 @@ deadline; when it passes, or the caller is cancelled, the caller sends CANCEL
 and the connection stays usable. The reader never blocks on application
 code: bodies arrive into buffers the mux's credit bounds.
 
+Memory: every byte read is taken from the node's budget (``budget.py``) before
+the read, and handed with each frame to what holds it (a body buffer until the
+consumer takes it, a handler until it ends); when the budget is spent the
+reader waits instead of reading, and TCP pushes back on the peer. A peer's
+requests are counted over all its connections (``INCOMING_REQUESTS_PER_PEER_MAX``).
+
+Logs: ERROR (with a traceback) only for a handler that failed on its own; what
+a peer does wrong is a WARNING once per peer and kind per interval
+(``NodeLimits.peer_faults``); a peer that simply goes away is not logged above debug.
+
 Anything a peer does wrong (bad frame, unknown type, wrong role, exceeding its
 credit) closes that one connection with a logged reason. So does holding it
 without progress: a frame started and not finished within ``frame_read_timeout_s``,
@@ -36,15 +46,14 @@ from p2pfs.identity import PeerIdentity
 from p2pfs.wire import ErrorCode, Frame
 
 from . import mux as m
-from .config import NetConfig
-from .errors import ConnectionClosed, NetError, ProtocolViolation, RemoteError, RequestTimeout
+from .budget import NodeLimits
+from .config import INCOMING_REQUESTS_PER_PEER_MAX, RECEIVE_BYTES, RECEIVE_BYTES_IDLE, NetConfig
+from .errors import ConnectionClosed, CreditTimeout, NetError, ProtocolViolation, RemoteError, RequestTimeout
 from .streams import BodyReader, Handlers, IncomingRequest, Reply, Response
 from .tls import TLSStream
 
 log = logging.getLogger(__name__)
 
-# Plaintext bytes the reader takes at most per call.
-_RECEIVE_BYTES = 256 * 1024
 # Payloads up to this size are sent in one write with their header; larger ones are not copied.
 _COALESCE_PAYLOAD_BYTES_MAX = 64 * 1024
 # Seconds a caller that gave up spends at most telling the peer (CANCEL), and a closing
@@ -67,6 +76,8 @@ class _Serving:
 
     scope: trio.CancelScope
     body: BodyReader | None
+    # Budget bytes the request's own frame holds while its handler runs.
+    held_bytes: int
 
 
 class Connection:
@@ -82,7 +93,9 @@ class Connection:
         config: NetConfig,
         handlers: Handlers | None,
         initial_bytes: bytes = b"",
+        limits: NodeLimits | None = None,
     ) -> None:
+        """``limits``: what the node's connections share; a client's connection has its own."""
         self.peer = peer
         self._initial_bytes = initial_bytes
         self.peer_hello = peer_hello
@@ -90,6 +103,10 @@ class Connection:
         self._stream = stream
         self._handlers = handlers
         self._mux = m.Mux(dialled=dialled, peer_role=peer.role, serving=handlers is not None)
+        self._limits = limits or NodeLimits(config.memory_budget_bytes, INCOMING_REQUESTS_PER_PEER_MAX)
+        # Budget bytes the reader holds: what its decoder buffers, plus room for the read under way.
+        self._reader_bytes = 0
+        self._awaiting_memory = False
         self._send_lock = trio.Lock()
         self._pending: dict[int, _Pending] = {}
         self._serving: dict[int, _Serving] = {}
@@ -176,41 +193,84 @@ class Connection:
 
     async def _read_loop(self) -> None:
         decoder = wire.FrameDecoder()
-        decoder.feed(self._initial_bytes)
-        self._initial_bytes = b""
         self._quiet_since_s = trio.current_time()
+        memory = self._limits.memory
         try:
-            self._decode(decoder, self._quiet_since_s)
-            while True:
-                with trio.CancelScope() as scope:
-                    self._read_scope = scope
-                    scope.deadline = self._read_deadline_s()
-                    data = await self._stream.receive_some(_RECEIVE_BYTES)
-                self._read_scope = None
-                if scope.cancelled_caught:
-                    self.close_reason = self._stall_reason()
-                    log.info("closing connection to %s %s: %s", self.peer.role.value, self.peer.short_id,
-                             self.close_reason)
-                    return
-                if not data:
-                    self.close_reason = "peer closed the connection"
-                    return
-                self._quiet_since_s = trio.current_time()
-                decoder.feed(data)
-                self._decode(decoder, self._quiet_since_s)
+            try:
+                if self._initial_bytes:  # what came with the hello: read before the budget could be asked
+                    await self._reserve(len(self._initial_bytes))
+                    decoder.feed(self._initial_bytes)
+                    self._initial_bytes = b""
+                    self._decode(decoder, self._quiet_since_s)
+                while True:
+                    # A frame under way is read in large pieces; between frames a small read
+                    # takes the next header, so an idle connection holds little of the budget.
+                    receive_bytes = RECEIVE_BYTES if decoder.buffered_bytes else RECEIVE_BYTES_IDLE
+                    with trio.CancelScope() as scope:
+                        self._read_scope = scope
+                        scope.deadline = self._read_deadline_s()
+                        await self._reserve(decoder.buffered_bytes + receive_bytes)
+                        data = await self._stream.receive_some(receive_bytes)
+                    self._read_scope = None
+                    if scope.cancelled_caught:
+                        self.close_reason = self._stall_reason()
+                        if self._awaiting_memory:  # not the peer's fault: the node's budget stayed spent
+                            self._limits.budget_spent.log(
+                                trio.current_time(), "closed a connection to %s %s: %s",
+                                self.peer.role.value, self.peer.short_id, self.close_reason,
+                            )
+                        elif self._partial_frame_since_s is not None:
+                            self._peer_fault("closing the connection: %s", self.close_reason)
+                        else:
+                            log.debug("closing connection to %s %s: %s", self.peer.role.value,
+                                      self.peer.short_id, self.close_reason)
+                        return
+                    if not data:
+                        self.close_reason = "peer closed the connection"
+                        return
+                    self._quiet_since_s = trio.current_time()
+                    decoder.feed(data)
+                    # The decoder holds a copy: this one must not live on while the next read
+                    # waits for the budget, outside it.
+                    del data
+                    self._decode(decoder, self._quiet_since_s)
+                    # Keep only what the decoder still holds; the next read asks again.
+                    memory.give_back(self._reader_bytes - decoder.buffered_bytes)
+                    self._reader_bytes = decoder.buffered_bytes
+            finally:
+                memory.give_back(self._reader_bytes)
+                self._reader_bytes = 0
         except (wire.WireError, ProtocolViolation) as exc:
             self.close_reason = f"protocol error: {exc}"
-            log.warning("closing connection to %s %s: %s", self.peer.role.value, self.peer.short_id, exc)
+            self._peer_fault("closing the connection: protocol error: %s", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
             self.close_reason = f"connection lost: {exc!r}"
             log.debug("connection to %s lost: %r", self.peer.short_id, exc)
 
+    async def _reserve(self, size_bytes: int) -> None:
+        """Hold at least ``size_bytes`` of the budget for the reader, waiting for room if need be."""
+        if size_bytes > self._reader_bytes:
+            self._awaiting_memory = True
+            await self._limits.memory.take(size_bytes - self._reader_bytes)
+            self._awaiting_memory = False
+            self._reader_bytes = size_bytes
+
+    def _peer_fault(self, msg: str, *args: object) -> None:
+        """The peer misbehaved: a WARNING, once per peer and kind per interval, with its id."""
+        self._limits.peer_faults.log(
+            trio.current_time(), self.peer.short_id, f"{self.peer.role.value} {msg}", *args
+        )
+
     def _decode(self, decoder: wire.FrameDecoder, now_s: float) -> None:
-        """Carry out every complete frame; note when a frame left incomplete began."""
+        """Carry out every complete frame, handing its budget bytes on; note when a frame left incomplete began."""
         completed = False
         while (frame := decoder.next_frame()) is not None:
             completed = True
-            self._execute(self._mux.receive_frame(frame))
+            events = self._mux.receive_frame(frame)  # if it raises, the reader still holds the frame's bytes
+            held_bytes = wire.FRAME_HEADER_BYTES + len(frame.payload)
+            self._reader_bytes -= held_bytes
+            if not self._execute(events, held_bytes):
+                self._limits.memory.give_back(held_bytes)
         if decoder.buffered_bytes == 0:
             self._partial_frame_since_s = None
         elif completed or self._partial_frame_since_s is None:
@@ -225,6 +285,8 @@ class Connection:
         return self._quiet_since_s + self.config.connection_idle_timeout_s
 
     def _stall_reason(self) -> str:
+        if self._awaiting_memory:
+            return "the node's memory budget stayed spent until the read deadline"
         if self._partial_frame_since_s is not None:
             return f"a frame was not completed within {self.config.frame_read_timeout_s} s"
         return f"idle for {self.config.connection_idle_timeout_s} s"
@@ -235,12 +297,18 @@ class Connection:
         if self._read_scope is not None:
             self._read_scope.deadline = self._read_deadline_s()
 
-    def _execute(self, events: list[m.Event]) -> None:
-        """Carry out what the mux made of one frame. Never waits: the reader must not block."""
+    def _execute(self, events: list[m.Event], held_bytes: int) -> bool:
+        """Carry out what the mux made of one frame. Never waits: the reader must not block.
+
+        Returns whether something now holds the frame's ``held_bytes`` of the budget
+        (a body buffer, a handler); if not, the caller gives them back.
+        """
+        kept = False
         for event in events:  # the cases in order of frequency: a match tries them in turn
             match event:
                 case m.BodyReceived(stream_id, data):
-                    self._body(stream_id).push(data)
+                    self._body(stream_id).push(data, held_bytes)
+                    kept = True
                 case m.ResponseReceived(stream_id, msg, has_body):
                     pending = self._pending[stream_id]
                     pending.body = self._new_body(stream_id) if has_body else None
@@ -248,8 +316,15 @@ class Connection:
                     pending.arrived.set()
                 case m.RequestReceived(stream_id, msg, has_body):
                     assert self._nursery is not None
+                    if not self._limits.requests.try_open(self.peer.node_id):
+                        self._peer_fault("refused a request: %d requests open over its connections",
+                                         self._limits.requests.limit)
+                        for frame in self._mux.refuse(stream_id, ErrorCode.UNAVAILABLE, "too many requests from you"):
+                            self._nursery.start_soon(self._send_quietly, frame)
+                        continue
                     body = self._new_body(stream_id) if has_body else None
-                    serving = self._serving[stream_id] = _Serving(trio.CancelScope(), body)
+                    serving = self._serving[stream_id] = _Serving(trio.CancelScope(), body, held_bytes)
+                    kept = True
                     self._nursery.start_soon(self._serve_request, stream_id, msg, body, serving.scope)
                 case m.SendUnblocked(stream_id):
                     wakeup = self._send_wakeups.pop(stream_id, None)
@@ -273,14 +348,26 @@ class Connection:
                     self._nursery.start_soon(self._send_quietly, frame)
                 case _:
                     raise AssertionError(f"unknown mux event {event!r}")
+        return kept
+
+    def _send_soon(self, frames: list[Frame]) -> None:
+        """Send frames nobody waits for (credit, cancel) from a task of their own."""
+        if frames and self._nursery is not None and not self._closed.is_set():
+            for frame in frames:
+                self._nursery.start_soon(self._send_quietly, frame)
 
     def _new_body(self, stream_id: int) -> BodyReader:
         return BodyReader(stream_id, self.config.stream_idle_timeout_s, self._body_consumed)
 
-    async def _body_consumed(self, stream_id: int, data: bytes | memoryview) -> None:
-        credit = self._mux.body_consumed(stream_id, data)
-        if credit is not None:
-            await self._send_frame(credit)
+    async def _body_consumed(self, stream_id: int, data: bytes | memoryview, held_bytes: int) -> None:
+        self._limits.memory.give_back(held_bytes)
+        credits = self._mux.body_consumed(stream_id, data)
+        if credits:  # the stream's and the connection's, in one write
+            if self._closed.is_set():
+                raise ConnectionClosed(self.close_reason or "closed")
+            async with self._send_lock:
+                with trio.CancelScope(shield=True):  # whole, as in _send_frame
+                    await self._send_frame_whole(b"".join(wire.encode_frame(f) for f in credits), b"")
 
     def _body(self, stream_id: int) -> BodyReader:
         holder = self._pending.get(stream_id) or self._serving[stream_id]
@@ -295,26 +382,15 @@ class Connection:
             with scope:
                 try:
                     result = await self._handlers.handle_request(IncomingRequest(self, msg, body))
-                except RemoteError as exc:
-                    await self._send_error(stream_id, exc.code, exc.text)
-                    return
-                except (NetError, trio.TooSlowError) as exc:
-                    await self._send_error(stream_id, ErrorCode.UNAVAILABLE, str(exc) or repr(exc))
-                    return
                 except Exception as exc:
-                    log.exception("handler for %s failed", type(msg).__name__)
-                    await self._send_error(stream_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                    await self._handler_failed(stream_id, msg, exc, "handler for %s failed")
                     return
                 if isinstance(result, Reply):
                     await self._send_frame(self._mux.respond(stream_id, result.msg, with_body=True))
                     try:
                         await result.body(functools.partial(self._send_data, stream_id))
-                    except RemoteError as exc:
-                        await self._send_error(stream_id, exc.code, exc.text)
-                        return
                     except Exception as exc:
-                        log.exception("streaming the answer to %s failed", type(msg).__name__)
-                        await self._send_error(stream_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                        await self._handler_failed(stream_id, msg, exc, "streaming the answer to %s failed")
                         return
                     await self._send_frame(self._mux.end_body(stream_id))
                 else:
@@ -322,10 +398,39 @@ class Connection:
         except (NetError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
             log.debug("could not answer %s to %s: %r", type(msg).__name__, self.peer.short_id, exc)
         finally:
-            del self._serving[stream_id]
+            serving = self._serving.pop(stream_id)
+            memory = self._limits.memory
+            memory.give_back(serving.held_bytes)
+            if body is not None:
+                memory.give_back(body.discard())
+            self._limits.requests.close(self.peer.node_id)
             self._send_wakeups.pop(stream_id, None)
-            self._mux.close_serve(stream_id)
+            self._send_soon(self._mux.close_serve(stream_id))
             self._streams_changed()
+
+    async def _handler_failed(self, stream_id: int, msg: wire.Message, exc: Exception, what: str) -> None:
+        """Answer a request whose handler raised ``exc``; a traceback only if the fault is ours.
+
+        A RemoteError is the handler's answer. A transport error (also when a
+        nursery in the handler wrapped it in a group) means a peer went away or
+        stalled: this connection's peer, or one the handler asked in turn; the
+        caller hears UNAVAILABLE and the log says nothing above debug, except
+        for this peer's own stall (it granted no credit), a peer fault.
+        """
+        if isinstance(exc, RemoteError):
+            await self._send_error(stream_id, exc.code, exc.text)
+            return
+        transport_error = _transport_error(exc)
+        if transport_error is None:
+            log.exception(what, type(msg).__name__)
+            await self._send_error(stream_id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            return
+        if isinstance(transport_error, CreditTimeout) and transport_error.peer_id == self.peer.node_id:
+            self._peer_fault("granted no credit for %s s on an answer (%s)",
+                             self.config.stream_idle_timeout_s, type(msg).__name__)
+        else:
+            log.debug("%s for %s ended: %r", type(msg).__name__, self.peer.short_id, transport_error)
+        await self._send_error(stream_id, ErrorCode.UNAVAILABLE, str(transport_error) or repr(transport_error))
 
     # -- sending ------------------------------------------------------------
 
@@ -376,12 +481,18 @@ class Connection:
             view = view[size_bytes:]
 
     async def _wait_sendable(self, stream_id: int, want_bytes: int) -> int:
-        with trio.fail_after(self.config.stream_idle_timeout_s):
-            while (size_bytes := self._mux.sendable_bytes(stream_id, want_bytes)) == 0:
-                if self._closed.is_set():
-                    raise ConnectionClosed(self.close_reason or "closed")
-                wakeup = self._send_wakeups[stream_id] = trio.Event()
-                await wakeup.wait()
+        try:
+            with trio.fail_after(self.config.stream_idle_timeout_s):
+                while (size_bytes := self._mux.sendable_bytes(stream_id, want_bytes)) == 0:
+                    if self._closed.is_set():
+                        raise ConnectionClosed(self.close_reason or "closed")
+                    wakeup = self._send_wakeups[stream_id] = trio.Event()
+                    await wakeup.wait()
+        except trio.TooSlowError:
+            raise CreditTimeout(
+                f"{self.peer.short_id} granted no credit for {self.config.stream_idle_timeout_s} s",
+                self.peer.node_id,
+            ) from None
         return size_bytes
 
     async def _send_body(self, stream_id: int, body: AsyncIterable[bytes]) -> None:
@@ -432,11 +543,14 @@ class Connection:
             del self._pending[stream_id]
             self._streams_changed()
             self._send_wakeups.pop(stream_id, None)
-            cancel = self._mux.close_call(stream_id)
-            if cancel is not None and not self._closed.is_set():
+            if pending.body is not None:
+                self._limits.memory.give_back(pending.body.discard())
+            frames = self._mux.close_call(stream_id)
+            if frames and not self._closed.is_set():
                 with trio.move_on_after(_CANCEL_SEND_S_MAX) as cleanup:
                     cleanup.shield = True
-                    await self._send_quietly(cancel)
+                    for frame in frames:
+                        await self._send_quietly(frame)
 
     async def _wait_answer(self, pending: _Pending, timeout_s: float) -> None:
         try:
@@ -459,11 +573,6 @@ class Connection:
                     if pending.answer is None and not self._closed.is_set():
                         raise
                     return  # the peer answered early; the answer tells why
-                except trio.TooSlowError:
-                    raise RequestTimeout(
-                        f"{self.peer.short_id} granted no credit for "
-                        f"{self.config.stream_idle_timeout_s} s"
-                    ) from None
                 uploaded.set()
 
             nursery.start_soon(upload)
@@ -472,6 +581,30 @@ class Connection:
                 await uploaded.wait()
                 await self._wait_answer(pending, timeout_s)
             nursery.cancel_scope.cancel()
+
+
+def _transport_error(exc: BaseException) -> NetError | None:
+    """The transport error ``exc`` is, or the first of a group made only of them (a handler's
+    nursery wraps what its tasks raise); None if anything else is in it."""
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split((NetError, trio.TooSlowError))
+        if matched is None or rest is not None:
+            return None
+        leaves = list(_leaves(matched))
+        exc = next((leaf for leaf in leaves if isinstance(leaf, NetError)), leaves[0])
+    if isinstance(exc, NetError):
+        return exc
+    if isinstance(exc, trio.TooSlowError):
+        return RequestTimeout(str(exc) or "a deadline passed")
+    return None
+
+
+def _leaves(group: BaseExceptionGroup):
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -30,10 +30,12 @@ from p2pfs.wire import Role
 from .config import (
     HANDSHAKES_CONCURRENT_MAX,
     INBOUND_CONNECTIONS_MAX,
+    INCOMING_REQUESTS_PER_PEER_MAX,
     LOG_COLLAPSE_INTERVAL_S,
     UNAUTHENTICATED_PER_ADDRESS_MAX,
     NetConfig,
 )
+from .budget import NodeLimits
 from .connection import Connection
 from .errors import ConnectError, HandshakeError, NetError, RequestTimeout
 from .handshake import dial, handshake
@@ -89,6 +91,8 @@ class Endpoint:
         self._backoff: dict[Address, tuple[float, float]] = {}  # address -> (retry_at, delay_s)
         self._inbound_count = 0
         self._handshakes = trio.Semaphore(HANDSHAKES_CONCURRENT_MAX)
+        # One memory budget and one count of requests per peer for all this node's connections.
+        self.limits = NodeLimits(config.memory_budget_bytes, INCOMING_REQUESTS_PER_PEER_MAX)
         # Connections in their handshake, oldest first (dicts keep insertion order): all of
         # them, and by source host. Authenticated inbound connections, to shed an idle one.
         self._unauthenticated: dict[_Unauthenticated, None] = {}
@@ -214,7 +218,7 @@ class Endpoint:
                 return
             conn = Connection(
                 stream, peer, hello, dialled=False, config=self.config,
-                handlers=self._handlers, initial_bytes=leftover,
+                handlers=self._handlers, initial_bytes=leftover, limits=self.limits,
             )
             log.debug("accepted %r from %s", conn, remote)
             if peer.role is Role.NODE and conn.peer_address is not None:
@@ -255,7 +259,7 @@ class Endpoint:
             conn = await dial(
                 self.identity, address, config=self.config, handlers=self._handlers,
                 listen=self.advertise, bind_host=self._bind_host, expected_node_id=node_id,
-                ssl_context=self.trust.client_context, refuse=self.trust.refusal,
+                ssl_context=self.trust.client_context, refuse=self.trust.refusal, limits=self.limits,
             )
         except (ConnectError, HandshakeError) as exc:
             if isinstance(exc, HandshakeError):

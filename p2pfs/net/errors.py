@@ -51,6 +51,18 @@ class RequestTimeout(NetError, Unavailable, TimeoutError):
     """A request's deadline passed. The connection remains usable."""
 
 
+class CreditTimeout(RequestTimeout):
+    """The peer granted no credit to send a body for ``stream_idle_timeout_s``: it stopped reading.
+
+    ``peer_id`` names that peer, so a handler's failure can be told apart from
+    the stall of another node it was itself sending to.
+    """
+
+    def __init__(self, text: str, peer_id: str) -> None:
+        super().__init__(text)
+        self.peer_id = peer_id
+
+
 class ProtocolViolation(PeerFault):
     """The peer broke the protocol; the connection is closed."""
 

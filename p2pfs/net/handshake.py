@@ -29,6 +29,7 @@ from p2pfs.ids import short_id
 from p2pfs.wire import Frame, FrameKind, Role
 
 from .config import HELLO_FRAME_BYTES_MAX, NetConfig
+from .budget import NodeLimits
 from .connection import Connection
 from .errors import ConnectError, HandshakeError
 from .streams import Handlers
@@ -150,6 +151,7 @@ async def dial(
     expected_node_id: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     refuse: Refuse | None = None,
+    limits: NodeLimits | None = None,
 ) -> Connection:
     """Open a TLS connection to a node and exchange hellos. Does not start the reader.
 
@@ -189,5 +191,6 @@ async def dial(
             ) from None
         raise
     return Connection(
-        stream, peer, hello, dialled=True, config=config, handlers=handlers, initial_bytes=leftover
+        stream, peer, hello, dialled=True, config=config, handlers=handlers, initial_bytes=leftover,
+        limits=limits,
     )

@@ -29,13 +29,20 @@ the stream; the server stops that handler (``Cancelled``) and sends nothing
 more on it. An answer that arrives while the requester is still uploading
 stops the upload: the answer already says how the request ended. A request
 beyond ``INCOMING_REQUESTS_PER_CONNECTION_MAX`` is refused with UNAVAILABLE
-(``SendFrame``), never queued.
+(``SendFrame``), never queued; so is a body on a request whose type takes none
+(``wire.Message.TAKES_BODY``), with BAD_REQUEST: nobody would read it.
 
-Flow control: each body is sent against credit granted by its receiver, so a
-receiver never buffers more than ``STREAM_WINDOW_FRAMES`` of it and the reader
-never waits for application code. That keeps one slow consumer from stalling
-every other stream on the connection. The windows and the unit of credit are
-in ``flow.py``; the mux only says when a window is consumed and granted.
+Flow control: each body is sent against credit granted by its receiver, in
+bytes, per stream (``STREAM_WINDOW_BYTES``) and per connection
+(``CONNECTION_WINDOW_BYTES``, CREDIT on stream 0), so a receiver never buffers
+more than its windows and the reader never waits for application code. That
+keeps one slow consumer from stalling every other stream on the connection.
+Body frames of a stream that is gone (refused, cancelled, finished) still count
+against the connection window and are credited back at once, and a stream that
+closes with its buffer unread gives that back to the connection window: either
+end's view of the connection window never drifts (RFC 9113 section 6.9). The
+windows and the unit of credit are in ``flow.py``; the mux only says when a
+window is consumed and granted.
 """
 
 from __future__ import annotations
@@ -47,12 +54,18 @@ from p2pfs import wire
 from p2pfs.wire import ErrorCode, Frame, FrameKind, Role
 
 from . import flow
-from .config import INCOMING_REQUESTS_PER_CONNECTION_MAX, STREAM_WINDOW_FRAMES
+from .config import (
+    CONNECTION_WINDOW_BYTES,
+    INCOMING_REQUESTS_PER_CONNECTION_MAX,
+    STREAM_WINDOW_BYTES,
+)
 from .errors import ConnectionClosed, ProtocolViolation, RemoteError
 from .flow import LocalProtocolError, ReceiveWindow, SendWindow
 
 # Stream ids are u32 on the wire; ids wrap around below this.
 STREAM_ID_LIMIT = 2**32
+# CREDIT on this stream id returns connection credit; no request uses it (ids start at 1 and 2).
+CONNECTION_STREAM_ID = 0
 # An ERROR frame's text is cut to this many characters: it is for a log line, not a document.
 ERROR_TEXT_CHARS_MAX = 1000
 
@@ -215,12 +228,22 @@ class Mux:
         dialled: bool,
         peer_role: Role,
         serving: bool,
-        window_units: int = STREAM_WINDOW_FRAMES,
+        window_units: int = STREAM_WINDOW_BYTES,
+        connection_window_units: int = CONNECTION_WINDOW_BYTES,
         serves_max: int = INCOMING_REQUESTS_PER_CONNECTION_MAX,
     ) -> None:
         self.peer_role = peer_role
         self.serving = serving
         self._window_units = window_units
+        # What all the bodies on this connection may send and buffer together.
+        self._connection_send = SendWindow(connection_window_units)
+        # Connection credit goes back in the batches a stream's does (half a stream window), not
+        # half the connection window: the streams that share it each hold up to a window of it,
+        # and what one frees must not wait for half of everything to be freed. For one stream
+        # the two credits then fall due together and go out in one write.
+        self._connection_receive = ReceiveWindow(
+            connection_window_units, max(1, min(connection_window_units, window_units) // 2)
+        )
         self._serves_max = serves_max
         self._first_stream_id = 1 if dialled else 2
         self._next_stream_id = self._first_stream_id
@@ -234,6 +257,8 @@ class Mux:
 
     def start_request(self, msg: wire.Message, *, with_body: bool) -> tuple[int, Frame]:
         """Open a stream for ``msg``; returns its id and the frame to send."""
+        if with_body and not msg.TAKES_BODY:
+            raise LocalProtocolError(f"{type(msg).__name__} takes no body")
         stream_id = self._next_stream_id
         self._next_stream_id += 2
         if self._next_stream_id >= STREAM_ID_LIMIT:
@@ -274,44 +299,69 @@ class Mux:
         if stream.sending is Half.STOPPED:
             raise ConnectionClosed("the stream was closed by the peer")
         assert stream.send_window is not None
-        return flow.sendable_bytes(stream.send_window.available_units, want_bytes)
+        return flow.sendable_bytes(self._send_credit(stream.send_window), want_bytes)
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> Frame:
         """A piece of a body; at most ``sendable_bytes`` of it."""
         stream = self._send(stream_id, K.STREAM_DATA)
         assert stream.send_window is not None
-        if len(data) > flow.sendable_bytes(stream.send_window.available_units, len(data)):
+        if len(data) > flow.sendable_bytes(self._send_credit(stream.send_window), len(data)):
             raise LocalProtocolError(f"{len(data)} bytes exceed what stream {stream_id} may send")
-        stream.send_window.consume(flow.flow_units(data))
+        units = flow.flow_units(data)
+        stream.send_window.consume(units)
+        self._connection_send.consume(units)
         return Frame(K.STREAM_DATA, stream_id, 0, data)
+
+    def _send_credit(self, window: SendWindow) -> int:
+        return min(window.available_units, self._connection_send.available_units)
 
     def end_body(self, stream_id: int) -> Frame:
         self._send(stream_id, K.STREAM_END)
         return Frame(K.STREAM_END, stream_id, 0, b"")
 
-    def body_consumed(self, stream_id: int, data: bytes | memoryview) -> Frame | None:
-        """Our reader took ``data`` off a body; returns a CREDIT frame to send, if one is due."""
+    def body_consumed(self, stream_id: int, data: bytes | memoryview) -> list[Frame]:
+        """Our reader took ``data`` off a body; returns the CREDIT frames now due (stream, connection)."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.receive_window is None or stream.receiving is not Half.BODY:
-            return None  # nothing more will come: no credit needed
-        grant = stream.receive_window.release(flow.flow_units(data))
-        if grant == 0:
-            return None
-        return Frame(K.CREDIT, stream_id, 0, wire.encode_credit(grant))
+        if stream is None or stream.receive_window is None:
+            return []  # closed: what it buffered went back to the connection window then
+        units = flow.flow_units(data)
+        frames = []
+        grant = stream.receive_window.release(units)
+        if grant and stream.receiving is Half.BODY:  # once the body has ended, nothing more will come
+            frames.append(_credit_frame(stream_id, grant))
+        frames.extend(self._connection_released(units))
+        return frames
 
-    def close_call(self, stream_id: int) -> Frame | None:
-        """Our caller is done with request ``stream_id``; a CANCEL to send if the answer is unfinished."""
+    def close_call(self, stream_id: int) -> list[Frame]:
+        """Our caller is done with request ``stream_id``; returns a CANCEL if the answer is
+        unfinished, and connection credit for what its body left unread."""
         stream = self._streams.pop(stream_id)
         assert stream.side is Side.CALL
-        if stream.receiving is Half.DONE:
-            return None
-        return Frame(K.CANCEL, stream_id, 0, b"")
+        frames = [] if stream.receiving is Half.DONE else [Frame(K.CANCEL, stream_id, 0, b"")]
+        return frames + self._unread_released(stream)
 
-    def close_serve(self, stream_id: int) -> None:
-        """The handler of request ``stream_id`` has finished."""
+    def close_serve(self, stream_id: int) -> list[Frame]:
+        """The handler of request ``stream_id`` has finished; returns connection credit for
+        what its body left unread (a handler may answer without reading it all)."""
         stream = self._streams.pop(stream_id)
         assert stream.side is Side.SERVE
         self._serves_count -= 1
+        return self._unread_released(stream)
+
+    def refuse(self, stream_id: int, code: ErrorCode, text: str) -> list[Frame]:
+        """Turn down request ``stream_id`` without serving it (the driver's own limits say no):
+        its error answer, and connection credit for what its body left unread."""
+        frame = self.respond_error(stream_id, code, text)
+        return [frame, *self.close_serve(stream_id)]
+
+    def _unread_released(self, stream: _Stream) -> list[Frame]:
+        if stream.receive_window is None:
+            return []
+        return self._connection_released(stream.receive_window.buffered_units)
+
+    def _connection_released(self, units: int) -> list[Frame]:
+        grant = self._connection_receive.release(units) if units else 0
+        return [_credit_frame(CONNECTION_STREAM_ID, grant)] if grant else []
 
     def _sending_stream(self, stream_id: int) -> _Stream:
         stream = self._streams.get(stream_id)
@@ -338,9 +388,17 @@ class Mux:
         kind = frame.kind
         if kind in _STREAMLESS_KINDS:
             return self._receive_streamless(frame)
+        if kind is K.CREDIT and frame.stream_id == CONNECTION_STREAM_ID:
+            return self._receive_connection_credit(frame)
         stream = self._streams.get(frame.stream_id)
         if stream is None:
-            return []  # a late frame of a stream either end gave up on
+            # A late frame of a stream either end gave up on (or refused). Body data still
+            # counts against the connection window, and is credited back at once.
+            if kind is K.STREAM_DATA:
+                units = flow.flow_units(frame.payload)
+                self._connection_receive.consume(units)
+                return [SendFrame(f) for f in self._connection_released(units)]
+            return []
         if kind is K.CREDIT:
             return self._receive_credit(frame, stream)
         if kind is K.CANCEL:
@@ -368,17 +426,26 @@ class Mux:
             raise ProtocolViolation(f"request with stream id {stream_id} of our parity")
         if stream_id in self._streams:
             raise ProtocolViolation(f"stream id {stream_id} reused while in use")
-        if not self.serving or self._serves_count >= self._serves_max:
-            # Refused, not queued: a queue here would have no bound. Its body, if any, is dropped
-            # as the late frames of an unknown stream.
-            return [SendFrame(_error_frame(stream_id, ErrorCode.UNAVAILABLE, "too many requests"))]
         has_body = kind is K.REQUEST_STREAM
+        # Refused, not queued: a queue here would have no bound. Its body, if any, is dropped
+        # as the late frames of an unknown stream.
+        if not self.serving or self._serves_count >= self._serves_max:
+            return [SendFrame(_error_frame(stream_id, ErrorCode.UNAVAILABLE, "too many requests"))]
+        if has_body and not msg.TAKES_BODY:
+            return [SendFrame(_error_frame(stream_id, ErrorCode.BAD_REQUEST, f"{type(msg).__name__} takes no body"))]
         stream = _Stream(Side.SERVE, sending=Half.IDLE, receiving=Half.BODY if has_body else Half.DONE)
         if has_body:
             stream.receive_window = ReceiveWindow(self._window_units)
         self._streams[stream_id] = stream
         self._serves_count += 1
         return [RequestReceived(stream_id, msg, has_body)]
+
+    def _receive_connection_credit(self, frame: Frame) -> list[Event]:
+        self._connection_send.grant(wire.decode_credit(frame.payload))
+        # Any uploader may have been waiting for the connection's credit rather than its own.
+        return [
+            SendUnblocked(stream_id) for stream_id, stream in self._streams.items() if stream.sending is Half.BODY
+        ]
 
     def _receive_credit(self, frame: Frame, stream: _Stream) -> list[Event]:
         units = wire.decode_credit(frame.payload)
@@ -391,10 +458,15 @@ class Mux:
         kind, stream_id = frame.kind, frame.stream_id
         if kind is K.STREAM_DATA:
             assert stream.receive_window is not None
+            units = flow.flow_units(frame.payload)
             try:
-                stream.receive_window.consume(flow.flow_units(frame.payload))
+                stream.receive_window.consume(units)
             except ProtocolViolation:
                 raise ProtocolViolation(f"stream {stream_id} exceeded its credit") from None
+            try:
+                self._connection_receive.consume(units)
+            except ProtocolViolation:
+                raise ProtocolViolation(f"stream {stream_id} exceeded the connection's credit") from None
             return [BodyReceived(stream_id, frame.payload)]
         if kind is K.STREAM_END:
             return [BodyEnded(stream_id)]
@@ -420,6 +492,10 @@ class Mux:
         if self.peer_role not in msg.SENDERS:
             raise ProtocolViolation(f"a {self.peer_role.value} may not send {type(msg).__name__}")
         return msg
+
+
+def _credit_frame(stream_id: int, credit_bytes: int) -> Frame:
+    return Frame(K.CREDIT, stream_id, 0, wire.encode_credit(credit_bytes))
 
 
 def _error_frame(stream_id: int, code: ErrorCode, text: str) -> Frame:

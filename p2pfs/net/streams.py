@@ -10,15 +10,15 @@ import trio
 from p2pfs import wire
 from p2pfs.identity import PeerIdentity
 
-from .config import STREAM_WINDOW_FRAMES
+from .config import STREAM_DATA_FRAME_COST_BYTES, STREAM_WINDOW_BYTES
 from .errors import ConnectionClosed, RemoteError, RequestTimeout
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-# Items a body buffer holds: the mux's credit bounds the data frames at STREAM_WINDOW_FRAMES, plus
-# the end marker or an error. (When credit counts bytes, this becomes a byte-bounded buffer.)
-BODY_BUFFER_ITEMS_MAX = STREAM_WINDOW_FRAMES + 1
+# Items a body buffer holds: the mux's credit (in bytes, each frame costing at least
+# STREAM_DATA_FRAME_COST_BYTES) bounds the data frames, plus the end marker or an error.
+BODY_BUFFER_ITEMS_MAX = STREAM_WINDOW_BYTES // STREAM_DATA_FRAME_COST_BYTES + 1
 
 BodyWriter = Callable[[Callable[[bytes | memoryview], Awaitable[None]]], Awaitable[None]]
 
@@ -46,32 +46,51 @@ class Handlers(Protocol):
     def handle_oneway(self, conn: "Connection", msg: wire.Message) -> None: ...
 
 
-# Told that the consumer took a piece of a body off its buffer (to return the credit).
-Consumed = Callable[[int, bytes | memoryview], Awaitable[None]]
+# Told that the consumer took a piece of a body off its buffer, and the bytes of the node's
+# memory budget it held (to return the credit and the memory).
+Consumed = Callable[[int, bytes | memoryview, int], Awaitable[None]]
 
 
 class BodyReader:
-    """The receiving side of a streamed body: a buffer the reader task fills, the consumer drains."""
+    """The receiving side of a streamed body: a buffer the reader task fills, the consumer drains.
+
+    Each piece comes with the bytes of the node's memory budget it holds
+    (``budget.py``); they go back when the consumer takes the piece, or when the
+    stream closes with the piece unread (``discard``).
+    """
 
     def __init__(self, stream_id: int, idle_s: float, consumed: Consumed) -> None:
         self._stream_id = stream_id
         self._idle_s = idle_s
         self._consumed = consumed
-        # Items: data, None for the end, or a RemoteError the sender raised mid-stream.
-        self._send, self._receive = trio.open_memory_channel[bytes | RemoteError | None](
+        # Items: (data, budget bytes), None for the end, or a RemoteError the sender raised mid-stream.
+        self._send, self._receive = trio.open_memory_channel[tuple[bytes, int] | RemoteError | None](
             BODY_BUFFER_ITEMS_MAX
         )
+        self.held_bytes = 0
         self.finished = False
 
-    def push(self, item: bytes | memoryview | RemoteError | None) -> None:
+    def push(self, item: bytes | memoryview | RemoteError | None, held_bytes: int = 0) -> None:
         """Called by the reader with what the mux let through, which the buffer always has room for."""
         try:
-            self._send.send_nowait(item)
+            self._send.send_nowait((item, held_bytes) if isinstance(item, (bytes, memoryview)) else item)
         except trio.WouldBlock:
             raise AssertionError(f"stream {self._stream_id} buffered beyond its credit") from None
+        self.held_bytes += held_bytes
 
     def abort(self) -> None:
         self._send.close()
+
+    def discard(self) -> int:
+        """The stream is closed: drop what was never read; returns the budget bytes it held."""
+        self._send.close()
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        held, self.held_bytes = self.held_bytes, 0
+        return held
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         idle_s = self._idle_s
@@ -89,7 +108,9 @@ class BodyReader:
             if isinstance(data, RemoteError):
                 self.finished = True
                 raise data
-            await self._consumed(self._stream_id, data)
+            data, held_bytes = data
+            self.held_bytes -= held_bytes
+            await self._consumed(self._stream_id, data, held_bytes)
             yield data
 
     async def drain(self) -> int:

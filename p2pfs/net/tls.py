@@ -9,6 +9,8 @@ import trio
 
 # Bytes read from a socket at once: several TLS records, decrypted together.
 _SOCKET_RECEIVE_BYTES = 256 * 1024
+# What TLS 1.3 adds to a record (header, tag, content type; RFC 8446 section 5.2), rounded up.
+_RECORD_OVERHEAD_BYTES = 64
 
 
 class TLSStream:
@@ -46,8 +48,8 @@ class TLSStream:
             if data:
                 await self.transport_stream.send_all(data)
 
-    async def _receive_from_socket(self) -> None:
-        data = await self.transport_stream.receive_some(_SOCKET_RECEIVE_BYTES)
+    async def _receive_from_socket(self, max_bytes: int = _SOCKET_RECEIVE_BYTES) -> None:
+        data = await self.transport_stream.receive_some(max_bytes)
         if data:
             self._incoming.write(data)
         else:
@@ -92,7 +94,9 @@ class TLSStream:
             if pieces or self._peer_closed:
                 await trio.lowlevel.checkpoint()
                 return b"".join(pieces)
-            await self._receive_from_socket()
+            # No more ciphertext than the plaintext asked for (and a record's overhead): what is
+            # read beyond it would wait here, outside the caller's memory budget.
+            await self._receive_from_socket(min(_SOCKET_RECEIVE_BYTES, max_bytes + _RECORD_OVERHEAD_BYTES))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:

@@ -260,6 +260,10 @@ class Coordinator:
         hasher = FileHasher()
         window = trio.Semaphore(self.config.put_window_chunks)
         failures: list[QuorumError] = []
+        # The client's stream failing (it went away, stalled, or sent too much) is raised past the
+        # nursery, so the caller sees that error rather than a group around it (which the transport
+        # would have to take for a fault of this node).
+        stream_error: errors.P2pfsError | None = None
 
         def hash_chunk(data: bytes) -> bytes:
             hasher.update(data)
@@ -287,16 +291,23 @@ class Coordinator:
                 nursery.start_soon(write_chunk, next(chunk_indexes), chunk_id, data)
 
             buffer = bytearray()
-            async for piece in pieces:
-                buffer += piece
-                while len(buffer) >= chunk_size:
-                    data = bytes(buffer[:chunk_size])
-                    del buffer[:chunk_size]
-                    await dispatch(data)
-            if buffer:
-                await dispatch(bytes(buffer))
+            try:
+                async for piece in pieces:
+                    buffer += piece
+                    while len(buffer) >= chunk_size:
+                        data = bytes(buffer[:chunk_size])
+                        del buffer[:chunk_size]
+                        await dispatch(data)
+            except errors.P2pfsError as exc:
+                stream_error = exc
+                nursery.cancel_scope.cancel()
+            else:
+                if buffer:
+                    await dispatch(bytes(buffer))
         if failures:
             raise failures[0]
+        if stream_error is not None:
+            raise stream_error
         if size_bytes >= 0 and hasher.size_bytes != size_bytes:
             raise SizeMismatch(
                 f"received {hasher.size_bytes} bytes but the client announced {size_bytes} "
@@ -320,6 +331,7 @@ class Coordinator:
         pending = iter(enumerate(refs))
         slots: collections.deque[_Slot] = collections.deque()
         error: str | None = None
+        send_error: errors.P2pfsError | None = None  # the client went away or stopped reading
         async with trio.open_nursery() as nursery:
 
             def start_next() -> None:
@@ -341,7 +353,14 @@ class Coordinator:
                     break
                 data, slot.data = slot.data, None
                 start_next()
-                await send(data)
+                try:
+                    await send(data)
+                except errors.P2pfsError as exc:
+                    send_error = exc  # raised past the nursery like a fetch's error
+                    nursery.cancel_scope.cancel()
+                    break
+        if send_error is not None:
+            raise send_error
         if error is not None:
             raise QuorumError(error)
 

@@ -155,7 +155,7 @@ class ListNamesReply(wire.Message):
 # --- client to coordinator -------------------------------------------------
 
 
-@wire.message(60, senders=CLIENT)
+@wire.message(60, senders=CLIENT, takes_body=True)
 class PutFile(wire.Message):
     """Store the streamed body under ``name``. ``size_bytes`` is -1 when unknown (stdin)."""
 
