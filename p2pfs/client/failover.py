@@ -145,13 +145,17 @@ class Cluster:
     """
 
     def __init__(self, identity: Identity, nodes: Sequence[Address], *, remember_in: Path | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, on_attempt: Callable[[Address, Exception | None], None] | None = None
+                 ) -> None:
         if not nodes:
             raise errors.BadInput("no node given")
         self.identity = identity
         self.nodes = tuple(nodes)
         self.remember_in = remember_in
         self._clock = clock or SystemClock()
+        # Hears each attempt's node and its error (None: it succeeded): a caller that must
+        # know what every attempt may have done (the chaos history) learns it here.
+        self._on_attempt = on_attempt or (lambda node, error: None)
         self.last_node: Address | None = None
 
     async def _run(self, what: str, operation: Callable[[Client], Awaitable[T]],
@@ -172,13 +176,17 @@ class Cluster:
                 async with Client.connect(self.identity, node) as client:
                     result = await operation(client)
                     await self._refresh(client, remembered)
-            except errors.Unavailable as exc:
+            except errors.P2pfsError as exc:
+                self._on_attempt(node, exc)
+                if not isinstance(exc, errors.Unavailable):
+                    raise
                 failures.append(_described(node, exc))
                 if not isinstance(exc, NodeUnreachable) and (reason := resend()) is not None:
                     raise errors.Unavailable(
                         f"cannot {what}: {'; '.join(failures)} (not retried: {reason})"
                     ) from None
                 continue
+            self._on_attempt(node, None)
             self.last_node = node
             return result
         raise errors.Unavailable(
