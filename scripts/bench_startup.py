@@ -10,8 +10,8 @@ what the command would take on an idle one. ``python -c pass`` is the floor: the
 interpreter's own start-up. ``--source`` measures another checkout (say, a
 `git archive` of main) the same way; its p2pfs is put first on PYTHONPATH.
 
-Then, once, where an `ls` spends its import time (`python -X importtime`): the
-packages it loads, largest first, in milliseconds.
+Then where `ls` spends its import time: the CPU each stage of its imports adds,
+in the order it loads them (the least of ``--runs`` fresh interpreters each).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Each command is run this long at most (a hung CLI must not hang the benchmark).
 COMMAND_TIMEOUT_S = 60.0
-# Packages the import breakdown groups modules into (first match wins), largest costs of `ls`.
-GROUPS = ("trio", "cryptography", "ssl", "_ssl", "click", "attr", "msgpack", "blake3", "p2pfs.net", "p2pfs.identity",
-          "p2pfs.replication", "p2pfs.membership", "p2pfs.storage", "p2pfs.node", "p2pfs.client", "p2pfs.cli",
-          "p2pfs.wire", "p2pfs")
+# What `p2pfs ls` imports, in the order it needs them: each stage is timed after the ones
+# before it are loaded, so a stage's figure is what it adds.
+STAGES = ("click", "trio", "cryptography.x509", "p2pfs.identity", "p2pfs.net", "p2pfs.membership.messages",
+          "p2pfs.replication.messages", "p2pfs.node.messages", "p2pfs.client", "p2pfs.cli")
 
 
 def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -49,19 +49,20 @@ def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall_s, cpu_s
 
 
-def import_breakdown(command: list[str], env: dict[str, str]) -> list[tuple[str, float]]:
-    """Milliseconds of import time per package group (self times summed), largest first."""
-    result = subprocess.run([command[0], "-X", "importtime", *command[1:]], env=env, capture_output=True,
-                            text=True, timeout=COMMAND_TIMEOUT_S)
-    totals: dict[str, float] = {}
-    for line in result.stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
-            continue
-        self_us, _, module = line[len("import time:"):].split("|")
-        module = module.strip()
-        group = next((g for g in GROUPS if module == g or module.startswith(g + ".")), "other")
-        totals[group] = totals.get(group, 0.0) + int(self_us) / 1000
-    return sorted(totals.items(), key=lambda item: -item[1])
+def import_stages(python: str, env: dict[str, str], runs: int) -> list[tuple[str, float]]:
+    """CPU milliseconds each stage of `ls`'s imports adds, the least of ``runs`` fresh interpreters.
+
+    CPU time, in-process (``time.process_time``): unlike ``-X importtime``'s wall clock it
+    barely moves with the machine's load.
+    """
+    added = []
+    for index, stage in enumerate(STAGES):
+        code = "".join(f"import {before}\n" for before in STAGES[:index])
+        code += f"import time\nstart = time.process_time()\nimport {stage}\nprint(time.process_time() - start)"
+        samples = [float(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True,
+                                        timeout=COMMAND_TIMEOUT_S).stdout) for _ in range(runs)]
+        added.append((stage, min(samples) * 1000))
+    return added
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 for label, command in commands.items():
                     times[label].append(run_once(command, env))
             load_after = os.getloadavg()[0]
-            breakdown = import_breakdown(commands["p2pfs ls (10 files)"], env)
+            stages = import_stages(python, env, args.runs)
         finally:
             subprocess.run([*p2pfs, "testnet", "down", "--dir", str(network)], env=env, capture_output=True,
                            timeout=300)
@@ -112,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         cpus = [c * 1000 for _, c in samples]
         print(f"| `{label}` | {statistics.median(walls):.0f} | {min(walls):.0f} | "
               f"{statistics.median(cpus):.0f} | {min(cpus):.0f} |")
-    print("\nimport time of `p2pfs ls`, self times by package (one run, ms):\n")
-    print(", ".join(f"{group} {ms:.0f}" for group, ms in breakdown))
+    print(f"\nwhat each import of `p2pfs ls` adds, CPU ms (least of {args.runs}):\n")
+    print("| import | CPU (ms) |")
+    print("|---|---|")
+    for stage, ms in stages:
+        print(f"| `{stage}` | {ms:.1f} |")
     return 0
 
 
