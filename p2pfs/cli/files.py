@@ -359,30 +359,28 @@ def ls(ctx: Context, prefix: str, limit: int | None, after_token: str | None, as
     after = _name_after(after_token) if after_token else ""
     listing = Listing()
     next_after = ""
-    first = True
+    printed = 0  # files printed so far
+    opened = False  # the head is printed with the first page: an error before it leaves stdout empty
 
     async def pages() -> None:
-        nonlocal next_after, first
+        nonlocal next_after, printed, opened
         async for page in cluster.ls_pages(prefix, after=after, limit=limit):
             listing.add(page)
             next_after = page.next_after
-            if as_json:
-                for f in page.files:
-                    click.echo(("" if first else ",\n") + _ls_json_file(f), nl=False)
-                    first = False
-                continue
-            if first:
-                click.echo(f"{'SIZE':>10}  {'VERSION':<27}  NAME")
-                first = False
+            if not opened:
+                click.echo('{\n  "files": [' if as_json else f"{'SIZE':>10}  {'VERSION':<27}  NAME")
+                opened = True
             for f in page.files:
-                click.echo(_ls_row(f))
+                if as_json:
+                    click.echo(("" if printed == 0 else ",\n") + _ls_json_file(f), nl=False)
+                else:
+                    click.echo(_ls_row(f))
+                printed += 1
 
-    if as_json:
-        click.echo('{\n  "files": [')
     run(pages)
     token = _page_token(next_after) if next_after else None
     if as_json:
-        click.echo(("\n" if not first else "") + "  ],\n" + json.dumps({
+        click.echo(("\n" if printed else "") + "  ],\n" + json.dumps({
             "complete": listing.complete,
             "replicas_needed": listing.replicas_needed,
             "short_ring_fraction": listing.short_ring_fraction,
