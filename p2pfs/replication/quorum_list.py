@@ -49,13 +49,11 @@ class Coverage:
     """How many replicas answered for how much of the ring.
 
     ``ring_ppm_by_answers[k]``: parts per million of the ring whose replica set
-    had ``k`` members answer. ``short_nodes``: the nodes that did not answer and
-    hold a replica of some range short of ``needed``.
+    had ``k`` members answer.
     """
 
     needed: int
     ring_ppm_by_answers: Mapping[int, int]
-    short_nodes: tuple[str, ...]
 
     @property
     def short_ppm(self) -> int:
@@ -77,14 +75,10 @@ def coverage(replica_sets: Mapping[tuple[str, ...], int], answered: Iterable[str
     answered = set(answered)
     total = sum(replica_sets.values())
     by_answers: dict[int, int] = {}
-    short_nodes: set[str] = set()
     for replicas, size in replica_sets.items():
         count = sum(1 for n in replicas if n in answered)
         by_answers[count] = by_answers.get(count, 0) + size
-        if count < needed:
-            short_nodes.update(n for n in replicas if n not in answered)
-    ppm = _shares_in_ppm(by_answers, total)
-    return Coverage(needed, ppm, tuple(sorted(short_nodes)))
+    return Coverage(needed, _shares_in_ppm(by_answers, total))
 
 
 def _shares_in_ppm(sizes: Mapping[int, int], total: int) -> dict[int, int]:
