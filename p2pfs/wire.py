@@ -157,7 +157,7 @@ def message(type_code: int, *, senders: tuple[Role, ...] = (Role.NODE,)):
         cls.TYPE = type_code
         cls.SENDERS = frozenset(senders)
         _MESSAGES[type_code] = cls
-        _DECODERS[cls] = _decoder_on_first_use(cls)
+        _DECODERS[cls] = _record_decoder(cls)
         return cls
 
     return wrap
@@ -166,7 +166,7 @@ def message(type_code: int, *, senders: tuple[Role, ...] = (Role.NODE,)):
 def record(cls: type) -> type:
     """Class decorator for a frozen dataclass used as a field inside messages."""
     cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
-    _DECODERS[cls] = _decoder_on_first_use(cls)
+    _DECODERS[cls] = _record_decoder(cls)
     return cls
 
 
@@ -183,24 +183,6 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
-
-
-def _decoder_on_first_use(cls: type) -> typing.Callable[[Any], Any]:
-    """``_record_decoder(cls)``, built when a ``cls`` is first decoded.
-
-    Reading the type hints and building the converters is a third of what defining
-    a message costs, and a CLI command imports every message but decodes two or
-    three: building them all up front cost `p2pfs ls` about 10 ms of start-up.
-    """
-    built: typing.Callable[[Any], Any] | None = None
-
-    def decode(raw: Any) -> Any:
-        nonlocal built
-        if built is None:
-            built = _record_decoder(cls)
-        return built(raw)
-
-    return decode
 
 
 def _record_decoder(cls: type) -> typing.Callable[[Any], Any]:
