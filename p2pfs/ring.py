@@ -271,6 +271,23 @@ class Ring:
         self._ownership[rf] = fractions
         return fractions
 
+    def replica_sets(self, rf: int) -> dict[tuple[str, ...], int]:
+        """The share of the circle (in positions) each distinct set of ``rf`` replicas holds.
+
+        The sets are sorted node ids: which members hold a range, not in which order. What a
+        listing needs to know which ranges its answers cover. One walk per token, O(tokens x rf) like
+        ``ownership_fraction``; the ring is immutable, so a caller keeps the answer for as long as
+        it keeps the ring. At most one set per token, in practice far fewer.
+        """
+        _check_rf(rf)
+        sizes: dict[tuple[str, ...], int] = {}
+        tokens = self._tokens
+        for index in range(len(tokens)):
+            ranks = self._select(self._walk_ranks(index), rf)
+            replicas = tuple(sorted(self._node_ids[r] for r in ranks))
+            sizes[replicas] = sizes.get(replicas, 0) + range_size(tokens[index - 1], tokens[index])
+        return sizes
+
     def _index(self, position: int) -> int:
         """Index of the token that ends the range holding ``position``."""
         return bisect.bisect_left(self._tokens, position) % len(self._tokens)

@@ -93,6 +93,10 @@ AREAS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+# The CLI's start-up time: `p2pfs --help` and `p2pfs ls`, wall and CPU (bench_startup).
+AREAS["startup"] = _module_main("bench_startup")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench.py", description=__doc__.split("\n\n")[0],

@@ -24,7 +24,7 @@ def examples() -> list[str]:
 def test_the_page_has_examples_of_each_part():
     text = "\n".join(examples())
     for used in ("sync.connect()", "put(", "get(", "ls(", "stat(", "rm(", "io.BytesIO", "trio.run",
-                 "errors.NotFound", "errors.Unavailable", "last_node"):
+                 "errors.NotFound", "errors.Unavailable", "last_node", "ls_pages(", "Listing()"):
         assert used in text, f"docs/CLIENT.md has no example using {used}"
 
 

@@ -40,7 +40,7 @@ class FakeNode:
         if self.failure is not None:
             raise self.failure
 
-    async def ls(self, prefix: str) -> str:
+    async def ls(self, prefix: str, after: str = "", limit: int = 1) -> str:
         await self._maybe_fail()
         return f"listed at {self.address}"
 

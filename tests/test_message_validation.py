@@ -71,11 +71,19 @@ TABLE: list[tuple[wire.Message, list[tuple[str, object]]]] = [
     ]),
     (dm.GetFile(NAME), [("name", "")]),
     (dm.GetFileReply(NAME, 0, ID), [("name", "\x00"), ("size_bytes", -1), ("file_hash", b"")]),
-    (dm.ListFiles(""), [("prefix", "\x00"), ("prefix", "n" * 1025)]),
-    (dm.ListFilesReply((dm.FileInfo(NAME, 0, 0, 0, 0),), True), [
+    (dm.ListFiles("", "", 1), [
+        ("prefix", "\x00"), ("prefix", "n" * 1025), ("after", "\x00"),
+        ("limit", 0), ("limit", dm.FILES_PER_LIST_MAX + 1),
+    ]),
+    (dm.ListFilesReply((dm.FileInfo(NAME, 0, 0, 0, 0),), True, "", 2, (dm.RangeAnswers(3, 1_000_000),),
+                       (dm.Unanswered("n1", "refused"),)), [
         ("files.0.name", ""), ("files.0.size_bytes", -1), ("files.0.created_ms", WALL_MS_MAX + 1),
         ("files.0.version_wall_ms", -1), ("files.0.version_logical", LOGICAL_MAX + 1),
         ("files", [[NAME, 0, 0, 0, 0]] * (dm.FILES_PER_LIST_MAX + 1)),
+        ("next_after", "\x00"), ("replicas_needed", -1), ("replicas_needed", dm.RF_MAX + 1),
+        ("coverage.0.replicas", dm.RF_MAX + 1), ("coverage.0.ring_ppm", dm.RING_PPM + 1),
+        ("coverage", [[0, 0]] * (dm.RF_MAX + 2)),
+        ("unanswered.0.node_id", ""), ("unanswered.0.reason", "x" * (dm.REASON_CHARS_MAX + 1)),
     ]),
     (dm.RemoveFile(NAME), [("name", "")]),
     (dm.RemoveFileReply(NAME), [("name", "n" * 1025)]),
@@ -265,6 +273,7 @@ def test_a_wire_error_is_a_peer_fault():
 
 def test_caps_hold_what_honest_nodes_send():
     """Each cap is at least what the code that builds the message sends, so only a hostile peer meets it."""
+    from p2pfs import client
     from p2pfs.replication import fsck, handlers, handoff, replicas, service
     from p2pfs.replication.config import ReplicationConfig
 
@@ -272,7 +281,7 @@ def test_caps_hold_what_honest_nodes_send():
     assert replicas.IDS_PER_MESSAGE_MAX <= dm.CHUNK_IDS_PER_MESSAGE_MAX
     assert handlers.HAS_CHUNKS_MAX <= dm.HAS_CHUNKS_IDS_MAX
     assert handoff.HANDOFF_BATCH_IDS <= dm.HAS_CHUNKS_IDS_MAX
-    assert service.LIST_NAMES_MAX <= dm.FILES_PER_LIST_MAX
+    assert client.LS_PAGE_FILES_MAX <= dm.FILES_PER_LIST_MAX
     assert service.PREFIX_BYTES_MAX <= 1024  # a prefix is checked as a name is
     assert fsck.FSCK_PROBLEMS_LISTED_MAX <= dm.FSCK_PROBLEMS_MAX
     # A leaving node asks to stay out of the ring for its hand-off time plus a margin.

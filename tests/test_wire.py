@@ -121,6 +121,13 @@ CLASS_FIELD_STRATEGIES = {
     (nm.StatusReply, "port"): st.integers(0, 65535),
     (nm.MemberInfo, "state"): st.sampled_from(sorted(nm.MEMBER_STATE_NAMES)),
     (nm.StatusReply, "node_id"): _hex_ids,
+    (dm.ListFiles, "after"): st.just("") | _names,
+    (dm.ListFiles, "limit"): st.integers(1, dm.FILES_PER_LIST_MAX),
+    (dm.ListFilesReply, "next_after"): st.just("") | _names,
+    (dm.ListFilesReply, "replicas_needed"): st.integers(0, dm.RF_MAX),
+    (dm.RangeAnswers, "replicas"): st.integers(0, dm.RF_MAX),
+    (dm.RangeAnswers, "ring_ppm"): st.integers(0, dm.RING_PPM),
+    (dm.Unanswered, "reason"): st.text(max_size=40),
 }
 
 

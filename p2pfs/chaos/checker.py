@@ -183,6 +183,13 @@ def check_membership(views: dict[str, dict[str, str] | None], node_ids: dict[str
     return violations
 
 
+def success_share(ops: list[Op], kind: str) -> dict:
+    """How many operations of ``kind`` succeeded (a get of a missing name is a success: it answered)."""
+    total = sum(1 for op in ops if op.kind == kind)
+    ok = sum(1 for op in ops if op.kind == kind and op.outcome == OK)
+    return {"ok": ok, "total": total, "fraction": round(ok / total, 5) if total else 1.0}
+
+
 def summarize(seed: int, ops: list[Op], faults: list[Fault], violations: list[Violation],
               notes: list[str]) -> dict:
     """Counts for the summary: operations by kind and outcome, failures by error, faults by kind."""
@@ -198,6 +205,8 @@ def summarize(seed: int, ops: list[Op], faults: list[Fault], violations: list[Vi
         "successes": sum(1 for op in ops if op.outcome == OK),
         "indeterminate": sum(1 for op in ops if op.outcome == INFO),
         "failures_by_kind": dict(sorted(failures.items())),
+        "succeeded": {kind: success_share(ops, kind) for kind in (GET, PUT)},
+        "failed_over": sum(1 for op in ops if op.attempts > 1),
         "faults": len(faults),
         "faults_by_kind": dict(sorted(collections.Counter(f.kind for f in faults).items())),
         "violations": [v.as_json() for v in violations],
@@ -212,6 +221,9 @@ def render_summary(summary: dict) -> str:
         f"{summary['successes']} ok, {summary['indeterminate']} indeterminate, {summary['faults']} faults",
         "  operations: " + ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items()),
         "  failures:   " + (", ".join(f"{k} {v}" for k, v in summary["failures_by_kind"].items()) or "none"),
+        "  succeeded:  " + ", ".join(f"{kind}s {s['fraction']:.2%} ({s['ok']} of {s['total']})"
+                                     for kind, s in summary.get("succeeded", {}).items())
+        + f"; {summary.get('failed_over', 0)} served after failing over",
         "  faults:     " + (", ".join(f"{k} {v}" for k, v in summary["faults_by_kind"].items()) or "none"),
     ]
     lines += [f"  note: {n}" for n in summary["notes"]]

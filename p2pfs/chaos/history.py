@@ -40,7 +40,7 @@ class Op:
     worker: int
     kind: str  # put, get or delete
     name: str
-    node: str  # the node the client spoke to (the coordinator)
+    node: str  # the node that served it (the coordinator), or the last one tried
     invoke_s: float
     size_bytes: int = 0  # put: bytes written
     value: str = ""  # put: sha256 of what was written; get: sha256 of what was read, or ABSENT
@@ -48,6 +48,7 @@ class Op:
     outcome: str = ""
     answered: bool = False
     error: str = ""
+    attempts: int = 1  # nodes tried: more than one when the client failed over
 
     def __post_init__(self) -> None:
         assert self.kind in (PUT, GET, DELETE), self.kind

@@ -8,9 +8,12 @@ workers through different coordinators are common: that is where ordering bugs
 live. Every put writes content no other put writes (it starts with the seed
 and the op id), so the checker can tell from a read's hash which put it saw.
 
-Operations go through the client library (``p2pfs.client.Client``), the same
-code the CLI runs, each under its own deadline, and each is recorded in the
-history with an outcome the checker can reason about (see ``history``).
+Operations go through the client library (``p2pfs.client.Cluster``), the same
+code the CLI runs, given every node's address (the planned node first, then the
+others in the order of their index), so an operation whose first node is
+impaired fails over as a user's would. Each runs under its own deadline, and is
+recorded in the history with an outcome the checker can reason about (see
+``history``), judged from every attempt it made.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Callable, Iterator
 import trio
 
 from p2pfs import net
-from p2pfs.client import Client
+from p2pfs.address import Address
+from p2pfs.client import Cluster as ClientCluster
+from p2pfs.client import NodeUnreachable
 from p2pfs.cli import exit_code_for
 from p2pfs.errors import NotFound, P2pfsError
 from p2pfs.chaos.cluster import Cluster, user_error_in
@@ -87,21 +92,41 @@ def plan(seed: int, worker: int, names: list[str], node_count: int) -> Iterator[
         )
 
 
-def classify(op: Op, error: P2pfsError) -> None:
-    """Set an op's outcome from the error the client raised.
+# One attempt of an operation at one node: its error, or None if it succeeded there.
+Attempt = tuple[Address, "P2pfsError | None"]
+
+
+def _sent_nothing(error: P2pfsError | None) -> bool:
+    """The attempt never reached a coordinator: no connection, or no handshake."""
+    return isinstance(error, NodeUnreachable) or isinstance(
+        error.__context__ if error is not None else None, (net.ConnectError, net.HandshakeError))
+
+
+def _finished(error: P2pfsError | None) -> bool:
+    """The attempt's coordinator is done with it: it succeeded, or answered with an error.
 
     The client library chains the network error it translated as ``__context__``:
-    a ``RemoteError`` means the coordinator answered (it has finished with the
-    op); a ``ConnectError`` or ``HandshakeError`` means nothing was sent.
+    a ``RemoteError`` means the coordinator answered.
     """
-    cause = error.__context__
+    return error is None or _sent_nothing(error) or isinstance(error.__context__, net.RemoteError)
+
+
+def classify(op: Op, error: P2pfsError, attempts: list[Attempt]) -> None:
+    """Set a failed op's outcome from the error the client raised and every attempt it made.
+
+    The op certainly had no effect (``fail``) if no attempt reached a coordinator;
+    ``answered`` holds if no coordinator that was reached may still be working on it.
+    """
+    last = attempts[-1][1] if attempts else error
     op.error = f"{exit_code_for(error).name}: {error}"  # as the CLI would report it
-    op.answered = isinstance(cause, net.RemoteError)
-    if isinstance(cause, (net.ConnectError, net.HandshakeError)):
+    op.answered = all(_finished(e) for _, e in attempts)
+    earlier_sent_nothing = all(_sent_nothing(e) for _, e in attempts[:-1])
+    answered_not_found = isinstance(last, NotFound) and isinstance(last.__context__, net.RemoteError)
+    if attempts and all(_sent_nothing(e) for _, e in attempts):
         op.outcome = FAIL
-    elif op.kind == GET and op.answered and isinstance(error, NotFound):
+    elif op.kind == GET and answered_not_found:
         op.outcome, op.value, op.error = OK, ABSENT, ""
-    elif op.kind == DELETE and op.answered and isinstance(error, NotFound):
+    elif op.kind == DELETE and answered_not_found and earlier_sent_nothing:
         op.outcome = FAIL  # rm found no file and wrote nothing
     elif op.kind == GET:
         op.outcome = FAIL  # a failed read changes nothing
@@ -137,8 +162,13 @@ class Workload:
         raise AssertionError(f"worker {worker} ran out of planned operations")
 
     async def execute(self, worker: int, planned: Planned) -> Op:
-        node = self._cluster.nodes[planned.node_index]
-        op = Op(op_id=planned.op_id, worker=worker, kind=planned.kind, name=planned.name, node=node.name,
+        nodes = self._cluster.nodes
+        order = [nodes[(planned.node_index + i) % len(nodes)] for i in range(len(nodes))]
+        name_of = {node.address: node.name for node in order}
+        attempts: list[Attempt] = []
+        client = ClientCluster(self._cluster.client_identity, [node.address for node in order],
+                               on_attempt=lambda address, error: attempts.append((address, error)))
+        op = Op(op_id=planned.op_id, worker=worker, kind=planned.kind, name=planned.name, node=order[0].name,
                 invoke_s=self._clock(), size_bytes=planned.size_bytes)
         data = content(self._seed, op.op_id, planned.size_bytes) if op.kind == PUT else b""
         if op.kind == PUT:
@@ -146,23 +176,25 @@ class Workload:
         received = io.BytesIO()
         try:
             with trio.move_on_after(self._op_timeout_s) as scope:
-                async with Client.connect(self._cluster.client_identity, node.address) as client:
-                    if op.kind == PUT:
-                        await client.put(io.BytesIO(data), op.name, len(data))
-                    elif op.kind == GET:
-                        await client.get(op.name, received)
-                    else:
-                        await client.rm(op.name)
+                if op.kind == PUT:
+                    await client.put(io.BytesIO(data), op.name, len(data))
+                elif op.kind == GET:
+                    await client.get(op.name, received)
+                else:
+                    await client.rm(op.name)
             if scope.cancelled_caught:
                 op.outcome, op.error = (FAIL if op.kind == GET else INFO), "TIMEOUT: no answer in time"
             else:
-                op.outcome, op.answered = OK, True
+                op.outcome, op.answered = OK, all(_finished(e) for _, e in attempts)
                 if op.kind == GET:
                     op.value = hashlib.sha256(received.getvalue()).hexdigest()
         except (P2pfsError, BaseExceptionGroup) as exc:
             error = user_error_in(exc)
             if error is None:
                 raise
-            classify(op, error)
+            classify(op, error, attempts)
+        if attempts:
+            op.node = name_of[attempts[-1][0]]  # the node that served it, or the last one tried
+        op.attempts = max(1, len(attempts))
         op.complete_s = self._clock()
         return op

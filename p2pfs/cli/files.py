@@ -13,7 +13,9 @@ from typing import Any
 import click
 
 from p2pfs import errors
-from p2pfs.cli.base import JSON_OPTION, Context, call, cli, emit, pass_context, shown, table, time_facts
+from p2pfs.cli.base import (
+    JSON_OPTION, Context, ExitCode, call, cli, emit, escaped, pass_context, shown, time_facts,
+)
 from p2pfs.config import format_size
 from p2pfs.errors import BadInput
 
@@ -338,23 +340,92 @@ def _version_text(wall_ms: int, logical: int) -> str:
     return f"{stamp:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z+{logical}"
 
 
+def _page_token(name: str) -> str:
+    """Where a listing continues, as text safe to paste into a shell: the name in base64url."""
+    import base64
+
+    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _name_after(token: str) -> str:
+    import base64
+    import binascii
+
+    try:
+        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadInput(f"--after {shown(token)} is not a token printed by ls") from None
+    return _check_name(name)
+
+
+def _ls_row(f: Any) -> str:
+    # Fixed widths: pages are printed as they arrive, so columns cannot be sized to the whole list.
+    return f"{format_size(f.size_bytes):>10}  {_version_text(f.version_wall_ms, f.version_logical):<27}  {shown(f.name)}"
+
+
+def _ls_json_file(f: Any) -> str:
+    import json
+
+    facts = {"name": f.name, "size_bytes": f.size_bytes, **time_facts("created", f.created_ms),
+             "version": {"logical": f.version_logical, **time_facts("wall", f.version_wall_ms)}}
+    return "\n".join("    " + line for line in json.dumps(facts, indent=2, ensure_ascii=True).splitlines())
+
+
 @cli.command()
 @click.argument("prefix", default="")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="List at most N files, then print where to continue (--after).")
+@click.option("--after", "after_token", metavar="TOKEN", help="Continue a listing where --limit stopped it.")
 @JSON_OPTION
 @pass_context
-def ls(ctx: Context, prefix: str, as_json: bool) -> None:
-    """List stored files (optionally those whose name starts with PREFIX)."""
-    reply = call(ctx, "ls", prefix)
+def ls(ctx: Context, prefix: str, limit: int | None, after_token: str | None, as_json: bool) -> None:
+    """List stored files (optionally those whose name starts with PREFIX), in name order.
+
+    Files are printed page by page as the cluster answers, so any number of them
+    streams through. If too few replicas of some part of the ring answered, names
+    may be missing: ls says so (and why) and exits 4.
+    """
+    import json
+
+    from p2pfs.client import Listing, run
+
+    cluster = ctx.cluster()
+    after = _name_after(after_token) if after_token else ""
+    listing = Listing()
+    next_after = ""
+    printed = 0  # files printed so far
+    opened = False  # the head is printed with the first page: an error before it leaves stdout empty
+
+    async def pages() -> None:
+        nonlocal next_after, printed, opened
+        async for page in cluster.ls_pages(prefix, after=after, limit=limit):
+            listing.add(page)
+            next_after = page.next_after
+            if not opened:
+                click.echo('{\n  "files": [' if as_json else f"{'SIZE':>10}  {'VERSION':<27}  NAME")
+                opened = True
+            for f in page.files:
+                if as_json:
+                    click.echo(("" if printed == 0 else ",\n") + _ls_json_file(f), nl=False)
+                else:
+                    click.echo(_ls_row(f))
+                printed += 1
+
+    run(pages)
+    token = _page_token(next_after) if next_after else None
     if as_json:
-        emit({"complete": reply.complete,
-               "files": [{"name": f.name, "size_bytes": f.size_bytes, **time_facts("created", f.created_ms),
-                          "version": {"logical": f.version_logical, **time_facts("wall", f.version_wall_ms)}}
-                         for f in reply.files]})
-    else:
-        table([[format_size(f.size_bytes), _version_text(f.version_wall_ms, f.version_logical), shown(f.name)]
-                for f in reply.files], ["SIZE", "VERSION", "NAME"])
-    if not reply.complete:
-        click.echo("warning: some nodes could not be asked; the list may be incomplete", err=True)
+        click.echo(("\n" if printed else "") + "  ],\n" + json.dumps({
+            "complete": listing.complete,
+            "replicas_needed": listing.replicas_needed,
+            "short_ring_fraction": listing.short_ring_fraction,
+            "unanswered": [{"node_id": n, "reason": r} for n, r in sorted(listing.unanswered.items())],
+            "next": token,
+        }, indent=2, ensure_ascii=True)[2:])
+    elif token is not None:
+        click.echo(f"more files follow: continue with --after {token}", err=True)
+    if not listing.complete:
+        click.echo(f"warning: {escaped(listing.warning())}", err=True)
+        click.get_current_context().exit(int(ExitCode.UNAVAILABLE))
 
 
 @cli.command()

@@ -16,6 +16,7 @@ import os
 import trio
 
 from p2pfs.client.failover import FAILOVER_ATTEMPTS_MAX, FAILOVER_WINDOW_S, Cluster, cluster_name, nodes_to_try
+from p2pfs.client.listing import LS_PAGE_FILES_MAX, Listing
 from p2pfs.client.node import (
     CLUSTER_REQUEST_TIMEOUT_S,
     FSCK_TIMEOUT_S,
@@ -29,7 +30,7 @@ from p2pfs.client.settings import Nodes, identity_directory, node_addresses
 
 __all__ = [
     "CLUSTER_REQUEST_TIMEOUT_S", "FAILOVER_ATTEMPTS_MAX", "FAILOVER_WINDOW_S", "FSCK_TIMEOUT_S",
-    "PUT_COMMIT_TIMEOUT_S", "REQUEST_TIMEOUT_S", "Client", "Cluster", "NodeUnreachable", "cluster_name",
+    "LS_PAGE_FILES_MAX", "Listing", "PUT_COMMIT_TIMEOUT_S", "REQUEST_TIMEOUT_S", "Client", "Cluster", "NodeUnreachable", "cluster_name",
     "connect", "library_errors", "nodes_to_try", "run",
 ]
 

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Awaitable, BinaryIO, Callable, Sequence, TypeVar, Union
+from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable, Sequence, TypeVar, Union
 
 from p2pfs import errors
 from p2pfs.address import Address
+from p2pfs.client.listing import LS_PAGE_FILES_MAX, check_page_files, listing_pages
 from p2pfs.client.members import RememberedMembers, load_members, save_members, worth_remembering
 from p2pfs.client.node import Client, NodeUnreachable, Progress
 from p2pfs.clock import Clock, SystemClock
@@ -145,13 +146,17 @@ class Cluster:
     """
 
     def __init__(self, identity: Identity, nodes: Sequence[Address], *, remember_in: Path | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, on_attempt: Callable[[Address, Exception | None], None] | None = None
+                 ) -> None:
         if not nodes:
             raise errors.BadInput("no node given")
         self.identity = identity
         self.nodes = tuple(nodes)
         self.remember_in = remember_in
         self._clock = clock or SystemClock()
+        # Hears each attempt's node and its error (None: it succeeded): a caller that must
+        # know what every attempt may have done (the chaos history) learns it here.
+        self._on_attempt = on_attempt or (lambda node, error: None)
         self.last_node: Address | None = None
 
     async def _run(self, what: str, operation: Callable[[Client], Awaitable[T]],
@@ -172,13 +177,17 @@ class Cluster:
                 async with Client.connect(self.identity, node) as client:
                     result = await operation(client)
                     await self._refresh(client, remembered)
-            except errors.Unavailable as exc:
+            except errors.P2pfsError as exc:
+                self._on_attempt(node, exc)
+                if not isinstance(exc, errors.Unavailable):
+                    raise
                 failures.append(_described(node, exc))
                 if not isinstance(exc, NodeUnreachable) and (reason := resend()) is not None:
                     raise errors.Unavailable(
                         f"cannot {what}: {'; '.join(failures)} (not retried: {reason})"
                     ) from None
                 continue
+            self._on_attempt(node, None)
             self.last_node = node
             return result
         raise errors.Unavailable(
@@ -205,9 +214,26 @@ class Cluster:
     async def members(self):
         return await self._run("list the members", lambda c: c.members())
 
-    async def ls(self, prefix: Name = ""):
+    async def ls(self, prefix: Name = "", *, after: str = "", limit: int = LS_PAGE_FILES_MAX):
+        """One page: at most ``limit`` files with ``prefix`` after the name ``after``, in name order.
+
+        The answer's ``next_after`` is where the next page starts ("" at the end);
+        ``complete`` says whether every ring range had enough replicas answer
+        (docs/CLIENT.md). ``ls_pages`` walks every page.
+        """
         prefix = os.fspath(prefix)
-        return await self._run("list files", lambda c: c.ls(prefix))
+        check_page_files(limit)
+        return await self._run("list files", lambda c: c.ls(prefix, after, limit))
+
+    async def ls_pages(self, prefix: Name = "", *, after: str = "", limit: int | None = None,
+                       page_files: int = LS_PAGE_FILES_MAX) -> AsyncIterator[Any]:
+        """Every page of the listing (or of its first ``limit`` files), one request each.
+
+        Only one page is held at a time, here and at the node, so a million names
+        stream through in bounded memory. Each page fails over on its own.
+        """
+        async for page in listing_pages(self.ls, os.fspath(prefix), after, limit, page_files):
+            yield page
 
     async def stat(self, name: Name):
         name = cluster_name(name)

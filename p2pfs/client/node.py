@@ -170,8 +170,10 @@ class Client:
             )
         return header
 
-    async def ls(self, prefix: str = "") -> dm.ListFilesReply:
-        return await self._call(dm.ListFiles(prefix), dm.ListFilesReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)
+    async def ls(self, prefix: str = "", after: str = "", limit: int = dm.FILES_PER_LIST_MAX) -> dm.ListFilesReply:
+        """One page of at most ``limit`` files with ``prefix``, after the name ``after``."""
+        return await self._call(dm.ListFiles(prefix, after, limit), dm.ListFilesReply,
+                                timeout_s=CLUSTER_REQUEST_TIMEOUT_S)
 
     async def rm(self, name: str) -> dm.RemoveFileReply:
         return await self._call(dm.RemoveFile(name), dm.RemoveFileReply, timeout_s=CLUSTER_REQUEST_TIMEOUT_S)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import trio
 
 from p2pfs import client
 from p2pfs.client.failover import LocalPath, Name
+from p2pfs.client.listing import LS_PAGE_FILES_MAX, Pager
 from p2pfs.client.settings import Nodes
 
 
@@ -40,8 +41,17 @@ class Cluster:
     def get_tree(self, prefix: Name, directory: LocalPath, *, force: bool = False) -> Any:
         return self._run(self.cluster.get_tree, prefix, directory, force=force)
 
-    def ls(self, prefix: Name = "") -> Any:
-        return self._run(self.cluster.ls, prefix)
+    def ls(self, prefix: Name = "", *, after: str = "", limit: int = LS_PAGE_FILES_MAX) -> Any:
+        return self._run(self.cluster.ls, prefix, after=after, limit=limit)
+
+    def ls_pages(self, prefix: Name = "", *, after: str = "", limit: int | None = None,
+                 page_files: int = LS_PAGE_FILES_MAX) -> Iterator[Any]:
+        """Every page of the listing, one request (and one trio run) each."""
+        pager = Pager(after, limit, page_files)
+        while (request := pager.next()) is not None:
+            page = self.ls(prefix, after=request[0], limit=request[1])
+            pager.got(page)
+            yield page
 
     def stat(self, name: Name) -> Any:
         return self._run(self.cluster.stat, name)

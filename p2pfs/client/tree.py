@@ -186,9 +186,13 @@ async def put_tree(cluster: "Cluster", directory: "LocalPath", prefix: "Name | N
 
 async def list_tree(cluster: "Cluster", prefix: str) -> tuple[list[tuple[str, int]], bool]:
     """The files (name, size) whose names start with ``prefix``, and whether the list is
-    known complete. The one place get_tree lists names."""
-    reply = await cluster.ls(prefix)
-    return [(f.name, f.size_bytes) for f in reply.files], reply.complete
+    known complete (every page was). The one place get_tree lists names."""
+    files: list[tuple[str, int]] = []
+    complete = True
+    async for page in cluster.ls_pages(prefix):
+        files.extend((f.name, f.size_bytes) for f in page.files)
+        complete = complete and page.complete
+    return files, complete
 
 
 def relative_path(name: str, prefix: str) -> str:

@@ -31,8 +31,8 @@ HAS_CHUNKS_IDS_MAX = 4096
 CHUNK_IDS_PER_MESSAGE_MAX = 65536
 # Name entries in one ListNames answer (replicas.LIST_PAGE_NAMES).
 NAMES_PER_PAGE_MAX = 1000
-# Files in one ls answer (service.LIST_NAMES_MAX).
-FILES_PER_LIST_MAX = 100_000
+# Files in one ls answer: one page (service.LS_PAGE_FILES_MAX).
+FILES_PER_LIST_MAX = 1000
 # Node ids in one list (replicas of a chunk, fsck's holders and unreachable
 # nodes): the largest member table a node shares in one push-pull.
 NODES_PER_MESSAGE_MAX = PUSH_PULL_MEMBERS_MAX

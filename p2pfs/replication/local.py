@@ -58,7 +58,7 @@ class LocalStore:
 
     def list_names(self, prefix: str, start_after: str, limit: int) -> list[NameEntry]:
         """Up to ``limit`` entries (tombstones too) after ``start_after``, in name order."""
-        found = (e for e in self.names.list(prefix, include_tombstones=True) if e.name > start_after)
+        found = self.names.list(prefix, include_tombstones=True, start_after=start_after)
         return list(itertools.islice(found, limit))
 
     def list_chunks(self, start_after: bytes, limit: int) -> tuple[list[bytes], list[bytes], bool]:

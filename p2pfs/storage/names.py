@@ -442,11 +442,13 @@ class NameIndex:
             self._drop_rows(conn, [(name_bytes, why)])
         raise NameIndexDamaged(f"the entry of {name!r} was damaged here ({why}); removed")
 
-    def list(self, prefix: str = "", include_tombstones: bool = False) -> Iterator[NameEntry]:
-        """Entries whose name starts with ``prefix``, in UTF-8 byte order; damaged rows skipped (and removed).
+    def list(self, prefix: str = "", include_tombstones: bool = False, start_after: str = "") -> Iterator[NameEntry]:
+        """Entries whose name starts with ``prefix``, in UTF-8 byte order, after ``start_after``;
+        damaged rows skipped (and removed).
 
         Fetched a page at a time, so entries written while iterating may or may not
-        appear, and no lock is held between pages.
+        appear, and no lock is held between pages. ``start_after`` starts the scan
+        there (an index seek), so a listing paged by name costs each page its own rows.
         """
         if type(prefix) is not str:
             raise BadName(f"a prefix must be a str, got {type(prefix).__name__}")
@@ -454,6 +456,8 @@ class NameIndex:
         # The smallest byte string after every string starting with `lower`: bump its
         # last byte (never 0xff in UTF-8, so no carry).
         upper = lower[:-1] + bytes([lower[-1] + 1]) if lower else _AFTER_ALL_NAMES
+        if start_after:
+            lower = max(lower, utf8(start_after) + b"\x00")  # the next byte string after it
         while True:
             with self._guarded() as conn:
                 rows = conn.execute(
