@@ -286,9 +286,14 @@ class Coordinator:
 
             buffer = bytearray()
             async for piece in pieces:
+                if not buffer and len(piece) == chunk_size and isinstance(piece, bytes):
+                    # A client sends chunk-sized pieces: pass them on as they are, since
+                    # going through the buffer would copy every byte twice.
+                    await dispatch(piece)
+                    continue
                 buffer += piece
                 while len(buffer) >= chunk_size:
-                    data = bytes(buffer[:chunk_size])
+                    data = bytes(memoryview(buffer)[:chunk_size])
                     del buffer[:chunk_size]
                     await dispatch(data)
             if buffer:

@@ -172,8 +172,10 @@ class Resumable:
                 piece = await anext(pieces, None)
                 if piece is None:
                     return None
+                if not buffer and len(piece) == size_bytes and isinstance(piece, bytes):
+                    return piece  # the client sends one piece per chunk: no copy through the buffer
                 buffer.extend(piece)
-            data = bytes(buffer[:size_bytes])
+            data = bytes(memoryview(buffer)[:size_bytes])
             del buffer[:size_bytes]
             return data
 
