@@ -268,7 +268,8 @@ class Coordinator:
             async def write_chunk(index: int, chunk_id: bytes, data: bytes) -> None:
                 try:
                     await self.replicate(
-                        chunk_id, f"chunk {index}", lambda r, t: r.store_chunk(chunk_id, data, t.hint_for)
+                        chunk_id, f"chunk {index}",
+                        lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
                     )
                 except QuorumError as exc:
                     failures.append(exc)

@@ -184,7 +184,8 @@ class Resumable:
             async def write_chunk(index: int, chunk_id: bytes, data: bytes) -> None:
                 try:
                     await coordinator.replicate(
-                        chunk_id, f"chunk {index}", lambda r, t: r.store_chunk(chunk_id, data, t.hint_for)
+                        chunk_id, f"chunk {index}",
+                        lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
                     )
                 except QuorumError as exc:
                     failures.append(exc)
