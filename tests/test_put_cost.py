@@ -8,6 +8,11 @@ wrong ids).
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import trio
 
@@ -140,3 +145,41 @@ def test_a_peer_is_sent_the_chunk_whether_or_not_this_node_hashed_it():
     data = b"y" * 1000
     trio.run(lambda: remote.store_chunk(chunk_id_of(data), data, "", hashed=True))
     assert sent == [dm.StoreChunk(chunk_id_of(data), data, "")]  # nothing about hashing crosses the wire
+
+
+# Chunk-sized buffers made and dropped 8 at a time (a window), on the main thread and two
+# workers, as a daemon does; prints the page faults it took.
+_CHURN = textwrap.dedent("""
+    import os, resource, sys, threading
+    if sys.argv[1] == "keep":
+        from p2pfs.replication.memory import keep_freed_buffers
+        assert keep_freed_buffers()
+
+    def churn():
+        for round in range(40):
+            window = [os.urandom(16) * (65536 + round) for _ in range(8)]
+            del window
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    churn()
+    workers = [threading.Thread(target=churn) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+def _churn_faults(mode: str) -> int:
+    done = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+def test_kept_buffers_spare_the_page_faults_of_fresh_ones():
+    fresh, kept = _churn_faults("fresh"), _churn_faults("keep")
+    # 120 windows of 8 MiB: about 256 faults per fresh 1 MiB buffer, a few per reused one.
+    assert fresh > 100_000
+    assert kept < fresh / 4
