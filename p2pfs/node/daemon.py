@@ -58,6 +58,7 @@ from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
 from p2pfs.node.limits import Throttle
 from p2pfs.node.trust import TrustService
+from p2pfs.replication.memory import keep_freed_buffers
 from p2pfs.replication.service import DataService
 from p2pfs.wire import Role
 
@@ -324,6 +325,7 @@ async def serve(cfg: NodeConfig, ident: Identity) -> None:
     """Run a node until SIGTERM or SIGINT (stop, stay a member) or a client's leave request
     (hand off, leave the cluster, exit). SIGHUP reloads the config."""
     leave = False
+    keep_freed_buffers()  # chunk-sized buffers reused, not faulted in afresh (p2pfs.replication.memory)
     with trio.open_signal_receiver(*STOP_SIGNALS, RELOAD_SIGNAL) as signals:
         async with trio.open_nursery() as nursery:
             node = Node(cfg, ident)

@@ -274,7 +274,8 @@ class Coordinator:
             async def write_chunk(index: int, chunk_id: bytes, data: bytes) -> None:
                 try:
                     await self.replicate(
-                        chunk_id, f"chunk {index}", lambda r, t: r.store_chunk(chunk_id, data, t.hint_for)
+                        chunk_id, f"chunk {index}",
+                        lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
                     )
                 except QuorumError as exc:
                     failures.append(exc)
@@ -293,9 +294,14 @@ class Coordinator:
             buffer = bytearray()
             try:
                 async for piece in pieces:
+                    if not buffer and len(piece) == chunk_size and isinstance(piece, bytes):
+                        # A client sends chunk-sized pieces: pass them on as they are, since
+                        # going through the buffer would copy every byte twice.
+                        await dispatch(piece)
+                        continue
                     buffer += piece
                     while len(buffer) >= chunk_size:
-                        data = bytes(buffer[:chunk_size])
+                        data = bytes(memoryview(buffer)[:chunk_size])
                         del buffer[:chunk_size]
                         await dispatch(data)
             except errors.P2pfsError as exc:

@@ -10,6 +10,7 @@ to "a replica" and never asks whether it is itself.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from typing import Awaitable, Callable
 
@@ -33,8 +34,9 @@ class LocalStore:
         # Chunks found corrupt here and not yet stored again: fsck reports them.
         self.corrupt_pending: set[bytes] = set()
 
-    def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str) -> None:
-        self.chunks.put(chunk_id, data)
+    def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str, *, hashed: bool = False) -> None:
+        """Write a chunk (``hashed``: see ``ChunkStore.put``) and the hint a stand-in keeps."""
+        self.chunks.put(chunk_id, data, hashed=hashed)
         self.corrupt_pending.discard(chunk_id)
         if hint_for:
             self.hints.add(hint_for, HintKind.CHUNK, chunk_id, self._clock.wall_ms())
@@ -84,9 +86,9 @@ class LocalReplica:
         self._local = local
         self._offload = offload
 
-    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "") -> None:
+    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "", *, hashed: bool = False) -> None:
         try:
-            await self._offload(self._local.store_chunk, chunk_id, data, hint_for)
+            await self._offload(functools.partial(self._local.store_chunk, hashed=hashed), chunk_id, data, hint_for)
         except StorageError as exc:
             raise LocalFailure(str(exc)) from exc
 

@@ -42,7 +42,9 @@ PAGES_PER_NODE_MAX = 1_000_000
 class Replica(Protocol):
     node_id: str
 
-    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "") -> None: ...
+    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "", *, hashed: bool = False) -> None:
+        """Store a chunk. ``hashed``: this process checked ``chunk_id`` against ``data``, which
+        spares this node's own store a second hash; a peer always hashes what it receives."""
     async def fetch_chunk(self, chunk_id: bytes) -> bytes: ...
     async def has_chunks(self, chunk_ids: tuple[bytes, ...]) -> tuple[bool, ...]: ...
     async def put_name(self, entry: NameEntry, hint_for: str = "") -> bool: ...
@@ -84,7 +86,8 @@ class RemoteReplica:
             raise BadReply(f"answered {type(msg).__name__} with {type(reply).__name__}")
         return reply
 
-    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "") -> None:
+    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "", *, hashed: bool = False) -> None:
+        # ``hashed`` does not cross the wire: the peer verifies every chunk it receives.
         await self._call(dm.StoreChunk(chunk_id, data, hint_for), dm.StoreChunkReply)
 
     async def fetch_chunk(self, chunk_id: bytes) -> bytes:

@@ -182,8 +182,10 @@ class Resumable:
                 piece = await anext(pieces, None)
                 if piece is None:
                     return None
+                if not buffer and len(piece) == size_bytes and isinstance(piece, bytes):
+                    return piece  # the client sends one piece per chunk: no copy through the buffer
                 buffer.extend(piece)
-            data = bytes(buffer[:size_bytes])
+            data = bytes(memoryview(buffer)[:size_bytes])
             del buffer[:size_bytes]
             return data
 
@@ -192,7 +194,8 @@ class Resumable:
             async def write_chunk(index: int, chunk_id: bytes, data: bytes) -> None:
                 try:
                     await coordinator.replicate(
-                        chunk_id, f"chunk {index}", lambda r, t: r.store_chunk(chunk_id, data, t.hint_for)
+                        chunk_id, f"chunk {index}",
+                        lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
                     )
                 except QuorumError as exc:
                     failures.append(exc)

@@ -143,11 +143,15 @@ class ChunkStore:
 
     # ---- operations -------------------------------------------------------------
 
-    def put(self, chunk_id: bytes, data: bytes | bytearray | memoryview) -> bool:
+    def put(self, chunk_id: bytes, data: bytes | bytearray | memoryview, *, hashed: bool = False) -> bool:
         """Store ``data`` under ``chunk_id``; True if newly written, False if already held.
 
         A copy already held is not re-read: ``get`` and ``verify`` catch a rotten one,
         which then counts as missing and is put again by repair.
+
+        ``hashed``: the caller, in this process, computed or checked ``chunk_id`` from
+        these very bytes (a coordinator hashes every chunk it receives), so hashing
+        them again here would only repeat it. Bytes from a peer never come with it.
 
         Raises ChunkMismatch if ``data`` does not hash to ``chunk_id`` and StorageFull
         if it does not fit (capacity or a full disk); either way nothing is left behind.
@@ -158,7 +162,7 @@ class ChunkStore:
         size_bytes = view.nbytes
         if not 1 <= size_bytes <= CHUNK_SIZE_BYTES_MAX:
             raise ValueError(f"a chunk is 1 to {CHUNK_SIZE_BYTES_MAX} bytes, got {size_bytes}")
-        if chunk_id_of(view) != chunk_id:
+        if not hashed and chunk_id_of(view) != chunk_id:
             raise ChunkMismatch(f"data does not hash to chunk {chunk_id.hex()}")
         with self._stripe(chunk_id):
             if path.exists():
