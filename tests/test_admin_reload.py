@@ -62,19 +62,19 @@ def test_reload_applies_level_and_format_and_names_what_needs_a_restart(tmp_path
     running = load_node_config(config_file)
     write_config(config_file, log_level="debug",
                  overrides={"admin": {"log_format": "json"}, "replication": {"repair_bytes_per_s": 1000},
-                            "net": {"connect_timeout_s": 7.0}})
+                            "membership": {"probe_interval_s": 2.0}})
     outcome = reload_config(running)
     now = outcome.config
     assert now.node.log_level == "debug" and now.admin.log_format == "json"
     assert now.replication.repair_bytes_per_s == 1000, "the repair cap changes at run time"
     assert observe.current_level() == "debug"
     assert now.replication.rf == running.replication.rf
-    assert now.net == running.net, "a value not applied must not be reported as in force"
+    assert now.membership == running.membership, "a value not applied must not be reported as in force"
     assert outcome.applied == ("[node] log_level", "[replication] repair_bytes_per_s", "[admin] log_format")
-    assert outcome.restart == ("[net] connect_timeout_s",)
+    assert outcome.restart == ("[membership] probe_interval_s",)
     lines = [json.loads(line) for line in captured.getvalue().strip().splitlines() if line.startswith("{")]
     warning = next(line for line in lines if line["level"] == "WARNING")
-    assert "[net] connect_timeout_s" in warning["message"]
+    assert "[membership] probe_interval_s" in warning["message"]
 
 
 def test_a_broken_file_on_reload_keeps_the_running_config(tmp_path, captured):

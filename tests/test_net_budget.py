@@ -40,6 +40,32 @@ async def test_the_budget_gives_what_it_has_and_makes_the_rest_wait():
     assert budget.available_bytes == 100
 
 
+async def test_a_resized_budget_lets_waiting_readers_in_or_holds_new_ones_back():
+    budget = MemoryBudget(100)
+    await budget.take(80)
+    got: list[int] = []
+
+    async def take(size_bytes: int) -> None:
+        await budget.take(size_bytes)
+        got.append(size_bytes)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, 50)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        budget.resize(200)  # a reload with a larger budget: the waiting reader goes in
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [50] and budget.used_bytes == 130
+    budget.resize(100)  # smaller than what is buffered: new readers wait for it to drain
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [50]
+        budget.give_back(50)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [50, 10] and budget.used_bytes == 90
+
+
 async def test_a_wait_given_up_takes_nothing_and_lets_the_next_through():
     budget = MemoryBudget(100)
     await budget.take(90)

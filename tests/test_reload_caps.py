@@ -60,8 +60,9 @@ def test_a_changed_cap_takes_effect_without_a_restart_and_a_bad_file_keeps_the_o
                  timeout_s=30, what="the client cap to change on SIGHUP")
         found = samples(page)
         assert value(found, "p2pfs_repair_limit_bytes_per_second") == REPAIR_CAP_BYTES_PER_S
-        assert status_json(page)["limits"] == {"client_bytes_per_s": CAP_BYTES_PER_S,
-                                               "repair_bytes_per_s": REPAIR_CAP_BYTES_PER_S}
+        limits = status_json(page)["limits"]
+        assert (limits["client_bytes_per_s"], limits["repair_bytes_per_s"]) == (CAP_BYTES_PER_S,
+                                                                                REPAIR_CAP_BYTES_PER_S)
         elapsed_s = timed_get(net, "f.bin", tmp_path / "slow.bin")
         assert (tmp_path / "slow.bin").read_bytes() == data
         assert elapsed_s >= CAPPED_GET_S_MIN, f"a capped get of 1 MiB took {elapsed_s:.2f} s"
@@ -93,3 +94,12 @@ def test_a_changed_cap_takes_effect_without_a_restart_and_a_bad_file_keeps_the_o
         code, body = http_post(page + "api/reload")
         assert code == 200 and json.loads(body)["applied"] == ["[replication] client_bytes_per_s"], body
         assert value(samples(page), "p2pfs_client_limit_bytes_per_second") == 0
+
+        # The net limits too: the memory budget for peers' input changes at once.
+        assert value(samples(page), "p2pfs_net_memory_budget_bytes") == 256 * 1024 * 1024
+        set_replication_option(config, "memory_budget_bytes", '"64MiB"')
+        code, body = http_post(page + "api/reload")
+        assert code == 200 and json.loads(body)["applied"] == ["[net] memory_budget_bytes"], body
+        assert value(samples(page), "p2pfs_net_memory_budget_bytes") == 64 * 1024 * 1024
+        assert status_json(page)["limits"]["memory_budget_bytes"] == 64 * 1024 * 1024
+        assert net.status()["node1"].pid == node1.pid, "no restart"

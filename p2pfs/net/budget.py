@@ -82,6 +82,13 @@ class MemoryBudget:
         self.used_bytes -= size_bytes
         self._grant_waiting()
 
+    def resize(self, size_bytes: int) -> None:
+        """A new budget (a reload): more room lets waiting readers in at once; less makes
+        new readers wait until what is buffered beyond it has been given back."""
+        assert size_bytes > 0, size_bytes
+        self.size_bytes = size_bytes
+        self._grant_waiting()
+
     def _add(self, size_bytes: int) -> None:
         self.used_bytes += size_bytes
         self.used_bytes_peak = max(self.used_bytes_peak, self.used_bytes)

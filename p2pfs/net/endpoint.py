@@ -113,6 +113,13 @@ class Endpoint:
     def identity(self) -> Identity:
         return self.trust.identity
 
+    def reconfigure(self, config: NetConfig) -> None:
+        """New net settings (a reload): the memory budget changes at once; timeouts and
+        back-off apply to the handshakes and connections made from now on (a connection
+        keeps the settings it was made with)."""
+        self.config = config
+        self.limits.memory.resize(config.memory_budget_bytes)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled. Raises OSError (e.g. EADDRINUSE) before ``started``."""
         listeners = await trio.open_tcp_listeners(self.listen.port, host=self.listen.host)

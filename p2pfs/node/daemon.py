@@ -230,6 +230,7 @@ class Node:
         outcome = reload_config(self.cfg)
         self.cfg = outcome.config
         self.client_limit.set_rate(self.cfg.replication.client_bytes_per_s)
+        self.endpoint.reconfigure(self.cfg.net)
         if self.data.repair_pacer is not None:
             self.data.repair_pacer.set_rate(self.cfg.replication.repair_bytes_per_s)
         with contextlib.suppress(IdentityError):  # logged; the running identity stays

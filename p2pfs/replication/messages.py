@@ -619,7 +619,7 @@ def is_held(bitmap: bytes, index: int) -> bool:
     return index // 8 < len(bitmap) and bool(bitmap[index // 8] & (1 << (index % 8)))
 
 
-@wire.message(76, senders=CLIENT)
+@wire.message(76, senders=CLIENT, takes_body=True)
 class PutFileKnown(wire.Message):
     """Store a file the client cut into chunks itself: ``manifest`` lists every chunk;
     the body carries, in order, the chunks whose bit in ``held`` (bit i of byte i // 8,

@@ -273,6 +273,11 @@ class NodeCollector:
                      "([replication] client_bytes_per_s; 0: none).", node.client_limit.rate_bytes_per_s)
         yield _counter("p2pfs_client_throttled_seconds", "Seconds client transfers were held back by the cap "
                        "(summed over transfers).", node.client_limit.waited_s)
+        memory = node.endpoint.limits.memory
+        yield _gauge("p2pfs_net_memory_budget_bytes", "Bytes of peers' input this node may buffer "
+                     "([net] memory_budget_bytes).", memory.size_bytes)
+        yield _gauge("p2pfs_net_memory_buffered_bytes", "Bytes of peers' input buffered now, against the budget.",
+                     memory.used_bytes)
         if node.data.repair_pacer is not None:
             yield _gauge("p2pfs_repair_limit_bytes_per_second", "Cap on repair traffic "
                          "([replication] repair_bytes_per_s).", node.data.repair_pacer.rate_bytes_per_s)

@@ -1,9 +1,10 @@
 """Reloading a node's config file (SIGHUP, or ``POST /api/reload``): apply what can change at
 run time, name the rest.
 
-What changes at once: ``[node] log_level``, ``[admin] log_format``, and the bandwidth caps
+What changes at once: ``[node] log_level``, ``[admin] log_format``, the bandwidth caps
 ``[replication] repair_bytes_per_s`` and ``client_bytes_per_s`` (the node hands the new
-rates to its limiters). Every other option is read once, by the room that owns it, when
+rates to its limiters), and the ``[net]`` limits (the memory budget at once; timeouts and
+back-off for the handshakes and connections made after the reload). Every other option is read once, by the room that owns it, when
 the node starts; a reload that changes one logs that it takes effect at the next restart
 rather than pretending.
 """
@@ -15,6 +16,7 @@ import logging
 
 from p2pfs import observe
 from p2pfs.errors import ConfigError
+from p2pfs.net.config import NetConfig
 from p2pfs.node.config import SECTIONS, NodeConfig, load_node_config
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ RELOADABLE = frozenset({
     ("admin", "log_format"),
     ("replication", "repair_bytes_per_s"),
     ("replication", "client_bytes_per_s"),
+    *(("net", field.name) for field in dataclasses.fields(NetConfig)),
 })
 
 

@@ -131,6 +131,7 @@ def status_document(node: Node, events: MembershipEvents, peers: PeerUsage) -> d
         "limits": {
             "client_bytes_per_s": node.client_limit.rate_bytes_per_s,
             "repair_bytes_per_s": node.cfg.replication.repair_bytes_per_s,
+            "memory_budget_bytes": node.endpoint.limits.memory.size_bytes,
         },
         "events": [
             {"at_ms": e.at_ms, "node_id": e.node_id, "address": e.address, "before": e.before, "after": e.after}
