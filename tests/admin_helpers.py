@@ -43,12 +43,12 @@ def value(found: dict, name: str, **labels) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def http_post(url: str, token: str | None = None) -> tuple[int, bytes]:
+def http_post(url: str, token: str | None = None, context=None) -> tuple[int, bytes]:
     """POST with an empty body (the admin listener's actions take their arguments in the query)."""
     request = urllib.request.Request(url, data=b"", method="POST",
                                      headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -16,7 +16,7 @@ from p2pfs.address import Address
 from p2pfs.errors import ConfigError
 from p2pfs.config import load_section
 
-from admin_helpers import http_get, samples, status_json, value
+from admin_helpers import http_post, http_get, samples, status_json, value
 from testnet_helpers import running_testnet, wait_for
 
 pytestmark = pytest.mark.integration
@@ -195,6 +195,10 @@ def test_with_client_certificates_only_the_clusters_certificates_get_in(tmp_path
             http_get(page + "health", context=trusted)
         trusted.load_cert_chain(str(client.cert_path), str(client.key_path))
         assert http_get(page + "health", context=trusted) == (200, b"ok\n")
+        # Its role is not checked here, so a certificate reads but does not change the node.
+        code, body = http_post(page + "api/log-level?level=debug", context=trusted)
+        assert code == 403 and b"token_file" in body, body
+        assert http_post(page + "api/reload", context=trusted)[0] == 403
 
         stranger_ca = identity.init_ca(tmp_path / "other-ca")
         stranger = identity.create_identity(tmp_path / "stranger", stranger_ca, identity.Role.CLIENT)

@@ -17,7 +17,8 @@ Routes (GET unless noted):
 
 Anything else is 404. With a token configured, every route needs
 ``Authorization: Bearer TOKEN`` (the page takes it once as ``?token=`` and keeps
-it in the browser's session storage).
+it in the browser's session storage). With client certificates and no token, the
+POST routes are refused: any cluster certificate, whatever its role, passes TLS.
 """
 
 from __future__ import annotations
@@ -151,6 +152,12 @@ class AdminService:
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode())
         if self._token is not None and not self._authorised(scope, query):
             return 401, "text/plain", b"missing or wrong bearer token\n"
+        if method == "POST" and self._token is None and self._node.cfg.admin.client_certificates:
+            # Any certificate of the cluster passes the TLS check here, whatever its role
+            # (Hypercorn does not hand the certificate to the app): reading, yes; changing
+            # the node needs the token, or `p2pfs reload` with an admin key.
+            return 403, "text/plain", (b"changing the node through the admin listener needs [admin] token_file "
+                                       b"when it is reached with client certificates; or use `p2pfs reload`\n")
         if path == "/api/log-level" and method == "POST":
             return self._set_log_level(query)
         if path == "/api/reload" and method == "POST":
