@@ -104,6 +104,36 @@ class _Slot:
 WriteFn = Callable[[Replica, Target], Awaitable[object]]
 
 
+class ChunkWrites:
+    """The chunks of one put being written at quorum, at most ``put_window_chunks`` at a time.
+
+    The first chunk short of its quorum is kept in ``failures`` and ends the put (by
+    cancelling its nursery), so the caller raises it past the nursery, not a group.
+    """
+
+    def __init__(self, coordinator: Coordinator, nursery: trio.Nursery) -> None:
+        self._coordinator = coordinator
+        self._nursery = nursery
+        self._window = trio.Semaphore(coordinator.config.put_window_chunks)
+        self.failures: list[QuorumError] = []
+
+    async def start(self, index: int, chunk_id: bytes, data: bytes) -> None:
+        """Start writing chunk ``index`` once the window has room (the chunk's id is checked)."""
+        await self._window.acquire()
+        self._nursery.start_soon(self._write, index, chunk_id, data)
+
+    async def _write(self, index: int, chunk_id: bytes, data: bytes) -> None:
+        try:
+            await self._coordinator.replicate(
+                chunk_id, f"chunk {index}", lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
+            )
+        except QuorumError as exc:
+            self.failures.append(exc)
+            self._nursery.cancel_scope.cancel()
+        finally:
+            self._window.release()
+
+
 class Coordinator:
     def __init__(
         self, *, node_id: str, config: ReplicationConfig, view: RingView, replicas: Replicas,
@@ -258,8 +288,6 @@ class Coordinator:
         chunk_size = self.config.chunk_size_bytes
         builder = ManifestBuilder(chunk_size)
         hasher = FileHasher()
-        window = trio.Semaphore(self.config.put_window_chunks)
-        failures: list[QuorumError] = []
         # The client's stream failing (it went away, stalled, or sent too much) is raised past the
         # nursery, so the caller sees that error rather than a group around it (which the transport
         # would have to take for a fault of this node).
@@ -270,26 +298,13 @@ class Coordinator:
             return chunk_id_of(data)
 
         async with trio.open_nursery() as nursery:
-
-            async def write_chunk(index: int, chunk_id: bytes, data: bytes) -> None:
-                try:
-                    await self.replicate(
-                        chunk_id, f"chunk {index}",
-                        lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
-                    )
-                except QuorumError as exc:
-                    failures.append(exc)
-                    nursery.cancel_scope.cancel()
-                finally:
-                    window.release()
-
+            writes = ChunkWrites(self, nursery)
             chunk_indexes = itertools.count()
 
             async def dispatch(data: bytes) -> None:
                 chunk_id = await self._offload(hash_chunk, data)
                 builder.add(chunk_id, len(data))
-                await window.acquire()
-                nursery.start_soon(write_chunk, next(chunk_indexes), chunk_id, data)
+                await writes.start(next(chunk_indexes), chunk_id, data)
 
             buffer = bytearray()
             try:
@@ -310,8 +325,8 @@ class Coordinator:
             else:
                 if buffer:
                     await dispatch(bytes(buffer))
-        if failures:
-            raise failures[0]
+        if writes.failures:
+            raise writes.failures[0]
         if stream_error is not None:
             raise stream_error
         if size_bytes >= 0 and hasher.size_bytes != size_bytes:

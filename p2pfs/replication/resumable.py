@@ -29,11 +29,11 @@ from typing import AsyncIterable, Awaitable, Callable
 
 import trio
 
-from p2pfs import net, wire
+from p2pfs import errors, net, wire
 from p2pfs.access import Operation
 from p2pfs.net.access import authorize
 from p2pfs.replication import messages as dm
-from p2pfs.replication.coordinator import Coordinator
+from p2pfs.replication.coordinator import ChunkWrites, Coordinator
 from p2pfs.replication.errors import ReplicaError
 from p2pfs.replication.handlers import HAS_CHUNKS_MAX
 from p2pfs.replication.local import Offload
@@ -170,10 +170,9 @@ class Resumable:
 
         Errors are raised past the nursery, so that the route sees them, not a group around them.
         """
-        coordinator = self._coordinator
-        window = trio.Semaphore(coordinator.config.put_window_chunks)
-        failures: list[QuorumError] = []
         refused: list[str] = []
+        # The client's stream failing is raised past the nursery, as in Coordinator.put.
+        stream_error: errors.P2pfsError | None = None
         pieces = body.__aiter__()
         buffer = bytearray()
 
@@ -190,23 +189,16 @@ class Resumable:
             return data
 
         async with trio.open_nursery() as nursery:
-
-            async def write_chunk(index: int, chunk_id: bytes, data: bytes) -> None:
-                try:
-                    await coordinator.replicate(
-                        chunk_id, f"chunk {index}",
-                        lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
-                    )
-                except QuorumError as exc:
-                    failures.append(exc)
-                    nursery.cancel_scope.cancel()
-                finally:
-                    window.release()
-
+            writes = ChunkWrites(self._coordinator, nursery)
             for index, ref in enumerate(given.chunks):
                 if dm.is_held(held, index):
                     continue
-                data = await take(ref.size_bytes)
+                try:
+                    data = await take(ref.size_bytes)
+                except errors.P2pfsError as exc:
+                    stream_error = exc
+                    nursery.cancel_scope.cancel()
+                    break
                 if data is None:
                     refused.append("the body ended before the last chunk it should carry")
                 elif await self._offload(chunk_id_of, data) != ref.chunk_id:
@@ -214,12 +206,16 @@ class Resumable:
                 if refused:
                     nursery.cancel_scope.cancel()
                     break
-                await window.acquire()
-                nursery.start_soon(write_chunk, index, ref.chunk_id, data)
+                await writes.start(index, ref.chunk_id, data)
             else:
-                if buffer or await anext(pieces, None) is not None:
-                    refused.append("the body carries more than the manifest lists")
+                try:
+                    if buffer or await anext(pieces, None) is not None:
+                        refused.append("the body carries more than the manifest lists")
+                except errors.P2pfsError as exc:
+                    stream_error = exc
         if refused:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, refused[0])
-        if failures:
-            raise failures[0]
+        if writes.failures:
+            raise writes.failures[0]
+        if stream_error is not None:
+            raise stream_error
