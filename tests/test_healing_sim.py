@@ -232,3 +232,52 @@ def test_a_stand_in_that_knows_nothing_does_not_make_a_read_absent(tmp_path):
     except BaseException:
         print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
         raise
+
+
+async def unservable_chunk_scenario(root, seed: int) -> None:
+    """A peer that lists a chunk it then cannot serve (corrupt on its disk) must not stop the
+    rest of the exchange (found by the chaos suite, seed 30: a name stayed under-replicated)."""
+    rng = random.Random(seed)
+    network = SimNetwork(random.Random(rng.getrandbits(64)))
+    quiet = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0,
+                                anti_entropy_interval_s=10_000.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(network.run)
+        cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, quiet)
+        seeds = (sim_address(1),)
+        for index in range(1, 4):
+            await cluster.start(index, seeds)
+        assert await wait_until(lambda: all(len(n.membership.members()) == 3 for n in cluster.running()),
+                                timeout_s=60, poll_s=0.5) is not None
+        first, second, third = cluster.running()
+
+        async def pieces(data: bytes):
+            yield data
+
+        await first.data.put("a", pieces(b"bytes all three hold"), 20)  # what the third shares
+        # The third node is down while "b" is written: it lacks both the name and its chunk.
+        cluster.crash(third)
+        await first.data.put("b", pieces(b"bytes only the others hold"), 26)
+        third = await cluster.start(third.index, seeds)
+        assert await wait_until(lambda: all(len([m for m in n.membership.members() if m.state.name == "ALIVE"]) == 3
+                                            for n in cluster.running()), timeout_s=60, poll_s=0.5) is not None
+        assert third.data.local.names.get("b") is None
+        # The second holds a rotten copy of the chunk (it lists it, a fetch finds it corrupt),
+        # and the first, the one good copy, is unreachable for this round.
+        chunk_id = (await first.data.read_name("b")).manifest.chunks[0].chunk_id
+        path = second.data.local.chunks._path(chunk_id)
+        path.write_bytes(bytes([path.read_bytes()[0] ^ 0xFF]) + path.read_bytes()[1:])
+        network.pause(first.address)
+        await third.data._anti_entropy.round()
+        entry = third.data.local.names.get("b")
+        assert entry is not None and entry.manifest is not None, "the name came with the exchange"
+        nursery.cancel_scope.cancel()
+
+
+def test_a_chunk_a_peer_cannot_serve_does_not_stop_the_exchange(tmp_path):
+    seed = sim_seed(31)
+    try:
+        run_simulation(unservable_chunk_scenario, tmp_path, seed, seed=seed)
+    except BaseException:
+        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
+        raise

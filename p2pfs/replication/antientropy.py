@@ -27,7 +27,7 @@ from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
 from p2pfs.replication.background import RepairPacer
 from p2pfs.replication.config import ReplicationConfig
-from p2pfs.replication.errors import ReplicaError
+from p2pfs.replication.errors import ReplicaError, ReplicaLacks
 from p2pfs.replication.handoff import Pusher
 from p2pfs.replication.healing import bucket_digests, bucket_of, by_bucket, differing_buckets, name_item, shared_keys
 from p2pfs.replication.local import LocalStore, Offload
@@ -179,7 +179,17 @@ class AntiEntropy:
                     left -= 1
                     self.queued_chunks -= 1
                 for chunk_id in to_pull:
-                    data = await remote.fetch_chunk(chunk_id)
+                    try:
+                        data = await remote.fetch_chunk(chunk_id)
+                    except ReplicaLacks as exc:
+                        # Listed, but gone since (collected, or quarantined as corrupt when read):
+                        # another replica or a later round supplies it; the rest of the exchange,
+                        # names included, goes on.
+                        log.info("anti-entropy: %s no longer holds chunk %s: %s", short_id(peer),
+                                 chunk_id.hex()[:16], exc)
+                        left -= 1
+                        self.queued_chunks -= 1
+                        continue
                     await self._pacer.pace(len(data))
                     await self._replicas.local.store_chunk(chunk_id, data)
                     self.received_bytes += len(data)
