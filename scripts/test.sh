@@ -25,6 +25,4 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             || echo "could not install ${missing[*]}; the tests that need them will skip" >&2
     fi
 fi
-# Two workers, each taking whole files (a file's module fixtures, such as its test
-# network, stay shared): most tests wait on daemons, so two fit on two cores.
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${P2PFS_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
