@@ -177,21 +177,39 @@ def test_random_faults_then_quiet_leave_every_file_on_exactly_its_rf_preference_
         raise
 
 
+# The scenarios below stage one exchange by hand: no hint delivery or anti-entropy round may
+# run on its own and repair what they set up.
+QUIET = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0, anti_entropy_interval_s=10_000.0)
+QUIET_SEEDS = (sim_address(1),)
+
+
+async def all_alive(cluster: DataCluster, nodes: int) -> None:
+    """Wait (simulated time) until every running node sees ``nodes`` members alive."""
+    took_s = await wait_until(
+        lambda: all(len([m for m in n.membership.members() if m.state.name == "ALIVE"]) == nodes
+                    for n in cluster.running()),
+        timeout_s=60, poll_s=0.5,
+    )
+    assert took_s is not None, f"the {nodes} nodes did not all see each other alive"
+
+
+async def quiet_cluster(nursery: trio.Nursery, root, seed: int, *, nodes: int) -> tuple[SimNetwork, DataCluster]:
+    """``nodes`` simulated nodes with ``QUIET`` replication, started and all alive to each other."""
+    rng = random.Random(seed)
+    network = SimNetwork(random.Random(rng.getrandbits(64)))
+    await nursery.start(network.run)
+    cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, QUIET)
+    for index in range(1, nodes + 1):
+        await cluster.start(index, QUIET_SEEDS)
+    await all_alive(cluster, nodes)
+    return network, cluster
+
+
 async def stand_in_scenario(root, seed: int) -> None:
     """A stand-in's "nothing here" must not outvote the preferred replicas (found by the
     chaos suite, seed 30: a read right after a partition healed answered "absent")."""
-    rng = random.Random(seed)
-    network = SimNetwork(random.Random(rng.getrandbits(64)))
-    quiet = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0,
-                                anti_entropy_interval_s=10_000.0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(network.run)
-        cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, quiet)
-        seeds = (sim_address(1),)
-        for index in range(1, 6):
-            await cluster.start(index, seeds)
-        assert await wait_until(lambda: all(len(n.membership.members()) == 5 for n in cluster.running()),
-                                timeout_s=60, poll_s=0.5) is not None
+        network, cluster = await quiet_cluster(nursery, root, seed, nodes=5)
         ring = cluster.nodes[1].data.ring()
         preferred = ring.preference_list(name_key("x"), 3)
         fallbacks = ring.fallback_list(name_key("x"), 3)
@@ -204,9 +222,8 @@ async def stand_in_scenario(root, seed: int) -> None:
             yield b"payload"
 
         await writer.data.put("x", pieces(), 7)
-        p2 = await cluster.start(p2.index, seeds)  # back, without the write (no hint delivered yet)
-        assert await wait_until(lambda: all(len([m for m in n.membership.members() if m.state.name == "ALIVE"]) == 5
-                                            for n in cluster.running()), timeout_s=60, poll_s=0.5) is not None
+        p2 = await cluster.start(p2.index, QUIET_SEEDS)  # back, without the write (no hint delivered yet)
+        await all_alive(cluster, 5)
         assert p2.data.names.get("x") is None
         # The reader has p0 and the writer (which holds the write under a hint) in back-off: it
         # asks itself (a stand-in, empty) instead, p1 and p2. p1, the one replica asked that
@@ -219,7 +236,7 @@ async def stand_in_scenario(root, seed: int) -> None:
         with pytest.raises(QuorumError):
             await reader.data.read_name("x")
         network.resume(p1.address)
-        await trio.sleep(quiet.replica_backoff_s)  # simulated time: the back-offs expire
+        await trio.sleep(QUIET.replica_backoff_s)  # simulated time: the back-offs expire
         entry = await reader.data.read_name("x")
         assert entry is not None and entry.manifest is not None and entry.manifest.size_bytes == 7
         nursery.cancel_scope.cancel()
@@ -237,18 +254,8 @@ def test_a_stand_in_that_knows_nothing_does_not_make_a_read_absent(tmp_path):
 async def unservable_chunk_scenario(root, seed: int) -> None:
     """A peer that lists a chunk it then cannot serve (corrupt on its disk) must not stop the
     rest of the exchange (found by the chaos suite, seed 30: a name stayed under-replicated)."""
-    rng = random.Random(seed)
-    network = SimNetwork(random.Random(rng.getrandbits(64)))
-    quiet = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0,
-                                anti_entropy_interval_s=10_000.0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(network.run)
-        cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, quiet)
-        seeds = (sim_address(1),)
-        for index in range(1, 4):
-            await cluster.start(index, seeds)
-        assert await wait_until(lambda: all(len(n.membership.members()) == 3 for n in cluster.running()),
-                                timeout_s=60, poll_s=0.5) is not None
+        network, cluster = await quiet_cluster(nursery, root, seed, nodes=3)
         first, second, third = cluster.running()
 
         async def pieces(data: bytes):
@@ -258,9 +265,8 @@ async def unservable_chunk_scenario(root, seed: int) -> None:
         # The third node is down while "b" is written: it lacks both the name and its chunk.
         cluster.crash(third)
         await first.data.put("b", pieces(b"bytes only the others hold"), 26)
-        third = await cluster.start(third.index, seeds)
-        assert await wait_until(lambda: all(len([m for m in n.membership.members() if m.state.name == "ALIVE"]) == 3
-                                            for n in cluster.running()), timeout_s=60, poll_s=0.5) is not None
+        third = await cluster.start(third.index, QUIET_SEEDS)
+        await all_alive(cluster, 3)
         assert third.data.local.names.get("b") is None
         # The second holds a rotten copy of the chunk (it lists it, a fetch finds it corrupt),
         # and the first, the one good copy, is unreachable for this round.
