@@ -43,8 +43,10 @@ class Net:
         return env
 
     def cli(self, *args: str, node: str = "node1", check: bool = True, stdin: bytes | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "p2pfs", "--node", self.address(node), *args]
+            cwd: Path | None = None, identity_dir: Path | None = None) -> subprocess.CompletedProcess:
+        """Run ``p2pfs --node NODE ARGS`` as the network's admin client, or as ``identity_dir``'s."""
+        as_client = ["--identity", str(identity_dir)] if identity_dir is not None else []
+        command = [sys.executable, "-m", "p2pfs", *as_client, "--node", self.address(node), *args]
         result = subprocess.run(command, input=stdin, capture_output=True, env=self.env(),
                                 timeout=CLI_TIMEOUT_S, cwd=cwd)
         if check and result.returncode != 0:
@@ -55,6 +57,15 @@ class Net:
 
     def json(self, *args: str, node: str = "node1") -> object:
         return json.loads(self.cli(*args, "--json", node=node).stdout)
+
+    def new_client(self, directory: Path, *options: str) -> identity.Identity:
+        """A client identity signed by this network's CA, made as an operator does (``p2pfs client
+        init``, e.g. with ``--role write``); the node id it prints is the one it saved."""
+        made = self.cli("client", "init", str(directory), "--ca", str(self.directory / testnet.CA_DIR), *options,
+                        "--json")
+        client = identity.load_identity(directory)
+        assert json.loads(made.stdout)["node_id"] == client.node_id
+        return client
 
     def cli_async(self, *args: str, node: str = "node1") -> subprocess.Popen:
         command = [sys.executable, "-m", "p2pfs", "--node", self.address(node), *args]
