@@ -9,6 +9,7 @@
   keeps once it has carried data (``TLS_BUFFER_BYTES_PER_CONNECTION``), and
   come back to within ``RSS_RETURN_MARGIN_BYTES`` of the idle size once the
   connections are gone (the node gives its free heap back: ``net/heap.py``).
+  Meanwhile the node writes fewer than 100 log lines a minute, none at ERROR.
   The node's get prefetch is not input and not in the budget: the test keeps it
   small ([replication] get_window_chunks) so that what is measured is input.
 * Logs: 512 puts that announce a body and never send it (the node gives up on
@@ -215,6 +216,9 @@ def test_abusive_connections_stay_within_the_memory_budget(tmp_path):
             for stream in [*partial, unread, stalled]:
                 await trio.aclose_forcefully(stream)
 
+        log_file = tmp_path / "net" / "node1" / testnet.LOG_FILE
+        log_size_before = log_file.stat().st_size
+        started = time.monotonic()
         trio.run(main)
         idle, peak = samples["idle"], samples["peak"]
         connections = PARTIAL_FRAME_CONNECTIONS + 2
@@ -227,6 +231,15 @@ def test_abusive_connections_stay_within_the_memory_budget(tmp_path):
         wait_for(lambda: _rss_bytes(node.pid) <= back_bytes, timeout_s=RSS_RETURN_TIMEOUT_S,
                  what=f"RSS back within {back_bytes / MIB:.0f} MiB (idle {idle / MIB:.0f} MiB) once the "
                  f"connections closed, from a peak of {peak / MIB:.0f} MiB")
+        # What the node wrote meanwhile: the peer's faults (partial frames timed out, bodies
+        # refused, a get without credit), one collapsed WARNING per kind per interval.
+        elapsed_min = max(1.0, (time.monotonic() - started) / 60)
+        with log_file.open("rb") as log:
+            log.seek(log_size_before)
+            lines = log.read().decode(errors="replace").splitlines()
+        text = "\n".join(lines)
+        assert "Traceback" not in text and not [line for line in lines if " ERROR " in line], text[-4000:]
+        assert len(lines) / elapsed_min < LOG_LINES_PER_MINUTE_MAX, f"{len(lines)} lines:\n" + text[-4000:]
 
 
 def _access_log_line(line: str) -> bool:
