@@ -9,11 +9,12 @@ shipper, with the fields a query filters on::
 
     {"time": "2026-11-25T13:42:49.123Z", "level": "INFO", "node": "2fb11f969eff",
      "logger": "p2pfs.net", "event": "rejected %s: %s", "message": "rejected 127.0.0.1:4242: ...",
-     "peer": "...", "operation": "...", "name": "...", "client_id": "...", "duration_s": 0.012}
+     "peer": "...", "operation": "...", "name": "...", "client_id": "...", "outcome": "ok",
+     "duration_s": 0.012}
 
 ``event`` is the message before its arguments are filled in: the same for every
 occurrence of an event, so it groups and counts without parsing the message.
-``peer``, ``operation``, ``name``, ``client_id`` and ``duration_s`` appear when
+``peer``, ``operation``, ``name``, ``client_id``, ``outcome`` and ``duration_s`` appear when
 the call passes them (``log.info(..., extra={"peer": ...})``; a file's name is
 passed as ``file_name``, because ``LogRecord`` keeps ``name`` for the logger).
 
