@@ -23,6 +23,7 @@ from p2pfs.cli import ExitCode
 from p2pfs.client import blocking
 from p2pfs.client.attempts import FAILOVER_ATTEMPTS_MAX, FAILOVER_WINDOW_S, Attempts, nodes_to_try
 from p2pfs.client.faults import NodeUnreachable
+from p2pfs.client.members import load_members
 from p2pfs.net.trust import TrustStore
 from p2pfs.node import messages as nm
 from p2pfs.wire import ErrorCode, Role
@@ -184,11 +185,13 @@ async def test_the_driver_asks_answers_fails_over_and_keeps_its_deadline(authori
     node_ident, address = await started_node(authority, tmp_path, nursery)
     client_ident = identity.create_identity(tmp_path / "client", authority, Role.CLIENT)
     dead = parse_address(refused_address())
-    cluster = blocking.Cluster(client_ident, [dead, address], config=FAST)
+    cluster = blocking.Cluster(client_ident, [dead, address], remember_in=client_ident.directory, config=FAST)
 
     assert await trio.to_thread.run_sync(cluster.members) == []
     assert (cluster.last_node, cluster.last_node_id) == (address, node_ident.node_id)
     assert len(cluster.passed_over) == 1 and str(dead) in cluster.passed_over[0]
+    # With none remembered, the member list was asked for next, on the same connection.
+    assert load_members(client_ident.directory).addresses == ()
     with pytest.raises(errors.NotFound, match="no such thing here"):
         await trio.to_thread.run_sync(cluster.stat, "x")
 

@@ -41,7 +41,8 @@ from p2pfs.client.faults import check_client_identity, library_errors
 from p2pfs.client.listing import LS_PAGE_FILES_MAX, Pager, check_page_files
 from p2pfs.client.members import RememberedMembers, load_members, refresh_due, remember
 from p2pfs.client.naming import Name, cluster_name
-from p2pfs.identity import Identity, PeerIdentity
+from p2pfs.client.settings import Nodes, identity_directory, node_addresses
+from p2pfs.identity import Identity, PeerIdentity, load_identity
 from p2pfs.net import mux as m
 from p2pfs.net.config import HELLO_FRAME_BYTES_MAX, NetConfig
 from p2pfs.net.errors import ConnectError, ConnectionClosed, HandshakeError, ProtocolViolation, RequestTimeout
@@ -136,14 +137,18 @@ class Connection:
         answer, RemoteError, ConnectionClosed (the peer broke the protocol or went away)."""
         stream_id, frame = self._mux.start_request(msg, with_body=False)
         self._send(frame)
-        deadline_s = time.monotonic() + timeout_s
+        answer = self._answer(stream_id, time.monotonic() + timeout_s, timeout_s)
+        for closing in self._mux.close_call(stream_id):  # the stream is done: forget it, as the peer has
+            self._send(closing)
+        return answer
+
+    def _answer(self, stream_id: int, deadline_s: float, timeout_s: float) -> wire.Message:
+        """The answer on ``stream_id`` (the only stream open), its body if any read to the end."""
         answer: wire.Message | None = None
         while True:
             for event in self._receive(deadline_s, timeout_s):
                 if isinstance(event, m.SendFrame):
                     self._send(event.frame)
-                elif getattr(event, "stream_id", stream_id) != stream_id:
-                    continue  # nothing else is open: cannot happen, but never someone else's answer
                 elif isinstance(event, (m.ErrorReceived, m.BodyFailed)):
                     raise event.error
                 elif isinstance(event, m.ResponseReceived):
@@ -262,6 +267,14 @@ class Cluster:
     def rm(self, name: Name) -> dm.RemoveFileReply:
         name = cluster_name(name)
         return self._run(f"remove {name!r}", dm.RemoveFile(name), dm.RemoveFileReply, CLUSTER_REQUEST_TIMEOUT_S)
+
+
+def connect(identity: str | os.PathLike | None = None, nodes: Nodes | None = None, *,
+            remember: bool = True) -> Cluster:
+    """Like ``p2pfs.client.connect`` (same arguments and defaults), for the one-request operations."""
+    directory = identity_directory(identity)
+    return Cluster(load_identity(directory), node_addresses(nodes, directory),
+                   remember_in=directory if remember else None)
 
 
 def _expected(reply: wire.Message, expect: type, node: Address | None) -> Any:
