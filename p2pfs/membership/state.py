@@ -443,6 +443,8 @@ class Membership:
                 # an older one (checked again, fully, by _apply).
                 incarnation = fact.incarnation
                 if incarnation < old.incarnation:
+                    if fact.node_id == self.node_id and (fact.state == _SUSPECT or fact.state == _DEAD):
+                        self._reassert()
                     continue
                 if incarnation == old.incarnation and fact.state <= old.state and fact.state != _SUSPECT:
                     continue
@@ -474,6 +476,20 @@ class Membership:
         if self._signer is not None and fact.node_id in self._view.members and fact.signature:
             return MemberFact(fact.node_id, fact.incarnation, _SUSPECT, self.node_id, fact.meta, fact.signature)
         return MemberFact(fact.node_id, fact.incarnation, _SUSPECT, self.node_id, None)
+
+    def _reassert(self) -> None:
+        """Gossip our current ALIVE again: someone accused us at an incarnation we have refuted.
+
+        The accuser (or whoever passed the accusation on) missed our
+        refutation, every copy of it lost, and would declare us dead when its
+        suspicion times out. Our fact goes first on the next message we send,
+        which is usually the ack to the very ping that carried the accusation
+        (a suspect's suspicion rides first on pings to it). memberlist drops
+        such an accusation silently; under 10% loss in the simulation that
+        left an observer holding a refuted suspicion until it expired.
+        """
+        if not self._left:
+            self._enqueue(self._view.facts[self.node_id])
 
     def _apply_local(self, fact: MemberFact, now_s: float) -> None:
         """Apply a fact we originate, and queue it for gossip."""
