@@ -56,6 +56,10 @@ CLIENTS_DEFAULT = 16
 SMALL_OPS_PER_CLIENT_DEFAULT = 64
 # Deadline for each phase of the small-file run.
 SMALL_PHASE_TIMEOUT_S = 600.0
+# Seconds the daemons' CPU is measured with no client work before the small files: what they
+# spend anyway (membership, background jobs) is subtracted from each phase's CPU per operation,
+# which otherwise grows with the phase's length on a loaded machine rather than with its work.
+SMALL_IDLE_S = 5.0
 # Interval between checks on a running CLI process.
 CLI_POLL_S = 0.05
 # Free disk a large-file size needs, as a multiple of its size: the source, rf copies, the output.
@@ -176,6 +180,9 @@ async def small_files(client_ident: identity.Identity, addresses: list[Address],
     async with contextlib.AsyncExitStack() as stack:
         connections = [await stack.enter_async_context(Client.connect(client_ident, addresses[i % len(addresses)]))
                        for i in range(clients)]
+        idle_start = [cpu_s(pid) for pid in daemon_pids]
+        await trio.sleep(SMALL_IDLE_S)
+        idle_cpu_s_per_s = [(cpu_s(pid) - before) / SMALL_IDLE_S for pid, before in zip(daemon_pids, idle_start)]
 
         async def putter(i: int) -> None:
             for j in range(ops_per_client):
@@ -202,7 +209,8 @@ async def small_files(client_ident: identity.Identity, addresses: list[Address],
                         nursery.start_soon(worker, i)
             seconds[op] = trio.current_time() - start
             client_cpu_s[op] = _own_cpu_s() - own_start
-            daemon_cpu_s[op] = [cpu_s(pid) - before for pid, before in zip(daemon_pids, daemons_start)]
+            daemon_cpu_s[op] = [cpu_s(pid) - before - idle * seconds[op]
+                                for pid, before, idle in zip(daemon_pids, daemons_start, idle_cpu_s_per_s)]
     return {
         op: {
             "ops": len(lat),
@@ -213,7 +221,7 @@ async def small_files(client_ident: identity.Identity, addresses: list[Address],
             "daemon_cpu_ms_per_op": [x / len(lat) * 1000 for x in daemon_cpu_s[op]],
         }
         for op, lat in latencies_s.items()
-    } | {"clients": clients, "size_bytes": size_bytes}
+    } | {"clients": clients, "size_bytes": size_bytes, "daemon_idle_cpu_s_per_s": idle_cpu_s_per_s}
 
 
 # ---------------------------------------------------------------------------
@@ -269,7 +277,8 @@ def print_large(report: dict) -> None:
 
 def print_small(small: dict) -> None:
     print(f"\n### Small files: {small['size_bytes']} B each, {small['clients']} concurrent clients "
-          "(client library, one connection each, one process)\n")
+          "(client library, one connection each, one process); daemon CPU net of their idle "
+          f"{', '.join(f'{x:.3f}' for x in small['daemon_idle_cpu_s_per_s'])} CPU-s/s\n")
     print("| op | operations | ops/s | p50 ms | p99 ms | CPU ms per op: client; daemons |")
     print("|---|--:|--:|--:|--:|--:|")
     for op in ("put", "get"):

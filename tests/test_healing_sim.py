@@ -54,7 +54,7 @@ async def read_back(node: DataNode, name: str) -> bytes | None:
     if entry is None or entry.manifest is None:
         return None
     parts = [await node.data.fetch_chunk(ref.chunk_id) for ref in entry.manifest.chunks]
-    return b"".join(parts)
+    return entry.manifest.inline + b"".join(parts)  # a small file's bytes are in its entry
 
 
 async def scenario(root, seed: int) -> None:
@@ -183,7 +183,7 @@ async def stand_in_scenario(root, seed: int) -> None:
     rng = random.Random(seed)
     network = SimNetwork(random.Random(rng.getrandbits(64)))
     quiet = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0,
-                                anti_entropy_interval_s=10_000.0)
+                                anti_entropy_interval_s=10_000.0, inline_file_bytes_max=0)  # about a chunk
     async with trio.open_nursery() as nursery:
         await nursery.start(network.run)
         cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, quiet)
@@ -240,7 +240,7 @@ async def unservable_chunk_scenario(root, seed: int) -> None:
     rng = random.Random(seed)
     network = SimNetwork(random.Random(rng.getrandbits(64)))
     quiet = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0,
-                                anti_entropy_interval_s=10_000.0)
+                                anti_entropy_interval_s=10_000.0, inline_file_bytes_max=0)  # about a chunk
     async with trio.open_nursery() as nursery:
         await nursery.start(network.run)
         cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, quiet)
