@@ -318,6 +318,10 @@ def test_inline_files_on_real_daemons_put_get_repair_and_rm(tmp_path: Path) -> N
             return sink.getvalue()
 
         trio.run(put_all)
+        source = tmp_path / "by-path"  # the CLI puts a path through the resumable put
+        source.write_bytes(os.urandom(5000))
+        net.cli("put", str(source), "--name", "s/path", node="node3")
+        files["s/path"] = source.read_bytes()
         for name, data in files.items():
             assert trio.run(get, "node2", name) == data
         assert sum(_chunk_files(net, node) for node in net.names) == 0
