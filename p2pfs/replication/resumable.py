@@ -157,8 +157,10 @@ class Resumable:
                     f"quorum {w}: send the put again whole",
                 )
         inline = b""
-        if len(given.chunks) == 1 and not skipped and given.size_bytes <= coordinator.config.inline_file_bytes_max:
-            inline = await self._read_inline(given, body)  # stored in the name entry, as Coordinator.put does
+        # Stored in the name entry on the same terms as Coordinator.put: shorter than a chunk, and small.
+        if (len(given.chunks) == 1 and not skipped and given.size_bytes < given.chunk_size_bytes
+                and given.size_bytes <= coordinator.config.inline_file_bytes_max):
+            inline = await self._read_inline(given, body)
         else:
             await self._store_sent(given, held, body)
         wall_ms = coordinator.clock.wall_ms()
