@@ -54,7 +54,7 @@ async def read_back(node: DataNode, name: str) -> bytes | None:
     if entry is None or entry.manifest is None:
         return None
     parts = [await node.data.fetch_chunk(ref.chunk_id) for ref in entry.manifest.chunks]
-    return b"".join(parts)
+    return entry.manifest.inline + b"".join(parts)  # a small file's bytes are in its entry
 
 
 async def scenario(root, seed: int) -> None:
@@ -179,7 +179,9 @@ def test_random_faults_then_quiet_leave_every_file_on_exactly_its_rf_preference_
 
 # The scenarios below stage one exchange by hand: no hint delivery or anti-entropy round may
 # run on its own and repair what they set up.
-QUIET = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0, anti_entropy_interval_s=10_000.0)
+# Inline storage off: these scenarios damage and withhold chunks, so their files must have some.
+QUIET = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0, anti_entropy_interval_s=10_000.0,
+                            inline_file_bytes_max=0)
 QUIET_SEEDS = (sim_address(1),)
 
 

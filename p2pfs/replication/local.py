@@ -31,6 +31,7 @@ class LocalStore:
         self.names = names
         self.hints = hints
         self._clock = clock
+        chunks.count_also(lambda: names.inline_bytes)  # small files held inline use the same capacity
         # Chunks found corrupt here and not yet stored again: fsck reports them.
         self.corrupt_pending: set[bytes] = set()
 
@@ -47,6 +48,8 @@ class LocalStore:
 
     def apply(self, entry: NameEntry, hint_for: str) -> bool:
         self.check_version(entry)
+        if entry.manifest is not None and entry.manifest.inline:
+            self.chunks.check_room(entry.manifest.inline_bytes)  # StorageFull, as for a chunk
         applied = self.names.apply(entry)
         if hint_for:
             self.hints.add(hint_for, HintKind.NAME, entry.name.encode("utf-8"), self._clock.wall_ms())

@@ -378,7 +378,7 @@ class DataService:
 
         async def body(send: Callable[[bytes], Awaitable[None]]) -> None:
             try:
-                await self.coordinator.stream_chunks(manifest.chunks, send)
+                await self.coordinator.stream_file(manifest, 0, send)
             except QuorumError as exc:
                 raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, str(exc)) from None
 
