@@ -208,7 +208,7 @@ class HandOff:
         chunks_seen = dropped_chunks = kept_chunks = 0
         batches = self._local.chunks.iter_id_batches(HANDOFF_BATCH_IDS)
         while (batch := await self._offload(next, batches, None)) is not None:
-            dropped, kept = await self.chunks(without_me, batch)
+            dropped, kept = await self._chunk_batch(without_me, batch)
             chunks_seen, dropped_chunks, kept_chunks = chunks_seen + len(batch), dropped_chunks + dropped, kept_chunks + kept
         names_seen = dropped_names = 0
         after = b""

@@ -397,12 +397,20 @@ class ChunkStore:
         return page
 
     def iter_id_batches(self, batch_ids: int) -> Iterator[list[bytes]]:
-        """Every held id in id order, in lists of at most ``batch_ids``; one fan-out dir listed at a time."""
+        """Every held id in id order, in lists of ``batch_ids`` (the last may be shorter).
+
+        One fan-out dir is listed at a time; a batch may span dirs.
+        """
         assert batch_ids > 0
+        batch: list[bytes] = []
         for fanout_name in _FANOUT_NAMES:
-            ids = self._ids_in_fanout(fanout_name)
-            for start in range(0, len(ids), batch_ids):
-                yield ids[start : start + batch_ids]
+            for chunk_id in self._ids_in_fanout(fanout_name):
+                batch.append(chunk_id)
+                if len(batch) == batch_ids:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
 
     def _ids_in_fanout(self, fanout_name: str) -> list[bytes]:
         with os.scandir(self._chunks_dir / fanout_name) as entries:
