@@ -224,6 +224,7 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
         print(f"| ls, paged | {procs[0].name} | {result['pages']} pages | {result['ls_s']:.1f} | "
               f"{result['listed']} names | - |", flush=True)
 
+        print_peak_rss(sampler.peak_rss_kib, "so far")
         victim = node_dirs[-1]
         testnet.stop_node(victim, kill=False)
         files = sorted(p for sub in (victim / "data" / "chunks").iterdir() for p in sub.iterdir())
@@ -256,9 +257,12 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
             print(f"| hand-off (graceful leave) | {node_dirs[0].name} | 1 | {time.perf_counter() - start:.0f} | "
                   f"{2 * names:,} chunks, {names:,} names | {(sent1 - sent0) / 1e6:.1f} MB (the survivors' "
                   f"sockets) |", flush=True)
-        peak = sampler.peak_rss_kib
-    print("\npeak RSS (VmHWM) per daemon, MiB: "
-          + ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in sorted(peak.items())))
+        print_peak_rss(sampler.peak_rss_kib, "over the run")
+
+
+def print_peak_rss(peak_kib: dict[str, int], when: str) -> None:
+    print(f"peak RSS (VmHWM) per daemon {when}, MiB: "
+          + ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in sorted(peak_kib.items())), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
