@@ -99,6 +99,10 @@ AREAS: dict[str, Callable[[list[str]], int]] = {
 # The CLI's start-up time: `p2pfs --help` and `p2pfs ls`, wall and CPU (bench_startup).
 AREAS["startup"] = _module_main("bench_startup")
 
+# Data per node: a real 3-node network holding a million names per node; the background
+# jobs' time, traffic and the daemons' peak RSS, and a node healing a 10% loss (bench_pernode).
+AREAS["pernode"] = _module_main("bench_pernode")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(

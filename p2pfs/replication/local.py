@@ -9,7 +9,6 @@ to "a replica" and never asks whether it is itself.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 from typing import Awaitable, Callable
@@ -68,11 +67,11 @@ class LocalStore:
 
     def list_chunks(self, start_after: bytes, limit: int) -> tuple[list[bytes], list[bytes], bool]:
         """A page of held ids after ``start_after``, the ids pending repair (first page only), more?"""
-        all_ids = sorted(self.chunks.iter_ids())
-        start = bisect.bisect_right(all_ids, start_after) if start_after else 0
-        page = all_ids[start : start + limit]
+        # One more than asked tells whether there is more; only the fan-out dirs the page
+        # spans are listed, not the whole store (millions of ids).
+        page = self.chunks.ids_after(start_after, limit + 1)
         corrupt = sorted(self.corrupt_pending) if not start_after else []
-        return page, corrupt, start + limit < len(all_ids)
+        return page[:limit], corrupt, len(page) > limit
 
     def drop_unless_hinted(self, chunk_id: bytes) -> bool:
         """Delete our copy unless an owner still waits for it; True if deleted."""

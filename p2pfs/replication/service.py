@@ -240,7 +240,7 @@ class DataService:
                 config=config, local=local, repair=self.coordinator.repair_chunk, rng=self.rng, offload=offload
             )
         self._replicas = replicas
-        fsck = Fsck(config=config, view=view, replicas=replicas)
+        fsck = Fsck(config=config, view=view, replicas=replicas, offload=offload)
         self._routes = {
             **ReplicaHandlers(local, self.coordinator.observe, offload).routes(),
             dm.SyncChunks: self._anti_entropy.on_sync_chunks,

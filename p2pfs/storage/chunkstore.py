@@ -393,6 +393,53 @@ class ChunkStore:
                         log.warning("ignoring unexpected file %s in the chunk store", entry.path)
         return used_bytes
 
+    # ---- bounded iteration ------------------------------------------------------
+    # For the background jobs of a node holding millions of chunks (anti-entropy, GC,
+    # fsck, hand-off): ids come in id order (the fan-out dir is the id's first byte, and
+    # a dir is sorted as it is listed), so a caller pages by key or walks the store in
+    # batches and never holds more than one fan-out dir (a 256th of the store) and a batch.
+
+    def ids_after(self, start_after: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` held ids greater than ``start_after`` (b"": from the first), in id order.
+
+        A keyset page: lists only the fan-out dirs the page spans. Chunks put or deleted
+        meanwhile may or may not appear.
+        """
+        assert limit > 0
+        page: list[bytes] = []
+        first = start_after[0] if start_after else 0
+        for fanout_name in _FANOUT_NAMES[first:]:
+            ids = self._ids_in_fanout(fanout_name)
+            if start_after and ids and ids[0] <= start_after:
+                ids = [chunk_id for chunk_id in ids if chunk_id > start_after]
+            page.extend(ids[: limit - len(page)])
+            if len(page) == limit:
+                break
+        return page
+
+    def iter_id_batches(self, batch_ids: int) -> Iterator[list[bytes]]:
+        """Every held id in id order, in lists of ``batch_ids`` (the last may be shorter).
+
+        One fan-out dir is listed at a time; a batch may span dirs.
+        """
+        assert batch_ids > 0
+        batch: list[bytes] = []
+        for fanout_name in _FANOUT_NAMES:
+            for chunk_id in self._ids_in_fanout(fanout_name):
+                batch.append(chunk_id)
+                if len(batch) == batch_ids:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def _ids_in_fanout(self, fanout_name: str) -> list[bytes]:
+        with os.scandir(self._chunks_dir / fanout_name) as entries:
+            ids = [chunk_id for entry in entries
+                   if (chunk_id := _parse_chunk_name(fanout_name, entry.name)) is not None]
+        ids.sort()
+        return ids
+
 
 def _parse_chunk_name(fanout_name: str, name: str) -> bytes | None:
     """The chunk id a file in ``chunks/<fanout_name>/`` stands for, or None if it isn't one."""

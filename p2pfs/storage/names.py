@@ -603,6 +603,33 @@ class NameIndex:
             )
             return cursor.rowcount
 
+    # -- bounded iteration --------------------------------------------------------------
+
+    def summaries_after(self, start_after: bytes, limit: int) -> tuple[list[tuple[str, Timestamp, str, bool]], bytes]:
+        """``summaries`` a keyset page at a time: up to ``limit`` rows after the name bytes ``start_after``.
+
+        Returns the page in name (UTF-8 byte) order and the key to go on after (``b""``
+        once the index is done). One query per page under the lock, so a walk over a
+        million names holds one page and keeps writers waiting one page at a time.
+        """
+        assert limit > 0
+        with self._guarded() as conn:
+            rows = conn.execute(
+                "SELECT name, wall_ms, logical, writer, manifest IS NULL FROM names WHERE name > ? "
+                "ORDER BY name LIMIT ?",
+                (start_after, limit),
+            ).fetchall()
+            found, bad = [], []
+            for name_bytes, wall_ms, logical, writer, tomb in rows:
+                try:
+                    key = NameEntry(name_bytes.decode("utf-8"), Timestamp(wall_ms, logical), writer, None)
+                except _ROW_ERRORS as exc:
+                    bad.append((name_bytes, str(exc)))
+                    continue
+                found.append((key.name, key.version, key.writer, bool(tomb)))
+            self._drop_rows(conn, bad)
+        return found, (rows[-1][0] if len(rows) == limit else b"")
+
 
 @dataclass(slots=True, eq=False)  # compared by identity: two writes may carry equal fields
 class _PendingApply:
