@@ -201,7 +201,7 @@ def test_the_ca_rotates_under_a_steady_workload_without_a_failure_or_a_restart(t
     from p2pfs.client import Cluster
 
     with running_testnet(tmp_path / "testnet", nodes=5) as running:
-        old_ca, new_ca = running.directory / testnet.CA_DIR, tmp_path / "ca2"
+        new_ca = tmp_path / "ca2"
         admin_dir = running.directory / testnet.CLIENT_DIR
         dirs = [running.directory / name for name in running.names] + [admin_dir]
         addresses = [parse_address(running.address(name)) for name in running.names]

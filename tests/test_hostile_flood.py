@@ -12,16 +12,14 @@ gives the figures.
 
 from __future__ import annotations
 
-import resource
 import time
 
-import pytest
 import trio
 
 from p2pfs import identity, testnet
 from p2pfs.client import Client
 
-from testnet_helpers import running_testnet
+from testnet_helpers import raise_fd_limit, running_testnet
 
 SILENT_CONNECTIONS = 1000
 # Silent connections opened at once while the flood is built: quickly, but without
@@ -38,20 +36,8 @@ LOG_LINES_PER_MINUTE_MAX = 100
 FDS_NEEDED = SILENT_CONNECTIONS + 512
 
 
-def _raise_fd_limit(needed: int) -> None:
-    """The default soft limit (often 1,024) is below what the flood holds; the daemon, started
-    after, inherits the raised one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
-
-
 def test_a_thousand_silent_connections_from_one_address(tmp_path):
-    _raise_fd_limit(FDS_NEEDED)
+    raise_fd_limit(FDS_NEEDED)
     with running_testnet(tmp_path / "net", nodes=1) as net:
         node = net.status()["node1"]
         log_file = tmp_path / "net" / "node1" / testnet.LOG_FILE

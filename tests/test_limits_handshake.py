@@ -16,16 +16,14 @@ is separate).
 from __future__ import annotations
 
 import logging
-import resource
 
-import pytest
 import trio
 
 from p2pfs import identity, testnet
 from p2pfs.client import Client
 from p2pfs.observe import Collapsed
 
-from testnet_helpers import running_testnet
+from testnet_helpers import raise_fd_limit, running_testnet
 
 SILENT_CONNECTIONS = 300
 # Silent connections re-opened per second while the client works (the report saw ~9/s).
@@ -38,18 +36,8 @@ STATUS_TIMEOUT_S = 10.0
 FLOOD_LOG_LINES_MAX = 20
 
 
-def _raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
-
-
 def test_silent_connections_do_not_keep_clients_out(tmp_path):
-    _raise_fd_limit(SILENT_CONNECTIONS * 2 + 256)
+    raise_fd_limit(SILENT_CONNECTIONS * 2 + 256)
     with running_testnet(tmp_path / "net", nodes=1) as net:
         node = net.status()["node1"]
         log_file = tmp_path / "net" / "node1" / testnet.LOG_FILE

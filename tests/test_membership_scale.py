@@ -11,7 +11,6 @@ import dataclasses
 import pytest
 
 from p2pfs import wire
-from p2pfs.membership.config import PUSH_PULL_SCALE_THRESHOLD_MEMBERS
 from p2pfs.membership.messages import PushPull
 from p2pfs.sim.membership import CoreCluster, sim_node_id
 

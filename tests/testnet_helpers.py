@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+import pytest
 
 from p2pfs import identity, testnet
 from p2pfs.errors import P2pfsError
@@ -197,3 +200,15 @@ def running_testnet(directory: Path, nodes: int = 5, overrides: dict | None = No
             testnet.down(directory, timeout_s=10.0)
             for proc in testnet.status(directory):
                 assert not proc.running, f"{proc.name} (pid {proc.pid}) survived testnet down"
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` (a flood test holds more connections than the
+    common default of 1,024); daemons started after inherit it. Skips when the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")

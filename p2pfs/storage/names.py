@@ -566,15 +566,20 @@ class NameIndex:
             rows = conn.execute(
                 "SELECT name, wall_ms, logical, writer, manifest IS NULL FROM names"
             ).fetchall()
-            found, bad = [], []
-            for name_bytes, wall_ms, logical, writer, tomb in rows:
-                try:
-                    key = NameEntry(name_bytes.decode("utf-8"), Timestamp(wall_ms, logical), writer, None)
-                except _ROW_ERRORS as exc:
-                    bad.append((name_bytes, str(exc)))
-                    continue
-                found.append((key.name, key.version, key.writer, bool(tomb)))
-            self._drop_rows(conn, bad)
+            found = self._decode_summaries(conn, rows)
+        return found
+
+    def _decode_summaries(self, conn, rows) -> list[tuple[str, Timestamp, str, bool]]:
+        """Decode ``summaries`` rows; rows whose name, version or writer do not decode are removed."""
+        found, bad = [], []
+        for name_bytes, wall_ms, logical, writer, tomb in rows:
+            try:
+                key = NameEntry(name_bytes.decode("utf-8"), Timestamp(wall_ms, logical), writer, None)
+            except _ROW_ERRORS as exc:
+                bad.append((name_bytes, str(exc)))
+                continue
+            found.append((key.name, key.version, key.writer, bool(tomb)))
+        self._drop_rows(conn, bad)
         return found
 
     def remove_if(self, name: str, version: Timestamp, writer: str) -> bool:
@@ -619,15 +624,7 @@ class NameIndex:
                 "ORDER BY name LIMIT ?",
                 (start_after, limit),
             ).fetchall()
-            found, bad = [], []
-            for name_bytes, wall_ms, logical, writer, tomb in rows:
-                try:
-                    key = NameEntry(name_bytes.decode("utf-8"), Timestamp(wall_ms, logical), writer, None)
-                except _ROW_ERRORS as exc:
-                    bad.append((name_bytes, str(exc)))
-                    continue
-                found.append((key.name, key.version, key.writer, bool(tomb)))
-            self._drop_rows(conn, bad)
+            found = self._decode_summaries(conn, rows)
         return found, (rows[-1][0] if len(rows) == limit else b"")
 
 
