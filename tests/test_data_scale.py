@@ -17,6 +17,7 @@ from collections import defaultdict
 
 import pytest
 import trio
+from hypothesis import given, strategies as st
 
 from p2pfs.replication import antientropy, fsck, gc
 from p2pfs.replication import messages as dm
@@ -30,6 +31,7 @@ from p2pfs.replication.healing import BucketDigester, bucket_digests, bucket_of,
 from p2pfs.replication.hints import HintStore
 from p2pfs.replication.local import LocalReplica, LocalStore
 from p2pfs.replication.placement import name_key
+from p2pfs.replication.scrub import SCRUB_CHUNKS_PER_ROUND, PassCursor, Scrubber
 from p2pfs.ring import Ring, RingMember
 from p2pfs.storage import CHUNK_SIZE_BYTES_MIN, ChunkRef, ChunkStore, Manifest, NameEntry, NameIndex, Timestamp
 from p2pfs.storage import chunk_id_of
@@ -352,3 +354,55 @@ def test_fsck_merges_sorted_pages_and_answers_as_with_whole_lists(tmp_path, monk
     lost_somewhere = set(ids) - set(b.local.chunks.iter_ids()) | set(ids) - set(c.local.chunks.iter_ids())
     assert whole.chunks_under_replicated == len(lost_somewhere)
     assert whole.chunks_missing == 0 and whole.nodes_unreachable == ()
+
+
+# -- the scrub's pass ---------------------------------------------------------------------
+
+
+@given(ids=st.sets(st.binary(min_size=2, max_size=2), max_size=60), start=st.binary(min_size=2, max_size=2),
+       limit=st.integers(1, 9))
+def test_a_scrub_pass_is_every_id_once_from_its_start_round_in_bounded_pages(ids, start, limit):
+    held = sorted(ids)
+
+    def ids_after(after: bytes, count: int) -> list[bytes]:
+        return [i for i in held if i > after][:count]
+
+    cursor, walked = PassCursor(start), []
+    while not cursor.done:
+        page = cursor.next_page(ids_after, limit)
+        assert len(page) <= limit
+        walked += page
+    assert walked == [i for i in held if i > start] + [i for i in held if i <= start]
+
+
+def test_a_scrub_pass_verifies_every_chunk_once_holding_a_round_of_ids(tmp_path):
+    ids = write_chunks(tmp_path, [os.urandom(8) for _ in range(3 * SCRUB_CHUNKS_PER_ROUND + 5)])
+    local = open_local(tmp_path)
+    verified: list[bytes] = []
+
+    async def no_repair(chunk_id: bytes) -> bool:
+        raise AssertionError("every chunk is good")
+
+    async def main() -> None:
+        scrubber = Scrubber(config=ReplicationConfig(scrub_bytes_per_s=1 << 30), local=local, repair=no_repair,
+                            rng=random.Random(7), offload=inline)
+        scrub_one = scrubber.scrub_one
+
+        async def recording(chunk_id: bytes) -> bool:
+            verified.append(chunk_id)
+            return await scrub_one(chunk_id)
+
+        scrubber.scrub_one = recording
+        rounds = 0
+        while True:
+            before = len(verified)
+            await scrubber.round()
+            rounds += 1
+            assert len(verified) - before <= SCRUB_CHUNKS_PER_ROUND
+            if rounds == 1:
+                assert scrubber.pass_chunks == len(ids)
+            if scrubber.pass_remaining_chunks == 0:
+                break
+        assert rounds == 4 and sorted(verified) == sorted(ids) and scrubber.verified_chunks == len(ids)
+
+    trio.run(main)

@@ -57,9 +57,6 @@ class LocalStore:
     def has_chunks(self, chunk_ids) -> tuple[bool, ...]:
         return tuple(self.chunks.has(i) for i in chunk_ids)
 
-    def chunk_ids(self) -> list[bytes]:
-        return list(self.chunks.iter_ids())
-
     def list_names(self, prefix: str, start_after: str, limit: int) -> list[NameEntry]:
         """Up to ``limit`` entries (tombstones too) after ``start_after``, in name order."""
         found = self.names.list(prefix, include_tombstones=True, start_after=start_after)

@@ -433,6 +433,10 @@ class ChunkStore:
         if batch:
             yield batch
 
+    def count_ids(self) -> int:
+        """How many chunks are held, listing one fan-out dir at a time."""
+        return sum(len(self._ids_in_fanout(fanout_name)) for fanout_name in _FANOUT_NAMES)
+
     def _ids_in_fanout(self, fanout_name: str) -> list[bytes]:
         with os.scandir(self._chunks_dir / fanout_name) as entries:
             ids = [chunk_id for entry in entries
