@@ -33,6 +33,8 @@ from p2pfs.clock import SystemClock
 from p2pfs.node import messages as nm
 from p2pfs.node.daemon import EndpointGossip
 from p2pfs.replication import messages as dm
+from p2pfs.replication.healing import bucket_of
+from p2pfs.replication.placement import name_key
 from p2pfs.storage import NameEntry, Timestamp
 from p2pfs.storage.hlc import WALL_MS_MAX
 from p2pfs.wire import ErrorCode, Frame, FrameKind, Role
@@ -345,7 +347,9 @@ class RogueMember:
         if isinstance(msg, dm.SyncChunks):
             return dm.SyncChunksReply(())
         if isinstance(msg, dm.SyncNames):
-            return dm.SyncNamesReply((), (dm.NameSummary(self.name, WALL_MS_MAX, 0, self.ident.node_id, True),))
+            # As an honest peer answers: the name's bucket differs, and here is what it holds.
+            return dm.SyncNamesReply((bucket_of(name_key(self.name)),),
+                                     (dm.NameSummary(self.name, WALL_MS_MAX, 0, self.ident.node_id, True),))
         if isinstance(msg, dm.GetName) and msg.name == self.name:
             self.asked.add(request.peer.node_id)
             return dm.GetNameReply(self.entry)
