@@ -17,8 +17,10 @@ from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import name_key
 from p2pfs.replication.quorum import QuorumError
 from p2pfs.sim.data import DataCluster, DataNode
-from p2pfs.sim.network import SimNetwork, run_simulation, sim_seed
+from p2pfs.sim.network import SimNetwork, sim_seed
 from p2pfs.wire import ErrorCode
+
+from sim_helpers import run_scenario
 
 SEED = sim_seed(6001)
 NODES_INITIAL = 5
@@ -170,11 +172,7 @@ async def scenario(root, seed: int) -> None:
 
 
 def test_random_faults_then_quiet_leave_every_file_on_exactly_its_rf_preference_nodes(tmp_path):
-    try:
-        run_simulation(scenario, tmp_path, SEED, seed=SEED)
-    except BaseException:
-        print(f"simulation seed {SEED} (replay: P2PFS_SIM_SEED={SEED})")
-        raise
+    run_scenario(scenario, tmp_path, SEED)
 
 
 # The scenarios below stage one exchange by hand: no hint delivery or anti-entropy round may
@@ -246,11 +244,7 @@ async def stand_in_scenario(root, seed: int) -> None:
 
 def test_a_stand_in_that_knows_nothing_does_not_make_a_read_absent(tmp_path):
     seed = sim_seed(30)
-    try:
-        run_simulation(stand_in_scenario, tmp_path, seed, seed=seed)
-    except BaseException:
-        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
-        raise
+    run_scenario(stand_in_scenario, tmp_path, seed)
 
 
 async def unservable_chunk_scenario(root, seed: int) -> None:
@@ -284,8 +278,4 @@ async def unservable_chunk_scenario(root, seed: int) -> None:
 
 def test_a_chunk_a_peer_cannot_serve_does_not_stop_the_exchange(tmp_path):
     seed = sim_seed(31)
-    try:
-        run_simulation(unservable_chunk_scenario, tmp_path, seed, seed=seed)
-    except BaseException:
-        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
-        raise
+    run_scenario(unservable_chunk_scenario, tmp_path, seed)

@@ -17,9 +17,8 @@ import time
 import trio
 
 from p2pfs import identity, testnet
-from p2pfs.client import Client
 
-from testnet_helpers import raise_fd_limit, running_testnet
+from testnet_helpers import raise_fd_limit, running_testnet, status_calls_while_flooding
 
 SILENT_CONNECTIONS = 1000
 # Silent connections opened at once while the flood is built: quickly, but without
@@ -45,40 +44,21 @@ def test_a_thousand_silent_connections_from_one_address(tmp_path):
         client_identity = identity.load_identity(tmp_path / "net" / testnet.CLIENT_DIR)
         outcomes: list[bool] = []
 
-        async def open_silent() -> trio.SocketStream:
-            return await trio.open_tcp_stream(node.address.host, node.address.port)
-
         async def main() -> None:
             silent: list[trio.SocketStream] = []
             opening = trio.Semaphore(OPENING_CONCURRENT_MAX)
 
             async def open_one() -> None:
                 async with opening:
-                    silent.append(await open_silent())
+                    silent.append(await trio.open_tcp_stream(node.address.host, node.address.port))
 
             async with trio.open_nursery() as nursery:
                 for _ in range(SILENT_CONNECTIONS):
                     nursery.start_soon(open_one)
 
-            async def keep_flooding() -> None:
-                while True:
-                    await trio.sleep(1 / REOPEN_PER_S)  # the attacker's pace, not a synchronisation
-                    silent.append(await open_silent())
-                    await trio.aclose_forcefully(silent.pop(0))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(keep_flooding)
-                for _ in range(REQUESTS):
-                    try:
-                        with trio.fail_after(REQUEST_TIMEOUT_S):
-                            async with Client.connect(client_identity, node.address) as client:
-                                await client.status()
-                        outcomes.append(True)
-                    except Exception:  # any failure counts against the fraction
-                        outcomes.append(False)
-                nursery.cancel_scope.cancel()
-            for stream in silent:
-                await trio.aclose_forcefully(stream)
+            outcomes.extend(await status_calls_while_flooding(
+                client_identity, node.address, silent, reopen_per_s=REOPEN_PER_S, calls=REQUESTS,
+                timeout_s=REQUEST_TIMEOUT_S))
 
         started = time.monotonic()
         trio.run(main)

@@ -212,3 +212,40 @@ def raise_fd_limit(needed: int) -> None:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY and soft < needed:
         pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
+
+
+async def status_calls_while_flooding(client_identity, address, silent: list, *, reopen_per_s: float, calls: int,
+                                      timeout_s: float, failures_allowed: int | None = None) -> list[bool]:
+    """``calls`` status requests, one after another, while an attacker keeps replacing the oldest of
+    the ``silent`` TCP connections with a new one ``reopen_per_s`` times a second; the outcome of each
+    (stops early past ``failures_allowed``). Every stream in ``silent`` is closed at the end."""
+    import trio
+
+    from p2pfs.client import Client
+
+    outcomes: list[bool] = []
+
+    async def keep_flooding() -> None:
+        while True:
+            await trio.sleep(1 / reopen_per_s)  # the attacker's pace, not a synchronisation
+            silent.append(await trio.open_tcp_stream(address.host, address.port))
+            await trio.aclose_forcefully(silent.pop(0))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_flooding)
+            for _ in range(calls):
+                try:
+                    with trio.fail_after(timeout_s):
+                        async with Client.connect(client_identity, address) as client:
+                            await client.status()
+                    outcomes.append(True)
+                except Exception:  # any failure counts against the fraction
+                    outcomes.append(False)
+                    if failures_allowed is not None and outcomes.count(False) > failures_allowed:
+                        break
+            nursery.cancel_scope.cancel()
+    finally:
+        for stream in silent:
+            await trio.aclose_forcefully(stream)
+    return outcomes
