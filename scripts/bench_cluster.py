@@ -16,8 +16,14 @@ ports below 32768, default membership settings: probe interval 1 s):
   no polling delay). The victim is restarted, and the seconds until all see it alive again are the
   rejoin time.
 With ``--idle-minutes M`` the largest network is then left idle for M minutes, and again for M
-minutes with a CPU hog pinned to core 0; suspicions, deaths and refutations in the logs during each
-window count as false alarms (every member was alive throughout).
+minutes with a CPU hog pinned to core 0 (``--hog`` picks either or both); suspicions, deaths and
+refutations in the logs during each window count as false alarms (every member was alive
+throughout), and each one is listed: observer, subject, accuser, incarnation, seconds into the window.
+
+Each kill's detection is compared with ``MembershipConfig.detection_bound_s(N)``, the configured
+worst case (every live member must log DEAD within it). The machine's load average is read at every
+phase and printed beside each figure, since other work on a shared machine distorts timings.
+``--keep-logs DIR`` copies every daemon's log there before the network's temp dir is removed.
 
 Also the home of the helpers every real-process benchmark uses: a test network on free ports that is
 always stopped, and per-process CPU, RSS and peak-RSS readings from /proc.
@@ -35,6 +41,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -62,12 +69,16 @@ IDLE_S_DEFAULT = 60.0
 POLL_S_DEFAULT = 0.2
 # Deadline for one members() call while polling; a member that does not answer is asked again.
 VIEW_TIMEOUT_S = 3.0
-# Deadline for a network to converge, a join to be seen, or a victim to come back.
+# Deadline for a network to converge, a join to be seen, or a victim to come back: at least this,
+# more for big networks (N Python daemons starting at once share the machine's cores).
 CONVERGE_TIMEOUT_S = 120.0
+CONVERGE_TIMEOUT_S_PER_NODE = 3.0
 # After a kill, polling stops this long after the worst-case detection bound.
 DETECTION_MARGIN_S = 30.0
 # Quiet time after the last join before an idle window, for the join's gossip to die out.
 SETTLE_S = 10.0
+# During a long idle window the load average is sampled this often.
+LOAD_SAMPLE_S = 30.0
 
 TARGET_DETECTION_S_MEDIAN = 5.0
 TARGET_JOIN_SEEN_S = 1.0
@@ -78,6 +89,11 @@ TARGET_IDLE_TRAFFIC_BYTES_PER_S = 1024.0
 # "<observer>: <subject> is DEAD (incarnation 7, by <accuser>)", from membership/view.py.
 _STATE_LINE = re.compile(r"^(\S+) INFO node=\S+ p2pfs\.membership\.view: \w+: (\w+) is (SUSPECT|DEAD) ")
 _REFUTE_LINE = re.compile(r"^(\S+) INFO node=\S+ p2pfs\.membership\.state: \w+: refuting ")
+# A state change with what a false alarm's report needs: incarnation and accuser.
+_ALARM_LINE = re.compile(
+    r"^(\S+) INFO node=\S+ p2pfs\.membership\.view: \w+: (\w+) is (SUSPECT|DEAD|ALIVE) "
+    r"\(incarnation (\d+)(?:, by (\w+))?\)"
+)
 
 
 # ---------------------------------------------------------------------------
@@ -159,6 +175,10 @@ def sees_all_alive(node_ids: set[str]) -> Callable[[dict[str, str]], bool]:
     return lambda view: all(view.get(n) == "alive" for n in node_ids)
 
 
+def converge_timeout_s(nodes: int) -> float:
+    return max(CONVERGE_TIMEOUT_S, CONVERGE_TIMEOUT_S_PER_NODE * nodes)
+
+
 # ---------------------------------------------------------------------------
 # Logs
 
@@ -188,6 +208,46 @@ def read_log_events(node_dir: Path) -> LogEvents:
         elif match := _REFUTE_LINE.match(line):
             events.refutations.append(_log_time_s(match.group(1)))
     return events
+
+
+def alarm_details(procs: list[testnet.NodeProcess], start_wall_s: float, end_wall_s: float,
+                  also_named: tuple[testnet.NodeProcess, ...] = ()) -> list[dict]:
+    """Every SUSPECT, DEAD and ALIVE-again line ``procs`` logged in a window, with who said what
+    about whom: what a false alarm's report needs (member names, from ``procs`` and ``also_named``,
+    instead of short ids)."""
+    names = {p.node_id[:12]: p.name for p in (*procs, *also_named)}
+    found = []
+    for proc in procs:
+        try:
+            text = (proc.directory / testnet.LOG_FILE).read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            match = _ALARM_LINE.match(line)
+            if match is None:
+                continue
+            when = _log_time_s(match.group(1))
+            if start_wall_s <= when <= end_wall_s:
+                subject, state, incarnation, accuser = match.group(2, 3, 4, 5)
+                found.append({"at_s": round(when - start_wall_s, 3), "observer": proc.name,
+                              "subject": names.get(subject, subject), "state": state,
+                              "incarnation": int(incarnation),
+                              "accuser": names.get(accuser, accuser) if accuser else None})
+    return sorted(found, key=lambda alarm: alarm["at_s"])
+
+
+def load_1m() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
+def keep_logs(directory: Path, into: Path) -> None:
+    """Copy each daemon's log to ``into``/<network>/<node>.log (the network's dir is temporary)."""
+    target = into / directory.name
+    target.mkdir(parents=True, exist_ok=True)
+    for node_dir in directory.glob("node*"):
+        log_file = node_dir / testnet.LOG_FILE
+        if log_file.is_file():
+            shutil.copyfile(log_file, target / f"{node_dir.name}.log")
 
 
 def alarms_between(node_dirs: list[Path], start_wall_s: float, end_wall_s: float) -> dict[str, int]:
@@ -241,7 +301,7 @@ async def _converge(views: MemberViews, procs: list[testnet.NodeProcess], since:
     """Seconds from the trio time ``since`` until every process sees every process alive."""
     found = await first_times(
         views, [p.address for p in procs], {"all": sees_all_alive({p.node_id for p in procs})},
-        timeout_s=CONVERGE_TIMEOUT_S, poll_s=poll_s,
+        timeout_s=converge_timeout_s(len(procs)), poll_s=poll_s,
     )
     times = [t["all"] for t in found.values()]
     return None if None in times else max(times) - since
@@ -257,7 +317,7 @@ async def _start_and_converge(directory: Path, views: MemberViews, poll_s: float
     procs = [testnet.node_process(d) for d in first]
     converged = await _converge(views, procs, start, poll_s)
     if converged is None:
-        raise RuntimeError(f"{len(first)} daemons did not converge within {CONVERGE_TIMEOUT_S} s")
+        raise RuntimeError(f"{len(first)} daemons did not converge within {converge_timeout_s(len(first))} s")
     join = await _time_join(views, procs, newcomer, poll_s)
     return {"converge_s": converged, "join": join}
 
@@ -265,19 +325,20 @@ async def _start_and_converge(directory: Path, views: MemberViews, poll_s: float
 async def _time_join(views: MemberViews, others: list[testnet.NodeProcess], node_dir: Path,
                      poll_s: float) -> dict:
     """Start one daemon and time how long until it answers, and until every other sees it alive."""
+    timeout_s = converge_timeout_s(len(others) + 1)
     started = trio.current_time()
     testnet.start_node(node_dir)
     new = testnet.node_process(node_dir)
     answering = await first_times(views, [new.address], {"up": lambda view: True},
-                                  timeout_s=CONVERGE_TIMEOUT_S, poll_s=0.05)
+                                  timeout_s=timeout_s, poll_s=0.05)
     found = await first_times(
         views, [p.address for p in others], {"seen": lambda view: view.get(new.node_id) == "alive"},
-        timeout_s=CONVERGE_TIMEOUT_S, poll_s=poll_s,
+        timeout_s=timeout_s, poll_s=poll_s,
     )
     up = answering[new.address]["up"]
     seen = [t["seen"] for t in found.values()]
     if up is None or None in seen:
-        raise RuntimeError(f"{node_dir.name} was not seen by every member within {CONVERGE_TIMEOUT_S} s")
+        raise RuntimeError(f"{node_dir.name} was not seen by every member within {timeout_s} s")
     return {"answering_s": up - started, "seen_by_all_s": max(seen) - started,
             "seen_by_all_after_answering_s": max(seen) - up}
 
@@ -287,6 +348,7 @@ async def _time_kill(directory: Path, views: MemberViews, victim: testnet.NodePr
     """SIGKILL one daemon; when does each live member mark it suspect, then dead?"""
     live = [p for p in testnet.status(directory) if p.running and p.name != victim.name]
     views.drop(victim.address)
+    load_at_kill = load_1m()
     killed_wall_s = time.time()
     killed = trio.current_time()
     await trio.to_thread.run_sync(lambda: testnet.stop_node(victim.directory, kill=True))
@@ -304,70 +366,116 @@ async def _time_kill(directory: Path, views: MemberViews, victim: testnet.NodePr
                  if subject == victim.node_id[:12] and state == "DEAD" and when >= killed_wall_s]
         if times:
             logged_dead.append(min(times) - killed_wall_s)
+    bound_s = config.detection_bound_s(nodes)
+    # Anyone else suspected or killed meanwhile is a false alarm under the load of a detection.
+    others = [a for a in alarm_details(live, killed_wall_s, time.time(), also_named=(victim,))
+              if a["subject"] != victim.name and a["state"] != "ALIVE"]
+    load_after = load_1m()
     rejoin = await _time_join(views, live, victim.directory, poll_s)
     return {
+        "victim": victim.name,
         "observers": len(live),
         "undetected": len(live) - len(polled_dead),
         "suspect_s": _stats(polled_suspect),
         "dead_s": _stats(polled_dead),
         "dead_logged_s": _stats(logged_dead),
+        # Time until every live member had logged DEAD (None if one never did).
+        "dead_everywhere_logged_s": max(logged_dead) if len(logged_dead) == len(live) else None,
+        "bound_s": bound_s,
+        "outside_bound": len(live) - sum(1 for t in logged_dead if t <= bound_s),
+        "other_alarms": others,
+        "load_1m": [load_at_kill, load_after],
         "rejoin_answering_s": rejoin["answering_s"],
         "rejoin_seen_by_all_s": rejoin["seen_by_all_s"],
     }
 
 
 def measure_network(work_dir: Path, nodes: int, kills: int, idle_s: float, idle_minutes: float,
-                    poll_s: float) -> dict:
-    """Every figure for one network size; the network is stopped on the way out."""
+                    hogs: tuple[bool, ...], poll_s: float, result: dict, logs_to: Path | None) -> None:
+    """Every figure for one network size, filled into ``result`` as it is taken (so that a run cut
+    short still reports what it measured); the network is stopped on the way out."""
     directory = work_dir / f"net{nodes}"
     create_on_free_ports(directory, nodes)
     client_ident = identity.load_identity(directory / testnet.CLIENT_DIR)
     config = MembershipConfig()  # the test network runs the defaults
-    result: dict = {"nodes": nodes, "probe_interval_s": config.probe_interval_s}
-    with stopped_at_exit(directory):
-
-        async def start_phase() -> None:
-            async with trio.open_nursery() as nursery:
-                views = MemberViews(client_ident, nursery)
-                result.update(await _start_and_converge(directory, views, poll_s))
-                nursery.cancel_scope.cancel()
-
-        trio.run(start_phase)
-        time.sleep(SETTLE_S)  # let the join's gossip die out before measuring idleness
-        procs = testnet.status(directory)
-        idle_start_wall_s = time.time()
-        result["idle"] = idle_cost(procs, idle_s)
-        result["idle"]["alarms"] = alarms_between([p.directory for p in procs], idle_start_wall_s, time.time())
-
-        async def kill_phase() -> None:
-            async with trio.open_nursery() as nursery:
-                views = MemberViews(client_ident, nursery)
-                result["kills"] = []
-                victims = [p for p in procs if p.name not in ("node1", "node2")]  # keep the seeds
-                for victim in victims[-kills:] if kills else []:
-                    result["kills"].append(await _time_kill(directory, views, victim, config, nodes, poll_s))
-                nursery.cancel_scope.cancel()
-
-        trio.run(kill_phase)
-        if idle_minutes > 0:
-            result["long_idle"] = long_idle(directory, idle_minutes)
-    return result
+    result.update({"nodes": nodes, "probe_interval_s": config.probe_interval_s,
+                   "detection_bound_s": config.detection_bound_s(nodes),
+                   "suspicion_timeout_s": [config.suspicion_timeout_s_min(nodes),
+                                           config.suspicion_timeout_s_max(nodes)],
+                   "load_1m": {"start": load_1m()}})
+    try:
+        with stopped_at_exit(directory):
+            _measure_running(directory, client_ident, config, nodes, kills, idle_s, idle_minutes, hogs,
+                             poll_s, result)
+    finally:
+        if logs_to is not None:
+            keep_logs(directory, logs_to)
 
 
-def long_idle(directory: Path, minutes: float) -> list[dict]:
-    """False alarms over ``minutes`` idle, then ``minutes`` idle with a CPU hog on core 0."""
+def _measure_running(directory: Path, client_ident: identity.Identity, config: MembershipConfig,
+                     nodes: int, kills: int, idle_s: float, idle_minutes: float, hogs: tuple[bool, ...],
+                     poll_s: float, result: dict) -> None:
+    """The phases of ``measure_network`` on the created network, in order."""
+
+    async def start_phase() -> None:
+        async with trio.open_nursery() as nursery:
+            views = MemberViews(client_ident, nursery)
+            result.update(await _start_and_converge(directory, views, poll_s))
+            nursery.cancel_scope.cancel()
+
+    start_wall_s = time.time()
+    trio.run(start_phase)
+    result["load_1m"]["converged"] = load_1m()
+    # N-1 Python daemons starting at once starve each other of CPU: count the alarms that causes,
+    # and name every death (suspicions there are many, each refuted).
+    everyone = testnet.status(directory)
+    result["start_alarms"] = alarms_between([p.directory for p in everyone], start_wall_s, time.time())
+    result["start_deaths"] = [a for a in alarm_details(everyone, start_wall_s, time.time())
+                              if a["state"] == "DEAD"]
+    time.sleep(SETTLE_S)  # let the join's gossip die out before measuring idleness
+    procs = testnet.status(directory)
+    idle_start_wall_s = time.time()
+    load_before = load_1m()
+    idle = idle_cost(procs, idle_s)
+    idle["load_1m"] = [load_before, load_1m()]
+    idle["alarms"] = alarms_between([p.directory for p in procs], idle_start_wall_s, time.time())
+    idle["alarm_details"] = alarm_details(procs, idle_start_wall_s, time.time())
+    result["idle"] = idle
+
+    async def kill_phase() -> None:
+        async with trio.open_nursery() as nursery:
+            views = MemberViews(client_ident, nursery)
+            result["kills"] = []
+            victims = [p for p in procs if p.name not in ("node1", "node2")]  # keep the seeds
+            for victim in victims[-kills:] if kills else []:
+                result["kills"].append(await _time_kill(directory, views, victim, config, nodes, poll_s))
+            nursery.cancel_scope.cancel()
+
+    trio.run(kill_phase)
+    if idle_minutes > 0:
+        result["long_idle"] = []
+        long_idle(directory, idle_minutes, hogs, result["long_idle"])
+
+
+def long_idle(directory: Path, minutes: float, hogs: tuple[bool, ...], runs: list[dict]) -> None:
+    """False alarms over ``minutes`` idle, once per entry of ``hogs`` (True: with a CPU hog on
+    core 0), appended to ``runs`` as each window ends."""
     time.sleep(SETTLE_S)
     procs = testnet.status(directory)
-    runs = []
-    for hog in (False, True):
+    for hog in hogs:
         start_wall_s = time.time()
+        loads = [load_1m()]
         with cpu_hog(0) if hog else contextlib.nullcontext():
-            time.sleep(minutes * 60)  # the measurement is of doing nothing
+            end_s = time.monotonic() + minutes * 60
+            while (left_s := end_s - time.monotonic()) > 0:
+                time.sleep(min(LOAD_SAMPLE_S, left_s))  # the measurement is of doing nothing
+                loads.append(load_1m())
         end_wall_s = time.time()
         still = sum(1 for p in testnet.status(directory) if p.running)
         runs.append({"minutes": minutes, "cpu_hog": hog, "running_at_end": still, "nodes": len(procs),
-                     **alarms_between([p.directory for p in procs], start_wall_s, end_wall_s)})
-    return runs
+                     "load_1m": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
+                     **alarms_between([p.directory for p in procs], start_wall_s, end_wall_s),
+                     "alarm_details": alarm_details(procs, start_wall_s, end_wall_s)})
 
 
 # ---------------------------------------------------------------------------
@@ -383,35 +491,62 @@ def _verdict(ok: bool) -> str:
 
 
 def print_report(results: list[dict]) -> None:
+    """Tables of whatever ``results`` hold (a run cut short has some phases missing)."""
     print("### Convergence and join (seconds)\n")
     print("| processes | N-1 converge | join: answering | join: seen by all | seen by all after answering "
-          f"| target (<= {TARGET_JOIN_SEEN_S:g} s) |")
-    print("|--:|--:|--:|--:|--:|---|")
+          f"| target (<= {TARGET_JOIN_SEEN_S:g} s) | load (1 min) at start / converged |")
+    print("|--:|--:|--:|--:|--:|---|--:|")
     for r in results:
-        join = r["join"]
+        if "join" not in r:
+            continue
+        join, load = r["join"], r["load_1m"]
         print(f"| {r['nodes']} | {_fmt(r['converge_s'])} | {_fmt(join['answering_s'])} "
               f"| {_fmt(join['seen_by_all_s'])} | {_fmt(join['seen_by_all_after_answering_s'])} "
-              f"| {_verdict(join['seen_by_all_after_answering_s'] <= TARGET_JOIN_SEEN_S)} (after answering) |")
+              f"| {_verdict(join['seen_by_all_after_answering_s'] <= TARGET_JOIN_SEEN_S)} (after answering) "
+              f"| {load['start']:g} / {load.get('converged', float('nan')):g} |")
+    for r in results:
+        if "start_alarms" in r:
+            print(f"\n{r['nodes']} processes, from the first start until the join was seen by all: "
+                  f"{_alarms(r['start_alarms'])}")
+            for alarm in r["start_deaths"]:
+                print(f"- {_alarm_line(alarm)}")
     print("\n### Detection of a SIGKILLed daemon (seconds after the kill, over every live member)\n")
     print("| processes | kill | observers | suspect: median / max | dead: median / max "
-          "| dead in logs: median / max | restarted: answering / seen by all "
-          f"| target (median <= {TARGET_DETECTION_S_MEDIAN:g} s) |")
-    print("|--:|--:|--:|--:|--:|--:|--:|---|")
+          "| dead in logs: median / max (everywhere) | bound | restarted: answering / seen by all "
+          f"| target (median <= {TARGET_DETECTION_S_MEDIAN:g} s) | within bound | load (1 min) at kill / after |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|")
     for r in results:
-        for i, k in enumerate(r["kills"], start=1):
+        for i, k in enumerate(r.get("kills", []), start=1):
             median = k["dead_logged_s"]["median"]
             ok = k["undetected"] == 0 and median is not None and median <= TARGET_DETECTION_S_MEDIAN
             print(f"| {r['nodes']} | {i} | {k['observers']} "
                   f"| {_fmt(k['suspect_s']['median'])} / {_fmt(k['suspect_s']['max'])} "
                   f"| {_fmt(k['dead_s']['median'])} / {_fmt(k['dead_s']['max'])} "
                   f"| {_fmt(k['dead_logged_s']['median'])} / {_fmt(k['dead_logged_s']['max'])} "
-                  f"| {_fmt(k['rejoin_answering_s'])} / {_fmt(k['rejoin_seen_by_all_s'])} | {_verdict(ok)} |")
+                  f"({_fmt(k['dead_everywhere_logged_s'])}) | {k['bound_s']:.1f} "
+                  f"| {_fmt(k['rejoin_answering_s'])} / {_fmt(k['rejoin_seen_by_all_s'])} | {_verdict(ok)} "
+                  f"| {_verdict(k['outside_bound'] == 0)} ({k['outside_bound']} outside) "
+                  f"| {k['load_1m'][0]:g} / {k['load_1m'][1]:g} |")
+    everywhere = {r["nodes"]: [k["dead_everywhere_logged_s"] for k in r.get("kills", [])] for r in results}
+    for nodes, times in everywhere.items():
+        if times and None not in times:
+            print(f"\n{nodes} processes: median over the kills of the time until every member logged DEAD: "
+                  f"{statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})")
+    others = [(r["nodes"], i, a) for r in results for i, k in enumerate(r.get("kills", []), start=1)
+              for a in k["other_alarms"]]
+    if others:
+        print("\nOther members suspected or declared dead during a detection (false alarms):")
+        for nodes, i, alarm in others:
+            print(f"- {nodes} processes, kill {i}: {_alarm_line(alarm)}")
     print("\n### Idle cost per daemon (median / max over the daemons)\n")
     print(f"| processes | window | CPU % of a core (<= {TARGET_IDLE_CPU_PERCENT:g}) "
           f"| RSS MiB (<= {TARGET_IDLE_RSS_MIB:g}) | sent B/s | received B/s "
-          f"| sent + received (<= {TARGET_IDLE_TRAFFIC_BYTES_PER_S:g}) | alarms in window |")
-    print("|--:|--:|--:|--:|--:|--:|--:|---|")
+          f"| sent + received (<= {TARGET_IDLE_TRAFFIC_BYTES_PER_S:g}) | alarms in window "
+          "| load (1 min) before / after |")
+    print("|--:|--:|--:|--:|--:|--:|--:|---|--:|")
     for r in results:
+        if "idle" not in r:
+            continue
         idle = r["idle"]
         cpu, rss = idle["cpu_percent"], idle["rss_mib"]
         sent, received = idle["sent_bytes_per_s"], idle["received_bytes_per_s"]
@@ -422,24 +557,41 @@ def print_report(results: list[dict]) -> None:
               f"| {sent['median']:,.0f} / {sent['max']:,.0f} | {received['median']:,.0f} / {received['max']:,.0f} "
               f"| {sent['median'] + received['median']:,.0f} / {total_max:,.0f} "
               f"{_verdict(total_max <= TARGET_IDLE_TRAFFIC_BYTES_PER_S)} "
-              f"| {_alarms(idle['alarms'])} |")
-    closed = [r["idle"]["sockets_closed_during"] for r in results]
+              f"| {_alarms(idle['alarms'])} | {idle['load_1m'][0]:g} / {idle['load_1m'][1]:g} |")
+    closed = [r["idle"]["sockets_closed_during"] for r in results if "idle" in r]
     if any(closed):
         print(f"\n(sockets closed during the idle windows, whose bytes are not counted: {closed})")
     long_runs = [(r["nodes"], run) for r in results for run in r.get("long_idle", [])]
     if long_runs:
         print("\n### Long idle runs: false alarms (every member alive throughout)\n")
         print("| processes | minutes | CPU hog on core 0 | suspicions | deaths | refutations "
-              "| daemons running at end | target (0 deaths) |")
-        print("|--:|--:|---|--:|--:|--:|--:|---|")
+              "| daemons running at end | target (0 deaths) | load (1 min) min / median / max |")
+        print("|--:|--:|---|--:|--:|--:|--:|---|--:|")
         for nodes, run in long_runs:
+            load = run["load_1m"]
             print(f"| {nodes} | {run['minutes']:g} | {'yes' if run['cpu_hog'] else 'no'} | {run['suspect']} "
                   f"| {run['dead']} | {run['refuted']} | {run['running_at_end']} / {run['nodes']} "
-                  f"| {_verdict(run['dead'] == 0)} |")
+                  f"| {_verdict(run['dead'] == 0)} | {load['min']:g} / {load['median']:g} / {load['max']:g} |")
+        for nodes, run in long_runs:
+            for alarm in run["alarm_details"]:
+                print(f"- {nodes} processes, {'with' if run['cpu_hog'] else 'without'} the hog: "
+                      f"{_alarm_line(alarm)}")
+    for r in results:
+        if "error" in r:
+            print(f"\n{r['nodes']} processes: cut short: {r['error']}")
+
+
+def _alarm_line(alarm: dict) -> str:
+    by = f", by {alarm['accuser']}" if alarm["accuser"] else ""
+    return (f"{alarm['at_s']:.3f} s: {alarm['observer']} logged {alarm['subject']} {alarm['state']} "
+            f"(incarnation {alarm['incarnation']}{by})")
 
 
 def _alarms(counts: dict[str, int]) -> str:
     return f"{counts['suspect']} suspect, {counts['dead']} dead, {counts['refuted']} refuted"
+
+
+HOGS = {"both": (False, True), "no": (False,), "only": (True,)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -452,32 +604,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-minutes", type=float, default=0.0, metavar="MINUTES",
                         help="also count false alarms over MINUTES idle, then MINUTES with a CPU hog, "
                              "on the largest network (default 0: skip)")
+    parser.add_argument("--hog", choices=sorted(HOGS), default="both",
+                        help="which long idle windows: without the CPU hog, with it, or both in that "
+                             "order (default %(default)s)")
     parser.add_argument("--poll-s", type=float, default=POLL_S_DEFAULT, metavar="SECONDS",
                         help="interval between reads of each member's view (default %(default)s)")
     parser.add_argument("--dir", type=Path, default=None, help="where the networks live (default: a temp dir)")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                        help="copy every daemon's log to DIR/net<N>/ before its network is removed")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure each size in turn and print what was measured, even when a size fails or the run is
+    interrupted (Ctrl-C, SIGTERM): every network is stopped and its temp dir removed on the way out.
+    Exit status 0 when every size was measured, 1 when one failed, 130 when interrupted."""
     sizes = [int(n) for n in args.nodes.split(",")]
     if any(n < 4 for n in sizes):
         raise SystemExit("--nodes: at least 4 processes (two seeds, a victim, an observer)")
-    results = []
+    results: list[dict] = []
     load_average = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%d %H:%M")
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=args.dir) as work_dir:
-        for nodes in sizes:
-            long_minutes = args.idle_minutes if nodes == max(sizes) else 0.0
-            results.append(measure_network(Path(work_dir), nodes, args.kills, args.idle_s, long_minutes,
-                                           args.poll_s))
+    status = 0
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=args.dir) as work_dir:
+            for nodes in sizes:
+                long_minutes = args.idle_minutes if nodes == max(sizes) else 0.0
+                result: dict = {"nodes": nodes}
+                results.append(result)
+                try:
+                    measure_network(Path(work_dir), nodes, args.kills, args.idle_s, long_minutes,
+                                    HOGS[args.hog], args.poll_s, result, args.keep_logs)
+                except (RuntimeError, P2pfsError, OSError) as exc:
+                    result["error"] = f"{type(exc).__name__}: {exc}"
+                    status = 1
+    except KeyboardInterrupt:
+        if results:
+            results[-1]["error"] = "interrupted"
+        status = 130
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"cpus: {os.cpu_count()}; started {started}; load average at the start "
-              f"{load_average:.1f}; probe interval {MembershipConfig().probe_interval_s:g} s; "
-              f"poll every {args.poll_s:g} s\n")
+        config = MembershipConfig()
+        print(f"cpus: {os.cpu_count()}; started {started}; ended {time.strftime('%H:%M')}; load average at "
+              f"the start {load_average:.1f}; probe interval {config.probe_interval_s:g} s; "
+              f"poll every {args.poll_s:g} s")
+        for r in results:
+            if "detection_bound_s" in r:
+                low, high = r["suspicion_timeout_s"]
+                print(f"{r['nodes']} processes: suspicion timeout {low:.2f} s (floor) to {high:.2f} s "
+                      f"(ceiling); configured detection bound {r['detection_bound_s']:.2f} s")
+        print()
         print_report(results)
-    return 0
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
