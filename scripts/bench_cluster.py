@@ -80,7 +80,9 @@ SETTLE_S = 10.0
 # During a long idle window the load average is sampled this often.
 LOAD_SAMPLE_S = 30.0
 
-TARGET_DETECTION_S_MEDIAN = 5.0
+# Median over the kills of the seconds until every live member has the victim dead, by network size:
+# HashiCorp Serf's own figures on this machine kind (issue 14 at 5 and 20, issue 16 at 50).
+TARGET_DEAD_EVERYWHERE_S_MEDIAN = {5: 5.4, 20: 6.1, 50: 9.1}
 TARGET_JOIN_SEEN_S = 1.0
 TARGET_IDLE_CPU_PERCENT = 0.5
 TARGET_IDLE_RSS_MIB = 60.0
@@ -513,25 +515,26 @@ def print_report(results: list[dict]) -> None:
     print("\n### Detection of a SIGKILLed daemon (seconds after the kill, over every live member)\n")
     print("| processes | kill | observers | suspect: median / max | dead: median / max "
           "| dead in logs: median / max (everywhere) | bound | restarted: answering / seen by all "
-          f"| target (median <= {TARGET_DETECTION_S_MEDIAN:g} s) | within bound | load (1 min) at kill / after |")
-    print("|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|")
+          "| within bound | load (1 min) at kill / after |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|")
     for r in results:
         for i, k in enumerate(r.get("kills", []), start=1):
-            median = k["dead_logged_s"]["median"]
-            ok = k["undetected"] == 0 and median is not None and median <= TARGET_DETECTION_S_MEDIAN
             print(f"| {r['nodes']} | {i} | {k['observers']} "
                   f"| {_fmt(k['suspect_s']['median'])} / {_fmt(k['suspect_s']['max'])} "
                   f"| {_fmt(k['dead_s']['median'])} / {_fmt(k['dead_s']['max'])} "
                   f"| {_fmt(k['dead_logged_s']['median'])} / {_fmt(k['dead_logged_s']['max'])} "
                   f"({_fmt(k['dead_everywhere_logged_s'])}) | {k['bound_s']:.1f} "
-                  f"| {_fmt(k['rejoin_answering_s'])} / {_fmt(k['rejoin_seen_by_all_s'])} | {_verdict(ok)} "
+                  f"| {_fmt(k['rejoin_answering_s'])} / {_fmt(k['rejoin_seen_by_all_s'])} "
                   f"| {_verdict(k['outside_bound'] == 0)} ({k['outside_bound']} outside) "
                   f"| {k['load_1m'][0]:g} / {k['load_1m'][1]:g} |")
     everywhere = {r["nodes"]: [k["dead_everywhere_logged_s"] for k in r.get("kills", [])] for r in results}
     for nodes, times in everywhere.items():
         if times and None not in times:
+            median = statistics.median(times)
+            target = TARGET_DEAD_EVERYWHERE_S_MEDIAN.get(nodes)
+            verdict = "" if target is None else f"; target <= {target:g} s (Serf): {_verdict(median <= target)}"
             print(f"\n{nodes} processes: median over the kills of the time until every member logged DEAD: "
-                  f"{statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})")
+                  f"{median:.2f} s ({', '.join(f'{t:.2f}' for t in times)}){verdict}")
     others = [(r["nodes"], i, a) for r in results for i, k in enumerate(r.get("kills", []), start=1)
               for a in k["other_alarms"]]
     if others:
