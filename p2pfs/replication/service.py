@@ -205,7 +205,7 @@ class DataService:
             self._wire(LocalStore(chunks, names, hints, self.clock))
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.coordinator.repairs.run)
-                await nursery.start(self.view.run_rebuilds, self._offload)
+                await nursery.start(self.view.run_rebuilds)
                 self._start_background(nursery)
                 task_status.started()
         finally:

@@ -9,16 +9,17 @@ only when the set of ring members changes.
 
 A small ring (up to ``SYNC_BUILD_TOKENS_MAX`` tokens, a few milliseconds) is
 rebuilt in place, so the next request already sees it. A bigger one is rebuilt
-by ``run_rebuilds`` in a worker thread while the old ring keeps serving: at
-10,000 members a build takes about 0.3 s, which must not stall the event loop
-(membership probes would time out). A build whose member set is no longer
-wanted when it finishes is dropped, and the newest set is built next.
+by ``run_rebuilds`` in small steps between the loop's other work
+(``Ring.build_in_steps``) while the old ring keeps serving: at 10,000 members a
+build takes about 0.3 s of CPU, which must not stall the event loop (membership
+probes would time out). A build whose member set is no longer wanted is dropped
+at its next step, and the newest set is built instead.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from typing import Callable
 
 import trio
 
@@ -31,7 +32,7 @@ from p2pfs.ring import TOKENS_PER_WEIGHT_DEFAULT, Ring, RingMember, member_token
 log = logging.getLogger(__name__)
 
 # Rings of at most this many tokens are built in place by ring(): 20,000 tokens (about 600 members
-# of weight 1) build in ~10 ms. Bigger ones go to run_rebuilds' worker thread.
+# of weight 1) build in ~10 ms. Bigger ones are built in steps by run_rebuilds.
 SYNC_BUILD_TOKENS_MAX = 20_000
 # How long settled_ring() waits for a rebuild in progress (seconds): a 10,000-member build takes
 # ~0.3 s on an idle core; the margin is for a loaded machine and a rebuild superseded a few times.
@@ -93,10 +94,8 @@ class RingView:
                     return ring
                 await installed.wait()
 
-    async def run_rebuilds(
-        self, offload: Callable[..., Awaitable[Ring]], *, task_status=trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Build big rings through ``offload`` (a worker thread) as ring() asks for them."""
+    async def run_rebuilds(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Build the big rings ring() asks for, a step at a time (see the module docstring)."""
         self._rebuilding_in_background = True
         try:
             task_status.started()
@@ -106,9 +105,14 @@ class RingView:
                 wanted = self._wanted
                 if wanted == self._ring_key:
                     continue
-                ring = await offload(Ring, wanted)
-                if wanted == self._wanted:
-                    self._install(wanted, ring)
+                steps = Ring.build_in_steps(wanted)
+                while wanted == self._wanted:
+                    try:
+                        next(steps)
+                    except StopIteration as built:
+                        self._install(wanted, built.value)
+                        break
+                    await trio.sleep(0)  # let the loop run between steps
                 else:
                     log.info("ring rebuild of %d members dropped: membership changed meanwhile", len(wanted))
         finally:
@@ -117,8 +121,9 @@ class RingView:
     def _install(self, chosen: frozenset[RingMember], ring: Ring) -> None:
         self._ring = ring
         self._ring_key = chosen
-        self._installed.set()
-        self._installed = trio.Event()
+        if self._rebuilding_in_background:  # someone may wait in settled_ring (inside trio)
+            self._installed.set()
+            self._installed = trio.Event()
         log.info("ring rebuilt: %d members", len(chosen))
 
     def mark_leaving(self, node_id: str, for_s: float) -> None:
