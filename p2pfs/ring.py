@@ -22,13 +22,16 @@ probes a token wins a key only if one probe lands within about 1/(k x tokens) in
 long gap earns hardly more than an average one: a token's share becomes 1 - exp(-(k - 1) x gap x
 tokens), whose relative deviation is about 1/sqrt(2k) instead of 1. Measured over exact shares
 (scripts/bench_ring.py, docs/BENCHMARKS.md): with ``TOKENS_PER_WEIGHT_DEFAULT = 32`` and
-``PROBES = 21``, max/mean load is 1.05 at 1,000 and at 10,000 members, the ring of 10,000 members
-takes about 4 MiB and builds in a fraction of a second. The cost moves to lookups: 21 binary
-searches instead of one (still microseconds).
+``PROBES = 21``, max/mean load is 1.05 from 100 to 10,000 members; the ring of 10,000 members
+takes about 6 MiB (4 for the tokens, 2.5 for their win shares) and builds in about 0.4 s of CPU.
+The cost moves to lookups: 21 binary searches instead of one (still microseconds).
 
 Placement stays monotone, the property behind minimal movement: adding tokens can only make a
 new token the nearest for a probe, so a join moves keys only to the joiner, a leave only from the
-leaver, and the moved fraction is exactly the member's share. Placement is a pure function of the
+leaver, and the moved fraction is exactly the member's share. The keys a joiner wins come from tokens all
+around the ring, though, and take the walk from the joiner's token, so their other replicas
+change too: a join or leave makes about (2 rf - 1) / rf times the ideal replica copies
+(``Movement.copies_max``; docs/ARCHITECTURE.md, "Placement"). Placement is a pure function of the
 member set (ids, weights, zones): it does not depend on the order members were given in, nor on
 history. Why not a token allocator (Cassandra 4) or a fixed partition table filled by an optimiser
 (Dynamo's strategy 3, Riak, Garage): both balance well, but the first depends on the order members
