@@ -5,7 +5,7 @@ Areas and the modules (beside this file) that measure them:
     ring        bench_ring        the consistent-hash ring: speed, balance, data moved
     storage     bench_storage     hashing and chunk sizes on real disk
     membership  bench_cluster     real daemon processes: convergence, join, detection, idle cost
-                bench_membership  the simulated network at 100 and 1,000 nodes
+                bench_membership  the simulated network at 100 and 1,000 nodes (or --nodes)
     data        bench_data        put and get through the CLI and the client library, and the
                                   machine's own TLS ceiling in the same run
     heal        bench_heal        time to restore full replication after losing a node
@@ -16,7 +16,8 @@ Areas and the modules (beside this file) that measure them:
     all         each of the above with its defaults, one after another
 
 Options after AREA go to its module (``python scripts/bench.py data --help``). ``membership`` also
-takes ``--real-only``, ``--sim-only`` and ``--sim-args "..."`` (options for the simulation).
+takes ``--real-only``, ``--sim-only`` and ``--sim-args "..."`` (options for the simulation);
+``membership --sim-only --nodes 100,1000,10000`` gives the other options to the simulation.
 To add an area, write ``scripts/bench_AREA.py`` with ``main(argv: list[str] | None) -> int`` and
 list it in ``AREAS``.
 
@@ -77,7 +78,9 @@ def _membership(argv: list[str]) -> int:
         status = _module_main("bench_cluster")(rest) or status
     if not ours.real_only:
         print("\n## Membership: simulated network\n", flush=True)
-        status = _module_main("bench_membership")(shlex.split(ours.sim_args)) or status
+        # With --sim-only, the other options are the simulation's (--nodes 100,1000,10000).
+        sim_argv = shlex.split(ours.sim_args) + (rest if ours.sim_only else [])
+        status = _module_main("bench_membership")(sim_argv) or status
     return status
 
 
@@ -95,6 +98,10 @@ AREAS: dict[str, Callable[[list[str]], int]] = {
 
 # The CLI's start-up time: `p2pfs --help` and `p2pfs ls`, wall and CPU (bench_startup).
 AREAS["startup"] = _module_main("bench_startup")
+
+# Data per node: a real 3-node network holding a million names per node; the background
+# jobs' time, traffic and the daemons' peak RSS, and a node healing a 10% loss (bench_pernode).
+AREAS["pernode"] = _module_main("bench_pernode")
 
 
 def main(argv: list[str] | None = None) -> int:

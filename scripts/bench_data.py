@@ -9,7 +9,9 @@ Measures:
   before each transfer) and of the CLI (ru_maxrss); CPU seconds per GiB of the CLI and the daemons;
 - small files (4 KiB): 16 concurrent clients, each a trio task with its own connection, in one
   process through the client library (a CLI process per operation would measure Python start-up);
-  puts, then gets of another client's files, per second, with p50 and p99 latency.
+  puts, then gets of another client's files, per second, with p50 and p99 latency, and the CPU
+  seconds each operation cost in the client process and in each daemon (``--small-only`` runs only
+  this part, for A/B runs of the small-file path).
 Every throughput is also printed as a ratio to the same-run TLS ceiling (the better of a run before
 and one after the cluster measurements): this machine is shared and noisy, and ratios move far less
 than MB/s from run to run. MB/s = 10^6 B/s.
@@ -25,6 +27,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -53,6 +56,10 @@ CLIENTS_DEFAULT = 16
 SMALL_OPS_PER_CLIENT_DEFAULT = 64
 # Deadline for each phase of the small-file run.
 SMALL_PHASE_TIMEOUT_S = 600.0
+# Seconds the daemons' CPU is measured with no client work before the small files: what they
+# spend anyway (membership, background jobs) is subtracted from each phase's CPU per operation,
+# which otherwise grows with the phase's length on a loaded machine rather than with its work.
+SMALL_IDLE_S = 5.0
 # Interval between checks on a running CLI process.
 CLI_POLL_S = 0.05
 # Free disk a large-file size needs, as a multiple of its size: the source, rf copies, the output.
@@ -156,16 +163,26 @@ def _percentile_ms(latencies_s: list[float], percent: int) -> float:
     return statistics.quantiles(latencies_s, n=100, method="inclusive")[percent - 1] * 1000
 
 
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 async def small_files(client_ident: identity.Identity, addresses: list[Address], clients: int,
-                      ops_per_client: int, size_bytes: int) -> dict:
+                      ops_per_client: int, size_bytes: int, daemon_pids: list[int]) -> dict:
     """``clients`` tasks, each with its own connection (spread over the nodes), put then get."""
     latencies_s: dict[str, list[float]] = {"put": [], "get": []}
     seconds: dict[str, float] = {}
+    client_cpu_s: dict[str, float] = {}
+    daemon_cpu_s: dict[str, list[float]] = {}
     contents = {(i, j): os.urandom(size_bytes) for i in range(clients) for j in range(ops_per_client)}
 
     async with contextlib.AsyncExitStack() as stack:
         connections = [await stack.enter_async_context(Client.connect(client_ident, addresses[i % len(addresses)]))
                        for i in range(clients)]
+        idle_start = [cpu_s(pid) for pid in daemon_pids]
+        await trio.sleep(SMALL_IDLE_S)
+        idle_cpu_s_per_s = [(cpu_s(pid) - before) / SMALL_IDLE_S for pid, before in zip(daemon_pids, idle_start)]
 
         async def putter(i: int) -> None:
             for j in range(ops_per_client):
@@ -185,20 +202,26 @@ async def small_files(client_ident: identity.Identity, addresses: list[Address],
 
         for op, worker in (("put", putter), ("get", getter)):
             start = trio.current_time()
+            own_start, daemons_start = _own_cpu_s(), [cpu_s(pid) for pid in daemon_pids]
             with trio.fail_after(SMALL_PHASE_TIMEOUT_S):
                 async with trio.open_nursery() as nursery:
                     for i in range(clients):
                         nursery.start_soon(worker, i)
             seconds[op] = trio.current_time() - start
+            client_cpu_s[op] = _own_cpu_s() - own_start
+            daemon_cpu_s[op] = [cpu_s(pid) - before - idle * seconds[op]
+                                for pid, before, idle in zip(daemon_pids, daemons_start, idle_cpu_s_per_s)]
     return {
         op: {
             "ops": len(lat),
             "ops_per_s": len(lat) / seconds[op],
             "p50_ms": _percentile_ms(lat, 50),
             "p99_ms": _percentile_ms(lat, 99),
+            "client_cpu_ms_per_op": client_cpu_s[op] / len(lat) * 1000,
+            "daemon_cpu_ms_per_op": [x / len(lat) * 1000 for x in daemon_cpu_s[op]],
         }
         for op, lat in latencies_s.items()
-    } | {"clients": clients, "size_bytes": size_bytes}
+    } | {"clients": clients, "size_bytes": size_bytes, "daemon_idle_cpu_s_per_s": idle_cpu_s_per_s}
 
 
 # ---------------------------------------------------------------------------
@@ -210,6 +233,12 @@ def _verdict(ok: bool) -> str:
 
 
 def print_report(report: dict) -> None:
+    if "ceiling" in report:
+        print_large(report)
+    print_small(report["small"])
+
+
+def print_large(report: dict) -> None:
     before, after = report["ceiling"]["before"], report["ceiling"]["after"]
     tls_mb_s = best_tls_mb_s(report)
     print(f"### The machine's ceiling ({report['ceiling_mib']} MiB, one connection, loopback), "
@@ -244,14 +273,18 @@ def print_report(report: dict) -> None:
                   f"| {r['cli_cpu_s_per_gib']:.1f}; {', '.join(f'{x:.1f}' for x in r['daemon_cpu_s_per_gib'])} |")
     if any(large.get("put", {}).get("daemon_rss_peak_since") == "daemon start" for large in report["large"]):
         print("\n(daemon peaks are since each daemon started: resetting VmHWM was not permitted)")
-    small = report["small"]
+
+
+def print_small(small: dict) -> None:
     print(f"\n### Small files: {small['size_bytes']} B each, {small['clients']} concurrent clients "
-          "(client library, one connection each, one process)\n")
-    print("| op | operations | ops/s | p50 ms | p99 ms |")
-    print("|---|--:|--:|--:|--:|")
+          "(client library, one connection each, one process); daemon CPU net of their idle "
+          f"{', '.join(f'{x:.3f}' for x in small['daemon_idle_cpu_s_per_s'])} CPU-s/s\n")
+    print("| op | operations | ops/s | p50 ms | p99 ms | CPU ms per op: client; daemons |")
+    print("|---|--:|--:|--:|--:|--:|")
     for op in ("put", "get"):
         r = small[op]
-        print(f"| {op} | {r['ops']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+        print(f"| {op} | {r['ops']} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+              f"| {r['client_cpu_ms_per_op']:.2f}; {', '.join(f'{x:.2f}' for x in r['daemon_cpu_ms_per_op'])} |")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -263,6 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small-ops", type=int, default=SMALL_OPS_PER_CLIENT_DEFAULT, metavar="COUNT",
                         help="puts (and gets) per small-file client (default %(default)s)")
     parser.add_argument("--small-bytes", type=int, default=SMALL_FILE_BYTES_DEFAULT, metavar="BYTES")
+    parser.add_argument("--small-only", action="store_true",
+                        help="only the small files (no ceiling, no large files): for A/B runs of that path")
     parser.add_argument("--dir", type=Path, default=None, help="where the network and files live (default: temp)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
@@ -274,10 +309,11 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-data-", dir=args.dir) as work:
         work_dir = Path(work)
         node_dir, ceiling_client = ceiling_identities(work_dir)
-        report["ceiling"] = {"before": measure_ceiling(node_dir, ceiling_client, args.ceiling_mib * MIB)}
+        if not args.small_only:
+            report["ceiling"] = {"before": measure_ceiling(node_dir, ceiling_client, args.ceiling_mib * MIB)}
         directory = work_dir / "net"
         with running_testnet(directory, NODES) as procs:
-            for size_bytes in sizes_bytes:
+            for size_bytes in [] if args.small_only else sizes_bytes:
                 free_bytes = shutil.disk_usage(work_dir).free
                 if free_bytes < size_bytes * DISK_NEEDED_MULTIPLE:
                     report["large"].append({"size_bytes": size_bytes,
@@ -286,8 +322,9 @@ def run(args: argparse.Namespace) -> int:
                 report["large"].append(measure_large(directory, work_dir, size_bytes))
             client_ident = identity.load_identity(directory / testnet.CLIENT_DIR)
             report["small"] = trio.run(small_files, client_ident, [p.address for p in procs], args.clients,
-                                       args.small_ops, args.small_bytes)
-        report["ceiling"]["after"] = measure_ceiling(node_dir, ceiling_client, args.ceiling_mib * MIB)
+                                       args.small_ops, args.small_bytes, [p.pid for p in procs])
+        if not args.small_only:
+            report["ceiling"]["after"] = measure_ceiling(node_dir, ceiling_client, args.ceiling_mib * MIB)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

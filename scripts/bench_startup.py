@@ -1,4 +1,4 @@
-"""Start-up time of the CLI: `p2pfs --help` and `p2pfs ls`, wall clock and CPU.
+"""Start-up time of the CLI: `p2pfs --help`, `p2pfs ls` (and stat, members), wall clock and CPU.
 
     python scripts/bench.py startup [--runs 20] [--source DIR [--source DIR2]] [--nodes 3]
 
@@ -8,8 +8,10 @@ the median and the minimum of the wall time and of the CPU time (user + system) 
 each. On a shared machine the wall time is mostly waiting for a core; the CPU time is
 what the command would take on an idle one. ``python -c pass`` is the floor: the
 interpreter's own start-up. ``--source DIR`` measures another checkout (say, a
-`git archive` of main; its p2pfs is put first on PYTHONPATH); given twice, both are
-measured in the same run, turn about, each against a network of its own.
+`git archive` of main; its p2pfs is put first on PYTHONPATH, and every command runs in a
+scratch directory, since `python -m` and `-c` put the current directory ahead of
+PYTHONPATH); given twice, both are measured in the same run, turn about, each against a
+network of its own.
 
 Then where `ls` spends its import time: the CPU each stage of its imports adds,
 in the order it loads them (the least of ``--runs`` fresh interpreters each).
@@ -32,16 +34,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # Each command is run this long at most (a hung CLI must not hang the benchmark).
 COMMAND_TIMEOUT_S = 60.0
 # What `p2pfs ls` imports, in the order it needs them: each stage is timed after the ones
-# before it are loaded, so a stage's figure is what it adds.
-STAGES = ("click", "trio", "cryptography.x509", "p2pfs.identity", "p2pfs.net", "p2pfs.membership.messages",
-          "p2pfs.replication.messages", "p2pfs.node.messages", "p2pfs.client", "p2pfs.cli")
+# before it are loaded, so a stage's figure is what it adds. `ls` runs on the blocking driver
+# (p2pfs.client.blocking, no trio); the last two stages are what put and get add to it. A
+# stage a source does not have (an older checkout) is shown as "-".
+STAGES = ("click", "p2pfs.cli", "ssl", "cryptography.x509", "p2pfs.identity", "p2pfs.net.trust", "p2pfs.net.mux",
+          "p2pfs.membership.messages", "p2pfs.replication.messages", "p2pfs.node.messages",
+          "p2pfs.client.blocking", "trio", "p2pfs.client.failover")
 
 
-def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+def run_once(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one run; fails loudly on a non-zero exit."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_s = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, timeout=COMMAND_TIMEOUT_S)
+    result = subprocess.run(command, env=env, capture_output=True, timeout=COMMAND_TIMEOUT_S, cwd=cwd)
     wall_s = time.perf_counter() - start_s
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -50,30 +55,39 @@ def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall_s, cpu_s
 
 
-def stage_once(python: str, env: dict[str, str], index: int) -> float:
-    """CPU seconds importing ``STAGES[index]`` adds, in a fresh interpreter with the ones before it loaded.
+def stage_once(python: str, env: dict[str, str], index: int, cwd: Path) -> float | None:
+    """CPU seconds importing ``STAGES[index]`` adds, in a fresh interpreter with the ones before it
+    loaded (None if this source lacks one of them).
 
     CPU time, in-process (``time.process_time``): unlike ``-X importtime``'s wall clock it
     barely moves with the machine's load.
     """
-    code = "".join(f"import {before}\n" for before in STAGES[:index])
-    code += f"import time\nstart = time.process_time()\nimport {STAGES[index]}\nprint(time.process_time() - start)"
-    return float(subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True,
-                                timeout=COMMAND_TIMEOUT_S).stdout)
+    code = "import importlib.util, sys, time\n"
+    code += f"names = {STAGES[:index + 1]!r}\n"
+    code += "if not all(importlib.util.find_spec(n) for n in names): sys.exit(3)\n"
+    code += "".join(f"import {before}\n" for before in STAGES[:index])
+    code += f"start = time.process_time()\nimport {STAGES[index]}\nprint(time.process_time() - start)"
+    result = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+                            cwd=cwd)
+    if result.returncode == 3:
+        return None
+    if result.returncode != 0:
+        raise SystemExit(f"importing {STAGES[index]} failed: {result.stderr[-2000:]}")
+    return float(result.stdout)
 
 
 def start_network(python: str, env: dict[str, str], directory: Path, nodes: int) -> str:
     """A test network of ``nodes`` from ``env``'s source, 10 small files in it; the first node's address."""
     p2pfs = [python, "-m", "p2pfs"]
     subprocess.run([*p2pfs, "testnet", "up", "--dir", str(directory), "--nodes", str(nodes), "--base-port", "0"],
-                   env=env, check=True, capture_output=True, timeout=300)
+                   env=env, check=True, capture_output=True, timeout=300, cwd=directory.parent)
     status = subprocess.run([*p2pfs, "testnet", "status", "--dir", str(directory), "--json"], env=env,
-                            check=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+                            check=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=directory.parent)
     node = json.loads(status.stdout)[0]["address"]
     env["P2PFS_IDENTITY"] = str(directory / "client")
     for i in range(10):
         subprocess.run([*p2pfs, "--node", node, "put", "-", "--name", f"bench/{i}"], input=b"x" * i,
-                       env=env, check=True, capture_output=True, timeout=COMMAND_TIMEOUT_S)
+                       env=env, check=True, capture_output=True, timeout=COMMAND_TIMEOUT_S, cwd=directory.parent)
     return node
 
 
@@ -103,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 "p2pfs --help": lambda node: [*p2pfs, "--help"],
                 "p2pfs ls --help": lambda node: [*p2pfs, "ls", "--help"],
                 "p2pfs ls (10 files)": lambda node: [*p2pfs, "--node", node, "ls"],
+                "p2pfs stat": lambda node: [*p2pfs, "--node", node, "stat", "bench/9"],
+                "p2pfs members": lambda node: [*p2pfs, "--node", node, "members"],
             }
             load_before = os.getloadavg()[0]
             times = {(i, label): [] for i in range(len(sources)) for label in commands}
@@ -110,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.runs):  # every source and command in turn, so load hits all alike
                 for i, (env, node) in enumerate(zip(envs, nodes)):
                     for label, command in commands.items():
-                        times[(i, label)].append(run_once(command(node), env))
+                        times[(i, label)].append(run_once(command(node), env, Path(temp)))
                     for index, stage in enumerate(STAGES):
-                        stages[(i, stage)].append(stage_once(python, env, index))
+                        stages[(i, stage)].append(stage_once(python, env, index, Path(temp)))
             load_after = os.getloadavg()[0]
         finally:
             for env, network in zip(envs, networks):
                 subprocess.run([*p2pfs, "testnet", "down", "--dir", str(network)], env=env, capture_output=True,
-                               timeout=300)
+                               timeout=300, cwd=temp)
     print(f"{args.runs} runs each, interleaved; load average {load_before:.1f} before, {load_after:.1f} after")
     for i, source in enumerate(sources):
         print(f"\nsource {source}:\n")
@@ -132,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         print("| import | CPU median (ms) | CPU min (ms) |")
         print("|---|---|---|")
         for stage in STAGES:
-            samples = [x * 1000 for x in stages[(i, stage)]]
-            print(f"| `{stage}` | {statistics.median(samples):.1f} | {min(samples):.1f} |")
+            samples = [x * 1000 for x in stages[(i, stage)] if x is not None]
+            if samples:
+                print(f"| `{stage}` | {statistics.median(samples):.1f} | {min(samples):.1f} |")
+            else:
+                print(f"| `{stage}` | - | - |")
     return 0
 
 

@@ -6,9 +6,17 @@ import itertools
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from p2pfs import identity
 from p2pfs.wire import Role
+
+pytest_plugins = ["stop_on_sigterm"]
+
+# The suite runs on shared machines: how long Hypothesis takes to draw an example says nothing about
+# the code under test, so neither its deadline nor its too-slow check may fail a run.
+settings.register_profile("shared_machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared_machine")
 
 
 @pytest.fixture(scope="session")

@@ -101,13 +101,8 @@ async def test_an_expired_client_cannot_resume_a_session_from_before(tmp_path, n
 # --- real daemons --------------------------------------------------------------------------
 
 
-def cli(running, *args, node="node1"):
-    command = [sys.executable, "-m", "p2pfs", "--node", running.address(node), *args]
-    return subprocess.run(command, capture_output=True, env=running.env(), timeout=CLI_TIMEOUT_S)
-
-
 def status(running, node):
-    return json.loads(cli(running, "status", "--json", node=node).stdout)
+    return running.json("status", node=node)
 
 
 @pytest.mark.integration
@@ -148,15 +143,13 @@ def test_a_running_node_takes_up_a_renewed_certificate_without_dropping_connecti
         # And the admin command does the same as SIGHUP, reporting what changed.
         subprocess.run([sys.executable, "-m", "p2pfs", "node", "renew", str(running.directory / "node2"),
                         "--ca", str(ca_dir), "--json"], capture_output=True, timeout=CLI_TIMEOUT_S, check=True)
-        reloaded = json.loads(cli(running, "reload", "--json", node="node2").stdout)
+        reloaded = running.json("reload", node="node2")
         assert len(reloaded["changes"]) == 1 and reloaded["changes"][0].startswith("certificate")
         assert status(running, "node1")["cert_not_valid_after_ms"] == valid_to_ms
         assert {name: p.pid for name, p in running.status().items()} == pids  # nothing restarted
         # A key without the admin role cannot make a node reload.
-        reader = tmp_path / "reader"
-        assert cli(running, "client", "init", str(reader), "--ca", str(ca_dir)).returncode == 0
-        refused = subprocess.run([sys.executable, "-m", "p2pfs", "--identity", str(reader), "--node",
-                                  running.address("node2"), "reload"], capture_output=True, timeout=CLI_TIMEOUT_S)
+        reader = running.new_client(tmp_path / "reader").directory
+        refused = running.cli("reload", identity_dir=reader, node="node2", check=False)
         assert refused.returncode == 5 and "reload needs the admin role" in refused.stderr.decode()
 
 
@@ -208,13 +201,12 @@ def test_the_ca_rotates_under_a_steady_workload_without_a_failure_or_a_restart(t
     from p2pfs.client import Cluster
 
     with running_testnet(tmp_path / "testnet", nodes=5) as running:
-        old_ca, new_ca = running.directory / testnet.CA_DIR, tmp_path / "ca2"
+        new_ca = tmp_path / "ca2"
         admin_dir = running.directory / testnet.CLIENT_DIR
         dirs = [running.directory / name for name in running.names] + [admin_dir]
         addresses = [parse_address(running.address(name)) for name in running.names]
         pids = {name: p.pid for name, p in running.status().items()}
-        outsider = tmp_path / "outsider"  # a client of the old CA that is never renewed
-        assert cli(running, "client", "init", str(outsider), "--ca", str(old_ca)).returncode == 0
+        outsider = running.new_client(tmp_path / "outsider").directory  # of the old CA, never renewed
         done, failures = [], []
 
         async def workload(stop: trio.Event) -> None:
@@ -282,8 +274,7 @@ def test_the_ca_rotates_under_a_steady_workload_without_a_failure_or_a_restart(t
         for directory in dirs:
             assert identity.load_identity(directory).trusted_cluster_ids == {new_cluster_id}
         for name in running.names:
-            facts = json.loads(cli(running, "status", "--json", node=name).stdout)
+            facts = running.json("status", node=name)
             assert facts["members_alive"] == len(running.names)
-        refused = subprocess.run([sys.executable, "-m", "p2pfs", "--identity", str(outsider), "--node",
-                                  running.address("node1"), "status"], capture_output=True, timeout=CLI_TIMEOUT_S)
+        refused = running.cli("status", identity_dir=outsider, check=False)
         assert refused.returncode == 5, refused.stderr.decode()

@@ -24,9 +24,12 @@ from p2pfs.chaos.history import ABSENT, DELETE, FAIL, GET, INFO, OK, PUT, Fault,
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "chaos.py"
-# The CI run: its seed schedules every fault kind within its length (checked below).
-CI_SEED = 2
-CI_MINUTES = 1.6
+# The CI run: its seed schedules every fault kind within its length (checked below), each once,
+# in the shortest length found among seeds 0-4999 (all eight end by 59.5 s; seed 2 needed 1.6
+# minutes). The wipe comes early, so the refill is done before the checks, and the last fault
+# is a skew, which leaves nothing to repair.
+CI_SEED = 1242
+CI_MINUTES = 1.0
 # The whole CI run, set-up and checks included, must finish within this (the bound).
 CI_RUN_TIMEOUT_S = 180.0
 # Seconds for every process of a SIGKILLed run to be gone.

@@ -20,7 +20,7 @@ import pytest
 from p2pfs import identity
 from p2pfs.cli import ExitCode
 from p2pfs.wire import Role
-from testnet_helpers import CLI_TIMEOUT_S, running_testnet
+from testnet_helpers import CLI_TIMEOUT_S, running_testnet, write_all
 
 pytestmark = pytest.mark.integration
 
@@ -127,8 +127,7 @@ NAMES = 16
 def test_get_with_every_replica_of_a_chunk_dead_names_the_real_reason(tmp_path):
     data = os.urandom(64 * 1024)
     with running_testnet(tmp_path / "net", nodes=5) as net:
-        for index in range(NAMES):
-            net.cli("put", "-", "--name", f"f{index}", stdin=data)
+        write_all(net, {f"f{index}": data for index in range(NAMES)}, through=["node1"])
         (chunk,) = net.json("stat", "f0")["chunks"]
         by_id = {net.node_id(name): name for name in net.names}
         holders = [by_id[node_id] for node_id in chunk["replicas"]]

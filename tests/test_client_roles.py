@@ -229,7 +229,7 @@ def test_attack_5_roles_and_prefixes_hold_and_stat_says_who_wrote(net, tmp_path)
     text = as_client(net, reader, "stat", "a/x", node="node5").stdout.decode()
     assert f"client:   {writer_id}" in text
     # The write is logged with the client's id by the node that coordinated it.
-    assert f"put 'a/x': 4 bytes in 1 chunks, for client {writer_id}" in daemon_log(net, "node3")
+    assert f"put 'a/x': 4 bytes inline, for client {writer_id}" in daemon_log(net, "node3")
     assert "refused put from client" in daemon_log(net, "node4")
 
 

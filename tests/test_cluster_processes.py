@@ -67,14 +67,21 @@ def test_network_converges_detects_kill_and_leave_and_takes_a_node_back(tmp_path
                  timeout_s=15, what="node5 to be marked left")
 
 
-def test_status_reports_this_node_and_members_by_state(tmp_path):
-    with running_testnet(tmp_path / "net", nodes=3) as net:
-        status = net.json("status", node="node2")
-        assert status["node_id"] == net.node_id("node2")
-        assert f"{status['host']}:{status['port']}" == net.address("node2")
-        assert status["members_alive"] == 3
-        assert status["members_dead"] == status["members_suspect"] == status["members_left"] == 0
-        assert status["uptime_s"] >= 0
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    """Three nodes for the tests below, which only read them (and try to start other daemons beside
+    them): one network instead of one each."""
+    with running_testnet(tmp_path_factory.mktemp("processes") / "net", nodes=3) as network:
+        yield network
+
+
+def test_status_reports_this_node_and_members_by_state(net):
+    status = net.json("status", node="node2")
+    assert status["node_id"] == net.node_id("node2")
+    assert f"{status['host']}:{status['port']}" == net.address("node2")
+    assert status["members_alive"] == 3
+    assert status["members_dead"] == status["members_suspect"] == status["members_left"] == 0
+    assert status["uptime_s"] >= 0
 
 
 def start_daemon(directory) -> subprocess.Popen:
@@ -82,26 +89,26 @@ def start_daemon(directory) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_a_daemon_with_a_certificate_from_another_ca_cannot_join(tmp_path):
-    with running_testnet(tmp_path / "net", nodes=3) as net:
-        other_ca = identity.init_ca(tmp_path / "other-ca")
-        impostor_dir = tmp_path / "impostor"
-        impostor = identity.create_identity(impostor_dir, other_ca, Role.NODE)
-        seed = net.status()["node1"].address
-        listen = Address("127.0.0.1", testnet.os_chosen_ports(1)[0])
-        (impostor_dir / CONFIG_FILE).write_text(
-            render_node_config(NodeSettings(listen=listen, seeds=(seed,)))
-        )
-        proc = start_daemon(impostor_dir)
-        try:
-            node1_log = net.directory / "node1" / "daemon.log"
-            wait_for(lambda: "TLS handshake failed" in node1_log.read_text(), timeout_s=20,
-                     what="node1 to reject the impostor's handshake")
-            for observer in net.names:
-                assert impostor.node_id not in states_seen_by(net, observer)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+def test_a_daemon_with_a_certificate_from_another_ca_cannot_join(net, tmp_path):
+    other_ca = identity.init_ca(tmp_path / "other-ca")
+    impostor_dir = tmp_path / "impostor"
+    impostor = identity.create_identity(impostor_dir, other_ca, Role.NODE)
+    seed = net.status()["node1"].address
+    listen = Address("127.0.0.1", testnet.os_chosen_ports(1)[0])
+    (impostor_dir / CONFIG_FILE).write_text(
+        render_node_config(NodeSettings(listen=listen, seeds=(seed,)))
+    )
+    node1_log = net.directory / "node1" / "daemon.log"
+    logged_before = len(node1_log.read_text())  # the network is shared: only what node1 logs from now on
+    proc = start_daemon(impostor_dir)
+    try:
+        wait_for(lambda: "TLS handshake failed" in node1_log.read_text()[logged_before:], timeout_s=20,
+                 what="node1 to reject the impostor's handshake")
+        for observer in net.names:
+            assert impostor.node_id not in states_seen_by(net, observer)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def listening(address: Address) -> bool:
@@ -112,19 +119,18 @@ def listening(address: Address) -> bool:
     return True
 
 
-def test_daemon_refuses_to_start_with_clear_messages(tmp_path):
-    with running_testnet(tmp_path / "net", nodes=1) as net:
-        ca = identity.load_ca(net.directory / "ca")
-        busy_dir = tmp_path / "busy"
-        identity.create_identity(busy_dir, ca, Role.NODE)
-        node1 = net.status()["node1"]
-        (busy_dir / CONFIG_FILE).write_text(render_node_config(NodeSettings(listen=node1.address)))
-        # What the refusal relies on: node1 is running and holds its address.
-        assert node1.running and listening(node1.address), f"node1 is not listening on {node1.address}"
-        result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(busy_dir)],
-                                capture_output=True, timeout=30)
-        assert result.returncode == 2
-        assert b"already in use" in result.stderr and b"Traceback" not in result.stderr
+def test_daemon_refuses_to_start_with_clear_messages(net, tmp_path):
+    ca = identity.load_ca(net.directory / "ca")
+    busy_dir = tmp_path / "busy"
+    identity.create_identity(busy_dir, ca, Role.NODE)
+    node1 = net.status()["node1"]
+    (busy_dir / CONFIG_FILE).write_text(render_node_config(NodeSettings(listen=node1.address)))
+    # What the refusal relies on: node1 is running and holds its address.
+    assert node1.running and listening(node1.address), f"node1 is not listening on {node1.address}"
+    result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(busy_dir)],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert b"already in use" in result.stderr and b"Traceback" not in result.stderr
 
     def refuses(name: str, role: Role, config_text: str, code: int, message: bytes) -> None:
         directory = tmp_path / name

@@ -8,7 +8,6 @@ random bytes (page 1, the header and schema; page 2; and the last page).
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import sqlite3
@@ -17,12 +16,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pfs import identity, testnet
-from p2pfs.client import Client
+from p2pfs import testnet
 
 from admin_helpers import samples, value
 from damage_helpers import break_manifest, checkpoint, insert_invalid_utf8_row, overwrite_page, page_count
-from testnet_helpers import CLI_TIMEOUT_S, Net, read_all, running_testnet, wait_for
+from testnet_helpers import Net, read_all, running_testnet, wait_for, write_all
 
 pytestmark = pytest.mark.integration
 
@@ -67,16 +65,7 @@ def names_held(path: Path) -> set[bytes]:
 
 def put_files(net: Net, prefix: str, rng: random.Random) -> dict[str, bytes]:
     files = {f"{prefix}/f{i:03d}": rng.randbytes(rng.choice([0, 10, 5000])) for i in range(FILES)}
-    ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
-    address = net.status()["node1"].address
-
-    async def main() -> None:
-        with trio.fail_after(CLI_TIMEOUT_S):
-            async with Client.connect(ident, address) as client:
-                for name, data in files.items():
-                    await client.put(io.BytesIO(data), name, len(data))
-
-    trio.run(main)
+    write_all(net, files, through=["node1"])
     return files
 
 

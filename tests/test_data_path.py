@@ -23,6 +23,8 @@ SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 50 * 1024 * 1024]
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
+    """One network for the whole file. The last two tests stop nodes: node3 comes back, but
+    node2 and node4 stay down, so that test must remain the last."""
     with running_testnet(tmp_path_factory.mktemp("data-net"), nodes=5) as running:
         yield running
 
@@ -175,41 +177,34 @@ def preference(net: Net, chunk_id_hex: str) -> list[str]:
     return Ring(members).preference_list(bytes.fromhex(chunk_id_hex), 3)
 
 
-def test_put_with_a_node_down_succeeds_and_hints_reach_it_when_it_returns(tmp_path):
-    with running_testnet(tmp_path / "net", nodes=5) as net:
-        net.kill("node3")
-        down_id = net.node_id("node3")
-        content = os.urandom(12 * CHUNK)
-        (tmp_path / "while-down").write_bytes(content)
-        net.cli("put", str(tmp_path / "while-down"), node="node1")
-        assert get_bytes(net, "while-down", "node2", tmp_path) == content
-        stat = net.json("stat", "while-down", node="node1")
-        owed = [c["chunk_id"] for c in stat["chunks"] if down_id in preference(net, c["chunk_id"])]
-        assert owed, "with 12 chunks over 5 nodes, node3 should own some"
-        for chunk in stat["chunks"]:
-            assert len(chunk["replicas"]) == 3, "stand-ins keep rf copies while an owner is down"
-        net.start("node3")
+def test_put_with_a_node_down_succeeds_and_hints_reach_it_when_it_returns(net, tmp_path):
+    net.kill("node3")
+    down_id = net.node_id("node3")
+    content = os.urandom(12 * CHUNK)
+    (tmp_path / "while-down").write_bytes(content)
+    net.cli("put", str(tmp_path / "while-down"), node="node1")
+    assert get_bytes(net, "while-down", "node2", tmp_path) == content
+    stat = net.json("stat", "while-down", node="node1")
+    owed = [c["chunk_id"] for c in stat["chunks"] if down_id in preference(net, c["chunk_id"])]
+    assert owed, "with 12 chunks over 5 nodes, node3 should own some"
+    for chunk in stat["chunks"]:
+        assert len(chunk["replicas"]) == 3, "stand-ins keep rf copies while an owner is down"
+    net.start("node3")
 
-        def delivered() -> bool:
-            chunks = net.json("stat", "while-down", node="node1")["chunks"]
-            return all(down_id in c["replicas"] for c in chunks if c["chunk_id"] in owed)
+    def delivered() -> bool:
+        chunks = net.json("stat", "while-down", node="node1")["chunks"]
+        return all(down_id in c["replicas"] for c in chunks if c["chunk_id"] in owed)
 
-        wait_for(delivered, timeout_s=60, what="hinted chunks to reach node3")
-        # Stand-ins drop their copies once handed over: rf copies, not more.
-        wait_for(lambda: all(len(c["replicas"]) == 3 for c in net.json("stat", "while-down")["chunks"]),
-                 timeout_s=30, what="stand-ins to drop handed-over copies")
+    wait_for(delivered, timeout_s=60, what="hinted chunks to reach node3")
+    # Stand-ins drop their copies once handed over: rf copies, not more.
+    wait_for(lambda: all(len(c["replicas"]) == 3 for c in net.json("stat", "while-down")["chunks"]),
+             timeout_s=30, what="stand-ins to drop handed-over copies")
 
 
-def test_gets_survive_sigkill_of_two_nodes(tmp_path):
-    with running_testnet(tmp_path / "net", nodes=5) as net:
-        stored = {}
-        for size in SIZES:
-            path = tmp_path / f"f{size}"
-            path.write_bytes(os.urandom(size))
-            net.cli("put", str(path), node="node1")
-            stored[path.name] = path.read_bytes()
-        net.kill("node2")
-        net.kill("node4")
-        for name, content in stored.items():
-            assert get_bytes(net, name, "node5", tmp_path) == content, name
-            assert get_bytes(net, name, "node1", tmp_path) == content, name
+def test_gets_survive_sigkill_of_two_nodes(net, files, tmp_path):
+    """The edge sizes, put at node1 before the first test, read with two of five nodes killed."""
+    net.kill("node2")
+    net.kill("node4")
+    for name, content in files.items():
+        assert get_bytes(net, name, "node5", tmp_path) == content, name
+        assert get_bytes(net, name, "node1", tmp_path) == content, name

@@ -17,8 +17,10 @@ from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import name_key
 from p2pfs.replication.quorum import QuorumError
 from p2pfs.sim.data import DataCluster, DataNode
-from p2pfs.sim.network import SimNetwork, run_simulation, sim_seed
+from p2pfs.sim.network import SimNetwork, sim_seed
 from p2pfs.wire import ErrorCode
+
+from sim_helpers import run_scenario
 
 SEED = sim_seed(6001)
 NODES_INITIAL = 5
@@ -54,7 +56,7 @@ async def read_back(node: DataNode, name: str) -> bytes | None:
     if entry is None or entry.manifest is None:
         return None
     parts = [await node.data.fetch_chunk(ref.chunk_id) for ref in entry.manifest.chunks]
-    return b"".join(parts)
+    return entry.manifest.inline + b"".join(parts)  # a small file's bytes are in its entry
 
 
 async def scenario(root, seed: int) -> None:
@@ -170,28 +172,44 @@ async def scenario(root, seed: int) -> None:
 
 
 def test_random_faults_then_quiet_leave_every_file_on_exactly_its_rf_preference_nodes(tmp_path):
-    try:
-        run_simulation(scenario, tmp_path, SEED, seed=SEED)
-    except BaseException:
-        print(f"simulation seed {SEED} (replay: P2PFS_SIM_SEED={SEED})")
-        raise
+    run_scenario(scenario, tmp_path, SEED)
+
+
+# The scenarios below stage one exchange by hand: no hint delivery or anti-entropy round may
+# run on its own and repair what they set up.
+# Inline storage off: these scenarios damage and withhold chunks, so their files must have some.
+QUIET = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0, anti_entropy_interval_s=10_000.0,
+                            inline_file_bytes_max=0)
+QUIET_SEEDS = (sim_address(1),)
+
+
+async def all_alive(cluster: DataCluster, nodes: int) -> None:
+    """Wait (simulated time) until every running node sees ``nodes`` members alive."""
+    took_s = await wait_until(
+        lambda: all(len([m for m in n.membership.members() if m.state.name == "ALIVE"]) == nodes
+                    for n in cluster.running()),
+        timeout_s=60, poll_s=0.5,
+    )
+    assert took_s is not None, f"the {nodes} nodes did not all see each other alive"
+
+
+async def quiet_cluster(nursery: trio.Nursery, root, seed: int, *, nodes: int) -> tuple[SimNetwork, DataCluster]:
+    """``nodes`` simulated nodes with ``QUIET`` replication, started and all alive to each other."""
+    rng = random.Random(seed)
+    network = SimNetwork(random.Random(rng.getrandbits(64)))
+    await nursery.start(network.run)
+    cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, QUIET)
+    for index in range(1, nodes + 1):
+        await cluster.start(index, QUIET_SEEDS)
+    await all_alive(cluster, nodes)
+    return network, cluster
 
 
 async def stand_in_scenario(root, seed: int) -> None:
     """A stand-in's "nothing here" must not outvote the preferred replicas (found by the
     chaos suite, seed 30: a read right after a partition healed answered "absent")."""
-    rng = random.Random(seed)
-    network = SimNetwork(random.Random(rng.getrandbits(64)))
-    quiet = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0,
-                                anti_entropy_interval_s=10_000.0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(network.run)
-        cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, quiet)
-        seeds = (sim_address(1),)
-        for index in range(1, 6):
-            await cluster.start(index, seeds)
-        assert await wait_until(lambda: all(len(n.membership.members()) == 5 for n in cluster.running()),
-                                timeout_s=60, poll_s=0.5) is not None
+        network, cluster = await quiet_cluster(nursery, root, seed, nodes=5)
         ring = cluster.nodes[1].data.ring()
         preferred = ring.preference_list(name_key("x"), 3)
         fallbacks = ring.fallback_list(name_key("x"), 3)
@@ -204,9 +222,8 @@ async def stand_in_scenario(root, seed: int) -> None:
             yield b"payload"
 
         await writer.data.put("x", pieces(), 7)
-        p2 = await cluster.start(p2.index, seeds)  # back, without the write (no hint delivered yet)
-        assert await wait_until(lambda: all(len([m for m in n.membership.members() if m.state.name == "ALIVE"]) == 5
-                                            for n in cluster.running()), timeout_s=60, poll_s=0.5) is not None
+        p2 = await cluster.start(p2.index, QUIET_SEEDS)  # back, without the write (no hint delivered yet)
+        await all_alive(cluster, 5)
         assert p2.data.names.get("x") is None
         # The reader has p0 and the writer (which holds the write under a hint) in back-off: it
         # asks itself (a stand-in, empty) instead, p1 and p2. p1, the one replica asked that
@@ -219,7 +236,7 @@ async def stand_in_scenario(root, seed: int) -> None:
         with pytest.raises(QuorumError):
             await reader.data.read_name("x")
         network.resume(p1.address)
-        await trio.sleep(quiet.replica_backoff_s)  # simulated time: the back-offs expire
+        await trio.sleep(QUIET.replica_backoff_s)  # simulated time: the back-offs expire
         entry = await reader.data.read_name("x")
         assert entry is not None and entry.manifest is not None and entry.manifest.size_bytes == 7
         nursery.cancel_scope.cancel()
@@ -227,28 +244,14 @@ async def stand_in_scenario(root, seed: int) -> None:
 
 def test_a_stand_in_that_knows_nothing_does_not_make_a_read_absent(tmp_path):
     seed = sim_seed(30)
-    try:
-        run_simulation(stand_in_scenario, tmp_path, seed, seed=seed)
-    except BaseException:
-        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
-        raise
+    run_scenario(stand_in_scenario, tmp_path, seed)
 
 
 async def unservable_chunk_scenario(root, seed: int) -> None:
     """A peer that lists a chunk it then cannot serve (corrupt on its disk) must not stop the
     rest of the exchange (found by the chaos suite, seed 30: a name stayed under-replicated)."""
-    rng = random.Random(seed)
-    network = SimNetwork(random.Random(rng.getrandbits(64)))
-    quiet = dataclasses.replace(REPLICATION, hint_delivery_interval_s=10_000.0,
-                                anti_entropy_interval_s=10_000.0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(network.run)
-        cluster = DataCluster(nursery, network, root, rng, MEMBERSHIP, quiet)
-        seeds = (sim_address(1),)
-        for index in range(1, 4):
-            await cluster.start(index, seeds)
-        assert await wait_until(lambda: all(len(n.membership.members()) == 3 for n in cluster.running()),
-                                timeout_s=60, poll_s=0.5) is not None
+        network, cluster = await quiet_cluster(nursery, root, seed, nodes=3)
         first, second, third = cluster.running()
 
         async def pieces(data: bytes):
@@ -258,9 +261,8 @@ async def unservable_chunk_scenario(root, seed: int) -> None:
         # The third node is down while "b" is written: it lacks both the name and its chunk.
         cluster.crash(third)
         await first.data.put("b", pieces(b"bytes only the others hold"), 26)
-        third = await cluster.start(third.index, seeds)
-        assert await wait_until(lambda: all(len([m for m in n.membership.members() if m.state.name == "ALIVE"]) == 3
-                                            for n in cluster.running()), timeout_s=60, poll_s=0.5) is not None
+        third = await cluster.start(third.index, QUIET_SEEDS)
+        await all_alive(cluster, 3)
         assert third.data.local.names.get("b") is None
         # The second holds a rotten copy of the chunk (it lists it, a fetch finds it corrupt),
         # and the first, the one good copy, is unreachable for this round.
@@ -276,8 +278,4 @@ async def unservable_chunk_scenario(root, seed: int) -> None:
 
 def test_a_chunk_a_peer_cannot_serve_does_not_stop_the_exchange(tmp_path):
     seed = sim_seed(31)
-    try:
-        run_simulation(unservable_chunk_scenario, tmp_path, seed, seed=seed)
-    except BaseException:
-        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
-        raise
+    run_scenario(unservable_chunk_scenario, tmp_path, seed)

@@ -16,16 +16,13 @@ is separate).
 from __future__ import annotations
 
 import logging
-import resource
 
-import pytest
 import trio
 
 from p2pfs import identity, testnet
-from p2pfs.client import Client
 from p2pfs.observe import Collapsed
 
-from testnet_helpers import running_testnet
+from testnet_helpers import raise_fd_limit, running_testnet, status_calls_while_flooding
 
 SILENT_CONNECTIONS = 300
 # Silent connections re-opened per second while the client works (the report saw ~9/s).
@@ -38,18 +35,8 @@ STATUS_TIMEOUT_S = 10.0
 FLOOD_LOG_LINES_MAX = 20
 
 
-def _raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
-
-
 def test_silent_connections_do_not_keep_clients_out(tmp_path):
-    _raise_fd_limit(SILENT_CONNECTIONS * 2 + 256)
+    raise_fd_limit(SILENT_CONNECTIONS * 2 + 256)
     with running_testnet(tmp_path / "net", nodes=1) as net:
         node = net.status()["node1"]
         log_file = tmp_path / "net" / "node1" / testnet.LOG_FILE
@@ -62,28 +49,10 @@ def test_silent_connections_do_not_keep_clients_out(tmp_path):
             for _ in range(SILENT_CONNECTIONS):
                 silent.append(await trio.open_tcp_stream(node.address.host, node.address.port))
 
-            async def keep_flooding() -> None:
-                while True:
-                    await trio.sleep(1 / REOPEN_PER_S)  # the attacker's pace, not a synchronisation
-                    silent.append(await trio.open_tcp_stream(node.address.host, node.address.port))
-                    await trio.aclose_forcefully(silent.pop(0))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(keep_flooding)
-                failures_allowed = int(STATUS_CALLS * (1 - STATUS_SUCCESS_FRACTION_MIN))
-                for _ in range(STATUS_CALLS):
-                    try:
-                        with trio.fail_after(STATUS_TIMEOUT_S):
-                            async with Client.connect(client_identity, node.address) as client:
-                                await client.status()
-                        outcomes.append(True)
-                    except Exception:  # any failure counts against the fraction
-                        outcomes.append(False)
-                        if outcomes.count(False) > failures_allowed:
-                            break
-                nursery.cancel_scope.cancel()
-            for stream in silent:
-                await trio.aclose_forcefully(stream)
+            outcomes.extend(await status_calls_while_flooding(
+                client_identity, node.address, silent, reopen_per_s=REOPEN_PER_S, calls=STATUS_CALLS,
+                timeout_s=STATUS_TIMEOUT_S,
+                failures_allowed=int(STATUS_CALLS * (1 - STATUS_SUCCESS_FRACTION_MIN))))
 
         trio.run(main)
         succeeded = outcomes.count(True)

@@ -88,23 +88,25 @@ def test_awareness_score_is_clamped_and_scales_timeouts():
 # -- config ------------------------------------------------------------------------
 
 
-def test_defaults_are_memberlist_lan():
+def test_defaults_are_memberlist_lan_but_a_lower_suspicion_floor():
     c = MembershipConfig()
     assert (c.probe_interval_s, c.probe_timeout_s, c.indirect_checks) == (1.0, 0.5, 3)
-    assert (c.suspicion_mult, c.suspicion_max_timeout_mult, c.retransmit_mult) == (4, 6, 4)
+    assert (c.suspicion_mult, c.suspicion_max_timeout_mult, c.retransmit_mult) == (3, 6, 4)  # mult: LAN's 4
+    assert c.suspicion_confirmations == 2
     assert (c.gossip_interval_s, c.gossip_fanout, c.push_pull_interval_s, c.awareness_max) == (0.2, 3, 30.0, 8)
 
 
 @pytest.mark.parametrize(
     "n, floor_s, ceiling_s, k, retransmits, push_pull_s",
     [
-        (1, 4.0, 24.0, 0, 4, 30.0),
-        (3, 4.0, 24.0, 0, 4, 30.0),
-        (4, 4.0, 24.0, 2, 4, 30.0),
-        (10, 4.0, 24.0, 2, 8, 30.0),
-        (100, 8.0, 48.0, 2, 12, 90.0),
-        (1000, 12.0, 72.0, 2, 16, 180.0),
-        (10_000, 16.0, 96.0, 2, 20, 300.0),
+        (1, 3.0, 18.0, 0, 4, 30.0),
+        (3, 3.0, 18.0, 0, 4, 30.0),
+        (4, 3.0, 18.0, 2, 4, 30.0),
+        (10, 3.0, 18.0, 2, 8, 30.0),
+        (20, 3.903, 23.418, 2, 8, 30.0),
+        (100, 6.0, 36.0, 2, 12, 93.75),
+        (1000, 9.0, 54.0, 2, 16, 937.5),
+        (10_000, 12.0, 72.0, 2, 20, 9375.0),
     ],
 )
 def test_derived_timings(n, floor_s, ceiling_s, k, retransmits, push_pull_s):
@@ -118,8 +120,8 @@ def test_derived_timings(n, floor_s, ceiling_s, k, retransmits, push_pull_s):
 
 def test_detection_bound_formula():
     c = MembershipConfig()
-    assert c.detection_bound_s(2) == pytest.approx(2 + 24.0)
-    assert c.detection_bound_s(200) == pytest.approx(2 * 199 + 6 * 4 * 2.301)
+    assert c.detection_bound_s(2) == pytest.approx(2 + 18.0)
+    assert c.detection_bound_s(200) == pytest.approx(2 * 199 + 6 * 3 * 2.301)
     slow = dataclasses.replace(c, probe_interval_s=2.0, probe_timeout_s=1.0)
     assert slow.detection_bound_s(200) == pytest.approx(2 * c.detection_bound_s(200))
 

@@ -17,19 +17,21 @@ from p2pfs.wire import Role
 from wire_helpers import Echo
 
 
+async def _take(budget: MemoryBudget, got: list[int], size_bytes: int) -> None:
+    """Take ``size_bytes`` of ``budget`` (waiting for room), then note it in ``got``."""
+    await budget.take(size_bytes)
+    got.append(size_bytes)
+
+
 async def test_the_budget_gives_what_it_has_and_makes_the_rest_wait():
     budget = MemoryBudget(100)
     await budget.take(60)
     got: list[int] = []
 
-    async def take(size_bytes: int) -> None:
-        await budget.take(size_bytes)
-        got.append(size_bytes)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, 50)
+        nursery.start_soon(_take, budget, got, 50)
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(take, 10)  # would fit, but waits its turn behind the first
+        nursery.start_soon(_take, budget, got, 10)  # would fit, but waits its turn behind the first
         await trio.testing.wait_all_tasks_blocked()
         assert got == [] and budget.used_bytes == 60
         budget.give_back(20)
@@ -45,12 +47,8 @@ async def test_a_resized_budget_lets_waiting_readers_in_or_holds_new_ones_back()
     await budget.take(80)
     got: list[int] = []
 
-    async def take(size_bytes: int) -> None:
-        await budget.take(size_bytes)
-        got.append(size_bytes)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, 50)
+        nursery.start_soon(_take, budget, got, 50)
         await trio.testing.wait_all_tasks_blocked()
         assert got == []
         budget.resize(200)  # a reload with a larger budget: the waiting reader goes in
@@ -58,7 +56,7 @@ async def test_a_resized_budget_lets_waiting_readers_in_or_holds_new_ones_back()
         assert got == [50] and budget.used_bytes == 130
     budget.resize(100)  # smaller than what is buffered: new readers wait for it to drain
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, 10)
+        nursery.start_soon(_take, budget, got, 10)
         await trio.testing.wait_all_tasks_blocked()
         assert got == [50]
         budget.give_back(50)
@@ -71,10 +69,6 @@ async def test_a_wait_given_up_takes_nothing_and_lets_the_next_through():
     await budget.take(90)
     got: list[int] = []
 
-    async def take(size_bytes: int) -> None:
-        await budget.take(size_bytes)
-        got.append(size_bytes)
-
     big = trio.CancelScope()
 
     async def take_big() -> None:
@@ -84,7 +78,7 @@ async def test_a_wait_given_up_takes_nothing_and_lets_the_next_through():
     async with trio.open_nursery() as nursery:
         nursery.start_soon(take_big)
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(take, 10)
+        nursery.start_soon(_take, budget, got, 10)
         await trio.testing.wait_all_tasks_blocked()
         assert got == []  # behind the big one
         big.cancel()

@@ -15,8 +15,10 @@ from p2pfs.membership import Member, MemberState
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import BadReply, LocalFailure, ReplicaDown, ReplicaLacks, ReplicaRefused
+from p2pfs.replication.healing import bucket_of
 from p2pfs.replication.hints import HINTS_FILE_NAME, HintKind, HintStore
 from p2pfs.replication.local import LocalReplica, LocalStore
+from p2pfs.replication.placement import name_key
 from p2pfs.replication.replicas import RemoteReplica, Replicas, collect_chunks, collect_names
 from p2pfs.replication.view import RingView
 from p2pfs.storage import NAMES_FILE_NAME, ChunkStore, NameEntry, NameIndex, Timestamp, chunk_id_of
@@ -128,6 +130,21 @@ def test_a_malformed_answer_is_a_peer_fault(msg_type, answer, call):
     with pytest.raises(BadReply) as caught:
         trio.run(main)
     assert isinstance(caught.value, errors.PeerFault)
+
+
+def test_names_a_sync_answer_lists_outside_its_differing_buckets_are_not_taken():
+    inside, outside = "in.bin", "out.bin"
+    assert bucket_of(name_key(inside)) != bucket_of(name_key(outside))
+    endpoint = FakeEndpoint()
+    endpoint.answers[dm.SyncNames] = dm.SyncNamesReply(
+        (bucket_of(name_key(inside)),),
+        tuple(dm.NameSummary(name, 1_000, 0, ME, False) for name in (inside, outside)))
+
+    async def main():
+        return await _remote(endpoint).sync_names(())
+
+    differing, theirs = trio.run(main)
+    assert differing == [bucket_of(name_key(inside))] and list(theirs) == [inside]
 
 
 def test_this_node_is_a_replica_like_any_other(tmp_path):

@@ -17,7 +17,9 @@ from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import name_key
 from p2pfs.sim.data import DataCluster
-from p2pfs.sim.network import SimNetwork, run_simulation, sim_seed
+from p2pfs.sim.network import SimNetwork, sim_seed
+
+from sim_helpers import run_scenario
 
 REPLICATION = ReplicationConfig(
     chunk_size_bytes=4096, replica_timeout_s=2.0, replica_backoff_s=2.0, dead_grace_s=20.0,
@@ -74,11 +76,7 @@ async def malformed_sync_scenario(root, seed: int) -> None:
 
 def test_a_malformed_sync_answer_fails_that_exchange_and_never_the_node(tmp_path):
     seed = sim_seed(7101)
-    try:
-        run_simulation(malformed_sync_scenario, tmp_path, seed, seed=seed)
-    except BaseException:
-        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
-        raise
+    run_scenario(malformed_sync_scenario, tmp_path, seed)
 
 
 async def clock_scenario(root, seed: int) -> None:
@@ -94,11 +92,7 @@ async def clock_scenario(root, seed: int) -> None:
 
 def test_versions_are_stamped_by_the_data_layers_clock(tmp_path):
     seed = sim_seed(7102)
-    try:
-        run_simulation(clock_scenario, tmp_path, seed, seed=seed)
-    except BaseException:
-        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
-        raise
+    run_scenario(clock_scenario, tmp_path, seed)
 
 
 def test_the_daemon_reads_its_wall_clock_offset_from_the_environment():
@@ -145,8 +139,4 @@ async def hint_expiry_scenario(root, seed: int) -> None:
 
 def test_hints_expire_on_the_data_layers_clock(tmp_path):
     seed = sim_seed(7103)
-    try:
-        run_simulation(hint_expiry_scenario, tmp_path, seed, seed=seed)
-    except BaseException:
-        print(f"simulation seed {seed} (replay: P2PFS_SIM_SEED={seed})")
-        raise
+    run_scenario(hint_expiry_scenario, tmp_path, seed)

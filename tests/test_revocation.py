@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ from p2pfs.client import Client
 from p2pfs.net.trust import TrustStore
 from p2pfs.wire import Role
 
-from testnet_helpers import CLI_TIMEOUT_S, running_testnet, wait_for
+from testnet_helpers import running_testnet, wait_for
 
 FAST = net.NetConfig(handshake_timeout_s=5.0, stream_idle_timeout_s=5.0)
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -109,21 +108,12 @@ async def test_a_revoked_peer_is_refused_at_the_handshake_and_its_connections_cl
 # --- five real daemons ---------------------------------------------------------------------
 
 
-def cli(net_, *args, identity_dir=None, node="node1"):
-    command = [sys.executable, "-m", "p2pfs", *(["--identity", str(identity_dir)] if identity_dir else []),
-               "--node", net_.address(node), *args]
-    return subprocess.run(command, capture_output=True, env=net_.env(), timeout=CLI_TIMEOUT_S)
-
-
 @pytest.mark.integration
 def test_a_revoked_client_and_node_are_refused_by_every_node_within_10_s(tmp_path):
     with running_testnet(tmp_path / "testnet", nodes=5) as running:
         ca_dir = running.directory / testnet.CA_DIR
         client_dir = tmp_path / "victim"
-        made = subprocess.run([sys.executable, "-m", "p2pfs", "client", "init", str(client_dir), "--ca", str(ca_dir),
-                               "--role", "write", "--json"], capture_output=True, check=True, timeout=CLI_TIMEOUT_S)
-        victim = identity.load_identity(client_dir)
-        assert json.loads(made.stdout)["node_id"] == victim.node_id
+        victim = running.new_client(client_dir, "--role", "write")
         revoked_node = identity.load_identity(running.directory / "node5")
         others = ["node1", "node2", "node3", "node4"]
         addresses = {name: parse_address(running.address(name)) for name in running.names}
@@ -185,13 +175,13 @@ def test_a_revoked_client_and_node_are_refused_by_every_node_within_10_s(tmp_pat
                 await trio.sleep(0.2)
 
         # The client, revoked by id (CRL 1): all five nodes close its connections and refuse it.
-        assert cli(running, "ca", "revoke", victim.node_id[:16], "--ca", str(ca_dir)).returncode == 0
+        running.cli("ca", "revoke", victim.node_id[:16], "--ca", str(ca_dir))  # check=True: it must exit 0
         elapsed_s = trio.run(push_and_wait, [(victim, name) for name in running.names],
                              [(victim, name) for name in running.names], False)
         assert elapsed_s < 10.0
         # Node5, revoked by its certificate file (CRL 2): the other four close its connections,
         # refuse it and drop it from their member lists.
-        assert cli(running, "ca", "revoke", str(revoked_node.cert_path), "--ca", str(ca_dir)).returncode == 0
+        running.cli("ca", "revoke", str(revoked_node.cert_path), "--ca", str(ca_dir))
         elapsed_s = trio.run(push_and_wait, [(revoked_node, name) for name in others],
                              [(revoked_node, name) for name in others], True)
         assert elapsed_s < 10.0
@@ -202,13 +192,13 @@ def test_a_revoked_client_and_node_are_refused_by_every_node_within_10_s(tmp_pat
         # The CRL survives a restart: node2 comes back still refusing both.
         running.stop("node2")
         running.start("node2")
-        wait_for(lambda: cli(running, "status", node="node2").returncode == 0, timeout_s=60, what="node2 back")
-        result = cli(running, "status", identity_dir=client_dir, node="node2")
+        wait_for(lambda: running.cli("status", node="node2", check=False).returncode == 0, timeout_s=60,
+                 what="node2 back")
+        result = running.cli("status", identity_dir=client_dir, node="node2", check=False)
         assert result.returncode == ExitCode.AUTH and "revoked" in result.stderr.decode(), result.stderr.decode()
         # A key without the admin role cannot push a CRL.
-        reader = tmp_path / "reader"
-        assert cli(running, "client", "init", str(reader), "--ca", str(ca_dir)).returncode == 0
-        pushed = cli(running, "crl", "push", str(ca_dir / revocation.CRL_FILE), identity_dir=reader)
+        reader = running.new_client(tmp_path / "reader").directory
+        pushed = running.cli("crl", "push", str(ca_dir / revocation.CRL_FILE), identity_dir=reader, check=False)
         assert pushed.returncode == ExitCode.AUTH and "revocation needs the admin role" in pushed.stderr.decode()
 
 

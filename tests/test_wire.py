@@ -177,7 +177,7 @@ MESSAGE_CLASSES = sorted(wire.message_types().items())
 
 
 @pytest.mark.parametrize("type_code,cls", MESSAGE_CLASSES, ids=[c.__name__ for _, c in MESSAGE_CLASSES])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_message_type_round_trips(type_code, cls, data):
     msg = data.draw(instances_of(cls))
@@ -205,7 +205,7 @@ def test_random_payloads_raise_only_wire_error(type_code, payload):
         pass
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(type_code=st.sampled_from([c for c, _ in MESSAGE_CLASSES]), data=st.data())
 def test_truncated_or_mutated_payloads_raise_only_wire_error(type_code, data):
     cls = wire.message_types()[type_code]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+import pytest
 
 from p2pfs import identity, testnet
 from p2pfs.errors import P2pfsError
@@ -43,8 +46,10 @@ class Net:
         return env
 
     def cli(self, *args: str, node: str = "node1", check: bool = True, stdin: bytes | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "p2pfs", "--node", self.address(node), *args]
+            cwd: Path | None = None, identity_dir: Path | None = None) -> subprocess.CompletedProcess:
+        """Run ``p2pfs --node NODE ARGS`` as the network's admin client, or as ``identity_dir``'s."""
+        as_client = ["--identity", str(identity_dir)] if identity_dir is not None else []
+        command = [sys.executable, "-m", "p2pfs", *as_client, "--node", self.address(node), *args]
         result = subprocess.run(command, input=stdin, capture_output=True, env=self.env(),
                                 timeout=CLI_TIMEOUT_S, cwd=cwd)
         if check and result.returncode != 0:
@@ -55,6 +60,15 @@ class Net:
 
     def json(self, *args: str, node: str = "node1") -> object:
         return json.loads(self.cli(*args, "--json", node=node).stdout)
+
+    def new_client(self, directory: Path, *options: str) -> identity.Identity:
+        """A client identity signed by this network's CA, made as an operator does (``p2pfs client
+        init``, e.g. with ``--role write``); the node id it prints is the one it saved."""
+        made = self.cli("client", "init", str(directory), "--ca", str(self.directory / testnet.CA_DIR), *options,
+                        "--json")
+        client = identity.load_identity(directory)
+        assert json.loads(made.stdout)["node_id"] == client.node_id
+        return client
 
     def cli_async(self, *args: str, node: str = "node1") -> subprocess.Popen:
         command = [sys.executable, "-m", "p2pfs", "--node", self.address(node), *args]
@@ -79,9 +93,11 @@ class Net:
 
 
 def read_all(net: Net, expected: dict[str, bytes], through: list[str], concurrency: int = 8) -> None:
-    """Get every file through the client library (real TLS, real daemons) and compare bytes.
+    """Get every file through the client library (real TLS, real daemons) and compare bytes:
+    ``concurrency`` clients at a time, each getting its share one after another on one connection.
 
-    Faster than a CLI process per file, which matters with hundreds of files.
+    Faster than a CLI process per file, which matters with hundreds of files, and than a
+    connection (a TLS handshake) per file.
     """
     import io
 
@@ -90,27 +106,58 @@ def read_all(net: Net, expected: dict[str, bytes], through: list[str], concurren
     from p2pfs.client import Client
 
     ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
+    assert len(through) <= concurrency, "each node in `through` needs a client of its own"
     addresses = [net.status()[name].address for name in through]
+    names = sorted(expected)
     mismatched: list[str] = []
 
     async def main() -> None:
-        limiter = trio.CapacityLimiter(concurrency)
-
-        async def one(index: int, name: str) -> None:
-            async with limiter:
-                sink = io.BytesIO()
-                with trio.fail_after(CLI_TIMEOUT_S):
-                    async with Client.connect(ident, addresses[index % len(addresses)]) as client:
+        async def share(index: int) -> None:
+            with trio.fail_after(CLI_TIMEOUT_S):
+                async with Client.connect(ident, addresses[index % len(addresses)]) as client:
+                    for name in names[index::concurrency]:
+                        sink = io.BytesIO()
                         await client.get(name, sink)
-                if sink.getvalue() != expected[name]:
-                    mismatched.append(name)
+                        if sink.getvalue() != expected[name]:
+                            mismatched.append(name)
 
         async with trio.open_nursery() as nursery:
-            for index, name in enumerate(sorted(expected)):
-                nursery.start_soon(one, index, name)
+            for index in range(min(concurrency, len(names))):
+                nursery.start_soon(share, index)
 
     trio.run(main)
     assert not mismatched, f"files read back wrong: {mismatched[:10]}"
+
+
+def write_all(net: Net, files: dict[str, bytes], through: list[str], concurrency: int = 8) -> None:
+    """Put every file through the client library (real TLS, real daemons), ``concurrency`` clients at
+    a time, each putting its share one after another on one connection.
+
+    Faster than one put after another: each put mostly waits for its replicas' disks.
+    """
+    import io
+
+    import trio
+
+    from p2pfs.client import Client
+
+    ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
+    assert len(through) <= concurrency, "each node in `through` needs a client of its own"
+    addresses = [net.status()[name].address for name in through]
+    names = sorted(files)
+
+    async def main() -> None:
+        async def share(index: int) -> None:
+            with trio.fail_after(CLI_TIMEOUT_S):
+                async with Client.connect(ident, addresses[index % len(addresses)]) as client:
+                    for name in names[index::concurrency]:
+                        await client.put(io.BytesIO(files[name]), name, len(files[name]))
+
+        async with trio.open_nursery() as nursery:
+            for index in range(min(concurrency, len(names))):
+                nursery.start_soon(share, index)
+
+    trio.run(main)
 
 
 def wait_for(condition: Callable[[], object], *, timeout_s: float, what: str, interval_s: float = 0.2):
@@ -153,3 +200,52 @@ def running_testnet(directory: Path, nodes: int = 5, overrides: dict | None = No
             testnet.down(directory, timeout_s=10.0)
             for proc in testnet.status(directory):
                 assert not proc.running, f"{proc.name} (pid {proc.pid}) survived testnet down"
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` (a flood test holds more connections than the
+    common default of 1,024); daemons started after inherit it. Skips when the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
+
+
+async def status_calls_while_flooding(client_identity, address, silent: list, *, reopen_per_s: float, calls: int,
+                                      timeout_s: float, failures_allowed: int | None = None) -> list[bool]:
+    """``calls`` status requests, one after another, while an attacker keeps replacing the oldest of
+    the ``silent`` TCP connections with a new one ``reopen_per_s`` times a second; the outcome of each
+    (stops early past ``failures_allowed``). Every stream in ``silent`` is closed at the end."""
+    import trio
+
+    from p2pfs.client import Client
+
+    outcomes: list[bool] = []
+
+    async def keep_flooding() -> None:
+        while True:
+            await trio.sleep(1 / reopen_per_s)  # the attacker's pace, not a synchronisation
+            silent.append(await trio.open_tcp_stream(address.host, address.port))
+            await trio.aclose_forcefully(silent.pop(0))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_flooding)
+            for _ in range(calls):
+                try:
+                    with trio.fail_after(timeout_s):
+                        async with Client.connect(client_identity, address) as client:
+                            await client.status()
+                    outcomes.append(True)
+                except Exception:  # any failure counts against the fraction
+                    outcomes.append(False)
+                    if failures_allowed is not None and outcomes.count(False) > failures_allowed:
+                        break
+            nursery.cancel_scope.cancel()
+    finally:
+        for stream in silent:
+            await trio.aclose_forcefully(stream)
+    return outcomes

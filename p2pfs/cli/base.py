@@ -31,6 +31,7 @@ from p2pfs.errors import BadInput
 if TYPE_CHECKING:
     from p2pfs import identity
     from p2pfs.client import Cluster
+    from p2pfs.client import blocking
 
 CLIENT_CONFIG_FILE = "client.toml"
 
@@ -88,6 +89,13 @@ class Context:
     def cluster(self) -> "Cluster":
         """The cluster through the given nodes, remembering its members beside the identity."""
         from p2pfs.client import Cluster
+
+        return Cluster(self.client_identity(), self.node_addresses(), remember_in=self.identity_dir)
+
+    def blocking_cluster(self) -> "blocking.Cluster":
+        """The same, for one-request commands (ls, stat, members, status, rm): the same rules over a
+        plain socket, so that they start without loading trio (``p2pfs.client.blocking``)."""
+        from p2pfs.client.blocking import Cluster
 
         return Cluster(self.client_identity(), self.node_addresses(), remember_in=self.identity_dir)
 
@@ -307,6 +315,11 @@ def call(ctx: Context, method: str, *args: Any) -> Any:
 
     cluster = ctx.cluster()
     return run(getattr(cluster, method), *args)
+
+
+def call_blocking(ctx: Context, method: str, *args: Any) -> Any:
+    """Run a one-request operation without trio, failing over as ``call`` does."""
+    return getattr(ctx.blocking_cluster(), method)(*args)
 
 
 def call_one(ctx: Context, method: str, *args: Any) -> Any:

@@ -6,18 +6,32 @@ import dataclasses
 
 import click
 
-from p2pfs.cli.base import JSON_OPTION, Context, ExitCode, call, call_one, cli, emit, pass_context, shown, table
+from p2pfs.cli.base import (
+    JSON_OPTION, Context, ExitCode, call, call_blocking, call_one, cli, emit, escaped, pass_context, shown, table,
+)
 from p2pfs.config import format_size
+from p2pfs.ids import short_id
 
 
 @cli.command()
 @JSON_OPTION
 @pass_context
 def members(ctx: Context, as_json: bool) -> None:
-    """List the cluster's members as the node sees them."""
-    found = call(ctx, "members")
+    """List the cluster's members as the node sees them.
+
+    Nodes see members a little differently while news spreads, so when the
+    first node given does not answer and another does, a note on stderr says
+    which node answered and why the others were passed over (in --json, the
+    answering node's entry has "answering": true).
+    """
+    cluster = ctx.blocking_cluster()
+    found = cluster.members()
+    if cluster.passed_over and not as_json:
+        click.echo(f"note: the members as {cluster.last_node} (node {short_id(cluster.last_node_id)}) sees them; "
+                   f"passed over: {escaped('; '.join(cluster.passed_over))}", err=True)
     if as_json:
-        emit([{**dataclasses.asdict(mb), "address": f"{mb.host}:{mb.port}"} for mb in found])
+        emit([{**dataclasses.asdict(mb), "address": f"{mb.host}:{mb.port}",
+               "answering": mb.node_id == cluster.last_node_id} for mb in found])
         return
     table(
         [[mb.node_id[:12], f"{mb.host}:{mb.port}", mb.state, str(mb.incarnation), shown(mb.zone) or "-",
@@ -31,7 +45,7 @@ def members(ctx: Context, as_json: bool) -> None:
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Show the node: id, address, uptime, members by state, version."""
-    reply = call(ctx, "status")
+    reply = call_blocking(ctx, "status")
     facts = {**dataclasses.asdict(reply), "address": f"{reply.host}:{reply.port}"}
     if as_json:
         emit(facts)

@@ -14,7 +14,7 @@ import click
 
 from p2pfs import errors
 from p2pfs.cli.base import (
-    JSON_OPTION, Context, ExitCode, call, cli, emit, escaped, pass_context, shown, time_facts,
+    JSON_OPTION, Context, ExitCode, call_blocking, cli, emit, escaped, pass_context, shown, time_facts,
 )
 from p2pfs.config import format_size
 from p2pfs.errors import BadInput
@@ -387,31 +387,26 @@ def ls(ctx: Context, prefix: str, limit: int | None, after_token: str | None, as
     """
     import json
 
-    from p2pfs.client import Listing, run
+    from p2pfs.client.listing import Listing
 
-    cluster = ctx.cluster()
+    cluster = ctx.blocking_cluster()
     after = _name_after(after_token) if after_token else ""
     listing = Listing()
     next_after = ""
     printed = 0  # files printed so far
     opened = False  # the head is printed with the first page: an error before it leaves stdout empty
-
-    async def pages() -> None:
-        nonlocal next_after, printed, opened
-        async for page in cluster.ls_pages(prefix, after=after, limit=limit):
-            listing.add(page)
-            next_after = page.next_after
-            if not opened:
-                click.echo('{\n  "files": [' if as_json else f"{'SIZE':>10}  {'VERSION':<27}  NAME")
-                opened = True
-            for f in page.files:
-                if as_json:
-                    click.echo(("" if printed == 0 else ",\n") + _ls_json_file(f), nl=False)
-                else:
-                    click.echo(_ls_row(f))
-                printed += 1
-
-    run(pages)
+    for page in cluster.ls_pages(prefix, after=after, limit=limit):
+        listing.add(page)
+        next_after = page.next_after
+        if not opened:
+            click.echo('{\n  "files": [' if as_json else f"{'SIZE':>10}  {'VERSION':<27}  NAME")
+            opened = True
+        for f in page.files:
+            if as_json:
+                click.echo(("" if printed == 0 else ",\n") + _ls_json_file(f), nl=False)
+            else:
+                click.echo(_ls_row(f))
+            printed += 1
     token = _page_token(next_after) if next_after else None
     if as_json:
         click.echo(("\n" if printed else "") + "  ],\n" + json.dumps({
@@ -435,7 +430,7 @@ def ls(ctx: Context, prefix: str, limit: int | None, after_token: str | None, as
 def rm(ctx: Context, name: str, as_json: bool) -> None:
     """Delete a file (a tombstone that wins over older versions everywhere)."""
     name = _check_name(name)
-    reply = call(ctx, "rm", name)
+    reply = call_blocking(ctx, "rm", name)
     if as_json:
         emit({"name": reply.name, "removed": True})
         return
@@ -449,7 +444,7 @@ def rm(ctx: Context, name: str, as_json: bool) -> None:
 def stat(ctx: Context, name: str, as_json: bool) -> None:
     """Show a file: size, hash, version, and each chunk with the nodes holding it."""
     name = _check_name(name)
-    reply = call(ctx, "stat", name)
+    reply = call_blocking(ctx, "stat", name)
     facts = {
         "name": reply.name,
         "size_bytes": reply.size_bytes,

@@ -32,43 +32,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable, Sequence, TypeVar, Union
+from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable, Sequence, TypeVar
 
 from p2pfs import errors
 from p2pfs.address import Address
+from p2pfs.client.attempts import FAILOVER_ATTEMPTS_MAX, FAILOVER_WINDOW_S, Attempts, nodes_to_try  # noqa: F401  (the caps: part of this module's interface)
 from p2pfs.client.listing import LS_PAGE_FILES_MAX, check_page_files, listing_pages
-from p2pfs.client.members import RememberedMembers, load_members, save_members, worth_remembering
-from p2pfs.client.node import Client, NodeUnreachable, Progress
+from p2pfs.client.members import RememberedMembers, load_members, refresh_due, remember
+from p2pfs.client.naming import LocalPath, Name, cluster_name
+from p2pfs.client.node import Client, Progress
 from p2pfs.clock import Clock, SystemClock
 from p2pfs.identity import Identity
 
-# Nodes one operation tries: enough to get past a rack or a zone being down, few
-# enough that a client cut off from the whole cluster gives up within a minute
-# (each unreachable node costs at most connect plus handshake timeouts, 3 + 5 s).
-FAILOVER_ATTEMPTS_MAX = 8
-# A further attempt starts only this many seconds after the operation's start: a
-# retry later than that would surprise someone waiting at a terminal more than an error.
-# An attempt under way keeps its own deadlines (a long put is never cut short by this).
-FAILOVER_WINDOW_S = 180.0
-
 T = TypeVar("T")
-# A name in the cluster: a str, or a path-like object read as its string ("photos/a.jpg").
-Name = Union[str, os.PathLike]
-# A local file: its path, as a str or a Path.
-LocalPath = Union[str, os.PathLike]
-
-
-def cluster_name(name: Name) -> str:
-    """``name`` as the cluster stores it, checked (BadInput if it cannot be a name)."""
-    from p2pfs.storage.naming import BadName, validate_name
-
-    text = os.fspath(name)
-    if not isinstance(text, str):
-        raise errors.BadInput(f"a name is text, not {type(text).__name__}: {text!r}")
-    try:
-        return validate_name(text)
-    except BadName as exc:
-        raise errors.BadInput(f"bad name {text!r}: {exc}") from None
 
 
 def _open_local(path: Path) -> tuple[BinaryIO, int]:
@@ -82,20 +58,6 @@ def _open_local(path: Path) -> tuple[BinaryIO, int]:
     except OSError as exc:
         raise errors.BadInput(f"{path}: {exc.strerror or exc}") from None
     return f, os.fstat(f.fileno()).st_size
-
-
-def nodes_to_try(given: Sequence[Address], remembered: Sequence[Address]) -> list[Address]:
-    """The given nodes in order, then remembered ones not given, without repeats, capped."""
-    order: list[Address] = []
-    for address in [*given, *remembered]:
-        if address not in order:
-            order.append(address)
-    return order[:FAILOVER_ATTEMPTS_MAX]
-
-
-def _described(node: Address, exc: BaseException) -> str:
-    text = str(exc)
-    return text if str(node) in text else f"{node}: {text}"
 
 
 class _Reader:
@@ -142,7 +104,8 @@ class Cluster:
 
     ``remember_in`` (usually the identity directory) keeps the member list learnt
     from the nodes, so that a later operation can try them too.
-    ``last_node`` is the node that served the last successful operation.
+    ``last_node`` is the node that served the last successful operation, and
+    ``passed_over`` the failures of the nodes tried before it.
     """
 
     def __init__(self, identity: Identity, nodes: Sequence[Address], *, remember_in: Path | None = None,
@@ -158,55 +121,40 @@ class Cluster:
         # know what every attempt may have done (the chaos history) learns it here.
         self._on_attempt = on_attempt or (lambda node, error: None)
         self.last_node: Address | None = None
+        # The nodes the last successful operation failed at first, each with what happened there.
+        self.passed_over: tuple[str, ...] = ()
 
     async def _run(self, what: str, operation: Callable[[Client], Awaitable[T]],
                    resend: Callable[[], str | None] = lambda: None) -> T:
         """Run ``operation`` at the first node that can; ``resend`` prepares a repeat
         after an attempt that may have sent something, or says why there can be none."""
         remembered = load_members(self.remember_in) if self.remember_in is not None else None
-        candidates = nodes_to_try(self.nodes, remembered.addresses if remembered else ())
-        started_s = self._clock.monotonic_s()
-        failures: list[str] = []
-        tried: list[Address] = []
-        for node in candidates:
-            if failures and self._clock.monotonic_s() - started_s > FAILOVER_WINDOW_S:
-                failures.append(f"no further node tried after {FAILOVER_WINDOW_S:.0f} s")
-                break
-            tried.append(node)
+        attempts = Attempts(what, nodes_to_try(self.nodes, remembered.addresses if remembered else ()),
+                            self._clock.monotonic_s())
+        while (node := attempts.next_node(self._clock.monotonic_s())) is not None:
             try:
                 async with Client.connect(self.identity, node) as client:
                     result = await operation(client)
                     await self._refresh(client, remembered)
             except errors.P2pfsError as exc:
                 self._on_attempt(node, exc)
-                if not isinstance(exc, errors.Unavailable):
-                    raise
-                failures.append(_described(node, exc))
-                if not isinstance(exc, NodeUnreachable) and (reason := resend()) is not None:
-                    raise errors.Unavailable(
-                        f"cannot {what}: {'; '.join(failures)} (not retried: {reason})"
-                    ) from None
+                attempts.failed(node, exc, resend)
                 continue
             self._on_attempt(node, None)
             self.last_node = node
+            self.passed_over = tuple(attempts.failures)
             return result
-        raise errors.Unavailable(
-            f"cannot {what} at any node tried ({', '.join(map(str, tried))}): {'; '.join(failures)}"
-        )
+        raise attempts.exhausted()
 
     async def _refresh(self, client: Client, remembered: RememberedMembers | None) -> None:
         """Learn the member list from ``client``'s node when the remembered one is missing or stale."""
-        if self.remember_in is None:
-            return
-        now_wall_ms = self._clock.wall_ms()
-        if remembered is not None and not remembered.stale(now_wall_ms):
+        if self.remember_in is None or not refresh_due(remembered, now_wall_ms := self._clock.wall_ms()):
             return
         try:
             found = await client.members()
         except (errors.Unavailable, errors.PeerFault):
             return  # a cache: the operation succeeded, and the next one asks again
-        save_members(self.remember_in, worth_remembering((mb.host, mb.port, mb.state) for mb in found),
-                     now_wall_ms)
+        remember(self.remember_in, found, now_wall_ms)
 
     async def status(self):
         return await self._run("ask a node's status", lambda c: c.status())

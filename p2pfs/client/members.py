@@ -54,6 +54,16 @@ def worth_remembering(members: Iterable[tuple[str, int, str]]) -> tuple[Address,
     return tuple(found[:MEMBERS_REMEMBERED_MAX])
 
 
+def refresh_due(remembered: RememberedMembers | None, now_wall_ms: int) -> bool:
+    """Whether to ask the node that just served an operation for the member list."""
+    return remembered is None or remembered.stale(now_wall_ms)
+
+
+def remember(directory: Path, members: Iterable, now_wall_ms: int) -> None:
+    """Keep the addresses of ``members`` (as a node's MembersReply lists them) worth trying."""
+    save_members(directory, worth_remembering((mb.host, mb.port, mb.state) for mb in members), now_wall_ms)
+
+
 def load_members(directory: Path) -> RememberedMembers | None:
     """The list remembered in ``directory``, or None if there is none or it is unreadable."""
     try:

@@ -17,57 +17,22 @@ import trio
 
 from p2pfs import errors, net, wire
 from p2pfs.address import Address
+from p2pfs.client.deadlines import CLUSTER_REQUEST_TIMEOUT_S, FSCK_TIMEOUT_S, PUT_COMMIT_TIMEOUT_S, REQUEST_TIMEOUT_S
+from p2pfs.client.faults import NodeUnreachable, check_client_identity, library_errors
 from p2pfs.identity import Identity
 from p2pfs.node import messages as m
 from p2pfs.node import trust_messages as tm
 from p2pfs.replication import messages as dm
-from p2pfs.wire import ErrorCode, Role
 
-# Deadline for small requests (status, members, ...).
-REQUEST_TIMEOUT_S = 10.0
-# Deadline for a node's answer once a put's last byte is sent: the chunks still in
-# flight and the name entry must reach their quorums.
-PUT_COMMIT_TIMEOUT_S = 120.0
-# Deadline for the first answer of a get, ls, rm or stat: a quorum read, or asking every node.
-CLUSTER_REQUEST_TIMEOUT_S = 60.0
-# Deadline for fsck, which lists every node's names and chunks.
-FSCK_TIMEOUT_S = 300.0
 # Bytes read from a local file per step: large reads keep per-call overhead low.
 READ_BYTES = 1024 * 1024
 
 Progress = Callable[[int], None]
 
-# The class each error code of a node's answer becomes. A code not here (INTERNAL,
-# CORRUPT, CANCELLED) is a plain P2pfsError: the node failed, and its text says how.
-_ERROR_FOR_CODE: dict[ErrorCode, type[errors.P2pfsError]] = {
-    ErrorCode.NOT_FOUND: errors.NotFound,
-    ErrorCode.UNAVAILABLE: errors.Unavailable,
-    ErrorCode.TIMEOUT: errors.Unavailable,
-    ErrorCode.BAD_REQUEST: errors.BadInput,
-    ErrorCode.FORBIDDEN: errors.AuthError,
-    ErrorCode.STORAGE_FULL: errors.StorageFull,
-}
-
-class NodeUnreachable(errors.Unavailable):
-    """No connection to a node could be made (refused, timed out, silent after
-    accepting): nothing was sent, so any operation may be tried elsewhere."""
-
-
-@contextlib.contextmanager
-def library_errors(node: Address):
-    """Turn network and remote errors into the classes of p2pfs.errors."""
-    try:
-        yield
-    except net.HandshakeError as exc:  # a certificate or identity refused (net tells it from the rest)
-        raise errors.AuthError(f"cannot authenticate with {node}: {exc}") from None
-    except net.ConnectError as exc:
-        raise NodeUnreachable(f"cannot reach node {node}: {exc}") from None
-    except net.RequestTimeout as exc:
-        raise errors.Unavailable(f"node {node} did not answer in time: {exc}") from None
-    except net.ConnectionClosed as exc:
-        raise errors.Unavailable(f"connection to {node} lost: {exc}") from None
-    except net.RemoteError as exc:
-        raise _ERROR_FOR_CODE.get(exc.code, errors.P2pfsError)(exc.text) from None
+__all__ = [
+    "CLUSTER_REQUEST_TIMEOUT_S", "FSCK_TIMEOUT_S", "PUT_COMMIT_TIMEOUT_S", "READ_BYTES", "REQUEST_TIMEOUT_S",
+    "Client", "NodeUnreachable", "Progress", "library_errors",
+]
 
 
 def _only_leaf(group: BaseExceptionGroup) -> BaseException | None:
@@ -89,11 +54,7 @@ class Client:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(cls, identity: Identity, node: Address) -> AsyncIterator["Client"]:
-        if identity.role is not Role.CLIENT:
-            raise errors.AuthError(
-                f"{identity.directory} holds a {identity.role.value} identity; commands speak as a "
-                "client: use a client identity (create one with `p2pfs client init DIR --ca CA_DIR`)"
-            )
+        check_client_identity(identity.role.value, identity.directory)
         with library_errors(node):
             try:
                 async with net.client_connection(identity, node) as conn:

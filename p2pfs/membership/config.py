@@ -18,8 +18,10 @@ import math
 from typing import Any
 
 # memberlist's pushPullScaleThreshold: clusters up to this size push-pull at
-# the configured interval; larger ones slow down logarithmically so that the
-# O(n)-sized full-state exchanges keep a bounded bandwidth per node.
+# the configured interval. Larger ones stretch it in proportion to their size
+# (``push_pull_interval_s_for``), since each full-state exchange carries the
+# whole member list: the bytes per node per second then stay what a cluster of
+# this size spends, whatever the size.
 PUSH_PULL_SCALE_THRESHOLD_MEMBERS = 32
 
 
@@ -56,9 +58,20 @@ class MembershipConfig:
     suspicion_mult: int = _doc(
         "Suspicion timeout floor = suspicion_mult * max(1, log10(n)) * probe_interval_s. The "
         "log10(n) factor gives gossip time to reach everyone (and the suspect time to refute) "
-        "in bigger clusters. Also sets the confirmations Lifeguard expects: suspicion_mult - 2. "
-        "Default 4 (memberlist LAN).",
-        4,
+        "in bigger clusters. Default 3 (memberlist LAN: 4): with memberlist's 4 a death took "
+        "the floor (5.2 s at 20 members) plus the 1-3 s until the first failed probe, which "
+        "missed a 6.1 s median at 20 processes; 3 takes 1.3 s off and, with the two "
+        "confirmations kept (suspicion_confirmations), showed no false death under 10% loss "
+        "(docs/BENCHMARKS.md, failure detection).",
+        3,
+    )
+    suspicion_confirmations: int = _doc(
+        "Lifeguard's k: independent suspicions (from other accusers) that bring a suspicion's "
+        "timeout from its ceiling down to its floor. Fewer means a quicker death when few "
+        "members probe the victim, and a lone pair of wrong accusers (loss, a slow node) "
+        "killing a live member sooner. memberlist derives it as SuspicionMult - 2; kept "
+        "apart here so the floor can move without losing confirmations. Default 2 (memberlist LAN).",
+        2,
     )
     suspicion_max_timeout_mult: int = _doc(
         "Suspicion timeout ceiling, as a multiple of the floor. A suspicion starts at the "
@@ -87,17 +100,18 @@ class MembershipConfig:
     )
     push_pull_interval_s: float = _doc(
         "Seconds between full-state exchanges with one random live member (anti-entropy: "
-        "heals whatever gossip missed). Scaled up logarithmically above "
+        "heals whatever gossip missed). Scaled up in proportion to the cluster above "
         "PUSH_PULL_SCALE_THRESHOLD_MEMBERS members because each exchange carries the whole "
-        "member list. Default 30 s (memberlist LAN).",
+        "member list (push_pull_interval_s_for). Default 30 s (memberlist LAN).",
         30.0,
     )
     reconnect_interval_s: float = _doc(
-        "Seconds between full-state exchanges with one random dead (not yet reaped) member. "
-        "A member declared dead by mistake, or cut off by a partition, learns it and refutes; "
+        "Seconds between chances of a full-state exchange with one random dead (not yet "
+        "reaped) member, taken with probability dead / live (serf's reconnect): each dead "
+        "member is tried by about one member per interval, whatever the cluster's size. A "
+        "member declared dead by mistake, or cut off by a partition, learns it and refutes; "
         "without this, both sides of a healed partition would ignore each other for good. "
-        "Costs one message per interval to a member that is usually really dead. Default 30 s "
-        "(serf's reconnect_interval).",
+        "Default 30 s (serf's reconnect_interval).",
         30.0,
     )
     join_retry_interval_s: float = _doc(
@@ -137,6 +151,8 @@ class MembershipConfig:
             raise ValueError("indirect_checks must be >= 0 and gossip_fanout >= 1")
         if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
             raise ValueError("suspicion multipliers must be >= 1")
+        if self.suspicion_confirmations < 0:
+            raise ValueError("suspicion_confirmations must be >= 0")
         if self.retransmit_mult < 1 or self.awareness_max < 1:
             raise ValueError("retransmit_mult and awareness_max must be >= 1")
         for name in (
@@ -164,10 +180,11 @@ class MembershipConfig:
     def suspicion_confirmations_expected(self, n: int) -> int:
         """Lifeguard's k: independent confirmations that bring the timeout down to its floor.
 
-        memberlist: ``SuspicionMult - 2``, or 0 when fewer than that many other
-        members could confirm (then the timeout is the floor at once).
+        ``suspicion_confirmations`` (memberlist: ``SuspicionMult - 2``), or 0
+        when fewer than that many other members could confirm (then the
+        timeout is the floor at once).
         """
-        k = self.suspicion_mult - 2
+        k = self.suspicion_confirmations
         return k if n - 2 >= k else 0
 
     def retransmit_limit(self, n: int) -> int:
@@ -175,11 +192,29 @@ class MembershipConfig:
         return self.retransmit_mult * math.ceil(math.log10(n + 1))
 
     def push_pull_interval_s_for(self, n: int) -> float:
-        """memberlist's ``pushPullScale``: the interval times ``ceil(log2 n - log2 32) + 1`` above 32 members."""
+        """Seconds between full-state exchanges with ``n`` live members: the interval times
+        ``max(1, n / PUSH_PULL_SCALE_THRESHOLD_MEMBERS)``.
+
+        Each exchange carries all n members both ways, so a node spends
+        ``2 n fact_bytes / interval`` on them: with the interval in proportion
+        to n, that is ``2 x 32 x fact_bytes / 30 s`` at any size (about 210 B/s
+        with unsigned 100-byte facts). memberlist stretches the interval by
+        ``log2(n / 32) + 1`` only, which leaves the cost growing as n / log n
+        (1,077 B/s at 1,000 members here, about 6.7 KiB/s at 10,000).
+
+        What the longer interval costs: only repair of what gossip missed
+        waits for it. Joins and refutations spread by gossip
+        (``retransmit_limit`` copies each, so a node misses one with odds
+        near ``e^-retransmits``), a joiner gets the whole list from its seed
+        at once, and a healed partition is found by the reconnect exchanges
+        (``reconnect_interval_s``, not scaled) and then gossiped. A member a
+        node did miss is learned at that node's next exchange either way:
+        about interval / 2 on average (47 s at 100 members, 8 min at 1,000,
+        78 min at 10,000).
+        """
         if n <= PUSH_PULL_SCALE_THRESHOLD_MEMBERS:
             return self.push_pull_interval_s
-        multiplier = math.ceil(math.log2(n) - math.log2(PUSH_PULL_SCALE_THRESHOLD_MEMBERS)) + 1
-        return multiplier * self.push_pull_interval_s
+        return self.push_pull_interval_s * n / PUSH_PULL_SCALE_THRESHOLD_MEMBERS
 
     def detection_bound_s(self, n: int) -> float:
         """Worst-case seconds from a crash to the member being dead at every live member.

@@ -36,7 +36,9 @@ Phillips, Currey, arXiv:1707.00788; the details follow hashicorp/memberlist):
   probe period to ``fanout`` per 200 ms). Each fact is sent
   ``retransmit_mult * ceil(log10(n+1))`` times.
 * Anti-entropy. Periodically, a full-state PushPull with one random live
-  member, and (serf's reconnect) one with a random dead member, so that
+  member (less often in bigger clusters, so that its bytes per second stay
+  flat: ``MembershipConfig.push_pull_interval_s_for``), and (serf's
+  reconnect, at odds dead / live) one with a random dead member, so that
   whatever gossip missed, including both sides of a healed partition, is
   repaired. A DEAD in a remote full state becomes a local suspicion
   (memberlist's mergeState), so a healed partition does not kill live
@@ -256,7 +258,7 @@ class Membership:
                     sends.append(Send(target.address, PushPull(False, self._request_state()), target.node_id))
             if now_s >= self._next_reconnect_s:
                 self._next_reconnect_s = now_s + self.config.reconnect_interval_s
-                if self._view.dead_ids:
+                if self._view.dead_ids and self._reconnect_now():
                     target = self._view.members[self._view.pick(self._view.dead_ids)]
                     sends.append(Send(target.address, PushPull(False, self._request_state()), target.node_id))
             if self._seeds and not self._view.live_ids and now_s >= self._next_join_s:
@@ -441,6 +443,8 @@ class Membership:
                 # an older one (checked again, fully, by _apply).
                 incarnation = fact.incarnation
                 if incarnation < old.incarnation:
+                    if fact.node_id == self.node_id and (fact.state == _SUSPECT or fact.state == _DEAD):
+                        self._reassert()
                     continue
                 if incarnation == old.incarnation and fact.state <= old.state and fact.state != _SUSPECT:
                     continue
@@ -472,6 +476,20 @@ class Membership:
         if self._signer is not None and fact.node_id in self._view.members and fact.signature:
             return MemberFact(fact.node_id, fact.incarnation, _SUSPECT, self.node_id, fact.meta, fact.signature)
         return MemberFact(fact.node_id, fact.incarnation, _SUSPECT, self.node_id, None)
+
+    def _reassert(self) -> None:
+        """Gossip our current ALIVE again: someone accused us at an incarnation we have refuted.
+
+        The accuser (or whoever passed the accusation on) missed our
+        refutation, every copy of it lost, and would declare us dead when its
+        suspicion times out. Our fact goes first on the next message we send,
+        which is usually the ack to the very ping that carried the accusation
+        (a suspect's suspicion rides first on pings to it). memberlist drops
+        such an accusation silently; under 10% loss in the simulation that
+        left an observer holding a refuted suspicion until it expired.
+        """
+        if not self._left:
+            self._enqueue(self._view.facts[self.node_id])
 
     def _apply_local(self, fact: MemberFact, now_s: float) -> None:
         """Apply a fact we originate, and queue it for gossip."""
@@ -539,6 +557,21 @@ class Membership:
             if not updates:
                 break
             sends.append(Send(self._view.members[node_id].address, Gossip(updates), node_id))
+
+    def _reconnect_now(self) -> bool:
+        """Whether this reconnect round tries a dead member: with probability dead / live (serf).
+
+        Every member tries one random dead member per round with that
+        probability, so each dead member is tried by about one member per
+        ``reconnect_interval_s`` at any cluster size, instead of by all of
+        them: a full state sent to a member that is usually really dead costs
+        as much as a periodic exchange. Two halves of a partition hold each
+        other dead at odds near 1, so they still find each other within a
+        round or two of the heal.
+        """
+        dead_count = len(self._view.dead_ids)
+        live_count = max(1, self.live_count)
+        return dead_count >= live_count or self._rng.random() < dead_count / live_count
 
     def _contact_seeds(self, now_s: float, sends: list[Send]) -> None:
         self._next_join_s = now_s + self.config.join_retry_interval_s

@@ -13,13 +13,17 @@ One concern per module:
 * ``streams``: what handlers and callers see: requests, answers, streamed bodies.
 * ``connection``: the trio driver of one connection, carrying out what the mux decides.
 * ``endpoint``: a node's listener and connection pool, and a client's connection.
+* ``hello``: what a handshake decides (the hello, the checks on the peer), pure.
 
-The rest of p2pfs uses the names re-exported here.
+The rest of p2pfs uses the names re-exported here. Those of the trio modules are
+loaded on first use (PEP 562 ``__getattr__``), so that the pure modules (``mux``,
+``flow``, ``hello``, ``errors``, ``config``, ``trust``) can be imported without
+trio: the client's blocking driver (``p2pfs.client.blocking``) uses them.
 """
 
+import importlib
+
 from .config import NetConfig
-from .connection import Connection
-from .endpoint import Endpoint, client_connection
 from .errors import (
     ConnectError,
     ConnectionClosed,
@@ -34,9 +38,20 @@ from .errors import (
     RemoteUnavailable,
     RequestTimeout,
 )
-from .handshake import dial
-from .streams import BodyReader, Handlers, IncomingRequest, Reply, Response
-from .tls import TLSStream
+
+# Names loaded from their trio module on first use.
+_HOMES = {
+    "Connection": "connection",
+    "Endpoint": "endpoint",
+    "client_connection": "endpoint",
+    "dial": "handshake",
+    "BodyReader": "streams",
+    "Handlers": "streams",
+    "IncomingRequest": "streams",
+    "Reply": "streams",
+    "Response": "streams",
+    "TLSStream": "tls",
+}
 
 __all__ = [
     "BodyReader", "ConnectError", "Connection", "ConnectionClosed", "Endpoint", "Handlers",
@@ -44,3 +59,10 @@ __all__ = [
     "RemoteBadRequest", "RemoteError", "RemoteForbidden", "RemoteNotFound", "RemoteStorageFull",
     "RemoteUnavailable", "Reply", "RequestTimeout", "Response", "TLSStream", "client_connection", "dial",
 ]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -36,7 +36,14 @@ import trio
 
 from p2pfs.observe import Collapsed, PeerCollapsed
 
-from .config import LOG_COLLAPSE_INTERVAL_S, LOGGED_PEERS_MAX
+from .config import (
+    HEAP_TRIM_HIGH_FRACTION,
+    HEAP_TRIM_INTERVAL_S,
+    HEAP_TRIM_LOW_FRACTION,
+    HEAP_TRIM_SETTLE_S,
+    LOG_COLLAPSE_INTERVAL_S,
+    LOGGED_PEERS_MAX,
+)
 
 
 class MemoryBudget:
@@ -49,6 +56,11 @@ class MemoryBudget:
         self.used_bytes_peak = 0
         # Readers waiting for room, in arrival order: (bytes wanted, woken when granted).
         self._waiting: collections.deque[tuple[int, trio.Event]] = collections.deque()
+        # For giving the freed heap back (``heap_trim_due``): the largest use since the last trim,
+        # when the use was last seen to fall low (None while it is not low), and the last trim.
+        self._used_bytes_peak_since_trim = 0
+        self._low_since_s: float | None = None
+        self._trimmed_at_s: float | None = None
 
     @property
     def available_bytes(self) -> int:
@@ -89,9 +101,34 @@ class MemoryBudget:
         self.size_bytes = size_bytes
         self._grant_waiting()
 
+    def heap_trim_due(self, now_s: float) -> bool:
+        """Whether the C heap should give its free memory back now (``heap.give_back_free_heap``).
+
+        Yes once the use has risen to ``HEAP_TRIM_HIGH_FRACTION`` of the budget since the last
+        trim and has stayed below ``HEAP_TRIM_LOW_FRACTION`` for ``HEAP_TRIM_SETTLE_S``, at most
+        once per ``HEAP_TRIM_INTERVAL_S`` (net/config.py says why). Called every
+        ``HEAP_TRIM_CHECK_INTERVAL_S``; ``now_s`` is monotonic seconds.
+        """
+        if self.used_bytes > self.size_bytes * HEAP_TRIM_LOW_FRACTION:
+            self._low_since_s = None
+            return False
+        if self._low_since_s is None:
+            self._low_since_s = now_s
+        return (
+            self._used_bytes_peak_since_trim >= self.size_bytes * HEAP_TRIM_HIGH_FRACTION
+            and now_s - self._low_since_s >= HEAP_TRIM_SETTLE_S
+            and (self._trimmed_at_s is None or now_s - self._trimmed_at_s >= HEAP_TRIM_INTERVAL_S)
+        )
+
+    def heap_trimmed(self, now_s: float) -> None:
+        """The heap was trimmed: the next trim waits for the use to rise high again."""
+        self._trimmed_at_s = now_s
+        self._used_bytes_peak_since_trim = self.used_bytes
+
     def _add(self, size_bytes: int) -> None:
         self.used_bytes += size_bytes
         self.used_bytes_peak = max(self.used_bytes_peak, self.used_bytes)
+        self._used_bytes_peak_since_trim = max(self._used_bytes_peak_since_trim, self.used_bytes)
 
     def _grant_waiting(self) -> None:
         while self._waiting and self._waiting[0][0] <= self.available_bytes:

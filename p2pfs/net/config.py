@@ -83,6 +83,19 @@ LOGGED_PEERS_MAX = 1024
 # must fit, or a connection receiving one would wait for memory forever; twice
 # that leaves room for other connections meanwhile.
 MEMORY_BUDGET_BYTES_MIN = 16 * 1024 * 1024
+# When the heap's free memory goes back to the system (heap.py, budget.MemoryBudget.heap_trim_due):
+# once the budget's use has risen to HEAP_TRIM_HIGH_FRACTION of it (abuse, or an unusual burst:
+# half of the default 256 MiB is 16 transfers at a full window) and stayed below
+# HEAP_TRIM_LOW_FRACTION (what idle connections hold, 16 KiB each) for HEAP_TRIM_SETTLE_S (so that
+# the connections that gave their bytes back have also freed their TLS buffers), checked every
+# HEAP_TRIM_CHECK_INTERVAL_S, at most once per HEAP_TRIM_INTERVAL_S. A trim costs a few ms per
+# 100 MiB of heap, and the next transfer faults its buffers in again (~0.8 CPU-s per GiB): rare
+# enough to be free, soon enough that RSS is back at its idle size seconds after an attack ends.
+HEAP_TRIM_HIGH_FRACTION = 0.5
+HEAP_TRIM_LOW_FRACTION = 0.125
+HEAP_TRIM_SETTLE_S = 2.0
+HEAP_TRIM_CHECK_INTERVAL_S = 1.0
+HEAP_TRIM_INTERVAL_S = 10.0
 # The hello is one small frame; a peer announcing more is not speaking our protocol.
 HELLO_FRAME_BYTES_MAX = 4096
 

@@ -29,6 +29,7 @@ from p2pfs.wire import Role
 
 from .config import (
     HANDSHAKES_CONCURRENT_MAX,
+    HEAP_TRIM_CHECK_INTERVAL_S,
     INBOUND_CONNECTIONS_MAX,
     INCOMING_REQUESTS_PER_PEER_MAX,
     LOG_COLLAPSE_INTERVAL_S,
@@ -39,6 +40,7 @@ from .budget import NodeLimits
 from .connection import Connection
 from .errors import ConnectError, HandshakeError, NetError, RequestTimeout
 from .handshake import dial, handshake
+from .heap import give_back_free_heap
 from .streams import Handlers
 from .tls import TLSStream
 from .trust import TrustStore
@@ -131,7 +133,22 @@ class Endpoint:
             self._nursery = nursery
             for listener in listeners:
                 nursery.start_soon(self._accept_loop, listener)
+            nursery.start_soon(self._give_back_free_heap)
             task_status.started()
+
+    async def _give_back_free_heap(self) -> None:
+        """After a burst of buffered input has passed, give the heap's free memory back to the
+        system (``heap.py``; ``MemoryBudget.heap_trim_due`` says when)."""
+        memory = self.limits.memory
+        while True:  # until the endpoint is cancelled
+            await trio.sleep(HEAP_TRIM_CHECK_INTERVAL_S)
+            now_s = trio.current_time()
+            if memory.heap_trim_due(now_s):
+                started_s = trio.current_time()
+                given_back = give_back_free_heap()
+                memory.heap_trimmed(now_s)
+                log.debug("gave the heap's free memory back after a burst of input (%s) in %.3f s",
+                          given_back, trio.current_time() - started_s)
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         async with listener:

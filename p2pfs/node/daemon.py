@@ -35,7 +35,7 @@ from typing import Awaitable, Callable
 import trio
 from cryptography.hazmat.primitives import serialization
 
-from p2pfs import __version__, net, wire
+from p2pfs import __version__, net, observe, wire
 from p2pfs.access import Operation
 from p2pfs.net.access import authorize
 from p2pfs.node.admin import sdnotify
@@ -322,6 +322,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RELOAD_SIGNAL = signal.SIGHUP
 
 
+async def _tell_collapsed_access_log() -> None:
+    """The counts of a client's collapsed access-log lines (``observe.AccessLogCollapsed``), told
+    within an interval of the end of its flood rather than with its next request."""
+    while True:  # until the daemon stops
+        await trio.sleep(observe.ACCESS_LOG_INTERVAL_S)
+        observe.tell_collapsed_access_log()
+
+
 async def serve(cfg: NodeConfig, ident: Identity) -> None:
     """Run a node until SIGTERM or SIGINT (stop, stay a member) or a client's leave request
     (hand off, leave the cluster, exit). SIGHUP reloads the config."""
@@ -332,6 +340,7 @@ async def serve(cfg: NodeConfig, ident: Identity) -> None:
             node = Node(cfg, ident)
             await nursery.start(node.run)
             nursery.start_soon(sdnotify.run, node)  # p2pfs.node.admin: READY and watchdog for systemd
+            nursery.start_soon(_tell_collapsed_access_log)
             async with trio.open_nursery() as waiting:
 
                 async def on_signal() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 
 from p2pfs.config import doc
 from p2pfs.storage import CHUNK_SIZE_BYTES_DEFAULT, CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN
+from p2pfs.storage.manifest import INLINE_BYTES_MAX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +94,15 @@ class ReplicationConfig:
         "On a graceful leave, seconds the node may spend handing its data to the new owners "
         "before it announces its departure anyway.", default=300.0,
     )
+    inline_file_bytes_max: int = doc(
+        "Files of at most this many bytes (and shorter than a chunk) are stored inside their name "
+        "entry instead of as a chunk: a put costs one row per replica instead of a chunk file and a "
+        "row (two fsyncs fewer on each), a get one quorum read instead of a read and a chunk fetch. "
+        "Each such file's bytes then travel in every read quorum answer and ls page of its name, "
+        "hence the small default. 0 stores every file in chunks: set it while any node of the "
+        "cluster runs a version that cannot read inline entries (it refuses them as an unknown "
+        f"manifest format). At most {INLINE_BYTES_MAX}.", default=16 * 1024,
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.rf <= 16:
@@ -118,3 +128,5 @@ class ReplicationConfig:
             raise ValueError("client_bytes_per_s cannot be negative")
         if self.put_window_chunks < 1 or self.get_window_chunks < 1:
             raise ValueError("windows must be at least 1 chunk")
+        if not 0 <= self.inline_file_bytes_max <= INLINE_BYTES_MAX:
+            raise ValueError(f"inline_file_bytes_max must be between 0 and {INLINE_BYTES_MAX}")

@@ -10,6 +10,12 @@ manifest inline) is written last with the same quorum, so a client hears
 "stored" only when everything is durable at quorum, and a failed put leaves the
 name as it was.
 
+A file shorter than a chunk and at most ``inline_file_bytes_max`` is stored
+inline: its bytes go in the manifest (``storage.manifest``), no chunk is written,
+and the name entry's write quorum is the put's only write. Its get sends the bytes
+from the name read at quorum. The entry is as durable as a chunk was (each
+replica's name index commits with a full fsync before it answers).
+
 A get reads the name from ``r`` replicas, takes the newest (last writer wins on
 HLC and node id) and repairs replicas that answered with something older. It
 then fetches chunks ahead of the client, each from the best replica first,
@@ -44,6 +50,7 @@ from p2pfs.storage import (
     ClockDriftError,
     FileHasher,
     HybridClock,
+    Manifest,
     ManifestBuilder,
     NameEntry,
     chunk_id_of,
@@ -292,6 +299,8 @@ class Coordinator:
         # nursery, so the caller sees that error rather than a group around it (which the transport
         # would have to take for a fault of this node).
         stream_error: errors.P2pfsError | None = None
+        # The whole file, if it ends before its first chunk is cut and is small enough to go inline.
+        inline = b""
 
         def hash_chunk(data: bytes) -> bytes:
             hasher.update(data)
@@ -323,7 +332,10 @@ class Coordinator:
                 stream_error = exc
                 nursery.cancel_scope.cancel()
             else:
-                if buffer:
+                if buffer and hasher.size_bytes == 0 and len(buffer) <= self.config.inline_file_bytes_max:
+                    inline = bytes(buffer)
+                    hasher.update(inline)  # at most INLINE_BYTES_MAX: cheaper here than a thread hop
+                elif buffer:
                     await dispatch(bytes(buffer))
         if writes.failures:
             raise writes.failures[0]
@@ -335,17 +347,30 @@ class Coordinator:
                 "(did the file change while it was read?)"
             )
         wall_ms = self.clock.wall_ms()
-        manifest = builder.finish(hasher.digest(), wall_ms)
+        if inline:
+            manifest = Manifest((), len(inline), hasher.digest(), wall_ms, chunk_size, inline)
+        else:
+            manifest = builder.finish(hasher.digest(), wall_ms)
         entry = NameEntry(name, self.hlc.now(wall_ms), self.node_id, manifest, client)
         await self.write_name(entry)
-        log.info("put %r: %d bytes in %d chunks, for client %s", name, manifest.size_bytes, len(manifest.chunks),
-                 client or "(none)")
+        stored = "inline" if inline else f"in {len(manifest.chunks)} chunks"
+        log.info("put %r: %d bytes %s, for client %s", name, manifest.size_bytes, stored, client or "(none)")
         return entry
 
     async def remove(self, name: str, *, client: str = "") -> None:
         """Write a tombstone for ``name`` at quorum (``client``: who asked, recorded in it)."""
         await self.write_name(NameEntry(name, self.hlc.now(self.clock.wall_ms()), self.node_id, None, client))
         log.info("removed %r, for client %s", name, client or "(none)")
+
+    async def stream_file(
+        self, manifest: Manifest, first_chunk: int, send: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """Send a file's bytes from chunk ``first_chunk`` on: its inline content, or its chunks."""
+        if manifest.inline:
+            assert first_chunk == 0, "an inline file has no chunks to resume from"
+            await send(manifest.inline)  # checked against the file hash when its entry was read
+            return
+        await self.stream_chunks(manifest.chunks[first_chunk:], send)
 
     async def stream_chunks(self, refs: Sequence[ChunkRef], send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss."""

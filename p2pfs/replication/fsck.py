@@ -3,28 +3,113 @@
 Every node that may hold data (the ring's members and live nodes out of it) is
 asked for its names and chunk ids; each name and each chunk a live file refers
 to is classified against where the ring places it.
+
+Memory is bounded whatever the cluster holds. Every node lists its names and its
+chunk ids in key order, a page at a time, so the answers are merged as sorted
+streams holding one page per node (``FSCK_NAME_PAGE``, ``FSCK_CHUNK_PAGE_IDS``):
+a name is classified once every node's stream has passed it. The chunks the newest
+version of each name refers to go, as they are found, into a temporary SQLite file
+(private, deleted when closed; ``FSCK_REF_CACHE_KIB`` of page cache), which gives
+them back in id order for the merge with the nodes' chunk lists.
 """
 
 from __future__ import annotations
 
+import heapq
+import sqlite3
 from collections import defaultdict
+from typing import Callable
 
 from p2pfs import net
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.errors import BadReply, ReplicaError
+from p2pfs.replication.local import Offload
 from p2pfs.replication.placement import name_key
-from p2pfs.replication.replicas import Replicas, collect_chunks, collect_names
+from p2pfs.replication.replicas import LIST_PAGE_NAMES, PAGES_PER_NODE_MAX, Replica, Replicas
 from p2pfs.replication.view import RingView
+from p2pfs.storage import NameEntry
 
 # Problems an fsck answer lists by name (the counts cover all of them).
 FSCK_PROBLEMS_LISTED_MAX = 50
+# Names asked of each node per page (one page per node is held while merging).
+FSCK_NAME_PAGE = LIST_PAGE_NAMES
+# Chunk ids asked of each node per page: 8192 ids are 256 KiB on the wire and ~1 MiB held.
+FSCK_CHUNK_PAGE_IDS = 8192
+# Referenced ids written to the temporary table per insert (one worker-thread call).
+FSCK_REF_BATCH = 4096
+# Page cache of the temporary table of referenced ids, KiB; the rest of it stays on disk.
+FSCK_REF_CACHE_KIB = 8192
+
+
+class _Stream:
+    """One node's names or chunk ids, in key order, read a page at a time."""
+
+    def __init__(self, node_id: str, read_page: Callable, key_of: Callable) -> None:
+        self.node_id = node_id
+        self._read_page = read_page
+        self._key_of = key_of
+        self._page: list = []
+        self._at = 0
+        self._after = None
+        self._more = True
+        self._pages = 0
+        self.failed = False
+
+    async def head(self):
+        """The next item, or None at the end (or after a failure: ``failed`` says which)."""
+        while self._at >= len(self._page):
+            if not self._more or self.failed:
+                return None
+            if self._pages >= PAGES_PER_NODE_MAX:
+                self.failed = True
+                return None
+            try:
+                page, more = await self._read_page(self._after)
+                if page and self._after is not None and not self._key_of(page[0]) > self._after:
+                    raise BadReply("a page that does not move forward")
+            except ReplicaError:
+                self.failed = True
+                return None
+            self._pages += 1
+            self._page, self._at, self._more = page, 0, more and bool(page)
+            if page:
+                self._after = self._key_of(page[-1])
+        return self._page[self._at]
+
+    def pop(self) -> None:
+        self._at += 1
+
+
+class _RefTable:
+    """Referenced chunk ids, deduplicated and given back in id order, on disk beyond a small cache."""
+
+    def __init__(self) -> None:
+        # "": a private temporary database, deleted on close (sqlite.org/inmemorydb.html).
+        self._conn = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+        self._conn.execute(f"PRAGMA cache_size=-{FSCK_REF_CACHE_KIB}")
+        self._conn.execute("CREATE TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, ids: list[bytes]) -> None:
+        self._conn.execute("BEGIN")
+        self._conn.executemany("INSERT OR IGNORE INTO refs (id) VALUES (?)", ((i,) for i in ids))
+        self._conn.execute("COMMIT")
+
+    def after(self, start_after: bytes, limit: int) -> list[bytes]:
+        rows = self._conn.execute("SELECT id FROM refs WHERE id > ? ORDER BY id LIMIT ?", (start_after, limit))
+        return [row[0] for row in rows]
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class Fsck:
-    def __init__(self, *, config: ReplicationConfig, view: RingView, replicas: Replicas) -> None:
+    def __init__(self, *, config: ReplicationConfig, view: RingView, replicas: Replicas,
+                 offload: Offload | None = None) -> None:
         self.config = config
         self._view = view
         self._replicas = replicas
+        self._offload = offload or _inline
 
     async def on_fsck(self, request: net.IncomingRequest) -> dm.FsckReply:
         return await self.run()
@@ -35,9 +120,6 @@ class Fsck:
         wanted_copies = min(rf, len(ring))
         alive = self._view.alive()
         everyone = self._view.everyone(ring)
-        entries, name_holders, names_unreachable, _ = await collect_names(self._replicas, everyone)
-        held, corrupt, chunks_unreachable = await collect_chunks(self._replicas, everyone)
-        unreachable = sorted(set(names_unreachable) | set(chunks_unreachable))
         problems: list[dm.FsckProblem] = []
         counts: dict[str, int] = defaultdict(int)
 
@@ -59,19 +141,19 @@ class Fsck:
             elif len(holders) > wanted_copies:
                 problem("over_replicated", what, key, holders, wanted)
 
-        for name, entry in sorted(entries.items()):
-            current = {n for n, key in name_holders.get(name, {}).items() if key == entry.key}
-            classify("names", name, current, ring.preference_list(name_key(name), rf))
-        referenced = sorted({ref.chunk_id for e in entries.values() if e.manifest for ref in e.manifest.chunks})
-        for chunk_id in referenced:
-            holders = {n for n, ids in held.items() if chunk_id in ids}
-            classify("chunks", chunk_id.hex(), holders, ring.preference_list(chunk_id, rf))
-        for chunk_id in sorted(corrupt):
-            problem("corrupt", "chunks", chunk_id.hex(), {n for n, ids in held.items() if chunk_id in ids},
-                    ring.preference_list(chunk_id, rf))
+        refs = await self._offload(_RefTable)
+        try:
+            names_checked, unreachable = await self._names(everyone, ring, rf, classify, refs)
+            chunks_checked, corrupt_holders, chunks_unreachable = await self._chunks(everyone, ring, rf, classify,
+                                                                                     refs)
+            unreachable |= chunks_unreachable
+        finally:
+            await self._offload(refs.close)
+        for chunk_id, holders in sorted(corrupt_holders.items()):
+            problem("corrupt", "chunks", chunk_id.hex(), holders, ring.preference_list(chunk_id, rf))
         return dm.FsckReply(
-            names_checked=len(entries),
-            chunks_checked=len(referenced),
+            names_checked=names_checked,
+            chunks_checked=chunks_checked,
             names_under_replicated=counts["names_under_replicated"],
             chunks_under_replicated=counts["chunks_under_replicated"],
             chunks_over_replicated=counts["chunks_over_replicated"],
@@ -81,6 +163,98 @@ class Fsck:
             chunks_missing=counts["chunks_missing"],
             chunks_corrupt=counts["chunks_corrupt"],
             nodes_asked=len(everyone),
-            nodes_unreachable=tuple(unreachable),
+            nodes_unreachable=tuple(sorted(unreachable)),
             problems=tuple(problems),
         )
+
+    async def _names(self, everyone: list[str], ring, rf: int, classify, refs: _RefTable) -> tuple[int, set[str]]:
+        """Merge every node's names in name order; classify each, and note the chunks of the newest."""
+        unreachable: set[str] = set()
+
+        def reader(replica: Replica):
+            async def read_page(after):
+                entries, more = await replica.list_names("", after.decode("utf-8") if after else "", FSCK_NAME_PAGE)
+                return entries, more
+            return read_page
+
+        streams = [_Stream(n, reader(self._replicas(n)), lambda e: e.name.encode("utf-8")) for n in everyone]
+        heap: list[tuple[bytes, int]] = []
+        for index, stream in enumerate(streams):
+            await _push(heap, stream, index, unreachable)
+        checked = 0
+        pending: list[bytes] = []
+        while heap:
+            name_bytes = heap[0][0]
+            versions: list[tuple[str, NameEntry]] = []
+            while heap and heap[0][0] == name_bytes:
+                _, index = heapq.heappop(heap)
+                stream = streams[index]
+                versions.append((stream.node_id, await stream.head()))
+                stream.pop()
+                await _push(heap, stream, index, unreachable)
+            newest = versions[0][1]
+            for _, entry in versions[1:]:
+                if entry.supersedes(newest):
+                    newest = entry
+            checked += 1
+            current = {node for node, entry in versions if entry.key == newest.key}
+            classify("names", newest.name, current, ring.preference_list(name_key(newest.name), rf))
+            if newest.manifest is not None:
+                pending.extend(ref.chunk_id for ref in newest.manifest.chunks)
+                if len(pending) >= FSCK_REF_BATCH:
+                    await self._offload(refs.add, pending)
+                    pending = []
+        if pending:
+            await self._offload(refs.add, pending)
+        return checked, unreachable
+
+    async def _chunks(self, everyone: list[str], ring, rf: int, classify, refs: _RefTable):
+        """Merge the referenced ids with every node's ids, all in id order."""
+        corrupt: set[bytes] = set()
+
+        def reader(replica: Replica):
+            async def read_page(after):
+                ids, bad, more = await replica.list_chunks(after or b"", FSCK_CHUNK_PAGE_IDS)
+                corrupt.update(bad)
+                return ids, more
+            return read_page
+
+        streams = [_Stream(n, reader(self._replicas(n)), lambda i: i) for n in everyone]
+        for stream in streams:
+            await stream.head()  # the first pages carry the ids pending repair
+        corrupt_holders: dict[bytes, set[str]] = {chunk_id: set() for chunk_id in corrupt}
+        checked = 0
+
+        async def holders_of(chunk_id: bytes | None) -> set[str]:
+            """Advance every stream up to ``chunk_id`` (None: to its end); the nodes that list it."""
+            found = set()
+            for stream in streams:
+                while (head := await stream.head()) is not None and (chunk_id is None or head <= chunk_id):
+                    if head in corrupt_holders:
+                        corrupt_holders[head].add(stream.node_id)
+                    if head == chunk_id:
+                        found.add(stream.node_id)
+                    stream.pop()
+            return found
+
+        after = b""
+        while batch := await self._offload(refs.after, after, FSCK_REF_BATCH):
+            for chunk_id in batch:
+                checked += 1
+                classify("chunks", chunk_id.hex(), await holders_of(chunk_id), ring.preference_list(chunk_id, rf))
+            after = batch[-1]
+        await holders_of(None)
+        return checked, corrupt_holders, {stream.node_id for stream in streams if stream.failed}
+
+
+async def _push(heap: list, stream: _Stream, index: int, unreachable: set[str]) -> None:
+    """Put the stream's next name on the merge heap; a stream that failed is unreachable."""
+    entry = await stream.head()
+    if entry is not None:
+        heapq.heappush(heap, (entry.name.encode("utf-8"), index))
+    elif stream.failed:
+        unreachable.add(stream.node_id)
+
+
+async def _inline(fn, *args):
+    return fn(*args)

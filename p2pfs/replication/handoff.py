@@ -86,8 +86,24 @@ class HandOff:
     async def chunks(self, ring: Ring, chunk_ids: Iterable[bytes]) -> tuple[int, int]:
         """Make sure every live owner holds each chunk, then drop our copy if all ``rf`` do.
 
-        Returns (chunks handed off and dropped, chunks kept).
+        Works ``HANDOFF_BATCH_IDS`` ids at a time, so what it holds is bounded whatever
+        it is given. Returns (chunks handed off and dropped, chunks kept).
         """
+        dropped = kept = 0
+        batch: list[bytes] = []
+        for chunk_id in chunk_ids:
+            batch.append(chunk_id)
+            if len(batch) == HANDOFF_BATCH_IDS:
+                done = await self._chunk_batch(ring, batch)
+                dropped, kept, batch = dropped + done[0], kept + done[1], []
+        if batch:
+            done = await self._chunk_batch(ring, batch)
+            dropped, kept = dropped + done[0], kept + done[1]
+        if dropped:
+            log.info("handed off %d chunks to their owners and dropped our copies", dropped)
+        return dropped, kept
+
+    async def _chunk_batch(self, ring: Ring, chunk_ids: list[bytes]) -> tuple[int, int]:
         rf = self.config.rf
         alive = self._view.alive()
         pending: dict[str, list[bytes]] = defaultdict(list)
@@ -122,8 +138,6 @@ class HandOff:
                 dropped += 1
             else:
                 kept += 1
-        if dropped:
-            log.info("handed off %d chunks to their owners and dropped our copies", dropped)
         return dropped, kept
 
     async def names(self, ring: Ring, names: Iterable[str]) -> int:
@@ -189,11 +203,21 @@ class HandOff:
         if len(without_me) == 0:
             log.warning("leaving a cluster of one: there is nobody to hand data to")
             return False
-        chunk_ids = await self._offload(self._local.chunk_ids)
-        names = [n for n, *_ in await self._offload(self._local.names.summaries)]
-        log.info("leave: handing %d chunks and %d names to their new owners", len(chunk_ids), len(names))
-        dropped_chunks, kept_chunks = await self.chunks(without_me, chunk_ids)
-        dropped_names = await self.names(without_me, names)
+        # The store and the index are walked a batch at a time (a node may hold millions).
+        log.info("leave: handing every chunk and name to its new owners")
+        chunks_seen = dropped_chunks = kept_chunks = 0
+        batches = self._local.chunks.iter_id_batches(HANDOFF_BATCH_IDS)
+        while (batch := await self._offload(next, batches, None)) is not None:
+            dropped, kept = await self._chunk_batch(without_me, batch)
+            chunks_seen, dropped_chunks, kept_chunks = chunks_seen + len(batch), dropped_chunks + dropped, kept_chunks + kept
+        names_seen = dropped_names = 0
+        after = b""
+        while True:
+            rows, after = await self._offload(self._local.names.summaries_after, after, HANDOFF_BATCH_IDS)
+            names_seen += len(rows)
+            dropped_names += await self.names(without_me, [row[0] for row in rows])
+            if not after:
+                break
         log.info("leave: handed off %d of %d chunks and %d of %d names",
-                 dropped_chunks, len(chunk_ids), dropped_names, len(names))
-        return kept_chunks == 0 and dropped_names == len(names)
+                 dropped_chunks, chunks_seen, dropped_names, names_seen)
+        return kept_chunks == 0 and dropped_names == names_seen

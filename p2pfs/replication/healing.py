@@ -19,12 +19,12 @@ from p2pfs.storage import Timestamp
 # Leaves of the digest tree. A differing bucket costs its id list (~1/BUCKETS of
 # what the pair shares); 256 keeps the digest message near 10 KiB.
 BUCKETS = 256
-_BUCKET_SHIFT = HASH_BITS - 8
+BUCKET_SHIFT = HASH_BITS - 8  # a key's bucket: the top 8 bits of its ring position
 DIGEST_BYTES = 16
 
 
 def bucket_of(key: bytes) -> int:
-    return key_hash(key) >> _BUCKET_SHIFT
+    return key_hash(key) >> BUCKET_SHIFT
 
 
 def digest_of(items: Iterable[bytes]) -> bytes:
@@ -105,3 +105,35 @@ class Pacer:
         self._at_s = now_s
         self._tokens -= size_bytes
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+
+class BucketDigester:
+    """``bucket_digests`` per peer, fed one item at a time in increasing order.
+
+    ``digest_of`` hashes a bucket's items sorted; a node that walks its keys in
+    order (chunk ids from the store, names from the index) feeds each item to its
+    bucket's running hash as it comes, so a pass over millions of keys holds one
+    hash state per (peer, bucket), not the items, and gives the digests an older
+    peer computes from whole lists, byte for byte.
+    """
+
+    def __init__(self) -> None:
+        # (peer, bucket) -> [running hash, item count, last item]
+        self._states: dict[tuple[str, int], list] = {}
+
+    def add(self, peer: str, bucket: int, item: bytes) -> None:
+        state = self._states.get((peer, bucket))
+        if state is None:
+            state = self._states[(peer, bucket)] = [hashlib.blake2b(digest_size=DIGEST_BYTES), 0, b""]
+        assert item > state[2], "items must come in increasing order (digest_of hashes them sorted)"
+        state[0].update(len(item).to_bytes(4, "big"))
+        state[0].update(item)
+        state[1] += 1
+        state[2] = item
+
+    def peers(self) -> set[str]:
+        return {peer for peer, _ in self._states}
+
+    def digests(self, peer: str) -> dict[int, tuple[bytes, int]]:
+        """What ``bucket_digests`` gives for the items fed for ``peer``."""
+        return {bucket: (state[0].digest(), state[1]) for (p, bucket), state in self._states.items() if p == peer}

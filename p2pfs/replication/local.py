@@ -9,7 +9,6 @@ to "a replica" and never asks whether it is itself.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 from typing import Awaitable, Callable
@@ -31,6 +30,7 @@ class LocalStore:
         self.names = names
         self.hints = hints
         self._clock = clock
+        chunks.count_also(lambda: names.inline_bytes)  # small files held inline use the same capacity
         # Chunks found corrupt here and not yet stored again: fsck reports them.
         self.corrupt_pending: set[bytes] = set()
 
@@ -47,6 +47,8 @@ class LocalStore:
 
     def apply(self, entry: NameEntry, hint_for: str) -> bool:
         self.check_version(entry)
+        if entry.manifest is not None and entry.manifest.inline:
+            self.chunks.check_room(entry.manifest.inline_bytes)  # StorageFull, as for a chunk
         applied = self.names.apply(entry)
         if hint_for:
             self.hints.add(hint_for, HintKind.NAME, entry.name.encode("utf-8"), self._clock.wall_ms())
@@ -55,9 +57,6 @@ class LocalStore:
     def has_chunks(self, chunk_ids) -> tuple[bool, ...]:
         return tuple(self.chunks.has(i) for i in chunk_ids)
 
-    def chunk_ids(self) -> list[bytes]:
-        return list(self.chunks.iter_ids())
-
     def list_names(self, prefix: str, start_after: str, limit: int) -> list[NameEntry]:
         """Up to ``limit`` entries (tombstones too) after ``start_after``, in name order."""
         found = self.names.list(prefix, include_tombstones=True, start_after=start_after)
@@ -65,11 +64,11 @@ class LocalStore:
 
     def list_chunks(self, start_after: bytes, limit: int) -> tuple[list[bytes], list[bytes], bool]:
         """A page of held ids after ``start_after``, the ids pending repair (first page only), more?"""
-        all_ids = sorted(self.chunks.iter_ids())
-        start = bisect.bisect_right(all_ids, start_after) if start_after else 0
-        page = all_ids[start : start + limit]
+        # One more than asked tells whether there is more; only the fan-out dirs the page
+        # spans are listed, not the whole store (millions of ids).
+        page = self.chunks.ids_after(start_after, limit + 1)
         corrupt = sorted(self.corrupt_pending) if not start_after else []
-        return page, corrupt, start + limit < len(all_ids)
+        return page[:limit], corrupt, len(page) > limit
 
     def drop_unless_hinted(self, chunk_id: bytes) -> bool:
         """Delete our copy unless an owner still waits for it; True if deleted."""

@@ -22,8 +22,9 @@ from p2pfs.address import Address
 from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
 from p2pfs.replication.errors import BadReply, ReplicaDown, ReplicaError, ReplicaLacks, ReplicaRefused
-from p2pfs.replication.healing import split_ids
+from p2pfs.replication.healing import bucket_of, split_ids
 from p2pfs.replication.local import LocalReplica, Offload
+from p2pfs.replication.placement import name_key
 from p2pfs.replication.view import RingView
 from p2pfs.storage import ManifestError, NameEntry, Timestamp, chunk_id_of
 from p2pfs.wire import ErrorCode
@@ -137,13 +138,19 @@ class RemoteReplica:
     async def sync_names(
         self, digests: tuple[dm.BucketDigest, ...]
     ) -> tuple[list[int], dict[str, tuple[Timestamp, str]]]:
-        """The buckets whose digests differ, and the version the peer holds of each name in them."""
+        """The buckets whose digests differ, and the version the peer holds of each name in them.
+
+        Names the answer lists outside those buckets are dropped: an honest peer sends none,
+        and each would cost a fetch.
+        """
         reply = await self._call(dm.SyncNames(digests), dm.SyncNamesReply)
         try:
             theirs = {s.name: (Timestamp(s.wall_ms, s.logical), s.writer) for s in reply.names}
         except ValueError as exc:
             raise BadReply(f"bad name version: {exc}") from exc
-        return list(reply.differing), theirs
+        differing = set(reply.differing)
+        return list(reply.differing), {name: key for name, key in theirs.items()
+                                       if bucket_of(name_key(name)) in differing}
 
     async def leaving(self, for_s: float) -> None:
         await self._call(dm.Leaving(for_s), dm.LeavingReply)

@@ -110,7 +110,7 @@ class Resumable:
 
         async def body(send: Callable[[bytes], Awaitable[None]]) -> None:
             try:
-                await coordinator.stream_chunks(manifest.chunks[first_chunk:], send)
+                await coordinator.stream_file(manifest, first_chunk, send)
             except QuorumError as exc:
                 raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, str(exc)) from None
 
@@ -156,14 +156,36 @@ class Resumable:
                     f"chunk {chunk_id.hex()[:16]} is held by {count} of its nodes, fewer than the write "
                     f"quorum {w}: send the put again whole",
                 )
-        await self._store_sent(given, held, body)
+        inline = b""
+        # Stored in the name entry on the same terms as Coordinator.put: shorter than a chunk, and small.
+        if (len(given.chunks) == 1 and not skipped and given.size_bytes < given.chunk_size_bytes
+                and given.size_bytes <= coordinator.config.inline_file_bytes_max):
+            inline = await self._read_inline(given, body)
+        else:
+            await self._store_sent(given, held, body)
         wall_ms = coordinator.clock.wall_ms()
-        manifest = Manifest(given.chunks, given.size_bytes, given.file_hash, wall_ms, given.chunk_size_bytes)
+        if inline:
+            manifest = Manifest((), given.size_bytes, given.file_hash, wall_ms, given.chunk_size_bytes, inline)
+        else:
+            manifest = Manifest(given.chunks, given.size_bytes, given.file_hash, wall_ms, given.chunk_size_bytes)
         entry = NameEntry(name, coordinator.hlc.now(wall_ms), coordinator.node_id, manifest, client)
         await coordinator.write_name(entry)
         log.info("put %r: %d bytes in %d chunks, %d already held, for client %s", name, manifest.size_bytes,
                  len(manifest.chunks), len(skipped), client or "(none)")
         return entry
+
+    @staticmethod
+    async def _read_inline(given: Manifest, body: AsyncIterable[bytes]) -> bytes:
+        """The one small chunk the body carries, checked against its id and the file hash."""
+        data = bytearray()
+        async for piece in body:
+            data += piece
+            if len(data) > given.size_bytes:
+                raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "the body carries more than the manifest lists")
+        data = bytes(data)
+        if chunk_id_of(data) != given.chunks[0].chunk_id or given.file_hash != given.chunks[0].chunk_id:
+            raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "the body does not match the manifest")
+        return data
 
     async def _store_sent(self, given: Manifest, held: bytes, body: AsyncIterable[bytes]) -> None:
         """Write each chunk the body carries at quorum, ``put_window_chunks`` at a time.

@@ -1,9 +1,11 @@
 """Scrub: chunks are re-read at ``scrub_bytes_per_s``; one that fails verification is quarantined
 and fetched again from a healthy replica. The name index is scrubbed alongside.
 
-A round verifies up to ``SCRUB_CHUNKS_PER_ROUND`` chunks of a shuffled pass
-over the store; the next pass starts when one is done, so every chunk is read
-once per pass whatever the order of rounds.
+A round verifies up to ``SCRUB_CHUNKS_PER_ROUND`` chunks of a pass over the
+store; the next pass starts when one is done, so every chunk is read once per
+pass. A pass walks the ids in order from a random starting id, wrapping round,
+a page at a time: a restarted node does not always begin with the same chunks,
+and a store of millions of chunks is never listed whole.
 
 Each round also decodes up to ``SCRUB_NAME_ROWS_PER_ROUND`` rows of the name index
 in name order (``NameIndex.check_rows``), and the last batch of a pass checks the
@@ -21,7 +23,7 @@ import trio
 
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.local import LocalStore, Offload
-from p2pfs.storage import CHUNK_SIZE_BYTES_MAX, ChunkMissing, NameIndexDamaged
+from p2pfs.storage import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, ChunkMissing, NameIndexDamaged
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,11 @@ class Scrubber:
         self._repair = repair
         self._rng = rng
         self._offload = offload
-        self._pass: list[bytes] = []
+        # The current pass: the random id it began after, and where it goes on. None: no pass.
+        self._pass: PassCursor | None = None
         # Progress and findings, for the admin's metrics.
-        self.pass_chunks = 0  # chunks in the current pass (the rest of it: len(self._pass))
+        self.pass_chunks = 0  # chunks held when the current pass began
+        self._pass_verified = 0
         self.verified_chunks = 0
         self.corrupt_chunks = 0
         # Where the name pass goes on from (after this key); None once it is over
@@ -58,7 +62,7 @@ class Scrubber:
 
     @property
     def pass_remaining_chunks(self) -> int:
-        return len(self._pass)
+        return max(0, self.pass_chunks - self._pass_verified)
 
     def round_deadline_s(self) -> float:
         """Time a round may take: every chunk at the largest size at the scrub rate, or a wait."""
@@ -67,15 +71,17 @@ class Scrubber:
 
     async def round(self) -> None:
         await self.scrub_names()
-        if not self._pass:
+        if self._pass is None:
             self._names_after = b""
-            self._pass = await self._offload(self._local.chunk_ids)
-            self._rng.shuffle(self._pass)
-            self.pass_chunks = len(self._pass)
-            if not self._pass:
-                await trio.sleep(self.config.anti_entropy_interval_s)
-                return
-        batch, self._pass = self._pass[:SCRUB_CHUNKS_PER_ROUND], self._pass[SCRUB_CHUNKS_PER_ROUND:]
+            self._pass = PassCursor(self._rng.randbytes(CHUNK_ID_BYTES))
+            self.pass_chunks = await self._offload(self._local.chunks.count_ids)
+            self._pass_verified = 0
+        batch = await self._offload(self._pass.next_page, self._local.chunks.ids_after, SCRUB_CHUNKS_PER_ROUND)
+        if self._pass.done:
+            self._pass = None
+        if not batch:
+            await trio.sleep(self.config.anti_entropy_interval_s)
+            return
         for chunk_id in batch:
             await self.scrub_one(chunk_id)
 
@@ -102,6 +108,7 @@ class Scrubber:
             return True  # deleted meanwhile
         await trio.sleep(size_bytes / self.config.scrub_bytes_per_s)
         self.verified_chunks += 1
+        self._pass_verified += 1
         if good:
             return True
         log.warning("scrub: chunk %s failed verification; repairing", chunk_id.hex()[:16])
@@ -109,3 +116,38 @@ class Scrubber:
         self._local.corrupt_pending.add(chunk_id)
         await self._repair(chunk_id)
         return False
+
+
+class PassCursor:
+    """One pass over the held ids in id order, from just after ``start`` round to ``start``.
+
+    Pages come from ``ids_after(after, limit)`` (ids greater than ``after``, in order, b""
+    meaning from the first), so only a page is ever held. Chunks stored during the pass may
+    or may not be in it; the next pass has them.
+    """
+
+    def __init__(self, start: bytes) -> None:
+        self._start = start
+        self._after = start
+        self._wrapped = False  # past the last id, going on from the first
+        self.done = False
+
+    def next_page(self, ids_after: Callable[[bytes, int], list[bytes]], limit: int) -> list[bytes]:
+        page: list[bytes] = []
+        while not self.done and len(page) < limit:
+            want = limit - len(page)
+            found = ids_after(self._after, want)
+            if not self._wrapped:
+                page.extend(found)
+                if len(found) < want:
+                    self._wrapped, self._after = True, b""
+                else:
+                    self._after = found[-1]
+                continue
+            in_pass = [chunk_id for chunk_id in found if chunk_id <= self._start]
+            page.extend(in_pass)
+            if len(in_pass) < len(found) or len(found) < want:
+                self.done = True
+            else:
+                self._after = found[-1]
+        return page

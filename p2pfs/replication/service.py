@@ -241,7 +241,7 @@ class DataService:
                 config=config, local=local, repair=self.coordinator.repair_chunk, rng=self.rng, offload=offload
             )
         self._replicas = replicas
-        fsck = Fsck(config=config, view=view, replicas=replicas)
+        fsck = Fsck(config=config, view=view, replicas=replicas, offload=offload)
         self._routes = {
             **ReplicaHandlers(local, self.coordinator.observe, offload).routes(),
             dm.SyncChunks: self._anti_entropy.on_sync_chunks,
@@ -379,7 +379,7 @@ class DataService:
 
         async def body(send: Callable[[bytes], Awaitable[None]]) -> None:
             try:
-                await self.coordinator.stream_chunks(manifest.chunks, send)
+                await self.coordinator.stream_file(manifest, 0, send)
             except QuorumError as exc:
                 raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, str(exc)) from None
 

@@ -165,7 +165,9 @@ class SimNetwork:
 
     # -- sending and delivery ------------------------------------------
 
-    def send(self, src: Address, dst: Address, msg: wire.Message) -> None:
+    def send(self, src: Address, dst: Address, msg: wire.Message, now_s: float | None = None) -> None:
+        """Put ``msg`` in flight. ``now_s`` is the sending time for a caller that keeps its own
+        clock (``sim.membership.CoreCluster``); by default trio's."""
         stats = self.stats
         stats.messages_sent += 1
         if self.encode:
@@ -185,7 +187,8 @@ class SimNetwork:
             stats.messages_dropped += 1
             return
         copies = 2 if faults.duplicate_probability and rng.random() < faults.duplicate_probability else 1
-        now_s = trio.current_time()
+        if now_s is None:
+            now_s = trio.current_time()
         for _ in range(copies):
             if len(self._heap) >= IN_FLIGHT_MESSAGES_MAX:
                 stats.messages_dropped += 1
@@ -208,16 +211,25 @@ class SimNetwork:
                 self._wake_scope = scope
                 await trio.sleep_forever()
             self._wake_scope = None
-            now_s = trio.current_time()
-            while heap and heap[0][0] <= now_s:
-                _, _, src, dst, (msg_type, item) = heapq.heappop(heap)
-                deliver = self._endpoints.get(dst)
-                if deliver is None or self._blocked(src, dst):
-                    self.stats.messages_dropped += 1
-                    continue
-                msg = wire.decode_message(msg_type, item) if self.encode else item
-                self.stats.messages_delivered += 1
-                deliver(src, msg)
+            self.deliver_due(trio.current_time())
+
+    def next_due_s(self) -> float:
+        """When the next message in flight arrives (inf if none)."""
+        return self._heap[0][0] if self._heap else float("inf")
+
+    def deliver_due(self, now_s: float) -> None:
+        """Deliver every message due at ``now_s``; ``run`` calls it, or a caller with its own clock."""
+        heap = self._heap
+        while heap and heap[0][0] <= now_s:
+            _, _, src, dst, (msg_type, item) = heapq.heappop(heap)
+            deliver = self._endpoints.get(dst)
+            if deliver is None or self._blocked(src, dst):
+                self.stats.messages_dropped += 1
+                continue
+            # Decided per message: encoding may have been switched on or off while it flew.
+            msg = wire.decode_message(msg_type, item) if isinstance(item, bytes) else item
+            self.stats.messages_delivered += 1
+            deliver(src, msg)
 
 
 # -- reproducible runs -------------------------------------------------

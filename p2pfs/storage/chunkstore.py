@@ -19,8 +19,9 @@ re-put, and garbage collection measures its grace against that clock, so a
 simulation (or a node with a skewed clock) decides the same way throughout.
 
 Capacity: ``used_bytes`` is the sum of chunk sizes (content bytes, not disk blocks),
-found by scanning at open and kept up to date; a put that would pass
-``capacity_bytes`` raises StorageFull before writing anything. The file system is
+found by scanning at open and kept up to date, plus the content the node holds
+elsewhere (``count_also``: small files inline in the name index); a put that would
+pass ``capacity_bytes`` raises StorageFull before writing anything. The file system is
 the only index (an in-memory map of a million chunks would cost ~200 MB), so a chunk
 is uncounted by its file's size when it is removed: if rot changed that size, the
 count is off by the difference until the next open rescans.
@@ -42,7 +43,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from p2pfs.clock import Clock
@@ -104,6 +105,8 @@ class ChunkStore:
         self._quarantine_serials = itertools.count()
         self._stripes = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
         self._used_lock = threading.Lock()
+        # Content bytes the node holds outside chunk files, counted against the same capacity.
+        self._also_used_bytes: Callable[[], int] = lambda: 0
         self._create_dirs()
         self._used_bytes = self._scan()
         if self._used_bytes > capacity_bytes:
@@ -118,17 +121,35 @@ class ChunkStore:
 
     @property
     def used_bytes(self) -> int:
-        """Bytes of chunks held, including puts in progress (they reserve first)."""
+        """Bytes of chunks held, including puts in progress (they reserve first), and ``count_also``'s."""
         with self._used_lock:
-            return self._used_bytes
+            return self._used_bytes + self._also_used_bytes()
+
+    def count_also(self, used_bytes: Callable[[], int]) -> None:
+        """Count content held outside the chunk files (``used_bytes()``, read on every check) in
+        ``used_bytes`` and against the capacity: one node, one capacity."""
+        self._also_used_bytes = used_bytes
+
+    def check_room(self, size_bytes: int) -> None:
+        """StorageFull unless ``size_bytes`` more would fit, for content stored elsewhere (inline names).
+
+        Nothing is reserved: the caller's write is counted by ``count_also`` once made, so
+        concurrent checks may overshoot the capacity by what they write at once.
+        """
+        with self._used_lock:
+            self._check_fits(size_bytes)
+
+    def _check_fits(self, size_bytes: int) -> None:
+        used_bytes = self._used_bytes + self._also_used_bytes()
+        if used_bytes + size_bytes > self._capacity_bytes:
+            raise StorageFull(
+                f"storing {size_bytes} bytes would exceed capacity: "
+                f"{used_bytes} of {self._capacity_bytes} bytes used"
+            )
 
     def _reserve(self, size_bytes: int) -> None:
         with self._used_lock:
-            if self._used_bytes + size_bytes > self._capacity_bytes:
-                raise StorageFull(
-                    f"storing {size_bytes} bytes would exceed capacity: "
-                    f"{self._used_bytes} of {self._capacity_bytes} bytes used"
-                )
+            self._check_fits(size_bytes)
             self._used_bytes += size_bytes
 
     def _release(self, size_bytes: int) -> None:
@@ -371,6 +392,57 @@ class ChunkStore:
                     else:
                         log.warning("ignoring unexpected file %s in the chunk store", entry.path)
         return used_bytes
+
+    # ---- bounded iteration ------------------------------------------------------
+    # For the background jobs of a node holding millions of chunks (anti-entropy, GC,
+    # fsck, hand-off): ids come in id order (the fan-out dir is the id's first byte, and
+    # a dir is sorted as it is listed), so a caller pages by key or walks the store in
+    # batches and never holds more than one fan-out dir (a 256th of the store) and a batch.
+
+    def ids_after(self, start_after: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` held ids greater than ``start_after`` (b"": from the first), in id order.
+
+        A keyset page: lists only the fan-out dirs the page spans. Chunks put or deleted
+        meanwhile may or may not appear.
+        """
+        assert limit > 0
+        page: list[bytes] = []
+        first = start_after[0] if start_after else 0
+        for fanout_name in _FANOUT_NAMES[first:]:
+            ids = self._ids_in_fanout(fanout_name)
+            if start_after and ids and ids[0] <= start_after:
+                ids = [chunk_id for chunk_id in ids if chunk_id > start_after]
+            page.extend(ids[: limit - len(page)])
+            if len(page) == limit:
+                break
+        return page
+
+    def iter_id_batches(self, batch_ids: int) -> Iterator[list[bytes]]:
+        """Every held id in id order, in lists of ``batch_ids`` (the last may be shorter).
+
+        One fan-out dir is listed at a time; a batch may span dirs.
+        """
+        assert batch_ids > 0
+        batch: list[bytes] = []
+        for fanout_name in _FANOUT_NAMES:
+            for chunk_id in self._ids_in_fanout(fanout_name):
+                batch.append(chunk_id)
+                if len(batch) == batch_ids:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def count_ids(self) -> int:
+        """How many chunks are held, listing one fan-out dir at a time."""
+        return sum(len(self._ids_in_fanout(fanout_name)) for fanout_name in _FANOUT_NAMES)
+
+    def _ids_in_fanout(self, fanout_name: str) -> list[bytes]:
+        with os.scandir(self._chunks_dir / fanout_name) as entries:
+            ids = [chunk_id for entry in entries
+                   if (chunk_id := _parse_chunk_name(fanout_name, entry.name)) is not None]
+        ids.sort()
+        return ids
 
 
 def _parse_chunk_name(fanout_name: str, name: str) -> bytes | None:

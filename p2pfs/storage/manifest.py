@@ -11,6 +11,17 @@ chunk size it was cut with. Chunks are fixed-size, so every chunk but the last i
 exactly ``chunk_size_bytes`` long and each chunk's size follows from the file size:
 the wire form carries only the concatenated ids (32 bytes per chunk), which keeps a
 4 GiB file's manifest at 128 KiB and lets decode check the whole layout at once.
+
+A small file (at most ``INLINE_BYTES_MAX``) may instead carry its bytes in the
+manifest itself (``inline``), and so in its name entry, as Garage and others store
+objects below a few KiB: a put then writes one row per replica instead of a chunk
+file and a row, and a get reads one name instead of a name and a chunk. The same
+rules hold as for a chunk: the bytes are checked against ``file_hash`` whenever a
+manifest is built or decoded (so on every read of the index row and on every
+receipt from a peer), and they replicate, repair and disappear with the name entry.
+An inline manifest is encoded as format 2; a manifest without inline bytes keeps
+format 1 byte for byte, so existing entries keep their encoding, and a reader that
+knows only format 1 refuses an inline one as an unknown format.
 """
 
 from __future__ import annotations
@@ -46,8 +57,16 @@ MANIFEST_CHUNKS_MAX = 128 * 1024
 # Everything but the ids is a handful of small ints and a 32-byte hash.
 MANIFEST_ENCODED_BYTES_MAX = MANIFEST_CHUNKS_MAX * CHUNK_ID_BYTES + 256
 
-# First field of the encoded form; a new layout gets a new number.
+# Largest file whose bytes may travel inside its manifest (format 2). Small enough that an
+# inline entry costs little in a read quorum's answers and an ls page's rows (LIST_PAGE_ROWS),
+# and far below a chunk (CHUNK_SIZE_BYTES_MIN), since content above it gains nothing from the
+# name index over a chunk file. The cluster's own threshold is the replication config's.
+INLINE_BYTES_MAX = 64 * 1024
+
+# First field of the encoded form; a new layout gets a new number. Format 2: the file's bytes
+# inline instead of chunk ids (same field count, last field the content).
 MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION_INLINE = 2
 _MANIFEST_FIELDS = 6
 
 
@@ -98,6 +117,8 @@ class Manifest:
     file_hash: bytes  # BLAKE3 of the whole file
     created_ms: int  # milliseconds since the Unix epoch, from the writer's clock
     chunk_size_bytes: int  # the size every chunk but the last has
+    # The whole file's bytes when it is stored inline (then there are no chunks); b"" otherwise.
+    inline: bytes = b""
 
     def __post_init__(self) -> None:
         _check_int(self.chunk_size_bytes, "chunk_size_bytes", CHUNK_SIZE_BYTES_MIN, CHUNK_SIZE_BYTES_MAX)
@@ -106,6 +127,11 @@ class Manifest:
         _check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
         if type(self.chunks) is not tuple:
             raise ManifestError(f"chunks must be a tuple, got {type(self.chunks).__name__}")
+        if type(self.inline) is not bytes:
+            raise ManifestError(f"inline content must be bytes, got {type(self.inline).__name__}")
+        if self.inline:
+            self._check_inline()
+            return
         expected = _chunk_sizes(self.size_bytes, self.chunk_size_bytes)
         if len(self.chunks) != len(expected):
             raise ManifestError(
@@ -118,17 +144,36 @@ class Manifest:
             if ref.size_bytes != size_bytes:
                 raise ManifestError(f"chunk {index} is {ref.size_bytes} bytes, expected {size_bytes}")
 
+    def _check_inline(self) -> None:
+        """Inline bytes are the whole file, no chunks beside them, and hash to ``file_hash``."""
+        if len(self.inline) > INLINE_BYTES_MAX:
+            raise ManifestError(f"inline content of {len(self.inline)} bytes exceeds {INLINE_BYTES_MAX}")
+        if self.chunks:
+            raise ManifestError("a manifest with inline content lists no chunks")
+        if len(self.inline) != self.size_bytes:
+            raise ManifestError(f"inline content is {len(self.inline)} bytes, the file {self.size_bytes}")
+        if chunk_id_of(self.inline) != self.file_hash:
+            raise ManifestError("inline content does not match the file hash")
+
+    @property
+    def inline_bytes(self) -> int:
+        """Content bytes this manifest holds itself (what a replica counts against its capacity)."""
+        return len(self.inline)
+
     def encode(self) -> bytes:
-        """The wire and index form: a msgpack array, chunk ids concatenated."""
-        ids = b"".join(ref.chunk_id for ref in self.chunks)
+        """The wire and index form: a msgpack array, chunk ids concatenated (or the inline content)."""
+        if self.inline:
+            version, last = MANIFEST_FORMAT_VERSION_INLINE, self.inline
+        else:
+            version, last = MANIFEST_FORMAT_VERSION, b"".join(ref.chunk_id for ref in self.chunks)
         return msgpack.packb(
             [
-                MANIFEST_FORMAT_VERSION,
+                version,
                 self.chunk_size_bytes,
                 self.size_bytes,
                 self.file_hash,
                 self.created_ms,
-                ids,
+                last,
             ],
             use_bin_type=True,
         )
@@ -142,10 +187,14 @@ class Manifest:
         if type(fields) is not list or len(fields) != _MANIFEST_FIELDS:
             raise ManifestError(f"manifest must be a {_MANIFEST_FIELDS}-item array")
         version, chunk_size_bytes, size_bytes, file_hash, created_ms, ids = fields
-        if type(version) is not int or version != MANIFEST_FORMAT_VERSION:
+        if type(version) is not int or version not in (MANIFEST_FORMAT_VERSION, MANIFEST_FORMAT_VERSION_INLINE):
             raise ManifestError(f"unknown manifest format {version!r:.80}")
         _check_int(chunk_size_bytes, "chunk_size_bytes", CHUNK_SIZE_BYTES_MIN, CHUNK_SIZE_BYTES_MAX)
         _check_int(size_bytes, "size_bytes", 0, MANIFEST_CHUNKS_MAX * chunk_size_bytes)
+        if version == MANIFEST_FORMAT_VERSION_INLINE:
+            if type(ids) is not bytes or not ids:
+                raise ManifestError("an inline manifest carries its content as a non-empty byte string")
+            return cls((), size_bytes, file_hash, created_ms, chunk_size_bytes, ids)
         if type(ids) is not bytes:
             raise ManifestError("manifest chunk ids must be a byte string")
         sizes = _chunk_sizes(size_bytes, chunk_size_bytes)

@@ -10,7 +10,18 @@ them everywhere before ``purge_tombstones`` may drop it.
 Names are opaque UTF-8 keys: compared bytewise, never normalised, never turned into
 file system paths. The index is one SQLite file (``DATA/names.sqlite``, WAL mode),
 keyed by the name's UTF-8 bytes; the manifest is stored inline with the entry, so
-replicating an entry replicates its manifest too.
+replicating an entry replicates its manifest too. A small file's bytes may be part of
+its manifest (``manifest.Manifest.inline``); the row then records how many
+(``inline_bytes``), so the node counts them against its capacity.
+
+Group commit: concurrent ``apply`` calls (the name writes of many puts arriving at
+once, each in its own worker thread) share one transaction, and so one fsync of the
+write-ahead log. The first caller to take the index lock commits every entry queued
+by then (at most ``APPLY_BATCH_ENTRIES_MAX``); the others find theirs committed when
+the lock comes to them. No caller waits for a batch to fill: a lone write commits at
+once, as before. Each caller returns only after the COMMIT that holds its entry, with
+``synchronous=FULL``, so an acknowledged name write survives a crash of the process
+and, as far as the disk honours fsync, a power loss.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +85,12 @@ ENTRY_FORMAT_VERSION_WITH_CLIENT = 2
 _ENTRY_FIELDS = {ENTRY_FORMAT_VERSION: 6, ENTRY_FORMAT_VERSION_WITH_CLIENT: 7}
 
 # On-disk schema version (PRAGMA user_version); bump with a migration. Version 2 adds
-# the writing client's id (see _migrate_to_2).
-SCHEMA_VERSION = 2
+# the writing client's id (see _migrate_to_2), version 3 the inline content's size
+# (_migrate_to_3). An older p2pfs refuses a newer file (it names the version it found).
+SCHEMA_VERSION = 3
+# Most entries one group commit writes in one transaction: bounds how long the index lock
+# (which reads wait for too) is held by one commit, about 64 row writes plus one fsync.
+APPLY_BATCH_ENTRIES_MAX = 64
 # Rows fetched per query by list(): each query holds the index lock, so pages keep
 # writers waiting briefly; each row may carry a manifest of up to
 # MANIFEST_ENCODED_BYTES_MAX, so this also caps list()'s memory (32 x 4 MiB worst case).
@@ -199,6 +215,11 @@ class NameIndex:
         # Undecodable rows removed, and files rebuilt, since this index was opened.
         self.rows_quarantined = 0
         self.rebuilds = 0
+        # Name writes waiting for a group commit (at most one per calling thread), under _queue_lock.
+        self._queue: deque[_PendingApply] = deque()
+        self._queue_lock = threading.Lock()
+        # Content bytes held inline in the rows (the sum of their inline_bytes), kept under _lock.
+        self._inline_bytes = 0
         self._conn: sqlite3.Connection | None = None
         try:
             self._conn = self._connect(self._path)
@@ -212,6 +233,12 @@ class NameIndex:
                 self._conn = None
         if problem is not None:
             self._rebuild(problem)
+        self._inline_bytes = _inline_bytes_held(self._conn)
+
+    @property
+    def inline_bytes(self) -> int:
+        """File content held inline in the index, in bytes: counted against the node's capacity."""
+        return self._inline_bytes
 
     @property
     def damage_count(self) -> int:
@@ -246,6 +273,9 @@ class NameIndex:
             return
         if schema_version == 1:
             _migrate_to_2(conn)
+            schema_version = 2
+        if schema_version == 2:
+            _migrate_to_3(conn)
             return
         if schema_version != 0:
             raise StorageError(
@@ -260,7 +290,8 @@ class NameIndex:
                 logical INTEGER NOT NULL,
                 writer TEXT NOT NULL,
                 manifest BLOB,            -- Manifest.encode(); NULL for a tombstone
-                client TEXT NOT NULL DEFAULT ''  -- the writing client's id; '' if not known
+                client TEXT NOT NULL DEFAULT '',  -- the writing client's id; '' if not known
+                inline_bytes INTEGER NOT NULL DEFAULT 0  -- file content inside the manifest, in bytes
             )"""
         )
         conn.execute("CREATE INDEX tombstones ON names (wall_ms, logical) WHERE manifest IS NULL")
@@ -326,13 +357,15 @@ class NameIndex:
         try:
             if self._conn is not None:
                 try:
-                    rows = self._conn.execute("SELECT name, wall_ms, logical, writer, manifest, client FROM names")
+                    rows = self._conn.execute(
+                        "SELECT name, wall_ms, logical, writer, manifest, client, inline_bytes FROM names"
+                    )
                     for row in rows:
-                        if _decode_row(*row) is None:
+                        if _decode_row(*row[:6]) is None:
                             bad += 1
                             continue
                         fresh.execute("INSERT OR IGNORE INTO names (name, wall_ms, logical, writer, manifest, "
-                                      "client) VALUES (?, ?, ?, ?, ?, ?)", row)
+                                      "client, inline_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
                         copied += 1
                 except sqlite3.DatabaseError:
                     pass  # the rest of the file is past the damage
@@ -346,6 +379,7 @@ class NameIndex:
                 os.replace(old, quarantine_dir / f"{old.name.replace(self._path.name, f'{self._path.name}.{serial}')}")
         os.replace(fresh_path, self._path)
         self._conn = self._connect(self._path)
+        self._inline_bytes = _inline_bytes_held(self._conn)
         self.rebuilds += 1
         self.rows_quarantined += bad
         log.warning(
@@ -358,7 +392,9 @@ class NameIndex:
         if not bad:
             return
         for name_bytes, _ in bad:
-            conn.execute("DELETE FROM names WHERE name IS ?", (name_bytes,))
+            for (inline_bytes,) in conn.execute("DELETE FROM names WHERE name IS ? RETURNING inline_bytes",
+                                                (name_bytes,)).fetchall():
+                self._inline_bytes -= inline_bytes if type(inline_bytes) is int else 0
         self.rows_quarantined += len(bad)
         log.warning(
             "the name index held %d undecodable rows (first: %r: %s); removed, the replicas refill them",
@@ -394,33 +430,78 @@ class NameIndex:
 
         Idempotent and order-independent: applying the same set of entries in any
         order leaves the same entry per name. A held row that does not decode is
-        replaced.
+        replaced. Durable (fsynced) when it returns; concurrent calls share one
+        transaction and one fsync (group commit, see the module docstring).
         """
-        name_bytes = encode_name(entry.name)
-        manifest_bytes = None if entry.manifest is None else entry.manifest.encode()
+        manifest = entry.manifest
+        pending = _PendingApply(
+            entry, encode_name(entry.name), None if manifest is None else manifest.encode(),
+            0 if manifest is None else manifest.inline_bytes,
+        )
+        with self._queue_lock:
+            self._queue.append(pending)
         with self._guarded() as conn:
+            while not pending.done:
+                self._commit_batch(conn, self._next_batch(pending), pending)
+        return pending.applied
+
+    def _next_batch(self, pending: _PendingApply) -> list[_PendingApply]:
+        """The queued writes to commit together (lock held): ``pending`` alone after its batch failed."""
+        if pending.alone:
+            return [pending]
+        with self._queue_lock:
+            return [self._queue.popleft() for _ in range(min(len(self._queue), APPLY_BATCH_ENTRIES_MAX))]
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_PendingApply], own: _PendingApply) -> None:
+        """Apply a batch in one transaction (lock held), for the caller of ``own``.
+
+        If it fails, the error is raised to that caller (its own write withdrawn if it was
+        still queued), and every other write of the batch is tried again on its own by its
+        caller, which then sees its own error (or succeeds).
+        """
+        try:
             conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute(
-                "SELECT wall_ms, logical, writer, manifest, client FROM names WHERE name = ?",
-                (name_bytes,),
-            ).fetchone()
-            held = None if row is None else _decode_row(name_bytes, *row)
-            if row is not None and held is None:
-                self._drop_rows(conn, [(name_bytes, "replaced by a new version")])
-            if held is not None and not entry.supersedes(held):
-                conn.execute("ROLLBACK")
-                return False
-            conn.execute(
-                """INSERT INTO names (name, wall_ms, logical, writer, manifest, client)
-                VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT (name) DO UPDATE SET wall_ms = excluded.wall_ms,
-                    logical = excluded.logical, writer = excluded.writer,
-                    manifest = excluded.manifest, client = excluded.client""",
-                (name_bytes, entry.version.wall_ms, entry.version.logical, entry.writer, manifest_bytes,
-                 entry.client),
-            )
+            changes = [self._apply_one(conn, pending) for pending in batch]
             conn.execute("COMMIT")
-        return True
+        except BaseException:
+            for pending in batch:
+                pending.alone = True
+            with self._queue_lock:
+                if own in self._queue:
+                    self._queue.remove(own)
+            raise
+        for pending, inline_delta_bytes in zip(batch, changes):
+            pending.applied = inline_delta_bytes is not None
+            self._inline_bytes += inline_delta_bytes or 0
+            pending.done = True
+
+    def _apply_one(self, conn: sqlite3.Connection, pending: _PendingApply) -> int | None:
+        """Write one entry inside the batch's transaction if it wins; the change of the inline
+        bytes held if it was written, None if what is held supersedes it."""
+        entry, name_bytes = pending.entry, pending.name_bytes
+        row = conn.execute(
+            "SELECT wall_ms, logical, writer, manifest, client, inline_bytes FROM names WHERE name = ?",
+            (name_bytes,),
+        ).fetchone()
+        held = None if row is None else _decode_row(name_bytes, *row[:5])
+        held_inline_bytes = 0
+        if row is not None and held is None:
+            self._drop_rows(conn, [(name_bytes, "replaced by a new version")])
+        elif held is not None:
+            if not entry.supersedes(held):
+                return None
+            held_inline_bytes = row[5]
+        conn.execute(
+            """INSERT INTO names (name, wall_ms, logical, writer, manifest, client, inline_bytes)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET wall_ms = excluded.wall_ms,
+                logical = excluded.logical, writer = excluded.writer,
+                manifest = excluded.manifest, client = excluded.client,
+                inline_bytes = excluded.inline_bytes""",
+            (name_bytes, entry.version.wall_ms, entry.version.logical, entry.writer, pending.manifest_bytes,
+             entry.client, pending.inline_bytes),
+        )
+        return pending.inline_bytes - held_inline_bytes
 
     def get(self, name: str) -> NameEntry | None:
         """The newest entry held for ``name`` (a tombstone if deleted), or None.
@@ -485,26 +566,33 @@ class NameIndex:
             rows = conn.execute(
                 "SELECT name, wall_ms, logical, writer, manifest IS NULL FROM names"
             ).fetchall()
-            found, bad = [], []
-            for name_bytes, wall_ms, logical, writer, tomb in rows:
-                try:
-                    key = NameEntry(name_bytes.decode("utf-8"), Timestamp(wall_ms, logical), writer, None)
-                except _ROW_ERRORS as exc:
-                    bad.append((name_bytes, str(exc)))
-                    continue
-                found.append((key.name, key.version, key.writer, bool(tomb)))
-            self._drop_rows(conn, bad)
+            found = self._decode_summaries(conn, rows)
+        return found
+
+    def _decode_summaries(self, conn, rows) -> list[tuple[str, Timestamp, str, bool]]:
+        """Decode ``summaries`` rows; rows whose name, version or writer do not decode are removed."""
+        found, bad = [], []
+        for name_bytes, wall_ms, logical, writer, tomb in rows:
+            try:
+                key = NameEntry(name_bytes.decode("utf-8"), Timestamp(wall_ms, logical), writer, None)
+            except _ROW_ERRORS as exc:
+                bad.append((name_bytes, str(exc)))
+                continue
+            found.append((key.name, key.version, key.writer, bool(tomb)))
+        self._drop_rows(conn, bad)
         return found
 
     def remove_if(self, name: str, version: Timestamp, writer: str) -> bool:
         """Drop ``name``'s entry if it is still exactly this version (a node handing a name
         off must not drop a newer version that arrived meanwhile); True if removed."""
         with self._guarded() as conn:
-            cursor = conn.execute(
-                "DELETE FROM names WHERE name = ? AND wall_ms = ? AND logical = ? AND writer = ?",
+            removed = conn.execute(
+                "DELETE FROM names WHERE name = ? AND wall_ms = ? AND logical = ? AND writer = ? "
+                "RETURNING inline_bytes",
                 (encode_name(name), version.wall_ms, version.logical, writer),
-            )
-            return cursor.rowcount > 0
+            ).fetchall()
+            self._inline_bytes -= sum(inline_bytes for (inline_bytes,) in removed)
+            return bool(removed)
 
     def purge_tombstones(self, older_than: Timestamp) -> int:
         """Drop tombstones with a version before ``older_than``; returns how many.
@@ -519,6 +607,42 @@ class NameIndex:
                 (older_than.wall_ms, older_than.logical),
             )
             return cursor.rowcount
+
+    # -- bounded iteration --------------------------------------------------------------
+
+    def summaries_after(self, start_after: bytes, limit: int) -> tuple[list[tuple[str, Timestamp, str, bool]], bytes]:
+        """``summaries`` a keyset page at a time: up to ``limit`` rows after the name bytes ``start_after``.
+
+        Returns the page in name (UTF-8 byte) order and the key to go on after (``b""``
+        once the index is done). One query per page under the lock, so a walk over a
+        million names holds one page and keeps writers waiting one page at a time.
+        """
+        assert limit > 0
+        with self._guarded() as conn:
+            rows = conn.execute(
+                "SELECT name, wall_ms, logical, writer, manifest IS NULL FROM names WHERE name > ? "
+                "ORDER BY name LIMIT ?",
+                (start_after, limit),
+            ).fetchall()
+            found = self._decode_summaries(conn, rows)
+        return found, (rows[-1][0] if len(rows) == limit else b"")
+
+
+@dataclass(slots=True, eq=False)  # compared by identity: two writes may carry equal fields
+class _PendingApply:
+    """One name write waiting for its group commit; ``done`` once a COMMIT holds it."""
+
+    entry: NameEntry
+    name_bytes: bytes
+    manifest_bytes: bytes | None
+    inline_bytes: int
+    applied: bool = False  # whether it replaced what was held (valid once done)
+    done: bool = False
+    alone: bool = False  # its batch failed: its caller commits it by itself
+
+
+def _inline_bytes_held(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COALESCE(SUM(inline_bytes), 0) FROM names").fetchone()[0]
 
 
 def _check_file(conn: sqlite3.Connection) -> str | None:
@@ -582,4 +706,12 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("ALTER TABLE names ADD COLUMN client TEXT NOT NULL DEFAULT ''")
     conn.execute("PRAGMA user_version = 2")
+    conn.execute("COMMIT")
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: add the inline content's size; existing rows hold none (0), so nothing is rewritten."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE names ADD COLUMN inline_bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("COMMIT")

@@ -238,7 +238,8 @@ class AdminService:
         operation = operation_name(type(request.msg))
         self.requests.observe(operation, outcome, duration_s)
         peer = request.peer
-        fields = {"operation": operation, "duration_s": round(duration_s, 6), "peer": peer.short_id}
+        fields = {"operation": operation, "outcome": outcome, "duration_s": round(duration_s, 6),
+                  "peer": peer.short_id}
         name = getattr(request.msg, "name", None)
         if isinstance(name, str):
             fields["file_name"] = name

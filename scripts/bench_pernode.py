@@ -1,0 +1,287 @@
+"""Benchmark: data per node. A real 3-node network (rf=3) whose nodes each hold ``--names``
+names of two chunks each, and what its background jobs cost at that size.
+
+The stores are written directly, not put through the network (a million puts would
+take hours): one SQLite transaction of rows for the name index, copied to every
+node, and chunk files in the store's layout without fsync, hard-linked into every
+node's store (every node holds every chunk at rf=3 on 3 nodes; a link saves the
+disk, and a chunk a node loses or gains is its own file). Each name is a file of a
+minimum-size chunk (4 KiB) and a 16-byte tail: the count is the point, not the bytes.
+
+Then, on the running network:
+
+* anti-entropy: the round time each node logs, and the TCP bytes the daemons sent
+  (``ss``, summed over their sockets) while rounds ran with nothing to repair;
+* GC: the round time each node logs (every chunk referenced: nothing removed);
+* fsck and a paged ``ls`` of every name, through one node: time and bytes;
+* a node that lost 10% of its chunks (stopped, files removed, started): the time from
+  its start until its store is whole again, and the bytes that moved;
+* with ``--leave``, a graceful leave of one node: the hand-off's time (it asks about each
+  name one request at a time, so it is slow at this scale; memory is what it shows);
+* throughout, every daemon's peak RSS (``VmHWM``).
+
+Run: ``python scripts/bench.py pernode [--names 1000000]`` (develop with ``--names 50000``).
+Everything it creates is under one temporary directory, removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2pfs import identity, testnet  # noqa: E402
+from p2pfs.client import Client  # noqa: E402
+from p2pfs.storage import CHUNK_SIZE_BYTES_MIN, ChunkRef, Manifest, NameIndex, chunk_id_of  # noqa: E402
+from p2pfs.storage.names import NAMES_FILE_NAME  # noqa: E402
+
+NODES = 3
+# Name rows per executemany (one transaction for all of them).
+INSERT_BATCH_ROWS = 10_000
+TAIL_BYTES = 16
+WRITER = "e" * 64
+SAMPLE_INTERVAL_S = 1.0
+HEAL_TIMEOUT_S = 7200.0
+ROUNDS_TIMEOUT_S = 7200.0
+LOSS_FRACTION = 0.10
+AE_ROUND = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, (\d+) chunks and (\d+) names walked, (\d+) peers, "
+                      r"(\d+) chunks pulled, (\d+) keys short")
+GC_ROUND = re.compile(r"^(\S+) .*gc round: ([\d.]+) s, (\d+) references from (\d+) nodes, (\d+) chunks judged, "
+                      r"(\d+) removed")
+
+
+def build_stores(node_dirs: list[Path], names: int) -> float:
+    """Write every node's chunk store and name index directly; returns the seconds it took."""
+    start = time.perf_counter()
+    first = node_dirs[0] / "data"
+    chunks_dirs = [d / "data" / "chunks" for d in node_dirs]
+    for chunks_dir in chunks_dirs:
+        for prefix in range(256):
+            (chunks_dir / f"{prefix:02x}").mkdir(parents=True, exist_ok=True)
+    NameIndex(first / NAMES_FILE_NAME).close()  # its schema
+    conn = sqlite3.connect(first / NAMES_FILE_NAME, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+    now_ms = int(time.time() * 1000) - 3_600_000
+    rows = []
+    for i in range(names):
+        head = i.to_bytes(8, "big") * (CHUNK_SIZE_BYTES_MIN // 8)
+        tail = b"tail" + i.to_bytes(12, "big")
+        ids = []
+        for data in (head, tail):
+            chunk_id = chunk_id_of(data)
+            hex_id = chunk_id.hex()
+            paths = [d / hex_id[:2] / hex_id[2:] for d in chunks_dirs]
+            with open(paths[0], "wb") as f:
+                f.write(data)
+            for path in paths[1:]:
+                os.link(paths[0], path)
+            ids.append(ChunkRef(chunk_id, len(data)))
+        manifest = Manifest(tuple(ids), len(head) + len(tail), chunk_id_of(head + tail), now_ms,
+                            CHUNK_SIZE_BYTES_MIN)
+        rows.append((f"bench/{i:08d}".encode(), now_ms, i, WRITER, manifest.encode()))
+        if len(rows) == INSERT_BATCH_ROWS:
+            conn.executemany("INSERT INTO names (name, wall_ms, logical, writer, manifest) VALUES (?, ?, ?, ?, ?)",
+                             rows)
+            rows = []
+    conn.executemany("INSERT INTO names (name, wall_ms, logical, writer, manifest) VALUES (?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    for node_dir in node_dirs[1:]:
+        shutil.copyfile(first / NAMES_FILE_NAME, node_dir / "data" / NAMES_FILE_NAME)
+    return time.perf_counter() - start
+
+
+def chunk_count(node_dir: Path) -> int:
+    chunks_dir = node_dir / "data" / "chunks"
+    return sum(sum(1 for _ in os.scandir(chunks_dir / f"{p:02x}")) for p in range(256))
+
+
+class Sampler:
+    """Every daemon's peak RSS and the TCP bytes its sockets sent, read once a second."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.peak_rss_kib: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def pids(self) -> dict[int, str]:
+        return {p.pid: p.name for p in testnet.status(self._directory) if p.pid and p.running}
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            for pid, name in self.pids().items():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+                self.peak_rss_kib[name] = max(self.peak_rss_kib.get(name, 0), hwm)
+
+    def sent_bytes(self) -> int:
+        """TCP bytes sent so far by every daemon's open sockets (loopback: each byte once)."""
+        pids = self.pids()
+        out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
+        total, owner = 0, None
+        for line in out.splitlines():
+            found = re.search(r"pid=(\d+)", line)
+            if found:
+                owner = int(found.group(1))
+            sent = re.search(r"bytes_sent:(\d+)", line)
+            if sent and owner in pids:
+                total += int(sent.group(1))
+        return total
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def rounds(node_dir: Path, pattern: re.Pattern) -> list[tuple]:
+    log = (node_dir / "daemon.log").read_text(errors="replace")
+    return [m.groups() for m in map(pattern.match, log.splitlines()) if m]
+
+
+def wait_rounds(node_dirs: list[Path], pattern: re.Pattern, count: int, skip: dict[Path, int]) -> dict:
+    deadline = time.monotonic() + ROUNDS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = {d: rounds(d, pattern)[skip.get(d, 0):] for d in node_dirs}
+        if all(len(f) >= count for f in found.values()):
+            return found
+        time.sleep(SAMPLE_INTERVAL_S)
+    raise TimeoutError(f"fewer than {count} rounds in {ROUNDS_TIMEOUT_S} s")
+
+
+async def fsck_and_ls(ident, address) -> dict:
+    async with Client.connect(ident, address) as client:
+        start = time.perf_counter()
+        report = await client.fsck()
+        fsck_s = time.perf_counter() - start
+        start, listed, after, pages = time.perf_counter(), 0, "", 0
+        while True:
+            page = await client.ls("", after=after)
+            listed, pages = listed + len(page.files), pages + 1
+            after = page.next_after
+            if not after:
+                break
+        ls_s = time.perf_counter() - start
+    return {"fsck_s": fsck_s, "report": report, "ls_s": ls_s, "listed": listed, "pages": pages}
+
+
+def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
+    overrides = {"replication": {"anti_entropy_interval_s": interval_s, "gc_interval_s": 2 * interval_s,
+                                 "leave_handoff_timeout_s": 3600.0}}
+    testnet.create(directory, NODES, 0, overrides)
+    node_dirs = sorted(p.directory for p in testnet.status(directory))
+    build_s = build_stores(node_dirs, names)
+    print(f"built {names:,} names and {2 * names:,} chunks per node in {build_s:.0f} s", flush=True)
+    ident = identity.load_identity(directory / testnet.CLIENT_DIR)
+    with Sampler(directory) as sampler:
+        start = time.perf_counter()
+        procs = testnet.up(directory, NODES, 0)
+        print(f"3 daemons up and converged in {time.perf_counter() - start:.0f} s", flush=True)
+        sent0, t0 = sampler.sent_bytes(), time.perf_counter()
+        ae = wait_rounds(node_dirs, AE_ROUND, 2, {})
+        sent1, t1 = sampler.sent_bytes(), time.perf_counter()
+        gcs = wait_rounds(node_dirs, GC_ROUND, 1, {})
+        print("\n| job | node | rounds | time per round, s | walked | traffic |", flush=True)
+        print("|---|---|---|---|---|---|")
+        ae_rounds = sum(len(r) for r in ae.values())
+        for d, found in ae.items():
+            times = sorted(float(r[1]) for r in found)
+            print(f"| anti-entropy, nothing to repair | {d.name} | {len(found)} | {times[0]:.1f} to {times[-1]:.1f} "
+                  f"| {found[-1][2]} chunks, {found[-1][3]} names | "
+                  f"{(sent1 - sent0) / max(1, ae_rounds) / 1e3:.0f} kB a round (all daemons, {t1 - t0:.0f} s) |", flush=True)
+        for d, found in gcs.items():
+            print(f"| gc | {d.name} | {len(found)} | {float(found[0][1]):.1f} | {found[0][4]} chunks judged, "
+                  f"{found[0][2]} references | - |", flush=True)
+        sent0 = sampler.sent_bytes()
+        result = trio.run(fsck_and_ls, ident, procs[0].address)
+        sent1 = sampler.sent_bytes()
+        report = result["report"]
+        print(f"| fsck | {procs[0].name} | 1 | {result['fsck_s']:.1f} | {report.names_checked} names, "
+              f"{report.chunks_checked} chunks, {report.chunks_under_replicated} under-replicated | "
+              f"ls and fsck together {(sent1 - sent0) / 1e6:.1f} MB |", flush=True)
+        print(f"| ls, paged | {procs[0].name} | {result['pages']} pages | {result['ls_s']:.1f} | "
+              f"{result['listed']} names | - |", flush=True)
+
+        print_peak_rss(sampler.peak_rss_kib, "so far")
+        victim = node_dirs[-1]
+        testnet.stop_node(victim, kill=False)
+        files = sorted(p for sub in (victim / "data" / "chunks").iterdir() for p in sub.iterdir())
+        lost = random.Random(1).sample(files, int(len(files) * LOSS_FRACTION))
+        for path in lost:
+            path.unlink()
+        whole = len(files)
+        del files, lost
+        skip = {victim: len(rounds(victim, AE_ROUND))}
+        sent0 = sampler.sent_bytes()
+        start = time.perf_counter()
+        testnet.start_node(victim)
+        deadline = start + HEAL_TIMEOUT_S
+        while chunk_count(victim) < whole:
+            if time.perf_counter() > deadline:
+                raise TimeoutError("the node did not heal")
+            time.sleep(5 * SAMPLE_INTERVAL_S)
+        heal_s = time.perf_counter() - start
+        sent1 = sampler.sent_bytes()
+        heal_rounds = rounds(victim, AE_ROUND)[skip[victim]:]
+        print(f"| heal: {int(whole * LOSS_FRACTION):,} of {whole:,} chunks lost | {victim.name} | "
+              f"{len(heal_rounds)} | whole {heal_s:.0f} s after its start | "
+              f"{sum(int(r[5]) for r in heal_rounds)} pulled by its rounds | {(sent1 - sent0) / 1e6:.1f} MB |", flush=True)
+
+        if leave:
+            start = time.perf_counter()
+            sent0 = sampler.sent_bytes()
+            testnet.leave_node(node_dirs[0], timeout_s=HEAL_TIMEOUT_S)
+            sent1 = sampler.sent_bytes()
+            print(f"| hand-off (graceful leave) | {node_dirs[0].name} | 1 | {time.perf_counter() - start:.0f} | "
+                  f"{2 * names:,} chunks, {names:,} names | {(sent1 - sent0) / 1e6:.1f} MB (the survivors' "
+                  f"sockets) |", flush=True)
+        print_peak_rss(sampler.peak_rss_kib, "over the run")
+
+
+def print_peak_rss(peak_kib: dict[str, int], when: str) -> None:
+    print(f"peak RSS (VmHWM) per daemon {when}, MiB: "
+          + ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in sorted(peak_kib.items())), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--names", type=int, default=1_000_000, help="names per node (two chunks each)")
+    parser.add_argument("--anti-entropy-interval-s", type=float, default=30.0)
+    parser.add_argument("--leave", action="store_true",
+                        help="end with a graceful leave of one node (its hand-off is one request per name)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the network (a temporary dir in it)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="p2pfs-bench-pernode-", dir=args.dir) as tmp:
+        directory = Path(tmp) / "net"
+        try:
+            run(directory, args.names, args.anti_entropy_interval_s, args.leave)
+        finally:
+            if directory.exists():
+                testnet.down(directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
