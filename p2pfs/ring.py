@@ -88,10 +88,20 @@ TOKENS_PER_WEIGHT_DEFAULT = 32
 # binary search on every lookup. 21 is the paper's figure for a peak-to-mean of 1.05.
 PROBES = 21
 
-# Cap on one member's tokens (weight * tokens_per_weight): 16x the default, i.e. a weight of 16 at
+# Cap on one member's weight in units of tokens_per_weight: 16, i.e. TOKENS_PER_MEMBER_MAX tokens at
 # the default. Weights are relative; a bigger figure only costs memory (8 + 4 bytes a token) and
 # build time without making placement better.
-TOKENS_PER_MEMBER_MAX = 16 * TOKENS_PER_WEIGHT_DEFAULT
+_WEIGHT_IN_TOKENS_MAX = 16
+TOKENS_PER_MEMBER_MAX = _WEIGHT_IN_TOKENS_MAX * TOKENS_PER_WEIGHT_DEFAULT
+
+# Placement versions: (tokens per unit of weight, probes per key). Version 1 is the ring before
+# multi-probe hashing: 2,048 tokens per unit of weight and one probe, the key's plain position
+# ``key_hash(key)`` (its tokens are the same stream, 2,048 long instead of 32). A node advertises
+# the newest version it runs in its signed member record, and the data layer places by the oldest
+# version any ring member advertises, so a cluster switches only once every member can
+# (replication.view; docs/ARCHITECTURE.md, "Placement").
+PLACEMENT_VERSIONS = {1: (2048, 1), 2: (TOKENS_PER_WEIGHT_DEFAULT, PROBES)}
+PLACEMENT_VERSION_NEWEST = 2
 
 _TOKEN_DOMAIN = b"p2pfs/ring/token\x00"  # keeps token streams apart from any other use of SHAKE-128
 _PROBE_DOMAIN = b"p2pfs/ring/probe\x00"
@@ -142,13 +152,18 @@ def key_hash(key: bytes) -> int:
     return int.from_bytes(digest, "big")
 
 
-def key_probes(key: bytes) -> tuple[int, ...]:
-    """The ``PROBES`` positions of ``key`` on the circle: SHAKE-128(domain || key) in 64-bit words.
+def key_probes(key: bytes, probes: int = PROBES) -> tuple[int, ...]:
+    """The ``probes`` positions of ``key`` on the circle: SHAKE-128(domain || key) in 64-bit words.
 
     Names are not uniform and chunk ids are, but hashing makes every key's probes uniform and
-    independent of each other, which multi-probe balance needs.
+    independent of each other, which multi-probe balance needs. One probe is ``key_hash(key)``,
+    the position placement version 1 used.
     """
-    return _PROBES_STRUCT.unpack(hashlib.shake_128(_PROBE_DOMAIN + key).digest(_PROBES_STRUCT.size))
+    if probes == PROBES:
+        return _PROBES_STRUCT.unpack(hashlib.shake_128(_PROBE_DOMAIN + key).digest(_PROBES_STRUCT.size))
+    if probes == 1:
+        return (key_hash(key),)
+    return struct.unpack(f">{probes}Q", hashlib.shake_128(_PROBE_DOMAIN + key).digest(probes * _TOKEN_BYTES))
 
 
 def member_tokens(node_id: str, count: int) -> tuple[int, ...]:
@@ -179,6 +194,7 @@ class Ring:
     __slots__ = (
         "members",
         "tokens_per_weight",
+        "probes",
         "_node_ids",
         "_zone_of",
         "_zone_count",
@@ -194,13 +210,22 @@ class Ring:
         self,
         members: Iterable[RingMember],
         tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT,
+        probes: int = PROBES,
     ) -> None:
-        for _ in self._fill(members, tokens_per_weight):
+        for _ in self._fill(members, tokens_per_weight, probes):
             pass
 
     @classmethod
+    def of_version(cls, members: Iterable[RingMember], version: int) -> Ring:
+        """The ring of placement ``version`` (``PLACEMENT_VERSIONS``)."""
+        return cls(members, *PLACEMENT_VERSIONS[version])
+
+    @classmethod
     def build_in_steps(
-        cls, members: Iterable[RingMember], tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT
+        cls,
+        members: Iterable[RingMember],
+        tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT,
+        probes: int = PROBES,
     ) -> Generator[None, None, Ring]:
         """Build a ring in steps of about ``BUILD_STEP_TOKENS`` tokens: a generator that yields
         between steps and returns the ring.
@@ -212,12 +237,14 @@ class Ring:
         the loop waits for it (measured: gaps of 0.3 s and more at a load average of 50).
         """
         ring = cls.__new__(cls)
-        yield from ring._fill(members, tokens_per_weight)
+        yield from ring._fill(members, tokens_per_weight, probes)
         return ring
 
-    def _fill(self, members: Iterable[RingMember], tokens_per_weight: int) -> Iterator[None]:
+    def _fill(self, members: Iterable[RingMember], tokens_per_weight: int, probes: int) -> Iterator[None]:
         if not (isinstance(tokens_per_weight, int) and tokens_per_weight >= 1):
             raise ValueError(f"tokens_per_weight must be an int >= 1, got {tokens_per_weight!r}")
+        if not (isinstance(probes, int) and probes >= 1):
+            raise ValueError(f"probes must be an int >= 1, got {probes!r}")
         by_id: dict[str, RingMember] = {}
         for member in members:
             seen = by_id.setdefault(member.node_id, member)
@@ -231,11 +258,12 @@ class Ring:
         zone_index = {zone: i for i, zone in enumerate(zones)}
 
         counts = [member_token_count(by_id[n], tokens_per_weight) for n in node_ids]
+        tokens_max = _WEIGHT_IN_TOKENS_MAX * tokens_per_weight
         for node_id, count in zip(node_ids, counts):
-            if count > TOKENS_PER_MEMBER_MAX:
+            if count > tokens_max:
                 raise ValueError(
-                    f"{node_id} would get {count} tokens, over TOKENS_PER_MEMBER_MAX "
-                    f"({TOKENS_PER_MEMBER_MAX}); scale the weights down"
+                    f"{node_id} would get {count} tokens, over {_WEIGHT_IN_TOKENS_MAX} x "
+                    f"tokens_per_weight ({tokens_max}); scale the weights down"
                 )
         # (token, rank) pairs packed into one int, so ties (probability ~ tokens^2 / 2^65) go by
         # node id and the order never depends on the order members were given in. Rank r is
@@ -269,6 +297,7 @@ class Ring:
 
         self.members: Mapping[str, RingMember] = MappingProxyType({n: by_id[n] for n in node_ids})
         self.tokens_per_weight = tokens_per_weight
+        self.probes = probes
         self._node_ids = tuple(node_ids)
         self._zone_of = tuple(zone_index[by_id[n].zone] for n in node_ids)
         self._zone_count = len(zones)
@@ -288,7 +317,8 @@ class Ring:
         return node_id in self.members
 
     def __repr__(self) -> str:
-        return f"Ring(members={len(self)}, tokens={len(self._tokens)}, zones={self._zone_count})"
+        return (f"Ring(members={len(self)}, tokens={len(self._tokens)}, probes={self.probes}, "
+                f"zones={self._zone_count})")
 
     @property
     def token_count(self) -> int:
@@ -326,7 +356,7 @@ class Ring:
         assert count > 0, "an empty ring has no tokens"
         best_distance = HASH_SPACE_SIZE
         best_index = 0
-        for probe in key_probes(key):
+        for probe in key_probes(key, self.probes):
             bucket = probe >> shift
             index = bisect.bisect_left(tokens, probe, fingers[bucket], fingers[bucket + 1])
             if index == count:
@@ -367,7 +397,7 @@ class Ring:
         Computed once per ring, O(tokens log tokens): see ``_win_shares``.
         """
         if self._shares is None:
-            self._shares = _win_shares(self._tokens, PROBES)
+            self._shares = _win_shares(self._tokens, self.probes)
         return self._shares
 
     def ownership_fraction(self, rf: int) -> dict[str, float]:
@@ -477,7 +507,7 @@ def movement(a: Ring, b: Ring, rf: int) -> Movement:
     """
     _check_rf(rf)
     small, big = (a, b) if len(a) <= len(b) else (b, a)
-    if small.tokens_per_weight != big.tokens_per_weight or any(
+    if (small.tokens_per_weight, small.probes) != (big.tokens_per_weight, big.probes) or any(
         big.members.get(node_id) != member for node_id, member in small.members.items()
     ):
         raise ValueError("movement needs one ring's members to be the other's plus some")
