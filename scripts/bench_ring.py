@@ -196,6 +196,10 @@ def measure_size(
     result |= {f"rf_{k}": v for k, v in spread(list(ring.ownership_fraction(rf).values())).items()}
     result |= weight_figures(ids[:members_count])
     result |= zone_figures(ids[:members_count], rf, rng)
+    shuffled = list(members)
+    rng.shuffle(shuffled)
+    again = Ring(shuffled)
+    result["deterministic"] = (again._tokens, again._owners) == (ring._tokens, ring._owners)
 
     moves = {"join_keys": [], "join_copies": [], "leave_keys": [], "leave_copies": []}
     for joiner, leaver in zip(ids[members_count:], members):
@@ -313,12 +317,14 @@ def print_report(report: dict) -> None:
              f"{row['lookups_per_cpu_s']:>14,.0f}")
     echo("")
     echo(f"{'members':>8} {'max/mean':>9} {'min/mean':>9} {'rf max/mean':>12} {'rf min/mean':>12} "
-         f"{'weight class err':>17} {'member/weight max':>18} {'min':>6} {'zones spread':>13}")
+         f"{'weight class err':>17} {'member/weight max':>18} {'min':>6} {'zones spread':>13} "
+         f"{'same from any order':>20}")
     for row in report["sizes"]:
         echo(f"{row['members']:>8} {row['primary_max_over_mean']:>9.3f} {row['primary_min_over_mean']:>9.3f} "
              f"{row['rf_max_over_mean']:>12.3f} {row['rf_min_over_mean']:>12.3f} "
              f"{row['weight_class_error_max']:>17.2%} {row['weight_member_ratio_max']:>18.3f} "
-             f"{row['weight_member_ratio_min']:>6.3f} {row['zones_spread']:>13.2%}")
+             f"{row['weight_member_ratio_min']:>6.3f} {row['zones_spread']:>13.2%} "
+             f"{'yes' if row['deterministic'] else 'NO':>20}")
     echo("")
     echo(f"{'members':>8} {'join keys/ideal':>16} {'copies/ideal':>13} {'leave keys/ideal':>17} "
          f"{'copies/ideal':>13}   (mean, max over moves)")

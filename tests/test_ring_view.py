@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 import trio
@@ -107,33 +106,3 @@ async def test_going_back_to_the_ring_we_have_drops_the_pending_build(big_rings)
         assert view.ring() is first
         assert installed == []  # the build of 4 was dropped
         nursery.cancel_scope.cancel()
-
-
-async def test_a_10000_member_rebuild_holds_the_loop_for_under_50_ms_at_a_time():
-    # A heartbeat task measures the CPU time this thread spent between its wake-ups while the
-    # ring is built: how long other work held the loop. CPU time, not wall time, because the
-    # machine running the suite may be loaded (then every step takes longer in wall time, in
-    # whatever way it is built). Built in place, the gap is the whole build (~0.3 s of CPU).
-    members = [member(i) for i in range(10_000)]
-    view = RingView(members[0].node_id, ReplicationConfig(), lambda: members, SystemClock())
-    gaps_s = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(view.run_rebuilds)
-        first = view.ring()  # asks for the rebuild; the first sight of 10,000 members costs ~35 ms
-        assert len(first) == 0
-
-        async def heartbeat() -> None:
-            last_s = time.thread_time()
-            while True:
-                await trio.sleep(0)
-                now_s = time.thread_time()
-                gaps_s.append(now_s - last_s)
-                last_s = now_s
-
-        nursery.start_soon(heartbeat)
-        with trio.fail_after(WAIT_S * 4):
-            ring = await view.settled_ring()
-        nursery.cancel_scope.cancel()
-    assert len(ring) == 10_000
-    assert len(gaps_s) >= 50, "the heartbeat hardly ran during the build"
-    assert max(gaps_s) < 0.05, f"the event loop was held for {max(gaps_s):.3f} s of CPU"
