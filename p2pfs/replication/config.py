@@ -112,10 +112,11 @@ class ReplicationConfig:
         "nodes are upgraded, or to go back to it.", default=PLACEMENT_VERSION_NEWEST,
     )
     placement_fallback_s: float = doc(
-        "For this many seconds after the node starts or the cluster's placement version changes, "
-        "a name that its replicas say is absent is also looked up at its replicas under the other "
-        "placement, where it stays until anti-entropy hands it over. Must exceed the time "
-        "anti-entropy takes to move a node's data. 0: never.", default=3600.0,
+        "For this many seconds after the placement version the cluster places by changes (as this "
+        "node sees it, across its restarts too), a name that its replicas say is absent is also "
+        "looked up at its replicas under the other version, where it stays until anti-entropy "
+        "hands it over. Must exceed the time anti-entropy takes to move a node's data. 0: never.",
+        default=3600.0,
     )
 
     def __post_init__(self) -> None:
