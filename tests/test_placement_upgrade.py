@@ -1,11 +1,11 @@
-"""Upgrading a cluster from the 2,048-token ring: data held at the old homes moves to the new ones.
+"""After the switch to a new placement: data held at the old homes moves to the new ones.
 
-The multi-probe ring places almost every key on other nodes than the previous ring did, and no
-node keeps the previous ring. What carries the data over is the path that already handles a
-ring change: each node's anti-entropy round finds the chunks and names it holds but no longer
-replicates, and hands them to their new owners (docs/ARCHITECTURE.md, "Placement"). Simulated
-here by putting a file, then moving every copy to nodes that are not its replicas under the new
-ring, as an old cluster would hold it.
+Once a cluster places by a new version, almost every key has other replicas than before. What
+carries the data over is the path that already handles a ring change: each node's anti-entropy
+round finds the chunks and names it holds but no longer replicates, and hands them to their new
+owners (docs/ARCHITECTURE.md, "Placement"; tests/test_placement_upgrade_processes.py does it with
+real daemons across the switch). Simulated here by putting a file, then moving every copy to
+nodes that are not its replicas, as a cluster that just switched would hold it.
 """
 
 from __future__ import annotations
