@@ -26,6 +26,7 @@ bench_ring.main(argv). A benchmark measures; it never fails on speed.
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import json
 import random
@@ -47,6 +48,7 @@ from p2pfs.ring import (
     TOKENS_PER_WEIGHT_DEFAULT,
     Ring,
     RingMember,
+    key_probes,
     member_tokens,
     movement,
 )
@@ -271,6 +273,60 @@ def bounded_load_table(ids: list[str], partitions: int, tokens: int, slack: floa
     return table
 
 
+# Tokens looked at after each probe when replicas are ranked by probe distance: the rf nearest
+# distinct members are among them unless one member holds most of the next tokens of every probe.
+RANKED_TOKENS_PER_PROBE = 8
+
+
+def ranked_replicas(ring: Ring, key: bytes, rf: int) -> tuple[str, ...]:
+    """The rf distinct members whose tokens are nearest clockwise to any of the key's probes:
+    the replica rule that would make a join or leave copy each moved key once (one replica of
+    the set changes), measured against the walk from the winning token (``--replica-rule``)."""
+    tokens, owners = ring._tokens, ring._owners
+    count = len(tokens)
+    nearest: dict[int, int] = {}
+    for probe in key_probes(key, ring.probes):
+        index = bisect.bisect_left(tokens, probe)
+        for step in range(RANKED_TOKENS_PER_PROBE):
+            at = (index + step) % count
+            distance = (tokens[at] - probe) & ((1 << 64) - 1)
+            rank = owners[at]
+            if distance < nearest.get(rank, 1 << 64):
+                nearest[rank] = distance
+    best = sorted(nearest, key=nearest.__getitem__)[:rf]
+    return tuple(ring._node_ids[r] for r in best)
+
+
+def replica_rule_figures(members_count: int, rf: int, keys_count: int, rng: random.Random) -> list[dict]:
+    """Sampled, same keys and rings for both rules: load at rf, and copies per join and leave
+    over the ideal (rf/N of the keys, one copy each)."""
+    ids = node_ids(members_count + 1, rng)
+    members = [RingMember(n) for n in ids[:members_count]]
+    ring = Ring(members)
+    joined = Ring([*members, RingMember(ids[-1])])
+    left = Ring(members[1:])
+    keys = [rng.randbytes(32) for _ in range(keys_count)]
+    rules = {
+        "walk from the winning token (in use)": lambda r, k: tuple(r.preference_list(k, rf)),
+        "nearest distinct members over all probes": lambda r, k: ranked_replicas(r, k, rf),
+    }
+    rows = []
+    for name, replicas in rules.items():
+        started_s = time.process_time()
+        before = [replicas(ring, k) for k in keys]
+        lookup_us = (time.process_time() - started_s) / keys_count * 1e6
+        load = dict.fromkeys(ring.members, 0)
+        for chosen in before:
+            for node_id in chosen:
+                load[node_id] += 1
+        row = {"rule": name, "lookup_us": lookup_us, **spread(list(load.values()))}
+        for label, other, size in (("join", joined, members_count + 1), ("leave", left, members_count)):
+            copies = sum(len(set(replicas(other, k)) - set(b)) for k, b in zip(keys, before))
+            row[f"{label}_copies_over_ideal"] = copies / (keys_count * rf / size)
+        rows.append(row)
+    return rows
+
+
 def compare(members_count: int, partitions: int, rng: random.Random) -> list[dict[str, float]]:
     ids = node_ids(members_count + 1, rng)
     base, joiner = ids[:members_count], ids[members_count]
@@ -344,6 +400,19 @@ def print_report(report: dict) -> None:
                  f"{row['min_over_mean']:>9.3f} {row['join_over_ideal']:>11.2f} {row['leave_over_ideal']:>12.2f}")
 
 
+def print_replica_rules(report: dict) -> None:
+    if not report["replica_rules"]:
+        return
+    click.echo("")
+    click.echo(f"replica rules at {report['replica_rule_members']} members (sampled keys):")
+    click.echo(f"{'rule':>42} {'lookup us':>10} {'rf max/mean':>12} {'min/mean':>9} "
+               f"{'join copies/ideal':>18} {'leave copies/ideal':>19}")
+    for row in report["replica_rules"]:
+        click.echo(f"{row['rule']:>42} {row['lookup_us']:>10.1f} {row['max_over_mean']:>12.3f} "
+                   f"{row['min_over_mean']:>9.3f} {row['join_copies_over_ideal']:>18.3f} "
+                   f"{row['leave_copies_over_ideal']:>19.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_ring", description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", default="100,1000,10000", metavar="N,N,...",
@@ -357,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the alternatives at N members (0: skip)")
     parser.add_argument("--partitions", type=int, default=1 << 18, metavar="P",
                         help="table size for --compare (default 2**18)")
+    parser.add_argument("--replica-rule", type=int, default=0, metavar="N",
+                        help="also compare replica rules at N members, sampled over --rule-keys keys (0: skip)")
+    parser.add_argument("--rule-keys", type=int, default=100_000, metavar="COUNT")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
@@ -373,11 +445,15 @@ def main(argv: list[str] | None = None) -> int:
         "compare_members": args.compare,
         "compare_partitions": args.partitions,
         "compare": compare(args.compare, args.partitions, rng) if args.compare else [],
+        "replica_rule_members": args.replica_rule,
+        "replica_rules": (replica_rule_figures(args.replica_rule, args.rf, args.rule_keys, rng)
+                          if args.replica_rule else []),
     }
     if args.json:
         click.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
+        print_replica_rules(report)
     return 0
 
 
