@@ -96,7 +96,7 @@ def check_determinism(members: list[RingMember], ring: Ring, seed: int) -> None:
         assert again.preference_list(key, RF) == ring.preference_list(key, RF)
 
 
-@settings(deadline=None, max_examples=20)
+@settings(deadline=None, max_examples=10)
 @given(
     count=st.integers(min_value=3, max_value=300),
     seed=st.integers(min_value=0, max_value=2**32),
