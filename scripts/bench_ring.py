@@ -40,11 +40,14 @@ import trio
 
 from p2pfs.address import Address
 from p2pfs.clock import SystemClock
+from p2pfs import wire
 from p2pfs.membership import Member, MemberState
+from p2pfs.membership.records import advertised_version
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import WEIGHT_REFERENCE_BYTES
 from p2pfs.replication.view import RingView
 from p2pfs.ring import (
+    PLACEMENT_VERSION_NEWEST,
     TOKENS_PER_WEIGHT_DEFAULT,
     Ring,
     RingMember,
@@ -58,6 +61,9 @@ ZONE_KEYS_SAMPLED = 20_000
 WEIGHTS = (0.5, 1.0, 2.0, 4.0)
 ZONES = ("a", "b", "c")
 HEARTBEAT_S = 0.001
+# The members of the loop-hold measurement run the newest placement (with version 1 in their
+# records the view would build the 2,048-token ring).
+ADVERTISED_VERSION = advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)
 
 
 def node_ids(count: int, rng: random.Random) -> list[str]:
@@ -106,7 +112,7 @@ def loop_block(ids: list[str]) -> dict[str, float]:
     each while the previous rebuild is under way (so two builds are dropped)."""
 
     def member(node_id: str) -> Member:
-        return Member(node_id, Address("127.0.0.1", 7000), "", WEIGHT_REFERENCE_BYTES, 1, 1,
+        return Member(node_id, Address("127.0.0.1", 7000), "", WEIGHT_REFERENCE_BYTES, ADVERTISED_VERSION, 1,
                       MemberState.ALIVE, 0.0)
 
     everyone = [member(n) for n in ids]

@@ -10,19 +10,25 @@ import trio.testing
 
 from p2pfs.address import Address
 from p2pfs.clock import SystemClock
+from p2pfs import wire
 from p2pfs.membership import Member, MemberState
+from p2pfs.membership.records import advertised_version
 from p2pfs.replication import view as view_module
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.view import RingView
 from p2pfs import ring as ring_module
-from p2pfs.ring import Ring
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST, Ring
 
-WAIT_S = 30.0  # generous: the machine running the suite may be loaded
+WAIT_S = 30.0
+# The members run the newest placement (with version 1 in their records the view would build the
+# 2,048-token ring).
+ADVERTISED_VERSION = advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)  # generous: the machine running the suite may be loaded
 
 
 def member(i: int) -> Member:
     node_id = hashlib.sha256(f"node-{i}".encode()).hexdigest()
-    return Member(node_id, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)
+    return Member(node_id, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, ADVERTISED_VERSION, 1,
+                  MemberState.ALIVE, 0.0)
 
 
 async def test_without_the_rebuild_task_every_ring_is_built_in_place(monkeypatch):
