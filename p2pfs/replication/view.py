@@ -213,9 +213,11 @@ class RingView:
                     ring = await self._build(lambda: self._wanted)
                     if ring is not None:
                         self._install(self._wanted, ring)
-                # Then the other placement's ring, if reads want it: after the ring in use.
+                # Then the other placement's ring, if reads want it; dropped for a new ring in use.
                 if self._other_wanted is not None and self._other_wanted != self._other_key:
-                    other = await self._build(lambda: self._other_wanted)
+                    other = await self._build(
+                        lambda: self._other_wanted if self._wanted == self._ring_key else None
+                    )
                     if other is not None:
                         self._other, self._other_key = other, self._other_wanted
         finally:
