@@ -8,6 +8,7 @@ import hashlib
 
 import msgpack
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -19,11 +20,13 @@ from p2pfs.membership import records
 from p2pfs.membership.messages import MemberFact, MemberMeta, Ping
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import placement_version
+from p2pfs.replication import view as view_module
 from p2pfs.replication.view import PLACEMENT_FILE_NAME, RingView
 from p2pfs.ring import Ring, RingMember
 from p2pfs.wire import Role
 
 FALLBACK_S = 100.0
+WAIT_S = 30.0  # generous: the machine running the suite may be loaded
 
 
 def test_a_record_without_a_placement_version_means_version_1_and_version_1_sends_what_older_nodes_did():
@@ -149,3 +152,20 @@ def test_placement_settings_are_checked():
         ReplicationConfig(placement_version=3)
     with pytest.raises(ValueError, match="placement_fallback_s"):
         ReplicationConfig(placement_fallback_s=-1.0)
+
+
+async def test_a_big_other_ring_is_built_in_the_background_after_the_ring_in_use(tmp_path, monkeypatch):
+    monkeypatch.setattr(view_module, "SYNC_BUILD_TOKENS_MAX", 0)
+    clock = Clock()
+    (tmp_path / PLACEMENT_FILE_NAME).write_text("1\n")  # it placed by version 1 before
+    view = make_view(tmp_path, [member(i, 2) for i in range(4)], clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run_rebuilds)
+        with trio.fail_after(WAIT_S):
+            ring = await view.settled_ring()
+            assert ring.probes > 1 and len(ring) == 4
+            while view.other_ring() is None:
+                await trio.sleep(0.01)
+        other = view.other_ring()
+        assert other.probes == 1 and set(other.members) == set(ring.members)
+        nursery.cancel_scope.cancel()
