@@ -146,7 +146,8 @@ class RingMember:
 def key_hash(key: bytes) -> int:
     """Position of ``key`` on the circle: BLAKE2b-64 of the key, big-endian.
 
-    Not used for placement (see ``key_probes``); anti-entropy groups keys into buckets by it.
+    Placement version 1 places a key by it alone (``key_probes`` with one probe); anti-entropy
+    groups keys into buckets by it.
     """
     digest = hashlib.blake2b(key, digest_size=_TOKEN_BYTES, person=_KEY_PERSON).digest()
     return int.from_bytes(digest, "big")
