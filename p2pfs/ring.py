@@ -4,39 +4,53 @@ Consistent hashing (Karger et al., "Consistent Hashing and Random Trees", STOC 1
 and nodes on one circle of hash positions; a key belongs to the nodes met first walking clockwise
 from it. Adding or removing a node then moves only the keys next to that node's positions, about
 K/N of them, instead of nearly all keys as ``hash(key) % N`` would. Like Dynamo (DeCandia et al.,
-SOSP 2007, §4.2) each member gets many positions on the circle ("virtual nodes", here called
-tokens) so that load evens out, and a member's token count is proportional to its capacity weight.
+SOSP 2007, §4.2) each member gets several positions on the circle ("tokens"), as many as its
+capacity weight says.
 
 Tokens come from the node id alone: token ``i`` of a member is the ``i``-th 64-bit word of
 SHAKE-128(domain || node_id). So every node that sees the same member set builds the same ring,
 with no coordination and nothing extra to gossip, and raising a member's weight only adds tokens
 (the stream is prefix-stable), which moves only the keys the added tokens take.
 
-Why ``TOKENS_PER_WEIGHT_DEFAULT = 2048``. The share of a member with T random tokens is a sum of T
-gap lengths, so its relative standard deviation is 1/sqrt(T) whatever the member count. Tokens
-must depend on the node id alone (so that a join or leave moves only that member's keys); then, to
-any one member, the union of everyone else's tokens looks random, and no cleverer placement of its
-own tokens shrinks the gaps in front of them. That leaves the token count. We want max/mean load
-<= 1.10 over 100 equal members. Measured over 200 random sets of 100 node ids
-(docs/BENCHMARKS.md): T = 1024 has a median max/mean of 1.078 and exceeds 1.10 in 9% of sets,
-T = 1536 in 0.5%; T = 2048 has a median of 1.055, a worst of 1.082, and never exceeded 1.10. The
-cost is linear in tokens and paid only when membership changes: 100 members (204,800 tokens)
-build in about 0.1 s and take 2.3 MiB, 1,000 members in about 1.7 s and 23 MiB; lookups stay
-O(log tokens), about 4 us. Dynamo's equal fixed partitions (strategy 3) and Cassandra's token
-allocator balance better with fewer tokens, but both hand tokens out with knowledge of the
-current ring, which needs agreement or history we do not have.
+Multi-probe lookup (Appleton and O'Reilly, "Multi-Probe Consistent Hashing", 2015). A key is not
+one point on the circle but ``PROBES`` points, derived from the key; each probe measures the
+distance to the next token clockwise, and the key belongs to the token met soonest by any probe.
+With one probe a token's share is the gap in front of it, and gaps vary exponentially: the load of
+a member with T tokens has a relative standard deviation of 1/sqrt(T), which is why the previous
+ring needed 2,048 tokens per unit of weight (23 MiB and 1.7 s to build at 1,000 members). With k
+probes a token wins a key only if one probe lands within about 1/(k x tokens) in front of it, so a
+long gap earns hardly more than an average one: a token's share becomes 1 - exp(-(k - 1) x gap x
+tokens), whose relative deviation is about 1/sqrt(2k) instead of 1. Measured over exact shares
+(scripts/bench_ring.py, docs/BENCHMARKS.md): with ``TOKENS_PER_WEIGHT_DEFAULT = 32`` and
+``PROBES = 21``, max/mean load is 1.05 from 100 to 10,000 members; the ring of 10,000 members
+takes about 6 MiB (4 for the tokens, 2.5 for their win shares) and builds in about 0.4 s of CPU.
+The cost moves to lookups: 21 binary searches instead of one (still microseconds).
 
-Preference lists follow Dynamo §4.3: the first ``rf`` distinct members clockwise from the key. When
-members carry zones (racks, hosts, availability zones), replicas spread over zones the way
-Cassandra's NetworkTopologyStrategy spreads over racks: walking clockwise, the first member met in
-each zone is taken, until ``rf`` zones are covered; if there are fewer zones than ``rf``, one member
-of every zone is taken and the rest are the next members clockwise. Members with ``zone == ""`` form
-one unnamed zone, so a ring without zones is plain clockwise order. Beyond the preference list,
-``fallback_list`` gives the next members clockwise: the order in which a coordinator picks stand-ins
-for hinted handoff (Dynamo §4.6, sloppy quorum).
+Placement stays monotone, the property behind minimal movement: adding tokens can only make a
+new token the nearest for a probe, so a join moves keys only to the joiner, a leave only from the
+leaver, and the moved fraction is exactly the member's share. The keys a joiner wins come from tokens all
+around the ring, though, and take the walk from the joiner's token, so their other replicas
+change too: a join or leave makes about (2 rf - 1) / rf times the ideal replica copies
+(``Movement.copies_max``; docs/ARCHITECTURE.md, "Placement"). Placement is a pure function of the
+member set (ids, weights, zones): it does not depend on the order members were given in, nor on
+history. Why not a token allocator (Cassandra 4) or a fixed partition table filled by an optimiser
+(Dynamo's strategy 3, Riak, Garage): both balance well, but the first depends on the order members
+joined and the second on the previous table, and we have no consensus service to agree on either;
+an optimiser run from scratch on the member set alone moves several times the ideal on each change
+(measured in docs/ARCHITECTURE.md, "Placement").
 
-The preference list of a key depends only on which inter-token range its hash falls in, so it is
-constant on each range ``(token[i-1], token[i]]``.
+Preference lists follow Dynamo §4.3: from the key's winning token, the first ``rf`` distinct
+members clockwise. When members carry zones (racks, hosts, availability zones), replicas spread
+over zones the way Cassandra's NetworkTopologyStrategy spreads over racks: walking clockwise, the
+first member met in each zone is taken, until ``rf`` zones are covered; if there are fewer zones
+than ``rf``, one member of every zone is taken and the rest are the next members clockwise. Members
+with ``zone == ""`` form one unnamed zone, so a ring without zones is plain clockwise order. Beyond
+the preference list, ``fallback_list`` gives the next members clockwise: the order in which a
+coordinator picks stand-ins for hinted handoff (Dynamo §4.6, sloppy quorum).
+
+A key's preference list depends only on which token it belongs to. ``token_shares`` gives the
+exact share of keys each token wins (the integral in ``_win_shares``); ``ownership_fraction`` and
+``replica_sets`` add them up.
 
 Contract with the caller: the ring does not know who is alive. Which members take part is the
 caller's choice, and the design brief's rule is: a node that is merely dead (suspected or confirmed,
@@ -45,11 +59,8 @@ a hint; a node that left gracefully, or whose grace period expired, leaves the r
 anti-entropy (``replication.repair``) moves data to the new owners. Skipping a dead member for one
 request is the caller's job (walk the preference list, then the fallback list), not a new ring.
 
-Ranges are ``(start, end]`` on the 2**64 circle: ``start`` exclusive, ``end`` inclusive. A
-range with ``start >= end`` wraps through zero, and ``start == end`` is the whole circle (the
-convention of Cassandra's ``Range``); use ``in_range`` to test membership.
-
-Pure: no I/O, no clock, no randomness beyond the hash functions.
+Pure: no I/O, no clock, no randomness beyond the hash functions. ``Ring.build_in_steps`` builds a
+ring in small steps, so that an event loop can build a big one between its other work.
 """
 
 from __future__ import annotations
@@ -59,27 +70,54 @@ import hashlib
 import math
 import struct
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 HASH_BITS = 64
 HASH_SPACE_SIZE = 1 << HASH_BITS  # positions on the circle: 0 .. HASH_SPACE_SIZE - 1
+_POSITION_MASK = HASH_SPACE_SIZE - 1
 
-# Tokens per unit of capacity weight. 2048 keeps max/mean load <= 1.10 over 100 equal members
-# (relative std 1/sqrt(2048) = 2.2%); 1024 does not reliably. See the module docstring.
-TOKENS_PER_WEIGHT_DEFAULT = 2048
+# Tokens per unit of capacity weight. With PROBES probes, 32 keeps max/mean load near 1.05 from 100
+# to 10,000 members; 16 gives 1.07 and 64 1.05 at twice the memory (docs/BENCHMARKS.md). It also
+# sets how finely weights are honoured: a member gets round(weight x 32) tokens, so weights are
+# exact in steps of 1/32 (a weight of 1/16, the smallest ring_weight gives, is 2 tokens).
+TOKENS_PER_WEIGHT_DEFAULT = 32
 
-# Cap on one member's tokens (weight * tokens_per_weight): 16x the default, i.e. a weight of 16 at
+# Probes per key. The deviation of a token's share falls as 1/sqrt(2 x PROBES); each probe costs a
+# binary search on every lookup. 21 is the paper's figure for a peak-to-mean of 1.05.
+PROBES = 21
+
+# Cap on one member's weight in units of tokens_per_weight: 16, i.e. TOKENS_PER_MEMBER_MAX tokens at
 # the default. Weights are relative; a bigger figure only costs memory (8 + 4 bytes a token) and
 # build time without making placement better.
-TOKENS_PER_MEMBER_MAX = 16 * TOKENS_PER_WEIGHT_DEFAULT
+_WEIGHT_IN_TOKENS_MAX = 16
+TOKENS_PER_MEMBER_MAX = _WEIGHT_IN_TOKENS_MAX * TOKENS_PER_WEIGHT_DEFAULT
+
+# Placement versions: (tokens per unit of weight, probes per key). Version 1 is the ring before
+# multi-probe hashing: 2,048 tokens per unit of weight and one probe, the key's plain position
+# ``key_hash(key)`` (its tokens are the same stream, 2,048 long instead of 32). A node advertises
+# the newest version it runs in its signed member record, and the data layer places by the oldest
+# version any ring member advertises, so a cluster switches only once every member can
+# (replication.view; docs/ARCHITECTURE.md, "Placement").
+PLACEMENT_VERSIONS = {1: (2048, 1), 2: (TOKENS_PER_WEIGHT_DEFAULT, PROBES)}
+PLACEMENT_VERSION_NEWEST = 2
 
 _TOKEN_DOMAIN = b"p2pfs/ring/token\x00"  # keeps token streams apart from any other use of SHAKE-128
+_PROBE_DOMAIN = b"p2pfs/ring/probe\x00"
 _KEY_PERSON = b"p2pfs/ring/key"  # BLAKE2b personalisation (<= 16 bytes) for key positions
 _TOKEN_BYTES = HASH_BITS // 8
+_PROBES_STRUCT = struct.Struct(f">{PROBES}Q")
 _RANK_BITS = 32  # a member's rank (index in sorted node ids) is stored in array("I")
 _RANK_MASK = (1 << _RANK_BITS) - 1
+# Tokens are sorted in buckets by their top bits, about _TOKENS_PER_BUCKET to a bucket: no single
+# sort holds the interpreter lock for long (one sort of 320,000 tokens takes ~0.1 s), and the bucket
+# bounds ("fingers") narrow each probe's binary search from ~19 steps to ~2, which halves lookups.
+# Memory: 4 bytes a bucket, about 1 byte a token.
+_TOKENS_PER_BUCKET = 4
+# Tokens handled between two yields of Ring.build_in_steps: ~2 ms of CPU each way (generating,
+# then sorting into arrays) on an idle core, far under the 50 ms an event loop may be held.
+BUILD_STEP_TOKENS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +146,25 @@ class RingMember:
 def key_hash(key: bytes) -> int:
     """Position of ``key`` on the circle: BLAKE2b-64 of the key, big-endian.
 
-    Chunk ids are already uniform, but names are not, and hashing again costs under a microsecond
-    and makes placement uniform for any key.
+    Placement version 1 places a key by it alone (``key_probes`` with one probe); anti-entropy
+    groups keys into buckets by it.
     """
     digest = hashlib.blake2b(key, digest_size=_TOKEN_BYTES, person=_KEY_PERSON).digest()
     return int.from_bytes(digest, "big")
+
+
+def key_probes(key: bytes, probes: int = PROBES) -> tuple[int, ...]:
+    """The ``probes`` positions of ``key`` on the circle: SHAKE-128(domain || key) in 64-bit words.
+
+    Names are not uniform and chunk ids are, but hashing makes every key's probes uniform and
+    independent of each other, which multi-probe balance needs. One probe is ``key_hash(key)``,
+    the position placement version 1 used.
+    """
+    if probes == PROBES:
+        return _PROBES_STRUCT.unpack(hashlib.shake_128(_PROBE_DOMAIN + key).digest(_PROBES_STRUCT.size))
+    if probes == 1:
+        return (key_hash(key),)
+    return struct.unpack(f">{probes}Q", hashlib.shake_128(_PROBE_DOMAIN + key).digest(probes * _TOKEN_BYTES))
 
 
 def member_tokens(node_id: str, count: int) -> tuple[int, ...]:
@@ -122,14 +174,8 @@ def member_tokens(node_id: str, count: int) -> tuple[int, ...]:
     return struct.unpack(f">{count}Q", stream)
 
 
-def in_range(position: int, start: int, end: int) -> bool:
-    """Whether ``position`` lies in ``(start, end]`` on the circle (wrapping if start >= end)."""
-    assert 0 <= position < HASH_SPACE_SIZE
-    assert 0 <= start < HASH_SPACE_SIZE
-    assert 0 <= end < HASH_SPACE_SIZE
-    if start < end:
-        return start < position <= end
-    return position > start or position <= end
+def member_token_count(member: RingMember, tokens_per_weight: int) -> int:
+    return max(1, round(member.weight * tokens_per_weight))
 
 
 def range_size(start: int, end: int) -> int:
@@ -140,20 +186,24 @@ def range_size(start: int, end: int) -> int:
 
 
 class Ring:
-    """An immutable consistent-hash ring over a set of members.
+    """An immutable multi-probe consistent-hash ring over a set of members.
 
-    Build a new ``Ring`` when membership changes: O(tokens log members) time, 12 bytes a token.
-    Lookups are a binary search over the sorted tokens plus a short clockwise walk.
+    Build a new ``Ring`` when membership changes: O(tokens) time (bucketed sort), 13 bytes a
+    token. A lookup is ``PROBES`` binary searches over the sorted tokens plus a short clockwise walk.
     """
 
     __slots__ = (
         "members",
         "tokens_per_weight",
+        "probes",
         "_node_ids",
         "_zone_of",
         "_zone_count",
         "_tokens",
         "_owners",
+        "_fingers",
+        "_finger_shift",
+        "_shares",
         "_ownership",
     )
 
@@ -161,42 +211,102 @@ class Ring:
         self,
         members: Iterable[RingMember],
         tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT,
+        probes: int = PROBES,
     ) -> None:
+        for _ in self._fill(members, tokens_per_weight, probes):
+            pass
+
+    @classmethod
+    def of_version(cls, members: Iterable[RingMember], version: int) -> Ring:
+        """The ring of placement ``version`` (``PLACEMENT_VERSIONS``)."""
+        return cls(members, *PLACEMENT_VERSIONS[version])
+
+    @classmethod
+    def build_in_steps(
+        cls,
+        members: Iterable[RingMember],
+        tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT,
+        probes: int = PROBES,
+    ) -> Generator[None, None, Ring]:
+        """Build a ring in steps of about ``BUILD_STEP_TOKENS`` tokens: a generator that yields
+        between steps and returns the ring.
+
+        A caller on an event loop resumes it between other work, so no step holds the loop for
+        long (at 10,000 members the whole build is ~0.3 s of CPU, each step a few milliseconds),
+        and it can drop a build that is no longer wanted. A worker thread does not do as well: on
+        a loaded machine the thread can be descheduled while it holds the interpreter lock, and
+        the loop waits for it (measured: gaps of 0.3 s and more at a load average of 50).
+        """
+        ring = cls.__new__(cls)
+        yield from ring._fill(members, tokens_per_weight, probes)
+        return ring
+
+    def _fill(self, members: Iterable[RingMember], tokens_per_weight: int, probes: int) -> Iterator[None]:
         if not (isinstance(tokens_per_weight, int) and tokens_per_weight >= 1):
             raise ValueError(f"tokens_per_weight must be an int >= 1, got {tokens_per_weight!r}")
+        if not (isinstance(probes, int) and probes >= 1):
+            raise ValueError(f"probes must be an int >= 1, got {probes!r}")
         by_id: dict[str, RingMember] = {}
         for member in members:
             seen = by_id.setdefault(member.node_id, member)
             if seen != member:
                 raise ValueError(f"conflicting members for {member.node_id}: {seen}, {member}")
+        yield
         node_ids = sorted(by_id)
         if len(node_ids) > _RANK_MASK + 1:
             raise ValueError(f"{len(node_ids)} members, over the {_RANK_MASK + 1} a ring can rank")
         zones = sorted({by_id[n].zone for n in node_ids})
         zone_index = {zone: i for i, zone in enumerate(zones)}
 
-        # Sort (token, rank) pairs packed into one int, so ties (probability ~ tokens^2 / 2^65)
-        # go by node id and the order never depends on the order members were given in. Each
-        # member's tokens are sorted first: Timsort then merges those runs instead of sorting
-        # from scratch. Rank r is node_ids[r].
-        packed: list[int] = []
-        for rank, node_id in enumerate(node_ids):
-            count = max(1, round(by_id[node_id].weight * tokens_per_weight))
-            if count > TOKENS_PER_MEMBER_MAX:
+        counts = [member_token_count(by_id[n], tokens_per_weight) for n in node_ids]
+        tokens_max = _WEIGHT_IN_TOKENS_MAX * tokens_per_weight
+        for node_id, count in zip(node_ids, counts):
+            if count > tokens_max:
                 raise ValueError(
-                    f"{node_id} would get {count} tokens, over TOKENS_PER_MEMBER_MAX "
-                    f"({TOKENS_PER_MEMBER_MAX}); scale the weights down"
+                    f"{node_id} would get {count} tokens, over {_WEIGHT_IN_TOKENS_MAX} x "
+                    f"tokens_per_weight ({tokens_max}); scale the weights down"
                 )
-            packed.extend(sorted([(t << _RANK_BITS) | rank for t in member_tokens(node_id, count)]))
-        packed.sort()
+        # (token, rank) pairs packed into one int, so ties (probability ~ tokens^2 / 2^65) go by
+        # node id and the order never depends on the order members were given in. Rank r is
+        # node_ids[r]. Sorted bucket by bucket: see _TOKENS_PER_BUCKET.
+        yield  # checking and sorting 10,000 members is a step of its own
+        bucket_bits = max(0, (sum(counts) // _TOKENS_PER_BUCKET).bit_length() - 1)
+        shift = HASH_BITS + _RANK_BITS - bucket_bits
+        buckets: list[list[int]] = [[] for _ in range(1 << bucket_bits)]
+        step_tokens = 0
+        for rank, (node_id, count) in enumerate(zip(node_ids, counts)):
+            for token in member_tokens(node_id, count):
+                packed = (token << _RANK_BITS) | rank
+                buckets[packed >> shift].append(packed)
+            step_tokens += count
+            if step_tokens >= BUILD_STEP_TOKENS:
+                step_tokens = 0
+                yield
+        tokens = array("Q")
+        owners = array("I")
+        fingers = array("I", [0])  # fingers[b]: index of the first token in bucket b
+        for bucket in buckets:
+            bucket.sort()
+            tokens.extend([p >> _RANK_BITS for p in bucket])
+            owners.extend([p & _RANK_MASK for p in bucket])
+            fingers.append(len(tokens))
+            step_tokens += len(bucket)
+            bucket.clear()  # freed step by step: freeing 320,000 ints at the end takes ~30 ms
+            if step_tokens >= BUILD_STEP_TOKENS:
+                step_tokens = 0
+                yield
 
         self.members: Mapping[str, RingMember] = MappingProxyType({n: by_id[n] for n in node_ids})
         self.tokens_per_weight = tokens_per_weight
+        self.probes = probes
         self._node_ids = tuple(node_ids)
         self._zone_of = tuple(zone_index[by_id[n].zone] for n in node_ids)
         self._zone_count = len(zones)
-        self._tokens = array("Q", [p >> _RANK_BITS for p in packed])
-        self._owners = array("I", [p & _RANK_MASK for p in packed])
+        self._tokens = tokens
+        self._owners = owners
+        self._fingers = fingers
+        self._finger_shift = HASH_BITS - bucket_bits
+        self._shares: array | None = None  # token_shares(), computed on first use
         self._ownership: dict[int, dict[str, float]] = {}  # by rf, computed on first use
         assert len(self._tokens) == len(self._owners)
         assert len(self._tokens) >= len(self._node_ids)
@@ -208,30 +318,58 @@ class Ring:
         return node_id in self.members
 
     def __repr__(self) -> str:
-        return f"Ring(members={len(self)}, tokens={len(self._tokens)}, zones={self._zone_count})"
+        return (f"Ring(members={len(self)}, tokens={len(self._tokens)}, probes={self.probes}, "
+                f"zones={self._zone_count})")
 
     @property
     def token_count(self) -> int:
         return len(self._tokens)
 
+    def memory_bytes(self) -> int:
+        """Bytes held by the token arrays (and the token shares, once computed)."""
+        held = sum(a.itemsize * len(a) for a in (self._tokens, self._owners, self._fingers))
+        if self._shares is not None:
+            held += self._shares.itemsize * len(self._shares)
+        return held
+
     def preference_list(self, key: bytes, rf: int) -> list[str]:
         """The ``min(rf, len(self))`` members that replicate ``key``, coordinator first."""
-        return self.preference_list_at(key_hash(key), rf)
-
-    def preference_list_at(self, position: int, rf: int) -> list[str]:
-        """``preference_list`` for whatever key hashes to ``position``.
-
-        Equal for every position in one inter-token range.
-        """
-        assert 0 <= position < HASH_SPACE_SIZE
         _check_rf(rf)
         if not self._node_ids:
             return []
-        picked = self._select(self._walk_ranks(self._index(position)), rf)
-        return [self._node_ids[r] for r in picked]
+        return self.preference_list_of_token(self.token_of(key), rf)
+
+    def preference_list_of_token(self, index: int, rf: int) -> list[str]:
+        """The preference list of every key that token ``index`` wins."""
+        _check_rf(rf)
+        assert 0 <= index < len(self._tokens)
+        return [self._node_ids[r] for r in self._select(self._walk_ranks(index), rf)]
+
+    def token_of(self, key: bytes) -> int:
+        """Index of the token ``key`` belongs to: the token nearest clockwise to any of its probes.
+
+        Ties (two probes at the same distance) go to the lower index, so every node agrees.
+        """
+        tokens = self._tokens
+        fingers = self._fingers
+        shift = self._finger_shift
+        count = len(tokens)
+        assert count > 0, "an empty ring has no tokens"
+        best_distance = HASH_SPACE_SIZE
+        best_index = 0
+        for probe in key_probes(key, self.probes):
+            bucket = probe >> shift
+            index = bisect.bisect_left(tokens, probe, fingers[bucket], fingers[bucket + 1])
+            if index == count:
+                index = 0
+            distance = (tokens[index] - probe) & _POSITION_MASK
+            if distance < best_distance or (distance == best_distance and index < best_index):
+                best_distance = distance
+                best_index = index
+        return best_index
 
     def walk(self, key: bytes) -> Iterator[str]:
-        """Every member once, in clockwise order from ``key``, ignoring zones.
+        """Every member once, in clockwise order from ``key``'s token, ignoring zones.
 
         Without zones the first ``rf`` are ``preference_list(key, rf)``; with zones they may not
         be, because zone spreading skips members. Use ``fallback_list`` for the members beyond
@@ -239,7 +377,7 @@ class Ring:
         """
         if not self._node_ids:
             return
-        for rank in self._walk_ranks(self._index(key_hash(key))):
+        for rank in self._walk_ranks(self.token_of(key)):
             yield self._node_ids[rank]
 
     def fallback_list(self, key: bytes, rf: int) -> list[str]:
@@ -251,8 +389,20 @@ class Ring:
         preferred = set(self.preference_list(key, rf))
         return [n for n in self.walk(key) if n not in preferred]
 
+    def token_owner(self, index: int) -> str:
+        return self._node_ids[self._owners[index]]
+
+    def token_shares(self) -> array:
+        """The exact share of uniformly hashed keys each token wins, by token index (sums to 1).
+
+        Computed once per ring, O(tokens log tokens): see ``_win_shares``.
+        """
+        if self._shares is None:
+            self._shares = _win_shares(self._tokens, self.probes)
+        return self._shares
+
     def ownership_fraction(self, rf: int) -> dict[str, float]:
-        """Each member's fraction of the circle (hence of uniform keys) it holds a replica of at ``rf``.
+        """Each member's fraction of uniform keys it holds a replica of at ``rf``.
 
         Fractions sum to ``min(rf, len(self))``. One walk per token, O(tokens x rf), done once
         per ring and rf (the ring is immutable): the status page and metrics show it.
@@ -261,36 +411,35 @@ class Ring:
         cached = self._ownership.get(rf)
         if cached is not None:
             return cached
-        held = [0] * len(self._node_ids)
-        tokens = self._tokens
-        for index in range(len(tokens)):
-            size = range_size(tokens[index - 1], tokens[index])  # the range this token ends
+        held = [0.0] * len(self._node_ids)
+        for index, share in enumerate(self.token_shares()):
             for rank in self._select(self._walk_ranks(index), rf):
-                held[rank] += size
-        fractions = {n: h / HASH_SPACE_SIZE for n, h in zip(self._node_ids, held)}
+                held[rank] += share
+        fractions = dict(zip(self._node_ids, held))
         self._ownership[rf] = fractions
         return fractions
 
     def replica_sets(self, rf: int) -> dict[tuple[str, ...], int]:
-        """The share of the circle (in positions) each distinct set of ``rf`` replicas holds.
+        """The share of keys (in positions of the 2**64 circle) each distinct set of ``rf``
+        replicas holds.
 
-        The sets are sorted node ids: which members hold a range, not in which order. What a
-        listing needs to know which ranges its answers cover. One walk per token, O(tokens x rf) like
-        ``ownership_fraction``; the ring is immutable, so a caller keeps the answer for as long as
-        it keeps the ring. At most one set per token, in practice far fewer.
+        The sets are sorted node ids: which members hold keys, not in which order; the sizes sum
+        to exactly 2**64. What a
+        listing needs to know which keys its answers cover. One walk per token, O(tokens x rf)
+        like ``ownership_fraction``; the ring is immutable, so a caller keeps the answer for as
+        long as it keeps the ring. At most one set per token, in practice far fewer.
         """
         _check_rf(rf)
-        sizes: dict[tuple[str, ...], int] = {}
-        tokens = self._tokens
-        for index in range(len(tokens)):
+        shares: dict[tuple[str, ...], float] = {}
+        for index, share in enumerate(self.token_shares()):
             ranks = self._select(self._walk_ranks(index), rf)
             replicas = tuple(sorted(self._node_ids[r] for r in ranks))
-            sizes[replicas] = sizes.get(replicas, 0) + range_size(tokens[index - 1], tokens[index])
+            shares[replicas] = shares.get(replicas, 0.0) + share
+        sizes = {replicas: int(share * HASH_SPACE_SIZE) for replicas, share in shares.items()}
+        if sizes:  # float rounding: the biggest set takes the few positions left over
+            biggest = max(sizes, key=lambda replicas: (sizes[replicas], replicas))
+            sizes[biggest] += HASH_SPACE_SIZE - sum(sizes.values())
         return sizes
-
-    def _index(self, position: int) -> int:
-        """Index of the token that ends the range holding ``position``."""
-        return bisect.bisect_left(self._tokens, position) % len(self._tokens)
 
     def _walk_ranks(self, index: int) -> Iterator[int]:
         """Distinct member ranks met walking clockwise from token ``index`` (one lap at most)."""
@@ -331,6 +480,87 @@ class Ring:
         assert len(zone_firsts) == zones_wanted, "walk ended before every wanted zone was met"
         assert len(others) == others_wanted, "walk ended before enough members were met"
         return tuple(zone_firsts) + tuple(others)
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """What a join or leave moves, as shares of all keys (see ``movement``).
+
+    keys: the share of keys whose replica set changes. Ideal: the member's own share at rf,
+        ``ownership_fraction(rf)[member]``, which consistent hashing meets exactly.
+    copies_max: replica copies that must be made, per key, at most: a key whose winning token
+        stays changes by the members that differ; a key won by an added (or removed) token gets
+        the walk from another token, counted as ``min(rf, members)`` new copies (its old and new
+        replicas almost never overlap at scale). Ideal: ``keys``, one copy per key that moves.
+    """
+
+    keys: float
+    copies_max: float
+
+
+def movement(a: Ring, b: Ring, rf: int) -> Movement:
+    """What changes between rings ``a`` and ``b`` when one's members are the other's plus some
+    (a join or a leave), exactly, from the bigger ring's token shares.
+
+    The bigger ring's tokens are the smaller's plus the added members'. A key won by an added
+    token moves; a key won by a shared token has the same winner in both rings, and moves if the
+    walks from that token select different replicas. Used by the benchmark and the tests.
+    """
+    _check_rf(rf)
+    small, big = (a, b) if len(a) <= len(b) else (b, a)
+    if (small.tokens_per_weight, small.probes) != (big.tokens_per_weight, big.probes) or any(
+        big.members.get(node_id) != member for node_id, member in small.members.items()
+    ):
+        raise ValueError("movement needs one ring's members to be the other's plus some")
+    replicas = min(rf, len(big))
+    keys = copies = 0.0
+    shared = 0  # index of the next token of the small ring
+    for index, share in enumerate(big.token_shares()):
+        owner = big.token_owner(index)
+        if owner not in small.members:
+            keys += share
+            copies += share * replicas
+            continue
+        assert small._tokens[shared] == big._tokens[index] and small.token_owner(shared) == owner
+        after = set(big.preference_list_of_token(index, rf))
+        differ = len(after - set(small.preference_list_of_token(shared, rf)))
+        if differ:
+            keys += share
+            copies += share * max(differ, 1)
+        shared += 1
+    assert shared == small.token_count
+    return Movement(keys, copies)
+
+
+def _win_shares(tokens: array, probes: int) -> array:
+    """The probability that a key with ``probes`` uniform probes belongs to each token.
+
+    A probe at distance d in front of the next token: with gaps g_j (the arc before token j, as a
+    fraction of the circle), P(one probe's distance <= d) = F(d) = sum_j min(d, g_j). Token j wins
+    when one probe lands in its gap at distance d and the other k - 1 are farther from their next
+    token, so P(j) = k * integral from 0 to g_j of (1 - F(d))^(k-1) dd. F is piecewise linear
+    between consecutive gap sizes, so the integral is a sum of closed forms over the sorted gaps.
+    Of equal tokens only the first can win (a probe's binary search stops there): the others have
+    a gap of 0.
+    """
+    count = len(tokens)
+    if count == 1:
+        return array("d", [1.0])
+    gaps = [((tokens[i] - tokens[i - 1]) & _POSITION_MASK) / HASH_SPACE_SIZE for i in range(count)]
+    shares = array("d", bytes(8 * count))
+    covered = 0.0  # F at the previous breakpoint minus its linear part: the sum of smaller gaps
+    previous_gap = 0.0
+    integral = 0.0
+    for done, index in enumerate(sorted(range(count), key=gaps.__getitem__)):
+        gap = gaps[index]
+        open_gaps = count - done  # gaps still longer than d on (previous_gap, gap]
+        before = max(0.0, 1.0 - covered - open_gaps * previous_gap)
+        after = max(0.0, 1.0 - covered - open_gaps * gap)
+        integral += (before**probes - after**probes) / (probes * open_gaps)
+        shares[index] = probes * integral
+        covered += gap
+        previous_gap = gap
+    return shares
 
 
 def _check_rf(rf: int) -> None:

@@ -1,15 +1,23 @@
-"""Benchmark of the consistent-hash ring (p2pfs/ring.py): speed, balance and data movement.
+"""Benchmark of placement (p2pfs/ring.py): memory, build time, loop blocking, balance, weights,
+movement.
 
-Measures, for each member count:
-- build time and token memory of a ring;
-- preference_list lookups per second;
-- balance: max/mean, min/mean and standard deviation/mean of each member's primary load, exact
-  from arc lengths, and max/mean counted over sampled keys;
-- data moved on one join and one leave, exact: the arcs between the two rings' tokens whose
-  replica set changes, as a multiple of the ideal rf/(N+1) of the keys for a join and rf/N for a
-  leave (Karger et al.: only the joiner's or leaver's share moves).
-With --sweep-sets S, also max/mean at 100 members for several tokens-per-weight values over S
-random sets of node ids: the measurement behind TOKENS_PER_WEIGHT_DEFAULT.
+Measures, for each member count (exact figures come from the tokens' win shares, which stand for
+any number of uniformly hashed keys):
+- memory of the ring (token arrays and win shares) and the peak the build allocates;
+- build time in CPU seconds, in place and in steps (Ring.build_in_steps), and the longest step;
+- the longest time the event loop is held while a RingView rebuilds the ring with members
+  changing under it, measured by a heartbeat task in CPU seconds of the loop's thread (and in
+  wall seconds, which a loaded machine inflates);
+- balance: max/mean and min/mean of each member's share of keys, as primary (rf 1) and at rf;
+- weights: members of weights 0.5, 1, 2 and 4: each weight class's share against its weight's
+  share, and each member's share against its own weight's;
+- zones: members in 3 zones, the share of sampled keys whose rf replicas are in rf zones;
+- movement on one join and one leave, exact: the share of keys whose replica set changes, and
+  the replica copies to make (at most), each as a multiple of the ideal min(rf, N)/N;
+- preference_list lookups per second.
+With --compare, the alternatives measured before choosing multi-probe hashing (docs/ARCHITECTURE.md,
+"Placement"): a fixed partition table filled by an optimiser from the member set alone, Maglev's
+round-robin and consistent hashing with bounded loads.
 
 Run standalone (python scripts/bench_ring.py --help) or from scripts/bench.py as
 bench_ring.main(argv). A benchmark measures; it never fails on speed.
@@ -18,300 +26,440 @@ bench_ring.main(argv). A benchmark measures; it never fails on speed.
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import json
 import random
 import statistics
 import sys
 import time
-from array import array
+import tracemalloc
 
 import click
+import trio
 
+from p2pfs.address import Address
+from p2pfs.clock import SystemClock
+from p2pfs import wire
+from p2pfs.membership import Member, MemberState
+from p2pfs.membership.records import advertised_version
+from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.placement import WEIGHT_REFERENCE_BYTES
+from p2pfs.replication.view import RingView
 from p2pfs.ring import (
-    HASH_SPACE_SIZE,
+    PLACEMENT_VERSION_NEWEST,
     TOKENS_PER_WEIGHT_DEFAULT,
     Ring,
     RingMember,
+    key_probes,
     member_tokens,
-    range_size,
+    movement,
 )
 
-LOOKUPS_COUNT_DEFAULT = 200_000
-KEYS_SAMPLED_DEFAULT = 1_000_000
-SWEEP_TOKENS_PER_WEIGHT = (128, 256, 512, 1024, 1536, 2048, 4096)
-SWEEP_MEMBERS = 100
+LOOKUPS_COUNT_DEFAULT = 100_000
+ZONE_KEYS_SAMPLED = 20_000
+WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+ZONES = ("a", "b", "c")
+HEARTBEAT_S = 0.001
+# The members of the loop-hold measurement run the newest placement (with version 1 in their
+# records the view would build the 2,048-token ring).
+ADVERTISED_VERSION = advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)
 
 
 def node_ids(count: int, rng: random.Random) -> list[str]:
     return [hashlib.sha256(rng.randbytes(32)).hexdigest() for _ in range(count)]
 
 
-def balance(shares: list[float]) -> dict[str, float]:
-    """Spread of per-member loads, each relative to the mean load."""
+def spread(shares: list[float]) -> dict[str, float]:
     mean = statistics.fmean(shares)
-    return {
-        "max_over_mean": max(shares) / mean,
-        "min_over_mean": min(shares) / mean,
-        "std_over_mean": statistics.pstdev(shares) / mean,
+    return {"max_over_mean": max(shares) / mean, "min_over_mean": min(shares) / mean}
+
+
+def build_figures(members: list[RingMember]) -> dict[str, float]:
+    started_s = time.process_time()
+    Ring(members)
+    build_cpu_s = time.process_time() - started_s
+    steps = Ring.build_in_steps(members)
+    step_cpu_s_max = 0.0
+    step_count = 0
+    while True:
+        started_s = time.thread_time()
+        try:
+            next(steps)
+        except StopIteration as done:
+            ring = done.value
+            break
+        finally:
+            step_cpu_s_max = max(step_cpu_s_max, time.thread_time() - started_s)
+            step_count += 1
+    tracemalloc.start()
+    Ring(members)
+    _, build_peak_bytes = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    ring.token_shares()
+    return ring, {
+        "tokens": ring.token_count,
+        "ring_bytes": ring.memory_bytes(),
+        "build_peak_bytes": build_peak_bytes,
+        "build_cpu_s": build_cpu_s,
+        "build_steps": step_count,
+        "build_step_cpu_s_max": step_cpu_s_max,
     }
 
 
-def sampled_primary_counts(ring: Ring, keys_count: int, rng: random.Random) -> list[int]:
-    counts = dict.fromkeys(ring.members, 0)
-    for _ in range(keys_count):
-        counts[ring.preference_list(rng.randbytes(32), 1)[0]] += 1
-    return list(counts.values())
+def loop_block(ids: list[str]) -> dict[str, float]:
+    """Longest hold of the event loop while a RingView rebuilds: membership changes 3 times,
+    each while the previous rebuild is under way (so two builds are dropped)."""
+
+    def member(node_id: str) -> Member:
+        return Member(node_id, Address("127.0.0.1", 7000), "", WEIGHT_REFERENCE_BYTES, ADVERTISED_VERSION, 1,
+                      MemberState.ALIVE, 0.0)
+
+    everyone = [member(n) for n in ids]
+    current: list[Member] = everyone[:-3]
+    view = RingView(ids[0], ReplicationConfig(), lambda: current, SystemClock())
+    gaps_cpu_s: list[float] = []
+    gaps_wall_s: list[float] = []
+
+    async def main() -> float:
+        nonlocal current
+        async with trio.open_nursery() as nursery:
+            await nursery.start(view.run_rebuilds)
+            view.ring()  # first sight of the members: fills ring_members' cache
+            await view.settled_ring()
+
+            async def heartbeat() -> None:
+                last_cpu_s, last_wall_s = time.thread_time(), time.perf_counter()
+                while True:
+                    await trio.sleep(HEARTBEAT_S)
+                    cpu_s, wall_s = time.thread_time(), time.perf_counter()
+                    gaps_cpu_s.append(cpu_s - last_cpu_s)
+                    gaps_wall_s.append(wall_s - last_wall_s - HEARTBEAT_S)
+                    last_cpu_s, last_wall_s = cpu_s, wall_s
+
+            nursery.start_soon(heartbeat)
+            started_s = time.perf_counter()
+            for extra in range(1, 4):
+                current = everyone[: len(everyone) - 3 + extra]
+                view.ring()
+                await trio.sleep(0.01)  # let the rebuild start, then supersede it
+            ring = await view.settled_ring()
+            assert len(ring) == len(everyone)
+            elapsed_s = time.perf_counter() - started_s
+            nursery.cancel_scope.cancel()
+        return elapsed_s
+
+    elapsed_s = trio.run(main)
+    return {
+        "loop_block_cpu_s_max": max(gaps_cpu_s),
+        "loop_block_wall_s_max": max(gaps_wall_s),
+        "rebuild_wall_s": elapsed_s,
+    }
 
 
-def owned_tokens(ring: Ring) -> list[tuple[int, str]]:
-    """Every ``(token, node_id)`` of ``ring``, sorted, recomputed from its members."""
-    return sorted(
-        (token, member.node_id)
-        for member in ring.members.values()
-        for token in member_tokens(
-            member.node_id, max(1, round(member.weight * ring.tokens_per_weight))
-        )
-    )
+def weight_figures(ids: list[str]) -> dict[str, float]:
+    members = [RingMember(n, weight=WEIGHTS[i % len(WEIGHTS)]) for i, n in enumerate(ids)]
+    ring = Ring(members)
+    shares = ring.ownership_fraction(1)
+    total_weight = sum(m.weight for m in members)
+    class_errors = []
+    member_ratios = []
+    for weight in WEIGHTS:
+        group = [m for m in members if m.weight == weight]
+        target = weight * len(group) / total_weight
+        class_errors.append(abs(sum(shares[m.node_id] for m in group) / target - 1))
+        member_ratios += [shares[m.node_id] / (weight / total_weight) for m in group]
+    return {
+        "weight_class_error_max": max(class_errors),
+        "weight_member_ratio_max": max(member_ratios),
+        "weight_member_ratio_min": min(member_ratios),
+    }
 
 
-def primary_shares(ring: Ring) -> dict[str, float]:
-    """Each member's exact primary share (rf 1): the arcs ending at its tokens."""
-    positions = dict.fromkeys(ring.members, 0)
-    tokens = owned_tokens(ring)
-    previous = tokens[-1][0]
-    for token, node_id in tokens:
-        if token != previous:  # an empty arc belongs to the first of equal tokens
-            positions[node_id] += range_size(previous, token)
-        previous = token
-    return {node_id: p / HASH_SPACE_SIZE for node_id, p in positions.items()}
-
-
-def moved_fraction(old: Ring, new: Ring, rf: int) -> float:
-    """Fraction of keys whose replica set at ``rf`` differs between ``old`` and ``new``, exact:
-    both rings' preference lists are constant between consecutive tokens of either ring."""
-    ends = sorted({t for t, _ in owned_tokens(old)} | {t for t, _ in owned_tokens(new)})
-    moved = 0
-    previous = ends[-1]
-    for end in ends:
-        if set(old.preference_list_at(end, rf)) != set(new.preference_list_at(end, rf)):
-            moved += range_size(previous, end)
-        previous = end
-    return moved / HASH_SPACE_SIZE
+def zone_figures(ids: list[str], rf: int, rng: random.Random) -> dict[str, float]:
+    ring = Ring([RingMember(n, zone=ZONES[i % len(ZONES)]) for i, n in enumerate(ids)])
+    spread_ok = 0
+    for _ in range(ZONE_KEYS_SAMPLED):
+        zones = {ring.members[n].zone for n in ring.preference_list(rng.randbytes(32), rf)}
+        spread_ok += len(zones) == min(rf, len(ZONES))
+    return {"zones_spread": spread_ok / ZONE_KEYS_SAMPLED}
 
 
 def measure_size(
-    members_count: int,
-    *,
-    rf: int,
-    tokens_per_weight: int,
-    lookups_count: int,
-    keys_sampled: int,
-    moves_count: int,
-    rng: random.Random,
+    members_count: int, *, rf: int, lookups_count: int, moves_count: int, rng: random.Random
 ) -> dict[str, float]:
     ids = node_ids(members_count + moves_count, rng)
     members = [RingMember(n) for n in ids[:members_count]]
-    joiners = [RingMember(n) for n in ids[members_count:]]
-
-    started_s = time.perf_counter()
-    ring = Ring(members, tokens_per_weight=tokens_per_weight)
-    build_s = time.perf_counter() - started_s
+    ring, result = build_figures(members)
+    result = {"members": members_count, **result}
+    result |= loop_block(ids[:members_count])
 
     keys = [rng.randbytes(32) for _ in range(lookups_count)]
-    started_s = time.perf_counter()
+    started_s = time.process_time()
     for key in keys:
         ring.preference_list(key, rf)
-    lookups_per_s = lookups_count / (time.perf_counter() - started_s)
+    result["lookups_per_cpu_s"] = lookups_count / (time.process_time() - started_s)
 
-    result: dict[str, float] = {
-        "members": members_count,
-        "tokens": ring.token_count,
-        "token_bytes": ring.token_count * (array("Q").itemsize + array("I").itemsize),
-        "build_s": build_s,
-        "lookups_per_s": lookups_per_s,
-    }
-    result |= {f"arc_{k}": v for k, v in balance(list(primary_shares(ring).values())).items()}
-    if keys_sampled:
-        counts = sampled_primary_counts(ring, keys_sampled, rng)
-        result["keys_sampled"] = keys_sampled
-        result["sampled_max_over_mean"] = max(counts) / statistics.fmean(counts)
+    result |= {f"primary_{k}": v for k, v in spread(list(ring.ownership_fraction(1).values())).items()}
+    result |= {f"rf_{k}": v for k, v in spread(list(ring.ownership_fraction(rf).values())).items()}
+    result |= weight_figures(ids[:members_count])
+    result |= zone_figures(ids[:members_count], rf, rng)
+    shuffled = list(members)
+    rng.shuffle(shuffled)
+    again = Ring(shuffled)
+    result["deterministic"] = (again._tokens, again._owners) == (ring._tokens, ring._owners)
 
-    join_multiples = []
-    leave_multiples = []
-    for joiner, leaver in zip(joiners, members):
-        joined = Ring([*members, joiner], tokens_per_weight=tokens_per_weight)
-        join_multiples.append(
-            moved_fraction(ring, joined, rf) / (min(rf, members_count + 1) / (members_count + 1))
-        )
-        left = Ring([m for m in members if m != leaver], tokens_per_weight=tokens_per_weight)
-        leave_multiples.append(
-            moved_fraction(ring, left, rf) / (min(rf, members_count) / members_count)
-        )
-    if moves_count:
-        result |= {
-            "join_moved_over_ideal_mean": statistics.fmean(join_multiples),
-            "join_moved_over_ideal_max": max(join_multiples),
-            "leave_moved_over_ideal_mean": statistics.fmean(leave_multiples),
-            "leave_moved_over_ideal_max": max(leave_multiples),
-        }
+    moves = {"join_keys": [], "join_copies": [], "leave_keys": [], "leave_copies": []}
+    for joiner, leaver in zip(ids[members_count:], members):
+        ideal = min(rf, members_count + 1) / (members_count + 1)
+        joined = movement(ring, Ring([*members, RingMember(joiner)]), rf)
+        moves["join_keys"].append(joined.keys / ideal)
+        moves["join_copies"].append(joined.copies_max / ideal)
+        ideal = min(rf, members_count) / members_count
+        left = movement(ring, Ring([m for m in members if m != leaver]), rf)
+        moves["leave_keys"].append(left.keys / ideal)
+        moves["leave_copies"].append(left.copies_max / ideal)
+    for name, multiples in moves.items():
+        if multiples:
+            result[f"{name}_over_ideal_mean"] = statistics.fmean(multiples)
+            result[f"{name}_over_ideal_max"] = max(multiples)
     return result
 
 
-def sweep(sets_count: int, rng: random.Random) -> list[dict[str, float]]:
-    """Max/mean primary load at SWEEP_MEMBERS members, per tokens-per-weight, over random id sets."""
+# --- the alternatives, for --compare -------------------------------------------------------------
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def maglev_table(ids: list[str], partitions: int) -> list[str]:
+    """Maglev (Eisenbud et al., NSDI 2016): members in id order take turns claiming their next
+    preferred free slot of a fixed table (``partitions`` a power of two, odd skips)."""
+    order = sorted(ids)
+    offsets = {n: _hash64("offset" + n) % partitions for n in order}
+    skips = {n: (_hash64("skip" + n) % (partitions // 2)) * 2 + 1 for n in order}
+    nexts = dict.fromkeys(order, 0)
+    table: list[str | None] = [None] * partitions
+    filled = 0
+    while True:
+        for node_id in order:
+            j = nexts[node_id]
+            slot = (offsets[node_id] + j * skips[node_id]) % partitions
+            while table[slot] is not None:
+                j += 1
+                slot = (offsets[node_id] + j * skips[node_id]) % partitions
+            nexts[node_id] = j + 1
+            table[slot] = node_id
+            filled += 1
+            if filled == partitions:
+                return table
+
+
+def bounded_load_table(ids: list[str], partitions: int, tokens: int, slack: float) -> list[str]:
+    """A fixed table whose partitions, in index order, go to the first member clockwise (single
+    probe, ``tokens`` per member) with fewer than (1 + slack) x its fair count (Mirrokni,
+    Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads", SODA 2018)."""
+    order = sorted(ids)
+    pairs = sorted((t, i) for i, n in enumerate(order) for t in member_tokens(n, tokens))
+    cap = int((1 + slack) * partitions / len(order)) + 1
+    loads = [0] * len(order)
+    table = []
+    step = (1 << 64) // partitions
+    j = 0
+    for p in range(partitions):
+        while j < len(pairs) and pairs[j][0] < p * step:
+            j += 1
+        k = j
+        while loads[pairs[k % len(pairs)][1]] >= cap:
+            k += 1
+        owner = pairs[k % len(pairs)][1]
+        loads[owner] += 1
+        table.append(order[owner])
+    return table
+
+
+# Tokens looked at after each probe when replicas are ranked by probe distance: the rf nearest
+# distinct members are among them unless one member holds most of the next tokens of every probe.
+RANKED_TOKENS_PER_PROBE = 8
+
+
+def ranked_replicas(ring: Ring, key: bytes, rf: int) -> tuple[str, ...]:
+    """The rf distinct members whose tokens are nearest clockwise to any of the key's probes:
+    the replica rule that would make a join or leave copy each moved key once (one replica of
+    the set changes), measured against the walk from the winning token (``--replica-rule``)."""
+    tokens, owners = ring._tokens, ring._owners
+    count = len(tokens)
+    nearest: dict[int, int] = {}
+    for probe in key_probes(key, ring.probes):
+        index = bisect.bisect_left(tokens, probe)
+        for step in range(RANKED_TOKENS_PER_PROBE):
+            at = (index + step) % count
+            distance = (tokens[at] - probe) & ((1 << 64) - 1)
+            rank = owners[at]
+            if distance < nearest.get(rank, 1 << 64):
+                nearest[rank] = distance
+    best = sorted(nearest, key=nearest.__getitem__)[:rf]
+    return tuple(ring._node_ids[r] for r in best)
+
+
+def replica_rule_figures(members_count: int, rf: int, keys_count: int, rng: random.Random) -> list[dict]:
+    """Sampled, same keys and rings for both rules: load at rf, and copies per join and leave
+    over the ideal (rf/N of the keys, one copy each)."""
+    ids = node_ids(members_count + 1, rng)
+    members = [RingMember(n) for n in ids[:members_count]]
+    ring = Ring(members)
+    joined = Ring([*members, RingMember(ids[-1])])
+    left = Ring(members[1:])
+    keys = [rng.randbytes(32) for _ in range(keys_count)]
+    rules = {
+        "walk from the winning token (in use)": lambda r, k: tuple(r.preference_list(k, rf)),
+        "nearest distinct members over all probes": lambda r, k: ranked_replicas(r, k, rf),
+    }
     rows = []
-    id_sets = [node_ids(SWEEP_MEMBERS, rng) for _ in range(sets_count)]
-    for tokens_per_weight in SWEEP_TOKENS_PER_WEIGHT:
-        ratios = sorted(
-            balance(
-                list(
-                    primary_shares(
-                        Ring([RingMember(n) for n in ids], tokens_per_weight=tokens_per_weight)
-                    ).values()
-                )
-            )["max_over_mean"]
-            for ids in id_sets
-        )
-        rows.append(
-            {
-                "tokens_per_weight": tokens_per_weight,
-                "sets": sets_count,
-                "median": ratios[len(ratios) // 2],
-                "p95": ratios[min(len(ratios) - 1, int(len(ratios) * 0.95))],
-                "worst": ratios[-1],
-                "over_1_10": sum(r > 1.10 for r in ratios) / len(ratios),
-            }
-        )
+    for name, replicas in rules.items():
+        started_s = time.process_time()
+        before = [replicas(ring, k) for k in keys]
+        lookup_us = (time.process_time() - started_s) / keys_count * 1e6
+        load = dict.fromkeys(ring.members, 0)
+        for chosen in before:
+            for node_id in chosen:
+                load[node_id] += 1
+        row = {"rule": name, "lookup_us": lookup_us, **spread(list(load.values()))}
+        for label, other, size in (("join", joined, members_count + 1), ("leave", left, members_count)):
+            copies = sum(len(set(replicas(other, k)) - set(b)) for k, b in zip(keys, before))
+            row[f"{label}_copies_over_ideal"] = copies / (keys_count * rf / size)
+        rows.append(row)
     return rows
 
 
-def weighted(tokens_per_weight: int, rng: random.Random) -> list[dict[str, float]]:
-    """Share of each member against its weight's share, weights 1:2:4."""
-    weights = (1.0, 2.0, 4.0)
-    members = [RingMember(n, weight=w) for n, w in zip(node_ids(3, rng), weights)]
-    shares = primary_shares(Ring(members, tokens_per_weight=tokens_per_weight))
-    return [
-        {"weight": m.weight, "share": shares[m.node_id], "target": m.weight / sum(weights)}
-        for m in members
-    ]
+def compare(members_count: int, partitions: int, rng: random.Random) -> list[dict[str, float]]:
+    ids = node_ids(members_count + 1, rng)
+    base, joiner = ids[:members_count], ids[members_count]
+    rows = []
+    variants = {
+        "maglev": lambda members: maglev_table(members, partitions),
+        "bounded loads, 64 tokens, 10% slack": lambda members: bounded_load_table(members, partitions, 64, 0.10),
+        "bounded loads, 256 tokens, 10% slack": lambda members: bounded_load_table(members, partitions, 256, 0.10),
+    }
+    for name, build in variants.items():
+        started_s = time.process_time()
+        table = build(base)
+        build_cpu_s = time.process_time() - started_s
+        counts = dict.fromkeys(base, 0)
+        for node_id in table:
+            counts[node_id] += 1
+        joined = build([*base, joiner])
+        left = build(base[1:])
+        rows.append({
+            "variant": name,
+            "build_cpu_s": build_cpu_s,
+            **spread([c / partitions for c in counts.values()]),
+            # Replicas walk the table, so a reassigned partition moves rf copies, as ideal.
+            "join_over_ideal": sum(a != b for a, b in zip(table, joined)) / (partitions / (members_count + 1)),
+            "leave_over_ideal": sum(a != b for a, b in zip(table, left)) / (partitions / members_count),
+        })
+    return rows
+
+
+# --- report --------------------------------------------------------------------------------------
 
 
 def print_report(report: dict) -> None:
     echo = click.echo
-    echo(
-        f"ring: tokens_per_weight={report['tokens_per_weight']} rf={report['rf']} seed={report['seed']}"
-    )
-    echo(
-        f"{'members':>8} {'tokens':>9} {'MiB':>6} {'build s':>8} {'lookups/s':>10} "
-        f"{'max/mean':>9} {'min/mean':>9} {'std/mean':>9} {'sampled max/mean':>17}"
-    )
+    echo(f"ring: multi-probe, tokens_per_weight={report['tokens_per_weight']} rf={report['rf']} "
+         f"seed={report['seed']}")
+    echo(f"{'members':>8} {'tokens':>8} {'ring MiB':>9} {'peak MiB':>9} {'build cpu s':>12} "
+         f"{'steps':>6} {'step ms':>8} {'loop block ms (cpu, wall)':>26} {'lookups/cpu s':>14}")
     for row in report["sizes"]:
-        sampled = (
-            f"{row['sampled_max_over_mean']:.3f} ({row['keys_sampled']:,} keys)"
-            if "keys_sampled" in row
-            else "-"
-        )
-        echo(
-            f"{row['members']:>8} {row['tokens']:>9} {row['token_bytes'] / 2**20:>6.1f} {row['build_s']:>8.2f} "
-            f"{row['lookups_per_s']:>10,.0f} {row['arc_max_over_mean']:>9.3f} "
-            f"{row['arc_min_over_mean']:>9.3f} {row['arc_std_over_mean']:>9.3f} {sampled:>17}"
-        )
+        echo(f"{row['members']:>8} {row['tokens']:>8} {row['ring_bytes'] / 2**20:>9.1f} "
+             f"{row['build_peak_bytes'] / 2**20:>9.1f} {row['build_cpu_s']:>12.3f} {row['build_steps']:>6} "
+             f"{row['build_step_cpu_s_max'] * 1e3:>8.1f} "
+             f"{row['loop_block_cpu_s_max'] * 1e3:>14.1f}, {row['loop_block_wall_s_max'] * 1e3:>9.1f} "
+             f"{row['lookups_per_cpu_s']:>14,.0f}")
     echo("")
-    echo(
-        f"{'members':>8} {'join moved/ideal mean':>22} {'max':>6} {'leave moved/ideal mean':>23} {'max':>6}"
-    )
+    echo(f"{'members':>8} {'max/mean':>9} {'min/mean':>9} {'rf max/mean':>12} {'rf min/mean':>12} "
+         f"{'weight class err':>17} {'member/weight max':>18} {'min':>6} {'zones spread':>13} "
+         f"{'same from any order':>20}")
     for row in report["sizes"]:
-        if "join_moved_over_ideal_mean" in row:
-            echo(
-                f"{row['members']:>8} {row['join_moved_over_ideal_mean']:>22.3f} {row['join_moved_over_ideal_max']:>6.3f} "
-                f"{row['leave_moved_over_ideal_mean']:>23.3f} {row['leave_moved_over_ideal_max']:>6.3f}"
-            )
+        echo(f"{row['members']:>8} {row['primary_max_over_mean']:>9.3f} {row['primary_min_over_mean']:>9.3f} "
+             f"{row['rf_max_over_mean']:>12.3f} {row['rf_min_over_mean']:>12.3f} "
+             f"{row['weight_class_error_max']:>17.2%} {row['weight_member_ratio_max']:>18.3f} "
+             f"{row['weight_member_ratio_min']:>6.3f} {row['zones_spread']:>13.2%} "
+             f"{'yes' if row['deterministic'] else 'NO':>20}")
     echo("")
-    echo("weights 1:2:4 (3 members), primary share vs target:")
-    for row in report["weighted"]:
-        echo(
-            f"  weight {row['weight']:.0f}: share {row['share']:.4f} target {row['target']:.4f} ({row['share'] / row['target'] - 1:+.1%})"
-        )
-    if report["sweep"]:
+    echo(f"{'members':>8} {'join keys/ideal':>16} {'copies/ideal':>13} {'leave keys/ideal':>17} "
+         f"{'copies/ideal':>13}   (mean, max over moves)")
+    for row in report["sizes"]:
+        if "join_keys_over_ideal_mean" in row:
+            echo(f"{row['members']:>8} "
+                 f"{row['join_keys_over_ideal_mean']:>8.3f},{row['join_keys_over_ideal_max']:>6.3f} "
+                 f"{row['join_copies_over_ideal_mean']:>6.3f},{row['join_copies_over_ideal_max']:>6.3f} "
+                 f"{row['leave_keys_over_ideal_mean']:>9.3f},{row['leave_keys_over_ideal_max']:>6.3f} "
+                 f"{row['leave_copies_over_ideal_mean']:>6.3f},{row['leave_copies_over_ideal_max']:>6.3f}")
+    if report["compare"]:
         echo("")
-        echo(f"max/mean at {SWEEP_MEMBERS} members over random id sets:")
-        echo(
-            f"{'tokens/weight':>14} {'sets':>5} {'median':>7} {'p95':>7} {'worst':>7} {'share > 1.10':>13}"
-        )
-        for row in report["sweep"]:
-            echo(
-                f"{row['tokens_per_weight']:>14} {row['sets']:>5} {row['median']:>7.3f} {row['p95']:>7.3f} "
-                f"{row['worst']:>7.3f} {row['over_1_10']:>13.1%}"
-            )
+        echo(f"alternatives at {report['compare_members']} members, {report['compare_partitions']} partitions:")
+        echo(f"{'variant':>38} {'build cpu s':>12} {'max/mean':>9} {'min/mean':>9} {'join/ideal':>11} {'leave/ideal':>12}")
+        for row in report["compare"]:
+            echo(f"{row['variant']:>38} {row['build_cpu_s']:>12.2f} {row['max_over_mean']:>9.3f} "
+                 f"{row['min_over_mean']:>9.3f} {row['join_over_ideal']:>11.2f} {row['leave_over_ideal']:>12.2f}")
+
+
+def print_replica_rules(report: dict) -> None:
+    if not report["replica_rules"]:
+        return
+    click.echo("")
+    click.echo(f"replica rules at {report['replica_rule_members']} members (sampled keys):")
+    click.echo(f"{'rule':>42} {'lookup us':>10} {'rf max/mean':>12} {'min/mean':>9} "
+               f"{'join copies/ideal':>18} {'leave copies/ideal':>19}")
+    for row in report["replica_rules"]:
+        click.echo(f"{row['rule']:>42} {row['lookup_us']:>10.1f} {row['max_over_mean']:>12.3f} "
+                   f"{row['min_over_mean']:>9.3f} {row['join_copies_over_ideal']:>18.3f} "
+                   f"{row['leave_copies_over_ideal']:>19.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_ring", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--members",
-        default="10,100,1000",
-        metavar="N,N,...",
-        help="member counts (default 10,100,1000)",
-    )
+    parser.add_argument("--members", default="100,1000,10000", metavar="N,N,...",
+                        help="member counts (default 100,1000,10000)")
     parser.add_argument("--rf", type=int, default=3, help="replication factor (default 3)")
-    parser.add_argument(
-        "--tokens-per-weight", type=int, default=TOKENS_PER_WEIGHT_DEFAULT, metavar="T"
-    )
-    parser.add_argument(
-        "--lookups",
-        type=int,
-        default=LOOKUPS_COUNT_DEFAULT,
-        metavar="COUNT",
-        help="timed lookups per size",
-    )
-    parser.add_argument(
-        "--keys",
-        type=int,
-        default=KEYS_SAMPLED_DEFAULT,
-        metavar="COUNT",
-        help="keys sampled per size for balance (0: arc lengths only)",
-    )
-    parser.add_argument(
-        "--moves", type=int, default=3, metavar="COUNT", help="joins and leaves measured per size"
-    )
-    parser.add_argument(
-        "--sweep-sets",
-        type=int,
-        default=0,
-        metavar="S",
-        help="random id sets for the tokens-per-weight sweep (0: skip)",
-    )
+    parser.add_argument("--lookups", type=int, default=LOOKUPS_COUNT_DEFAULT, metavar="COUNT",
+                        help="timed lookups per size")
+    parser.add_argument("--moves", type=int, default=3, metavar="COUNT",
+                        help="joins and leaves measured per size")
+    parser.add_argument("--compare", type=int, default=0, metavar="N",
+                        help="also measure the alternatives at N members (0: skip)")
+    parser.add_argument("--partitions", type=int, default=1 << 18, metavar="P",
+                        help="table size for --compare (default 2**18)")
+    parser.add_argument("--replica-rule", type=int, default=0, metavar="N",
+                        help="also compare replica rules at N members, sampled over --rule-keys keys (0: skip)")
+    parser.add_argument("--rule-keys", type=int, default=100_000, metavar="COUNT")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object instead of tables"
-    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
     report = {
-        "tokens_per_weight": args.tokens_per_weight,
+        "tokens_per_weight": TOKENS_PER_WEIGHT_DEFAULT,
         "rf": args.rf,
         "seed": args.seed,
         "sizes": [
-            measure_size(
-                int(n),
-                rf=args.rf,
-                tokens_per_weight=args.tokens_per_weight,
-                lookups_count=args.lookups,
-                keys_sampled=args.keys,
-                moves_count=args.moves,
-                rng=rng,
-            )
+            measure_size(int(n), rf=args.rf, lookups_count=args.lookups, moves_count=args.moves, rng=rng)
             for n in args.members.split(",")
         ],
-        "weighted": weighted(args.tokens_per_weight, rng),
-        "sweep": sweep(args.sweep_sets, rng) if args.sweep_sets else [],
+        "compare_members": args.compare,
+        "compare_partitions": args.partitions,
+        "compare": compare(args.compare, args.partitions, rng) if args.compare else [],
+        "replica_rule_members": args.replica_rule,
+        "replica_rules": (replica_rule_figures(args.replica_rule, args.rf, args.rule_keys, rng)
+                          if args.replica_rule else []),
     }
     if args.json:
         click.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
+        print_replica_rules(report)
     return 0
 
 

@@ -1,8 +1,10 @@
 """Tests of the consistent-hash ring (p2pfs/ring.py).
 
 Property tests use few tokens per weight, which makes rings small and irregular (runs of one
-member, duplicate zones, members owning everything) and keeps them fast. The balance tests use
-the default token count, because that is the figure they check.
+member, duplicate zones, members owning everything) and keeps them fast. Balance, weights and
+movement are checked exactly from the tokens' win shares (``Ring.token_shares``), which stand for
+any number of uniformly hashed keys; one test checks those shares against sampled keys. The
+large-scale properties (3 to 10,000 members) are in tests/test_ring_scale.py.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import statistics
 
 import pytest
 from hypothesis import given, settings
@@ -18,13 +19,15 @@ from hypothesis import strategies as st
 
 from p2pfs.ring import (
     HASH_SPACE_SIZE,
+    PROBES,
     TOKENS_PER_MEMBER_MAX,
     TOKENS_PER_WEIGHT_DEFAULT,
     Ring,
     RingMember,
-    in_range,
     key_hash,
+    key_probes,
     member_tokens,
+    movement,
     range_size,
 )
 
@@ -41,59 +44,36 @@ member_lists = st.lists(members_st, min_size=1, max_size=10, unique_by=lambda m:
 tokens_per_weight_st = st.sampled_from([1, 2, 4, 16])
 rf_st = st.integers(min_value=1, max_value=5)
 
-FAST = settings(deadline=None, max_examples=200)
+FAST = settings(deadline=None, max_examples=100)
 
 
 def make_id(i: int) -> str:
     return hashlib.sha256(f"node-{i}".encode()).hexdigest()
 
 
-def arcs(*rings: Ring) -> list[tuple[int, int]]:
-    """The ``(start, end]`` ranges between consecutive tokens of all ``rings``, tokens recomputed
-    from the members: on each, every ring's preference list is constant."""
-    ends = sorted(
-        {
-            token
-            for ring in rings
-            for member in ring.members.values()
-            for token in member_tokens(
-                member.node_id, max(1, round(member.weight * ring.tokens_per_weight))
-            )
-        }
-    )
-    return list(zip(ends[-1:] + ends[:-1], ends))
-
-
-def arc_shares(ring: Ring, rf: int) -> dict[str, float]:
-    """Each member's exact fraction of the circle (hence of uniform keys) replicated at ``rf``."""
-    positions = dict.fromkeys(ring.members, 0)
-    for start, end in arcs(ring):
-        for node_id in ring.preference_list_at(end, rf):
-            positions[node_id] += range_size(start, end)
-    return {node_id: p / HASH_SPACE_SIZE for node_id, p in positions.items()}
-
-
-def changed_arcs(old: Ring, new: Ring, rf: int) -> list[tuple[int, int, list[str], list[str]]]:
-    """The arcs whose replica set at ``rf`` differs between ``old`` and ``new``, with both lists."""
+def sampled_moves(old: Ring, new: Ring, rf: int, keys: list[bytes]) -> list[tuple[list[str], list[str]]]:
+    """(before, after) preference lists of the sampled keys whose replica set changed."""
     changed = []
-    for start, end in arcs(old, new):
-        before = old.preference_list_at(end, rf)
-        after = new.preference_list_at(end, rf)
+    for key in keys:
+        before, after = old.preference_list(key, rf), new.preference_list(key, rf)
         if set(before) != set(after):
-            changed.append((start, end, before, after))
+            changed.append((before, after))
     return changed
 
 
-def moved_fraction(changes: list[tuple[int, int, list[str], list[str]]]) -> float:
-    return sum(range_size(start, end) for start, end, _, _ in changes) / HASH_SPACE_SIZE
-
-
-# --- pinned values: changing either function reshuffles every stored chunk -----------------------
+# --- pinned values: changing any of them reshuffles every stored chunk ---------------------------
 
 
 def test_key_hash_is_pinned():
     assert key_hash(b"") == 4437102819891214032
     assert key_hash(bytes(32)) == 9566437964049630152
+
+
+def test_key_probes_are_pinned():
+    probes = key_probes(b"")
+    assert len(probes) == PROBES == 21
+    assert probes[:2] == (10309602444518331987, 8977768778056941792)
+    assert key_probes(b"a") != probes
 
 
 def test_member_tokens_are_pinned_and_prefix_stable():
@@ -104,29 +84,6 @@ def test_member_tokens_are_pinned_and_prefix_stable():
     )
     assert member_tokens("00" * 32, 5)[:3] == member_tokens("00" * 32, 3)
     assert member_tokens("00" * 32, 3) != member_tokens("01" * 32, 3)
-
-
-# --- ranges --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("position", "start", "end", "inside"),
-    [
-        (5, 5, 10, False),  # start is exclusive
-        (6, 5, 10, True),
-        (10, 5, 10, True),  # end is inclusive
-        (11, 5, 10, False),
-        (HASH_SPACE_SIZE - 1, 10, 5, True),  # wraps through zero
-        (0, 10, 5, True),
-        (5, 10, 5, True),
-        (7, 10, 5, False),
-        (10, 10, 5, False),
-        (7, 7, 7, True),  # start == end is the whole circle
-        (123, 7, 7, True),
-    ],
-)
-def test_in_range(position, start, end, inside):
-    assert in_range(position, start, end) is inside
 
 
 def test_range_size():
@@ -180,6 +137,12 @@ def test_tokens_follow_weight():
     assert ring.token_count == 10 + 25 + 1  # a tiny weight still gets one token
 
 
+def test_memory_is_about_13_bytes_a_token():
+    ring = Ring([RingMember(make_id(i)) for i in range(100)])
+    assert ring.token_count == 100 * TOKENS_PER_WEIGHT_DEFAULT
+    assert 12 * ring.token_count <= ring.memory_bytes() <= 16 * ring.token_count
+
+
 # --- small rings ---------------------------------------------------------------------------------
 
 
@@ -189,12 +152,15 @@ def test_empty_ring():
     assert ring.preference_list(b"k", 3) == []
     assert list(ring.walk(b"k")) == []
     assert ring.fallback_list(b"k", 3) == []
+    assert ring.ownership_fraction(3) == {}
 
 
-def test_single_member_owns_the_whole_circle():
+def test_single_member_owns_everything():
     ring = Ring([RingMember(make_id(0))], tokens_per_weight=8)
     assert ring.preference_list(b"k", 3) == [make_id(0)]
-    assert arc_shares(ring, 3) == {make_id(0): 1.0}
+    assert ring.ownership_fraction(3) == pytest.approx({make_id(0): 1.0})
+    one_token = Ring([RingMember(make_id(0))], tokens_per_weight=1)
+    assert list(one_token.token_shares()) == [1.0]
 
 
 def test_rf_above_member_count_gives_every_member():
@@ -219,6 +185,65 @@ def test_zone_fill_when_fewer_zones_than_rf():
         assert ring.preference_list(key, 3) == firsts + [rest]
 
 
+def test_a_key_belongs_to_the_token_nearest_to_any_probe():
+    ring = Ring([RingMember(make_id(i)) for i in range(5)], tokens_per_weight=4)
+    tokens = sorted(t for m in ring.members for t in member_tokens(m, 4))
+    for i in range(200):
+        key = f"key-{i}".encode()
+        nearest = min(
+            ((t - p) % HASH_SPACE_SIZE, t) for p in key_probes(key) for t in tokens
+        )[1]
+        assert ring.token_owner(ring.token_of(key)) == next(
+            m for m in ring.members if nearest in member_tokens(m, 4)
+        )
+
+
+# --- exact shares against sampled keys -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("members, tokens_per_weight", [(1, 3), (4, 1), (4, 8), (30, 4)])
+def test_token_shares_are_the_share_of_sampled_keys(members, tokens_per_weight):
+    ring = Ring([RingMember(make_id(i)) for i in range(members)], tokens_per_weight=tokens_per_weight)
+    shares = ring.token_shares()
+    assert math.isclose(sum(shares), 1.0, rel_tol=1e-9)
+    rng = random.Random(members)
+    keys_count = 20_000
+    counts = [0] * ring.token_count
+    for _ in range(keys_count):
+        counts[ring.token_of(rng.randbytes(32))] += 1
+    for share, count in zip(shares, counts):
+        sigma = math.sqrt(keys_count * share * (1 - share))
+        assert abs(count - keys_count * share) <= 5 * sigma + 1
+
+
+@pytest.mark.parametrize("members, rf", [(1, 3), (3, 3), (5, 3), (7, 2)])
+def test_ownership_fraction_is_each_members_share_of_keys_replicated(members, rf):
+    ring = Ring([RingMember(f"node-{i}", zone=f"z{i % 3}") for i in range(members)])
+    shares = ring.ownership_fraction(rf)
+    assert math.isclose(sum(shares.values()), min(rf, members))
+    rng = random.Random(members * 10 + rf)
+    keys = 20_000
+    held = {node_id: 0 for node_id in shares}
+    for _ in range(keys):
+        for node_id in ring.preference_list(rng.randbytes(16), rf):
+            held[node_id] += 1
+    for node_id, share in shares.items():
+        assert abs(held[node_id] / keys - share) < 0.02, (node_id, held[node_id] / keys, share)
+    assert ring.ownership_fraction(rf) is shares, "computed once per ring"
+
+
+def test_replica_sets_cover_the_circle_once():
+    ring = Ring([RingMember(make_id(i), zone=f"z{i % 2}") for i in range(6)], tokens_per_weight=8)
+    sets = ring.replica_sets(3)
+    assert sum(sets.values()) == HASH_SPACE_SIZE
+    assert all(len(replicas) == 3 and list(replicas) == sorted(replicas) for replicas in sets)
+    by_member = dict.fromkeys(ring.members, 0)
+    for replicas, size in sets.items():
+        for node_id in replicas:
+            by_member[node_id] += size / HASH_SPACE_SIZE
+    assert by_member == pytest.approx(ring.ownership_fraction(3), rel=1e-6)
+
+
 # --- properties ----------------------------------------------------------------------------------
 
 
@@ -233,6 +258,7 @@ def test_same_members_in_any_order_give_the_same_ring(members, tokens_per_weight
         key = f"key-{i}".encode()
         assert a.preference_list(key, rf) == b.preference_list(key, rf)
         assert list(a.walk(key)) == list(b.walk(key))
+    assert a.ownership_fraction(rf) == b.ownership_fraction(rf)
 
 
 @FAST
@@ -273,25 +299,6 @@ def test_zone_spreading(members, tokens_per_weight, rf, key):
         assert set(preferred_zones) == zones  # every zone holds a replica
 
 
-@settings(deadline=None, max_examples=50)
-@given(
-    ids=st.lists(node_ids, min_size=2, max_size=25, unique=True),
-    rf=st.integers(min_value=1, max_value=3),
-)
-def test_join_moves_about_rf_over_n_plus_1_all_to_the_new_member(ids, rf):
-    # Stated tolerance: within 25% of min(rf, N+1)/(N+1). At 512 tokens the new member's share has
-    # a relative standard deviation of about 1/sqrt(512) = 4.4%, so 25% is over 5 deviations.
-    *old_ids, joiner = ids
-    old = Ring([RingMember(n) for n in old_ids], tokens_per_weight=512)
-    new = Ring([RingMember(n) for n in ids], tokens_per_weight=512)
-    changes = changed_arcs(old, new, rf)
-    assert all(set(after) - set(before) == {joiner} for _, _, before, after in changes)
-    moved = moved_fraction(changes)
-    assert math.isclose(moved, arc_shares(new, rf)[joiner], rel_tol=1e-9)  # all it takes
-    ideal = min(rf, len(ids)) / len(ids)
-    assert abs(moved - ideal) <= 0.25 * ideal
-
-
 @FAST
 @given(
     members=st.lists(members_st, min_size=2, max_size=10, unique_by=lambda m: m.node_id),
@@ -304,13 +311,30 @@ def test_join_and_leave_only_change_placements_involving_that_member(
     *stay, mover = members
     without = Ring(stay, tokens_per_weight=tokens_per_weight)
     with_mover = Ring(members, tokens_per_weight=tokens_per_weight)
-    for _, _, before, after in changed_arcs(without, with_mover, rf):  # join
+    keys = [f"key-{i}".encode() for i in range(100)]
+    for before, after in sampled_moves(without, with_mover, rf, keys):  # join
         assert mover.node_id in after
         assert mover.node_id not in before
-    left = changed_arcs(with_mover, without, rf)
-    for _, _, before, after in left:  # leave
-        assert set(before) - set(after) == {mover.node_id}
-    assert math.isclose(moved_fraction(left), arc_shares(with_mover, rf)[mover.node_id], rel_tol=1e-9)
+    for before, after in sampled_moves(with_mover, without, rf, keys):  # leave
+        assert mover.node_id in before
+        assert mover.node_id not in after
+    # Exactly the keys the mover holds change their replica set, no more: what consistent
+    # hashing promises. (Their other replicas may change too: see Movement.copies_max.)
+    moved = movement(without, with_mover, rf)
+    assert math.isclose(moved.keys, with_mover.ownership_fraction(rf)[mover.node_id], rel_tol=1e-9)
+    assert moved.keys <= moved.copies_max <= min(rf, len(members)) * moved.keys + 1e-12
+
+
+@settings(deadline=None, max_examples=20)
+@given(members=st.lists(members_st, min_size=2, max_size=6, unique_by=lambda m: m.node_id))
+def test_moved_fraction_is_the_share_of_sampled_keys_that_move(members):
+    *stay, mover = members
+    without = Ring(stay, tokens_per_weight=4)
+    with_mover = Ring(members, tokens_per_weight=4)
+    keys = [f"key-{i}".encode() for i in range(2_000)]
+    sampled = len(sampled_moves(without, with_mover, 3, keys)) / len(keys)
+    exact = movement(without, with_mover, 3).keys
+    assert abs(sampled - exact) <= 5 * math.sqrt(max(0.0, exact * (1 - exact)) / len(keys)) + 1e-9
 
 
 @FAST
@@ -318,81 +342,15 @@ def test_join_and_leave_only_change_placements_involving_that_member(
 def test_raising_a_weight_only_moves_data_to_that_member(members, tokens_per_weight, rf):
     first, *rest = members
     heavier = RingMember(first.node_id, zone=first.zone, weight=first.weight * 2)
-    changes = changed_arcs(
-        Ring(members, tokens_per_weight=tokens_per_weight),
-        Ring([heavier, *rest], tokens_per_weight=tokens_per_weight),
-        rf,
-    )
-    assert all(first.node_id in set(after) - set(before) for _, _, before, after in changes)
+    before_ring = Ring(members, tokens_per_weight=tokens_per_weight)
+    after_ring = Ring([heavier, *rest], tokens_per_weight=tokens_per_weight)
+    keys = [f"key-{i}".encode() for i in range(100)]
+    for before, after in sampled_moves(before_ring, after_ring, rf, keys):
+        assert first.node_id in after  # its new token won the key, or its walk now passes one
 
 
-# --- balance at the default token count ----------------------------------------------------------
-
-
-def test_balance_of_100_equal_members():
-    # Arc length owned as primary is exactly the expected fraction of uniformly hashed keys,
-    # so this stands for any number of keys (1,000,000 or more) without sampling them.
-    ring = Ring([RingMember(make_id(i)) for i in range(100)])
-    shares = list(arc_shares(ring, 1).values())
-    mean = statistics.fmean(shares)
-    assert math.isclose(mean, 1 / 100)
-    assert max(shares) / mean <= 1.10
-    assert min(shares) / mean >= 0.90
-    assert statistics.pstdev(shares) / mean <= 0.035  # theory: 1/sqrt(2048) = 2.2%
-
-
-def test_sampled_keys_follow_arc_shares():
-    # The arc share is the key share: 20,000 keys land where the arcs say, within sampling error.
-    ring = Ring([RingMember(make_id(i)) for i in range(4)], tokens_per_weight=64)
-    shares = arc_shares(ring, 1)
-    rng = random.Random(1)
-    counts = dict.fromkeys(shares, 0)
-    keys_count = 20_000
-    for _ in range(keys_count):
-        counts[ring.preference_list(rng.randbytes(32), 1)[0]] += 1
-    for node_id, share in shares.items():
-        sigma = math.sqrt(keys_count * share * (1 - share))
-        assert abs(counts[node_id] - keys_count * share) <= 5 * sigma
-
-
-@pytest.mark.parametrize("copies", [1, 10])
-def test_balance_follows_capacity_weights(copies):
-    weights = [1.0, 2.0, 4.0] * copies
-    members = [RingMember(make_id(i), weight=w) for i, w in enumerate(weights)]
-    ring = Ring(members)
-    shares = arc_shares(ring, 1)
-    for member in members:
-        target = member.weight / sum(weights)
-        assert abs(shares[member.node_id] - target) <= 0.10 * target
-
-
-def test_zones_balance_per_zone():
-    # Three zones of unequal size at rf 3: each zone holds one replica of every key, so a
-    # member's replicated share is about 1 / (members in its zone).
-    sizes = {"a": 2, "b": 3, "c": 5}
-    members = [
-        RingMember(make_id(i * 10 + j), zone=z)
-        for i, (z, n) in enumerate(sizes.items())
-        for j in range(n)
-    ]
-    ring = Ring(members, tokens_per_weight=256)
-    fractions = arc_shares(ring, 3)
-    for member in members:
-        target = 1 / sizes[member.zone]
-        assert abs(fractions[member.node_id] - target) <= 0.2 * target
-
-
-@pytest.mark.parametrize("members, rf", [(1, 3), (3, 3), (5, 3), (7, 2)])
-def test_ownership_fraction_is_each_members_share_of_keys_replicated(members, rf):
-    ring = Ring([RingMember(f"node-{i}", zone=f"z{i % 3}") for i in range(members)])
-    shares = ring.ownership_fraction(rf)
-    assert math.isclose(sum(shares.values()), min(rf, members))
-    rng = random.Random(members * 10 + rf)
-    keys = 20_000
-    held = {node_id: 0 for node_id in shares}
-    for _ in range(keys):
-        for node_id in ring.preference_list(rng.randbytes(16), rf):
-            held[node_id] += 1
-    for node_id, share in shares.items():
-        assert abs(held[node_id] / keys - share) < 0.02, (node_id, held[node_id] / keys, share)
-    assert ring.ownership_fraction(rf) is shares, "computed once per ring"
+def test_movement_rejects_rings_that_are_not_one_inside_the_other():
+    a = Ring([RingMember(make_id(0)), RingMember(make_id(1))], tokens_per_weight=4)
+    b = Ring([RingMember(make_id(0)), RingMember(make_id(2))], tokens_per_weight=4)
+    with pytest.raises(ValueError):
+        movement(a, b, 3)

@@ -119,7 +119,7 @@ def _walk_batch(walk: Walk, ring: Ring, rf: int, me: str, alive: set[str] | None
     for item in items:
         key = key_of(item)
         position = key_hash(key)
-        preferred = ring.preference_list_at(position, rf)
+        preferred = ring.preference_list(key, rf)
         walk.held += 1
         if me not in preferred:
             if only_peer is None and len(walk.not_ours) < NOT_OURS_KEYS_PER_ROUND_MAX:
@@ -140,12 +140,12 @@ def _in_buckets(ring: Ring, rf: int, me: str, peer: str, buckets: frozenset[int]
                 key_of: Callable, found: dict[int, list], everyone: bool = False) -> None:
     """Add to ``found`` the items of ``buckets`` that ``me`` shares with ``peer`` (``everyone``: held at all)."""
     for item in items:
-        position = key_hash(key_of(item))
-        bucket = position >> BUCKET_SHIFT
+        key = key_of(item)
+        bucket = key_hash(key) >> BUCKET_SHIFT
         if bucket not in buckets:
             continue
         if not everyone:
-            preferred = ring.preference_list_at(position, rf)
+            preferred = ring.preference_list(key, rf)
             if peer not in preferred or me not in preferred:
                 continue
         found.setdefault(bucket, []).append(item)

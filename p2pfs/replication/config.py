@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from p2pfs.config import doc
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST, PLACEMENT_VERSIONS
 from p2pfs.storage import CHUNK_SIZE_BYTES_DEFAULT, CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN
 from p2pfs.storage.manifest import INLINE_BYTES_MAX
 
@@ -103,6 +104,20 @@ class ReplicationConfig:
         "cluster runs a version that cannot read inline entries (it refuses them as an unknown "
         f"manifest format). At most {INLINE_BYTES_MAX}.", default=16 * 1024,
     )
+    placement_version: int = doc(
+        "The newest placement (how keys map to nodes) this node runs and advertises in its member "
+        "record: 1 is the ring of 2,048 tokens per unit of weight, 2 multi-probe hashing with 32. "
+        "The cluster places by the oldest version any ring member advertises, so it switches to 2 "
+        "only once every member runs it; set 1 to hold a cluster at the old placement while its "
+        "nodes are upgraded, or to go back to it.", default=PLACEMENT_VERSION_NEWEST,
+    )
+    placement_fallback_s: float = doc(
+        "For this many seconds after the placement version the cluster places by changes (as this "
+        "node sees it, across its restarts too), a name that its replicas say is absent is also "
+        "looked up at its replicas under the other version, where it stays until anti-entropy "
+        "hands it over. Must exceed the time anti-entropy takes to move a node's data. 0: never.",
+        default=3600.0,
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.rf <= 16:
@@ -130,3 +145,7 @@ class ReplicationConfig:
             raise ValueError("windows must be at least 1 chunk")
         if not 0 <= self.inline_file_bytes_max <= INLINE_BYTES_MAX:
             raise ValueError(f"inline_file_bytes_max must be between 0 and {INLINE_BYTES_MAX}")
+        if self.placement_version not in PLACEMENT_VERSIONS:
+            raise ValueError(f"placement_version must be one of {sorted(PLACEMENT_VERSIONS)}")
+        if self.placement_fallback_s < 0:
+            raise ValueError("placement_fallback_s cannot be negative")

@@ -45,6 +45,7 @@ from p2pfs.replication.placement import Target, name_key, read_order, write_plan
 from p2pfs.replication.quorum import ChunkRead, QuorumError, ReadQuorum, WriteQuorum, quorum_size
 from p2pfs.replication.replicas import Replica, Replicas
 from p2pfs.replication.view import RingView
+from p2pfs.ring import Ring
 from p2pfs.storage import (
     ChunkRef,
     ClockDriftError,
@@ -196,8 +197,20 @@ class Coordinator:
     # -- reading a name -----------------------------------------------------------
 
     async def read_name(self, name: str) -> NameEntry | None:
-        """The newest entry for ``name`` at read quorum (``quorum.ReadQuorum``); stale replicas repaired."""
-        ring = self.view.ring()
+        """The newest entry for ``name`` at read quorum (``quorum.ReadQuorum``); stale replicas repaired.
+
+        Absent at its replicas, it is looked up at its replicas under the other placement version
+        while the view has one (``RingView.other_ring``: for a while after the cluster's placement
+        changed, until anti-entropy has handed the name to its new replicas).
+        """
+        entry = await self._read_name_on(self.view.ring(), name)
+        if entry is None:
+            other = self.view.other_ring()
+            if other is not None:
+                entry = await self._read_name_on(other, name, repair=False)
+        return entry
+
+    async def _read_name_on(self, ring: Ring, name: str, *, repair: bool = True) -> NameEntry | None:
         key = name_key(name)
         rf = self.config.rf
         targets, spare = write_plan(ring, key, rf, self.view.unavailable())
@@ -226,7 +239,8 @@ class Coordinator:
         outcome = quorum.outcome()
         if outcome.winner is not None:
             self.observe(outcome.winner)
-            for target in outcome.repairs:
+            # Not under the other placement: there it only waits for anti-entropy to move it.
+            for target in outcome.repairs if repair else ():
                 self.repairs.spawn(self.replicas(target.node_id).put_name, outcome.winner, target.hint_for)
         return outcome.winner
 

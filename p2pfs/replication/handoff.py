@@ -198,7 +198,7 @@ class HandOff:
             for node_id in others:
                 nursery.start_soon(tell, node_id)
         log.info("leave: told %d of %d live members", told, len(others))
-        without_me = self._view.ring()
+        without_me = await self._view.settled_ring()
         assert self.node_id not in without_me.members
         if len(without_me) == 0:
             log.warning("leaving a cluster of one: there is nobody to hand data to")

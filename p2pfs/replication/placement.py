@@ -7,9 +7,11 @@ decisions out; the simulation and unit tests drive them directly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable, Mapping, Sequence
 
 from p2pfs.membership import Member, MemberState
+from p2pfs.membership.records import placement_version_of
 from p2pfs.ring import Ring, RingMember
 from p2pfs.storage import NameEntry
 
@@ -21,6 +23,11 @@ WEIGHT_MIN = 1 / 16
 WEIGHT_MAX = 16.0
 
 NAME_KEY_PREFIX = b"name\x00"
+
+# RingMembers kept for reuse by ring_members, which runs on every ring lookup of the data layer:
+# building and checking 10,000 of them each time cost ~30 ms of the event loop. Bounded so that a
+# cluster's churn over months cannot grow it; 65,536 covers the largest cluster we plan for.
+RING_MEMBER_CACHE_ENTRIES_MAX = 65_536
 
 
 def name_key(name: str) -> bytes:
@@ -43,14 +50,41 @@ def ring_members(
     is leaving (it is handing its data to the owners of the ring without it), is out.
     """
     leaving = set(leaving)
-    chosen = []
+    return [
+        _ring_member(member.node_id, member.zone, member.capacity_bytes)
+        for member in members
+        if _in_ring(member, now_s, dead_grace_s, leaving)
+    ]
+
+
+def placement_version(
+    members: Iterable[Member], now_s: float, dead_grace_s: float, leaving: Iterable[str], own_version: int
+) -> int:
+    """The placement version to place by: the oldest that this node or any ring member runs.
+
+    Read from each member's signed record (``records.placement_version_of``); a record from before
+    placement versions says 1. Taken over the same members as ``ring_members``, so every node that
+    sees the same member set places by the same version, and a cluster moves to a new placement
+    only once none of its ring members, a dead one within its grace period included (it may come
+    back as it was), still runs an older one.
+    """
+    leaving = set(leaving)
+    version = own_version
     for member in members:
-        if member.state is MemberState.LEFT or member.node_id in leaving:
-            continue
-        if member.state is MemberState.DEAD and now_s - member.state_since_s >= dead_grace_s:
-            continue
-        chosen.append(RingMember(member.node_id, member.zone, ring_weight(member.capacity_bytes)))
-    return chosen
+        if _in_ring(member, now_s, dead_grace_s, leaving):
+            version = min(version, placement_version_of(member.protocol_version))
+    return version
+
+
+def _in_ring(member: Member, now_s: float, dead_grace_s: float, leaving: set[str]) -> bool:
+    if member.state is MemberState.LEFT or member.node_id in leaving:
+        return False
+    return member.state is not MemberState.DEAD or now_s - member.state_since_s < dead_grace_s
+
+
+@functools.lru_cache(maxsize=RING_MEMBER_CACHE_ENTRIES_MAX)
+def _ring_member(node_id: str, zone: str, capacity_bytes: int) -> RingMember:
+    return RingMember(node_id, zone, ring_weight(capacity_bytes))
 
 
 def unavailable_members(members: Iterable[Member]) -> set[str]:

@@ -49,7 +49,7 @@ from p2pfs.replication.quorum_list import ListMerge, coverage, list_quorum
 from p2pfs.replication.replicas import LIST_PAGE_NAMES, Replicas
 from p2pfs.replication.resumable import Resumable
 from p2pfs.replication.scrub import Scrubber
-from p2pfs.replication.view import RingView
+from p2pfs.replication.view import PLACEMENT_FILE_NAME, RingView
 from p2pfs.ring import Ring
 from p2pfs.storage import NAMES_FILE_NAME, ChunkStore, NameEntry, NameIndex, StorageError
 
@@ -126,7 +126,7 @@ class DataService:
         self._data_dir = data_dir
         self._capacity_bytes = capacity_bytes
         self._endpoint = endpoint
-        self.view = RingView(node_id, config, members, clock)
+        self.view = RingView(node_id, config, members, clock, placement_file=data_dir / PLACEMENT_FILE_NAME)
         # Built by run() once the stores are open (see _wire).
         self.local: LocalStore | None = None
         self.coordinator: Coordinator | None = None
@@ -205,6 +205,7 @@ class DataService:
             self._wire(LocalStore(chunks, names, hints, self.clock))
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.coordinator.repairs.run)
+                await nursery.start(self.view.run_rebuilds)
                 self._start_background(nursery)
                 task_status.started()
         finally:

@@ -6,25 +6,106 @@ the moment they say so, so that new owners keep what they are handed), and
 replicas that failed recently (skipped for ``replica_backoff_s``, because
 membership needs a few seconds to suspect a frozen node). The ring is rebuilt
 only when the set of ring members changes.
+
+A small ring (up to ``SYNC_BUILD_TOKENS_MAX`` tokens, a few milliseconds) is
+rebuilt in place, so the next request already sees it. A bigger one is rebuilt
+by ``run_rebuilds`` in small steps between the loop's other work
+(``Ring.build_in_steps``) while the old ring keeps serving: at 10,000 members a
+build takes about 0.3 s of CPU, which must not stall the event loop (membership
+probes would time out). A build whose member set is no longer wanted is dropped
+at its next step, and the newest set is built instead.
+
+Placement versions (``ring.PLACEMENT_VERSIONS``): the ring is built for the
+oldest version any ring member advertises in its signed record
+(``placement.placement_version``), so a cluster being upgraded keeps the old
+placement until its last member runs the new one, and then every node switches
+as soon as it sees that member's new record. Data does not move at the switch:
+each node's next anti-entropy rounds hand what it holds but no longer replicates
+to the new replicas. Meanwhile a name's new replicas may not have it yet, so for
+``placement_fallback_s`` after this node sees the version change,
+``other_ring()`` is the ring of the other version, where a name read that found
+nothing looks next (``Coordinator.read_name``). The version last placed by is
+kept in a file of the data dir, so that a node restarted into the new version
+(the last one of an upgrade sees no member running the old) still knows it
+changed. Chunks need no such help: a chunk read walks every member after the
+replicas (``placement.read_order``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+from pathlib import Path
 from typing import Callable
+
+import trio
 
 from p2pfs.clock import Clock
 from p2pfs.membership import Member, MemberState
 from p2pfs.replication.config import ReplicationConfig
-from p2pfs.replication.placement import ReplicaHealth, ring_members, unavailable_members
-from p2pfs.ring import Ring
+from p2pfs.replication.placement import ReplicaHealth, placement_version, ring_members, unavailable_members
+from p2pfs.ring import PLACEMENT_VERSIONS, Ring, RingMember, member_token_count
 
 log = logging.getLogger(__name__)
+
+# Rings of at most this many tokens are built in place by ring(): 20,000 tokens (about 600 members
+# of weight 1) build in ~10 ms. Bigger ones are built in steps by run_rebuilds.
+SYNC_BUILD_TOKENS_MAX = 20_000
+# How long settled_ring() waits for a rebuild in progress (seconds): a 10,000-member build takes
+# ~0.3 s on an idle core; the margin is for a loaded machine and a rebuild superseded a few times.
+SETTLE_TIMEOUT_S = 60.0
+# other_ring() is not built beyond this many tokens: the ring of version 1 has 2,048 tokens per
+# unit of weight, so this is about 1,000 members of weight 1 (26 MiB, ~2 s of CPU in steps), as
+# big as a cluster of version 1 could run (a 1,000-member rebuild froze its nodes for 1.65 s).
+OTHER_RING_TOKENS_MAX = 2_100_000
+
+# In the data dir: the placement version the node last placed by (see the module docstring).
+PLACEMENT_FILE_NAME = "placement_version"
+
+# The ring members and the placement version a ring is built for.
+RingKey = tuple[frozenset[RingMember], int]
+
+
+def ring_tokens(key: RingKey) -> int:
+    members, version = key
+    tokens_per_weight = PLACEMENT_VERSIONS[version][0]
+    return sum(member_token_count(m, tokens_per_weight) for m in members)
+
+
+def other_version(version: int) -> int:
+    """The placement version a name may still sit under when ``version`` is in use."""
+    assert len(PLACEMENT_VERSIONS) == 2, "with more versions, say which one to fall back to"
+    return next(v for v in PLACEMENT_VERSIONS if v != version)
+
+
+def read_placement_file(path: Path | None) -> int | None:
+    """The placement version a node placed by when it last ran, or None if unknown."""
+    if path is None:
+        return None
+    try:
+        version = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return version if version in PLACEMENT_VERSIONS else None
+
+
+def write_placement_file(path: Path | None, version: int) -> None:
+    """Record the version placed by; written only when it changes (a few times in a node's life)."""
+    if path is None:
+        return
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        partial.write_text(f"{version}\n")
+        os.replace(partial, path)
+    except OSError as exc:  # the data dir is not there yet, or the disk refuses: next change
+        log.warning("cannot record the placement version in %s: %s", path, exc.strerror)
 
 
 class RingView:
     def __init__(
-        self, node_id: str, config: ReplicationConfig, members: Callable[[], list[Member]], clock: Clock
+        self, node_id: str, config: ReplicationConfig, members: Callable[[], list[Member]], clock: Clock,
+        placement_file: Path | None = None,
     ) -> None:
         self.node_id = node_id
         self.config = config
@@ -35,19 +116,136 @@ class RingView:
         # (monotonic seconds) they stay out of the ring: see handoff.leave.
         self.leaving: dict[str, float] = {}
         self._ring: Ring = Ring([])
-        self._ring_key: frozenset = frozenset()
+        self._ring_key: RingKey = (frozenset(), config.placement_version)
+        # The ring there should be; differs from _ring_key while a rebuild is pending.
+        self._wanted: RingKey = self._ring_key
+        self._wanted_changed = trio.Event()
+        self._installed = trio.Event()
+        self._rebuilding_in_background = False  # run_rebuilds is running
+        # The ring of the other placement version for reads (other_ring), and until when it is
+        # wanted (monotonic seconds): set when the version placed by changes.
+        self._other: Ring | None = None
+        self._other_key: RingKey | None = None
+        self._other_wanted: RingKey | None = None
+        self._fallback_until_s = -math.inf
+        self._placement_file = placement_file
+        self._version_before = read_placement_file(placement_file)
 
     def ring(self) -> Ring:
-        """The current ring, rebuilt only when the set of ring members changed."""
+        """The current ring, rebuilt only when the set of ring members changed.
+
+        While a big ring is rebuilt in the background this is the previous ring.
+        """
         now_s = self.clock.monotonic_s()
         for node_id in [n for n, until in self.leaving.items() if until <= now_s]:
             del self.leaving[node_id]
-        chosen = frozenset(ring_members(self.members(), now_s, self.config.dead_grace_s, self.leaving))
-        if chosen != self._ring_key:
-            self._ring = Ring(chosen)
-            self._ring_key = chosen
-            log.info("ring rebuilt: %d members", len(chosen))
+        members = self.members()
+        grace_s = self.config.dead_grace_s
+        chosen = frozenset(ring_members(members, now_s, grace_s, self.leaving))
+        version = placement_version(members, now_s, grace_s, self.leaving, self.config.placement_version)
+        if (chosen, version) == self._wanted:
+            return self._ring
+        if version != self._version_before:
+            self._version_changed(version, now_s)
+        self._wanted = (chosen, version)
+        if self._wanted == self._ring_key:
+            return self._ring  # back to the ring we have: a pending rebuild will be dropped
+        if ring_tokens(self._wanted) <= SYNC_BUILD_TOKENS_MAX or not self._rebuilding_in_background:
+            self._install(self._wanted, Ring.of_version(chosen, version))
+        else:
+            self._wanted_changed.set()
         return self._ring
+
+    def _version_changed(self, version: int, now_s: float) -> None:
+        if self._version_before is not None:
+            log.info("placement version %d -> %d: names are also looked up under %d for %.0f s",
+                     self._version_before, version, self._version_before, self.config.placement_fallback_s)
+            self._fallback_until_s = now_s + self.config.placement_fallback_s
+        self._version_before = version
+        write_placement_file(self._placement_file, version)
+
+    def other_ring(self) -> Ring | None:
+        """The ring of the current members under the other placement version, while a name may
+        still sit at its replicas there (see the module docstring); else None.
+
+        None too while it is being built, and beyond ``OTHER_RING_TOKENS_MAX``.
+        """
+        self.ring()
+        if self.clock.monotonic_s() >= self._fallback_until_s:
+            self._other = self._other_key = self._other_wanted = None  # its memory is not needed
+            return None
+        chosen, version = self._ring_key
+        wanted = (chosen, other_version(version))
+        if wanted != self._other_key and wanted != self._other_wanted:
+            tokens = ring_tokens(wanted)
+            if tokens > OTHER_RING_TOKENS_MAX:
+                return None
+            self._other_wanted = wanted
+            if tokens <= SYNC_BUILD_TOKENS_MAX or not self._rebuilding_in_background:
+                self._other, self._other_key = Ring.of_version(*wanted), wanted
+            else:
+                self._wanted_changed.set()
+        return self._other
+
+    async def settled_ring(self) -> Ring:
+        """The ring of the current member set, waiting (up to SETTLE_TIMEOUT_S) for its rebuild.
+
+        For the few callers that must not act on the previous ring, e.g. a node handing its data
+        off before it leaves needs the ring without itself.
+        """
+        with trio.fail_after(SETTLE_TIMEOUT_S):
+            while True:
+                installed = self._installed
+                ring = self.ring()
+                if self._wanted == self._ring_key:
+                    return ring
+                await installed.wait()
+
+    async def run_rebuilds(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Build the big rings ring() asks for, a step at a time (see the module docstring)."""
+        self._rebuilding_in_background = True
+        try:
+            task_status.started()
+            while True:
+                await self._wanted_changed.wait()
+                self._wanted_changed = trio.Event()
+                if self._wanted != self._ring_key:
+                    ring = await self._build(lambda: self._wanted)
+                    if ring is not None:
+                        self._install(self._wanted, ring)
+                # Then the other placement's ring, if reads want it; dropped for a new ring in use.
+                if self._other_wanted is not None and self._other_wanted != self._other_key:
+                    other = await self._build(
+                        lambda: self._other_wanted if self._wanted == self._ring_key else None
+                    )
+                    if other is not None:
+                        self._other, self._other_key = other, self._other_wanted
+        finally:
+            self._rebuilding_in_background = False
+
+    async def _build(self, wanted: Callable[[], RingKey | None]) -> Ring | None:
+        """Build the ring ``wanted()`` names, a step at a time; None if it stops being wanted."""
+        key = wanted()
+        assert key is not None
+        members, version = key
+        steps = Ring.build_in_steps(members, *PLACEMENT_VERSIONS[version])
+        while key == wanted():
+            try:
+                next(steps)
+            except StopIteration as built:
+                return built.value
+            await trio.sleep(0)  # let the loop run between steps
+        log.info("ring rebuild of %d members dropped: membership changed meanwhile", len(members))
+        self._wanted_changed.set()  # whatever is wanted now
+        return None
+
+    def _install(self, key: RingKey, ring: Ring) -> None:
+        self._ring = ring
+        self._ring_key = key
+        if self._rebuilding_in_background:  # someone may wait in settled_ring (inside trio)
+            self._installed.set()
+            self._installed = trio.Event()
+        log.info("ring rebuilt: %d members, placement version %d", len(key[0]), key[1])
 
     def mark_leaving(self, node_id: str, for_s: float) -> None:
         self.leaving[node_id] = self.clock.monotonic_s() + for_s

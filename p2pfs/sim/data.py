@@ -29,6 +29,7 @@ from p2pfs.address import Address
 from p2pfs.clock import Clock, SimClock
 from p2pfs.identity import PeerIdentity
 from p2pfs.membership import Membership, MembershipConfig, MembershipService
+from p2pfs.membership.records import advertised_version
 from p2pfs.sim.membership import SIM_CAPACITY_BYTES, sim_address, sim_node_id
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.service import DataService
@@ -278,7 +279,7 @@ class DataCluster:
         node_id = sim_node_id(index)
         core = Membership(
             node_id=node_id, address=address, zone="", capacity_bytes=SIM_CAPACITY_BYTES,
-            protocol_version=wire.PROTOCOL_VERSION,
+            protocol_version=advertised_version(wire.PROTOCOL_VERSION, self.replication_config.placement_version),
             incarnation_initial=int(trio.current_time() * 1000) + 1,  # grows across restarts
             config=self.membership_config, rng=random.Random(self.rng.getrandbits(64)),
             now_s=trio.current_time(),

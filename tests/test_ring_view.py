@@ -1,0 +1,114 @@
+"""The data layer's ring view: big rings are rebuilt off the event loop, the old ring serving."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import trio
+import trio.testing
+
+from p2pfs.address import Address
+from p2pfs.clock import SystemClock
+from p2pfs import wire
+from p2pfs.membership import Member, MemberState
+from p2pfs.membership.records import advertised_version
+from p2pfs.replication import view as view_module
+from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.view import RingView
+from p2pfs import ring as ring_module
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST, Ring
+
+WAIT_S = 30.0
+# The members run the newest placement (with version 1 in their records the view would build the
+# 2,048-token ring).
+ADVERTISED_VERSION = advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)  # generous: the machine running the suite may be loaded
+
+
+def member(i: int) -> Member:
+    node_id = hashlib.sha256(f"node-{i}".encode()).hexdigest()
+    return Member(node_id, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, ADVERTISED_VERSION, 1,
+                  MemberState.ALIVE, 0.0)
+
+
+async def test_without_the_rebuild_task_every_ring_is_built_in_place(monkeypatch):
+    monkeypatch.setattr(view_module, "SYNC_BUILD_TOKENS_MAX", 0)
+    members = [member(i) for i in range(3)]
+    view = RingView(members[0].node_id, ReplicationConfig(), lambda: members, SystemClock())
+    assert set(view.ring().members) == {m.node_id for m in members}
+
+
+def record_installs(view: RingView) -> list[int]:
+    """The member count of every ring the view installs, in order."""
+    sizes: list[int] = []
+    install = view._install
+
+    def recording(chosen, ring):
+        sizes.append(len(ring))
+        install(chosen, ring)
+
+    view._install = recording
+    return sizes
+
+
+async def test_a_small_ring_is_built_in_place_even_with_the_rebuild_task():
+    members = [member(i) for i in range(3)]
+    view = RingView(members[0].node_id, ReplicationConfig(), lambda: members, SystemClock())
+    installed = record_installs(view)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run_rebuilds)
+        assert len(view.ring()) == 3
+        members.append(member(3))
+        assert len(view.ring()) == 4  # no checkpoint in between: built in place
+        assert installed == [3, 4]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def big_rings(monkeypatch):
+    """Every ring counts as big (built by run_rebuilds), and every member is one build step."""
+    monkeypatch.setattr(view_module, "SYNC_BUILD_TOKENS_MAX", 0)
+    monkeypatch.setattr(ring_module, "BUILD_STEP_TOKENS", 1)
+
+
+async def test_a_big_ring_is_rebuilt_in_steps_and_a_superseded_build_is_dropped(big_rings):
+    members = [member(i) for i in range(3)]
+    view = RingView(members[0].node_id, ReplicationConfig(), lambda: members, SystemClock())
+    first = view.ring()  # built in place: the rebuild task is not running yet
+    assert len(first) == 3
+    installed = record_installs(view)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run_rebuilds)
+        members.append(member(3))
+        assert view.ring() is first  # the old ring serves while the new one is built
+        await trio.sleep(0)
+        await trio.sleep(0)  # the rebuild task has taken a step or two of the 4-member build
+        assert view.ring() is first
+        members.append(member(4))  # supersedes the build in progress
+        assert view.ring() is first
+        with trio.fail_after(WAIT_S):
+            settled = await view.settled_ring()
+        assert len(settled) == 5
+        assert view.ring() is settled
+        assert installed == [5]  # the 4-member build was dropped
+        nursery.cancel_scope.cancel()
+
+
+async def test_going_back_to_the_ring_we_have_drops_the_pending_build(big_rings):
+    members = [member(i) for i in range(3)]
+    view = RingView(members[0].node_id, ReplicationConfig(), lambda: members, SystemClock())
+    first = view.ring()
+    installed = record_installs(view)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run_rebuilds)
+        joiner = member(3)
+        members.append(joiner)
+        view.ring()
+        await trio.sleep(0)
+        members.remove(joiner)
+        assert view.ring() is first
+        assert await view.settled_ring() is first  # nothing to wait for
+        await trio.testing.wait_all_tasks_blocked()
+        assert view.ring() is first
+        assert installed == []  # the build of 4 was dropped
+        nursery.cancel_scope.cancel()
