@@ -112,3 +112,14 @@ async def test_going_back_to_the_ring_we_have_drops_the_pending_build(big_rings)
         assert view.ring() is first
         assert installed == []  # the build of 4 was dropped
         nursery.cancel_scope.cancel()
+
+
+async def test_a_first_ring_is_built_in_place_even_when_big(big_rings):
+    # A node whose first ring is big must not serve from the empty ring while it is built in
+    # steps: a write placed on it goes nowhere, yet met its quorum of min(w, 0) = 0.
+    members = [member(i) for i in range(3)]
+    view = RingView(members[0].node_id, ReplicationConfig(), lambda: members, SystemClock())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run_rebuilds)
+        assert len(view.ring()) == 3
+        nursery.cancel_scope.cancel()

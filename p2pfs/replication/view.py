@@ -150,7 +150,10 @@ class RingView:
         self._wanted = (chosen, version)
         if self._wanted == self._ring_key:
             return self._ring  # back to the ring we have: a pending rebuild will be dropped
-        if ring_tokens(self._wanted) <= SYNC_BUILD_TOKENS_MAX or not self._rebuilding_in_background:
+        # No ring yet (a node's first): there is nothing to serve meanwhile, so build it now
+        # whatever its size. An empty ring would place a write nowhere and count it done.
+        if (ring_tokens(self._wanted) <= SYNC_BUILD_TOKENS_MAX or not self._rebuilding_in_background
+                or not self._ring.members):
             self._install(self._wanted, Ring.of_version(chosen, version))
         else:
             self._wanted_changed.set()
