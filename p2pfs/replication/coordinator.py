@@ -170,6 +170,8 @@ class Coordinator:
         """Write to the key's replicas (stand-ins for the unavailable); QuorumError below ``w``."""
         ring = self.view.ring()
         targets, spare = write_plan(ring, key, self.config.rf, self.view.unavailable())
+        if not targets:  # written nowhere is not written: never acknowledge it
+            raise QuorumError(f"{what}: no replica to write to")
         quorum = WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
 
         async def attempt(target: Target | None) -> None:
