@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import logging
 import ssl
 import struct
@@ -448,3 +450,38 @@ async def test_dial_checks_the_expected_node_id(server, make_identity, nursery):
     await nursery.start(client.run)
     with pytest.raises(net.HandshakeError, match="expected"):
         await client.connect(server.address, node_id="0" * 64)
+
+
+async def test_a_dial_outlives_the_caller_that_gave_up_on_it(server, make_identity, nursery):
+    # On a loaded machine a handshake can take longer than one gossip send's deadline (1 s). The
+    # dial must go on when that caller gives up, so that the next send finds the connection instead
+    # of starting, and abandoning, the same handshake again.
+    handshake_delay_s = 0.5
+
+    async def slow_forwarder(inbound: trio.SocketStream) -> None:
+        await trio.sleep(handshake_delay_s)  # the accept is slow, as under load
+        outbound = await trio.open_tcp_stream("127.0.0.1", server.address.port)
+
+        async def pump(source, sink) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                async for data in source:
+                    await sink.send_all(data)
+
+        async with outbound, trio.open_nursery() as pumps:
+            pumps.start_soon(pump, inbound, outbound)
+            pumps.start_soon(pump, outbound, inbound)
+
+    (listener,) = await nursery.start(functools.partial(trio.serve_tcp, slow_forwarder, 0, host="127.0.0.1"))
+    slow_address = Address("127.0.0.1", listener.socket.getsockname()[1])
+    client = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), EchoHandlers(), config=FAST)
+    await nursery.start(client.run)
+    with trio.move_on_after(handshake_delay_s / 5) as gave_up:
+        await client.connect(slow_address, node_id=server.identity.node_id)
+    assert gave_up.cancelled_caught
+    with trio.fail_after(10):
+        while not client.connections():
+            await trio.sleep(0.01)
+    (conn,) = client.connections()
+    assert conn.peer.node_id == server.identity.node_id
+    assert await client.request(slow_address, Echo(b"next"), timeout_s=5,
+                                node_id=server.identity.node_id) == Echo(b"next")

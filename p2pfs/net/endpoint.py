@@ -278,7 +278,33 @@ class Endpoint:
         retry_at, delay_s = self._backoff.get(address, (0.0, 0.0))
         if trio.current_time() < retry_at:
             raise ConnectError(f"{address} is unreachable (retrying in {retry_at - trio.current_time():.1f} s)")
+        # The dial runs in the endpoint's nursery, not in this task: a caller with a short deadline
+        # (membership gives each send 1 s) cuts only its own wait, and the dial goes on under its
+        # own connect and handshake timeouts. On a loaded machine a handshake can outlast one
+        # send's deadline; abandoned, every send would start it again and none would finish.
         done = self._dialling[address] = trio.Event()
+        outcome: list[Connection | NetError] = []
+        self._nursery.start_soon(self._dial, address, node_id, done, outcome)
+        await done.wait()
+        if not outcome:  # the endpoint is closing
+            raise ConnectError(f"cannot connect to {address}: this node is stopping")
+        if isinstance(outcome[0], NetError):
+            raise outcome[0]
+        return outcome[0]
+
+    async def _dial(self, address: Address, node_id: str | None, done: trio.Event,
+                    outcome: list[Connection | NetError]) -> None:
+        """Dial ``address`` and pool the connection; the connection, or the refusal, goes to ``outcome``."""
+        try:
+            outcome.append(await self._dial_and_pool(address, node_id))
+        except NetError as exc:
+            outcome.append(exc)
+        finally:
+            del self._dialling[address]
+            done.set()
+
+    async def _dial_and_pool(self, address: Address, node_id: str | None) -> Connection:
+        _, delay_s = self._backoff.get(address, (0.0, 0.0))
         try:
             conn = await dial(
                 self.identity, address, config=self.config, handlers=self._handlers,
@@ -294,9 +320,6 @@ class Endpoint:
             jitter = self._rng.uniform(0.5, 1.0)
             self._backoff[address] = (trio.current_time() + delay_s * jitter, delay_s)
             raise
-        finally:
-            del self._dialling[address]
-            done.set()
         self._backoff.pop(address, None)
         self._node_at[address] = conn.peer.node_id
         self._by_node[conn.peer.node_id] = conn
