@@ -91,3 +91,18 @@ def test_a_file_system_that_refuses_direct_writes_midway_gets_plain_ones(tmp_pat
             os.close(direct_fd_box[0])
     assert refused == [0]  # refused once, then never asked again
     assert path.read_bytes() == new
+
+
+def test_fits_says_whether_a_piece_lands_in_the_buffer_without_a_disk_write(tmp_path):
+    path = tmp_path / "part"
+    path.write_bytes(b"x" * 100)
+    with open(path, "r+b") as f:
+        writer = AlignedWriter(f.fileno(), None, 100)  # the last 100 bytes read back into the buffer
+        assert writer.fits(STAGE_BYTES - 101) and not writer.fits(STAGE_BYTES - 100)
+        writer.write(b"y" * (STAGE_BYTES - 101))
+        assert path.stat().st_size == 100  # nothing written yet: the piece stayed in the buffer
+        assert writer.fits(0) and not writer.fits(1)
+        writer.write(b"z")
+        assert path.stat().st_size == STAGE_BYTES  # the full buffer went out
+        writer.close()
+    assert path.read_bytes() == b"x" * 100 + b"y" * (STAGE_BYTES - 101) + b"z"

@@ -80,6 +80,10 @@ class AlignedWriter:
         """The file's length once everything written so far is out."""
         return self._stage_offset_bytes + self._filled
 
+    def fits(self, count_bytes: int) -> bool:
+        """Whether ``count_bytes`` more go into the buffer without a write to the disk."""
+        return self._filled + count_bytes < STAGE_BYTES
+
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
         while view:
