@@ -17,7 +17,7 @@ written out each time it is full.
 ``close`` writes what is left, padded to a block, and cuts the file back to the
 bytes received, so the file always holds exactly what arrived (a resumed get
 reads it back and checks each chunk). A file system without ``O_DIRECT``
-(tmpfs refuses the open, some refuse the write) gets plain writes of the same
+(tmpfs on older kernels refuses the open, some refuse the write) gets plain writes of the same
 bytes at the same offsets.
 """
 
@@ -43,7 +43,7 @@ def open_direct(path: os.PathLike | str, same_as_fd: int) -> int | None:
     try:
         fd = os.open(path, os.O_WRONLY | flag | os.O_NOFOLLOW)
     except OSError as exc:
-        if exc.errno == errno.EINVAL:  # tmpfs and others: no direct I/O
+        if exc.errno == errno.EINVAL:  # tmpfs on older kernels, and others: no direct I/O
             return None
         raise
     opened, held = os.fstat(fd), os.fstat(same_as_fd)
