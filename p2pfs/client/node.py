@@ -107,8 +107,10 @@ class Client:
 
         ``on_size`` hears the file's size as soon as the node has found it.
         """
+        from p2pfs.net.heap import keep_freed_buffers  # here, as FileHasher: ctypes costs start-up time
         from p2pfs.storage import FileHasher  # here: the storage room costs every other command start-up time
 
+        keep_freed_buffers()  # each received frame a reused buffer, not fresh pages (net.heap)
         hasher = FileHasher()
 
         def write(data: bytes) -> None:
@@ -176,6 +178,9 @@ class Client:
     async def get_from(self, name: str, file_hash: bytes,
                        first_chunk: int) -> AsyncIterator[tuple[dm.GetFileFromReply, AsyncIterator[bytes]]]:
         """A resumable get's header and body (chunks from ``header.first_chunk`` on)."""
+        from p2pfs.net.heap import keep_freed_buffers  # here: ctypes costs other commands start-up time
+
+        keep_freed_buffers()  # each received frame a reused buffer, not fresh pages (net.heap)
         with library_errors(self.node):
             async with self.conn.open_request(dm.GetFileFrom(name, file_hash, first_chunk),
                                               timeout_s=CLUSTER_REQUEST_TIMEOUT_S) as response:

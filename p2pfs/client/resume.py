@@ -37,6 +37,7 @@ from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable
 import trio
 
 from p2pfs import errors
+from p2pfs.client.direct import AlignedWriter, open_direct
 from p2pfs.client.node import READ_BYTES, Client, Progress
 from p2pfs.replication import messages as dm
 
@@ -145,6 +146,7 @@ class _PartialGet:
         self.on_size = on_size
         self.local_error = local_error
         self.file: BinaryIO | None = None
+        self.direct_fd: int | None = None  # the partial file written past the page cache (direct.py)
         self.manifest = None
         self.received_bytes = 0
         self.resumed_bytes: int | None = None  # what the first attempt kept
@@ -164,6 +166,11 @@ class _PartialGet:
         except BlockingIOError:
             self.file.close()
             raise errors.BadInput(f"another get is writing {self.target} (its partial file is locked)") from None
+        try:
+            self.direct_fd = open_direct(self.part_path, fd)
+        except OSError as exc:
+            self.file.close()
+            raise self.local_error(str(self.target), exc) from None
         self.manifest = _read_state(self.state_path, self.name)
 
     def discard(self) -> None:
@@ -212,16 +219,26 @@ class _PartialGet:
             if self.resumed_bytes is None:  # what this get kept of an earlier one's partial file
                 self.resumed_bytes = kept_bytes
             self.on_size(manifest.size_bytes)
+            writer = await trio.to_thread.run_sync(self._local, AlignedWriter, self.file.fileno(), self.direct_fd,
+                                                   kept_bytes)
 
             def write(data: bytes) -> None:
-                self.file.write(data)
+                writer.write(data)
                 hasher.update(data)
 
-            async for data in body:
-                await trio.to_thread.run_sync(self._local, write, data)
-                self.received_bytes += len(data)
-                self.shown_bytes += len(data)
-                self.progress(len(data))
+            try:
+                async for data in body:
+                    if writer.fits(len(data)):  # a copy and a hash: cheaper here than a thread's round trip
+                        self._local(write, data)
+                    else:  # and a write to the disk
+                        await trio.to_thread.run_sync(self._local, write, data)
+                    self.received_bytes += len(data)
+                    self.shown_bytes += len(data)
+                    self.progress(len(data))
+            finally:
+                # Whatever ends the attempt, the file holds every byte received: the next
+                # attempt resumes from them. Here, not in a thread: a cancelled attempt too.
+                self._local(writer.close)
         if hasher.size_bytes != manifest.size_bytes or hasher.digest() != manifest.file_hash:
             self.manifest = None  # nothing of it is worth keeping: the next attempt starts afresh
             raise errors.PeerFault(
@@ -251,6 +268,9 @@ class _PartialGet:
         os.fchmod(self.file.fileno(), file_mode)  # created 0600 while partial
 
     def close(self) -> None:
+        if self.direct_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.direct_fd)
         if self.file is not None:
             with contextlib.suppress(OSError):
                 self.file.close()

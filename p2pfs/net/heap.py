@@ -1,8 +1,22 @@
-"""Give the C heap's free memory back to the system after a burst of buffered input.
+"""The C heap: keep freed chunk buffers for reuse, and give the free memory back after a burst.
 
-glibc keeps blocks a process frees in its heap for reuse, and
-``replication.memory`` raises its thresholds on purpose, so that the 1 MiB
-chunk buffers of a transfer are reused instead of faulted in afresh. The cost
+**Keeping.** A put or get moves every chunk through several 1 MiB buffers (a
+received frame, a decoded message, an encoded one, a file read). glibc's malloc
+serves blocks of 128 KiB and more with their own ``mmap`` (its threshold rises
+with the largest block freed, to at most 32 MiB, but each rise moves the trim
+threshold with it, and the heap's top is given back as soon as it passes that),
+so the next chunk's buffer is a fresh mapping whose 256 pages the kernel
+zero-fills one fault at a time: about 0.8 CPU-seconds per GiB at each replica,
+and 1.0-1.4 in the CLI of a get (docs/BENCHMARKS.md). Fixed thresholds
+(``keep_freed_buffers``) keep such blocks in the heap and its freed space for
+reuse. The cost is memory the process keeps after a burst: at most the trim
+threshold above what is in use, per arena; the windows that bound chunks in
+flight (``put_window_chunks``, ``get_window_chunks``, the net's stream credit)
+bound what the heap grows to in the first place. The daemon sets them at start
+(``replication.memory``), a client when it starts a get.
+
+**Giving back.** glibc keeps blocks a process frees in its heap for reuse, and
+``keep_freed_buffers`` raises its thresholds on purpose. The cost
 shows after abuse: 100 connections that filled the node's memory budget with
 partial frames, once closed, left RSS about the budget above the idle size for
 good. ``malloc_trim(0)`` (glibc 2.8+: every arena, and free pages inside the
@@ -15,7 +29,53 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 from typing import Callable
+
+log = logging.getLogger(__name__)
+
+# mallopt(3) parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Blocks below this come from the heap: every chunk (CHUNK_SIZE_BYTES_MAX is 4 MiB) and
+# a frame of a few chunks. 32 MiB is glibc's largest allowed value on 64-bit systems.
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+# Free space kept at the top of a heap before it is returned to the kernel: a window
+# of chunks (8 x 1 MiB per put or get, a few transfers at once) plus a margin.
+TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+
+
+_kept: bool | None = None  # what keep_freed_buffers did, once per process
+
+
+def keep_freed_buffers() -> bool:
+    """Set the thresholds above (glibc only); False where there is no ``mallopt`` or it refused.
+
+    Done once per process: a client calls it for every get, and finding the C library
+    runs ``ldconfig``."""
+    global _kept
+    if _kept is None:
+        _kept = _set_thresholds()
+    return _kept
+
+
+def _set_thresholds() -> bool:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
+    if not done:
+        log.info("malloc refused the buffer thresholds; chunk buffers stay in their own mappings")
+    return done
+
 
 _malloc_trim: Callable[[int], int] | None = None
 _looked_up = False
