@@ -16,6 +16,7 @@ from p2pfs.membership import Member, MemberState
 from p2pfs.replication import coordinator as coordinator_module
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.coordinator import Coordinator
+from p2pfs.replication.errors import ReplicaDown
 from p2pfs.replication.view import RingView
 from p2pfs.storage import NAMES_FILE_NAME, Manifest, NameEntry, NameIndex, Timestamp
 from p2pfs.storage.hlc import MAX_DRIFT_MS
@@ -26,20 +27,25 @@ CONTENT = b"small file"
 
 
 class IndexReplica:
-    """A replica that is only a name index, counting what it is asked."""
+    """A replica that is only a name index, counting what it is asked; ``down`` fails every call."""
 
     def __init__(self, node_id: str, names: NameIndex) -> None:
         self.node_id = node_id
         self.names = names
         self.writes = 0
         self.reads = 0
+        self.down = False
 
     async def put_name(self, entry: NameEntry, hint_for: str = "") -> bool:
         self.writes += 1
+        if self.down:
+            raise ReplicaDown("down")
         return self.names.apply(entry)
 
     async def get_name(self, name: str) -> NameEntry | None:
         self.reads += 1
+        if self.down:
+            raise ReplicaDown("down")
         return self.names.get(name)
 
 
@@ -56,8 +62,7 @@ async def _inline(fn, *args):
     return fn(*args)
 
 
-def _cluster(tmp_path) -> tuple[Coordinator, dict[str, IndexReplica]]:
-    config = ReplicationConfig()
+def _cluster(tmp_path, config: ReplicationConfig = ReplicationConfig()) -> tuple[Coordinator, dict[str, IndexReplica]]:
     clock = SystemClock()
     members = [Member(n, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)
                for i, n in enumerate(NODES)]
@@ -120,3 +125,22 @@ def test_a_version_it_cannot_pass_costs_a_bounded_number_of_writes(tmp_path):
     _put(coordinator, "f")
     assert [r.writes for r in replicas.values()] == [coordinator_module.VERSION_WRITES_MAX] * 3
     assert all(r.names.get("f") == future for r in replicas.values())
+
+
+def test_a_write_heard_by_r_replicas_needs_no_read(tmp_path):
+    coordinator, replicas = _cluster(tmp_path)  # w = r = 2 of rf = 3
+    replicas[NODES[2]].down = True
+    _put(coordinator, "f")
+    assert sum(r.reads for r in replicas.values()) == 0
+
+
+def test_a_write_heard_by_fewer_than_r_replicas_reads_as_a_put_did_before(tmp_path):
+    """With r = 3, two replicas answering a write (and taking it) are fewer than a read would
+    have heard: the put reads the name too, as it did before every write."""
+    coordinator, replicas = _cluster(tmp_path, ReplicationConfig(w=1, r=3))
+    replicas[NODES[1]].down = True
+    entry = _put(coordinator, "f")
+    assert [r.writes for r in replicas.values()] == [1, 1, 1]
+    # The read asks the two that answered (the one that failed is skipped while it backs off).
+    assert [r.reads for r in replicas.values()] == [1, 0, 1]
+    assert replicas[NODES[0]].names.get("f") == entry

@@ -218,23 +218,24 @@ class Coordinator:
         same moment) does not take it and says so, and only then is the name read at quorum,
         this node's clock moved past what was read, and the version written again, at most
         ``VERSION_WRITES_MAX`` times in all. Every replica that answers is heard before a
-        write ends, so a version acknowledged at ``w`` before this put began is seen at
-        least where a read at ``r`` would have seen it (``r + w > rf``). A put then costs
-        the rf name reads (and their thread hops) only when it meets a newer version.
+        write ends, and a write that fewer than ``r`` replicas answered reads too, so a
+        version acknowledged at ``w`` before this put began is seen wherever a read at ``r``
+        would have seen it (``r + w > rf``). A put costs the name reads (and their thread
+        hops) only when it meets a newer version or a write falls short of ``r`` answers.
         """
         for _ in range(VERSION_WRITES_MAX):
             entry = NameEntry(name, self.hlc.now(self.clock.wall_ms()), self.node_id, manifest, client)
-            refusals = (await self._write_name_counting(entry))[1]
-            if not refusals:
+            acks, refusals = await self._write_name_counting(entry)
+            if not refusals and acks >= quorum_size(self.config.r, len(self.view.ring())):
                 return entry
             try:
                 newer = await self.read_name(name)  # observes the newest version
             except QuorumError as exc:
-                log.info("put %r met a newer version it cannot read: %s", name, exc)
+                log.info("put %r: cannot read the name's newest version: %s", name, exc)
                 return entry
-            if newer is not None and newer.key == entry.key:
-                # The newer version is on no read quorum: it was not acknowledged before this
-                # put began (a failed or concurrent put), and writing again would not pass it.
+            if newer is None or not newer.supersedes(entry):
+                # What refused is on no read quorum: not a version acknowledged before this put
+                # began (a failed or concurrent put's), and writing again would not pass it.
                 return entry
         log.info("put %r: still met a newer version after %d writes", name, VERSION_WRITES_MAX)
         return entry
