@@ -17,6 +17,7 @@ from p2pfs.replication import messages as dm
 from p2pfs.storage import chunk_id_of
 from p2pfs.wire import Role
 
+from hostile_strategies import RawMessage
 from wire_helpers import Echo
 
 BIG = bytes(range(256)) * (m.SCATTER_FIELD_BYTES_MIN // 256)  # exactly the threshold
@@ -59,6 +60,12 @@ def test_a_payload_in_parts_is_the_encoded_message_byte_for_byte(msg, scattered)
     assert bytes(payload) == wire.encode_message(msg)
     assert len(payload) == len(wire.encode_message(msg))
     assert wire.decode_message(msg.TYPE, bytes(payload)) == msg
+
+
+def test_a_message_that_is_not_a_dataclass_is_encoded_whole():
+    """``wire.encode_message`` writes any sequence as an array (tests send raw fields that way)."""
+    raw = RawMessage(dm.ChunkData.TYPE, [CHUNK])
+    assert m.encode_payload(raw) == wire.encode_message(raw)
 
 
 def test_the_large_fields_are_sent_from_the_message_itself():

@@ -108,6 +108,10 @@ _FIXARRAY_ITEMS_MAX = 15
 
 @functools.cache  # one entry per message class: bounded by the registry of message types
 def _field_names(cls: type) -> tuple[str, ...]:
+    """The fields of a message class in wire order; none for a class that is not a dataclass
+    (``wire.encode_message`` takes any sequence too), which is then encoded whole."""
+    if not dataclasses.is_dataclass(cls):
+        return ()
     return tuple(field.name for field in dataclasses.fields(cls))
 
 
