@@ -446,10 +446,15 @@ class Connection:
             with trio.CancelScope(shield=True):
                 await self._send_frame_whole(header, frame.payload)
 
-    async def _send_frame_whole(self, header: bytes, payload: bytes | memoryview) -> None:
+    async def _send_frame_whole(self, header: bytes, payload: bytes | memoryview | m.Scattered) -> None:
         try:
             with trio.fail_after(self.config.send_timeout_s):
-                if len(payload) <= _COALESCE_PAYLOAD_BYTES_MAX:
+                if isinstance(payload, m.Scattered):
+                    # The first part is the small head of the message: it goes with the header.
+                    await self._stream.send_all(header + payload.parts[0])
+                    for part in payload.parts[1:]:
+                        await self._stream.send_all(part)
+                elif len(payload) <= _COALESCE_PAYLOAD_BYTES_MAX:
                     await self._stream.send_all(header + payload)
                 else:
                     await self._stream.send_all(header)

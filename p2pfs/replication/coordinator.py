@@ -59,6 +59,12 @@ from p2pfs.storage import (
 
 log = logging.getLogger(__name__)
 
+# Writes of one put's name entry, the first included: a replica that holds a newer version
+# refuses it, and the put writes again past that version. Two puts to one name at the same
+# moment can each refuse the other's; this bounds that, and the last write stands as a put
+# that read the name and still lost to a concurrent one would.
+VERSION_WRITES_MAX = 3
+
 # Background repairs (read repair of names and chunks) running at once; more are dropped
 # (anti-entropy catches what is dropped), so a burst of reads cannot pile up tasks.
 REPAIRS_CONCURRENT_MAX = 16
@@ -192,9 +198,50 @@ class Coordinator:
         return quorum.check()
 
     async def write_name(self, entry: NameEntry) -> int:
-        return await self.replicate(
-            name_key(entry.name), f"name {entry.name!r}", lambda r, t: r.put_name(entry, t.hint_for)
-        )
+        return (await self._write_name_counting(entry))[0]
+
+    async def _write_name_counting(self, entry: NameEntry) -> tuple[int, int]:
+        """Write ``entry`` at quorum; the acknowledgements, and how many of them did not take it
+        (the replica holds a version that supersedes it)."""
+        refusals = 0
+
+        async def put(replica: Replica, target: Target) -> None:
+            nonlocal refusals
+            if not await replica.put_name(entry, target.hint_for):
+                refusals += 1
+
+        acks = await self.replicate(name_key(entry.name), f"name {entry.name!r}", put)
+        return acks, refusals
+
+    async def write_version(self, name: str, manifest: Manifest, client: str) -> NameEntry:
+        """Write a new version of ``name`` that supersedes every version its replicas hold.
+
+        The version is written straight away rather than after a quorum read: a replica
+        holding a newer one (written by a node whose clock runs ahead, or by a put at the
+        same moment) does not take it and says so, and only then is the name read at quorum,
+        this node's clock moved past what was read, and the version written again, at most
+        ``VERSION_WRITES_MAX`` times in all. Every replica that answers is heard before a
+        write ends, and a write that fewer than ``r`` replicas answered reads too, so a
+        version acknowledged at ``w`` before this put began is seen wherever a read at ``r``
+        would have seen it (``r + w > rf``). A put costs the name reads (and their thread
+        hops) only when it meets a newer version or a write falls short of ``r`` answers.
+        """
+        for _ in range(VERSION_WRITES_MAX):
+            entry = NameEntry(name, self.hlc.now(self.clock.wall_ms()), self.node_id, manifest, client)
+            acks, refusals = await self._write_name_counting(entry)
+            if not refusals and acks >= quorum_size(self.config.r, len(self.view.ring())):
+                return entry
+            try:
+                newer = await self.read_name(name)  # observes the newest version
+            except QuorumError as exc:
+                log.info("put %r: cannot read the name's newest version: %s", name, exc)
+                return entry
+            if newer is None or not newer.supersedes(entry):
+                # What refused is on no read quorum: not a version acknowledged before this put
+                # began (a failed or concurrent put's), and writing again would not pass it.
+                return entry
+        log.info("put %r: still met a newer version after %d writes", name, VERSION_WRITES_MAX)
+        return entry
 
     # -- reading a name -----------------------------------------------------------
 
@@ -304,10 +351,6 @@ class Coordinator:
         Raises QuorumError when a quorum is not met, SizeMismatch when the stream
         does not have the announced size. The name changes only on success.
         """
-        try:
-            await self.read_name(name)  # orders this version after the one it replaces
-        except QuorumError as exc:
-            log.info("putting %r without reading its current version: %s", name, exc)
         chunk_size = self.config.chunk_size_bytes
         builder = ManifestBuilder(chunk_size)
         hasher = FileHasher()
@@ -367,8 +410,7 @@ class Coordinator:
             manifest = Manifest((), len(inline), hasher.digest(), wall_ms, chunk_size, inline)
         else:
             manifest = builder.finish(hasher.digest(), wall_ms)
-        entry = NameEntry(name, self.hlc.now(wall_ms), self.node_id, manifest, client)
-        await self.write_name(entry)
+        entry = await self.write_version(name, manifest, client)
         stored = "inline" if inline else f"in {len(manifest.chunks)} chunks"
         log.info("put %r: %d bytes %s, for client %s", name, manifest.size_bytes, stored, client or "(none)")
         return entry

@@ -143,10 +143,6 @@ class Resumable:
                         body: AsyncIterable[bytes], *, client: str = "") -> NameEntry:
         """Store the chunks the body carries, check the skipped ones, then write the name for ``client``."""
         coordinator = self._coordinator
-        try:
-            await coordinator.read_name(name)  # orders this version after the one it replaces
-        except QuorumError as exc:
-            log.info("putting %r without reading its current version: %s", name, exc)
         skipped = tuple(ref.chunk_id for i, ref in enumerate(given.chunks) if dm.is_held(held, i))
         w = quorum_size(coordinator.config.w, len(self._view.ring()))
         for chunk_id, count in zip(skipped, await self.holders(skipped)):
@@ -168,8 +164,7 @@ class Resumable:
             manifest = Manifest((), given.size_bytes, given.file_hash, wall_ms, given.chunk_size_bytes, inline)
         else:
             manifest = Manifest(given.chunks, given.size_bytes, given.file_hash, wall_ms, given.chunk_size_bytes)
-        entry = NameEntry(name, coordinator.hlc.now(wall_ms), coordinator.node_id, manifest, client)
-        await coordinator.write_name(entry)
+        entry = await coordinator.write_version(name, manifest, client)
         log.info("put %r: %d bytes in %d chunks, %d already held, for client %s", name, manifest.size_bytes,
                  len(manifest.chunks), len(skipped), client or "(none)")
         return entry
