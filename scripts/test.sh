@@ -25,4 +25,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             || echo "could not install ${missing[*]}; the tests that need them will skip" >&2
     fi
 fi
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two worker processes (pytest-xdist), each given whole files, so that a file's shared
+# network (a module fixture) starts once; P2PFS_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${P2PFS_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -18,7 +18,7 @@ from p2pfs.address import Address
 from p2pfs.node.config import render_node_config
 from p2pfs.wire import Role
 
-from testnet_helpers import running_testnet, wait_for
+from testnet_helpers import CLI_TIMEOUT_S, running_testnet, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ def test_a_daemon_with_a_certificate_from_another_ca_cannot_join(net, tmp_path):
     logged_before = len(node1_log.read_text())  # the network is shared: only what node1 logs from now on
     proc = start_daemon(impostor_dir)
     try:
-        wait_for(lambda: "TLS handshake failed" in node1_log.read_text()[logged_before:], timeout_s=20,
+        wait_for(lambda: "TLS handshake failed" in node1_log.read_text()[logged_before:], timeout_s=60,
                  what="node1 to reject the impostor's handshake")
         for observer in net.names:
             assert impostor.node_id not in states_seen_by(net, observer)
@@ -128,7 +128,7 @@ def test_daemon_refuses_to_start_with_clear_messages(net, tmp_path):
     # What the refusal relies on: node1 is running and holds its address.
     assert node1.running and listening(node1.address), f"node1 is not listening on {node1.address}"
     result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(busy_dir)],
-                            capture_output=True, timeout=30)
+                            capture_output=True, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 2
     assert b"already in use" in result.stderr and b"Traceback" not in result.stderr
 
@@ -139,7 +139,7 @@ def test_daemon_refuses_to_start_with_clear_messages(net, tmp_path):
         if name == "broken-key":
             (directory / identity.KEY_FILE).write_text("not a key")
         result = subprocess.run([sys.executable, "-m", "p2pfs", "daemon", str(directory)],
-                                capture_output=True, timeout=60)
+                                capture_output=True, timeout=CLI_TIMEOUT_S)
         assert result.returncode == code, result.stderr
         assert message in result.stderr and b"Traceback" not in result.stderr
 

@@ -9,12 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from p2pfs import testnet
 
 from testnet_helpers import wait_for
 
 TESTS_DIR = Path(__file__).parent
-STOP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 120.0  # under xdist, the workers shut down too
 UP_TIMEOUT_S = 120.0
 
 # A test that starts a one-node network, says so, then waits to be stopped.
@@ -39,14 +41,16 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
 
 
-def test_sigterm_to_the_suite_stops_the_running_tests_daemons(tmp_path):
+# Alone, and as scripts/test.sh runs the suite: two pytest-xdist workers (the held test on one, the other idle).
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_sigterm_to_the_suite_stops_the_running_tests_daemons(tmp_path, workers):
     net, ready = tmp_path / "net", tmp_path / "ready"
     test_file = tmp_path / "test_held.py"
     test_file.write_text(textwrap.dedent(HELD_TEST.format(net=str(net), ready=str(ready), hold_s=600)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
     suite = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "stop_on_sigterm",
-         "--rootdir", str(tmp_path), str(test_file)],
+         "--rootdir", str(tmp_path), *workers, str(test_file)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
