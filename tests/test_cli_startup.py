@@ -59,3 +59,17 @@ def test_ls_imports_no_room_of_the_daemon(tmp_path):
     assert result.returncode == ExitCode.UNAVAILABLE, result.stderr[-2000:]
     assert "p2pfs.client" in modules
     assert loaded(modules, DAEMON_ONLY) == []
+
+
+def test_each_command_is_loaded_from_the_module_that_registers_it():
+    from p2pfs.cli import admin, base, cluster, files, testnet  # noqa: F401  (registers every command)
+
+    registered = {name: command.callback.__module__ for name, command in base.cli.commands.items()}
+    assert registered == {name: f"p2pfs.cli.{module}" for name, module in base.COMMAND_MODULES.items()}
+
+
+def test_a_command_loads_the_module_of_its_group_alone():
+    modules, result = imported_modules("ls", "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "p2pfs.cli.files" in modules
+    assert loaded(modules, ("p2pfs.cli.admin", "p2pfs.cli.cluster", "p2pfs.cli.testnet")) == []
