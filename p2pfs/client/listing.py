@@ -15,11 +15,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from p2pfs import errors
 from p2pfs.replication import client_messages as cm
-from p2pfs.replication.fields import FILES_PER_LIST_MAX
 
 # Files in one page: the node's cap. Larger pages cost fewer round trips, and at
 # most this many entries (times the nodes asked) sit in a node's memory per request.
-LS_PAGE_FILES_MAX = FILES_PER_LIST_MAX
+LS_PAGE_FILES_MAX = cm.FILES_PER_LIST_MAX
 # Pages one listing may read: 10^6 pages of up to 1,000 names is far past any
 # cluster; a node whose continuation never ends is cut off here.
 LS_PAGES_MAX = 1_000_000

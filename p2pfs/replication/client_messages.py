@@ -14,7 +14,7 @@ in ``fields.py``.
 from __future__ import annotations
 
 from p2pfs import wire
-from p2pfs.replication.fields import (
+from p2pfs.replication.fields import (  # FILES_PER_LIST_MAX is part of this module's interface (cm.X_MAX)
     FILE_SIZE_BYTES_MAX, FILES_PER_LIST_MAX, NODES_PER_MESSAGE_MAX, check_chunk_id, check_file_hash, check_int,
     check_member_ids, check_name, check_prefix, check_version, check_writer,
 )
