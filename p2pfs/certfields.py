@@ -11,7 +11,7 @@ It reads only the shape p2pfs issues (``identity``): an Ed25519 key, DER with
 minimal lengths, each extension at most once. Anything else gives None, and the
 caller reads the certificate with ``cryptography`` instead (``identity.cert_info``),
 so an unusual certificate is judged exactly as before, only slower.
-tests/test_startup_imports.py checks both readers agree on every kind of
+tests/test_startup_certs.py checks both readers agree on every kind of
 certificate p2pfs makes.
 
 Pure: no I/O, no clock.
@@ -36,7 +36,7 @@ ED25519_SPKI_BYTES = len(ED25519_SPKI_PREFIX) + 32
 EXTENDED_KEY_USAGE_OID = "2.5.29.37"
 AUTHORITY_KEY_ID_OID = "2.5.29.35"
 SERVER_AUTH_OID = bytes.fromhex("2b06010505070301")
-# Nesting is fixed by the certificate's shape, so a length needs at most 4 bytes (a 4 GiB certificate).
+# Bytes of a DER length: 4 give up to 4 GiB, far more than any certificate; a longer one is not ours.
 LENGTH_BYTES_MAX = 4
 
 _SEQUENCE, _INTEGER, _OID, _OCTET_STRING, _BOOLEAN = 0x30, 0x02, 0x06, 0x04, 0x01
