@@ -28,6 +28,13 @@ On disk (an identity directory)::
 and a CA directory holds ``ca.key`` (0600), ``ca.pem``, ``issued/`` (a copy of
 every certificate it signed) and ``crl.pem`` once it has revoked one
 (``revocation``).
+
+Loading an identity and reading a peer's certificate do not load ``cryptography``
+(a sixth of a one-request command's start-up, docs/BENCHMARKS.md): the fields
+p2pfs uses are read from the DER (``certfields``), ``ssl`` checks that the key
+matches the certificate, and a certificate in any other shape than the ones p2pfs
+issues is read with ``cryptography`` as before. Making keys and certificates
+(the CA, issuing, renewing) imports it where it is needed.
 """
 
 from __future__ import annotations
@@ -38,18 +45,18 @@ import hashlib
 import os
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from p2pfs import access
-from p2pfs.claims import NodeClaims, claims_extension
+from p2pfs import access, certfields
 from p2pfs.errors import AuthError, BadInput
 from p2pfs.ids import short_id
 from p2pfs.wire import Role
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from p2pfs.claims import NodeClaims
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.pem"
@@ -57,6 +64,8 @@ CA_CERT_FILE = "ca.pem"
 ISSUED_DIR = "issued"
 KEY_FILE = "key.pem"
 CERT_FILE = "cert.pem"
+# The newest CRL a node holds (``net.trust``, ``revocation``).
+CRL_FILE = "crl.pem"
 
 # Node and client certificates: one year. A year bounds how long a key that leaked
 # unnoticed (and was never revoked) stays useful, and matches a yearly operations
@@ -70,6 +79,23 @@ CERT_VALIDITY_DAYS_DEFAULT = 365
 CA_VALIDITY_DAYS_DEFAULT = 3650
 
 NODE_ID_HEX_CHARS = 64
+
+
+# The cryptography modules this module once imported at the top, which callers read from it
+# (``identity.serialization.Encoding``): loaded when first asked for (PEP 562).
+_LAZY_MODULES = {
+    "x509": "cryptography.x509",
+    "serialization": "cryptography.hazmat.primitives.serialization",
+    "ed25519": "cryptography.hazmat.primitives.asymmetric.ed25519",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return importlib.import_module(_LAZY_MODULES[name])
 
 
 class IdentityError(AuthError):
@@ -103,6 +129,8 @@ class PeerIdentity:
 
 
 def node_id_of(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -111,6 +139,9 @@ def node_id_of(cert: x509.Certificate) -> str:
 
 def role_of(cert: x509.Certificate) -> Role:
     """NODE if the certificate may accept connections (serverAuth), else CLIENT."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -120,6 +151,8 @@ def role_of(cert: x509.Certificate) -> Role:
 
 def grant_of(cert: x509.Certificate) -> access.Grant:
     """A client certificate's grant; ``GRANT_WITHOUT_EXTENSION`` if it has none, GrantError if unreadable."""
+    from cryptography import x509
+
     oid = x509.ObjectIdentifier(access.GRANT_EXTENSION_OID)
     try:
         extension = cert.extensions.get_extension_for_oid(oid).value
@@ -129,27 +162,66 @@ def grant_of(cert: x509.Certificate) -> access.Grant:
     return access.Grant.decode(extension.value)
 
 
-def peer_identity_from_der(der: bytes) -> PeerIdentity:
-    """The peer behind a verified certificate; GrantError if a client's grant cannot be read."""
+def cert_fields(der: bytes) -> certfields.CertFields:
+    """What p2pfs reads from a certificate: from its DER (``certfields``), or with ``cryptography``
+    when it is not in the shape p2pfs issues (ValueError if it does not parse)."""
+    try:
+        return certfields.read(der)
+    except certfields.Unexpected:
+        return parsed_cert_fields(der)
+
+
+def parsed_cert_fields(der: bytes) -> certfields.CertFields:
+    """``cert_fields`` read with ``cryptography``, whatever the certificate's shape (ValueError if it does not parse)."""
+    from cryptography import x509
+
     cert = x509.load_der_x509_certificate(der)
-    role = role_of(cert)
     try:
         issuer_key_id = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
     except x509.ExtensionNotFound:
         issuer_key_id = None
-    return PeerIdentity(
-        node_id_of(cert), role, grant_of(cert) if role is Role.CLIENT else None,
+    try:
+        grant = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(access.GRANT_EXTENSION_OID)).value
+    except x509.ExtensionNotFound:
+        grant = None
+    assert grant is None or isinstance(grant, x509.UnrecognizedExtension)
+    return certfields.CertFields(
+        node_id_of(cert), role_of(cert) is Role.NODE, grant.value if grant is not None else None,
         cert.serial_number, cert.not_valid_after_utc.timestamp(), issuer_key_id or b"",
+    )
+
+
+def _role(fields: certfields.CertFields) -> Role:
+    """As ``role_of``: NODE if the certificate may accept connections (serverAuth), else CLIENT."""
+    return Role.NODE if fields.server_auth else Role.CLIENT
+
+
+def _grant(fields: certfields.CertFields) -> access.Grant:
+    """As ``grant_of``: ``GRANT_WITHOUT_EXTENSION`` if it has none, GrantError if unreadable."""
+    return access.GRANT_WITHOUT_EXTENSION if fields.grant is None else access.Grant.decode(fields.grant)
+
+
+def peer_identity_from_der(der: bytes) -> PeerIdentity:
+    """The peer behind a verified certificate; GrantError if a client's grant cannot be read."""
+    fields = cert_fields(der)
+    role = _role(fields)
+    return PeerIdentity(
+        fields.node_id, role, _grant(fields) if role is Role.CLIENT else None,
+        fields.serial_number, fields.not_valid_after_s, fields.issuer_key_id,
     )
 
 
 def key_id_of(ca_cert: x509.Certificate) -> bytes:
     """A CA's key identifier, as the certificates it signs name it (RFC 5280 method 1)."""
+    from cryptography import x509
+
     return x509.SubjectKeyIdentifier.from_public_key(ca_cert.public_key()).digest
 
 
 def cluster_id_of(ca_cert: x509.Certificate) -> bytes:
-    """Identifies the cluster: the SHA-256 of its CA certificate."""
+    """Identifies the cluster: the SHA-256 of its CA certificate (as ``cluster_id_of_der``)."""
+    from cryptography.hazmat.primitives import serialization
+
     return hashlib.sha256(ca_cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
@@ -197,7 +269,14 @@ def _check_private(path: Path) -> None:
         )
 
 
+def cluster_id_of_der(ca_der: bytes) -> bytes:
+    """Identifies the cluster: the SHA-256 of its CA certificate's DER."""
+    return hashlib.sha256(ca_der).digest()
+
+
 def _key_pem(key: ed25519.Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -206,6 +285,8 @@ def _key_pem(key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -252,6 +333,11 @@ class CertificateAuthority:
         A client's ``grant`` (role and prefixes) goes into our extension; a node has none.
         ``claims`` (nodes only) bound what the node may announce about itself (``p2pfs.claims``).
         """
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        from p2pfs.claims import claims_extension
+
         assert grant is None or role is Role.CLIENT, "only a client certificate carries a grant"
         assert claims is None or role is Role.NODE, "only a node's certificate carries claims"
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -306,6 +392,10 @@ class CertificateAuthority:
 
 
 def create_ca(common_name: str = "p2pfs cluster CA") -> CertificateAuthority:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
     key = ed25519.Ed25519PrivateKey.generate()
     now = datetime.datetime.now(datetime.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -353,6 +443,10 @@ def load_ca(directory: Path) -> CertificateAuthority:
         if not path.is_file():
             raise BadInput(f"{path} not found: is {directory} a CA directory (p2pfs ca init)?")
     _check_private(key_path)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -381,35 +475,69 @@ def record_issued(ca: CertificateAuthority, cert: x509.Certificate) -> None:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
-    """A loaded identity directory: this end's certificate and the CA to trust."""
+    """A loaded identity directory: this end's certificate and the CA to trust.
+
+    Held as DER: a client needs only its role, its cluster id and the files' paths
+    (``ssl`` reads them), so ``cert``, ``ca_cert`` and ``ca_certs`` are parsed with
+    ``cryptography`` when first asked for (by a node: records, reload, status).
+    """
 
     directory: Path
-    cert: x509.Certificate
-    ca_cert: x509.Certificate  # the trusted CA that signed ``cert``
+    cert_der: bytes
+    ca_der: bytes  # the trusted CA that signed the certificate
     # Every CA ca.pem lists: more than one while the CA is being rotated (docs/SECURITY.md).
-    ca_certs: tuple[x509.Certificate, ...] = ()
+    ca_ders: tuple[bytes, ...]
+    # What was read from the DER so far, by name (``_cached``): the fields, the parsed certificates.
+    _read: dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _cached(self, name: str, read: Any) -> Any:
+        if name not in self._read:
+            self._read[name] = read()
+        return self._read[name]
+
+    @property
+    def fields(self) -> certfields.CertFields:
+        return self._cached("fields", lambda: cert_fields(self.cert_der))
+
+    @property
+    def cert(self) -> x509.Certificate:
+        from cryptography import x509
+
+        return self._cached("cert", lambda: x509.load_der_x509_certificate(self.cert_der))
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        from cryptography import x509
+
+        return self._cached("ca_cert", lambda: x509.load_der_x509_certificate(self.ca_der))
+
+    @property
+    def ca_certs(self) -> tuple[x509.Certificate, ...]:
+        from cryptography import x509
+
+        return self._cached("ca_certs", lambda: tuple(x509.load_der_x509_certificate(d) for d in self.ca_ders))
 
     @property
     def trusted_cluster_ids(self) -> frozenset[bytes]:
         """The cluster ids of every trusted CA: a peer's hello may name any of them."""
-        return frozenset(cluster_id_of(ca) for ca in self.ca_certs or (self.ca_cert,))
+        return frozenset(cluster_id_of_der(ca) for ca in self.ca_ders)
 
     @property
     def node_id(self) -> str:
-        return node_id_of(self.cert)
+        return self.fields.node_id
 
     @property
     def role(self) -> Role:
-        return role_of(self.cert)
+        return _role(self.fields)
 
     @property
     def grant(self) -> access.Grant | None:
         """A client's grant (``access``); None for a node."""
-        return grant_of(self.cert) if self.role is Role.CLIENT else None
+        return _grant(self.fields) if self.role is Role.CLIENT else None
 
     @property
     def cluster_id(self) -> bytes:
-        return cluster_id_of(self.ca_cert)
+        return cluster_id_of_der(self.ca_der)
 
     @property
     def key_path(self) -> Path:
@@ -425,6 +553,9 @@ class Identity:
 
     def signing_key(self) -> ed25519.Ed25519PrivateKey:
         """The private key, for a node's signed membership records (``membership.records``)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
         _check_private(self.key_path)
         try:
             key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
@@ -478,6 +609,9 @@ def create_identity(
     A client gets ``grant``, or the admin role if none is given: the library's callers
     (testnet, chaos) make the operator's own key. `p2pfs client init` passes the one asked for.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     if role is Role.CLIENT and grant is None:
         grant = access.Grant(access.ClientRole.ADMIN)
     _prepare_dir(directory, (KEY_FILE, CERT_FILE, CA_CERT_FILE))
@@ -499,7 +633,8 @@ def create_identity(
     _write_public(directory / CERT_FILE, _cert_pem(cert))
     _write_public(directory / CA_CERT_FILE, _cert_pem(ca.cert))
     record_issued(ca, cert)
-    return Identity(directory, cert, ca.cert, (ca.cert,))
+    ca_der = ca.cert.public_bytes(serialization.Encoding.DER)
+    return Identity(directory, cert.public_bytes(serialization.Encoding.DER), ca_der, (ca_der,))
 
 
 def load_identity(directory: Path) -> Identity:
@@ -513,18 +648,63 @@ def load_identity(directory: Path) -> Identity:
     _check_private(paths[KEY_FILE])
     try:
         key_pem = paths[KEY_FILE].read_bytes()
-        cert = x509.load_pem_x509_certificate(paths[CERT_FILE].read_bytes())
-        ca_certs = tuple(x509.load_pem_x509_certificates(paths[CA_CERT_FILE].read_bytes()))
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert_pem = paths[CERT_FILE].read_bytes()
+        ca_pem = paths[CA_CERT_FILE].read_bytes()
     except PermissionError as exc:
         raise IdentityError(f"cannot read {exc.filename}: permission denied") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise IdentityError(f"cannot read the identity in {directory}: {exc}") from None
+    return _read_identity(directory, cert_pem, ca_pem) or _parse_identity(directory, key_pem, cert_pem, ca_pem)
+
+
+def _read_identity(directory: Path, cert_pem: bytes, ca_pem: bytes) -> Identity | None:
+    """The identity, without ``cryptography``, when its files are as p2pfs writes them: one
+    certificate and one CA in the shape ``certfields`` reads, a key ``ssl`` loads. IdentityError
+    if the key is not the certificate's; None for anything else (``_parse_identity`` judges it).
+
+    Several CAs (a rotation) go the slow way too: which of them signed the certificate
+    takes a signature check (``issuer_of``).
+    """
+    try:
+        cert_ders, ca_ders = certfields.pem_blocks(cert_pem), tuple(certfields.pem_blocks(ca_pem))
+        if len(cert_ders) != 1 or len(ca_ders) != 1:
+            return None
+        for der in (*cert_ders, *ca_ders):
+            certfields.read(der)
+    except certfields.Unexpected:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+    try:  # OpenSSL checks that the key is the one the certificate names (X509_check_private_key)
+        context.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path), password=b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise IdentityError(f"{key_path} does not match {cert_path}") from None
+        return None
+    except OSError:
+        return None
+    return Identity(directory, cert_ders[0], ca_ders[0], ca_ders)
+
+
+def _parse_identity(directory: Path, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> Identity:
+    """The identity, read with ``cryptography``: any certificate and key it can load, several CAs."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca_certs = tuple(x509.load_pem_x509_certificates(ca_pem))
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError as exc:
         raise IdentityError(f"cannot read the identity in {directory}: {exc}") from None
     if key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     ) != cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw):
-        raise IdentityError(f"{paths[KEY_FILE]} does not match {paths[CERT_FILE]}")
-    return Identity(directory, cert, issuer_of(cert, ca_certs), ca_certs)
+        raise IdentityError(f"{directory / KEY_FILE} does not match {directory / CERT_FILE}")
+    issuer = issuer_of(cert, ca_certs)
+    return Identity(directory, cert.public_bytes(serialization.Encoding.DER),
+                    issuer.public_bytes(serialization.Encoding.DER),
+                    tuple(ca.public_bytes(serialization.Encoding.DER) for ca in ca_certs))
 
 
 def renew_identity(directory: Path, ca: CertificateAuthority, *, days: int = CERT_VALIDITY_DAYS_DEFAULT) -> Identity:
@@ -536,6 +716,8 @@ def renew_identity(directory: Path, ca: CertificateAuthority, *, days: int = CER
     identity trusts the CA it now presents. cert.pem (and ca.pem) are replaced
     atomically; a running node takes them up on reload (SIGHUP or `p2pfs reload`).
     """
+    from cryptography import x509
+
     if days <= 0:
         raise BadInput(f"a certificate must be valid for at least a day, not {days}")
     old = load_identity(directory)
@@ -575,6 +757,8 @@ def _replace_public(path: Path, data: bytes) -> None:
 
 def issuer_of(cert: x509.Certificate, ca_certs: tuple[x509.Certificate, ...]) -> x509.Certificate:
     """The CA among ``ca_certs`` whose key signed ``cert`` (the first if none did: TLS will refuse it)."""
+    from cryptography.exceptions import InvalidSignature
+
     for ca_cert in ca_certs:
         try:
             cert.verify_directly_issued_by(ca_cert)

@@ -36,9 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from p2pfs.errors import AuthError, BadInput
-from p2pfs.identity import ISSUED_DIR, node_id_of
+from p2pfs.identity import CRL_FILE, ISSUED_DIR, node_id_of  # noqa: F401  (CRL_FILE: revocation.CRL_FILE)
 
-CRL_FILE = "crl.pem"
 # The key id (node or client id, hex) a revoked entry is about: our own OID under 2.25.
 NODE_ID_ENTRY_OID = "2.25.165243234557108049737224323694978411910"
 CRL_NEXT_UPDATE_DAYS = 3650

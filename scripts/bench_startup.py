@@ -1,6 +1,6 @@
 """Start-up time of the CLI: `p2pfs --help`, `p2pfs ls` (and stat, members), wall clock and CPU.
 
-    python scripts/bench.py startup [--runs 20] [--source DIR [--source DIR2]] [--nodes 3]
+    python scripts/bench.py startup [--runs 20] [--source DIR [--source DIR2]] [--nodes 3] [--instructions]
 
 Runs each command ``--runs`` times, interleaved (so that a burst of load hits all
 alike), against a small test network started from the same source tree, and prints
@@ -15,6 +15,10 @@ network of its own.
 
 Then where `ls` spends its import time: the CPU each stage of its imports adds,
 in the order it loads them (the least of ``--runs`` fresh interpreters each).
+
+``--instructions``: also the instructions each command executes, once, under
+``valgrind --tool=callgrind`` (the ``Ir`` total). Unlike time, the count does not move
+with the machine's load, so it compares two sources on a busy machine.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -35,11 +40,16 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT_S = 60.0
 # What `p2pfs ls` imports, in the order it needs them: each stage is timed after the ones
 # before it are loaded, so a stage's figure is what it adds. `ls` runs on the blocking driver
-# (p2pfs.client.blocking, no trio); the last two stages are what put and get add to it. A
-# stage a source does not have (an older checkout) is shown as "-".
-STAGES = ("click", "p2pfs.cli", "ssl", "cryptography.x509", "p2pfs.identity", "p2pfs.net.trust", "p2pfs.net.mux",
-          "p2pfs.membership.messages", "p2pfs.replication.messages", "p2pfs.node.messages",
-          "p2pfs.client.blocking", "trio", "p2pfs.client.failover")
+# (p2pfs.client.blocking, no trio, no cryptography, only the client's data messages); the
+# last four stages are what other commands add to it (a CRL beside the identity, the
+# daemon's messages, put and get). A stage a source does not have (an older checkout) is
+# shown as "-".
+STAGES = ("click", "p2pfs.cli", "p2pfs.cli.files", "ssl", "p2pfs.wire", "p2pfs.membership.messages",
+          "p2pfs.replication.fields", "p2pfs.replication.client_messages", "p2pfs.identity", "p2pfs.net.trust",
+          "p2pfs.net.mux", "p2pfs.node.messages", "p2pfs.client.blocking",
+          "cryptography.x509", "p2pfs.replication.messages", "trio", "p2pfs.client.failover")
+# Each command under callgrind is given this long (it runs some 50 times slower).
+CALLGRIND_TIMEOUT_S = 600.0
 
 
 def run_once(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
@@ -53,6 +63,21 @@ def run_once(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float,
         raise SystemExit(f"{' '.join(command)} exited {result.returncode}: {result.stderr.decode()[-2000:]}")
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall_s, cpu_s
+
+
+def instructions(command: list[str], env: dict[str, str], cwd: Path) -> int:
+    """Instructions one run of ``command`` executes (callgrind's ``Ir`` total)."""
+    with tempfile.TemporaryDirectory(prefix="p2pfs-bench-callgrind-") as temp:
+        out = Path(temp) / "callgrind.out"
+        result = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command], env=env,
+                                capture_output=True, timeout=CALLGRIND_TIMEOUT_S, cwd=cwd)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} under callgrind exited {result.returncode}: "
+                             f"{result.stderr.decode()[-2000:]}")
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+        if found is None:
+            raise SystemExit(f"no instruction total in callgrind's output for {' '.join(command)}")
+        return int(found[1])
 
 
 def stage_once(python: str, env: dict[str, str], index: int, cwd: Path) -> float | None:
@@ -98,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkout whose p2pfs to measure (repeat to compare, runs interleaved; "
                              "default: this one)")
     parser.add_argument("--nodes", type=int, default=3, help="nodes in each test network (default 3)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each command's instructions once under valgrind's callgrind")
     args = parser.parse_args(argv)
     sources = [s.resolve() for s in (args.source or [ROOT])]
     python = sys.executable
@@ -120,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                 "p2pfs stat": lambda node: [*p2pfs, "--node", node, "stat", "bench/9"],
                 "p2pfs members": lambda node: [*p2pfs, "--node", node, "members"],
             }
+            counts = {}
+            if args.instructions:
+                for label, command in commands.items():
+                    for i, (env, node) in enumerate(zip(envs, nodes)):  # turn about, as the timed runs
+                        counts[(i, label)] = instructions(command(node), env, Path(temp))
             load_before = os.getloadavg()[0]
             times = {(i, label): [] for i in range(len(sources)) for label in commands}
             stages = {(i, stage): [] for i in range(len(sources)) for stage in STAGES}
@@ -135,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run([*p2pfs, "testnet", "down", "--dir", str(network)], env=env, capture_output=True,
                                timeout=300, cwd=temp)
     print(f"{args.runs} runs each, interleaved; load average {load_before:.1f} before, {load_after:.1f} after")
+    if counts:
+        print("\ninstructions executed, millions (callgrind, one run each):\n")
+        print("| command | " + " | ".join(str(s) for s in sources) + " |" + (" ratio |" if len(sources) == 2 else ""))
+        print("|---|" + "---|" * (len(sources) + (len(sources) == 2)))
+        for label in commands:
+            row = [counts[(i, label)] for i in range(len(sources))]
+            ratio = f" {row[1] / row[0]:.2f} |" if len(row) == 2 else ""
+            print(f"| `{label}` | " + " | ".join(f"{n / 1e6:,.0f}" for n in row) + " |" + ratio)
     for i, source in enumerate(sources):
         print(f"\nsource {source}:\n")
         print("| command | wall median (ms) | wall min (ms) | CPU median (ms) | CPU min (ms) |")

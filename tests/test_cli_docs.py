@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import pytest
 
-from p2pfs.cli import ExitCode, cli
+from p2pfs.cli import ExitCode, admin, cli, cluster, files, testnet  # noqa: F401  (registers every command)
 from testnet_helpers import CLI_TIMEOUT_S, running_testnet
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "CLI.md"

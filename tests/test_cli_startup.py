@@ -59,3 +59,22 @@ def test_ls_imports_no_room_of_the_daemon(tmp_path):
     assert result.returncode == ExitCode.UNAVAILABLE, result.stderr[-2000:]
     assert "p2pfs.client" in modules
     assert loaded(modules, DAEMON_ONLY) == []
+
+
+def test_each_command_is_loaded_from_the_module_that_registers_it():
+    from p2pfs.cli import admin, base, cluster, files, testnet  # noqa: F401  (registers every command)
+
+    registered = {name: command.callback.__module__ for name, command in base.cli.commands.items()}
+    assert registered == {name: f"p2pfs.cli.{module}" for name, module in base.COMMAND_MODULES.items()}
+
+
+def test_a_command_loads_the_module_of_its_group_alone():
+    # sys.modules at the end, not -X importtime: a module loaded by importlib.import_module
+    # (as the group loads a command's) is not in importtime's report.
+    code = ("import sys\nfrom p2pfs.cli import cli\ntry:\n    cli.main(['ls', '--help'], prog_name='p2pfs')\n"
+            "except SystemExit:\n    pass\nprint(*sorted(sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Usage: p2pfs ls" in result.stdout, result.stderr[-2000:]
+    modules = set(result.stderr.split())
+    assert "p2pfs.cli.files" in modules
+    assert loaded(modules, ("p2pfs.cli.admin", "p2pfs.cli.cluster", "p2pfs.cli.testnet")) == []

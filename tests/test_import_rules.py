@@ -64,7 +64,7 @@ IMPURE = ("trio", "socket", "ssl", "p2pfs.net", "p2pfs.node")
 
 # The thin shells over the library, and what of the product's insides they may not import.
 SHELLS = ("p2pfs.cli", "p2pfs.cli.*", "p2pfs.client", "p2pfs.client.*")
-SHELL_ALLOWED_REPLICATION = ("p2pfs.replication", "p2pfs.replication.messages")
+SHELL_ALLOWED_REPLICATION = ("p2pfs.replication", "p2pfs.replication.messages", "p2pfs.replication.client_messages")
 SHELL_FORBIDDEN = ("p2pfs.node.daemon", "p2pfs.replication")
 # Names a shell may take from a forbidden module: the daemon's one entry point.
 SHELL_ENTRY_POINTS = {"p2pfs.node.daemon": frozenset({"serve"})}

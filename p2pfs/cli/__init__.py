@@ -4,11 +4,12 @@
 reporting, output helpers); each other module registers one group of commands
 on ``base.cli``: ``admin`` (identities, the daemon), ``cluster`` (members,
 status, fsck, leave), ``files`` (put, get, cat, ls, stat, rm) and ``testnet``.
+A module is imported when one of its commands is asked for (``base.COMMAND_MODULES``),
+so ``cli.commands`` holds only those loaded so far: ``cli.get_command`` loads one.
 """
 
 from __future__ import annotations
 
-from p2pfs.cli import admin, cluster, files, testnet  # noqa: F401  (importing registers the commands)
 from p2pfs.cli.base import ExitCode, cli, exit_code_for
 
 __all__ = ["ExitCode", "cli", "exit_code_for", "main"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -226,6 +227,20 @@ def _flush_stdout() -> None:
         _drop_stdout()
 
 
+# The module of p2pfs.cli that registers each command, loaded when the command is asked
+# for (click's lazy-loading pattern): `p2pfs ls` builds the click objects of files.py
+# alone, not those of the admin, cluster and testnet commands (about 44 M instructions,
+# 7 ms of CPU, docs/BENCHMARKS.md). tests/test_cli_startup.py checks this table against
+# what the modules register.
+COMMAND_MODULES = {
+    "ca": "admin", "client": "admin", "crl": "admin", "daemon": "admin", "node": "admin", "reload": "admin",
+    "whoami": "admin",
+    "fsck": "cluster", "leave": "cluster", "members": "cluster", "status": "cluster",
+    "cat": "files", "get": "files", "ls": "files", "put": "files", "rm": "files", "stat": "files",
+    "testnet": "testnet",
+}
+
+
 class _Group(click.Group):
     """Turns P2pfsError into a one-line message on stderr and its exit code.
 
@@ -240,6 +255,14 @@ class _Group(click.Group):
     files and pipes raise BrokenPipeError; trio reports a closed socket as
     BrokenResourceError, so this never hides a network failure.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"p2pfs.cli.{COMMAND_MODULES[cmd_name]}")  # registers its commands
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -52,7 +52,7 @@ from p2pfs.net.hello import (
 )
 from p2pfs.net.trust import TrustStore
 from p2pfs.node import messages as nm
-from p2pfs.replication import messages as dm
+from p2pfs.replication import client_messages as cm
 
 # Bytes asked of the socket per read: a whole ls page (1,000 names) in a few reads.
 RECEIVE_BYTES = 256 * 1024
@@ -244,14 +244,14 @@ class Cluster:
     def status(self) -> nm.StatusReply:
         return self._run("ask a node's status", nm.StatusRequest(), nm.StatusReply, REQUEST_TIMEOUT_S)
 
-    def ls(self, prefix: Name = "", *, after: str = "", limit: int = LS_PAGE_FILES_MAX) -> dm.ListFilesReply:
+    def ls(self, prefix: Name = "", *, after: str = "", limit: int = LS_PAGE_FILES_MAX) -> cm.ListFilesReply:
         """One page: at most ``limit`` files with ``prefix`` after the name ``after``, in name order."""
         check_page_files(limit)
-        return self._run("list files", dm.ListFiles(os.fspath(prefix), after, limit), dm.ListFilesReply,
+        return self._run("list files", cm.ListFiles(os.fspath(prefix), after, limit), cm.ListFilesReply,
                          CLUSTER_REQUEST_TIMEOUT_S)
 
     def ls_pages(self, prefix: Name = "", *, after: str = "", limit: int | None = None,
-                 page_files: int = LS_PAGE_FILES_MAX) -> Iterator[dm.ListFilesReply]:
+                 page_files: int = LS_PAGE_FILES_MAX) -> Iterator[cm.ListFilesReply]:
         """Every page of the listing (or of its first ``limit`` files), one request each,
         each failing over on its own."""
         pager = Pager(after, limit, page_files)
@@ -260,13 +260,13 @@ class Cluster:
             pager.got(page)
             yield page
 
-    def stat(self, name: Name) -> dm.StatFileReply:
+    def stat(self, name: Name) -> cm.StatFileReply:
         name = cluster_name(name)
-        return self._run(f"stat {name!r}", dm.StatFile(name), dm.StatFileReply, CLUSTER_REQUEST_TIMEOUT_S)
+        return self._run(f"stat {name!r}", cm.StatFile(name), cm.StatFileReply, CLUSTER_REQUEST_TIMEOUT_S)
 
-    def rm(self, name: Name) -> dm.RemoveFileReply:
+    def rm(self, name: Name) -> cm.RemoveFileReply:
         name = cluster_name(name)
-        return self._run(f"remove {name!r}", dm.RemoveFile(name), dm.RemoveFileReply, CLUSTER_REQUEST_TIMEOUT_S)
+        return self._run(f"remove {name!r}", cm.RemoveFile(name), cm.RemoveFileReply, CLUSTER_REQUEST_TIMEOUT_S)
 
 
 def connect(identity: str | os.PathLike | None = None, nodes: Nodes | None = None, *,

@@ -14,11 +14,11 @@ import dataclasses
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from p2pfs import errors
-from p2pfs.replication import messages as dm
+from p2pfs.replication import client_messages as cm
 
 # Files in one page: the node's cap. Larger pages cost fewer round trips, and at
 # most this many entries (times the nodes asked) sit in a node's memory per request.
-LS_PAGE_FILES_MAX = dm.FILES_PER_LIST_MAX
+LS_PAGE_FILES_MAX = cm.FILES_PER_LIST_MAX
 # Pages one listing may read: 10^6 pages of up to 1,000 names is far past any
 # cluster; a node whose continuation never ends is cut off here.
 LS_PAGES_MAX = 1_000_000
@@ -77,7 +77,7 @@ async def listing_pages(
 def short_fraction(page: Any) -> float:
     """The share of the ring whose replicas answered fewer than needed for this page."""
     short_ppm = sum(c.ring_ppm for c in page.coverage if c.replicas < page.replicas_needed)
-    return short_ppm / dm.RING_PPM
+    return short_ppm / cm.RING_PPM
 
 
 @dataclasses.dataclass(slots=True)

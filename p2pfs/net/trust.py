@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pfs.errors import BadInput
-from p2pfs.identity import Identity, IdentityError, PeerIdentity, key_id_of, load_identity
-from p2pfs.revocation import CRL_FILE, RevocationError, RevocationList, ca_key_id, write_atomic
+from p2pfs.identity import CRL_FILE, Identity, IdentityError, PeerIdentity, key_id_of, load_identity
 from p2pfs.wire import Role
+
+if TYPE_CHECKING:  # ``revocation`` loads ``cryptography``: only where a CRL is read (a client mostly has none)
+    from p2pfs.revocation import RevocationList
 
 
 class TrustStore:
@@ -53,6 +56,8 @@ class TrustStore:
         path = identity.directory / CRL_FILE
         if not path.is_file():
             return {}
+        from p2pfs.revocation import RevocationError, RevocationList, ca_key_id
+
         crls: dict[bytes, RevocationList] = {}
         try:
             pems = _split_pem(path.read_bytes())
@@ -84,6 +89,8 @@ class TrustStore:
                 f"{identity.directory} holds another key (id {identity.node_id[:12]}): a new key is a new "
                 "node, which needs a restart; a renewal keeps the key"
             )
+        from p2pfs.revocation import ca_key_id
+
         crls = self._read_crls(identity)
         contexts = self._contexts(identity)
         changes = []
@@ -117,6 +124,8 @@ class TrustStore:
         Returns it if taken (written to DIR/crl.pem first, so it survives a restart),
         None if not newer; RevocationError if it is not a usable CRL.
         """
+        from p2pfs.revocation import RevocationList, ca_key_id, write_atomic
+
         crl = RevocationList.parse(data)
         key = ca_key_id(crl.signer(list(self.identity.ca_certs or (self.identity.ca_cert,))))
         held = self._crls.get(key)
@@ -129,6 +138,8 @@ class TrustStore:
 
     def newer_than(self, data: bytes) -> bytes | None:
         """Our CRL from the same CA as ``data`` if ours is newer (push-pull), else None."""
+        from p2pfs.revocation import RevocationError, RevocationList, ca_key_id
+
         try:
             crl = RevocationList.parse(data)
             key = ca_key_id(crl.signer(list(self.identity.ca_certs or (self.identity.ca_cert,))))

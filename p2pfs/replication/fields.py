@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from p2pfs import wire
 from p2pfs.membership.messages import NODE_ID_CHARS_MAX, PUSH_PULL_MEMBERS_MAX
-from p2pfs.replication.healing import BUCKETS
 from p2pfs.storage.hlc import LOGICAL_MAX, WALL_MS_MAX
 from p2pfs.storage.manifest import (
     CHUNK_ID_BYTES,
@@ -128,6 +127,10 @@ def check_version(wall_ms: int, logical: int, what: str) -> None:
 
 
 def check_bucket(bucket: int) -> None:
+    # Imported here: healing loads the ring, which a client's ls and stat messages
+    # (client_messages.py) need not load (docs/BENCHMARKS.md, "CLI start-up").
+    from p2pfs.replication.healing import BUCKETS
+
     check_int(bucket, "bucket", 0, BUCKETS - 1)
 
 

@@ -30,21 +30,16 @@ from p2pfs.replication.fields import (  # the caps are part of this module's int
     check_data, check_file_hash, check_hint_for, check_id_list, check_int, check_member_ids, check_name,
     check_prefix, check_version, check_writer,
 )
+# The messages of ls, stat and rm live there, so that a client's one-request commands load only
+# them; they are part of this module's interface (dm.ListFiles, dm.RF_MAX).
+from p2pfs.replication.client_messages import (  # noqa: F401
+    BOTH, CLIENT, REASON_CHARS_MAX, RF_MAX, RING_PPM, ChunkInfo, FileInfo, ListFiles, ListFilesReply, RangeAnswers,
+    RemoveFile, RemoveFileReply, StatFile, StatFileReply, Unanswered,
+)
 from p2pfs.replication.healing import BUCKETS, DIGEST_BYTES
-from p2pfs.storage.hlc import WALL_MS_MAX
 from p2pfs.storage.manifest import CHUNK_ID_BYTES, CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, MANIFEST_CHUNKS_MAX
 from p2pfs.storage.naming import ENTRY_ENCODED_BYTES_MAX
-from p2pfs.wire import Role
 
-# The largest replication factor a node accepts (ReplicationConfig checks rf <= 16).
-RF_MAX = 16
-# Parts of the ring in a million: coverage shares are in these (quorum_list.RING_PPM).
-RING_PPM = 1_000_000
-# Characters of one unanswered node's reason (the coordinator cuts longer ones).
-REASON_CHARS_MAX = 300
-
-CLIENT = (Role.CLIENT,)
-BOTH = (Role.NODE, Role.CLIENT)
 
 # --- between nodes ---------------------------------------------------------
 
@@ -211,143 +206,6 @@ class GetFileReply(wire.Message):
         check_name(self.name, "name")
         check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
         check_file_hash(self.file_hash)
-
-
-@wire.message(64, senders=CLIENT)
-class ListFiles(wire.Message):
-    """A page of live files with ``prefix``, in name order, after the name ``after`` ("" from the start)."""
-
-    prefix: str
-    after: str
-    limit: int  # files in the answer at most
-
-    def __post_init__(self) -> None:
-        check_prefix(self.prefix, "prefix")
-        check_prefix(self.after, "after")
-        check_int(self.limit, "limit", 1, FILES_PER_LIST_MAX)
-
-
-@wire.record
-class FileInfo:
-    name: str
-    size_bytes: int
-    created_ms: int
-    version_wall_ms: int
-    version_logical: int
-
-    def __post_init__(self) -> None:
-        check_name(self.name, "name")
-        check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
-        check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
-        check_version(self.version_wall_ms, self.version_logical, "version")
-
-
-@wire.record
-class RangeAnswers:
-    """``ring_ppm`` parts per million of the ring had ``replicas`` of their replica set answer."""
-
-    replicas: int
-    ring_ppm: int
-
-    def __post_init__(self) -> None:
-        check_int(self.replicas, "replicas", 0, RF_MAX)
-        check_int(self.ring_ppm, "ring_ppm", 0, RING_PPM)
-
-
-@wire.record
-class Unanswered:
-    """A node that did not answer a listing, and why (as the coordinator saw it)."""
-
-    node_id: str
-    reason: str
-
-    def __post_init__(self) -> None:
-        check_member_ids((self.node_id,), "node_id")
-        check_int(len(self.reason), "reason", 0, REASON_CHARS_MAX)
-
-
-@wire.message(65, senders=BOTH)
-class ListFilesReply(wire.Message):
-    """One page of a listing, and how much of the ring it was read from (quorum_list.py).
-
-    ``complete``: every range had ``replicas_needed`` of its replicas answer, so no
-    name acknowledged at the write quorum can be missing from this page.
-    ``next_after``: the name to ask the next page after; "" when the listing is over.
-    """
-
-    files: tuple[FileInfo, ...]
-    complete: bool
-    next_after: str
-    replicas_needed: int
-    coverage: tuple[RangeAnswers, ...]
-    unanswered: tuple[Unanswered, ...]
-
-    def __post_init__(self) -> None:
-        check_int(len(self.files), "files", 0, FILES_PER_LIST_MAX)
-        check_prefix(self.next_after, "next_after")
-        check_int(self.replicas_needed, "replicas_needed", 0, RF_MAX)
-        check_int(len(self.coverage), "coverage", 0, RF_MAX + 1)
-        check_int(len(self.unanswered), "unanswered", 0, NODES_PER_MESSAGE_MAX)
-
-
-@wire.message(66, senders=CLIENT)
-class RemoveFile(wire.Message):
-    name: str
-
-    def __post_init__(self) -> None:
-        check_name(self.name, "name")
-
-
-@wire.message(67, senders=BOTH)
-class RemoveFileReply(wire.Message):
-    name: str
-
-    def __post_init__(self) -> None:
-        check_name(self.name, "name")
-
-
-@wire.message(68, senders=CLIENT)
-class StatFile(wire.Message):
-    name: str
-
-    def __post_init__(self) -> None:
-        check_name(self.name, "name")
-
-
-@wire.record
-class ChunkInfo:
-    chunk_id: bytes
-    size_bytes: int
-    replicas: tuple[str, ...]  # node ids found holding it
-
-    def __post_init__(self) -> None:
-        check_chunk_id(self.chunk_id, "chunk_id")
-        check_int(self.size_bytes, "size_bytes", 1, CHUNK_SIZE_BYTES_MAX)
-        check_member_ids(self.replicas, "replicas")
-
-
-@wire.message(69, senders=BOTH)
-class StatFileReply(wire.Message):
-    name: str
-    size_bytes: int
-    file_hash: bytes
-    created_ms: int
-    version_wall_ms: int
-    version_logical: int
-    writer: str
-    chunks: tuple[ChunkInfo, ...]
-    writer_client: str = ""  # the client whose put wrote this version; "" if not recorded
-
-    def __post_init__(self) -> None:
-        check_name(self.name, "name")
-        check_int(self.size_bytes, "size_bytes", 0, FILE_SIZE_BYTES_MAX)
-        check_file_hash(self.file_hash)
-        check_int(self.created_ms, "created_ms", 0, WALL_MS_MAX)
-        check_version(self.version_wall_ms, self.version_logical, "version")
-        check_writer(self.writer, "writer")
-        check_int(len(self.chunks), "chunks", 0, MANIFEST_CHUNKS_MAX)
-        if self.writer_client:
-            check_writer(self.writer_client, "writer_client")
 
 
 # --- anti-entropy, hand-off and fsck (between nodes) -----------------------
