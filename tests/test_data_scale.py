@@ -293,6 +293,7 @@ def test_a_node_that_lost_a_tenth_of_its_chunks_and_names_is_whole_after_one_rou
     assert sorted(victim.local.chunks.iter_ids()) == all_ids
     assert len(victim.local.names.summaries()) == 300
     assert victim.anti_entropy.received_chunks == len(lost)
+    assert victim.anti_entropy.queued_chunks == 0  # every pull taken off the repair queue
     assert victim.anti_entropy.under_replicated_keys >= len(lost) + 30
     trio.run(victim.anti_entropy.round)
     assert victim.anti_entropy.received_chunks == len(lost)  # nothing more to move
@@ -338,7 +339,8 @@ def test_a_node_heals_although_a_walk_of_a_peers_store_outlasts_a_request(tmp_pa
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert sorted(victim.local.chunks.iter_ids()) == all_ids
     assert len(victim.local.names.summaries()) == 300
-    assert victim.anti_entropy.received_chunks == len(lost)
+    assert victim.anti_entropy.received_chunks == len(lost)  # each pulled once, from one peer
+    assert victim.anti_entropy.queued_chunks == 0
 
 
 # -- garbage collection --------------------------------------------------------------------

@@ -84,6 +84,9 @@ EXCHANGES_PER_ROUND_MAX = 256
 CHUNKS, NAMES = "chunks", "names"
 # The walks' snapshots, under the data dir (keysnapshot: temporary, rewritten every round).
 ANTI_ENTROPY_DIR_NAME = "antientropy"
+# Chunks pulled from one peer at once: a pull waits on a round trip, a hash check and an
+# fsync, so a few in flight keep the link busy; the repair pacer still bounds the bytes.
+PULLS_IN_FLIGHT_MAX = 8
 # Keys a round hands to hand-off (held here, placed elsewhere); the rest the next round.
 NOT_OURS_KEYS_PER_ROUND_MAX = 65536
 # Keys remembered one by one for the under-replicated estimate; past it they are counted,
@@ -412,23 +415,51 @@ class AntiEntropy:
             to_push += [chunk_id for chunk_id, there in zip(batch, present) if not there]
         for chunk_id in (*to_push, *to_pull):
             short.add(chunk_id)
-        left = len(to_push) + len(to_pull)
-        self.queued_chunks += left
+        self.queued_chunks += len(to_push) + len(to_pull)
+        pushes_left = len(to_push)
         try:
             for chunk_id in to_push:
                 await self._pusher.push(remote, chunk_id)
-                left -= 1
+                pushes_left -= 1
                 self.queued_chunks -= 1
-            for chunk_id in to_pull:
-                left -= 1
-                self.queued_chunks -= 1
-                if await self._pull(peer, remote, chunk_id):
-                    held.add(chunk_id)
-        finally:
+        except BaseException:
             # What was not done (a peer's error, the round's deadline) leaves the queue;
             # the next round decides again.
-            self.queued_chunks -= left
+            self.queued_chunks -= pushes_left + len(to_pull)
+            raise
+        await self._pull_all(peer, remote, to_pull, held)
         return held
+
+    async def _pull_all(self, peer: str, remote, to_pull: list[bytes], held: set[bytes]) -> None:
+        """Pull ``to_pull`` from the peer, ``PULLS_IN_FLIGHT_MAX`` at a time; ``held`` gains each.
+
+        One at a time, a pull's round trip, hash check and fsync left the link idle: a node
+        that lost 4,000 chunks took about 13 of them a second back on a loaded machine.
+        The first peer error ends the pulls and is raised (the next round goes on). Each id
+        leaves the repair queue as it is taken, or when the pulls are cut short.
+        """
+        ids = iter(to_pull)
+        failures: list[ReplicaError] = []
+
+        async def puller() -> None:
+            for chunk_id in ids:  # shared: each puller takes the next id
+                self.queued_chunks -= 1
+                if failures:
+                    continue  # drain the queue's count
+                try:
+                    if await self._pull(peer, remote, chunk_id):
+                        held.add(chunk_id)
+                except ReplicaError as exc:
+                    failures.append(exc)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(PULLS_IN_FLIGHT_MAX, len(to_pull))):
+                    nursery.start_soon(puller)
+        finally:
+            self.queued_chunks -= sum(1 for _ in ids)  # cut short (the round's deadline)
+        if failures:
+            raise failures[0]
 
     async def _pull(self, peer: str, remote, chunk_id: bytes) -> bool:
         """Fetch one chunk the peer listed and store it; True if it is held here after.
