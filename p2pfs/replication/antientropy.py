@@ -20,10 +20,11 @@ a walk per request outran the request deadline at a million names), and each
 bucket is listed to a peer once per walk (``healing.buckets_to_answer``), so the
 asker's next exchange gets the next buckets, up to ``EXCHANGES_PER_ROUND_MAX`` a
 round: a node that lost a tenth of its chunks heals in one round rather than one
-answer's worth per round. What a peer lists is checked before anything moves
-(``healing.placed_on_both``: only keys of the buckets it names that both nodes
-replicate), and a stale list costs a question, not a transfer: the asker pulls
-only what it still lacks and pushes only what the peer still lacks (``HasChunks``).
+answer's worth per round. What a peer lists is checked before anything moves:
+only chunk ids of the buckets it names that both nodes replicate
+(``healing.placed_on_both``), only names of those buckets. A stale list costs a
+question, not a transfer: the asker pulls only what it still lacks and pushes only
+what the peer still lacks (``HasChunks``).
 
 Compatibility: the messages are unchanged. An older node asking this one gets the
 answers it expects (ids or names of differing buckets), only from the last walk,
@@ -512,16 +513,19 @@ class AntiEntropy:
             if not fresh:
                 return  # equal, or still differing where this round reconciled (see _sync_chunks)
             done.update(fresh)
+            # Only names of the buckets named (``RemoteReplica.sync_names``); one the ring does
+            # not place on this node is still compared (a name the rings disagree on a moment),
+            # and hand-off moves it on if this node takes it.
             by_bucket: dict[int, dict[str, tuple[Timestamp, str]]] = {bucket: {} for bucket in fresh}
             for name, key in theirs.items():
                 bucket = bucket_of(name_key(name))
-                if bucket in by_bucket and self._shares(ring, peer, name):
+                if bucket in by_bucket:
                     by_bucket[bucket][name] = key
             for bucket in fresh:  # one bucket's names in memory at a time
                 held = await self._offload(self._rows_listed, snapshot, ring, peer, [bucket], None)
                 rows = {row[0]: row for row in held.get(bucket, [])}
                 await self._reconcile_names(peer, remote, rows, by_bucket[bucket], short)
-                items = [_row_item(row) for row in rows.values()]
+                items = [_row_item(row) for row in rows.values() if self._shares(ring, peer, row[0])]
                 if items:
                     digests[bucket] = (digest_of(items), len(items))
                 else:
