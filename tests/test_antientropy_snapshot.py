@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from p2pfs.replication import messages as dm
-from p2pfs.replication.antientropy import CHUNKS
+from p2pfs.replication.antientropy import CHUNKS, ShortKeys
 from p2pfs.replication.healing import BUCKET_SHIFT, bucket_of, buckets_to_answer, placed_on_both
 from p2pfs.replication.keysnapshot import KEY_BYTES_MAX, SnapshotError, SnapshotWriter, parse_keys
 from p2pfs.ring import Ring, RingMember, key_hash
@@ -85,7 +85,7 @@ def test_summaries_of_gives_the_versions_held_now_in_name_order(tmp_path):
                           key=lambda row: row[0].encode())
 
 
-def test_a_bucket_is_listed_to_a_peer_once_per_walk_and_again_after_the_next(tmp_path, monkeypatch):
+def test_a_bucket_is_listed_to_a_peer_once_per_walk_and_again_after_the_next(tmp_path):
     entries, blobs = files(200, random.Random(5))
     nodes = cluster(tmp_path, entries, blobs)
     peer, victim = nodes[NODES[0]], nodes[NODES[2]]
@@ -149,7 +149,6 @@ def test_ids_a_peer_lists_outside_the_bucket_it_names_or_outside_what_both_hold_
     async def main():
         walk = await victim.anti_entropy._walk_chunks(ring3(), None)
         snapshot = victim.anti_entropy._snapshots[CHUNKS]
-        from p2pfs.replication.antientropy import ShortKeys
         await victim.anti_entropy._sync_chunks(peer.node_id, ring3(), snapshot,
                                                walk.digester.digests(peer.node_id), ShortKeys())
 
