@@ -16,8 +16,8 @@ Then, on the running network:
 * fsck and a paged ``ls`` of every name, through one node: time and bytes;
 * a node that lost 10% of its chunks (stopped, files removed, started): the time from
   its start until its store is whole again, and the bytes that moved;
-* with ``--leave``, a graceful leave of one node: the hand-off's time (it asks about each
-  name one request at a time, so it is slow at this scale; memory is what it shows);
+* with ``--leave``, a graceful leave of one node: the hand-off's time and bytes (chunks
+  1,024 ids to a HasChunks, names a page of each owner's index per batch);
 * throughout, every daemon's peak RSS (``VmHWM``).
 
 Run: ``python scripts/bench.py pernode [--names 1000000]`` (develop with ``--names 50000``).
@@ -57,6 +57,9 @@ SAMPLE_INTERVAL_S = 1.0
 HEAL_TIMEOUT_S = 7200.0
 ROUNDS_TIMEOUT_S = 7200.0
 LOSS_FRACTION = 0.10
+# GC's interval in anti-entropy intervals: its first round (at 0.75 of it at the soonest) comes
+# after two anti-entropy rounds, so their traffic is measured alone.
+GC_INTERVALS = 6
 AE_ROUND = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, (\d+) chunks and (\d+) names walked, (\d+) peers, "
                       r"(\d+) chunks pulled, (\d+) keys short")
 GC_ROUND = re.compile(r"^(\S+) .*gc round: ([\d.]+) s, (\d+) references from (\d+) nodes, (\d+) chunks judged, "
@@ -117,6 +120,9 @@ class Sampler:
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self.peak_rss_kib: dict[str, int] = {}
+        # Each daemon's sockets' sent bytes at the last sample (a leaving daemon's last figure
+        # survives its exit, when its sockets and its peers' sockets to it are gone).
+        self.last_sent: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -132,20 +138,25 @@ class Sampler:
                     continue
                 hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
                 self.peak_rss_kib[name] = max(self.peak_rss_kib.get(name, 0), hwm)
+            self.last_sent.update(self.sent_by_daemon())
 
     def sent_bytes(self) -> int:
         """TCP bytes sent so far by every daemon's open sockets (loopback: each byte once)."""
+        return sum(self.sent_by_daemon().values())
+
+    def sent_by_daemon(self) -> dict[str, int]:
         pids = self.pids()
         out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
-        total, owner = 0, None
+        sent_by: dict[str, int] = dict.fromkeys(pids.values(), 0)
+        owner = None
         for line in out.splitlines():
             found = re.search(r"pid=(\d+)", line)
             if found:
                 owner = int(found.group(1))
             sent = re.search(r"bytes_sent:(\d+)", line)
             if sent and owner in pids:
-                total += int(sent.group(1))
-        return total
+                sent_by[pids[owner]] += int(sent.group(1))
+        return sent_by
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -188,7 +199,7 @@ async def fsck_and_ls(ident, address) -> dict:
 
 
 def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
-    overrides = {"replication": {"anti_entropy_interval_s": interval_s, "gc_interval_s": 2 * interval_s,
+    overrides = {"replication": {"anti_entropy_interval_s": interval_s, "gc_interval_s": GC_INTERVALS * interval_s,
                                  "leave_handoff_timeout_s": 3600.0}}
     testnet.create(directory, NODES, 0, overrides)
     node_dirs = sorted(p.directory for p in testnet.status(directory))
@@ -202,7 +213,11 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
         sent0, t0 = sampler.sent_bytes(), time.perf_counter()
         ae = wait_rounds(node_dirs, AE_ROUND, 2, {})
         sent1, t1 = sampler.sent_bytes(), time.perf_counter()
+        gc_early = sum(len(rounds(d, GC_ROUND)) for d in node_dirs)
+        ae_before_gc = {d: len(rounds(d, AE_ROUND)) for d in node_dirs}
         gcs = wait_rounds(node_dirs, GC_ROUND, 1, {})
+        sent2 = sampler.sent_bytes()
+        ae_during_gc = sum(len(rounds(d, AE_ROUND)) - ae_before_gc[d] for d in node_dirs)
         print("\n| job | node | rounds | time per round, s | walked | traffic |", flush=True)
         print("|---|---|---|---|---|---|")
         ae_rounds = sum(len(r) for r in ae.values())
@@ -210,10 +225,15 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
             times = sorted(float(r[1]) for r in found)
             print(f"| anti-entropy, nothing to repair | {d.name} | {len(found)} | {times[0]:.1f} to {times[-1]:.1f} "
                   f"| {found[-1][2]} chunks, {found[-1][3]} names | "
-                  f"{(sent1 - sent0) / max(1, ae_rounds) / 1e3:.0f} kB a round (all daemons, {t1 - t0:.0f} s) |", flush=True)
+                  f"{(sent1 - sent0) / max(1, ae_rounds) / 1e3:.0f} kB a round (all daemons, {t1 - t0:.0f} s, "
+                  f"{gc_early} gc rounds in it) |", flush=True)
+        ae_round_bytes = (sent1 - sent0) / max(1, ae_rounds)
+        gc_rounds = sum(len(r) for r in gcs.values())
+        gc_bytes = (sent2 - sent1 - ae_during_gc * ae_round_bytes) / max(1, gc_rounds)
         for d, found in gcs.items():
             print(f"| gc | {d.name} | {len(found)} | {float(found[0][1]):.1f} | {found[0][4]} chunks judged, "
-                  f"{found[0][2]} references | - |", flush=True)
+                  f"{found[0][2]} references | {gc_bytes / 1e6:.1f} MB a round (all daemons; {ae_during_gc} "
+                  f"anti-entropy rounds' share taken off) |", flush=True)
         sent0 = sampler.sent_bytes()
         result = trio.run(fsck_and_ls, ident, procs[0].address)
         sent1 = sampler.sent_bytes()
@@ -249,14 +269,16 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
               f"{len(heal_rounds)} | whole {heal_s:.0f} s after its start | "
               f"{sum(int(r[5]) for r in heal_rounds)} pulled by its rounds | {(sent1 - sent0) / 1e6:.1f} MB |", flush=True)
 
+        print_peak_rss(sampler.peak_rss_kib, "so far")
         if leave:
+            leaving = node_dirs[0].name
             start = time.perf_counter()
-            sent0 = sampler.sent_bytes()
+            sent0 = sampler.sent_by_daemon()[leaving]
             testnet.leave_node(node_dirs[0], timeout_s=HEAL_TIMEOUT_S)
-            sent1 = sampler.sent_bytes()
-            print(f"| hand-off (graceful leave) | {node_dirs[0].name} | 1 | {time.perf_counter() - start:.0f} | "
-                  f"{2 * names:,} chunks, {names:,} names | {(sent1 - sent0) / 1e6:.1f} MB (the survivors' "
-                  f"sockets) |", flush=True)
+            sent1 = sampler.last_sent[leaving]
+            print(f"| hand-off (graceful leave) | {leaving} | 1 | {time.perf_counter() - start:.0f} | "
+                  f"{2 * names:,} chunks, {names:,} names | {(sent1 - sent0) / 1e6:.1f} MB (sent by the leaving "
+                  f"node, sampled each second until it exited) |", flush=True)
         print_peak_rss(sampler.peak_rss_kib, "over the run")
 
 
@@ -270,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--names", type=int, default=1_000_000, help="names per node (two chunks each)")
     parser.add_argument("--anti-entropy-interval-s", type=float, default=30.0)
     parser.add_argument("--leave", action="store_true",
-                        help="end with a graceful leave of one node (its hand-off is one request per name)")
+                        help="end with a graceful leave of one node (its hand-off of every chunk and name)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the network (a temporary dir in it)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="p2pfs-bench-pernode-", dir=args.dir) as tmp:

@@ -9,6 +9,7 @@ whole-list one and that no batch passed its bound.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import sqlite3
@@ -17,6 +18,7 @@ from collections import defaultdict
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, strategies as st
 
 from p2pfs.replication import antientropy, fsck, gc
@@ -24,6 +26,7 @@ from p2pfs.replication import messages as dm
 from p2pfs.replication.antientropy import AntiEntropy
 from p2pfs.replication.background import RepairPacer
 from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.errors import ReplicaDown
 from p2pfs.replication.fsck import Fsck
 from p2pfs.replication.gc import GarbageCollector, ReferenceFilter
 from p2pfs.replication.handoff import Pusher
@@ -179,12 +182,14 @@ class Node:
         view = types.SimpleNamespace(node_id=node_id, leaving=set(), ring=lambda: ring,
                                      alive=lambda: set(NODES), everyone=lambda r: sorted(NODES))
         self.peers: dict[str, Node] = {}
+        self.request_deadline_s = math.inf  # what RemoteReplica gives a request (replica_timeout_s)
         replicas = types.SimpleNamespace(local=self.replica, remote=lambda peer: Remote(self, self.peers[peer]))
         replicas_call = _ReplicasCall(self, replicas)
         config = ReplicationConfig()
         pacer = RepairPacer(1 << 40, ManualClock())
         self.anti_entropy = AntiEntropy(config=config, view=view, replicas=replicas_call, local=self.local,
-                                        pusher=Pusher(self.local, pacer, offload), pacer=pacer, offload=offload)
+                                        pusher=Pusher(self.local, pacer, offload), pacer=pacer, offload=offload,
+                                        snapshot_dir=root / "antientropy")
         self.gc = GarbageCollector(config=dataclasses.replace(config, chunk_gc_grace_s=0.0), view=view,
                                    replicas=replicas_call, local=self.local, clock=ManualClock(NOW_MS + 1000),
                                    offload=offload)
@@ -207,15 +212,20 @@ class Remote:
         self.node_id = peer.node_id
         self.exchanges = 0
 
-    def _request(self, msg):
-        return types.SimpleNamespace(peer=types.SimpleNamespace(node_id=self._asker.node_id), msg=msg)
+    async def _answer(self, handler, msg):
+        request = types.SimpleNamespace(peer=types.SimpleNamespace(node_id=self._asker.node_id), msg=msg)
+        try:
+            with trio.fail_after(self._asker.request_deadline_s):
+                return await handler(request)
+        except trio.TooSlowError:
+            raise ReplicaDown(f"no answer within {self._asker.request_deadline_s} s") from None
 
     async def sync_chunks(self, digests):
-        reply = await self._peer.anti_entropy.on_sync_chunks(self._request(dm.SyncChunks(digests)))
+        reply = await self._answer(self._peer.anti_entropy.on_sync_chunks, dm.SyncChunks(digests))
         return [(b.bucket, [b.ids[i : i + 32] for i in range(0, len(b.ids), 32)]) for b in reply.buckets]
 
     async def sync_names(self, digests):
-        reply = await self._peer.anti_entropy.on_sync_names(self._request(dm.SyncNames(digests)))
+        reply = await self._answer(self._peer.anti_entropy.on_sync_names, dm.SyncNames(digests))
         return list(reply.differing), {s.name: (Timestamp(s.wall_ms, s.logical), s.writer) for s in reply.names}
 
     def __getattr__(self, name):
@@ -283,10 +293,54 @@ def test_a_node_that_lost_a_tenth_of_its_chunks_and_names_is_whole_after_one_rou
     assert sorted(victim.local.chunks.iter_ids()) == all_ids
     assert len(victim.local.names.summaries()) == 300
     assert victim.anti_entropy.received_chunks == len(lost)
+    assert victim.anti_entropy.queued_chunks == 0  # every pull taken off the repair queue
     assert victim.anti_entropy.under_replicated_keys >= len(lost) + 30
     trio.run(victim.anti_entropy.round)
     assert victim.anti_entropy.received_chunks == len(lost)  # nothing more to move
     assert victim.anti_entropy.under_replicated_keys == 0
+
+
+# The heal-under-deadline bug: a peer walked its whole store to answer each sync request, and
+# at two million chunks the walk outran the request deadline, so a node that lost chunks never
+# healed. On the mock clock each worker-thread call costs STORE_CALL_S, so a walk costs in
+# proportion to the store: ~0.7 s here, against a request deadline of 0.5 s.
+STORE_CALL_S = 0.05
+REQUEST_DEADLINE_S = 0.5
+
+
+async def costly_offload(fn, *args):
+    await trio.sleep(STORE_CALL_S)
+    return fn(*args)
+
+
+def test_a_node_heals_although_a_walk_of_a_peers_store_outlasts_a_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_IDS", BATCH)
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_NAMES", BATCH)
+    entries, blobs = files(300, random.Random(11))
+    nodes = cluster(tmp_path, entries, blobs, costly_offload)
+    for node in nodes.values():
+        node.request_deadline_s = REQUEST_DEADLINE_S
+    peer, other, victim = (nodes[n] for n in NODES)
+    all_ids = sorted(victim.local.chunks.iter_ids())
+    lost = random.Random(12).sample(all_ids, len(all_ids) // 10)
+
+    async def main() -> None:
+        await peer.anti_entropy.round()  # the peers' own rounds: what they answer from
+        await other.anti_entropy.round()
+        started_s = trio.current_time()
+        await peer.anti_entropy._walk_chunks(ring3(), None)
+        assert trio.current_time() - started_s > REQUEST_DEADLINE_S  # the premise: a walk outlasts a request
+        for chunk_id in lost:
+            victim.local.chunks.delete(chunk_id)
+        for entry in entries[::10]:
+            victim.local.names.remove_if(entry.name, entry.version, entry.writer)
+        await victim.anti_entropy.round()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert sorted(victim.local.chunks.iter_ids()) == all_ids
+    assert len(victim.local.names.summaries()) == 300
+    assert victim.anti_entropy.received_chunks == len(lost)  # each pulled once, from one peer
+    assert victim.anti_entropy.queued_chunks == 0
 
 
 # -- garbage collection --------------------------------------------------------------------

@@ -25,19 +25,24 @@ from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
 from p2pfs.replication.background import RepairPacer
 from p2pfs.replication.config import ReplicationConfig
-from p2pfs.replication.errors import ReplicaError
+from p2pfs.replication.errors import BadReply, ReplicaError
 from p2pfs.replication.hints import HintKind
 from p2pfs.replication.local import LocalStore, Offload
 from p2pfs.replication.placement import name_key
-from p2pfs.replication.replicas import Replica, Replicas
+from p2pfs.replication.replicas import LIST_PAGE_NAMES, Replica, Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
-from p2pfs.storage import ChunkCorrupt, ChunkMissing
+from p2pfs.storage import ChunkCorrupt, ChunkMissing, NameEntry
 
 log = logging.getLogger(__name__)
 
 # Ids asked about in one HasChunks during hand-off.
 HANDOFF_BATCH_IDS = 1024
+# Names handed off together: each owner is asked about them with pages of its index.
+HANDOFF_BATCH_NAMES = 1024
+# A batch reads at most one page of an owner's index per this many of its names (then asks
+# the rest one by one): a batch of names far apart never costs much more than one request each.
+NAMES_PER_PAGE_READ = 10
 # Seconds past the hand-off deadline that others keep a leaving node out of their ring
 # (it announces LEFT within that time, or comes back and is welcome again).
 LEAVING_MARGIN_S = 60.0
@@ -141,32 +146,89 @@ class HandOff:
         return dropped, kept
 
     async def names(self, ring: Ring, names: Iterable[str]) -> int:
-        """Push names we do not own to their owners; drop ours once every live owner has it."""
+        """Push names we do not own to their owners; drop ours once every live owner has it.
+
+        Works ``HANDOFF_BATCH_NAMES`` names at a time, and asks each owner about a batch
+        with pages of its index (``_owner_entries``) rather than one request per name.
+        Returns the names dropped.
+        """
+        dropped = 0
+        batch: list[str] = []
+        for name in names:
+            batch.append(name)
+            if len(batch) == HANDOFF_BATCH_NAMES:
+                dropped += await self._name_batch(ring, batch)
+                batch = []
+        if batch:
+            dropped += await self._name_batch(ring, batch)
+        return dropped
+
+    async def _name_batch(self, ring: Ring, names: list[str]) -> int:
         rf = self.config.rf
         alive = self._view.alive()
-        dropped = 0
-        for name in names:
+        ours: dict[str, NameEntry] = {}
+        owners_of: dict[str, list[str]] = {}
+        pending: dict[str, list[str]] = defaultdict(list)
+        for name in sorted(set(names)):
             entry = await self._offload(self._local.names.get, name)
             if entry is None:
                 continue
-            owners = [n for n in ring.preference_list(name_key(name), rf) if n != self.node_id]
-            confirmed = 0
-            for owner in owners:
-                if owner not in alive:
-                    continue
-                replica = self._replicas(owner)
-                try:
-                    held = await replica.get_name(name)
-                    if held is None or entry.supersedes(held):
-                        await replica.put_name(entry)
-                    confirmed += 1
-                except ReplicaError as exc:
-                    log.info("name hand-off to %s paused: %s", short_id(owner), exc)
-            if owners and confirmed == len(owners) and self.node_id not in ring.preference_list(name_key(name), rf):
+            ours[name] = entry
+            owners_of[name] = [n for n in ring.preference_list(name_key(name), rf) if n != self.node_id]
+            for owner in owners_of[name]:
+                if owner in alive:
+                    pending[owner].append(name)
+        confirmed: dict[str, int] = defaultdict(int)
+        for owner, owner_names in pending.items():
+            replica = self._replicas(owner)
+            try:
+                held = await self._owner_entries(replica, owner_names)
+                for name in owner_names:
+                    theirs = held.get(name)
+                    if theirs is None or ours[name].supersedes(theirs):
+                        await replica.put_name(ours[name])
+                    confirmed[name] += 1
+            except ReplicaError as exc:
+                log.info("name hand-off to %s paused: %s", short_id(owner), exc)
+        dropped = 0
+        for name, owners in owners_of.items():
+            if owners and confirmed[name] == len(owners) and self.node_id not in ring.preference_list(name_key(name), rf):
                 if not await self._offload(self._local.hints.is_hinted, HintKind.NAME, name.encode()):
+                    entry = ours[name]
                     await self._offload(self._local.names.remove_if, name, entry.version, entry.writer)
                     dropped += 1
         return dropped
+
+    async def _owner_entries(self, replica: Replica, names: list[str]) -> dict[str, NameEntry]:
+        """What ``replica`` holds of ``names`` (sorted): its entries, absent where it holds none.
+
+        Read from pages of its index over the names' range (``ListNames``, tombstones
+        included, ``LIST_PAGE_NAMES`` a page), which a leave's batch of consecutive names
+        fills, at most one page per ``NAMES_PER_PAGE_READ`` names; the names past where
+        the pages reached are asked one by one (``GetName``), so a sparse batch costs
+        about what it did. A page out of order is the peer's fault (``BadReply``).
+        """
+        wanted = set(names)
+        found: dict[str, NameEntry] = {}
+        after = names[0][:-1]  # a name's prefix sorts before it (and is a name, or empty)
+        reached: str | None = None  # every name up to here was listed, if it is held
+        for _ in range(1 + len(names) // NAMES_PER_PAGE_READ):
+            entries, more = await replica.list_names("", after, LIST_PAGE_NAMES)
+            for entry in entries:
+                if entry.name <= after:
+                    raise BadReply(f"listed {entry.name!r:.80} after {after!r:.80}")
+                after = entry.name
+                if entry.name in wanted:
+                    found[entry.name] = entry
+            reached = after if more else None
+            if not more or after >= names[-1]:
+                break
+        for name in names:
+            if reached is not None and name > reached:
+                entry = await replica.get_name(name)
+                if entry is not None:
+                    found[name] = entry
+        return found
 
     # -- graceful leave -------------------------------------------------------------
 
@@ -213,7 +275,7 @@ class HandOff:
         names_seen = dropped_names = 0
         after = b""
         while True:
-            rows, after = await self._offload(self._local.names.summaries_after, after, HANDOFF_BATCH_IDS)
+            rows, after = await self._offload(self._local.names.summaries_after, after, HANDOFF_BATCH_NAMES)
             names_seen += len(rows)
             dropped_names += await self.names(without_me, [row[0] for row in rows])
             if not after:

@@ -134,6 +134,54 @@ class BucketDigester:
     def peers(self) -> set[str]:
         return {peer for peer, _ in self._states}
 
+    def all_digests(self) -> dict[str, dict[int, tuple[bytes, int]]]:
+        """``digests`` of every peer, in one pass over the states."""
+        found: dict[str, dict[int, tuple[bytes, int]]] = {}
+        for (peer, bucket), state in self._states.items():
+            found.setdefault(peer, {})[bucket] = (state[0].digest(), state[1])
+        return found
+
     def digests(self, peer: str) -> dict[int, tuple[bytes, int]]:
         """What ``bucket_digests`` gives for the items fed for ``peer``."""
         return {bucket: (state[0].digest(), state[1]) for (p, bucket), state in self._states.items() if p == peer}
+
+
+def buckets_to_answer(
+    ours: dict[int, tuple[bytes, int]], theirs: dict[int, tuple[bytes, int]], answered: set[int], keys_max: int
+) -> list[int]:
+    """The buckets one SyncChunks or SyncNames answer lists, in increasing order.
+
+    Those whose digests differ and that were not listed to this peer before from the same
+    walk (``answered``: the asker has worked them since, which the walk cannot show), as many
+    as fit in ``keys_max`` keys by our counts. A bucket over ``keys_max`` on its own is
+    never listed, since no answer could carry it; the buckets after it still are (an older
+    node answered nothing at all then, and the rest waited behind it for good).
+    """
+    picked, total = [], 0
+    for bucket in differing_buckets(ours, theirs):
+        count = ours.get(bucket, (b"", 0))[1]
+        if bucket in answered or count > keys_max:
+            continue
+        if total + count > keys_max:
+            break
+        picked.append(bucket)
+        total += count
+    return picked
+
+
+def placed_on_both(ring: Ring, rf: int, me: str, peer: str, bucket: int, keys: Iterable[bytes]) -> list[bytes]:
+    """The ``keys`` that lie in ``bucket`` and that ``ring`` places on both ``me`` and ``peer``.
+
+    Applied to what a peer lists, so that a peer (hostile, or with another ring for a
+    moment) cannot make this node fetch or push keys it does not share with it; applied
+    to this node's own snapshot, to the keys it shares with that peer.
+    """
+    shared = []
+    for key in keys:
+        position = key_hash(key)
+        if position >> BUCKET_SHIFT != bucket:
+            continue
+        preferred = ring.preference_list_at(position, rf)
+        if me in preferred and peer in preferred:
+            shared.append(key)
+    return shared

@@ -31,7 +31,7 @@ from p2pfs.clock import Clock
 from p2pfs.membership import Member, MemberState
 from p2pfs.net.access import authorize
 from p2pfs.replication import messages as dm
-from p2pfs.replication.antientropy import AntiEntropy
+from p2pfs.replication.antientropy import ANTI_ENTROPY_DIR_NAME, AntiEntropy
 from p2pfs.replication.background import ROUND_JITTER_FRACTION, RepairPacer, round_deadline_s, run_rounds
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.coordinator import Coordinator
@@ -227,7 +227,7 @@ class DataService:
         )
         self._anti_entropy = AntiEntropy(
             config=config, view=view, replicas=replicas, local=local, pusher=pusher, pacer=pacer,
-            offload=offload,
+            offload=offload, snapshot_dir=self._data_dir / ANTI_ENTROPY_DIR_NAME,
         )
         self._name_refill = NameRefill(names=local.names, anti_entropy=self._anti_entropy, view=view)
         self._hints = HintDelivery(

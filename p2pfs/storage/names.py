@@ -627,6 +627,25 @@ class NameIndex:
             found = self._decode_summaries(conn, rows)
         return found, (rows[-1][0] if len(rows) == limit else b"")
 
+    def summaries_of(self, names: list[bytes]) -> list[tuple[str, Timestamp, str, bool]]:
+        """``summaries`` of those of ``names`` (UTF-8 bytes) held here, in name order.
+
+        What anti-entropy reads for the names one bucket listed at its last walk: the
+        versions held now, and nothing for a name gone since. One query per
+        ``SUMMARIES_OF_NAMES_MAX`` names under the lock.
+        """
+        found = []
+        for start in range(0, len(names), SUMMARIES_OF_NAMES_MAX):
+            batch = names[start : start + SUMMARIES_OF_NAMES_MAX]
+            with self._guarded() as conn:
+                rows = conn.execute(
+                    "SELECT name, wall_ms, logical, writer, manifest IS NULL FROM names WHERE name IN "
+                    f"({', '.join('?' * len(batch))})",
+                    batch,
+                ).fetchall()
+                found += self._decode_summaries(conn, rows)
+        return sorted(found, key=lambda row: row[0].encode("utf-8"))
+
 
 @dataclass(slots=True, eq=False)  # compared by identity: two writes may carry equal fields
 class _PendingApply:
@@ -715,3 +734,8 @@ def _migrate_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE names ADD COLUMN inline_bytes INTEGER NOT NULL DEFAULT 0")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("COMMIT")
+
+
+# Names looked up per query of ``NameIndex.summaries_of``: one bucket's names take a few
+# queries, and each holds the index lock briefly (SQLite allows 32,766 parameters).
+SUMMARIES_OF_NAMES_MAX = 500

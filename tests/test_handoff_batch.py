@@ -1,0 +1,112 @@
+"""Hand-off of names asks each owner about a batch with pages of its index, not name by name.
+
+A leave handed off a million names with one GetName per name per owner (two million
+requests on a 3-node network, and as many PutNames as owners lacked). These tests count the
+requests an owner gets, and check that what is handed off and dropped is what the
+name-by-name hand-off did.
+"""
+
+from __future__ import annotations
+
+import random
+import types
+
+import pytest
+import trio
+
+from p2pfs.replication import handoff
+from p2pfs.replication.background import RepairPacer
+from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.errors import BadReply
+from p2pfs.replication.handoff import HandOff, Pusher
+from p2pfs.ring import Ring, RingMember
+from test_data_scale import NODES, ManualClock, cluster, files, inline
+
+
+class Counting:
+    """A replica that counts the requests it is sent."""
+
+    def __init__(self, replica) -> None:
+        self._replica = replica
+        self.node_id = replica.node_id
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        method = getattr(self._replica, name)
+
+        async def counted(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return await method(*args)
+
+        return counted
+
+
+def names_only(tmp_path, entries):
+    """Three nodes holding ``entries`` and no chunks (a names hand-off moves no chunk)."""
+    for node_id in NODES:
+        (tmp_path / node_id[:1]).mkdir()
+    return cluster(tmp_path, entries, [])
+
+
+def hand_off_from(nodes, leaving: str) -> tuple[HandOff, dict[str, Counting]]:
+    node = nodes[leaving]
+    counting = {n: Counting(nodes[n].replica) for n in NODES if n != leaving}
+    view = types.SimpleNamespace(node_id=leaving, alive=lambda: set(NODES))
+    pacer = RepairPacer(1 << 40, ManualClock())
+    hand = HandOff(config=ReplicationConfig(), view=view, replicas=lambda n: counting[n], local=node.local,
+                   pusher=Pusher(node.local, pacer, inline), offload=inline)
+    return hand, counting
+
+
+def test_a_batch_of_names_costs_each_owner_a_few_pages_and_drops_what_every_owner_holds(tmp_path, monkeypatch):
+    monkeypatch.setattr(handoff, "HANDOFF_BATCH_NAMES", 500)
+    entries, _ = files(1200, random.Random(21))
+    nodes = names_only(tmp_path, entries)
+    leaving, lacking = NODES[0], NODES[2]
+    missing = entries[::7]
+    for entry in missing:  # an owner that lacks some names gets them
+        nodes[lacking].local.names.remove_if(entry.name, entry.version, entry.writer)
+    without = Ring([RingMember(n) for n in NODES[1:]])
+    hand, counting = hand_off_from(nodes, leaving)
+    names = [e.name for e in entries]
+    dropped = trio.run(hand.names, without, names)
+    assert dropped == len(entries)
+    assert nodes[leaving].local.names.summaries() == []
+    for owner in NODES[1:]:
+        assert len(nodes[owner].local.names.summaries()) == len(entries)
+        calls = counting[owner].calls
+        # 3 batches of at most 500 consecutive names: a page of 1,000 or two each.
+        assert calls.get("list_names", 0) <= 3 * 2, calls
+        assert calls.get("get_name", 0) == 0, calls
+    assert counting[lacking].calls["put_name"] == len(missing)
+    assert "put_name" not in counting[NODES[1]].calls
+
+
+def test_names_far_apart_are_asked_one_by_one_after_a_bounded_number_of_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(handoff, "LIST_PAGE_NAMES", 10)
+    entries, _ = files(600, random.Random(22))
+    nodes = names_only(tmp_path, entries)
+    hand, counting = hand_off_from(nodes, NODES[0])
+    sparse = [e.name for e in entries[::30]]  # 20 names, each 30 apart: 3 of a page of 10 each
+    owner = counting[NODES[1]]
+    found = trio.run(hand._owner_entries, owner, sparse)
+    assert sorted(found) == sparse
+    assert all(found[name].name == name for name in sparse)
+    assert owner.calls["list_names"] == 1 + len(sparse) // handoff.NAMES_PER_PAGE_READ
+    # Three pages of ten reached the 30th name; every later name was asked by itself.
+    assert owner.calls["get_name"] == sum(1 for name in sparse if name > entries[29].name) == len(sparse) - 1
+
+
+class OutOfOrder:
+    node_id = NODES[1]
+
+    async def list_names(self, prefix, start_after, limit):
+        return [types.SimpleNamespace(name="dir/b"), types.SimpleNamespace(name="dir/a")], True
+
+
+def test_a_page_out_of_order_is_the_owners_fault(tmp_path):
+    entries, _ = files(3, random.Random(23))
+    nodes = names_only(tmp_path, entries)
+    hand, _ = hand_off_from(nodes, NODES[0])
+    with pytest.raises(BadReply):
+        trio.run(hand._owner_entries, OutOfOrder(), ["dir/a", "dir/c"])
