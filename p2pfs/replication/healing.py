@@ -178,10 +178,9 @@ def placed_on_both(ring: Ring, rf: int, me: str, peer: str, bucket: int, keys: I
     """
     shared = []
     for key in keys:
-        position = key_hash(key)
-        if position >> BUCKET_SHIFT != bucket:
+        if key_hash(key) >> BUCKET_SHIFT != bucket:
             continue
-        preferred = ring.preference_list_at(position, rf)
+        preferred = ring.preference_list(key, rf)
         if me in preferred and peer in preferred:
             shared.append(key)
     return shared
