@@ -131,7 +131,8 @@ def _scenario(n: int, seed: int, formation: str, settle_s: float, window_s: floa
     joiner = cluster.start(n, [sim_address(0)])
     result["join_one_s"] = _wait(cluster, lambda: _holding(cluster, joiner.node_id, MemberState.ALIVE) == n + 1,
                                  config.gossip_interval_s)
-    result["join_one_rounds"] = None if result["join_one_s"] is None else round(result["join_one_s"] / config.gossip_interval_s)
+    join_s = result["join_one_s"]
+    result["join_one_rounds"] = None if join_s is None else round(join_s / config.gossip_interval_s)
     cluster.run_until(cluster.now_s + CRASH_AFTER_JOIN_S)
 
     victim_index = n // 2
@@ -262,13 +263,15 @@ def _print(result: dict[str, Any]) -> None:
     if "all_join_converge_s" in result:
         join_bytes = result["all_join_bytes_per_node"]
         print(f"converge (all join at t=0):  {_fmt(result['all_join_converge_s'], '.1f')} s = "
-              f"{result['all_join_converge_rounds']} gossip rounds; per node {result['all_join_msgs_per_node']:.0f} msgs"
+              f"{result['all_join_converge_rounds']} gossip rounds; "
+              f"per node {result['all_join_msgs_per_node']:.0f} msgs"
               + ("" if join_bytes is None else f", {join_bytes / 1024:.0f} KiB"))
     print(f"steady load per node:        {steady['msgs_per_node_s']:.2f} msgs/s, {steady['bytes_per_node_s']:.0f} B/s "
           f"(push-pull every {result['push_pull_interval_s']:.0f} s)")
     for name, rate in steady["by_type"].items():
         print(f"    {name:<9} {rate['msgs_per_node_s']:7.3f} msgs/s {rate['bytes_per_node_s']:9.1f} B/s")
-    print(f"one more joins -> all hold it: {_fmt(result['join_one_s'], '.1f')} s = {result['join_one_rounds']} gossip rounds")
+    print(f"one more joins -> all hold it: {_fmt(result['join_one_s'], '.1f')} s = "
+          f"{result['join_one_rounds']} gossip rounds")
     print(f"crash -> first DEAD:         {_fmt(result['first_dead_s'], '.1f')} s "
           f"(suspicion floor {result['suspicion_timeout_s_min']:.1f} s)")
     print(f"crash -> DEAD at all live:   {_fmt(result['all_dead_s'], '.1f')} s "
