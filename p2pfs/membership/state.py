@@ -160,8 +160,13 @@ class Membership:
         now_s: float,
         signer: RecordSigner | None = None,
         verifier: Callable[[MemberFact], bool] | None = None,
+        view_factory: Callable[[str, MembershipConfig, random.Random], MemberView] = MemberView,
     ) -> None:
-        """``signer`` and ``verifier`` (both or neither) make this a signing member (see the module docstring)."""
+        """``signer`` and ``verifier`` (both or neither) make this a signing member (see the module docstring).
+
+        ``view_factory(node_id, config, rng)`` makes the member table: ``MemberView``, or a
+        simulation's ``compact.CompactView``, which holds the same in a fraction of the memory.
+        """
         assert 0 <= incarnation_initial < INCARNATION_MAX
         assert (signer is None) == (verifier is None), "a signing member both signs and verifies"
         assert signer is None or signer.node_id == node_id
@@ -175,7 +180,7 @@ class Membership:
         self._incarnation = incarnation_initial
         self._left = False
         # Every member we know, self included, with its indexes.
-        self._view = MemberView(node_id, config, rng)
+        self._view = view_factory(node_id, config, rng)
         self._probe: Probe | None = None
         self._seq = rng.randrange(SEQ_MODULUS)
         self._relays = Relays()
@@ -603,6 +608,18 @@ class Membership:
         )
         return MemberFact(self.node_id, self._incarnation, state, "", self._meta, signature,
                           cert_der if cert else b"")
+
+    def redraw_push_pull_phase(self, now_s: float) -> None:
+        """Draw the next full-state exchange uniformly within the interval for the current size.
+
+        For a simulation that installs a converged view in bulk
+        (``p2pfs.sim.membership.CoreCluster.form``): a core's first exchange
+        is due within ``push_pull_interval_s`` of its start, so thousands of
+        members formed at once would all exchange their full state in the same
+        30 s, where members that have run for a while spread their exchanges
+        over the whole (longer) interval.
+        """
+        self._next_push_pull_s = now_s + self._rng.uniform(0, self.config.push_pull_interval_s_for(self.live_count))
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) % SEQ_MODULUS

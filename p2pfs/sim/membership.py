@@ -3,11 +3,13 @@
 Used by the simulation tests (``SimCluster``: real drivers under trio; run it
 inside ``p2pfs.sim.run_simulation`` so that time is a ``MockClock`` and the run
 is a function of its seed) and ``scripts/bench_membership.py`` (``CoreCluster``:
-the cores alone on one event loop, for thousands of members).
+the cores alone on one event loop, for thousands of members; with compact member
+tables, ``p2pfs.membership.compact``, and ``CoreCluster.form``, for 10,000).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import hashlib
@@ -20,10 +22,12 @@ import trio
 
 from p2pfs import wire
 from p2pfs.address import Address
+from p2pfs.membership.compact import CompactView, MemberTable
 from p2pfs.membership.config import MembershipConfig
 from p2pfs.membership.driver import MembershipService
 from p2pfs.membership.messages import MemberState
 from p2pfs.membership.state import Membership, Send
+from p2pfs.membership.view import MemberView
 
 from .network import LinkFaults, SimNetwork
 
@@ -206,7 +210,9 @@ class CoreCluster:
     """
 
     def __init__(self, seed: int, *, config: MembershipConfig = MembershipConfig(),
-                 faults: LinkFaults = LinkFaults(), codec: bool = True) -> None:
+                 faults: LinkFaults = LinkFaults(), codec: bool = True, compact: bool = False) -> None:
+        """``compact``: the cores hold their member tables as ``CompactView``s over one shared
+        ``MemberTable`` (about 30 bytes per node and member instead of 700; same behaviour)."""
         self._rng = random.Random(seed)
         self.network = SimNetwork(random.Random(self._rng.getrandbits(64)), faults, encode=codec)
         self.config = config
@@ -215,21 +221,54 @@ class CoreCluster:
         self.crashed: set[int] = set()
         self._timers: list[tuple[float, int]] = []
         self._scheduled_s: dict[int, float] = {}
+        self.table = MemberTable() if compact else None
 
-    def start(self, index: int, seeds: Iterable[Address] = (), *, incarnation_initial: int = 1) -> Membership:
+    def _view(self, node_id: str, config: MembershipConfig, rng: random.Random) -> MemberView:
+        if self.table is None:
+            return MemberView(node_id, config, rng)
+        return CompactView(node_id, config, rng, self.table)
+
+    def _core(self, index: int, incarnation_initial: int) -> Membership:
         assert index not in self.cores or index in self.crashed, f"node {index} is running"
-        address = sim_address(index)
         core = Membership(
-            node_id=sim_node_id(index), address=address, zone="", capacity_bytes=SIM_CAPACITY_BYTES,
+            node_id=sim_node_id(index), address=sim_address(index), zone="", capacity_bytes=SIM_CAPACITY_BYTES,
             protocol_version=wire.PROTOCOL_VERSION, incarnation_initial=incarnation_initial,
             config=self.config, rng=random.Random(self._rng.getrandbits(64)), now_s=self.now_s,
+            view_factory=self._view,
         )
         self.cores[index] = core
         self.crashed.discard(index)
         self._scheduled_s[index] = math.inf
-        self.network.attach(address, lambda sender, msg: self._deliver(index, sender, msg))
+        self.network.attach(core.address, lambda sender, msg: self._deliver(index, sender, msg))
+        return core
+
+    def start(self, index: int, seeds: Iterable[Address] = (), *, incarnation_initial: int = 1) -> Membership:
+        core = self._core(index, incarnation_initial)
         self._send(index, core.join(tuple(seeds), self.now_s))
         return core
+
+    def form(self, n: int) -> None:
+        """Nodes 0 to n-1, each already holding all n ALIVE: a cluster that has converged and gone quiet.
+
+        The state every member holds after an all-at-once join of n and the
+        end of its gossip, reached without simulating the join (at 10,000
+        members, 10^8 facts each sent about 20 times: days of CPU here, and
+        not what a running cluster ever sees). Needs ``compact``. Each core's
+        periodic exchange is drawn at a uniform phase of its interval, as in a
+        cluster that has run for longer than one.
+        """
+        assert self.table is not None, "form needs compact views"
+        assert not self.cores, "form makes the whole cluster"
+        incarnation_initial = 1
+        cores = [self._core(i, incarnation_initial) for i in range(n)]
+        assert [self.table.slot_of[core.node_id] for core in cores] == list(range(n))
+        incarnations = array.array("q", [incarnation_initial]) * n
+        for i, core in enumerate(cores):
+            view = core._view
+            assert isinstance(view, CompactView)
+            view.hold_all(incarnations, self.now_s)
+            core.redraw_push_pull_phase(self.now_s)
+            self._send(i, [])
 
     def crash(self, index: int) -> None:
         """The node stops: no more timers, and the network drops its traffic."""
