@@ -17,7 +17,7 @@ from p2pfs.replication import view as view_module
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.view import RingView
 from p2pfs import ring as ring_module
-from p2pfs.ring import PLACEMENT_VERSION_NEWEST, Ring
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST
 
 WAIT_S = 30.0
 # The members run the newest placement (with version 1 in their records the view would build the

@@ -37,8 +37,7 @@ from p2pfs.address import Address
 
 from .config import MembershipConfig
 from .messages import MemberFact, MemberMeta, MemberState
-from .suspicion import Suspicion
-from .view import Member, MemberView
+from .view import Member, MemberView, track_timers
 
 # A slot this view does not hold (never learned, or reaped).
 UNKNOWN = 0xFF
@@ -278,20 +277,8 @@ class CompactView(MemberView):
             probe_order[j], probe_order[-1] = probe_order[-1], probe_order[j]
         self._live_update(slot, new.state <= MemberState.SUSPECT)
         _index_update(self.dead, self.dead_pos, slot, new.state == MemberState.DEAD)
-        if old_state == MemberState.SUSPECT and new.state != MemberState.SUSPECT:
-            del self.suspicions[node_id]
-        if new.state == MemberState.SUSPECT and old_state != MemberState.SUSPECT:
-            live_count = len(self.live) + (1 if self_live else 0)
-            suspicion = Suspicion(
-                start_s=now_s, accuser_id=accuser_id, k=self._config.suspicion_confirmations_expected(live_count),
-                timeout_s_min=self._config.suspicion_timeout_s_min(live_count),
-                timeout_s_max=self._config.suspicion_timeout_s_max(live_count),
-            )
-            self.suspicions[node_id] = suspicion
-            heapq.heappush(self.suspicion_heap, (suspicion.deadline_s(), node_id))
-        if new.state in (MemberState.DEAD, MemberState.LEFT) and new.state != old_state:
-            reap_s = self._config.dead_reap_s if new.state == MemberState.DEAD else self._config.left_reap_s
-            heapq.heappush(self.reap_heap, (new.state_since_s + reap_s, node_id))
+        track_timers(self, self._config, node_id, old_state, new, now_s, accuser_id,
+                     len(self.live) + (1 if self_live else 0))
 
     def _live_update(self, slot: int, present: bool) -> None:
         """``view._index_update`` on the live array and its position array."""

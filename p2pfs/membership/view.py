@@ -126,20 +126,8 @@ class MemberView:
         old_state = None if old is None else old.state
         _index_update(self.live_ids, self._live_pos, node_id, new.state <= MemberState.SUSPECT)
         _index_update(self.dead_ids, self._dead_pos, node_id, new.state == MemberState.DEAD)
-        if old_state == MemberState.SUSPECT and new.state != MemberState.SUSPECT:
-            del self.suspicions[node_id]
-        if new.state == MemberState.SUSPECT and old_state != MemberState.SUSPECT:
-            live_count = len(self.live_ids) + (1 if self_live else 0)
-            suspicion = Suspicion(
-                start_s=now_s, accuser_id=accuser_id, k=self._config.suspicion_confirmations_expected(live_count),
-                timeout_s_min=self._config.suspicion_timeout_s_min(live_count),
-                timeout_s_max=self._config.suspicion_timeout_s_max(live_count),
-            )
-            self.suspicions[node_id] = suspicion
-            heapq.heappush(self.suspicion_heap, (suspicion.deadline_s(), node_id))
-        if new.state in (MemberState.DEAD, MemberState.LEFT) and new.state != old_state:
-            reap_s = self._config.dead_reap_s if new.state == MemberState.DEAD else self._config.left_reap_s
-            heapq.heappush(self.reap_heap, (new.state_since_s + reap_s, node_id))
+        track_timers(self, self._config, node_id, old_state, new, now_s, accuser_id,
+                     len(self.live_ids) + (1 if self_live else 0))
 
     def apply(self, fact: MemberFact, now_s: float, *, self_live: bool) -> bool:
         """Merge one fact about another member; True if it was news (to be gossiped on).
@@ -302,6 +290,28 @@ class MemberView:
                 if len(chosen) == k:
                     break
         return chosen
+
+
+def track_timers(view, config: MembershipConfig, node_id: str, old_state: MemberState | None, new: Member,
+                 now_s: float, accuser_id: str, live_count: int) -> None:
+    """Start or end ``node_id``'s suspicion and schedule its reaping as its state changes.
+
+    Shared by both member tables (this one and ``compact.CompactMemberView``), whose
+    ``suspicions``, ``suspicion_heap`` and ``reap_heap`` are the same structures.
+    """
+    if old_state == MemberState.SUSPECT and new.state != MemberState.SUSPECT:
+        del view.suspicions[node_id]
+    if new.state == MemberState.SUSPECT and old_state != MemberState.SUSPECT:
+        suspicion = Suspicion(
+            start_s=now_s, accuser_id=accuser_id, k=config.suspicion_confirmations_expected(live_count),
+            timeout_s_min=config.suspicion_timeout_s_min(live_count),
+            timeout_s_max=config.suspicion_timeout_s_max(live_count),
+        )
+        view.suspicions[node_id] = suspicion
+        heapq.heappush(view.suspicion_heap, (suspicion.deadline_s(), node_id))
+    if new.state in (MemberState.DEAD, MemberState.LEFT) and new.state != old_state:
+        reap_s = config.dead_reap_s if new.state == MemberState.DEAD else config.left_reap_s
+        heapq.heappush(view.reap_heap, (new.state_since_s + reap_s, node_id))
 
 
 def _index_update(ids: list[str], pos: dict[str, int], node_id: str, present: bool) -> None:
