@@ -13,10 +13,11 @@ import pytest
 from p2pfs import identity, testnet
 from p2pfs.cli.base import ExitCode
 from p2pfs.errors import AuthError
+from p2pfs.replication.antientropy import ANTI_ENTROPY_DIR_NAME
 from p2pfs.storage.names import NameIndex
 from p2pfs.wire import Role
 
-from testnet_helpers import running_testnet
+from testnet_helpers import running_testnet, wait_for
 
 
 def _modes_under(root) -> dict[str, int]:
@@ -39,11 +40,17 @@ def usual_umask():
 def test_a_nodes_data_is_private_after_a_put(tmp_path, usual_umask):
     source = tmp_path / "file"
     source.write_bytes(os.urandom(300_000))
-    with running_testnet(tmp_path / "net", nodes=3) as net:
+    data = tmp_path / "net" / "node1" / "data"
+    overrides = {"replication": {"anti_entropy_interval_s": 1.0}}
+    with running_testnet(tmp_path / "net", nodes=3, overrides=overrides) as net:
         net.cli("put", str(source), "--name", "private")
-        modes = _modes_under(tmp_path / "net" / "node1" / "data")
+        # An anti-entropy round keeps what it walked on disk (the keys of each bucket).
+        wait_for(lambda: any(f for _, _, f in os.walk(data / ANTI_ENTROPY_DIR_NAME)), timeout_s=60,
+                 what="an anti-entropy round's key files")
+        modes = _modes_under(data)
     files = {path: mode for path, mode in modes.items() if not os.path.isdir(path)}
     assert any("chunks" in path for path in files), sorted(modes)
+    assert any(ANTI_ENTROPY_DIR_NAME in path for path in files), sorted(modes)
     assert any(path.endswith("names.sqlite") for path in files), sorted(modes)
     assert any(path.endswith("hints.sqlite") for path in files), sorted(modes)
     wrong = {path: f"{mode:04o}" for path, mode in modes.items()

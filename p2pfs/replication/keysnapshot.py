@@ -25,10 +25,12 @@ Memory while writing: ``FLUSH_BYTES`` per bucket at most (2 MiB for 256 buckets)
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from p2pfs.replication.healing import BUCKETS
+from p2pfs.storage.modes import FILE_MODE, private_dir
 from p2pfs.storage.naming import NAME_BYTES_MAX
 
 # Bytes buffered per bucket before they are appended to its file: 256 buckets hold 2 MiB at most.
@@ -50,7 +52,10 @@ class SnapshotWriter:
 
     def __init__(self, directory: Path) -> None:
         shutil.rmtree(directory, ignore_errors=True)  # a walk of an earlier process, cut short
-        directory.mkdir(parents=True)
+        # Keys are chunk ids and name hashes: the node's own, as its store. (mkdir's parents would
+        # get the umask's mode, hence the parent first.)
+        private_dir(directory.parent)
+        private_dir(directory)
         self.directory = directory
         self._buffers = [bytearray() for _ in range(BUCKETS)]
 
@@ -68,7 +73,8 @@ class SnapshotWriter:
                 self._flush(bucket)
 
     def _flush(self, bucket: int) -> None:
-        with open(self.directory / f"{bucket:02x}", "ab") as f:
+        fd = os.open(self.directory / f"{bucket:02x}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        with open(fd, "ab") as f:
             f.write(self._buffers[bucket])
         self._buffers[bucket].clear()
 

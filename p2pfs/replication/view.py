@@ -46,6 +46,7 @@ from p2pfs.membership import Member, MemberState
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import ReplicaHealth, placement_version, ring_members, unavailable_members
 from p2pfs.ring import PLACEMENT_VERSIONS, Ring, RingMember, member_token_count
+from p2pfs.storage.modes import FILE_MODE
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,9 @@ def write_placement_file(path: Path | None, version: int) -> None:
         return
     partial = path.with_name(path.name + ".tmp")
     try:
-        partial.write_text(f"{version}\n")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)  # as the rest of the data dir
+        with open(fd, "w") as f:
+            f.write(f"{version}\n")
         os.replace(partial, path)
     except OSError as exc:  # the data dir is not there yet, or the disk refuses: next change
         log.warning("cannot record the placement version in %s: %s", path, exc.strerror)
