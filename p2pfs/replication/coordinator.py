@@ -262,11 +262,33 @@ class Coordinator:
     async def _read_name_on(self, ring: Ring, name: str, *, repair: bool = True) -> NameEntry | None:
         key = name_key(name)
         rf = self.config.rf
-        targets, spare = write_plan(ring, key, rf, self.view.unavailable())
-        quorum = ReadQuorum(
-            f"reading name {name!r}", ring.preference_list(key, rf), targets, spare,
-            quorum_size(self.config.r, len(ring)),
-        )
+        preferred = ring.preference_list(key, rf)
+        unavailable = self.view.unavailable()
+        targets, spare = write_plan(ring, key, rf, unavailable)
+        needed = quorum_size(self.config.r, len(ring))
+        quorum = await self._ask_for_name(name, preferred, targets, spare, needed)
+        try:
+            quorum.outcome()
+        except QuorumError:
+            # Replicas skipped as failing recently may be back (a node restarted within
+            # replica_backoff_s) while the stand-ins asked in their place hold nothing: as a chunk
+            # read does, ask them last rather than fail without them.
+            skipped = [Target(node_id) for node_id in preferred if node_id in unavailable]
+            if not skipped:
+                raise
+            quorum = await self._ask_for_name(name, preferred, skipped, [], needed)
+        outcome = quorum.outcome()
+        if outcome.winner is not None:
+            self.observe(outcome.winner)
+            # Not under the other placement: there it only waits for anti-entropy to move it.
+            for target in outcome.repairs if repair else ():
+                self.repairs.spawn(self.replicas(target.node_id).put_name, outcome.winner, target.hint_for)
+        return outcome.winner
+
+    async def _ask_for_name(self, name: str, preferred: list[str], targets: list[Target], spare: list[str],
+                            needed: int) -> ReadQuorum:
+        """Ask ``targets`` (stand-ins from ``spare`` for those that fail) for ``name``'s entry."""
+        quorum = ReadQuorum(f"reading name {name!r}", preferred, targets, spare, needed)
 
         async def ask(target: Target | None, nursery: trio.Nursery) -> None:
             while target is not None:
@@ -285,13 +307,7 @@ class Coordinator:
             async with trio.open_nursery() as nursery:
                 for target in quorum.targets:
                     nursery.start_soon(ask, target, nursery)
-        outcome = quorum.outcome()
-        if outcome.winner is not None:
-            self.observe(outcome.winner)
-            # Not under the other placement: there it only waits for anti-entropy to move it.
-            for target in outcome.repairs if repair else ():
-                self.repairs.spawn(self.replicas(target.node_id).put_name, outcome.winner, target.hint_for)
-        return outcome.winner
+        return quorum
 
     # -- chunks -----------------------------------------------------------------
 
