@@ -42,7 +42,6 @@ from p2pfs.address import Address
 from p2pfs.clock import SystemClock
 from p2pfs import wire
 from p2pfs.membership import Member, MemberState
-from p2pfs.membership.records import advertised_version
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import WEIGHT_REFERENCE_BYTES
 from p2pfs.replication.view import RingView
@@ -63,7 +62,7 @@ ZONES = ("a", "b", "c")
 HEARTBEAT_S = 0.001
 # The members of the loop-hold measurement run the newest placement (with version 1 in their
 # records the view would build the 2,048-token ring).
-ADVERTISED_VERSION = advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)
+ADVERTISED_VERSION = wire.advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)
 
 
 def node_ids(count: int, rng: random.Random) -> list[str]:

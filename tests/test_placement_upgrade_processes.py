@@ -30,12 +30,12 @@ from p2pfs import identity, testnet
 from p2pfs.client import Client
 from p2pfs.config import CONFIG_FILE
 from p2pfs.errors import P2pfsError
-from p2pfs.membership.records import placement_version_of
 from p2pfs.replication.placement import name_key, ring_weight
 from p2pfs.ring import Ring, RingMember
 from p2pfs.storage import NAMES_FILE_NAME
 from p2pfs.storage.chunkstore import CHUNKS_DIR_NAME
 from p2pfs.storage.manifest import chunk_id_of
+from p2pfs.wire import placement_version_of
 
 from testnet_helpers import CLI_TIMEOUT_S, Net, read_all, running_testnet, wait_for, write_all
 

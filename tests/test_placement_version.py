@@ -30,11 +30,11 @@ WAIT_S = 30.0  # generous: the machine running the suite may be loaded
 
 
 def test_a_record_without_a_placement_version_means_version_1_and_version_1_sends_what_older_nodes_did():
-    assert records.placement_version_of(wire.PROTOCOL_VERSION) == 1
-    assert records.advertised_version(wire.PROTOCOL_VERSION, 1) == wire.PROTOCOL_VERSION
-    advertised = records.advertised_version(wire.PROTOCOL_VERSION, 2)
+    assert wire.placement_version_of(wire.PROTOCOL_VERSION) == 1
+    assert wire.advertised_version(wire.PROTOCOL_VERSION, 1) == wire.PROTOCOL_VERSION
+    advertised = wire.advertised_version(wire.PROTOCOL_VERSION, 2)
     assert advertised != wire.PROTOCOL_VERSION
-    assert records.placement_version_of(advertised) == 2
+    assert wire.placement_version_of(advertised) == 2
     assert advertised & 0xFF == wire.PROTOCOL_VERSION
 
 
@@ -47,7 +47,7 @@ def test_a_record_advertising_version_2_keeps_the_five_fields_and_is_checked_as_
     cert_der = ca.issue(key.public_key(), Role.NODE, common_name="n",
                         claims=NodeClaims(address, "", 10**6)).public_bytes(Encoding.DER)
     signer = records.RecordSigner(key, cert_der)
-    meta = MemberMeta(address.host, address.port, "", 1000, records.advertised_version(wire.PROTOCOL_VERSION, 2))
+    meta = MemberMeta(address.host, address.port, "", 1000, wire.advertised_version(wire.PROTOCOL_VERSION, 2))
     fact = MemberFact(signer.node_id, 5, MemberState.ALIVE, "", meta, signer.sign(5, MemberState.ALIVE, meta), cert_der)
     payload = wire.encode_message(Ping(1, signer.node_id, (fact,)))
     assert len(msgpack.unpackb(payload)[2][0][4]) == 5  # the fact's meta: still five fields
@@ -65,7 +65,7 @@ def node_id(i: int) -> str:
 
 def member(i: int, version: int, state: MemberState = MemberState.ALIVE, since_s: float = 0.0) -> Member:
     return Member(node_id(i), Address("127.0.0.1", 7000 + i), "", 10 * 1024**3,
-                  records.advertised_version(wire.PROTOCOL_VERSION, version), 1, state, since_s)
+                  wire.advertised_version(wire.PROTOCOL_VERSION, version), 1, state, since_s)
 
 
 def test_the_cluster_places_by_the_oldest_version_of_its_ring_members():

@@ -12,7 +12,6 @@ from p2pfs.address import Address
 from p2pfs.clock import SystemClock
 from p2pfs import wire
 from p2pfs.membership import Member, MemberState
-from p2pfs.membership.records import advertised_version
 from p2pfs.replication import view as view_module
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.view import RingView
@@ -22,7 +21,7 @@ from p2pfs.ring import PLACEMENT_VERSION_NEWEST
 WAIT_S = 30.0
 # The members run the newest placement (with version 1 in their records the view would build the
 # 2,048-token ring).
-ADVERTISED_VERSION = advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)  # generous: the machine running the suite may be loaded
+ADVERTISED_VERSION = wire.advertised_version(wire.PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)  # generous: the machine running the suite may be loaded
 
 
 def member(i: int) -> Member:

@@ -6,6 +6,7 @@ import dataclasses
 
 import click
 
+from p2pfs import wire
 from p2pfs.cli.base import (
     JSON_OPTION, Context, ExitCode, call, call_blocking, call_one, cli, emit, escaped, pass_context, shown, table,
 )
@@ -31,6 +32,8 @@ def members(ctx: Context, as_json: bool) -> None:
                    f"passed over: {escaped('; '.join(cluster.passed_over))}", err=True)
     if as_json:
         emit([{**dataclasses.asdict(mb), "address": f"{mb.host}:{mb.port}",
+               "protocol_version": wire.wire_version_of(mb.protocol_version),
+               "placement_version": wire.placement_version_of(mb.protocol_version),
                "answering": mb.node_id == cluster.last_node_id} for mb in found])
         return
     table(

@@ -53,30 +53,6 @@ CERTIFICATES_MAX = 100_000
 VERIFIED_RECORDS_MAX = 4096
 
 
-# The placement version a member runs (``ring.PLACEMENT_VERSIONS``) rides in the high byte of its
-# record's ``protocol_version``; the low byte stays the wire protocol version. Not a field of its
-# own because nodes before it decode a MemberMeta only with exactly its five fields, and sign and
-# check exactly those: a sixth would make them drop every gossip message of an upgraded node. They
-# store ``protocol_version`` and show it, and compare it with nothing (the connection's hello
-# carries the version they check), so a record carrying a placement version is read, relayed and
-# its signature checked by them as any other. A high byte of 0, what every older node sends,
-# means placement version 1.
-PLACEMENT_VERSION_SHIFT = 8
-_WIRE_VERSION_MASK = (1 << PLACEMENT_VERSION_SHIFT) - 1
-
-
-def advertised_version(wire_version: int, placement_version: int) -> int:
-    """The ``protocol_version`` a member's record carries: its wire and placement versions."""
-    assert 0 <= wire_version <= _WIRE_VERSION_MASK
-    assert 1 <= placement_version <= _WIRE_VERSION_MASK
-    return wire_version | (0 if placement_version == 1 else placement_version << PLACEMENT_VERSION_SHIFT)
-
-
-def placement_version_of(protocol_version: int) -> int:
-    """The placement version a record's ``protocol_version`` advertises (1 when it says none)."""
-    return protocol_version >> PLACEMENT_VERSION_SHIFT or 1
-
-
 def signed_state(state: MemberState) -> MemberState:
     """The state a record signs: LEFT for a departure, ALIVE for anything else.
 

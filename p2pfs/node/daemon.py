@@ -53,7 +53,7 @@ from p2pfs.membership import (
     MemberState,
     incarnation_from_wall_clock,
 )
-from p2pfs.membership.records import RecordSigner, RecordVerifier, advertised_version
+from p2pfs.membership.records import RecordSigner, RecordVerifier
 from p2pfs.node import messages as m
 from p2pfs.node.config import NodeConfig
 from p2pfs.node.limits import Throttle
@@ -148,7 +148,7 @@ class Node:
                 capacity_bytes=cfg.node.capacity_bytes,
                 # With the placement version this node runs: the data layer places by the oldest
                 # one any member advertises (replication.view).
-                protocol_version=advertised_version(wire.PROTOCOL_VERSION, cfg.replication.placement_version),
+                protocol_version=wire.advertised_version(wire.PROTOCOL_VERSION, cfg.replication.placement_version),
                 # A restarted node keeps its id (the hash of its key), so its
                 # incarnation must outrank anything said about its last life:
                 # start from the wall clock.

@@ -11,9 +11,9 @@ import functools
 from typing import Iterable, Mapping, Sequence
 
 from p2pfs.membership import Member, MemberState
-from p2pfs.membership.records import placement_version_of
 from p2pfs.ring import Ring, RingMember
 from p2pfs.storage import NameEntry
+from p2pfs.wire import placement_version_of
 
 # Capacity that counts as ring weight 1. A fixed reference (not the cluster's
 # mean) keeps a member's weight, and so its tokens, from changing when others
@@ -62,7 +62,7 @@ def placement_version(
 ) -> int:
     """The placement version to place by: the oldest that this node or any ring member runs.
 
-    Read from each member's signed record (``records.placement_version_of``); a record from before
+    Read from each member's signed record (``wire.placement_version_of``); a record from before
     placement versions says 1. Taken over the same members as ``ring_members``, so every node that
     sees the same member set places by the same version, and a cluster moves to a new placement
     only once none of its ring members, a dead one within its grace period included (it may come

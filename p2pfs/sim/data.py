@@ -29,12 +29,11 @@ from p2pfs.address import Address
 from p2pfs.clock import Clock, SimClock
 from p2pfs.identity import PeerIdentity
 from p2pfs.membership import Membership, MembershipConfig, MembershipService
-from p2pfs.membership.records import advertised_version
 from p2pfs.sim.membership import SIM_CAPACITY_BYTES, sim_address, sim_node_id
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.service import DataService
 from p2pfs.sim.network import SimNetwork
-from p2pfs.wire import ErrorCode, Role
+from p2pfs.wire import ErrorCode, Role, advertised_version
 
 log = logging.getLogger(__name__)
 
