@@ -228,14 +228,17 @@ async def stand_in_scenario(root, seed: int) -> None:
         # The reader has p0 and the writer (which holds the write under a hint) in back-off: it
         # asks itself (a stand-in, empty) instead, p1 and p2. p1, the one replica asked that
         # holds the write, is paused: the two quick answers are both "nothing here", and they
-        # must not add up to "absent". Without an answer that counts, the read is unavailable.
+        # must not add up to "absent". p0, asked last because it is backing off, is paused too.
+        # Without an answer that counts, the read is unavailable.
         now_s = trio.current_time()
         reader.data.view.health.failed(p0.node_id, now_s)
         reader.data.view.health.failed(writer.node_id, now_s)
         network.pause(p1.address)
+        network.pause(p0.address)
         with pytest.raises(QuorumError):
             await reader.data.read_name("x")
         network.resume(p1.address)
+        network.resume(p0.address)
         await trio.sleep(QUIET.replica_backoff_s)  # simulated time: the back-offs expire
         entry = await reader.data.read_name("x")
         assert entry is not None and entry.manifest is not None and entry.manifest.size_bytes == 7
