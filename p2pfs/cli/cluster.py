@@ -6,7 +6,6 @@ import dataclasses
 
 import click
 
-from p2pfs import wire
 from p2pfs.cli.base import (
     JSON_OPTION, Context, ExitCode, call, call_blocking, call_one, cli, emit, escaped, pass_context, shown, table,
 )
@@ -31,6 +30,8 @@ def members(ctx: Context, as_json: bool) -> None:
         click.echo(f"note: the members as {cluster.last_node} (node {short_id(cluster.last_node_id)}) sees them; "
                    f"passed over: {escaped('; '.join(cluster.passed_over))}", err=True)
     if as_json:
+        from p2pfs import wire  # loaded by the request already; `p2pfs --help` must not load it
+
         emit([{**dataclasses.asdict(mb), "address": f"{mb.host}:{mb.port}",
                "protocol_version": wire.wire_version_of(mb.protocol_version),
                "placement_version": wire.placement_version_of(mb.protocol_version),
