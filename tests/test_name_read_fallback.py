@@ -1,8 +1,8 @@
-"""A name read asks replicas skipped as failing recently when their stand-ins hold nothing.
+"""Reads ask, last, the live members they skipped as failing recently.
 
-A node restarted within ``replica_backoff_s`` is still skipped by its peers; if the name's other
-replica then fails, the stand-ins asked in their place hold nothing, and the read must still find
-the name at the restarted node instead of failing.
+A node restarted within ``replica_backoff_s`` is still skipped by its peers. A name read whose
+stand-ins hold nothing, and a chunk read whose replicas lack the chunk, must still find it at the
+restarted node instead of failing.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from p2pfs.clock import SystemClock
 from p2pfs.membership import Member, MemberState
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.coordinator import Coordinator
-from p2pfs.replication.errors import ReplicaDown
+from p2pfs.replication.errors import ReplicaDown, ReplicaLacks
 from p2pfs.replication.placement import name_key
 from p2pfs.replication.view import RingView
-from p2pfs.storage import NameEntry, Timestamp
+from p2pfs.storage import NameEntry, Timestamp, chunk_id_of
 
 NODES = [hashlib.sha256(f"node-{i}".encode()).hexdigest() for i in range(5)]
 ME = NODES[0]
@@ -74,5 +74,63 @@ def test_a_name_is_read_from_a_replica_backing_off_when_the_stand_ins_lack_it():
             assert await coordinator.read_name(name) == entry
             nursery.cancel_scope.cancel()
         assert restarted in cluster.asked
+
+    trio.run(main)
+
+
+class FakeChunkReplica(FakeReplica):
+    async def fetch_chunk(self, chunk_id: bytes) -> bytes:
+        self.cluster.asked.append(self.node_id)
+        data = self.cluster.chunks.get((self.node_id, chunk_id))
+        if data is None:
+            raise ReplicaLacks(f"chunk {chunk_id.hex()[:16]} is not held")
+        return data
+
+    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "") -> None:
+        pass
+
+
+class FakeChunkCluster(FakeCluster):
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: dict[tuple[str, bytes], bytes] = {}
+
+    def __call__(self, node_id: str) -> FakeChunkReplica:
+        return FakeChunkReplica(node_id, self)
+
+
+class NothingHeld:
+    def has(self, chunk_id: bytes) -> bool:
+        return False
+
+
+async def _inline(fn, *args):
+    return fn(*args)
+
+
+def test_a_chunk_is_read_from_a_live_member_in_back_off_outside_its_replicas():
+    # After a placement change (or a join) a chunk may sit only at a member that is no longer
+    # one of its replicas; if that member was restarted a moment ago, it is in back-off.
+    config = ReplicationConfig(rf=2, w=2, r=1)
+    members = [Member(n, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)
+               for i, n in enumerate(NODES)]
+
+    async def main():
+        view = RingView(ME, config, lambda: members, SystemClock())
+        ring = view.ring()
+        data = b"chunk bytes"
+        chunk_id = chunk_id_of(data)
+        holder = next(n for n in ring.fallback_list(chunk_id, 2) if n != ME)
+        cluster = FakeChunkCluster()
+        cluster.chunks[(holder, chunk_id)] = data
+        view.failed(holder)  # restarted a moment ago: backing off
+        local = type("Local", (), {"chunks": NothingHeld()})()
+        coordinator = Coordinator(node_id=ME, config=config, view=view, replicas=cluster, local=local,
+                                  clock=SystemClock(), offload=_inline)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(coordinator.repairs.run)
+            assert await coordinator.fetch_chunk(chunk_id) == data
+            nursery.cancel_scope.cancel()
+        assert cluster.asked[-1] == holder
 
     trio.run(main)
