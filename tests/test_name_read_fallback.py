@@ -23,6 +23,9 @@ from p2pfs.storage import NameEntry, Timestamp, chunk_id_of
 
 NODES = [hashlib.sha256(f"node-{i}".encode()).hexdigest() for i in range(5)]
 ME = NODES[0]
+CONFIG = ReplicationConfig(rf=2, w=2, r=1)
+MEMBERS = [Member(n, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)
+           for i, n in enumerate(NODES)]
 
 
 class FakeReplica:
@@ -51,12 +54,8 @@ class FakeCluster:
 
 
 def test_a_name_is_read_from_a_replica_backing_off_when_the_stand_ins_lack_it():
-    config = ReplicationConfig(rf=2, w=2, r=1)
-    members = [Member(n, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)
-               for i, n in enumerate(NODES)]
-
     async def main():
-        view = RingView(ME, config, lambda: members, SystemClock())
+        view = RingView(ME, CONFIG, lambda: MEMBERS, SystemClock())
         ring = view.ring()
         # A name this node does not replicate, so that both replicas are peers.
         name = next(f"f{i}" for i in range(1000) if ME not in ring.preference_list(name_key(f"f{i}"), 2))
@@ -67,7 +66,7 @@ def test_a_name_is_read_from_a_replica_backing_off_when_the_stand_ins_lack_it():
         cluster.down.add(failed)
         view.failed(restarted)  # it was down a moment ago: backing off
         view.failed(failed)
-        coordinator = Coordinator(node_id=ME, config=config, view=view, replicas=cluster, local=None,
+        coordinator = Coordinator(node_id=ME, config=CONFIG, view=view, replicas=cluster, local=None,
                                   clock=SystemClock(), offload=None)
         async with trio.open_nursery() as nursery:
             await nursery.start(coordinator.repairs.run)
@@ -111,12 +110,8 @@ async def _inline(fn, *args):
 def test_a_chunk_is_read_from_a_live_member_in_back_off_outside_its_replicas():
     # After a placement change (or a join) a chunk may sit only at a member that is no longer
     # one of its replicas; if that member was restarted a moment ago, it is in back-off.
-    config = ReplicationConfig(rf=2, w=2, r=1)
-    members = [Member(n, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)
-               for i, n in enumerate(NODES)]
-
     async def main():
-        view = RingView(ME, config, lambda: members, SystemClock())
+        view = RingView(ME, CONFIG, lambda: MEMBERS, SystemClock())
         ring = view.ring()
         data = b"chunk bytes"
         chunk_id = chunk_id_of(data)
@@ -125,7 +120,7 @@ def test_a_chunk_is_read_from_a_live_member_in_back_off_outside_its_replicas():
         cluster.chunks[(holder, chunk_id)] = data
         view.failed(holder)  # restarted a moment ago: backing off
         local = type("Local", (), {"chunks": NothingHeld()})()
-        coordinator = Coordinator(node_id=ME, config=config, view=view, replicas=cluster, local=local,
+        coordinator = Coordinator(node_id=ME, config=CONFIG, view=view, replicas=cluster, local=local,
                                   clock=SystemClock(), offload=_inline)
         async with trio.open_nursery() as nursery:
             await nursery.start(coordinator.repairs.run)

@@ -37,7 +37,7 @@ from p2pfs.address import Address
 
 from .config import MembershipConfig
 from .messages import MemberFact, MemberMeta, MemberState
-from .view import Member, MemberView, track_timers
+from .view import Member, MemberView, index_update, track_timers
 
 # A slot this view does not hold (never learned, or reaped).
 UNKNOWN = 0xFF
@@ -276,12 +276,12 @@ class CompactView(MemberView):
             j = self._rng.randrange(len(probe_order))
             probe_order[j], probe_order[-1] = probe_order[-1], probe_order[j]
         self._live_update(slot, new.state <= MemberState.SUSPECT)
-        _index_update(self.dead, self.dead_pos, slot, new.state == MemberState.DEAD)
+        index_update(self.dead, self.dead_pos, slot, new.state == MemberState.DEAD)
         track_timers(self, self._config, node_id, old_state, new, now_s, accuser_id,
                      len(self.live) + (1 if self_live else 0))
 
     def _live_update(self, slot: int, present: bool) -> None:
-        """``view._index_update`` on the live array and its position array."""
+        """``view.index_update`` on the live array and its position array."""
         live, pos = self.live, self.live_pos
         if present:
             if pos[slot] == ABSENT:
@@ -319,7 +319,7 @@ class CompactView(MemberView):
             for sparse in (self.since_s, self.meta_own, self.accuser, self.signature):
                 sparse.pop(slot, None)
             self.proofs.pop(node_id, None)
-            _index_update(self.dead, self.dead_pos, slot, False)
+            index_update(self.dead, self.dead_pos, slot, False)
             self.version += 1
 
     def next_probe_target(self) -> Member | None:
@@ -369,19 +369,3 @@ class CompactView(MemberView):
         self.probe_order = array.array("i")
         self._probe_index = 0
         self.version += 1
-
-
-def _index_update(ids: list[int], pos: dict[int, int], slot: int, present: bool) -> None:
-    """``view._index_update`` for a sparse index of slots (the dead members)."""
-    if present:
-        if slot not in pos:
-            pos[slot] = len(ids)
-            ids.append(slot)
-        return
-    i = pos.pop(slot, None)
-    if i is None:
-        return
-    last = ids.pop()
-    if i < len(ids):
-        ids[i] = last
-        pos[last] = i

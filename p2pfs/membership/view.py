@@ -124,8 +124,8 @@ class MemberView:
             j = self._rng.randrange(len(self._probe_order))
             self._probe_order[j], self._probe_order[-1] = self._probe_order[-1], self._probe_order[j]
         old_state = None if old is None else old.state
-        _index_update(self.live_ids, self._live_pos, node_id, new.state <= MemberState.SUSPECT)
-        _index_update(self.dead_ids, self._dead_pos, node_id, new.state == MemberState.DEAD)
+        index_update(self.live_ids, self._live_pos, node_id, new.state <= MemberState.SUSPECT)
+        index_update(self.dead_ids, self._dead_pos, node_id, new.state == MemberState.DEAD)
         track_timers(self, self._config, node_id, old_state, new, now_s, accuser_id,
                      len(self.live_ids) + (1 if self_live else 0))
 
@@ -235,7 +235,7 @@ class MemberView:
             del self.members[node_id]
             del self.facts[node_id]
             self.proofs.pop(node_id, None)
-            _index_update(self.dead_ids, self._dead_pos, node_id, False)
+            index_update(self.dead_ids, self._dead_pos, node_id, False)
             self.version += 1
             log.debug("%s: forgot %s (%s)", short_id(self.self_id), short_id(node_id), member.state.name)
 
@@ -314,8 +314,10 @@ def track_timers(view, config: MembershipConfig, node_id: str, old_state: Member
         heapq.heappush(view.reap_heap, (new.state_since_s + reap_s, node_id))
 
 
-def _index_update(ids: list[str], pos: dict[str, int], node_id: str, present: bool) -> None:
-    """Add or remove ``node_id`` in a list-with-positions index, O(1) (swap with the last)."""
+def index_update(ids: list, pos: dict, node_id, present: bool) -> None:
+    """Add or remove ``node_id`` in a list-with-positions index, O(1) (swap with the last).
+
+    Keys are node ids here and member slots in ``compact``'s tables."""
     if present:
         if node_id not in pos:
             pos[node_id] = len(ids)
