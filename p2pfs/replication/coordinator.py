@@ -322,15 +322,11 @@ class Coordinator:
         ring = self.view.ring()
         preferred = ring.preference_list(chunk_id, rf)
         order = read_order(
-            ring, chunk_id, rf, self.view.unavailable(), holder=self.node_id if held else None, rotate=index
+            ring, chunk_id, rf, self.view.unavailable(), holder=self.node_id if held else None, rotate=index,
+            alive=self.view.alive(),
         )
         if not held and self.node_id in preferred:
             order.append(self.node_id)  # in case it arrived since (cheap: a stat)
-        # Live members skipped as failing recently come last: one restarted a moment ago may hold
-        # the only copy (its chunks stay where an older placement put them until anti-entropy
-        # moves them, and read_order leaves out members in back-off that are not replicas).
-        alive = self.view.alive()
-        order += [n for n in ring.fallback_list(chunk_id, rf) if n in alive and n not in order]
         read = ChunkRead(chunk_id, order, preferred)
         node_id = read.first()
         while node_id is not None:

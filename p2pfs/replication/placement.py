@@ -145,7 +145,8 @@ def write_plan(
 
 
 def read_order(
-    ring: Ring, key: bytes, rf: int, unavailable: set[str], *, holder: str | None, rotate: int
+    ring: Ring, key: bytes, rf: int, unavailable: set[str], *, holder: str | None, rotate: int,
+    alive: set[str] = frozenset(),
 ) -> list[str]:
     """Replicas to fetch ``key`` from, best first.
 
@@ -159,10 +160,14 @@ def read_order(
     if available:
         shift = rotate % len(available)
         available = available[shift:] + available[:shift]
+    fallbacks = ring.fallback_list(key, rf)
     order = [holder] if holder else []
     order += available
-    order += [n for n in ring.fallback_list(key, rf) if n not in unavailable]
+    order += [n for n in fallbacks if n not in unavailable]
     order += [n for n in preferred if n in unavailable]
+    # Then ``alive`` members in back-off (unavailable though alive): one restarted a moment ago may
+    # hold the only copy, e.g. where an older placement put it until anti-entropy moves it.
+    order += [n for n in fallbacks if n in unavailable and n in alive]
     seen: set[str] = set()
     return [n for n in order if not (n in seen or seen.add(n))]
 
