@@ -26,12 +26,18 @@ from p2pfs.replication import messages as dm
 
 # Bytes read from a local file per step: large reads keep per-call overhead low.
 READ_BYTES = 1024 * 1024
+# A put whose source is announced at most this long is read, and a get whose file is at most
+# this long is written, on the event loop rather than in a worker thread: copying 64 KiB from
+# a file or a buffer takes microseconds, while a thread hop cost a 4 KiB put or get about
+# 0.1 ms of CPU each way (docs/BENCHMARKS.md, "Small files: CPU per operation"). Larger files
+# keep the hop, so that a slow disk or pipe never holds up the connection's other requests.
+SMALL_FILE_BYTES_MAX = 64 * 1024
 
 Progress = Callable[[int], None]
 
 __all__ = [
     "CLUSTER_REQUEST_TIMEOUT_S", "FSCK_TIMEOUT_S", "PUT_COMMIT_TIMEOUT_S", "READ_BYTES", "REQUEST_TIMEOUT_S",
-    "Client", "NodeUnreachable", "Progress", "library_errors",
+    "SMALL_FILE_BYTES_MAX", "Client", "NodeUnreachable", "Progress", "library_errors",
 ]
 
 
@@ -91,10 +97,22 @@ class Client:
 
     async def put(self, source: BinaryIO, name: str, size_bytes: int = -1,
                   progress: Progress = lambda n: None) -> dm.PutFileReply:
-        """Stream ``source`` to the node under ``name``. ``size_bytes`` -1 if unknown."""
+        """Stream ``source`` to the node under ``name``. ``size_bytes`` -1 if unknown.
+
+        A source announced at most ``SMALL_FILE_BYTES_MAX`` long is read on the event loop
+        until more than announced has come (then the node refuses the put anyway).
+        """
 
         async def body() -> AsyncIterator[bytes]:
-            while data := await trio.to_thread.run_sync(source.read, READ_BYTES):
+            read_bytes = 0
+            while True:
+                if 0 <= size_bytes <= SMALL_FILE_BYTES_MAX and read_bytes <= size_bytes:
+                    data = source.read(READ_BYTES)
+                else:
+                    data = await trio.to_thread.run_sync(source.read, READ_BYTES)
+                if not data:
+                    return
+                read_bytes += len(data)
                 yield data
                 progress(len(data))
 
@@ -123,8 +141,12 @@ class Client:
                 if not isinstance(header, dm.GetFileReply) or response.body is None:
                     raise errors.PeerFault(f"node {self.node} answered a get with {type(header).__name__}")
                 on_size(header.size_bytes)
+                small = header.size_bytes <= SMALL_FILE_BYTES_MAX
                 async for data in response.body:
-                    await trio.to_thread.run_sync(write, data)
+                    if small and hasher.size_bytes + len(data) <= SMALL_FILE_BYTES_MAX:
+                        write(data)
+                    else:
+                        await trio.to_thread.run_sync(write, data)
                     progress(len(data))
         if hasher.size_bytes != header.size_bytes or hasher.digest() != header.file_hash:
             raise errors.PeerFault(
