@@ -15,6 +15,7 @@ from p2pfs.replication.replicas import IDS_PER_MESSAGE_MAX, LIST_PAGE_NAMES
 from p2pfs.storage import BadName, ChunkCorrupt, ChunkMismatch, ChunkMissing, ManifestError, NameEntry, StorageFull
 from p2pfs.storage import validate_name
 from p2pfs.storage.hlc import ClockDriftError
+from p2pfs.storage.names import NameReadDeferred
 from p2pfs.wire import ErrorCode
 
 # Chunk ids one HasChunks request may ask about.
@@ -91,7 +92,11 @@ class ReplicaHandlers:
 
     async def on_get_name(self, request: net.IncomingRequest) -> dm.GetNameReply:
         name = check_name(request.msg.name)
-        entry = await self._offload(self._local.names.get, name)
+        names = self._local.names
+        try:
+            entry = names.get_nowait(name)  # no thread hop (NameIndex.get_nowait says why)
+        except NameReadDeferred:
+            entry = await self._offload(names.get, name)
         return dm.GetNameReply(None if entry is None else entry.encode())
 
     async def on_list_names(self, request: net.IncomingRequest) -> dm.ListNamesReply:

@@ -18,6 +18,7 @@ from p2pfs.replication.errors import LocalFailure, ReplicaLacks
 from p2pfs.replication.hints import HintKind, HintStore
 from p2pfs.storage import ChunkCorrupt, ChunkMissing, ChunkStore, NameEntry, NameIndex, StorageError
 from p2pfs.storage.hlc import check_not_ahead
+from p2pfs.storage.names import NameReadDeferred
 
 Offload = Callable[..., Awaitable]
 
@@ -111,8 +112,12 @@ class LocalReplica:
 
     async def get_name(self, name: str) -> NameEntry | None:
         """The entry held here; a damaged row or index fails this replica (LocalFailure), as a peer's would."""
+        names = self._local.names
         try:
-            return await self._offload(self._local.names.get, name)
+            try:
+                return names.get_nowait(name)  # no thread hop (NameIndex.get_nowait says why)
+            except NameReadDeferred:
+                return await self._offload(names.get, name)
         except StorageError as exc:
             raise LocalFailure(str(exc)) from exc
 

@@ -97,6 +97,10 @@ APPLY_BATCH_ENTRIES_MAX = 64
 LIST_PAGE_ROWS = 32
 # Greater than every UTF-8 string (0xff never occurs in UTF-8): the open upper bound.
 _AFTER_ALL_NAMES = b"\xff"
+# Largest encoded manifest ``get_nowait`` decodes on the caller's thread (the event loop):
+# a small file's, inline content and all (16 KiB at most), or a file's of up to about 1,500
+# chunks. A larger one takes milliseconds to decode and is left to ``get`` in a worker thread.
+NOWAIT_MANIFEST_BYTES_MAX = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,11 @@ class NameEntry:
             raise ManifestError(f"bad name entry: {exc}") from exc
 
 
+class NameReadDeferred(StorageError):
+    """``get_nowait`` could not answer at once (the file busy, a row that does not decode, a
+    large manifest): ask ``get``, in a worker thread, which also deals with damage."""
+
+
 class NameIndexDamaged(StorageError):
     """A row or a page of the name index was found damaged: it was quarantined, this call failed.
 
@@ -221,6 +230,11 @@ class NameIndex:
         # Content bytes held inline in the rows (the sum of their inline_bytes), kept under _lock.
         self._inline_bytes = 0
         self._conn: sqlite3.Connection | None = None
+        # get_nowait's own connection, opened on first use and again after a rebuild (it would
+        # still read the quarantined file): its lock is never waited for, only tried.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_rebuilds = 0
+        self._reader_lock = threading.Lock()
         try:
             self._conn = self._connect(self._path)
             problem = _check_file(self._conn)
@@ -301,6 +315,10 @@ class NameIndex:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def __enter__(self) -> NameIndex:
         return self
@@ -522,6 +540,60 @@ class NameIndex:
                 return _entry_from_row(name_bytes, *row)
             self._drop_rows(conn, [(name_bytes, why)])
         raise NameIndexDamaged(f"the entry of {name!r} was damaged here ({why}); removed")
+
+    def get_nowait(self, name: str) -> NameEntry | None:
+        """``get`` for the event loop: no index lock, no worker thread; or NameReadDeferred.
+
+        A name read is the whole of a replica's work for a quorum read, and a thread hop
+        cost more CPU than the read itself (about 90 µs against 7 µs here; docs/BENCHMARKS.md,
+        "Small files: CPU per operation"). So this reads through a connection of its own,
+        which in WAL mode never waits for the writer (a group commit holds the index lock
+        through its fsync) and sees every COMMIT made before the read began: a write
+        acknowledged before it is never missed, one still in its transaction is not seen,
+        exactly as with ``get``. It never waits (busy timeout 0) and does nothing but read:
+        when the file is busy, SQLite fails, a row does not decode, or a manifest is over
+        ``NOWAIT_MANIFEST_BYTES_MAX``, it raises NameReadDeferred and ``get`` answers.
+        """
+        name_bytes = encode_name(name)
+        if not self._reader_lock.acquire(blocking=False):
+            raise NameReadDeferred("another thread is reading")
+        try:
+            try:
+                if self._reader is None or self._reader_rebuilds != self.rebuilds:
+                    self._open_reader()
+                rows = self._reader.execute(
+                    "SELECT wall_ms, logical, writer, manifest, client FROM names WHERE name = ?", (name_bytes,),
+                ).fetchall()  # to the end: the statement, and so its read transaction, is over
+            except sqlite3.Error as exc:
+                raise NameReadDeferred(f"the name index: {exc}") from None
+        finally:
+            self._reader_lock.release()
+        if not rows:
+            return None
+        row = rows[0]
+        manifest = row[3]
+        if manifest is not None and len(manifest) > NOWAIT_MANIFEST_BYTES_MAX:
+            raise NameReadDeferred(f"a manifest of {len(manifest)} bytes")
+        try:
+            return _entry_from_row(name_bytes, *row)
+        except _ROW_ERRORS as exc:
+            raise NameReadDeferred(f"the entry of {name!r} does not decode: {exc}") from None
+
+    def _open_reader(self) -> None:
+        """(Re)open get_nowait's connection (reader lock held), on the index file as it is now."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        rebuilds = self.rebuilds
+        # mode=rw: never create the file (it is missing only midway through a rebuild).
+        reader = sqlite3.connect(f"{self._path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                 check_same_thread=False, timeout=0)
+        try:
+            reader.execute("PRAGMA query_only = 1")
+        except BaseException:
+            reader.close()
+            raise
+        self._reader, self._reader_rebuilds = reader, rebuilds
 
     def list(self, prefix: str = "", include_tombstones: bool = False, start_after: str = "") -> Iterator[NameEntry]:
         """Entries whose name starts with ``prefix``, in UTF-8 byte order, after ``start_after``;
