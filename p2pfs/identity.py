@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from p2pfs import access, certfields
 from p2pfs.errors import AuthError, BadInput
 from p2pfs.ids import short_id
-from p2pfs.wire import Role
+from p2pfs.wire import ALPN_PROTOCOLS, Role
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -586,6 +586,7 @@ class Identity:
         ctx.maximum_version = ssl.TLSVersion.TLSv1_3
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))  # what this end speaks beyond the hello's version
         try:
             ctx.load_verify_locations(cafile=str(self.ca_path))
             ctx.load_cert_chain(certfile=str(self.cert_path), keyfile=str(self.key_path))

@@ -478,3 +478,12 @@ class Hello(Message):
 
 
 # Type code 2 is reserved for the transport tests' Echo (tests/wire_helpers.py).
+
+
+# What a connection's two ends speak beyond the hello's version, agreed in the TLS handshake
+# (ALPN, RFC 7301). The hello's version must match exactly (a node before this refuses any
+# other), so an end says what more it speaks there instead: an end that offers no ALPN ignores
+# the offer and the handshake goes on without it, so neither end sends what the other may not
+# know. ALPN_SMALL_FILES: the small-file messages (``replication.client_messages``, 90-92).
+ALPN_SMALL_FILES = "p2pfs-small-files"
+ALPN_PROTOCOLS = (ALPN_SMALL_FILES,)

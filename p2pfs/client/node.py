@@ -22,6 +22,7 @@ from p2pfs.client.faults import NodeUnreachable, check_client_identity, library_
 from p2pfs.identity import Identity
 from p2pfs.node import messages as m
 from p2pfs.node import trust_messages as tm
+from p2pfs.replication import client_messages as cm
 from p2pfs.replication import messages as dm
 
 # Bytes read from a local file per step: large reads keep per-call overhead low.
@@ -56,6 +57,12 @@ class Client:
     def __init__(self, conn: net.Connection, node: Address) -> None:
         self.conn = conn
         self.node = node
+
+    @property
+    def speaks_small_files(self) -> bool:
+        """Whether the node takes a small put and answers a small get in one message
+        (``client_messages.PutSmallFile``, ``GetSmallFile``): it said so in the TLS handshake."""
+        return self.conn.alpn_protocol == wire.ALPN_SMALL_FILES
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -100,19 +107,31 @@ class Client:
         """Stream ``source`` to the node under ``name``. ``size_bytes`` -1 if unknown.
 
         A source announced at most ``SMALL_FILE_BYTES_MAX`` long is read on the event loop
-        until more than announced has come (then the node refuses the put anyway).
+        until it ends or more than announced has come (the node then refuses the put, as it
+        refuses any size mismatch). One that ended goes in the request itself
+        (``PutSmallFile``) when the node speaks it; anything else is streamed as a body.
         """
+        head: list[bytes] = []  # what was read on the event loop
+        read_bytes = 0
+        small = 0 <= size_bytes <= SMALL_FILE_BYTES_MAX
+        if small:
+            while read_bytes <= size_bytes and (data := source.read(READ_BYTES)):
+                head.append(data)
+                read_bytes += len(data)
+        ended = small and read_bytes <= size_bytes  # else more than announced came before the end
+        if ended and read_bytes <= cm.SMALL_FILE_BYTES_MAX and self.speaks_small_files:
+            reply = await self._call(cm.PutSmallFile(name, size_bytes, b"".join(head)), dm.PutFileReply,
+                                     timeout_s=PUT_COMMIT_TIMEOUT_S)
+            progress(read_bytes)
+            return reply
 
         async def body() -> AsyncIterator[bytes]:
-            read_bytes = 0
-            while True:
-                if 0 <= size_bytes <= SMALL_FILE_BYTES_MAX and read_bytes <= size_bytes:
-                    data = source.read(READ_BYTES)
-                else:
-                    data = await trio.to_thread.run_sync(source.read, READ_BYTES)
-                if not data:
-                    return
-                read_bytes += len(data)
+            for data in head:
+                yield data
+                progress(len(data))
+            if ended:
+                return
+            while data := await trio.to_thread.run_sync(source.read, READ_BYTES):
                 yield data
                 progress(len(data))
 
@@ -135,19 +154,29 @@ class Client:
             sink.write(data)
             hasher.update(data)
 
+        in_message = self.speaks_small_files
         with library_errors(self.node):
-            async with self.conn.open_request(dm.GetFile(name), timeout_s=CLUSTER_REQUEST_TIMEOUT_S) as response:
+            request = cm.GetSmallFile(name) if in_message else dm.GetFile(name)
+            async with self.conn.open_request(request, timeout_s=CLUSTER_REQUEST_TIMEOUT_S) as response:
                 header = response.msg
-                if not isinstance(header, dm.GetFileReply) or response.body is None:
+                if in_message and isinstance(header, cm.SmallFile) and response.body is None:
+                    # The whole file came in the answer, at most cm.SMALL_FILE_BYTES_MAX: written here.
+                    on_size(header.size_bytes)
+                    if header.content:
+                        write(header.content)
+                        progress(len(header.content))
+                    header = dm.GetFileReply(header.name, header.size_bytes, header.file_hash)
+                elif isinstance(header, dm.GetFileReply) and response.body is not None:
+                    on_size(header.size_bytes)
+                    small = header.size_bytes <= SMALL_FILE_BYTES_MAX
+                    async for data in response.body:
+                        if small and hasher.size_bytes + len(data) <= SMALL_FILE_BYTES_MAX:
+                            write(data)
+                        else:
+                            await trio.to_thread.run_sync(write, data)
+                        progress(len(data))
+                else:
                     raise errors.PeerFault(f"node {self.node} answered a get with {type(header).__name__}")
-                on_size(header.size_bytes)
-                small = header.size_bytes <= SMALL_FILE_BYTES_MAX
-                async for data in response.body:
-                    if small and hasher.size_bytes + len(data) <= SMALL_FILE_BYTES_MAX:
-                        write(data)
-                    else:
-                        await trio.to_thread.run_sync(write, data)
-                    progress(len(data))
         if hasher.size_bytes != header.size_bytes or hasher.digest() != header.file_hash:
             raise errors.PeerFault(
                 f"{name!r} arrived damaged ({hasher.size_bytes} of {header.size_bytes} bytes, "

@@ -131,6 +131,11 @@ class Connection:
         return Address(self.peer_hello.listen_host, self.peer_hello.listen_port)
 
     @property
+    def alpn_protocol(self) -> str | None:
+        """What both ends speak beyond the hello's version (``wire.ALPN_PROTOCOLS``); None if either offered nothing."""
+        return self._stream.selected_alpn_protocol()
+
+    @property
     def is_closed(self) -> bool:
         return self._closed.is_set()
 

@@ -41,6 +41,10 @@ class TLSStream:
     def getpeercert(self, binary_form: bool = False):
         return self._tls.getpeercert(binary_form)
 
+    def selected_alpn_protocol(self) -> str | None:
+        """The extension both ends offered in the handshake (``wire.ALPN_PROTOCOLS``), or None."""
+        return self._tls.selected_alpn_protocol()
+
     async def _flush(self) -> None:
         """Send what TLS has produced so far (under the lock: records leave in the order made)."""
         async with self._socket_send_lock:

@@ -21,7 +21,7 @@ import functools
 import logging
 import random
 from pathlib import Path
-from typing import AsyncIterable, Awaitable, Callable
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -30,6 +30,7 @@ from p2pfs.access import Operation
 from p2pfs.clock import Clock
 from p2pfs.membership import Member, MemberState
 from p2pfs.net.access import authorize
+from p2pfs.replication import client_messages as cm
 from p2pfs.replication import messages as dm
 from p2pfs.replication.antientropy import ANTI_ENTROPY_DIR_NAME, AntiEntropy
 from p2pfs.replication.background import ROUND_JITTER_FRACTION, RepairPacer, round_deadline_s, run_rounds
@@ -51,7 +52,7 @@ from p2pfs.replication.resumable import Resumable
 from p2pfs.replication.scrub import Scrubber
 from p2pfs.replication.view import PLACEMENT_FILE_NAME, RingView
 from p2pfs.ring import Ring
-from p2pfs.storage import NAMES_FILE_NAME, ChunkStore, NameEntry, NameIndex, StorageError
+from p2pfs.storage import NAMES_FILE_NAME, ChunkStore, Manifest, NameEntry, NameIndex, StorageError
 
 __all__ = ["DataService", "QuorumError"]
 
@@ -295,6 +296,9 @@ class DataService:
             dm.ListFiles: self._list_files,
             dm.RemoveFile: self._remove_file,
             dm.StatFile: self._stat_file,
+            # A small file in the message itself (client_messages, codes 90-92).
+            cm.PutSmallFile: self._put_small_file,
+            cm.GetSmallFile: self._get_small_file,
             # Resumable gets and puts (resumable.py), answered once the stores are open.
             **{t: self._node_route for t in (dm.GetFileFrom, dm.HeldChunks, dm.PutFileKnown)},
         }
@@ -366,17 +370,33 @@ class DataService:
         if request.body is None:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "a put carries the file as its body")
         entry = await self.put(name, request.body, msg.size_bytes, client=client)
-        manifest = entry.manifest
-        return dm.PutFileReply(
-            name, manifest.size_bytes, manifest.file_hash, entry.version.wall_ms,
-            entry.version.logical, len(manifest.chunks),
-        )
+        return _put_reply(entry)
+
+    async def _put_small_file(self, request: net.IncomingRequest) -> dm.PutFileReply:
+        """``_put_file`` for a file that came in its request (``cm.PutSmallFile``): the same put."""
+        msg = request.msg
+        name = check_name(msg.name)
+        client = authorize(request, Operation.PUT, name)
+        entry = await self.put(name, _pieces(msg.content), msg.size_bytes, client=client)
+        return _put_reply(entry)
 
     async def _get_file(self, request: net.IncomingRequest) -> net.Reply:
         name = check_name(request.msg.name)
         authorize(request, Operation.GET, name)
-        manifest = (await self._existing_file(name)).manifest
+        return self._streamed_file(name, (await self._existing_file(name)).manifest)
 
+    async def _get_small_file(self, request: net.IncomingRequest) -> cm.SmallFile | net.Reply:
+        """A get that takes a file held inline in its answer (``cm.GetSmallFile``); any other
+        file is answered as ``_get_file`` answers, with a streamed body."""
+        name = check_name(request.msg.name)
+        authorize(request, Operation.GET, name)
+        manifest = (await self._existing_file(name)).manifest
+        if manifest.chunks:
+            return self._streamed_file(name, manifest)
+        # Checked against the file hash when its entry was read; at most INLINE_BYTES_MAX.
+        return cm.SmallFile(name, manifest.size_bytes, manifest.file_hash, manifest.inline)
+
+    def _streamed_file(self, name: str, manifest: Manifest) -> net.Reply:
         async def body(send: Callable[[bytes], Awaitable[None]]) -> None:
             try:
                 await self.coordinator.stream_file(manifest, 0, send)
@@ -500,6 +520,20 @@ class DataService:
             ),
             writer_client=entry.client,
         )
+
+
+def _put_reply(entry: NameEntry) -> dm.PutFileReply:
+    manifest = entry.manifest
+    return dm.PutFileReply(
+        entry.name, manifest.size_bytes, manifest.file_hash, entry.version.wall_ms,
+        entry.version.logical, len(manifest.chunks),
+    )
+
+
+async def _pieces(content: bytes) -> AsyncIterator[bytes]:
+    """A file already in memory, as the stream of pieces a put reads."""
+    if content:
+        yield content
 
 
 def _check_page(entries: list[NameEntry], more: bool, prefix: str, cursor: str) -> None:
