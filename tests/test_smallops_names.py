@@ -99,6 +99,16 @@ def test_a_damaged_row_is_left_to_get_which_quarantines_it(index: NameIndex, tmp
     assert index.get_nowait("rotten") is None
 
 
+def test_a_manifest_column_of_the_wrong_type_is_left_to_get(index: NameIndex, tmp_path: Path) -> None:
+    index.apply(_entry("odd", 1, _inline(b"odd")))
+    conn = sqlite3.connect(tmp_path / NAMES_FILE_NAME)
+    conn.execute("UPDATE names SET manifest = 5 WHERE name = ?", (b"odd",))
+    conn.commit()
+    conn.close()
+    with pytest.raises(NameReadDeferred):
+        index.get_nowait("odd")
+
+
 def test_a_large_manifest_is_left_to_get(index: NameIndex) -> None:
     chunks = tuple(ChunkRef(os.urandom(32), CHUNK_BYTES) for _ in range(NOWAIT_MANIFEST_BYTES_MAX // 32))
     large = Manifest(chunks, len(chunks) * CHUNK_BYTES, os.urandom(32), 5, CHUNK_BYTES)

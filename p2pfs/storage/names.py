@@ -550,8 +550,8 @@ class NameIndex:
         which in WAL mode never waits for the writer (a group commit holds the index lock
         through its fsync) and sees every COMMIT made before the read began: a write
         acknowledged before it is never missed, one still in its transaction is not seen,
-        exactly as with ``get``. It never waits (busy timeout 0) and does nothing but read:
-        when the file is busy, SQLite fails, a row does not decode, or a manifest is over
+        exactly as with ``get``. It never waits for a lock (busy timeout 0), and it only
+        reads (one primary-key lookup, in pages the OS keeps cached): when the file is busy, SQLite fails, a row does not decode, or a manifest is over
         ``NOWAIT_MANIFEST_BYTES_MAX``, it raises NameReadDeferred and ``get`` answers.
         """
         name_bytes = encode_name(name)
@@ -572,7 +572,7 @@ class NameIndex:
             return None
         row = rows[0]
         manifest = row[3]
-        if manifest is not None and len(manifest) > NOWAIT_MANIFEST_BYTES_MAX:
+        if type(manifest) is bytes and len(manifest) > NOWAIT_MANIFEST_BYTES_MAX:
             raise NameReadDeferred(f"a manifest of {len(manifest)} bytes")
         try:
             return _entry_from_row(name_bytes, *row)
