@@ -461,6 +461,11 @@ class Membership:
     def _believable(self, fact: MemberFact) -> bool:
         """A signing member's check of a fact that would be news (see the module docstring)."""
         assert self._verify is not None
+        if fact.node_id == self.node_id and fact.state in (_SUSPECT, _DEAD) and fact.incarnation <= self._incarnation:
+            # An accusation of us at an incarnation we reached: we refute it with our own record,
+            # whatever record it carries. Our verifier may no longer hold our certificate (it
+            # keeps records.CERTIFICATES_MAX, oldest out first); refusing would leave us dead.
+            return True
         held = self._view.members.get(fact.node_id)
         if fact.meta is None:
             # No record: only an accusation at an incarnation the member has signed.
