@@ -405,7 +405,7 @@ DIRECT_PAYLOAD_BYTES_MIN = 64 * 1024
 class _DirectFrame:
     """A large frame whose header is in: its payload is read into a buffer of its own."""
 
-    kind: FrameKind
+    kind_raw: int  # checked when the frame is complete, as for any other frame
     stream_id: int
     msg_type: int
     payload_bytes: int
@@ -509,7 +509,7 @@ class FrameDecoder:
         payload_bytes = end - FRAME_HEADER_BYTES
         if len(buf) < end and payload_bytes >= DIRECT_PAYLOAD_BYTES_MIN and len(buf) >= FRAME_HEADER_BYTES:
             kind_raw, stream_id, msg_type = _BODY_HEADER.unpack_from(buf, _LENGTH.size)
-            self._direct = _DirectFrame(_frame_kind(kind_raw), stream_id, msg_type, payload_bytes)
+            self._direct = _DirectFrame(kind_raw, stream_id, msg_type, payload_bytes)
             del buf[:FRAME_HEADER_BYTES]
             return None
         if len(buf) < end:
@@ -526,7 +526,7 @@ class FrameDecoder:
         if direct.payload is None or direct.filled_bytes < direct.payload_bytes:
             return None
         self._direct = None
-        return Frame(direct.kind, direct.stream_id, direct.msg_type, direct.payload)
+        return Frame(_frame_kind(direct.kind_raw), direct.stream_id, direct.msg_type, direct.payload)
 
     def _absorb(self, direct: _DirectFrame) -> None:
         """Make the payload buffer if need be, and move the fed bytes that belong to it there."""

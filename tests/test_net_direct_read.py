@@ -70,9 +70,12 @@ def test_small_frames_are_not_read_directly():
     assert decoder.buffered_bytes == len(encoded) - 1
 
 
-def test_a_large_frame_of_an_unknown_kind_is_refused_before_its_buffer_is_made():
+def test_a_large_frame_of_an_unknown_kind_is_refused_when_complete():
+    encoded = wire.encode_frame(Frame(FrameKind.STREAM_DATA, 5, 0, _payload(LARGE_BYTES)))
     decoder = wire.FrameDecoder()
-    decoder.feed(wire.FRAME_HEADER.pack(wire.FRAME_SIZE_BYTES_MAX - 16, 99, 1, 0))
+    decoder.feed(encoded[:4] + bytes([99]) + encoded[5:-1])
+    assert decoder.next_frame() is None
+    decoder.feed(encoded[-1:])
     with pytest.raises(wire.WireError, match="unknown frame kind"):
         decoder.next_frame()
 
