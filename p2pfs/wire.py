@@ -481,7 +481,8 @@ class FrameDecoder:
     def direct_received(self, count_bytes: int) -> None:
         """``count_bytes`` were written at the start of the view ``direct_buffer`` returned."""
         direct = self._direct
-        assert direct is not None and direct.payload is not None
+        assert direct is not None
+        assert direct.payload is not None
         assert 0 <= count_bytes <= direct.payload_bytes - direct.filled_bytes, count_bytes
         direct.filled_bytes += count_bytes
 

@@ -215,7 +215,8 @@ class Connection:
                         if direct:
                             await self._reserve(decoder.buffered_bytes)
                             view = decoder.direct_buffer()
-                            assert view is not None and len(view) == direct
+                            assert view is not None
+                            assert len(view) == direct, (len(view), direct)
                             received_bytes = await self._stream.receive_into(view)
                             del view
                         else:
