@@ -147,7 +147,8 @@ class Frame:
     kind: FrameKind
     stream_id: int
     msg_type: int
-    payload: bytes | memoryview
+    # A large frame read by a FrameDecoder arrives as the bytearray it was decrypted into.
+    payload: bytes | bytearray | memoryview
 
     def __post_init__(self) -> None:
         if not 0 <= self.stream_id < 2**32:
@@ -392,30 +393,98 @@ def frame_header(kind: FrameKind, stream_id: int, msg_type: int, payload_length:
     return FRAME_HEADER.pack(body_length, kind, stream_id, msg_type)
 
 
+# A frame whose payload is at least this long is read into a buffer of its own, made once its
+# header is in (``FrameDecoder.direct_buffer``): TLS decrypts into it and it is handed on as the
+# frame's payload, where a frame read through the decoder's buffer was copied three times more
+# (the socket read's pieces joined, appended to the buffer, sliced out of it). Below it, frames
+# are read many to a socket read, and one buffer serves them all.
+DIRECT_PAYLOAD_BYTES_MIN = 64 * 1024
+
+
+@dataclasses.dataclass(slots=True)
+class _DirectFrame:
+    """A large frame whose header is in: its payload is read into a buffer of its own."""
+
+    kind_raw: int  # checked when the frame is complete, as for any other frame
+    stream_id: int
+    msg_type: int
+    payload_bytes: int
+    payload: bytearray | None = None  # made by direct_buffer (or when fed bytes), once
+    filled_bytes: int = 0
+
+
 class FrameDecoder:
     """Incremental frame parser: feed bytes, take out complete frames.
 
     Sans-IO in the h11 manner: ``feed()`` only buffers, ``frames()`` yields what
     is complete. At most one frame (``FRAME_SIZE_BYTES_MAX``) plus one header is
     ever buffered, because the length is checked before the body arrives.
+
+    A frame with a large payload (``DIRECT_PAYLOAD_BYTES_MIN``) may instead be read
+    straight into its own payload buffer: when ``direct_buffer()`` returns a view, the
+    caller writes the next bytes into it and reports them with ``direct_received()``.
+    ``buffered_bytes`` counts that whole frame from when its header is in, so a caller
+    that takes it from a memory budget before asking for the buffer holds what it will
+    allocate. Fed bytes keep working in every state.
     """
 
     def __init__(self, frame_size_bytes_max: int = FRAME_SIZE_BYTES_MAX) -> None:
         self._buffer = bytearray()
         self._frame_size_bytes_max = frame_size_bytes_max
+        self._direct: _DirectFrame | None = None
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer)
+        direct = self._direct
+        if direct is None:
+            return len(self._buffer)
+        frame_bytes = FRAME_HEADER_BYTES + direct.payload_bytes
+        if direct.payload is None:  # the buffer holds the payload's start, and maybe more
+            return frame_bytes + max(0, len(self._buffer) - direct.payload_bytes)
+        return frame_bytes + len(self._buffer)
+
+    @property
+    def direct_bytes_due(self) -> int:
+        """Payload bytes still due of the large frame under way (to read into ``direct_buffer()``), else 0."""
+        direct = self._direct
+        if direct is None:
+            return 0
+        if direct.payload is None:
+            return direct.payload_bytes - min(len(self._buffer), direct.payload_bytes)
+        return direct.payload_bytes - direct.filled_bytes
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
 
     def take_buffered(self) -> bytes:
         """Remove and return the bytes not yet parsed (to hand them to another decoder)."""
+        assert self._direct is None, "a frame is being read into a buffer of its own"
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
+
+    def direct_buffer(self) -> memoryview | None:
+        """Where the next bytes read should go, if a large frame is under way: the rest of its payload.
+
+        None when the next bytes should be fed. The payload buffer is made on the first call.
+        """
+        direct = self._direct
+        if direct is None:
+            return None
+        if direct.payload is None:
+            self._absorb(direct)
+        assert direct.payload is not None
+        if direct.filled_bytes == direct.payload_bytes:
+            return None
+        return memoryview(direct.payload)[direct.filled_bytes:]
+
+    def direct_received(self, count_bytes: int) -> None:
+        """``count_bytes`` were written at the start of the view ``direct_buffer`` returned."""
+        direct = self._direct
+        assert direct is not None
+        assert direct.payload is not None
+        assert 0 <= count_bytes <= direct.payload_bytes - direct.filled_bytes, count_bytes
+        direct.filled_bytes += count_bytes
 
     def frames(self) -> Iterator[Frame]:
         while True:
@@ -425,6 +494,8 @@ class FrameDecoder:
             yield frame
 
     def next_frame(self) -> Frame | None:
+        if self._direct is not None:
+            return self._next_direct(self._direct)
         buf = self._buffer
         if len(buf) < _LENGTH.size:
             return None
@@ -436,17 +507,45 @@ class FrameDecoder:
         if body_length < _BODY_HEADER.size:
             raise WireError(f"frame body of {body_length} bytes is shorter than its header")
         end = _LENGTH.size + body_length
+        payload_bytes = end - FRAME_HEADER_BYTES
+        if len(buf) < end and payload_bytes >= DIRECT_PAYLOAD_BYTES_MIN and len(buf) >= FRAME_HEADER_BYTES:
+            kind_raw, stream_id, msg_type = _BODY_HEADER.unpack_from(buf, _LENGTH.size)
+            self._direct = _DirectFrame(kind_raw, stream_id, msg_type, payload_bytes)
+            del buf[:FRAME_HEADER_BYTES]
+            return None
         if len(buf) < end:
             return None
         kind_raw, stream_id, msg_type = _BODY_HEADER.unpack_from(buf, _LENGTH.size)
         with memoryview(buf) as view:  # one copy of the payload, not two (a slice of a bytearray is one)
             payload = bytes(view[FRAME_HEADER_BYTES:end])
         del buf[:end]
-        try:
-            kind = FrameKind(kind_raw)
-        except ValueError:
-            raise WireError(f"unknown frame kind {kind_raw}") from None
-        return Frame(kind, stream_id, msg_type, payload)
+        return Frame(_frame_kind(kind_raw), stream_id, msg_type, payload)
+
+    def _next_direct(self, direct: _DirectFrame) -> Frame | None:
+        if self._buffer:
+            self._absorb(direct)
+        if direct.payload is None or direct.filled_bytes < direct.payload_bytes:
+            return None
+        self._direct = None
+        return Frame(_frame_kind(direct.kind_raw), direct.stream_id, direct.msg_type, direct.payload)
+
+    def _absorb(self, direct: _DirectFrame) -> None:
+        """Make the payload buffer if need be, and move the fed bytes that belong to it there."""
+        if direct.payload is None:
+            direct.payload = bytearray(direct.payload_bytes)
+        count_bytes = min(len(self._buffer), direct.payload_bytes - direct.filled_bytes)
+        if count_bytes:
+            with memoryview(self._buffer) as view:
+                direct.payload[direct.filled_bytes:direct.filled_bytes + count_bytes] = view[:count_bytes]
+            del self._buffer[:count_bytes]
+            direct.filled_bytes += count_bytes
+
+
+def _frame_kind(kind_raw: int) -> FrameKind:
+    try:
+        return FrameKind(kind_raw)
+    except ValueError:
+        raise WireError(f"unknown frame kind {kind_raw}") from None
 
 
 # ---------------------------------------------------------------------------

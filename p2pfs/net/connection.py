@@ -210,12 +210,24 @@ class Connection:
                 while True:
                     # A frame under way is read in large pieces; between frames a small read
                     # takes the next header, so an idle connection holds little of the budget.
+                    # A large frame's payload is read into its own buffer (wire.FrameDecoder),
+                    # whose whole size the budget holds from when its header is in.
                     receive_bytes = RECEIVE_BYTES if decoder.buffered_bytes else RECEIVE_BYTES_IDLE
+                    direct = decoder.direct_bytes_due
                     with trio.CancelScope() as scope:
                         self._read_scope = scope
                         scope.deadline = self._read_deadline_s()
-                        await self._reserve(decoder.buffered_bytes + receive_bytes)
-                        data = await self._stream.receive_some(receive_bytes)
+                        if direct:
+                            await self._reserve(decoder.buffered_bytes)
+                            view = decoder.direct_buffer()
+                            assert view is not None
+                            assert len(view) == direct, (len(view), direct)
+                            received_bytes = await self._stream.receive_into(view)
+                            del view
+                        else:
+                            await self._reserve(decoder.buffered_bytes + receive_bytes)
+                            data = await self._stream.receive_some(receive_bytes)
+                            received_bytes = len(data)
                     self._read_scope = None
                     if scope.cancelled_caught:
                         self.close_reason = self._stall_reason()
@@ -230,18 +242,24 @@ class Connection:
                             log.debug("closing connection to %s %s: %s", self.peer.role.value,
                                       self.peer.short_id, self.close_reason)
                         return
-                    if not data:
+                    if not received_bytes:
                         self.close_reason = "peer closed the connection"
                         return
                     self._quiet_since_s = trio.current_time()
-                    decoder.feed(data)
-                    # The decoder holds a copy: this one must not live on while the next read
-                    # waits for the budget, outside it.
-                    del data
+                    if direct:
+                        decoder.direct_received(received_bytes)
+                    else:
+                        decoder.feed(data)
+                        # The decoder holds a copy: this one must not live on while the next read
+                        # waits for the budget, outside it.
+                        del data
                     self._decode(decoder, self._quiet_since_s)
-                    # Keep only what the decoder still holds; the next read asks again.
-                    memory.give_back(self._reader_bytes - decoder.buffered_bytes)
-                    self._reader_bytes = decoder.buffered_bytes
+                    # Keep only what the decoder still holds; the next read asks again (and
+                    # for the whole of a large frame whose header just came in, before its
+                    # buffer is made).
+                    if self._reader_bytes > decoder.buffered_bytes:
+                        memory.give_back(self._reader_bytes - decoder.buffered_bytes)
+                        self._reader_bytes = decoder.buffered_bytes
             finally:
                 memory.give_back(self._reader_bytes)
                 self._reader_bytes = 0

@@ -535,7 +535,9 @@ class Mux:
                 self._connection_receive.consume(units)
             except ProtocolViolation:
                 raise ProtocolViolation(f"stream {stream_id} exceeded the connection's credit") from None
-            return [BodyReceived(stream_id, frame.payload)]
+            # A body's consumers take bytes (a chunk is stored and sent on as the object it came in).
+            data = frame.payload if type(frame.payload) is bytes else bytes(frame.payload)
+            return [BodyReceived(stream_id, data)]
         if kind is K.STREAM_END:
             return [BodyEnded(stream_id)]
         if kind is K.ERROR and before is Half.BODY:

@@ -102,6 +102,34 @@ class TLSStream:
             # read beyond it would wait here, outside the caller's memory budget.
             await self._receive_from_socket(min(_SOCKET_RECEIVE_BYTES, max_bytes + _RECORD_OVERHEAD_BYTES))
 
+    async def receive_into(self, buffer: memoryview) -> int:
+        """Decrypt up to ``len(buffer)`` bytes of plaintext straight into ``buffer``; the count,
+        at least 1, or 0 once the peer closed TLS.
+
+        ``receive_some`` makes a new bytes object per TLS record and joins them: a frame's
+        payload read here lands where it is used, without those copies.
+        """
+        size_bytes = len(buffer)
+        filled_bytes = 0
+        while True:
+            try:
+                while filled_bytes < size_bytes and not self._peer_closed:
+                    count_bytes = self._tls.read(size_bytes - filled_bytes, buffer[filled_bytes:])
+                    if not count_bytes:  # close_notify
+                        self._peer_closed = True
+                        break
+                    filled_bytes += count_bytes
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            if self._outgoing.pending and not self._socket_send_lock.locked():
+                await self._flush()  # as in receive_some
+            if filled_bytes or self._peer_closed:
+                await trio.lowlevel.checkpoint()
+                return filled_bytes
+            await self._receive_from_socket(min(_SOCKET_RECEIVE_BYTES, size_bytes + _RECORD_OVERHEAD_BYTES))
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self._tls.write(data)

@@ -47,6 +47,7 @@ from p2pfs.replication.replicas import Replica, Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
 from p2pfs.storage import (
+    ChunkCorrupt,
     ChunkRef,
     ClockDriftError,
     FileHasher,
@@ -318,9 +319,18 @@ class Coordinator:
         served it are repaired in the background.
         """
         rf = self.config.rf
-        held = await self._offload(self.local.chunks.has, chunk_id)
         ring = self.view.ring()
         preferred = ring.preference_list(chunk_id, rf)
+        if self.node_id in preferred:
+            # Its own copy first, read and verified in one thread hop (asking ``has`` first made
+            # two per chunk). A corrupt copy, quarantined now, is asked again as the holder below:
+            # found lacking there, it is repaired as before.
+            try:
+                return await self.replicas.local.fetch_chunk(chunk_id)
+            except ReplicaLacks as exc:
+                held = isinstance(exc.__cause__, ChunkCorrupt)
+        else:
+            held = await self._offload(self.local.chunks.has, chunk_id)
         order = read_order(
             ring, chunk_id, rf, self.view.unavailable(), holder=self.node_id if held else None, rotate=index,
             alive=self.view.alive(),

@@ -1,0 +1,73 @@
+"""What a chunk read costs the coordinator in worker-thread hops: one for its own copy.
+
+Each hop is a round trip through a worker thread and trio's wake-up, which on the project's
+loaded 2-core machine cost more than the copy and the hash of the chunk (docs/BENCHMARKS.md,
+"Receive path and thread hops"). A read asked ``has`` first, then read: two per chunk of a get.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from p2pfs.address import Address
+from p2pfs.clock import SystemClock
+from p2pfs.membership import Member, MemberState
+from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.coordinator import Coordinator
+from p2pfs.replication.hints import HINTS_FILE_NAME, HintStore
+from p2pfs.replication.local import LocalReplica, LocalStore
+from p2pfs.replication.quorum import QuorumError
+from p2pfs.replication.replicas import Replicas
+from p2pfs.replication.view import RingView
+from p2pfs.storage import NAMES_FILE_NAME, ChunkStore, NameIndex, chunk_id_of
+from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MIN
+
+ME = "a" * 64
+
+
+class CountingOffload:
+    """Runs what would go to a worker thread inline, and counts the hops."""
+
+    def __init__(self) -> None:
+        self.hops = 0
+
+    async def __call__(self, fn, *args):
+        self.hops += 1
+        return fn(*args)
+
+
+def _coordinator(tmp_path) -> tuple[Coordinator, ChunkStore, CountingOffload]:
+    config = ReplicationConfig(chunk_size_bytes=CHUNK_SIZE_BYTES_MIN)
+    clock = SystemClock()
+    store = ChunkStore(tmp_path, 1 << 30, clock=clock)
+    local = LocalStore(store, NameIndex(tmp_path / NAMES_FILE_NAME), HintStore(tmp_path / HINTS_FILE_NAME), clock)
+    members = [Member(ME, Address("127.0.0.1", 7000), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)]
+    view = RingView(ME, config, lambda: members, clock)
+    offload = CountingOffload()
+    replicas = Replicas(LocalReplica(ME, local, offload), None, view, offload)
+    coordinator = Coordinator(node_id=ME, config=config, view=view, replicas=replicas, local=local, clock=clock,
+                              offload=offload)
+    return coordinator, store, offload
+
+
+def test_a_chunk_held_here_is_read_in_one_thread_hop(tmp_path):
+    coordinator, store, offload = _coordinator(tmp_path)
+    data = b"x" * CHUNK_SIZE_BYTES_MIN
+    chunk_id = chunk_id_of(data)
+    store.put(chunk_id, data)
+    assert trio.run(coordinator.fetch_chunk, chunk_id) == data
+    assert offload.hops == 1
+
+
+def test_a_corrupt_copy_here_is_quarantined_and_the_read_fails_over(tmp_path):
+    coordinator, store, offload = _coordinator(tmp_path)
+    data = b"y" * CHUNK_SIZE_BYTES_MIN
+    chunk_id = chunk_id_of(data)
+    store.put(chunk_id, data)
+    path = next(p for p in tmp_path.rglob(chunk_id.hex()[2:]) if p.is_file())
+    path.write_bytes(b"z" * CHUNK_SIZE_BYTES_MIN)
+    with pytest.raises(QuorumError):  # its only replica lacks it now
+        trio.run(coordinator.fetch_chunk, chunk_id)
+    assert not store.has(chunk_id)  # quarantined
+    assert chunk_id in coordinator.local.corrupt_pending  # for the repair to fetch it again
