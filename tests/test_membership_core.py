@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from p2pfs.membership.messages import Ack, Gossip, MemberFact, Nack, Ping, PingReq
+from p2pfs.membership.state import Send
 
 from membership_helpers import (
     ALIVE, CONFIG, DEAD, LEFT, SUSPECT, fact, joined, make, meta, node_id, sends_of, state_of, teach,
@@ -144,7 +145,8 @@ def test_refutation_raises_incarnation_and_clears_the_suspicion():
     sends = b.handle(a.address, Gossip((fact("b", 1, SUSPECT, "c"),)), 1.0)
     assert b.incarnation == 2
     assert b.awareness_score == 1, "having to refute counts against our own health"
-    assert sends == []
+    # The refutation goes straight to the accuser, c (see the test below), and to gossip.
+    assert [(s.to, s.msg) for s in sends] == [(c.address, Gossip((MemberFact(b.node_id, 2, ALIVE, "", meta("b")),)))]
     refutation = b._piggyback(None, 10_000)
     assert MemberFact(b.node_id, 2, ALIVE, "", meta("b")) in refutation
     a.handle(b.address, Gossip(refutation), 1.1)
@@ -152,6 +154,27 @@ def test_refutation_raises_incarnation_and_clears_the_suspicion():
     assert a._view.suspicions == {}
     a.tick(1000.0)
     assert state_of(a, "b") == (ALIVE, 2)
+
+
+def test_refutation_reaches_the_accuser_at_once_whoever_passed_the_accusation_on():
+    # a suspected b; b hears of it from c, not from a (a's own word to b was lost). Gossip
+    # alone would reach a only when a random fan-out or a probe picks it; sent straight
+    # to a, the refutation clears a's suspicion before any timer runs.
+    names = ["a", "b", "c"] + [f"m{i}" for i in range(7)]
+    net, cores = joined(*names)
+    a, b, c = cores[:3]
+    suspicion = fact("b", 1, SUSPECT, "a")
+    teach(a, suspicion)
+    teach(c, suspicion)
+    assert state_of(a, "b") == (SUSPECT, 1)
+    net.deliver(c.address, [Send(b.address, Gossip((suspicion,)), b.node_id)], 1.0)
+    assert b.incarnation == 2
+    assert state_of(a, "b") == (ALIVE, 2)
+    assert b.node_id not in a._view.suspicions
+    # An accusation whose accuser we do not know is refuted by gossip alone.
+    stranger = MemberFact(b.node_id, 2, DEAD, node_id("stranger"), None)
+    assert b.handle(c.address, Gossip((stranger,)), 2.0) == []
+    assert b.incarnation == 3
 
 
 def test_refutes_dead_and_left_claims_and_ignores_old_ones():
