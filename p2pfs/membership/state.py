@@ -20,7 +20,8 @@ Phillips, Currey, arXiv:1707.00788; the details follow hashicorp/memberlist):
   ALIVE < SUSPECT < DEAD < LEFT. A node that hears a fact about itself at least
   as new as its own that is not its current self (suspected, declared dead or
   left, or an ALIVE from a previous life) refutes by raising its incarnation
-  above the one heard and gossiping ALIVE.
+  above the one heard and gossiping ALIVE, and sends that ALIVE straight to
+  the accuser too (whose suspicion runs out first).
 * Restart pitfall. A restarted node keeps its node id (the hash of its key).
   If its incarnation started again from 0, the cluster's stale facts about its
   previous life (say DEAD at incarnation 7) would win over its new ALIVE until

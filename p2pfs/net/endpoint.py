@@ -187,10 +187,11 @@ class Endpoint:
         (``HANDSHAKES_CONCURRENT_MAX``, at which its oldest attempt goes, so that its newest
         never queues behind its own); once all slots are taken, a newcomer from any address
         sheds the oldest attempt of the address holding most, if that holds
-        ``UNAUTHENTICATED_PER_ADDRESS_MAX`` or more. A fixed limit of 16 also capped honest
-        peers that share an address: on a test network every member dials from 127.0.0.1,
-        and 49 daemons started at once shed each other's handshakes (behind a NAT gateway,
-        the same); per address and port would not do, since a hostile host has many ports.
+        ``UNAUTHENTICATED_PER_ADDRESS_MAX`` or more (finding it walks the addresses, only
+        while every slot is taken). A fixed limit of 16 also capped honest peers that share
+        an address: on a test network every member dials from 127.0.0.1, and 49 daemons
+        started at once could shed each other's handshakes (as behind a NAT gateway); per
+        address and port would not do, since a hostile host has many ports.
         """
         from_host = self._unauthenticated_by_host.get(host, {})
         if len(from_host) >= HANDSHAKES_CONCURRENT_MAX:
