@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from p2pfs.membership.messages import Ack, Gossip, MemberFact, Nack, Ping, PingReq
+from p2pfs.membership.messages import Ack, Gossip, MemberFact, Nack, Ping, PingReq, PushPull
 from p2pfs.membership.state import Send
 
 from membership_helpers import (
-    ALIVE, CONFIG, DEAD, LEFT, SUSPECT, fact, joined, make, meta, node_id, sends_of, state_of, teach,
+    ALIVE, CONFIG, DEAD, LEFT, SUSPECT, address, alive, fact, joined, make, meta, node_id, sends_of, state_of,
+    teach,
 )
 
 
@@ -175,6 +176,26 @@ def test_refutation_reaches_the_accuser_at_once_whoever_passed_the_accusation_on
     stranger = MemberFact(b.node_id, 2, DEAD, node_id("stranger"), None)
     assert b.handle(c.address, Gossip((stranger,)), 2.0) == []
     assert b.incarnation == 3
+
+
+def test_a_joiner_does_not_inherit_a_suspicion_it_cannot_see_refuted():
+    # c joins from a's full state while a still holds b suspected at incarnation 1; b has refuted
+    # already (incarnation 2) and the refutation's gossip is over. Held as c's own suspicion, it
+    # would run out into DEAD with nothing to cancel it (seen in a 50-process start-up).
+    c = make("c")
+    suspected_b = dataclasses.replace(alive("b"), state=SUSPECT, accuser_id=node_id("a"))
+    c.handle(address("a"), PushPull(True, (alive("a"), suspected_b)), 1.0)
+    assert state_of(c, "b") == (ALIVE, 1)
+    assert c._view.suspicions == {}
+    assert not [f for f in c._piggyback(None, 1 << 20) if f.state == SUSPECT], "the stale suspicion is not gossiped on"
+    c.tick(1000.0)  # far past any suspicion timeout; no probe of b has failed yet
+    assert state_of(c, "b") == (ALIVE, 1)
+    # A new accusation, or a DEAD in a full state (our own suspicion then), still counts.
+    teach(c, fact("b", 1, SUSPECT, "a"), now_s=1000.0)
+    assert state_of(c, "b") == (SUSPECT, 1)
+    d = make("d")
+    d.handle(address("a"), PushPull(True, (alive("a"), dataclasses.replace(alive("b"), state=DEAD))), 1.0)
+    assert d.member(node_id("b")) is None  # unsigned: no record, so not introduced at all
 
 
 def test_refutes_dead_and_left_claims_and_ignores_old_ones():
