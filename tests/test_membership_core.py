@@ -198,6 +198,25 @@ def test_a_joiner_does_not_inherit_a_suspicion_it_cannot_see_refuted():
     assert d.member(node_id("b")) is None  # unsigned: no record, so not introduced at all
 
 
+def test_a_stale_suspicion_is_answered_with_the_refutation_to_whoever_passes_it_on():
+    # b refuted (incarnation 2) and c heard it; a heard the suspicion only afterwards, the
+    # refutation's gossip over. When a passes the suspicion on to c, c answers a at once.
+    net, (a, b, c, d) = joined("a", "b", "c", "d")
+    teach(c, alive("b", 2))
+    teach(a, fact("b", 1, SUSPECT, "d"))
+    assert state_of(a, "b") == (SUSPECT, 1)
+    stale = Gossip((fact("b", 1, SUSPECT, "d"),))
+    sends = c.handle(a.address, stale, 1.0, sender_id=a.node_id)
+    assert [(s.to, s.to_id) for s in sends] == [(a.address, a.node_id)]
+    assert sends[0].msg.updates == (MemberFact(b.node_id, 2, ALIVE, "", meta("b")),)
+    net.deliver(c.address, sends, 1.0)
+    assert state_of(a, "b") == (ALIVE, 2)
+    assert b.node_id not in a._view.suspicions
+    # Only accusations older than an ALIVE we hold are answered; the same incarnation is news.
+    assert c.handle(a.address, Gossip((fact("b", 2, SUSPECT, "d"),)), 2.0, sender_id=a.node_id) == []
+    assert c.handle(a.address, Gossip((fact("b", 1, SUSPECT, "d"),)), 2.0, sender_id=a.node_id) == []
+
+
 def test_refutes_dead_and_left_claims_and_ignores_old_ones():
     b = make("b", incarnation=10)
     teach(b, fact("b", 9, DEAD, "a"))
