@@ -285,6 +285,12 @@ def idle_cost(procs: list[testnet.NodeProcess], idle_s: float) -> dict:
     sockets_after = tcp_bytes_by_socket(pids)
     cpu_percent = {pid: 100 * (cpu_s(pid) - cpu_before[pid]) / elapsed_s for pid in pids}
     rss_mib = {pid: status_mib(pid, "VmRSS") for pid in pids}
+    # What RSS is made of: the daemon's own heap (RssAnon; the rest is code and libraries mapped
+    # from files, the same at any size), and the connections it holds, about one per member.
+    rss_anon_mib = [status_mib(pid, "RssAnon") for pid in pids]
+    open_sockets = {pid: 0 for pid in pids}
+    for pid, _local, _peer in sockets_after:
+        open_sockets[pid] += 1
     traffic, closed = traffic_bytes_per_s(sockets_before, sockets_after, elapsed_s)
     sent = [traffic.get(pid, SocketBytes(0, 0)).sent for pid in pids]
     received = [traffic.get(pid, SocketBytes(0, 0)).received for pid in pids]
@@ -292,6 +298,8 @@ def idle_cost(procs: list[testnet.NodeProcess], idle_s: float) -> dict:
         "seconds": elapsed_s,
         "cpu_percent": {"median": statistics.median(cpu_percent.values()), "max": max(cpu_percent.values())},
         "rss_mib": {"median": statistics.median(rss_mib.values()), "max": max(rss_mib.values())},
+        "rss_anon_mib": _stats(rss_anon_mib),
+        "tcp_connections": _stats(list(open_sockets.values())),
         "sent_bytes_per_s": {"median": statistics.median(sent), "max": max(sent)},
         "received_bytes_per_s": {"median": statistics.median(received), "max": max(received)},
         "sockets_closed_during": closed,
@@ -561,6 +569,11 @@ def print_report(results: list[dict]) -> None:
               f"| {sent['median'] + received['median']:,.0f} / {total_max:,.0f} "
               f"{_verdict(total_max <= TARGET_IDLE_TRAFFIC_BYTES_PER_S)} "
               f"| {_alarms(idle['alarms'])} | {idle['load_1m'][0]:g} / {idle['load_1m'][1]:g} |")
+    for r in results:
+        if "idle" in r:
+            anon, conns = r["idle"]["rss_anon_mib"], r["idle"]["tcp_connections"]
+            print(f"\n{r['nodes']} processes: heap (RssAnon) {anon['median']:.1f} / {anon['max']:.1f} MiB, "
+                  f"TCP connections open {conns['median']:g} / {conns['max']:g} per daemon (median / max)")
     closed = [r["idle"]["sockets_closed_during"] for r in results if "idle" in r]
     if any(closed):
         print(f"\n(sockets closed during the idle windows, whose bytes are not counted: {closed})")

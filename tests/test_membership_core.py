@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from p2pfs.membership.messages import Ack, Gossip, MemberFact, Nack, Ping, PingReq
+from p2pfs.membership.messages import Ack, Gossip, MemberFact, Nack, Ping, PingReq, PushPull
+from p2pfs.membership.state import Send
 
 from membership_helpers import (
-    ALIVE, CONFIG, DEAD, LEFT, SUSPECT, fact, joined, make, meta, node_id, sends_of, state_of, teach,
+    ALIVE, CONFIG, DEAD, LEFT, SUSPECT, address, alive, fact, joined, make, meta, node_id, sends_of, state_of,
+    teach,
 )
 
 
@@ -144,7 +146,8 @@ def test_refutation_raises_incarnation_and_clears_the_suspicion():
     sends = b.handle(a.address, Gossip((fact("b", 1, SUSPECT, "c"),)), 1.0)
     assert b.incarnation == 2
     assert b.awareness_score == 1, "having to refute counts against our own health"
-    assert sends == []
+    # The refutation goes straight to the accuser, c (see the test below), and to gossip.
+    assert [(s.to, s.msg) for s in sends] == [(c.address, Gossip((MemberFact(b.node_id, 2, ALIVE, "", meta("b")),)))]
     refutation = b._piggyback(None, 10_000)
     assert MemberFact(b.node_id, 2, ALIVE, "", meta("b")) in refutation
     a.handle(b.address, Gossip(refutation), 1.1)
@@ -152,6 +155,66 @@ def test_refutation_raises_incarnation_and_clears_the_suspicion():
     assert a._view.suspicions == {}
     a.tick(1000.0)
     assert state_of(a, "b") == (ALIVE, 2)
+
+
+def test_refutation_reaches_the_accuser_at_once_whoever_passed_the_accusation_on():
+    # a suspected b; b hears of it from c, not from a (a's own word to b was lost). Gossip
+    # alone would reach a only when a random fan-out or a probe picks it; sent straight
+    # to a, the refutation clears a's suspicion before any timer runs.
+    names = ["a", "b", "c"] + [f"m{i}" for i in range(7)]
+    net, cores = joined(*names)
+    a, b, c = cores[:3]
+    suspicion = fact("b", 1, SUSPECT, "a")
+    teach(a, suspicion)
+    teach(c, suspicion)
+    assert state_of(a, "b") == (SUSPECT, 1)
+    net.deliver(c.address, [Send(b.address, Gossip((suspicion,)), b.node_id)], 1.0)
+    assert b.incarnation == 2
+    assert state_of(a, "b") == (ALIVE, 2)
+    assert b.node_id not in a._view.suspicions
+    # An accusation whose accuser we do not know is refuted by gossip alone.
+    stranger = MemberFact(b.node_id, 2, DEAD, node_id("stranger"), None)
+    assert b.handle(c.address, Gossip((stranger,)), 2.0) == []
+    assert b.incarnation == 3
+
+
+def test_a_joiner_does_not_inherit_a_suspicion_it_cannot_see_refuted():
+    # c joins from a's full state while a still holds b suspected at incarnation 1; b has refuted
+    # already (incarnation 2) and the refutation's gossip is over. Held as c's own suspicion, it
+    # would run out into DEAD with nothing to cancel it (seen in a 50-process start-up).
+    c = make("c")
+    suspected_b = dataclasses.replace(alive("b"), state=SUSPECT, accuser_id=node_id("a"))
+    c.handle(address("a"), PushPull(True, (alive("a"), suspected_b)), 1.0)
+    assert state_of(c, "b") == (ALIVE, 1)
+    assert c._view.suspicions == {}
+    assert not [f for f in c._piggyback(None, 1 << 20) if f.state == SUSPECT], "the stale suspicion is not gossiped on"
+    c.tick(1000.0)  # far past any suspicion timeout; no probe of b has failed yet
+    assert state_of(c, "b") == (ALIVE, 1)
+    # A new accusation, or a DEAD in a full state (our own suspicion then), still counts.
+    teach(c, fact("b", 1, SUSPECT, "a"), now_s=1000.0)
+    assert state_of(c, "b") == (SUSPECT, 1)
+    d = make("d")
+    d.handle(address("a"), PushPull(True, (alive("a"), dataclasses.replace(alive("b"), state=DEAD))), 1.0)
+    assert d.member(node_id("b")) is None  # unsigned: no record, so not introduced at all
+
+
+def test_a_stale_suspicion_is_answered_with_the_refutation_to_whoever_passes_it_on():
+    # b refuted (incarnation 2) and c heard it; a heard the suspicion only afterwards, the
+    # refutation's gossip over. When a passes the suspicion on to c, c answers a at once.
+    net, (a, b, c, d) = joined("a", "b", "c", "d")
+    teach(c, alive("b", 2))
+    teach(a, fact("b", 1, SUSPECT, "d"))
+    assert state_of(a, "b") == (SUSPECT, 1)
+    stale = Gossip((fact("b", 1, SUSPECT, "d"),))
+    sends = c.handle(a.address, stale, 1.0, sender_id=a.node_id)
+    assert [(s.to, s.to_id) for s in sends] == [(a.address, a.node_id)]
+    assert sends[0].msg.updates == (MemberFact(b.node_id, 2, ALIVE, "", meta("b")),)
+    net.deliver(c.address, sends, 1.0)
+    assert state_of(a, "b") == (ALIVE, 2)
+    assert b.node_id not in a._view.suspicions
+    # Only accusations older than an ALIVE we hold are answered; the same incarnation is news.
+    assert c.handle(a.address, Gossip((fact("b", 2, SUSPECT, "d"),)), 2.0, sender_id=a.node_id) == []
+    assert c.handle(a.address, Gossip((fact("b", 1, SUSPECT, "d"),)), 2.0, sender_id=a.node_id) == []
 
 
 def test_refutes_dead_and_left_claims_and_ignores_old_ones():

@@ -55,7 +55,8 @@ def test_unknown_member_is_learned_only_from_a_fact_that_says_where_it_is():
     teach(a, fact("x", 1, DEAD, "b"), fact("y", 1, LEFT), fact("z", 1, SUSPECT, "b"))
     assert {m.node_id for m in a.members()} == {a.node_id}
     teach(a, MemberFact(node_id("z"), 1, SUSPECT, node_id("b"), meta("z")))
-    assert state_of(a, "z") == (SUSPECT, 1)
+    # Learned, but not suspected: b's suspicion may be refuted already (test_membership_core).
+    assert state_of(a, "z") == (ALIVE, 1)
 
 
 def test_members_are_capped(monkeypatch):

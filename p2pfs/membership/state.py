@@ -20,7 +20,11 @@ Phillips, Currey, arXiv:1707.00788; the details follow hashicorp/memberlist):
   ALIVE < SUSPECT < DEAD < LEFT. A node that hears a fact about itself at least
   as new as its own that is not its current self (suspected, declared dead or
   left, or an ALIVE from a previous life) refutes by raising its incarnation
-  above the one heard and gossiping ALIVE.
+  above the one heard and gossiping ALIVE, and sends that ALIVE straight to
+  the accuser too (whose suspicion runs out first). Whoever is passed an
+  accusation older than an ALIVE it holds answers the sender with the ALIVE,
+  so a member that heard a suspicion after its refutation's gossip was over
+  does not keep it until it runs out.
 * Restart pitfall. A restarted node keeps its node id (the hash of its key).
   If its incarnation started again from 0, the cluster's stale facts about its
   previous life (say DEAD at incarnation 7) would win over its new ALIVE until
@@ -212,23 +216,23 @@ class Membership:
         """Process one message from ``sender`` (the address replies go to), node ``sender_id`` if known."""
         sends: list[Send] = []
         if isinstance(msg, Ping):
-            self._merge(msg.updates, now_s, sends)
+            self._merge(msg.updates, now_s, sends, sender=sender, sender_id=sender_id)
             if msg.target_id != self.node_id:
                 log.debug("%s: ping from %s for another node %s", short_id(self.node_id), sender, short_id(msg.target_id))
                 return sends
             sends.append(Send(sender, Ack(msg.seq, self._piggyback(None, PIGGYBACK_BYTES_MAX)), sender_id))
         elif isinstance(msg, Ack):
-            self._merge(msg.updates, now_s, sends)
+            self._merge(msg.updates, now_s, sends, sender=sender, sender_id=sender_id)
             self._on_ack(msg.seq, sends)
         elif isinstance(msg, Nack):
             probe = self._probe
             if probe is not None and probe.seq == msg.seq and probe.indirect_sent:
                 probe.nacks += 1
         elif isinstance(msg, PingReq):
-            self._merge(msg.updates, now_s, sends)
+            self._merge(msg.updates, now_s, sends, sender=sender, sender_id=sender_id)
             self._relay(sender, sender_id, msg, now_s, sends)
         elif isinstance(msg, Gossip):
-            self._merge(msg.updates, now_s, sends)
+            self._merge(msg.updates, now_s, sends, sender=sender, sender_id=sender_id)
         elif isinstance(msg, PushPull):
             # A remote view that someone is DEAD becomes our own suspicion
             # (memberlist's mergeState): the member gets a suspicion timeout to
@@ -439,8 +443,11 @@ class Membership:
     # ------------------------------------------------------------------
     # Facts
 
-    def _merge(self, facts: Sequence[MemberFact], now_s: float, sends: list[Send]) -> None:
+    def _merge(self, facts: Sequence[MemberFact], now_s: float, sends: list[Send], *,
+               sender: Address | None = None, sender_id: str | None = None) -> None:
+        """Merge ``facts``; accusations older than a refutation we hold are answered to ``sender``."""
         members = self._view.members
+        refuted: list[MemberFact] = []
         for fact in facts:
             old = members.get(fact.node_id)
             if old is not None:
@@ -450,13 +457,22 @@ class Membership:
                 if incarnation < old.incarnation:
                     if fact.node_id == self.node_id and (fact.state == _SUSPECT or fact.state == _DEAD):
                         self._reassert()
+                    elif (sender is not None and (fact.state == _SUSPECT or fact.state == _DEAD)
+                          and old.state == MemberState.ALIVE):
+                        refuted.append(self._view.facts[fact.node_id])
                     continue
                 if incarnation == old.incarnation and fact.state <= old.state and fact.state != _SUSPECT:
                     continue
             if self._verify is not None and not self._believable(fact):
                 continue
-            if self._apply(fact, now_s) and fact.node_id != self.node_id:
-                self._enqueue(fact)
+            if self._apply(fact, now_s):
+                if fact.node_id != self.node_id:
+                    self._enqueue(fact)
+                else:
+                    self._refute_to_accuser(fact, sends)
+        if refuted:
+            assert sender is not None
+            self._answer_stale_accusations(refuted, sender, sender_id, sends)
 
     def _believable(self, fact: MemberFact) -> bool:
         """A signing member's check of a fact that would be news (see the module docstring)."""
@@ -500,6 +516,46 @@ class Membership:
         """
         if not self._left:
             self._enqueue(self._view.facts[self.node_id])
+
+    def _refute_to_accuser(self, accusation: MemberFact, sends: list[Send]) -> None:
+        """Send the refutation of ``accusation`` straight to its accuser too, not only to gossip.
+
+        The accuser's suspicion is the oldest, so it is the first to run out
+        into DEAD, and the accuser is the member gossip may reach last: a
+        refutation leaves in random fan-outs and on probes, and at 50 real
+        processes under load it took 3.6-4.6 s to reach anyone, about the
+        suspicion floor (docs/BENCHMARKS.md, "Real processes at 50"). Sent
+        directly, it is in the accuser's hands one message later, whoever
+        passed the accusation on. Lifeguard's refutation is gossip only, as
+        in memberlist; this costs one message per refutation.
+        """
+        accuser = self._view.members.get(accusation.accuser_id)
+        if accuser is None or accuser.node_id == self.node_id:
+            return  # an accusation without an accuser (LEFT), or one we do not know
+        sends.append(Send(accuser.address, Gossip((self._view.facts[self.node_id],)), accuser.node_id))
+
+    def _answer_stale_accusations(self, refutations: list[MemberFact], sender: Address, sender_id: str | None,
+                                  sends: list[Send]) -> None:
+        """Send ``sender``, who passed us accusations older than these refutations, the refutations.
+
+        A member that hears a suspicion after the refutation's gossip has
+        died out (it was starting, or busy) holds it until its timer runs out
+        and declares a live member dead (seen in 50-process start-ups, 14 s
+        after the refutation: docs/BENCHMARKS.md).
+        It gossips the stale suspicion on, though, and whoever holds the
+        newer ALIVE hears it: answered, the member that needs the refutation
+        has it within a gossip round. One message, to the sender only (no
+        third party is ever sent anything), at most a gossip message's bytes.
+        """
+        budget_bytes = GOSSIP_BYTES_MAX - MESSAGE_OVERHEAD_BYTES
+        facts: list[MemberFact] = []
+        for fact in refutations[:UPDATES_PER_MESSAGE_MAX]:
+            budget_bytes -= fact_size_bytes(fact)
+            if budget_bytes < 0:
+                break
+            facts.append(fact)
+        if facts:
+            sends.append(Send(sender, Gossip(tuple(facts)), sender_id))
 
     def _apply_local(self, fact: MemberFact, now_s: float) -> None:
         """Apply a fact we originate, and queue it for gossip."""

@@ -146,6 +146,23 @@ class MemberView:
             if len(self.members) >= MEMBERS_MAX:
                 log.warning("%s: MEMBERS_MAX reached, ignoring new member %s", short_id(self.self_id), short_id(fact.node_id))
                 return False
+            if fact.state == MemberState.SUSPECT and fact.accuser_id != self.self_id:
+                # Another member's suspicion of one we did not know: we are joining, from a
+                # full state that may predate the member's refutation, whose gossip is over by
+                # the time we arrive. Held as ours, that suspicion would run out into DEAD with
+                # nothing to cancel it (one live member declared dead so in ten 50-process
+                # start-ups, docs/BENCHMARKS.md). The member comes in ALIVE at the incarnation
+                # its record signs, and is suspected again only by a new accusation or our own
+                # failed probe; the stale suspicion is not ours to gossip. memberlist ignores a
+                # suspicion of an unknown node altogether. (A DEAD in a full state, which
+                # PushPull hands us as our own suspicion, still comes in suspected.)
+                self.set(
+                    Member.from_meta(fact.node_id, fact.meta, fact.incarnation, MemberState.ALIVE, now_s),
+                    "", now_s, self_live=self_live, signature=fact.signature, cert=fact.cert,
+                )
+                log.debug("%s: learned %s (ALIVE; suspected by %s)", short_id(self.self_id),
+                          short_id(fact.node_id), short_id(fact.accuser_id))
+                return False
             self.set(
                 Member.from_meta(fact.node_id, fact.meta, fact.incarnation, fact.state, now_s),
                 fact.accuser_id, now_s, self_live=self_live, signature=fact.signature, cert=fact.cert,

@@ -59,10 +59,12 @@ HANDSHAKES_CONCURRENT_MAX = 64
 # command). Only when every connection is authenticated and busy is the new one
 # refused: 1,024 busy peers are a real overload, not a flood.
 INBOUND_CONNECTIONS_MAX = 1024
-# Connections from one source address that have not finished the handshake yet.
+# Connections from one source address that have not finished the handshake yet,
+# once every handshake slot is taken (while slots are free an address may use
+# them, up to HANDSHAKES_CONCURRENT_MAX: endpoint.Endpoint._make_room says why).
 # Without it one host holding silent connections takes every handshake slot
 # (HANDSHAKES_CONCURRENT_MAX) and every other peer waits out its deadline. Below
-# the slot count, so one address never has all of them; well above what one
+# the slot count, so one address never keeps all of them; well above what one
 # honest host needs at once (a node dials each peer once, a client once per
 # command). Authenticated connections do not count: a busy node or NAT gateway
 # is not limited, only its half-open attempts. At the limit the oldest attempt

@@ -3,11 +3,13 @@
 The listener is open to anyone who can reach the port, so what an
 unauthenticated peer can hold is bounded (``config.py`` gives the numbers and
 why): the handshake deadline runs from the accept, queueing for a handshake
-slot included; one source address has at most
-``UNAUTHENTICATED_PER_ADDRESS_MAX`` connections that have not authenticated;
-and at ``INBOUND_CONNECTIONS_MAX`` a new connection sheds an unauthenticated
-one, then an idle authenticated one, before it is refused. What a flood makes
-happen per connection is logged once per ``LOG_COLLAPSE_INTERVAL_S`` with a count.
+slot included; one source address holds at most ``HANDSHAKES_CONCURRENT_MAX``
+connections that have not authenticated, and no more than
+``UNAUTHENTICATED_PER_ADDRESS_MAX`` once every handshake slot is taken (see
+``_make_room``); and at ``INBOUND_CONNECTIONS_MAX`` a new connection sheds an
+unauthenticated one, then an idle authenticated one, before it is refused. What
+a flood makes happen per connection is logged once per
+``LOG_COLLAPSE_INTERVAL_S`` with a count.
 """
 
 from __future__ import annotations
@@ -177,11 +179,30 @@ class Endpoint:
                 self._nursery.start_soon(self._serve_inbound, tcp, attempt)
 
     def _make_room(self, host: str, now_s: float) -> bool:
-        """Shed what must go for a new connection from ``host``; False if it must be refused instead."""
+        """Shed what must go for a new connection from ``host``; False if it must be refused instead.
+
+        Half-open connections by source address: the per-address limit is there so that one
+        host cannot hold every handshake slot while other peers wait out their deadlines, so it
+        applies when they would wait, not before. An address may use every free slot
+        (``HANDSHAKES_CONCURRENT_MAX``, at which its oldest attempt goes, so that its newest
+        never queues behind its own); once all slots are taken, a newcomer from any address
+        sheds the oldest attempt of the address holding most, if that holds
+        ``UNAUTHENTICATED_PER_ADDRESS_MAX`` or more (finding it walks the addresses, only
+        while every slot is taken). A fixed limit of 16 also capped honest peers that share
+        an address: on a test network every member dials from 127.0.0.1, and 49 daemons
+        started at once could shed each other's handshakes (as behind a NAT gateway); per
+        address and port would not do, since a hostile host has many ports.
+        """
         from_host = self._unauthenticated_by_host.get(host, {})
-        if len(from_host) >= UNAUTHENTICATED_PER_ADDRESS_MAX:
-            self._shed_attempt(next(iter(from_host)), now_s, f"{UNAUTHENTICATED_PER_ADDRESS_MAX} from that address")
+        if len(from_host) >= HANDSHAKES_CONCURRENT_MAX:
+            self._shed_attempt(next(iter(from_host)), now_s, f"{HANDSHAKES_CONCURRENT_MAX} from that address")
             return True
+        if len(self._unauthenticated) >= HANDSHAKES_CONCURRENT_MAX:
+            crowded = max(self._unauthenticated_by_host.values(), key=len)
+            if len(crowded) >= UNAUTHENTICATED_PER_ADDRESS_MAX:
+                self._shed_attempt(next(iter(crowded)), now_s, f"every handshake slot taken, {len(crowded)} "
+                                   "from that address")
+                return True
         if self._inbound_count < INBOUND_CONNECTIONS_MAX:
             return True
         if self._unauthenticated:
