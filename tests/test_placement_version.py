@@ -22,7 +22,7 @@ from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import placement_version
 from p2pfs.replication import view as view_module
 from p2pfs.replication.view import PLACEMENT_FILE_NAME, RingView
-from p2pfs.ring import Ring, RingMember
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST, Ring, RingMember
 from p2pfs.wire import Role
 
 FALLBACK_S = 100.0
@@ -149,7 +149,7 @@ def test_a_node_restarted_into_the_new_version_knows_that_it_changed(tmp_path):
 
 def test_placement_settings_are_checked():
     with pytest.raises(ValueError, match="placement_version"):
-        ReplicationConfig(placement_version=3)
+        ReplicationConfig(placement_version=PLACEMENT_VERSION_NEWEST + 1)
     with pytest.raises(ValueError, match="placement_fallback_s"):
         ReplicationConfig(placement_fallback_s=-1.0)
 

@@ -23,8 +23,8 @@ as soon as it sees that member's new record. Data does not move at the switch:
 each node's next anti-entropy rounds hand what it holds but no longer replicates
 to the new replicas. Meanwhile a name's new replicas may not have it yet, so for
 ``placement_fallback_s`` after this node sees the version change,
-``other_ring()`` is the ring of the other version, where a name read that found
-nothing looks next (``Coordinator.read_name``). The version last placed by is
+``other_ring()`` is the ring of the version placed by before the change, where a
+name read that found nothing looks next (``Coordinator.read_name``). The version last placed by is
 kept in a file of the data dir, so that a node restarted into the new version
 (the last one of an upgrade sees no member running the old) still knows it
 changed. Chunks need no such help: a chunk read walks every member after the
@@ -74,12 +74,6 @@ def ring_tokens(key: RingKey) -> int:
     return sum(member_token_count(m, tokens_per_weight) for m in members)
 
 
-def other_version(version: int) -> int:
-    """The placement version a name may still sit under when ``version`` is in use."""
-    assert len(PLACEMENT_VERSIONS) == 2, "with more versions, say which one to fall back to"
-    return next(v for v in PLACEMENT_VERSIONS if v != version)
-
-
 def read_placement_file(path: Path | None) -> int | None:
     """The placement version a node placed by when it last ran, or None if unknown."""
     if path is None:
@@ -125,12 +119,14 @@ class RingView:
         self._wanted_changed = trio.Event()
         self._installed = trio.Event()
         self._rebuilding_in_background = False  # run_rebuilds is running
-        # The ring of the other placement version for reads (other_ring), and until when it is
-        # wanted (monotonic seconds): set when the version placed by changes.
+        # The ring of the placement version placed by before the last change, for reads
+        # (other_ring), and until when it is wanted (monotonic seconds): set when the version
+        # placed by changes.
         self._other: Ring | None = None
         self._other_key: RingKey | None = None
         self._other_wanted: RingKey | None = None
         self._fallback_until_s = -math.inf
+        self._fallback_version = config.placement_version
         self._placement_file = placement_file
         self._version_before = read_placement_file(placement_file)
 
@@ -167,12 +163,14 @@ class RingView:
             log.info("placement version %d -> %d: names are also looked up under %d for %.0f s",
                      self._version_before, version, self._version_before, self.config.placement_fallback_s)
             self._fallback_until_s = now_s + self.config.placement_fallback_s
+            self._fallback_version = self._version_before
         self._version_before = version
         write_placement_file(self._placement_file, version)
 
     def other_ring(self) -> Ring | None:
-        """The ring of the current members under the other placement version, while a name may
-        still sit at its replicas there (see the module docstring); else None.
+        """The ring of the current members under the placement version placed by before the last
+        change, while a name may still sit at its replicas there (see the module docstring); else
+        None.
 
         None too while it is being built, and beyond ``OTHER_RING_TOKENS_MAX``.
         """
@@ -181,7 +179,9 @@ class RingView:
             self._other = self._other_key = self._other_wanted = None  # its memory is not needed
             return None
         chosen, version = self._ring_key
-        wanted = (chosen, other_version(version))
+        if version == self._fallback_version:  # the new ring is still being built
+            return None
+        wanted = (chosen, self._fallback_version)
         if wanted != self._other_key and wanted != self._other_wanted:
             tokens = ring_tokens(wanted)
             if tokens > OTHER_RING_TOKENS_MAX:
