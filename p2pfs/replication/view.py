@@ -129,6 +129,19 @@ class RingView:
         self._fallback_version = config.placement_version
         self._placement_file = placement_file
         self._version_before = read_placement_file(placement_file)
+        # What ring() last derived its ring key from (see _ring_key_of): the member records
+        # (held, so that their ids stay theirs), the leaving members, and until when (monotonic
+        # seconds) the key holds for those: the first dead member's grace period to run out.
+        self._seen_members: list[Member] = []
+        self._seen_ids: list[int] = []
+        self._seen_leaving: dict[str, float] = {}
+        self._seen_until_s = -math.inf
+        self._seen_key: RingKey = self._ring_key
+        # The same for _states: the member records, and the members down and alive among them.
+        self._states_members: list[Member] = []
+        self._states_ids: list[int] | None = None
+        self._down: frozenset[str] = frozenset()
+        self._alive: frozenset[str] = frozenset()
 
     def ring(self) -> Ring:
         """The current ring, rebuilt only when the set of ring members changed.
@@ -138,10 +151,7 @@ class RingView:
         now_s = self.clock.monotonic_s()
         for node_id in [n for n, until in self.leaving.items() if until <= now_s]:
             del self.leaving[node_id]
-        members = self.members()
-        grace_s = self.config.dead_grace_s
-        chosen = frozenset(ring_members(members, now_s, grace_s, self.leaving))
-        version = placement_version(members, now_s, grace_s, self.leaving, self.config.placement_version)
+        chosen, version = self._ring_key_of(self.members(), now_s)
         if (chosen, version) == self._wanted:
             return self._ring
         if version != self._version_before:
@@ -157,6 +167,27 @@ class RingView:
         else:
             self._wanted_changed.set()
         return self._ring
+
+    def _ring_key_of(self, members: list[Member], now_s: float) -> RingKey:
+        """The ring members and placement version of ``members`` at ``now_s``.
+
+        Every request asks (through ring()), and deriving them takes ~9 ms at 10,000 members, so
+        the last answer is kept while nothing it depends on changed: the same member records
+        (membership replaces a record when anything in it changes; the records are frozen), the
+        same leaving members, and no dead member's grace period run out since.
+        """
+        ids = list(map(id, members))
+        if ids == self._seen_ids and self.leaving == self._seen_leaving and now_s < self._seen_until_s:
+            return self._seen_key
+        grace_s = self.config.dead_grace_s
+        chosen = frozenset(ring_members(members, now_s, grace_s, self.leaving))
+        version = placement_version(members, now_s, grace_s, self.leaving, self.config.placement_version)
+        expiries = [m.state_since_s + grace_s for m in members
+                    if m.state is MemberState.DEAD and now_s < m.state_since_s + grace_s]
+        self._seen_members, self._seen_ids, self._seen_leaving = members, ids, dict(self.leaving)
+        self._seen_until_s = min(expiries, default=math.inf)
+        self._seen_key = (chosen, version)
+        return self._seen_key
 
     def _version_changed(self, version: int, now_s: float) -> None:
         if self._version_before is not None:
@@ -258,7 +289,8 @@ class RingView:
 
     def unavailable(self) -> set[str]:
         """Members not to write to directly: not alive, or failing recently (never this node)."""
-        down = unavailable_members(self.members()) | self.health.backing_off(self.clock.monotonic_s())
+        down = set(self._states()[0])
+        down |= self.health.backing_off(self.clock.monotonic_s())
         down.discard(self.node_id)
         return down
 
@@ -270,7 +302,20 @@ class RingView:
 
     def alive(self) -> set[str]:
         """Live members, this node included."""
-        return {m.node_id for m in self.members() if m.state is MemberState.ALIVE} | {self.node_id}
+        alive = set(self._states()[1])
+        alive.add(self.node_id)
+        return alive
+
+    def _states(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The members not alive and the members alive, derived again only when a member record
+        changed (as in _ring_key_of): every chunk read asks for both, ~3 ms at 10,000 members."""
+        members = self.members()
+        ids = list(map(id, members))
+        if ids != self._states_ids:
+            self._states_members, self._states_ids = members, ids
+            self._down = frozenset(unavailable_members(members))
+            self._alive = frozenset(m.node_id for m in members if m.state is MemberState.ALIVE)
+        return self._down, self._alive
 
     def live_nodes(self) -> list[str]:
         """Live members in membership's order, this node last if membership does not list it."""
