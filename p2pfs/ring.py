@@ -29,9 +29,10 @@ The cost moves to lookups: 21 binary searches instead of one (still microseconds
 Placement stays monotone, the property behind minimal movement: adding tokens can only make a
 new token the nearest for a probe, so a join moves keys only to the joiner, a leave only from the
 leaver, and the moved fraction is exactly the member's share. The keys a joiner wins come from tokens all
-around the ring, though, and take the walk from the joiner's token, so their other replicas
-change too: a join or leave makes about (2 rf - 1) / rf times the ideal replica copies
-(``Movement.copies_max``; docs/ARCHITECTURE.md, "Placement"). Placement is a pure function of the
+around the ring, though, and with ``REPLICAS_WALK`` take the walk from the joiner's token, so
+their other replicas change too: a join or leave makes about (2 rf - 1) / rf times the ideal
+replica copies (``Movement.copies_max``). ``REPLICAS_NEAREST`` (placement version 3) makes one
+copy per moved key: see below and docs/ARCHITECTURE.md, "Placement". Placement is a pure function of the
 member set (ids, weights, zones): it does not depend on the order members were given in, nor on
 history. Why not a token allocator (Cassandra 4) or a fixed partition table filled by an optimiser
 (Dynamo's strategy 3, Riak, Garage): both balance well, but the first depends on the order members
@@ -39,8 +40,16 @@ joined and the second on the previous table, and we have no consensus service to
 an optimiser run from scratch on the member set alone moves several times the ideal on each change
 (measured in docs/ARCHITECTURE.md, "Placement").
 
-Preference lists follow Dynamo §4.3: from the key's winning token, the first ``rf`` distinct
-members clockwise. When members carry zones (racks, hosts, availability zones), replicas spread
+Preference lists (``REPLICAS_WALK``, placement versions 1 and 2) follow Dynamo §4.3: from the
+key's winning token, the first ``rf`` distinct members clockwise. With ``REPLICAS_NEAREST``
+(version 3) members are instead taken in the order of their nearest token clockwise from any of
+the key's probes (the first is the winning token's owner, as before). A member's place in that
+order depends on its own tokens only, so a join or leave only inserts or removes the mover, and
+the zone rule below, a greedy choice of a matroid's basis, then swaps at most one replica: one
+copy per key that moves. The price is exactness: a key's replica set is no longer one per token,
+so shares at rf are estimated (``ownership_fraction``, ``answered_shares``) or sampled.
+
+When members carry zones (racks, hosts, availability zones), replicas spread
 over zones the way Cassandra's NetworkTopologyStrategy spreads over racks: walking clockwise, the
 first member met in each zone is taken, until ``rf`` zones are covered; if there are fewer zones
 than ``rf``, one member of every zone is taken and the rest are the next members clockwise. Members
@@ -48,9 +57,9 @@ with ``zone == ""`` form one unnamed zone, so a ring without zones is plain cloc
 the preference list, ``fallback_list`` gives the next members clockwise: the order in which a
 coordinator picks stand-ins for hinted handoff (Dynamo §4.6, sloppy quorum).
 
-A key's preference list depends only on which token it belongs to. ``token_shares`` gives the
-exact share of keys each token wins (the integral in ``_win_shares``); ``ownership_fraction`` and
-``replica_sets`` add them up.
+With ``REPLICAS_WALK`` a key's preference list depends only on which token it belongs to.
+``token_shares`` gives the exact share of keys each token wins (the integral in ``_win_shares``);
+``ownership_fraction`` and ``replica_sets`` add them up.
 
 Contract with the caller: the ring does not know who is alive. Which members take part is the
 caller's choice, and the design brief's rule is: a node that is merely dead (suspected or confirmed,

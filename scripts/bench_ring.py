@@ -15,6 +15,8 @@ any number of uniformly hashed keys):
 - movement on one join and one leave, exact: the share of keys whose replica set changes, and
   the replica copies to make (at most), each as a multiple of the ideal min(rf, N)/N;
 - preference_list lookups per second;
+- what a request pays for placement at the biggest size: the view's ring(), unavailable() and
+  alive(), and write_plan and read_order with each version's ring (``request_figures``);
 - placement version 3 (replicas nearest to the key's probes) against version 2 (the walk from the
   winning token), on the same sampled keys and the same rings (``nearest_figures``): lookups and
   fallback lists per CPU second, load at rf, weight classes at rf, zones, and per join and leave
@@ -49,7 +51,14 @@ from p2pfs.clock import SystemClock
 from p2pfs import wire
 from p2pfs.membership import Member, MemberState
 from p2pfs.replication.config import ReplicationConfig
-from p2pfs.replication.placement import WEIGHT_REFERENCE_BYTES
+from p2pfs.replication.placement import (
+    WEIGHT_REFERENCE_BYTES,
+    placement_version,
+    read_order,
+    ring_members,
+    unavailable_members,
+    write_plan,
+)
 from p2pfs.replication.view import RingView
 from p2pfs.ring import (
     PLACEMENT_VERSION_NEWEST,
@@ -164,6 +173,53 @@ def loop_block(ids: list[str]) -> dict[str, float]:
     }
 
 
+REQUEST_CALLS = 50  # calls timed per figure of request_figures
+
+
+def request_figures(ids: list[str], rf: int) -> dict[str, float]:
+    """CPU milliseconds per call of what a request asks of placement, with ``ids`` as members:
+    the view's answers (kept between membership changes) beside deriving them from every record,
+    as the view did on every call before; and write_plan and read_order with each version's ring."""
+
+    class FixedClock:
+        def monotonic_s(self) -> float:
+            return 0.0
+
+        def wall_ms(self) -> int:
+            return 0
+
+    members = [Member(n, Address("127.0.0.1", 7000), "", WEIGHT_REFERENCE_BYTES, ADVERTISED_VERSION, 1,
+                      MemberState.ALIVE, 0.0) for n in ids]
+    view = RingView(ids[0], ReplicationConfig(), lambda: list(members), FixedClock())
+    view.ring()
+    grace_s = ReplicationConfig().dead_grace_s
+
+    def derived() -> None:
+        frozenset(ring_members(members, 0.0, grace_s, {}))
+        placement_version(members, 0.0, grace_s, {}, PLACEMENT_VERSION_NEWEST)
+
+    calls = {
+        "view_ring": view.ring,
+        "ring_members_derived": derived,
+        "view_unavailable": view.unavailable,
+        "unavailable_derived": lambda: unavailable_members(members),
+        "view_alive": view.alive,
+        "alive_derived": lambda: {m.node_id for m in members if m.state is MemberState.ALIVE},
+    }
+    key = hashlib.sha256(b"request").digest()
+    for version in (2, 3):
+        ring = Ring.of_version([RingMember(n, weight=1.0) for n in ids], version)
+        calls[f"write_plan_v{version}"] = lambda ring=ring: write_plan(ring, key, rf, set())
+        calls[f"read_order_v{version}"] = lambda ring=ring: read_order(ring, key, rf, set(), holder=None, rotate=0)
+    figures = {}
+    for name, call in calls.items():
+        started_s = time.process_time()
+        for _ in range(REQUEST_CALLS):
+            call()
+        figures[name] = (time.process_time() - started_s) / REQUEST_CALLS * 1e3
+    return figures
+
+
 def weight_figures(ids: list[str]) -> dict[str, float]:
     members = [RingMember(n, weight=WEIGHTS[i % len(WEIGHTS)]) for i, n in enumerate(ids)]
     ring = Ring(members)
@@ -265,7 +321,14 @@ def nearest_figures(
         row |= {f"rf_sampled_{k}": v for k, v in spread(list(load.values())).items()}
         # The spread the placement itself adds: the loads' variance less a sample's own (binomial).
         variance = statistics.pvariance(load.values()) / mean**2
-        row["rf_sampled_sd_beyond_noise"] = max(0.0, variance - 1 / mean) ** 0.5
+        beyond = max(0.0, variance - 1 / mean)
+        row["rf_sampled_sd_beyond_noise"] = beyond**0.5
+        # Each member's sampled deviation shrunk by the share of the variance that is the
+        # placement's (not the sample's): an estimate of the true max/mean and min/mean. On
+        # version 2 it comes within about 0.005 of the exact max/mean (1,000 members, 300,000 keys).
+        shrink = (beyond / variance) ** 0.5
+        row["rf_estimated_max_over_mean"] = 1 + shrink * (row["rf_sampled_max_over_mean"] - 1)
+        row["rf_estimated_min_over_mean"] = 1 - shrink * (1 - row["rf_sampled_min_over_mean"])
         weighted_ring = Ring.of_version(weighted, version)
         class_load = dict.fromkeys(WEIGHTS, 0)
         weight_of = {m.node_id: m.weight for m in weighted}
@@ -493,12 +556,14 @@ def print_nearest(report: dict) -> None:
     echo("")
     echo("placement versions 2 (walk from the winning token) and 3 (nearest to the probes), same sampled keys:")
     echo(f"{'members':>8} {'version':>8} {'lookups/cpu s':>14} {'fallback ms':>12} {'rf max/mean':>12} "
-         f"{'min/mean':>9} {'sd beyond noise':>16} {'rf weight class err':>20} {'zones spread':>13}")
+         f"{'min/mean':>9} {'sd beyond noise':>16} {'estimated max, min':>19} {'rf weight class err':>20} "
+         f"{'zones spread':>13}")
     for row in rows:
         for version, fig in row["nearest"].items():
             echo(f"{row['members']:>8} {version:>8} {fig['lookups_per_cpu_s']:>14,.0f} "
                  f"{fig['fallback_list_cpu_ms']:>12.3f} {fig['rf_sampled_max_over_mean']:>12.3f} "
                  f"{fig['rf_sampled_min_over_mean']:>9.3f} {fig['rf_sampled_sd_beyond_noise']:>16.4f} "
+                 f"{fig['rf_estimated_max_over_mean']:>12.3f},{fig['rf_estimated_min_over_mean']:>6.3f} "
                  f"{fig['rf_weight_class_error_max']:>20.2%} {fig['zones_spread']:>13.2%}")
     echo(f"{'members':>8} {'version':>8} {'join keys/ideal':>16} {'copies/ideal':>13} {'leave keys/ideal':>17} "
          f"{'copies/ideal':>13} {'copies per moved key':>21}   (sampled; mean, max over moves)")
@@ -510,6 +575,14 @@ def print_nearest(report: dict) -> None:
                      f"{fig['leave_keys_mean']:>9.3f},{fig['leave_keys_max']:>6.3f} "
                      f"{fig['leave_copies_mean']:>6.3f},{fig['leave_copies_max']:>6.3f} "
                      f"{fig['copies_per_key_mean']:>13.3f},{fig['copies_per_key_max']:>6.3f}")
+
+
+def print_request(report: dict) -> None:
+    figures = report["request_cpu_ms"]
+    click.echo("")
+    click.echo(f"what a request pays for placement at {report['request_members']} members (CPU ms per call):")
+    for name, cpu_ms in figures.items():
+        click.echo(f"{name:>24} {cpu_ms:>9.3f}")
 
 
 def print_replica_rules(report: dict) -> None:
@@ -548,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
+    members_max = max(int(n) for n in args.members.split(","))
     report = {
         "tokens_per_weight": TOKENS_PER_WEIGHT_DEFAULT,
         "rf": args.rf,
@@ -557,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
                          sample_keys=args.sample_keys, rng=rng)
             for n in args.members.split(",")
         ],
+        "request_members": members_max,
+        "request_cpu_ms": request_figures(node_ids(members_max, random.Random(args.seed)), args.rf),
         "compare_members": args.compare,
         "compare_partitions": args.partitions,
         "compare": compare(args.compare, args.partitions, rng) if args.compare else [],
@@ -569,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_report(report)
         print_nearest(report)
+        print_request(report)
         print_replica_rules(report)
     return 0
 
