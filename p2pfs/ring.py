@@ -104,8 +104,8 @@ PROBES = 21
 _WEIGHT_IN_TOKENS_MAX = 16
 TOKENS_PER_MEMBER_MAX = _WEIGHT_IN_TOKENS_MAX * TOKENS_PER_WEIGHT_DEFAULT
 
-# Placement versions: (tokens per unit of weight, probes per key). Version 1 is the ring before
-# multi-probe hashing: 2,048 tokens per unit of weight and one probe, the key's plain position
+# Placement versions: (tokens per unit of weight, probes per key, replica rule). Version 1 is the
+# ring before multi-probe hashing: 2,048 tokens per unit of weight and one probe, the key's plain position
 # ``key_hash(key)`` (its tokens are the same stream, 2,048 long instead of 32). A node advertises
 # the newest version it runs in its signed member record, and the data layer places by the oldest
 # version any ring member advertises, so a cluster switches only once every member can
@@ -420,7 +420,10 @@ class Ring:
         """
         if not self._node_ids:
             return
-        ranks = self._nearest_ranks(key) if self.replicas == REPLICAS_NEAREST else self._walk_ranks(self.token_of(key))
+        if self.replicas == REPLICAS_NEAREST:
+            ranks = self._nearest_ranks(key)
+        else:
+            ranks = self._walk_ranks(self.token_of(key))
         for rank in ranks:
             yield self._node_ids[rank]
 
@@ -533,7 +536,8 @@ class Ring:
         most = self._most_in_one_set(ranks, replicas)
         owned = self.ownership_fraction(rf)
         p = min(1.0, sum(owned[n] for n in answered) / replicas)
-        weights = {c: math.comb(replicas, c) * p**c * (1 - p) ** (replicas - c) for c in range(fewest, most + 1)}
+        weights = {c: math.comb(replicas, c) * p**c * (1 - p) ** (replicas - c)
+                   for c in range(fewest, most + 1)}
         total = sum(weights.values())
         if total == 0.0:  # p rounded to 0 or 1 although both kinds of sets occur: spread evenly
             return {c: 1 / (most - fewest + 1) for c in range(fewest, most + 1)}
