@@ -29,9 +29,10 @@ The cost moves to lookups: 21 binary searches instead of one (still microseconds
 Placement stays monotone, the property behind minimal movement: adding tokens can only make a
 new token the nearest for a probe, so a join moves keys only to the joiner, a leave only from the
 leaver, and the moved fraction is exactly the member's share. The keys a joiner wins come from tokens all
-around the ring, though, and take the walk from the joiner's token, so their other replicas
-change too: a join or leave makes about (2 rf - 1) / rf times the ideal replica copies
-(``Movement.copies_max``; docs/ARCHITECTURE.md, "Placement"). Placement is a pure function of the
+around the ring, though, and with ``REPLICAS_WALK`` take the walk from the joiner's token, so
+their other replicas change too: a join or leave makes about (2 rf - 1) / rf times the ideal
+replica copies (``Movement.copies_max``). ``REPLICAS_NEAREST`` (placement version 3) makes one
+copy per moved key: see below and docs/ARCHITECTURE.md, "Placement". Placement is a pure function of the
 member set (ids, weights, zones): it does not depend on the order members were given in, nor on
 history. Why not a token allocator (Cassandra 4) or a fixed partition table filled by an optimiser
 (Dynamo's strategy 3, Riak, Garage): both balance well, but the first depends on the order members
@@ -39,8 +40,16 @@ joined and the second on the previous table, and we have no consensus service to
 an optimiser run from scratch on the member set alone moves several times the ideal on each change
 (measured in docs/ARCHITECTURE.md, "Placement").
 
-Preference lists follow Dynamo §4.3: from the key's winning token, the first ``rf`` distinct
-members clockwise. When members carry zones (racks, hosts, availability zones), replicas spread
+Preference lists (``REPLICAS_WALK``, placement versions 1 and 2) follow Dynamo §4.3: from the
+key's winning token, the first ``rf`` distinct members clockwise. With ``REPLICAS_NEAREST``
+(version 3) members are instead taken in the order of their nearest token clockwise from any of
+the key's probes (the first is the winning token's owner, as before). A member's place in that
+order depends on its own tokens only, so a join or leave only inserts or removes the mover, and
+the zone rule below, a greedy choice of a matroid's basis, then swaps at most one replica: one
+copy per key that moves. The price is exactness: a key's replica set is no longer one per token,
+so shares at rf are estimated (``ownership_fraction``, ``answered_shares``) or sampled.
+
+When members carry zones (racks, hosts, availability zones), replicas spread
 over zones the way Cassandra's NetworkTopologyStrategy spreads over racks: walking clockwise, the
 first member met in each zone is taken, until ``rf`` zones are covered; if there are fewer zones
 than ``rf``, one member of every zone is taken and the rest are the next members clockwise. Members
@@ -48,9 +57,9 @@ with ``zone == ""`` form one unnamed zone, so a ring without zones is plain cloc
 the preference list, ``fallback_list`` gives the next members clockwise: the order in which a
 coordinator picks stand-ins for hinted handoff (Dynamo §4.6, sloppy quorum).
 
-A key's preference list depends only on which token it belongs to. ``token_shares`` gives the
-exact share of keys each token wins (the integral in ``_win_shares``); ``ownership_fraction`` and
-``replica_sets`` add them up.
+With ``REPLICAS_WALK`` a key's preference list depends only on which token it belongs to.
+``token_shares`` gives the exact share of keys each token wins (the integral in ``_win_shares``);
+``ownership_fraction`` and ``replica_sets`` add them up.
 
 Contract with the caller: the ring does not know who is alive. Which members take part is the
 caller's choice, and the design brief's rule is: a node that is merely dead (suspected or confirmed,
@@ -67,6 +76,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import math
 import struct
 from array import array
@@ -94,14 +104,24 @@ PROBES = 21
 _WEIGHT_IN_TOKENS_MAX = 16
 TOKENS_PER_MEMBER_MAX = _WEIGHT_IN_TOKENS_MAX * TOKENS_PER_WEIGHT_DEFAULT
 
-# Placement versions: (tokens per unit of weight, probes per key). Version 1 is the ring before
-# multi-probe hashing: 2,048 tokens per unit of weight and one probe, the key's plain position
+# Placement versions: (tokens per unit of weight, probes per key, replica rule). Version 1 is the
+# ring before multi-probe hashing: 2,048 tokens per unit of weight and one probe, the key's plain position
 # ``key_hash(key)`` (its tokens are the same stream, 2,048 long instead of 32). A node advertises
 # the newest version it runs in its signed member record, and the data layer places by the oldest
 # version any ring member advertises, so a cluster switches only once every member can
 # (replication.view; docs/ARCHITECTURE.md, "Placement").
-PLACEMENT_VERSIONS = {1: (2048, 1), 2: (TOKENS_PER_WEIGHT_DEFAULT, PROBES)}
-PLACEMENT_VERSION_NEWEST = 2
+#
+# Version 3 keeps version 2's tokens and probes and changes how the other replicas are chosen
+# (``REPLICAS_NEAREST``): a join or leave then makes one replica copy per key that moves, the
+# ideal, where the walk from the winning token makes about 1.7 (docs/ARCHITECTURE.md, "Placement").
+REPLICAS_WALK = "walk"  # the first rf members (zone-spread) walking clockwise from the winning token
+REPLICAS_NEAREST = "nearest"  # the rf members (zone-spread) whose tokens are nearest to any probe
+PLACEMENT_VERSIONS = {
+    1: (2048, 1, REPLICAS_WALK),
+    2: (TOKENS_PER_WEIGHT_DEFAULT, PROBES, REPLICAS_WALK),
+    3: (TOKENS_PER_WEIGHT_DEFAULT, PROBES, REPLICAS_NEAREST),
+}
+PLACEMENT_VERSION_NEWEST = 3
 
 _TOKEN_DOMAIN = b"p2pfs/ring/token\x00"  # keeps token streams apart from any other use of SHAKE-128
 _PROBE_DOMAIN = b"p2pfs/ring/probe\x00"
@@ -115,6 +135,14 @@ _RANK_MASK = (1 << _RANK_BITS) - 1
 # bounds ("fingers") narrow each probe's binary search from ~19 steps to ~2, which halves lookups.
 # Memory: 4 bytes a bucket, about 1 byte a token.
 _TOKENS_PER_BUCKET = 4
+# Fallback members of REPLICAS_NEAREST given in nearest order (``Ring.fallback_list``): stand-ins
+# for a hinted write (at most rf of them, and a retry or two) and a chunk read's next tries. Members
+# after these follow in node id order from the key's coordinator: putting all 10,000 members of a
+# ring in nearest order costs a walk of every token (about 11 ms), on every request.
+FALLBACKS_NEAREST_MAX = 8
+# Keys sampled, once per ring, to estimate how REPLICAS_NEAREST spreads replicas over zones
+# (``Ring.ownership_fraction``): the shares of a few zones come out within about 2%, in ~30 ms.
+ZONE_SAMPLE_KEYS = 2048
 # Tokens handled between two yields of Ring.build_in_steps: ~2 ms of CPU each way (generating,
 # then sorting into arrays) on an idle core, far under the 50 ms an event loop may be held.
 BUILD_STEP_TOKENS = 4096
@@ -196,6 +224,7 @@ class Ring:
         "members",
         "tokens_per_weight",
         "probes",
+        "replicas",
         "_node_ids",
         "_zone_of",
         "_zone_count",
@@ -205,6 +234,7 @@ class Ring:
         "_finger_shift",
         "_shares",
         "_ownership",
+        "_replica_sets",
     )
 
     def __init__(
@@ -212,8 +242,9 @@ class Ring:
         members: Iterable[RingMember],
         tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT,
         probes: int = PROBES,
+        replicas: str = REPLICAS_WALK,
     ) -> None:
-        for _ in self._fill(members, tokens_per_weight, probes):
+        for _ in self._fill(members, tokens_per_weight, probes, replicas):
             pass
 
     @classmethod
@@ -227,6 +258,7 @@ class Ring:
         members: Iterable[RingMember],
         tokens_per_weight: int = TOKENS_PER_WEIGHT_DEFAULT,
         probes: int = PROBES,
+        replicas: str = REPLICAS_WALK,
     ) -> Generator[None, None, Ring]:
         """Build a ring in steps of about ``BUILD_STEP_TOKENS`` tokens: a generator that yields
         between steps and returns the ring.
@@ -238,14 +270,18 @@ class Ring:
         the loop waits for it (measured: gaps of 0.3 s and more at a load average of 50).
         """
         ring = cls.__new__(cls)
-        yield from ring._fill(members, tokens_per_weight, probes)
+        yield from ring._fill(members, tokens_per_weight, probes, replicas)
         return ring
 
-    def _fill(self, members: Iterable[RingMember], tokens_per_weight: int, probes: int) -> Iterator[None]:
+    def _fill(
+        self, members: Iterable[RingMember], tokens_per_weight: int, probes: int, replicas: str
+    ) -> Iterator[None]:
         if not (isinstance(tokens_per_weight, int) and tokens_per_weight >= 1):
             raise ValueError(f"tokens_per_weight must be an int >= 1, got {tokens_per_weight!r}")
         if not (isinstance(probes, int) and probes >= 1):
             raise ValueError(f"probes must be an int >= 1, got {probes!r}")
+        if replicas not in (REPLICAS_WALK, REPLICAS_NEAREST):
+            raise ValueError(f"replicas must be {REPLICAS_WALK!r} or {REPLICAS_NEAREST!r}, got {replicas!r}")
         by_id: dict[str, RingMember] = {}
         for member in members:
             seen = by_id.setdefault(member.node_id, member)
@@ -299,6 +335,7 @@ class Ring:
         self.members: Mapping[str, RingMember] = MappingProxyType({n: by_id[n] for n in node_ids})
         self.tokens_per_weight = tokens_per_weight
         self.probes = probes
+        self.replicas = replicas
         self._node_ids = tuple(node_ids)
         self._zone_of = tuple(zone_index[by_id[n].zone] for n in node_ids)
         self._zone_count = len(zones)
@@ -308,6 +345,7 @@ class Ring:
         self._finger_shift = HASH_BITS - bucket_bits
         self._shares: array | None = None  # token_shares(), computed on first use
         self._ownership: dict[int, dict[str, float]] = {}  # by rf, computed on first use
+        self._replica_sets: dict[int, dict[tuple[str, ...], int]] = {}  # by rf, computed on first use
         assert len(self._tokens) == len(self._owners)
         assert len(self._tokens) >= len(self._node_ids)
 
@@ -319,7 +357,7 @@ class Ring:
 
     def __repr__(self) -> str:
         return (f"Ring(members={len(self)}, tokens={len(self._tokens)}, probes={self.probes}, "
-                f"zones={self._zone_count})")
+                f"replicas={self.replicas}, zones={self._zone_count})")
 
     @property
     def token_count(self) -> int:
@@ -337,11 +375,14 @@ class Ring:
         _check_rf(rf)
         if not self._node_ids:
             return []
+        if self.replicas == REPLICAS_NEAREST:
+            return [self._node_ids[r] for r in self._nearest_preference(key, rf)]
         return self.preference_list_of_token(self.token_of(key), rf)
 
     def preference_list_of_token(self, index: int, rf: int) -> list[str]:
-        """The preference list of every key that token ``index`` wins."""
+        """The preference list of every key that token ``index`` wins (``REPLICAS_WALK``)."""
         _check_rf(rf)
+        assert self.replicas == REPLICAS_WALK, "with REPLICAS_NEAREST a token does not decide the replicas"
         assert 0 <= index < len(self._tokens)
         return [self._node_ids[r] for r in self._select(self._walk_ranks(index), rf)]
 
@@ -369,7 +410,9 @@ class Ring:
         return best_index
 
     def walk(self, key: bytes) -> Iterator[str]:
-        """Every member once, in clockwise order from ``key``'s token, ignoring zones.
+        """Every member once, ignoring zones: in clockwise order from ``key``'s token
+        (``REPLICAS_WALK``), or nearest first (``REPLICAS_NEAREST``). Lazy: taking the first few
+        costs a few tokens; all of them, a walk of every token.
 
         Without zones the first ``rf`` are ``preference_list(key, rf)``; with zones they may not
         be, because zone spreading skips members. Use ``fallback_list`` for the members beyond
@@ -377,17 +420,38 @@ class Ring:
         """
         if not self._node_ids:
             return
-        for rank in self._walk_ranks(self.token_of(key)):
+        if self.replicas == REPLICAS_NEAREST:
+            ranks = self._nearest_ranks(key)
+        else:
+            ranks = self._walk_ranks(self.token_of(key))
+        for rank in ranks:
             yield self._node_ids[rank]
 
     def fallback_list(self, key: bytes, rf: int) -> list[str]:
-        """The members not in ``preference_list(key, rf)``, in clockwise order from ``key``.
+        """The members not in ``preference_list(key, rf)``, in ``walk`` order from ``key``.
 
         A coordinator that cannot reach a preferred replica writes to the first reachable of
-        these with a hint naming the intended owner (Dynamo §4.6).
+        these with a hint naming the intended owner (Dynamo §4.6). With ``REPLICAS_NEAREST`` only
+        the first ``FALLBACKS_NEAREST_MAX`` are in nearest order, the others in node id order
+        from the key's coordinator: see ``FALLBACKS_NEAREST_MAX``.
         """
-        preferred = set(self.preference_list(key, rf))
-        return [n for n in self.walk(key) if n not in preferred]
+        preferred = self.preference_list(key, rf)
+        if self.replicas == REPLICAS_WALK:
+            taken = set(preferred)
+            return [n for n in self.walk(key) if n not in taken]
+        taken = set(preferred)
+        nearest: list[str] = []
+        for node_id in self.walk(key):
+            if len(nearest) == FALLBACKS_NEAREST_MAX:
+                break
+            if node_id not in taken:
+                nearest.append(node_id)
+        taken.update(nearest)
+        if len(taken) == len(self._node_ids):
+            return nearest
+        start = bisect.bisect_left(self._node_ids, preferred[0])
+        rest = self._node_ids[start:] + self._node_ids[:start]
+        return nearest + [n for n in rest if n not in taken]
 
     def token_owner(self, index: int) -> str:
         return self._node_ids[self._owners[index]]
@@ -406,18 +470,87 @@ class Ring:
 
         Fractions sum to ``min(rf, len(self))``. One walk per token, O(tokens x rf), done once
         per ring and rf (the ring is immutable): the status page and metrics show it.
+
+        Exact with ``REPLICAS_WALK``, and with ``REPLICAS_NEAREST`` at rf 1 (the coordinator is
+        the same) or rf >= members (every member holds every key). Otherwise ``REPLICAS_NEAREST``
+        gives an estimate: a member's primary share, scaled by how many replicas its zone holds
+        per primary it holds (exactly rf / 1 with one zone; sampled over ``ZONE_SAMPLE_KEYS``
+        keys with several). A member's share at rf follows its primary share closely
+        (scripts/bench_ring.py measures both) but not exactly.
         """
         _check_rf(rf)
         cached = self._ownership.get(rf)
         if cached is not None:
             return cached
         held = [0.0] * len(self._node_ids)
-        for index, share in enumerate(self.token_shares()):
-            for rank in self._select(self._walk_ranks(index), rf):
-                held[rank] += share
+        replicas = min(rf, len(self._node_ids))
+        if self.replicas == REPLICAS_WALK or replicas == 1:
+            for index, share in enumerate(self.token_shares()):
+                for rank in self._select(self._walk_ranks(index), rf):
+                    held[rank] += share
+        elif replicas == len(self._node_ids):
+            held = [1.0] * replicas
+        else:
+            for index, share in enumerate(self.token_shares()):
+                held[self._owners[index]] += share
+            zone_primary = [0.0] * self._zone_count
+            for rank, share in enumerate(held):
+                zone_primary[self._zone_of[rank]] += share
+            zone_held = [float(replicas)] * self._zone_count  # one zone: it holds all of each key
+            if self._zone_count > 1:
+                zone_held = [0.0] * self._zone_count
+                for i in range(ZONE_SAMPLE_KEYS):
+                    for rank in self._select(self._nearest_ranks(b"p2pfs/ring/zone-sample\x00%d" % i), rf):
+                        zone_held[self._zone_of[rank]] += 1 / ZONE_SAMPLE_KEYS
+            held = [share * zone_held[self._zone_of[rank]] / zone_primary[self._zone_of[rank]]
+                    if share else 0.0 for rank, share in enumerate(held)]
         fractions = dict(zip(self._node_ids, held))
         self._ownership[rf] = fractions
         return fractions
+
+    def answered_shares(self, rf: int, answered: Iterable[str]) -> dict[int, float]:
+        """The share of keys (summing to 1) by how many of their replicas are in ``answered``.
+
+        What ``ls`` needs to say whether its answers cover every key (``quorum_list``). With
+        ``REPLICAS_WALK`` it is exact, from ``replica_sets``. With ``REPLICAS_NEAREST`` a key's
+        replicas are any zone-spread set of ``rf`` members (the probes can fall just before
+        any members' tokens), so which counts occur is exact: from the fewest answered members
+        any zone-spread set can hold to the most (``_most_in_one_set``). How many keys have
+        each count is estimated from the members' shares (``ownership_fraction``), as if each
+        replica were answered independently with the answered members' share of replicas.
+        """
+        _check_rf(rf)
+        answered = {n for n in answered if n in self.members}
+        replicas = min(rf, len(self._node_ids))
+        if replicas == 0:
+            return {}
+        if self.replicas == REPLICAS_WALK:
+            shares: dict[int, float] = {}
+            for replica_set, size in self.replica_sets(rf).items():
+                count = sum(1 for n in replica_set if n in answered)
+                shares[count] = shares.get(count, 0.0) + size / HASH_SPACE_SIZE
+            return shares
+        ranks = {r for r, n in enumerate(self._node_ids) if n in answered}
+        others = set(range(len(self._node_ids))) - ranks
+        fewest = replicas - self._most_in_one_set(others, replicas)
+        most = self._most_in_one_set(ranks, replicas)
+        owned = self.ownership_fraction(rf)
+        p = min(1.0, sum(owned[n] for n in answered) / replicas)
+        weights = {c: math.comb(replicas, c) * p**c * (1 - p) ** (replicas - c)
+                   for c in range(fewest, most + 1)}
+        total = sum(weights.values())
+        if total == 0.0:  # p rounded to 0 or 1 although both kinds of sets occur: spread evenly
+            return {c: 1 / (most - fewest + 1) for c in range(fewest, most + 1)}
+        return {c: w / total for c, w in weights.items()}
+
+    def _most_in_one_set(self, ranks: set[int], replicas: int) -> int:
+        """How many of ``ranks`` one zone-spread replica set can hold at most (``_select``'s
+        sets are the bases of a matroid: one member per zone, plus replicas - zones more when
+        there are fewer zones than replicas)."""
+        zones = len({self._zone_of[r] for r in ranks})
+        if self._zone_count >= replicas:
+            return min(replicas, zones)
+        return zones + min(len(ranks) - zones, replicas - self._zone_count)
 
     def replica_sets(self, rf: int) -> dict[tuple[str, ...], int]:
         """The share of keys (in positions of the 2**64 circle) each distinct set of ``rf``
@@ -430,6 +563,11 @@ class Ring:
         long as it keeps the ring. At most one set per token, in practice far fewer.
         """
         _check_rf(rf)
+        if self.replicas != REPLICAS_WALK:
+            raise ValueError("with REPLICAS_NEAREST replica sets are not one per token: use answered_shares")
+        cached = self._replica_sets.get(rf)
+        if cached is not None:
+            return cached
         shares: dict[tuple[str, ...], float] = {}
         for index, share in enumerate(self.token_shares()):
             ranks = self._select(self._walk_ranks(index), rf)
@@ -439,6 +577,7 @@ class Ring:
         if sizes:  # float rounding: the biggest set takes the few positions left over
             biggest = max(sizes, key=lambda replicas: (sizes[replicas], replicas))
             sizes[biggest] += HASH_SPACE_SIZE - sum(sizes.values())
+        self._replica_sets[rf] = sizes
         return sizes
 
     def _walk_ranks(self, index: int) -> Iterator[int]:
@@ -454,6 +593,76 @@ class Ring:
                 if len(seen) == member_count:
                     return
         raise AssertionError("a full lap of the ring must meet every member")
+
+    def _probe_heap(self, key: bytes) -> list[tuple[int, int]]:
+        """(distance, token index) of the nearest token clockwise from each of ``key``'s probes,
+        as a heap: where the merge of the probes' walks starts. The probe itself is the token
+        minus the distance; a probe's next token is at the distance plus the gap to it."""
+        tokens = self._tokens
+        fingers = self._fingers
+        shift = self._finger_shift
+        count = len(tokens)
+        bisect_left = bisect.bisect_left
+        heap = []
+        for probe in key_probes(key, self.probes):
+            bucket = probe >> shift
+            index = bisect_left(tokens, probe, fingers[bucket], fingers[bucket + 1])
+            if index == count:
+                index = 0
+            heap.append(((tokens[index] - probe) & _POSITION_MASK, index))
+        heapq.heapify(heap)
+        return heap
+
+    def _nearest_ranks(self, key: bytes) -> Iterator[int]:
+        """Distinct member ranks by their nearest token clockwise from any of ``key``'s probes.
+
+        A merge of the probes' clockwise walks by distance (a heap of one entry per probe): the
+        first is the owner of ``token_of(key)``, the next ones cost a few tokens each. A member's
+        distance is set by its own tokens alone, so a join or leave changes no other member's
+        place in this order: what makes ``REPLICAS_NEAREST`` move one copy per moved key.
+        Ties go to the lower token index, as in ``token_of``.
+        """
+        tokens = self._tokens
+        owners = self._owners
+        count = len(tokens)
+        heap = self._probe_heap(key)
+        member_count = len(self._node_ids)
+        seen: set[int] = set()
+        # Every probe's walk meets every member within one lap, before any walk laps: bounded.
+        for _ in range(count * len(heap)):
+            distance, index = heap[0]
+            rank = owners[index]
+            if rank not in seen:
+                seen.add(rank)
+                yield rank
+                if len(seen) == member_count:
+                    return
+            after = index + 1 if index + 1 < count else 0
+            heapq.heapreplace(heap, (distance + ((tokens[after] - tokens[index]) & _POSITION_MASK), after))
+        raise AssertionError("the probes' walks must meet every member within a lap")
+
+    def _nearest_preference(self, key: bytes, rf: int) -> list[int]:
+        """``_select(_nearest_ranks(key), rf)`` with the merge written out when there are no
+        zones to spread over: the lookup every request makes, kept as fast as ``REPLICAS_WALK``'s."""
+        if self._zone_count > 1:
+            return list(self._select(self._nearest_ranks(key), rf))
+        tokens = self._tokens
+        owners = self._owners
+        count = len(tokens)
+        replicas = min(rf, len(self._node_ids))
+        heap = self._probe_heap(key)
+        heapreplace = heapq.heapreplace
+        chosen: list[int] = []
+        for _ in range(count * len(heap)):  # bounded as in _nearest_ranks
+            distance, index = heap[0]
+            rank = owners[index]
+            if rank not in chosen:
+                chosen.append(rank)
+                if len(chosen) == replicas:
+                    return chosen
+            after = index + 1 if index + 1 < count else 0
+            heapreplace(heap, (distance + ((tokens[after] - tokens[index]) & _POSITION_MASK), after))
+        raise AssertionError("the probes' walks must meet every member within a lap")
 
     def _select(self, ranks: Iterable[int], rf: int) -> tuple[int, ...]:
         """Zone-spread preference list from distinct ranks in clockwise order.
@@ -508,6 +717,8 @@ def movement(a: Ring, b: Ring, rf: int) -> Movement:
     """
     _check_rf(rf)
     small, big = (a, b) if len(a) <= len(b) else (b, a)
+    if a.replicas != REPLICAS_WALK or b.replicas != REPLICAS_WALK:
+        raise ValueError("movement is exact for REPLICAS_WALK only; sample keys for REPLICAS_NEAREST")
     if (small.tokens_per_weight, small.probes) != (big.tokens_per_weight, big.probes) or any(
         big.members.get(node_id) != member for node_id, member in small.members.items()
     ):

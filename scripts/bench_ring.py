@@ -14,7 +14,15 @@ any number of uniformly hashed keys):
 - zones: members in 3 zones, the share of sampled keys whose rf replicas are in rf zones;
 - movement on one join and one leave, exact: the share of keys whose replica set changes, and
   the replica copies to make (at most), each as a multiple of the ideal min(rf, N)/N;
-- preference_list lookups per second.
+- preference_list lookups per second;
+- what a request pays for placement at the biggest size: the view's ring(), unavailable() and
+  alive(), and write_plan and read_order with each version's ring (``request_figures``);
+- placement version 3 (replicas nearest to the key's probes) against version 2 (the walk from the
+  winning token), on the same sampled keys and the same rings (``nearest_figures``): lookups and
+  fallback lists per CPU second, load at rf, weight classes at rf, zones, and per join and leave
+  the keys whose replica set changes and the copies they need. Version 3's shares at rf have no
+  closed form, so they are sampled; version 2's exact figures above show what the sample's noise
+  adds (the sampled max/mean of version 2 beside its exact one).
 With --compare, the alternatives measured before choosing multi-probe hashing (docs/ARCHITECTURE.md,
 "Placement"): a fixed partition table filled by an optimiser from the member set alone, Maglev's
 round-robin and consistent hashing with bounded loads.
@@ -43,7 +51,14 @@ from p2pfs.clock import SystemClock
 from p2pfs import wire
 from p2pfs.membership import Member, MemberState
 from p2pfs.replication.config import ReplicationConfig
-from p2pfs.replication.placement import WEIGHT_REFERENCE_BYTES
+from p2pfs.replication.placement import (
+    WEIGHT_REFERENCE_BYTES,
+    placement_version,
+    read_order,
+    ring_members,
+    unavailable_members,
+    write_plan,
+)
 from p2pfs.replication.view import RingView
 from p2pfs.ring import (
     PLACEMENT_VERSION_NEWEST,
@@ -56,6 +71,9 @@ from p2pfs.ring import (
 )
 
 LOOKUPS_COUNT_DEFAULT = 100_000
+SAMPLE_KEYS_DEFAULT = 300_000
+LOOKUP_ROUNDS = 5  # alternating rounds of lookups per version; the median round is reported
+FALLBACK_LISTS_COUNT = 200  # fallback_list calls timed per rule: 11 ms each for version 2 at 10,000
 ZONE_KEYS_SAMPLED = 20_000
 WEIGHTS = (0.5, 1.0, 2.0, 4.0)
 ZONES = ("a", "b", "c")
@@ -156,6 +174,53 @@ def loop_block(ids: list[str]) -> dict[str, float]:
     }
 
 
+REQUEST_CALLS = 50  # calls timed per figure of request_figures
+
+
+def request_figures(ids: list[str], rf: int) -> dict[str, float]:
+    """CPU milliseconds per call of what a request asks of placement, with ``ids`` as members:
+    the view's answers (kept between membership changes) beside deriving them from every record,
+    as the view did on every call before; and write_plan and read_order with each version's ring."""
+
+    class FixedClock:
+        def monotonic_s(self) -> float:
+            return 0.0
+
+        def wall_ms(self) -> int:
+            return 0
+
+    members = [Member(n, Address("127.0.0.1", 7000), "", WEIGHT_REFERENCE_BYTES, ADVERTISED_VERSION, 1,
+                      MemberState.ALIVE, 0.0) for n in ids]
+    view = RingView(ids[0], ReplicationConfig(), lambda: list(members), FixedClock())
+    view.ring()
+    grace_s = ReplicationConfig().dead_grace_s
+
+    def derived() -> None:
+        frozenset(ring_members(members, 0.0, grace_s, {}))
+        placement_version(members, 0.0, grace_s, {}, PLACEMENT_VERSION_NEWEST)
+
+    calls = {
+        "view_ring": view.ring,
+        "ring_members_derived": derived,
+        "view_unavailable": view.unavailable,
+        "unavailable_derived": lambda: unavailable_members(members),
+        "view_alive": view.alive,
+        "alive_derived": lambda: {m.node_id for m in members if m.state is MemberState.ALIVE},
+    }
+    key = hashlib.sha256(b"request").digest()
+    for version in (2, 3):
+        ring = Ring.of_version([RingMember(n, weight=1.0) for n in ids], version)
+        calls[f"write_plan_v{version}"] = lambda ring=ring: write_plan(ring, key, rf, set())
+        calls[f"read_order_v{version}"] = lambda ring=ring: read_order(ring, key, rf, set(), holder=None, rotate=0)
+    figures = {}
+    for name, call in calls.items():
+        started_s = time.process_time()
+        for _ in range(REQUEST_CALLS):
+            call()
+        figures[name] = (time.process_time() - started_s) / REQUEST_CALLS * 1e3
+    return figures
+
+
 def weight_figures(ids: list[str]) -> dict[str, float]:
     members = [RingMember(n, weight=WEIGHTS[i % len(WEIGHTS)]) for i, n in enumerate(ids)]
     ring = Ring(members)
@@ -185,7 +250,7 @@ def zone_figures(ids: list[str], rf: int, rng: random.Random) -> dict[str, float
 
 
 def measure_size(
-    members_count: int, *, rf: int, lookups_count: int, moves_count: int, rng: random.Random
+    members_count: int, *, rf: int, lookups_count: int, moves_count: int, sample_keys: int, rng: random.Random
 ) -> dict[str, float]:
     ids = node_ids(members_count + moves_count, rng)
     members = [RingMember(n) for n in ids[:members_count]]
@@ -222,7 +287,94 @@ def measure_size(
         if multiples:
             result[f"{name}_over_ideal_mean"] = statistics.fmean(multiples)
             result[f"{name}_over_ideal_max"] = max(multiples)
+    if sample_keys:
+        result["nearest"] = nearest_figures(ids, members_count, rf=rf, lookups_count=lookups_count,
+                                            sample_keys=sample_keys, moves_count=moves_count, rng=rng)
     return result
+
+
+def nearest_figures(
+    ids: list[str], members_count: int, *, rf: int, lookups_count: int, sample_keys: int, moves_count: int,
+    rng: random.Random,
+) -> dict[str, dict[str, float]]:
+    """Versions 2 and 3 on the same sampled keys and members: {version: figures}."""
+    members = [RingMember(n) for n in ids[:members_count]]
+    weighted = [RingMember(n, weight=WEIGHTS[i % len(WEIGHTS)]) for i, n in enumerate(ids[:members_count])]
+    zoned = [RingMember(n, zone=ZONES[i % len(ZONES)]) for i, n in enumerate(ids[:members_count])]
+    keys = [rng.randbytes(32) for _ in range(sample_keys)]
+    rings = {version: Ring.of_version(members, version) for version in (2, 3)}
+    # Lookups first, in alternating rounds, while little else is alive: timed after the other
+    # version's million sampled preference lists, a version pays for the garbage collector
+    # scanning them (0.88x measured so at 10,000 members, against 0.99x alone).
+    lookup_keys = keys[: max(1, lookups_count // LOOKUP_ROUNDS)]
+    rates: dict[int, list[float]] = {2: [], 3: []}
+    for _ in range(LOOKUP_ROUNDS):
+        for version, ring in rings.items():
+            started_s = time.process_time()
+            for key in lookup_keys:
+                ring.preference_list(key, rf)
+            rates[version].append(len(lookup_keys) / (time.process_time() - started_s))
+    figures: dict[str, dict[str, float]] = {}
+    for version, ring in rings.items():
+        row = {"lookups_per_cpu_s": statistics.median(rates[version])}
+        started_s = time.process_time()
+        for key in keys[:FALLBACK_LISTS_COUNT]:
+            ring.fallback_list(key, rf)
+        row["fallback_list_cpu_ms"] = (time.process_time() - started_s) / FALLBACK_LISTS_COUNT * 1e3
+        before = [ring.preference_list(key, rf) for key in keys]
+        load = dict.fromkeys(ring.members, 0)
+        for replicas in before:
+            for node_id in replicas:
+                load[node_id] += 1
+        mean = statistics.fmean(load.values())
+        row |= {f"rf_sampled_{k}": v for k, v in spread(list(load.values())).items()}
+        # The spread the placement itself adds: the loads' variance less a sample's own (binomial).
+        variance = statistics.pvariance(load.values()) / mean**2
+        beyond = max(0.0, variance - 1 / mean)
+        row["rf_sampled_sd_beyond_noise"] = beyond**0.5
+        # Each member's sampled deviation shrunk by the share of the variance that is the
+        # placement's (not the sample's): an estimate of the true max/mean and min/mean. On
+        # version 2 it comes within about 0.005 of the exact max/mean (1,000 members, 300,000 keys).
+        shrink = (beyond / variance) ** 0.5
+        row["rf_estimated_max_over_mean"] = 1 + shrink * (row["rf_sampled_max_over_mean"] - 1)
+        row["rf_estimated_min_over_mean"] = 1 - shrink * (1 - row["rf_sampled_min_over_mean"])
+        weighted_ring = Ring.of_version(weighted, version)
+        class_load = dict.fromkeys(WEIGHTS, 0)
+        weight_of = {m.node_id: m.weight for m in weighted}
+        for key in keys[: sample_keys // 4]:
+            for node_id in weighted_ring.preference_list(key, rf):
+                class_load[weight_of[node_id]] += 1
+        total_weight = sum(weight_of.values())
+        replicas_sampled = sum(class_load.values())
+        row["rf_weight_class_error_max"] = max(
+            abs(class_load[w] / replicas_sampled / (w * sum(1 for m in weighted if m.weight == w) / total_weight) - 1)
+            for w in WEIGHTS
+        )
+        zoned_ring = Ring.of_version(zoned, version)
+        row["zones_spread"] = statistics.fmean(
+            len({zoned_ring.members[n].zone for n in zoned_ring.preference_list(key, rf)}) == min(rf, len(ZONES))
+            for key in keys[:ZONE_KEYS_SAMPLED]
+        )
+        moves = {"join_keys": [], "join_copies": [], "leave_keys": [], "leave_copies": [], "copies_per_key": []}
+        for joiner, leaver in zip(ids[members_count:], members):
+            for label, other in (("join", Ring.of_version([*members, RingMember(joiner)], version)),
+                                 ("leave", Ring.of_version([m for m in members if m != leaver], version))):
+                ideal = min(rf, len(other), len(ring)) / max(len(other), len(ring)) * len(keys)
+                changed = copies = 0
+                for key, old in zip(keys, before):
+                    new = other.preference_list(key, rf)
+                    differ = len(set(new) - set(old)) if label == "join" else len(set(old) - set(new))
+                    changed += differ > 0
+                    copies += differ
+                moves[f"{label}_keys"].append(changed / ideal)
+                moves[f"{label}_copies"].append(copies / ideal)
+                moves["copies_per_key"].append(copies / max(1, changed))
+        for name, multiples in moves.items():
+            if multiples:
+                row[f"{name}_mean"] = statistics.fmean(multiples)
+                row[f"{name}_max"] = max(multiples)
+        figures[str(version)] = row
+    return figures
 
 
 # --- the alternatives, for --compare -------------------------------------------------------------
@@ -405,6 +557,43 @@ def print_report(report: dict) -> None:
                  f"{row['min_over_mean']:>9.3f} {row['join_over_ideal']:>11.2f} {row['leave_over_ideal']:>12.2f}")
 
 
+def print_nearest(report: dict) -> None:
+    rows = [row for row in report["sizes"] if "nearest" in row]
+    if not rows:
+        return
+    echo = click.echo
+    echo("")
+    echo("placement versions 2 (walk from the winning token) and 3 (nearest to the probes), same sampled keys:")
+    echo(f"{'members':>8} {'version':>8} {'lookups/cpu s':>14} {'fallback ms':>12} {'rf max/mean':>12} "
+         f"{'min/mean':>9} {'sd beyond noise':>16} {'estimated max, min':>19} {'rf weight class err':>20} "
+         f"{'zones spread':>13}")
+    for row in rows:
+        for version, fig in row["nearest"].items():
+            echo(f"{row['members']:>8} {version:>8} {fig['lookups_per_cpu_s']:>14,.0f} "
+                 f"{fig['fallback_list_cpu_ms']:>12.3f} {fig['rf_sampled_max_over_mean']:>12.3f} "
+                 f"{fig['rf_sampled_min_over_mean']:>9.3f} {fig['rf_sampled_sd_beyond_noise']:>16.4f} "
+                 f"{fig['rf_estimated_max_over_mean']:>12.3f},{fig['rf_estimated_min_over_mean']:>6.3f} "
+                 f"{fig['rf_weight_class_error_max']:>20.2%} {fig['zones_spread']:>13.2%}")
+    echo(f"{'members':>8} {'version':>8} {'join keys/ideal':>16} {'copies/ideal':>13} {'leave keys/ideal':>17} "
+         f"{'copies/ideal':>13} {'copies per moved key':>21}   (sampled; mean, max over moves)")
+    for row in rows:
+        for version, fig in row["nearest"].items():
+            if "join_keys_mean" in fig:
+                echo(f"{row['members']:>8} {version:>8} {fig['join_keys_mean']:>8.3f},{fig['join_keys_max']:>6.3f} "
+                     f"{fig['join_copies_mean']:>6.3f},{fig['join_copies_max']:>6.3f} "
+                     f"{fig['leave_keys_mean']:>9.3f},{fig['leave_keys_max']:>6.3f} "
+                     f"{fig['leave_copies_mean']:>6.3f},{fig['leave_copies_max']:>6.3f} "
+                     f"{fig['copies_per_key_mean']:>13.3f},{fig['copies_per_key_max']:>6.3f}")
+
+
+def print_request(report: dict) -> None:
+    figures = report["request_cpu_ms"]
+    click.echo("")
+    click.echo(f"what a request pays for placement at {report['request_members']} members (CPU ms per call):")
+    for name, cpu_ms in figures.items():
+        click.echo(f"{name:>24} {cpu_ms:>9.3f}")
+
+
 def print_replica_rules(report: dict) -> None:
     if not report["replica_rules"]:
         return
@@ -427,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed lookups per size")
     parser.add_argument("--moves", type=int, default=3, metavar="COUNT",
                         help="joins and leaves measured per size")
+    parser.add_argument("--sample-keys", type=int, default=SAMPLE_KEYS_DEFAULT, metavar="COUNT",
+                        help="keys sampled per size to compare placement versions 2 and 3 (0: skip)")
     parser.add_argument("--compare", type=int, default=0, metavar="N",
                         help="also measure the alternatives at N members (0: skip)")
     parser.add_argument("--partitions", type=int, default=1 << 18, metavar="P",
@@ -439,14 +630,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
+    members_max = max(int(n) for n in args.members.split(","))
     report = {
         "tokens_per_weight": TOKENS_PER_WEIGHT_DEFAULT,
         "rf": args.rf,
         "seed": args.seed,
         "sizes": [
-            measure_size(int(n), rf=args.rf, lookups_count=args.lookups, moves_count=args.moves, rng=rng)
+            measure_size(int(n), rf=args.rf, lookups_count=args.lookups, moves_count=args.moves,
+                         sample_keys=args.sample_keys, rng=rng)
             for n in args.members.split(",")
         ],
+        "request_members": members_max,
+        "request_cpu_ms": request_figures(node_ids(members_max, random.Random(args.seed)), args.rf),
         "compare_members": args.compare,
         "compare_partitions": args.partitions,
         "compare": compare(args.compare, args.partitions, rng) if args.compare else [],
@@ -458,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(json.dumps(report, indent=2))
     else:
         print_report(report)
+        print_nearest(report)
+        print_request(report)
         print_replica_rules(report)
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 from p2pfs.config import NodeSettings
 from p2pfs.cli import ExitCode
 from p2pfs.replication.placement import ring_weight
-from p2pfs.ring import Ring, RingMember
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST, Ring, RingMember
 from p2pfs.storage import CHUNK_SIZE_BYTES_DEFAULT
 
 from testnet_helpers import Net, running_testnet, wait_for
@@ -174,7 +174,7 @@ def test_get_refuses_to_overwrite_without_force(net, files, tmp_path):
 
 def preference(net: Net, chunk_id_hex: str) -> list[str]:
     members = [RingMember(net.node_id(n), "", ring_weight(NodeSettings().capacity_bytes)) for n in net.names]
-    return Ring(members).preference_list(bytes.fromhex(chunk_id_hex), 3)
+    return Ring.of_version(members, PLACEMENT_VERSION_NEWEST).preference_list(bytes.fromhex(chunk_id_hex), 3)
 
 
 def test_put_with_a_node_down_succeeds_and_hints_reach_it_when_it_returns(net, tmp_path):

@@ -1,5 +1,5 @@
 """Placement versions: carried in the signed member record, agreed on by the ring's members, and
-the other version's ring kept for name reads while data moves (tests/test_placement_upgrade_processes.py
+the previous version's ring kept for name reads while data moves (tests/test_placement_upgrade_processes.py
 upgrades a real cluster)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.placement import placement_version
 from p2pfs.replication import view as view_module
 from p2pfs.replication.view import PLACEMENT_FILE_NAME, RingView
-from p2pfs.ring import Ring, RingMember
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST, REPLICAS_NEAREST, REPLICAS_WALK, Ring, RingMember
 from p2pfs.wire import Role
 
 FALLBACK_S = 100.0
@@ -149,7 +149,7 @@ def test_a_node_restarted_into_the_new_version_knows_that_it_changed(tmp_path):
 
 def test_placement_settings_are_checked():
     with pytest.raises(ValueError, match="placement_version"):
-        ReplicationConfig(placement_version=3)
+        ReplicationConfig(placement_version=PLACEMENT_VERSION_NEWEST + 1)
     with pytest.raises(ValueError, match="placement_fallback_s"):
         ReplicationConfig(placement_fallback_s=-1.0)
 
@@ -169,3 +169,37 @@ async def test_a_big_other_ring_is_built_in_the_background_after_the_ring_in_use
         other = view.other_ring()
         assert other.probes == 1 and set(other.members) == set(ring.members)
         nursery.cancel_scope.cancel()
+
+
+def test_a_cluster_of_version_2_switches_to_3_once_every_member_runs_it_and_reads_fall_back_to_2(tmp_path):
+    clock = Clock()
+    members = [member(0, 3), member(1, 3), member(2, 3), member(3, 2)]
+    view = make_view(tmp_path, members, clock, own_version=3)
+    assert view.ring().replicas == REPLICAS_WALK and view.ring().probes > 1  # version 2
+    assert view.other_ring() is None
+    members[3] = member(3, 3)
+    clock.now_s = 10.0
+    ring = view.ring()
+    assert ring.replicas == REPLICAS_NEAREST and len(ring) == 4
+    other = view.other_ring()
+    assert other is not None and other.replicas == REPLICAS_WALK and other.probes > 1
+    assert set(other.members) == set(ring.members)
+    assert (tmp_path / PLACEMENT_FILE_NAME).read_text() == "3\n"
+    clock.now_s = 10.0 + FALLBACK_S
+    assert view.other_ring() is None
+
+
+def test_a_cluster_upgraded_from_version_1_straight_to_3_falls_back_to_1(tmp_path):
+    clock = Clock()
+    (tmp_path / PLACEMENT_FILE_NAME).write_text("1\n")  # it placed by version 1 before its restart
+    view = make_view(tmp_path, [member(i, 3) for i in range(4)], clock, own_version=3)
+    assert view.ring().replicas == REPLICAS_NEAREST
+    assert view.other_ring().probes == 1
+
+
+def test_a_node_of_version_2_places_by_2_beside_members_of_3():
+    # What a node of the code before version 3 does: it takes the oldest of its own version and
+    # its members', so members advertising 3 keep it (and them) at 2.
+    members = [member(0, 3), member(1, 3), member(2, 2)]
+    assert placement_version(members, 0.0, 60.0, (), 2) == 2
+    assert placement_version(members[:2], 0.0, 60.0, (), 3) == 3

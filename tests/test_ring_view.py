@@ -122,3 +122,41 @@ async def test_a_first_ring_is_built_in_place_even_when_big(big_rings):
         await nursery.start(view.run_rebuilds)
         assert len(view.ring()) == 3
         nursery.cancel_scope.cancel()
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def monotonic_s(self) -> float:
+        return self.now_s
+
+    def wall_ms(self) -> int:
+        return int(self.now_s * 1000)
+
+
+def test_the_ring_follows_every_change_though_it_is_not_derived_again_on_every_request():
+    # ring() keeps the ring members it derived while the member records, the leaving members and
+    # the dead members' grace periods stay as they were: each such change must still show.
+    clock = StepClock()
+    members = [member(i) for i in range(5)]
+    config = ReplicationConfig(dead_grace_s=60.0)
+    view = RingView(members[0].node_id, config, lambda: list(members), clock)
+    assert len(view.ring()) == 5
+    assert view.unavailable() == set() and len(view.alive()) == 5
+    dead = members[4]
+    members[4] = Member(dead.node_id, dead.address, "", dead.capacity_bytes, dead.protocol_version, 2,
+                        MemberState.DEAD, 10.0)
+    clock.now_s = 10.0
+    assert len(view.ring()) == 5  # dead, within its grace period: still in the ring
+    assert view.unavailable() == {dead.node_id} and len(view.alive()) == 4
+    clock.now_s = 69.9
+    assert len(view.ring()) == 5
+    clock.now_s = 70.0
+    assert dead.node_id not in view.ring()  # its grace period ran out: no record changed
+    view.mark_leaving(members[3].node_id, for_s=5.0)
+    assert members[3].node_id not in view.ring()
+    clock.now_s = 75.0
+    assert members[3].node_id in view.ring()  # no longer leaving
+    members.append(member(5))
+    assert len(view.ring()) == 5 and member(5).node_id in view.ring()

@@ -106,15 +106,17 @@ class ReplicationConfig:
     )
     placement_version: int = doc(
         "The newest placement (how keys map to nodes) this node runs and advertises in its member "
-        "record: 1 is the ring of 2,048 tokens per unit of weight, 2 multi-probe hashing with 32. "
-        "The cluster places by the oldest version any ring member advertises, so it switches to 2 "
-        "only once every member runs it; set 1 to hold a cluster at the old placement while its "
-        "nodes are upgraded, or to go back to it.", default=PLACEMENT_VERSION_NEWEST,
+        "record: 1 is the ring of 2,048 tokens per unit of weight, 2 multi-probe hashing with 32, "
+        "3 the same with each key's replicas the members nearest to its probes (a join or leave "
+        "copies only the keys that move, once). The cluster places by the oldest version any ring "
+        "member advertises, so it switches to a newer one only once every member runs it; set an "
+        "older one to hold a cluster at it while its nodes are upgraded, or to go back to it.",
+        default=PLACEMENT_VERSION_NEWEST,
     )
     placement_fallback_s: float = doc(
         "For this many seconds after the placement version the cluster places by changes (as this "
         "node sees it, across its restarts too), a name that its replicas say is absent is also "
-        "looked up at its replicas under the other version, where it stays until anti-entropy "
+        "looked up at its replicas under the version placed by before, where it stays until anti-entropy "
         "hands it over. Must exceed the time anti-entropy takes to move a node's data. 0: never.",
         default=3600.0,
     )

@@ -81,7 +81,13 @@ def coverage(replica_sets: Mapping[tuple[str, ...], int], answered: Iterable[str
     return Coverage(needed, _shares_in_ppm(by_answers, total))
 
 
-def _shares_in_ppm(sizes: Mapping[int, int], total: int) -> dict[int, int]:
+def coverage_of_shares(shares_by_answers: Mapping[int, float], needed: int) -> Coverage:
+    """``coverage`` from the share of keys by how many of their replicas answered
+    (``Ring.answered_shares``, which knows how the ring places replicas)."""
+    return Coverage(needed, _shares_in_ppm(shares_by_answers, sum(shares_by_answers.values())))
+
+
+def _shares_in_ppm(sizes: Mapping[int, float], total: float) -> dict[int, int]:
     """Sizes in parts per million of ``total``; a non-zero share never rounds down to 0."""
     if total == 0:
         return {}
