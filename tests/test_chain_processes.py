@@ -56,6 +56,7 @@ def put_cutting_node3(net: Net, tmp_path: Path, name: str, cut) -> bytes:
     try:
         wait_for(lambda: chunks_held(net, "node3") > before or put.poll() is not None, timeout_s=120,
                  what="node3 to store a chunk of the put", interval_s=0.02)
+        assert put.poll() is None, "the put ended before node3 was cut: the test would prove nothing"
         cut(net.status()["node3"].pid)
         assert put.wait(timeout=180) == 0, put.stderr.read().decode()
     finally:

@@ -1,4 +1,4 @@
-"""The pure rules of a chain write (p2pfs/replication/chain.py), driven with explicit times."""
+"""The pure rules of a chain write (p2pfs/replication/quorum_chain.py), driven with explicit times."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from p2pfs import wire
 from p2pfs.replication import messages as dm
-from p2pfs.replication.chain import (
+from p2pfs.replication.quorum_chain import (
     CHAIN, FORWARD_WAIT_S_MIN, STAR, BadChainReply, ChainRefused, ChainResult, Outcome, chain_capable, check_chain,
     head_failed, hop_times, message_timeout_ms, plan_chunk_write, read_reply, settle,
 )

@@ -40,7 +40,7 @@ from p2pfs import errors, net, wire
 from p2pfs.clock import Clock
 from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
-from p2pfs.replication.chain import (
+from p2pfs.replication.quorum_chain import (
     BadChainReply, ChainRefused, ChainResult, chain_capable, check_chain, head_failed, hop_times, plan_chunk_write,
     read_reply, settle,
 )
@@ -205,7 +205,7 @@ class Coordinator:
                 nursery.start_soon(self._attempt, quorum, write, target)
         return quorum.check()
 
-    # -- chunk writes, chain or star (chain.py) ---------------------------------------
+    # -- chunk writes, chain or star (quorum_chain.py) ---------------------------------------
 
     async def write_chunk(self, chunk_id: bytes, data: bytes, what: str) -> int:
         """Write a chunk this node hashed at quorum, down a chain where the replicas know chains
@@ -235,7 +235,7 @@ class Coordinator:
     ) -> None:
         """Send the chunk down ``chain``; count what comes back, and write the rest directly: a
         stand-in (with a hint) for each node reported failed, the node itself for each one
-        unacknowledged (the star fallback, ``chain.py``)."""
+        unacknowledged (the star fallback, ``quorum_chain.py``)."""
         head = chain[0]
         rest = tuple(dm.ChainLink(t.node_id, t.hint_for) for t in chain[1:])
         try:

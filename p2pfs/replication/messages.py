@@ -496,7 +496,7 @@ class PutFileKnown(wire.Message):
 
 # --- chain replication of chunk writes (between nodes) ---------------------
 # Codes 40-59 are all taken, so these node-to-node messages continue at 77 (senders: nodes only).
-# p2pfs/replication/chain.py says how a chain is written and checked.
+# p2pfs/replication/quorum_chain.py says how a chain is written and checked.
 
 from p2pfs.replication.fields import check_member_id  # noqa: E402 (appended here, so that merges stay clean)
 

@@ -21,7 +21,7 @@ from p2pfs import net, wire
 from p2pfs.address import Address
 from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
-from p2pfs.replication.chain import message_timeout_ms
+from p2pfs.replication.quorum_chain import message_timeout_ms
 from p2pfs.replication.errors import BadReply, ReplicaDown, ReplicaError, ReplicaLacks, ReplicaRefused
 from p2pfs.replication.healing import bucket_of, split_ids
 from p2pfs.replication.local import LocalReplica, Offload
@@ -98,7 +98,7 @@ class RemoteReplica:
     async def store_chunk_chain(
         self, chunk_id: bytes, data: bytes, hint_for: str, rest: tuple[dm.ChainLink, ...], timeout_s: float
     ) -> list[tuple[str, bool, str]]:
-        """Store a chunk here and down ``rest`` (``chain.py``); the outcomes the peer reports, in
+        """Store a chunk here and down ``rest`` (``quorum_chain.py``); the outcomes the peer reports, in
         chain order (its own first), waiting ``timeout_s`` while the peer has a margin less."""
         msg = dm.StoreChunkChain(chunk_id, data, hint_for, rest, message_timeout_ms(timeout_s))
         reply = await self._call(msg, dm.StoreChunkChainReply, timeout_s)
