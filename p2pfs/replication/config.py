@@ -121,8 +121,8 @@ class ReplicationConfig:
     chunk_write_shape: str = doc(
         "How a put sends each chunk to its replicas. \"chain\": the coordinator stores its copy and "
         "sends the chunk once, to the first replica, which passes it on to the next (each node "
-        "sends each byte at most once, so the coordinator's uplink and event loop carry a third "
-        "as much at rf = 3); replicas running a version without chains are written directly. "
+        "sends each byte at most once: the coordinator sends a chunk once instead of rf - 1 "
+        "times); replicas running a version without chains are written directly. "
         "\"star\": the coordinator sends the chunk to every replica itself (one hop fewer of "
         "latency, no node's word about another). The same total CPU on one machine; see "
         "docs/ARCHITECTURE.md, \"Chain replication\".", default="chain",

@@ -21,11 +21,11 @@ from p2pfs import net, wire
 from p2pfs.address import Address
 from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
-from p2pfs.replication.quorum_chain import message_timeout_ms
 from p2pfs.replication.errors import BadReply, ReplicaDown, ReplicaError, ReplicaLacks, ReplicaRefused
 from p2pfs.replication.healing import bucket_of, split_ids
 from p2pfs.replication.local import LocalReplica, Offload
 from p2pfs.replication.placement import name_key
+from p2pfs.replication.quorum_chain import message_timeout_ms
 from p2pfs.replication.view import RingView
 from p2pfs.storage import ManifestError, NameEntry, Timestamp, chunk_id_of
 from p2pfs.wire import ErrorCode
