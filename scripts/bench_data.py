@@ -136,6 +136,24 @@ def write_random_file(path: Path, size_bytes: int) -> None:
         os.fsync(f.fileno())
 
 
+def set_put_shape(directory: Path, shape: str) -> None:
+    """Restart node1, the put's coordinator (the node that picks a chunk write's shape), with
+    ``[replication] chunk_write_shape = shape``; restarted before every put of an A/B run, so
+    each shape is measured on an equally fresh process."""
+    node_dir = directory / "node1"
+    config = node_dir / testnet.CONFIG_FILE
+    lines = [line for line in config.read_text().splitlines() if not line.startswith("chunk_write_shape")]
+    setting = f'chunk_write_shape = "{shape}"'
+    if "[replication]" in lines:
+        lines.insert(lines.index("[replication]") + 1, setting)
+    else:
+        lines += ["", "[replication]", setting]
+    config.write_text("\n".join(lines) + "\n")
+    testnet.stop_node(node_dir, kill=False)
+    testnet.start_node(node_dir)
+    trio.run(lambda: testnet.wait_converged(directory, timeout_s=120.0, started=[node_dir]))
+
+
 def measure_large(directory: Path, work_dir: Path, size_bytes: int) -> dict:
     """Put a file of random bytes at node1, get it back from node2 (the get's coordinator fetches
     every chunk from the replicas it prefers, itself included)."""
@@ -267,7 +285,8 @@ def print_large(report: dict) -> None:
             r = large[op]
             ratio = r["mb_s"] / tls_mb_s
             rss = r["daemon_rss_mib_peak"]
-            print(f"| {large['size_bytes'] // MIB} MiB | {op} | {r['seconds']:.1f} | {r['mb_s']:,.0f} "
+            op_label = op if large.get("shape") is None else f"{op} ({large['shape']})"
+            print(f"| {large['size_bytes'] // MIB} MiB | {op_label} | {r['seconds']:.1f} | {r['mb_s']:,.0f} "
                   f"| {ratio:.2f} (>= {target}) {_verdict(ratio >= target)} "
                   f"| {', '.join(f'{x:.0f}' for x in rss)} {_verdict(max(rss) < TARGET_DAEMON_RSS_MIB)} "
                   f"| {' / '.join(f'{x:.0f}' for x in r['daemon_rss_mib_max_by_half'])} "
@@ -311,6 +330,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small-bytes", type=int, default=SMALL_FILE_BYTES_DEFAULT, metavar="BYTES")
     parser.add_argument("--small-only", action="store_true",
                         help="only the small files (no ceiling, no large files): for A/B runs of that path")
+    parser.add_argument("--put-shapes", default="", metavar="SHAPE,SHAPE,...",
+                        help="A/B the chunk write shape: each large file is put once per entry, in this order "
+                             "(e.g. chain,star,star,chain), node1 restarted with that shape before each")
     parser.add_argument("--dir", type=Path, default=None, help="where the network and files live (default: temp)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
@@ -332,8 +354,12 @@ def run(args: argparse.Namespace) -> int:
                     report["large"].append({"size_bytes": size_bytes,
                                             "skipped": f"{free_bytes / GIB:.0f} GiB free on disk"})
                     continue
-                report["large"].append(measure_large(directory, work_dir, size_bytes))
+                for shape in args.put_shapes.split(",") if args.put_shapes else [None]:
+                    if shape is not None:
+                        set_put_shape(directory, shape)
+                    report["large"].append({**measure_large(directory, work_dir, size_bytes), "shape": shape})
             client_ident = identity.load_identity(directory / testnet.CLIENT_DIR)
+            procs = testnet.status(directory)  # node1 has a new pid if --put-shapes restarted it
             report["small"] = trio.run(small_files, client_ident, [p.address for p in procs], args.clients,
                                        args.small_ops, args.small_bytes, [p.pid for p in procs])
         if not args.small_only:

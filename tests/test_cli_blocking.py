@@ -25,9 +25,10 @@ from p2pfs.client.attempts import FAILOVER_ATTEMPTS_MAX, FAILOVER_WINDOW_S, Atte
 from p2pfs.client.faults import NodeUnreachable
 from p2pfs.client.members import load_members
 from p2pfs.net.trust import TrustStore
-from p2pfs.ring import PLACEMENT_VERSION_NEWEST
 from p2pfs.node import messages as nm
-from p2pfs.wire import PROTOCOL_VERSION, ErrorCode, Role
+from p2pfs.replication.messages import CHAIN_WIRE_VERSION
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST
+from p2pfs.wire import ErrorCode, Role
 
 from testnet_helpers import CLI_TIMEOUT_S, running_testnet
 
@@ -87,7 +88,8 @@ def test_ls_stat_members_status_rm_answer_without_loading_trio_cryptography_or_d
     found = json.loads(answer(*cli(net3, "--node", node, "members", "--json")))
     assert sorted(m["address"] for m in found) == sorted(net3.address(n) for n in net3.names)
     # The record's protocol_version carries both versions; the output shows each on its own.
-    assert {(m["protocol_version"], m["placement_version"]) for m in found} == {(PROTOCOL_VERSION, PLACEMENT_VERSION_NEWEST)}
+    # The wire version a member advertises is that of the messages it knows (chunk chains: 3).
+    assert {(m["protocol_version"], m["placement_version"]) for m in found} == {(CHAIN_WIRE_VERSION, PLACEMENT_VERSION_NEWEST)}
     assert json.loads(answer(*cli(net3, "--node", node, "status", "--json")))["address"] == node
     assert answer(*cli(net3, "--node", node, "rm", "fast/a.bin")).strip() == "removed fast/a.bin"
 

@@ -59,6 +59,7 @@ from p2pfs.node.config import NodeConfig
 from p2pfs.node.limits import Throttle
 from p2pfs.node.trust import TrustService
 from p2pfs.replication.memory import keep_freed_buffers
+from p2pfs.replication.messages import CHAIN_WIRE_VERSION
 from p2pfs.replication.service import DataService
 from p2pfs.wire import Role
 
@@ -148,7 +149,9 @@ class Node:
                 capacity_bytes=cfg.node.capacity_bytes,
                 # With the placement version this node runs: the data layer places by the oldest
                 # one any member advertises (replication.view).
-                protocol_version=wire.advertised_version(wire.PROTOCOL_VERSION, cfg.replication.placement_version),
+                # The wire version it advertises says which messages it knows (chunk chains: 3);
+                # its connections' hello still checks wire.PROTOCOL_VERSION, as older nodes do.
+                protocol_version=wire.advertised_version(CHAIN_WIRE_VERSION, cfg.replication.placement_version),
                 # A restarted node keeps its id (the hash of its key), so its
                 # incarnation must outrank anything said about its last life:
                 # start from the wall clock.

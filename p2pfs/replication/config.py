@@ -120,6 +120,15 @@ class ReplicationConfig:
         "hands it over. Must exceed the time anti-entropy takes to move a node's data. 0: never.",
         default=3600.0,
     )
+    chunk_write_shape: str = doc(
+        "How a put sends each chunk to its replicas. \"chain\": the coordinator stores its copy and "
+        "sends the chunk once, to the first replica, which passes it on to the next (each node "
+        "sends each byte at most once: the coordinator sends a chunk once instead of rf - 1 "
+        "times); replicas running a version without chains are written directly. "
+        "\"star\": the coordinator sends the chunk to every replica itself (one hop fewer of "
+        "latency, no node's word about another). The same total CPU on one machine; see "
+        "docs/ARCHITECTURE.md, \"Chain replication\".", default="chain",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.rf <= 16:
@@ -151,3 +160,5 @@ class ReplicationConfig:
             raise ValueError(f"placement_version must be one of {sorted(PLACEMENT_VERSIONS)}")
         if self.placement_fallback_s < 0:
             raise ValueError("placement_fallback_s cannot be negative")
+        if self.chunk_write_shape not in ("chain", "star"):
+            raise ValueError('chunk_write_shape must be "chain" or "star"')

@@ -36,8 +36,14 @@ from typing import AsyncIterable, Awaitable, Callable, Sequence
 
 import trio
 
-from p2pfs import errors
+from p2pfs import errors, net, wire
 from p2pfs.clock import Clock
+from p2pfs.ids import short_id
+from p2pfs.replication import messages as dm
+from p2pfs.replication.quorum_chain import (
+    BadChainReply, ChainRefused, ChainResult, chain_capable, check_chain, head_failed, hop_times, plan_chunk_write,
+    read_reply, settle,
+)
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import ReplicaDown, ReplicaError, ReplicaLacks
 from p2pfs.replication.local import LocalStore, Offload
@@ -139,9 +145,7 @@ class ChunkWrites:
 
     async def _write(self, index: int, chunk_id: bytes, data: bytes) -> None:
         try:
-            await self._coordinator.replicate(
-                chunk_id, f"chunk {index}", lambda r, t: r.store_chunk(chunk_id, data, t.hint_for, hashed=True),
-            )
+            await self._coordinator.write_chunk(chunk_id, data, f"chunk {index}")
         except QuorumError as exc:
             self.failures.append(exc)
             self._nursery.cancel_scope.cancel()
@@ -173,30 +177,146 @@ class Coordinator:
 
     # -- writes -----------------------------------------------------------------
 
-    async def replicate(self, key: bytes, what: str, write: WriteFn) -> int:
-        """Write to the key's replicas (stand-ins for the unavailable); QuorumError below ``w``."""
+    def _write_quorum(self, key: bytes, what: str) -> WriteQuorum:
+        """The quorum of a write of ``key``: its plan's targets, stand-ins and ``w``."""
         ring = self.view.ring()
         targets, spare = write_plan(ring, key, self.config.rf, self.view.unavailable())
         if not targets:  # written nowhere is not written: never acknowledge it
             raise QuorumError(f"{what}: no replica to write to")
-        quorum = WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
+        return WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
 
-        async def attempt(target: Target | None) -> None:
-            while target is not None:
-                try:
-                    await write(self.replicas(target.node_id), target)
-                except ReplicaError as exc:
-                    self.view.failed(target.node_id)
-                    target = quorum.on_failure(target, str(exc)).retry
-                    continue
-                self.view.succeeded(target.node_id)
-                quorum.on_answer(target)
-                return
+    async def _attempt(self, quorum: WriteQuorum, write: WriteFn, target: Target | None) -> None:
+        """Write directly to ``target``, then to stand-ins in its place while they fail."""
+        while target is not None:
+            try:
+                await write(self.replicas(target.node_id), target)
+            except ReplicaError as exc:
+                self.view.failed(target.node_id)
+                target = quorum.on_failure(target, str(exc)).retry
+                continue
+            self.view.succeeded(target.node_id)
+            quorum.on_answer(target)
+            return
 
+    async def replicate(self, key: bytes, what: str, write: WriteFn) -> int:
+        """Write to the key's replicas (stand-ins for the unavailable); QuorumError below ``w``."""
+        quorum = self._write_quorum(key, what)
         async with trio.open_nursery() as nursery:
             for target in quorum.targets:
-                nursery.start_soon(attempt, target)
+                nursery.start_soon(self._attempt, quorum, write, target)
         return quorum.check()
+
+    # -- chunk writes, chain or star (quorum_chain.py) ---------------------------------------
+
+    async def write_chunk(self, chunk_id: bytes, data: bytes, what: str) -> int:
+        """Write a chunk this node hashed at quorum, down a chain where the replicas know chains
+        (``chain.plan_chunk_write``), directly otherwise; QuorumError below ``w``."""
+
+        def store(replica: Replica, target: Target) -> Awaitable[None]:
+            return replica.store_chunk(chunk_id, data, target.hint_for, hashed=True)
+
+        quorum = self._write_quorum(chunk_id, what)
+        plan = plan_chunk_write(quorum.targets, self.node_id, self._wire_versions(quorum.targets),
+                                self.config.chunk_write_shape)
+        async with trio.open_nursery() as nursery:
+            for target in plan.local + plan.star:
+                nursery.start_soon(self._attempt, quorum, store, target)
+            if plan.chain:
+                nursery.start_soon(self._write_chain, quorum, store, plan.chain, chunk_id, data, nursery)
+        return quorum.check()
+
+    def _wire_versions(self, targets: Sequence[Target]) -> dict[str, int]:
+        """The advertised protocol_version of each target that is a known member."""
+        wanted = {t.node_id for t in targets}
+        return {m.node_id: m.protocol_version for m in self.view.members() if m.node_id in wanted}
+
+    async def _write_chain(
+        self, quorum: WriteQuorum, store: WriteFn, chain: tuple[Target, ...], chunk_id: bytes, data: bytes,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Send the chunk down ``chain``; count what comes back, and write the rest directly: a
+        stand-in (with a hint) for each node reported failed, the node itself for each one
+        unacknowledged (the star fallback, ``quorum_chain.py``)."""
+        head = chain[0]
+        rest = tuple(dm.ChainLink(t.node_id, t.hint_for) for t in chain[1:])
+        try:
+            answered = await self.replicas.remote(head.node_id).store_chunk_chain(
+                chunk_id, data, head.hint_for, rest, self.config.replica_timeout_s
+            )
+            result = read_reply(chain, answered)
+        except (ReplicaError, BadChainReply) as exc:
+            result = head_failed(chain, str(exc))
+        # The head's health is what this node saw of its own peer; the nodes after it are the
+        # head's business (it skips those failing as it sees them).
+        if result.outcomes[0].stored:
+            self.view.succeeded(head.node_id)
+        else:
+            self.view.failed(head.node_id)
+        for target in settle(quorum, result):
+            nursery.start_soon(self._attempt, quorum, store, target)
+
+    async def on_store_chunk_chain(self, request: net.IncomingRequest) -> dm.StoreChunkChainReply:
+        """A chain that reached this node: verify the chunk, pass it on while storing it here, and
+        answer with this node's outcome and those after it, within the time the message gives."""
+        msg = request.msg
+        times = hop_times(trio.current_time(), msg.timeout_ms, self.config.replica_timeout_s)
+        rest = tuple(Target(link.node_id, link.hint_for) for link in msg.rest)
+        try:
+            check_chain(self.node_id, msg.hint_for, rest, self.config.rf)
+        except ChainRefused as exc:
+            raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, str(exc)) from None
+        if await self._offload(chunk_id_of, msg.data) != msg.chunk_id:
+            raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "the chunk does not match its id")
+        own: list[dm.ChainOutcome] = []
+        after: list[dm.ChainOutcome] = []
+
+        async def store_here() -> None:
+            try:
+                await self.replicas.local.store_chunk(msg.chunk_id, msg.data, msg.hint_for, hashed=True)
+            except ReplicaError as exc:
+                own.append(dm.ChainOutcome(self.node_id, False, _reason(f"{short_id(self.node_id)}: {exc}")))
+            else:
+                own.append(dm.ChainOutcome(self.node_id, True, ""))
+
+        async def pass_on() -> None:
+            result = await self._forward(rest, msg.chunk_id, msg.data, times.forward_wait_s)
+            after.extend(dm.ChainOutcome(o.target.node_id, o.stored, _reason(o.reason)) for o in result.outcomes)
+
+        with trio.move_on_at(times.answer_by_s):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store_here)
+                if rest:
+                    nursery.start_soon(pass_on)
+        if not own:  # the disk did not answer in time: nothing after it can be vouched for either
+            own.append(dm.ChainOutcome(self.node_id, False, "its store did not finish in time"))
+        return dm.StoreChunkChainReply(tuple(own + after))
+
+    async def _forward(
+        self, rest: tuple[Target, ...], chunk_id: bytes, data: bytes, wait_s: float | None
+    ) -> ChainResult:
+        """Pass a chunk on to ``rest[0]`` (a chain again when more follow, else a plain store, which
+        every version knows); what became of ``rest`` as far as this node can tell."""
+        head = rest[0]
+        if wait_s is None:
+            return head_failed(rest, "no time left to pass the chunk on")
+        if head.node_id in self.view.unavailable():
+            return head_failed(rest, f"unavailable as seen from {short_id(self.node_id)}")
+        replica = self.replicas.remote(head.node_id)
+        try:
+            if len(rest) == 1:
+                await replica.store_chunk(chunk_id, data, head.hint_for, timeout_s=wait_s)
+                answered = [(head.node_id, True, "")]
+            elif not chain_capable(self._wire_versions(rest[:1]).get(head.node_id, 0)):
+                return ChainResult((), rest)  # the sender writes it and those after it directly
+            else:
+                links = tuple(dm.ChainLink(t.node_id, t.hint_for) for t in rest[1:])
+                answered = await replica.store_chunk_chain(chunk_id, data, head.hint_for, links, wait_s)
+            result = read_reply(rest, answered)
+        except (ReplicaError, BadChainReply) as exc:
+            self.view.failed(head.node_id)
+            return head_failed(rest, f"{short_id(head.node_id)}: {exc}")
+        self.view.succeeded(head.node_id)
+        return result
 
     async def write_name(self, entry: NameEntry) -> int:
         return (await self._write_name_counting(entry))[0]
@@ -502,3 +622,8 @@ class Coordinator:
             slot.error = str(exc)
         finally:
             slot.done.set()
+
+
+def _reason(text: str) -> str:
+    """A reason cut to what a chain's answer carries."""
+    return text[: dm.REASON_CHARS_MAX]

@@ -492,3 +492,75 @@ class PutFileKnown(wire.Message):
         check_name(self.name, "name")
         check_int(len(self.manifest), "manifest length in bytes", 1, ENTRY_ENCODED_BYTES_MAX)
         check_int(len(self.held), "held bitmap length in bytes", 0, (MANIFEST_CHUNKS_MAX + 7) // 8)
+
+
+# --- chain replication of chunk writes (between nodes) ---------------------
+# Codes 40-59 are all taken, so these node-to-node messages continue at 77 (senders: nodes only).
+# p2pfs/replication/quorum_chain.py says how a chain is written and checked.
+
+from p2pfs.replication.fields import check_member_id  # noqa: E402 (appended here, so that merges stay clean)
+
+# The wire version (low byte of a member record's protocol_version) from which a node knows
+# StoreChunkChain. The frames are unchanged, so the connection's hello still checks
+# wire.PROTOCOL_VERSION (2) and nodes of both versions talk; a coordinator sends a chain only
+# through members whose record advertises at least this, and writes star-wise to the others.
+CHAIN_WIRE_VERSION = 3
+# Longest time a chain message may ask its receiver to take (ms): a node also never takes
+# longer than its own replica_timeout_s, so this only bounds what the field can carry.
+CHAIN_TIMEOUT_MS_MAX = 3_600_000
+
+
+@wire.record
+class ChainLink:
+    """A node further down a chain, and the owner it stores for when it is a stand-in."""
+
+    node_id: str
+    hint_for: str
+
+    def __post_init__(self) -> None:
+        check_member_id(self.node_id, "node_id")
+        check_hint_for(self.hint_for)
+
+
+@wire.message(77)
+class StoreChunkChain(wire.Message):
+    """Store a chunk (``hint_for`` as for StoreChunk) and pass it on down ``rest``, in order;
+    answer within ``timeout_ms`` with this node's outcome and those of the rest."""
+
+    chunk_id: bytes
+    data: bytes
+    hint_for: str
+    rest: tuple[ChainLink, ...]
+    timeout_ms: int
+
+    def __post_init__(self) -> None:
+        check_chunk_id(self.chunk_id, "chunk_id")
+        check_data(self.data)
+        check_hint_for(self.hint_for)
+        # A chain holds at most rf nodes: the receiver and rf - 1 after it.
+        check_int(len(self.rest), "nodes in rest", 0, RF_MAX - 1)
+        check_int(self.timeout_ms, "timeout_ms", 1, CHAIN_TIMEOUT_MS_MAX)
+
+
+@wire.record
+class ChainOutcome:
+    """One node's outcome in a chain: stored, or not and why."""
+
+    node_id: str
+    stored: bool
+    reason: str
+
+    def __post_init__(self) -> None:
+        check_member_id(self.node_id, "node_id")
+        check_int(len(self.reason), "reason", 0, REASON_CHARS_MAX)
+
+
+@wire.message(78)
+class StoreChunkChainReply(wire.Message):
+    """The receiver's outcome first, then those of the nodes after it, in chain order; nodes
+    past the last outcome given are unacknowledged (their fate is unknown to the receiver)."""
+
+    outcomes: tuple[ChainOutcome, ...]
+
+    def __post_init__(self) -> None:
+        check_int(len(self.outcomes), "outcomes", 1, RF_MAX)

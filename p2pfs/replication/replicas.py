@@ -25,6 +25,7 @@ from p2pfs.replication.errors import BadReply, ReplicaDown, ReplicaError, Replic
 from p2pfs.replication.healing import bucket_of, split_ids
 from p2pfs.replication.local import LocalReplica, Offload
 from p2pfs.replication.placement import name_key
+from p2pfs.replication.quorum_chain import message_timeout_ms
 from p2pfs.replication.view import RingView
 from p2pfs.storage import ManifestError, NameEntry, Timestamp, chunk_id_of
 from p2pfs.wire import ErrorCode
@@ -72,11 +73,12 @@ class RemoteReplica:
                 return member.address
         raise ReplicaDown(f"node {short_id(self.node_id)} is not a known member")
 
-    async def _call(self, msg: wire.Message, reply_type: type[M]) -> M:
+    async def _call(self, msg: wire.Message, reply_type: type[M], timeout_s: float | None = None) -> M:
+        """``timeout_s``: the wait for the answer, ``replica_timeout_s`` unless given (a chain's hop)."""
+        if timeout_s is None:
+            timeout_s = self._view.config.replica_timeout_s
         try:
-            reply = await self._endpoint.request(
-                self._address(), msg, timeout_s=self._view.config.replica_timeout_s, node_id=self.node_id
-            )
+            reply = await self._endpoint.request(self._address(), msg, timeout_s=timeout_s, node_id=self.node_id)
         except net.NetError as exc:
             raise ReplicaDown(str(exc) or type(exc).__name__) from exc
         except net.RemoteError as exc:
@@ -87,9 +89,20 @@ class RemoteReplica:
             raise BadReply(f"answered {type(msg).__name__} with {type(reply).__name__}")
         return reply
 
-    async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "", *, hashed: bool = False) -> None:
+    async def store_chunk(
+        self, chunk_id: bytes, data: bytes, hint_for: str = "", *, hashed: bool = False, timeout_s: float | None = None
+    ) -> None:
         # ``hashed`` does not cross the wire: the peer verifies every chunk it receives.
-        await self._call(dm.StoreChunk(chunk_id, data, hint_for), dm.StoreChunkReply)
+        await self._call(dm.StoreChunk(chunk_id, data, hint_for), dm.StoreChunkReply, timeout_s)
+
+    async def store_chunk_chain(
+        self, chunk_id: bytes, data: bytes, hint_for: str, rest: tuple[dm.ChainLink, ...], timeout_s: float
+    ) -> list[tuple[str, bool, str]]:
+        """Store a chunk here and down ``rest`` (``quorum_chain.py``); the outcomes the peer reports, in
+        chain order (its own first), waiting ``timeout_s`` while the peer has a margin less."""
+        msg = dm.StoreChunkChain(chunk_id, data, hint_for, rest, message_timeout_ms(timeout_s))
+        reply = await self._call(msg, dm.StoreChunkChainReply, timeout_s)
+        return [(o.node_id, o.stored, o.reason) for o in reply.outcomes]
 
     async def fetch_chunk(self, chunk_id: bytes) -> bytes:
         try:

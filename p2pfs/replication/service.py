@@ -247,6 +247,7 @@ class DataService:
             dm.SyncNames: self._anti_entropy.on_sync_names,
             dm.Leaving: self._hand_off.on_leaving,
             dm.Fsck: fsck.on_fsck,
+            dm.StoreChunkChain: self.coordinator.on_store_chunk_chain,
         }
         self._routes.update(Resumable(
             coordinator=self.coordinator, view=view, replicas=replicas, offload=offload,
@@ -286,7 +287,7 @@ class DataService:
     def routes(self) -> dict[type, Route]:
         """Every route of the data layer; the node-to-node ones answer once the stores are open."""
         node_routes = (dm.StoreChunk, dm.FetchChunk, dm.HasChunks, dm.PutName, dm.GetName, dm.ListNames,
-                       dm.ListChunks, dm.SyncChunks, dm.SyncNames, dm.Leaving, dm.Fsck)
+                       dm.ListChunks, dm.SyncChunks, dm.SyncNames, dm.Leaving, dm.Fsck, dm.StoreChunkChain)
         return {
             **{t: self._node_route for t in node_routes},
             dm.PutFile: self._put_file,

@@ -30,6 +30,7 @@ from p2pfs.clock import Clock, SimClock
 from p2pfs.identity import PeerIdentity
 from p2pfs.membership import Membership, MembershipConfig, MembershipService
 from p2pfs.sim.membership import SIM_CAPACITY_BYTES, sim_address, sim_node_id
+from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.service import DataService
 from p2pfs.sim.network import SimNetwork
@@ -267,10 +268,13 @@ class DataCluster:
         self.by_address: dict[Address, DataNode] = {}
         self.by_id: dict[str, DataNode] = {}
 
-    async def start(self, index: int, seeds: tuple[Address, ...] = (), *, clock: Clock | None = None) -> DataNode:
+    async def start(self, index: int, seeds: tuple[Address, ...] = (), *, clock: Clock | None = None,
+                    wire_version: int = dm.CHAIN_WIRE_VERSION) -> DataNode:
         """Start node ``index``: new, or again after a crash with its data dir as it was.
 
         ``clock`` is the node's data-layer clock (``DataService(clock=...)``); a ``SimClock`` by default.
+        ``wire_version``: what its member record advertises (lower: it poses as an older node,
+        which others send no chunk chains).
         """
         old = self.nodes.get(index)
         assert old is None or old.crashed, f"node {index} is running"
@@ -278,7 +282,7 @@ class DataCluster:
         node_id = sim_node_id(index)
         core = Membership(
             node_id=node_id, address=address, zone="", capacity_bytes=SIM_CAPACITY_BYTES,
-            protocol_version=advertised_version(wire.PROTOCOL_VERSION, self.replication_config.placement_version),
+            protocol_version=advertised_version(wire_version, self.replication_config.placement_version),
             incarnation_initial=int(trio.current_time() * 1000) + 1,  # grows across restarts
             config=self.membership_config, rng=random.Random(self.rng.getrandbits(64)),
             now_s=trio.current_time(),
