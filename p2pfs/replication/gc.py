@@ -119,7 +119,7 @@ class GarbageCollector:
     async def round(self) -> tuple[int, int]:
         """Remove unreferenced chunks past their grace, and old tombstones. Returns the counts.
 
-        The other nodes' names are read only when this node's own leave something to
+        The other nodes' names are read only when this node's own names leave chunks to
         judge (see the module docstring): a round with nothing to collect costs no traffic.
         """
         started_s = trio.current_time()
@@ -140,8 +140,10 @@ class GarbageCollector:
             return 0, purged
         candidates, judged = await self._candidates(referenced, before_ms)
         others = [n for n in self._view.everyone(self._view.ring()) if n != me]
+        found = f"over {GC_CANDIDATES_MAX}" if candidates is None else str(len(candidates))
+        read_others = candidates is None or bool(candidates)
         removed = 0
-        if candidates or candidates is None:
+        if read_others:
             # Exact: each id another node's name refers to leaves the candidates. Too many
             # candidates to hold: every reference goes into the filter, and the store is
             # judged against it in a second walk, as every round did before.
@@ -160,8 +162,7 @@ class GarbageCollector:
         # One line a round: what it cost (scripts/bench_pernode.py reads it).
         log.info("gc round: %.3f s, %d references from %d nodes, %d chunks judged, %d removed, "
                  "%s candidates", trio.current_time() - started_s, self._references_read,
-                 1 + (len(others) if candidates != set() else 0), judged, removed,
-                 "over %d" % GC_CANDIDATES_MAX if candidates is None else len(candidates))
+                 1 + len(others) * read_others, judged, removed, found)
         return removed, purged
 
     async def _candidates(self, referenced: ReferenceFilter, before_ms: int) -> tuple[set[bytes] | None, int]:
