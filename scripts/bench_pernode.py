@@ -12,13 +12,14 @@ Then, on the running network:
 
 * anti-entropy: the round time each node logs, and the TCP bytes the daemons sent
   (``ss``, summed over their sockets) while rounds ran with nothing to repair;
-* GC: the round time each node logs (every chunk referenced: nothing removed);
+* GC: the round time each node logs (every chunk referenced: nothing removed, and since
+  no chunk is a candidate, no other node's names read);
 * fsck and a paged ``ls`` of every name, through one node: time and bytes;
 * a node that lost 10% of its chunks (stopped, files removed, started): the time from
   its start until its store is whole again, and the bytes that moved;
 * with ``--leave``, a graceful leave of one node: the hand-off's time and bytes (chunks
   1,024 ids to a HasChunks, names a page of each owner's index per batch);
-* throughout, every daemon's peak RSS (``VmHWM``).
+* throughout, every daemon's peak RSS (``VmHWM``), and its highest RSS in each phase.
 
 Run: ``python scripts/bench.py pernode [--names 1000000]`` (develop with ``--names 50000``).
 Everything it creates is under one temporary directory, removed at the end.
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pfs import identity, testnet  # noqa: E402
 from p2pfs.client import Client  # noqa: E402
+from p2pfs.client import node as client_node  # noqa: E402
 from p2pfs.storage import CHUNK_SIZE_BYTES_MIN, ChunkRef, Manifest, NameIndex, chunk_id_of  # noqa: E402
 from p2pfs.storage.names import NAMES_FILE_NAME  # noqa: E402
 
@@ -55,6 +57,7 @@ TAIL_BYTES = 16
 WRITER = "e" * 64
 SAMPLE_INTERVAL_S = 1.0
 HEAL_TIMEOUT_S = 7200.0
+FSCK_DEADLINE_S = 7200.0
 ROUNDS_TIMEOUT_S = 7200.0
 LOSS_FRACTION = 0.10
 # GC's interval in anti-entropy intervals: its first round (at 0.75 of it at the soonest) comes
@@ -63,7 +66,7 @@ GC_INTERVALS = 6
 AE_ROUND = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, (\d+) chunks and (\d+) names walked, (\d+) peers, "
                       r"(\d+) chunks pulled, (\d+) keys short")
 GC_ROUND = re.compile(r"^(\S+) .*gc round: ([\d.]+) s, (\d+) references from (\d+) nodes, (\d+) chunks judged, "
-                      r"(\d+) removed")
+                      r"(\d+) removed(?:, (\S+(?: \d+)?) candidates)?")
 
 
 def build_stores(node_dirs: list[Path], names: int) -> float:
@@ -109,6 +112,27 @@ def build_stores(node_dirs: list[Path], names: int) -> float:
     return time.perf_counter() - start
 
 
+def stores_from(template: Path, names: int, node_dirs: list[Path]) -> float:
+    """Every node's stores from ``template`` (built there first if it holds no store of ``names``):
+    chunk files hard-linked, the name index copied. Returns the seconds it took."""
+    start = time.perf_counter()
+    marker = template / f"built-{names}"
+    if not marker.exists():
+        shutil.rmtree(template, ignore_errors=True)
+        (template / "data").mkdir(parents=True)
+        build_stores([template], names)
+        marker.touch()
+    for node_dir in node_dirs:
+        chunks_dir = node_dir / "data" / "chunks"
+        for prefix in range(256):
+            source = template / "data" / "chunks" / f"{prefix:02x}"
+            (chunks_dir / source.name).mkdir(parents=True, exist_ok=True)
+            for entry in os.scandir(source):
+                os.link(entry.path, chunks_dir / source.name / entry.name)
+        shutil.copyfile(template / "data" / NAMES_FILE_NAME, node_dir / "data" / NAMES_FILE_NAME)
+    return time.perf_counter() - start
+
+
 def chunk_count(node_dir: Path) -> int:
     chunks_dir = node_dir / "data" / "chunks"
     return sum(sum(1 for _ in os.scandir(chunks_dir / f"{p:02x}")) for p in range(256))
@@ -120,6 +144,9 @@ class Sampler:
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self.peak_rss_kib: dict[str, int] = {}
+        # The highest RSS (VmRSS) each daemon had while each phase of the run was under way.
+        self.phase = "start"
+        self.phase_rss_kib: dict[str, dict[str, int]] = {}
         # Each daemon's sockets' sent bytes at the last sample (a leaving daemon's last figure
         # survives its exit, when its sockets and its peers' sockets to it are gone).
         self.last_sent: dict[str, int] = {}
@@ -138,6 +165,9 @@ class Sampler:
                     continue
                 hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
                 self.peak_rss_kib[name] = max(self.peak_rss_kib.get(name, 0), hwm)
+                rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+                in_phase = self.phase_rss_kib.setdefault(self.phase, {})
+                in_phase[name] = max(in_phase.get(name, 0), rss)
             self.last_sent.update(self.sent_by_daemon())
 
     def sent_bytes(self) -> int:
@@ -183,6 +213,9 @@ def wait_rounds(node_dirs: list[Path], pattern: re.Pattern, count: int, skip: di
 
 
 async def fsck_and_ls(ident, address) -> dict:
+    # fsck is one request: the client's 300 s deadline is shorter than an fsck of a few
+    # hundred thousand names takes on a loaded machine.
+    client_node.FSCK_TIMEOUT_S = FSCK_DEADLINE_S
     async with Client.connect(ident, address) as client:
         start = time.perf_counter()
         report = await client.fsck()
@@ -198,43 +231,49 @@ async def fsck_and_ls(ident, address) -> dict:
     return {"fsck_s": fsck_s, "report": report, "ls_s": ls_s, "listed": listed, "pages": pages}
 
 
-def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
+def run(directory: Path, names: int, interval_s: float, leave: bool, template: Path | None,
+        skip_rounds: bool) -> None:
     overrides = {"replication": {"anti_entropy_interval_s": interval_s, "gc_interval_s": GC_INTERVALS * interval_s,
                                  "leave_handoff_timeout_s": 3600.0}}
     testnet.create(directory, NODES, 0, overrides)
     node_dirs = sorted(p.directory for p in testnet.status(directory))
-    build_s = build_stores(node_dirs, names)
+    build_s = build_stores(node_dirs, names) if template is None else stores_from(template, names, node_dirs)
     print(f"built {names:,} names and {2 * names:,} chunks per node in {build_s:.0f} s", flush=True)
     ident = identity.load_identity(directory / testnet.CLIENT_DIR)
     with Sampler(directory) as sampler:
         start = time.perf_counter()
+        sampler.phase = "start-up"
         procs = testnet.up(directory, NODES, 0)
+        sampler.phase = "anti-entropy"
         print(f"3 daemons up and converged in {time.perf_counter() - start:.0f} s", flush=True)
-        sent0, t0 = sampler.sent_bytes(), time.perf_counter()
-        ae = wait_rounds(node_dirs, AE_ROUND, 2, {})
-        sent1, t1 = sampler.sent_bytes(), time.perf_counter()
-        gc_early = sum(len(rounds(d, GC_ROUND)) for d in node_dirs)
-        ae_before_gc = {d: len(rounds(d, AE_ROUND)) for d in node_dirs}
-        gcs = wait_rounds(node_dirs, GC_ROUND, 1, {})
-        sent2 = sampler.sent_bytes()
-        ae_during_gc = sum(len(rounds(d, AE_ROUND)) - ae_before_gc[d] for d in node_dirs)
-        print("\n| job | node | rounds | time per round, s | walked | traffic |", flush=True)
-        print("|---|---|---|---|---|---|")
-        ae_rounds = sum(len(r) for r in ae.values())
-        for d, found in ae.items():
-            times = sorted(float(r[1]) for r in found)
-            print(f"| anti-entropy, nothing to repair | {d.name} | {len(found)} | {times[0]:.1f} to {times[-1]:.1f} "
-                  f"| {found[-1][2]} chunks, {found[-1][3]} names | "
-                  f"{(sent1 - sent0) / max(1, ae_rounds) / 1e3:.0f} kB a round (all daemons, {t1 - t0:.0f} s, "
-                  f"{gc_early} gc rounds in it) |", flush=True)
-        ae_round_bytes = (sent1 - sent0) / max(1, ae_rounds)
-        gc_rounds = sum(len(r) for r in gcs.values())
-        gc_bytes = (sent2 - sent1 - ae_during_gc * ae_round_bytes) / max(1, gc_rounds)
-        for d, found in gcs.items():
-            print(f"| gc | {d.name} | {len(found)} | {float(found[0][1]):.1f} | {found[0][4]} chunks judged, "
-                  f"{found[0][2]} references | {gc_bytes / 1e6:.1f} MB a round (all daemons; {ae_during_gc} "
-                  f"anti-entropy rounds' share taken off) |", flush=True)
+        if not skip_rounds:
+            sent0, t0 = sampler.sent_bytes(), time.perf_counter()
+            ae = wait_rounds(node_dirs, AE_ROUND, 2, {})
+            sent1, t1 = sampler.sent_bytes(), time.perf_counter()
+            gc_early = sum(len(rounds(d, GC_ROUND)) for d in node_dirs)
+            ae_before_gc = {d: len(rounds(d, AE_ROUND)) for d in node_dirs}
+            sampler.phase = "gc (and anti-entropy)"
+            gcs = wait_rounds(node_dirs, GC_ROUND, 1, {})
+            sent2 = sampler.sent_bytes()
+            ae_during_gc = sum(len(rounds(d, AE_ROUND)) - ae_before_gc[d] for d in node_dirs)
+            print("\n| job | node | rounds | time per round, s | walked | traffic |", flush=True)
+            print("|---|---|---|---|---|---|")
+            ae_rounds = sum(len(r) for r in ae.values())
+            for d, found in ae.items():
+                times = sorted(float(r[1]) for r in found)
+                print(f"| anti-entropy, nothing to repair | {d.name} | {len(found)} | {times[0]:.1f} to {times[-1]:.1f} "
+                      f"| {found[-1][2]} chunks, {found[-1][3]} names | "
+                      f"{(sent1 - sent0) / max(1, ae_rounds) / 1e3:.0f} kB a round (all daemons, {t1 - t0:.0f} s, "
+                      f"{gc_early} gc rounds in it) |", flush=True)
+            ae_round_bytes = (sent1 - sent0) / max(1, ae_rounds)
+            gc_rounds = sum(len(r) for r in gcs.values())
+            gc_bytes = (sent2 - sent1 - ae_during_gc * ae_round_bytes) / max(1, gc_rounds)
+            for d, found in gcs.items():
+                print(f"| gc | {d.name} | {len(found)} | {float(found[0][1]):.1f} | {found[0][4]} chunks judged, "
+                      f"{found[0][2]} references from {found[0][3]} nodes, {found[0][6]} candidates | {gc_bytes / 1e6:.1f} MB a round (all daemons; {ae_during_gc} "
+                      f"anti-entropy rounds' share taken off) |", flush=True)
         sent0 = sampler.sent_bytes()
+        sampler.phase = "fsck, ls"
         result = trio.run(fsck_and_ls, ident, procs[0].address)
         sent1 = sampler.sent_bytes()
         report = result["report"]
@@ -245,6 +284,7 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
               f"{result['listed']} names | - |", flush=True)
 
         print_peak_rss(sampler.peak_rss_kib, "so far")
+        print_phase_rss(sampler.phase_rss_kib)
         victim = node_dirs[-1]
         testnet.stop_node(victim, kill=False)
         files = sorted(p for sub in (victim / "data" / "chunks").iterdir() for p in sub.iterdir())
@@ -256,6 +296,7 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
         skip = {victim: len(rounds(victim, AE_ROUND))}
         sent0 = sampler.sent_bytes()
         start = time.perf_counter()
+        sampler.phase = "heal"
         testnet.start_node(victim)
         deadline = start + HEAL_TIMEOUT_S
         while chunk_count(victim) < whole:
@@ -270,21 +311,33 @@ def run(directory: Path, names: int, interval_s: float, leave: bool) -> None:
               f"{sum(int(r[5]) for r in heal_rounds)} pulled by its rounds | {(sent1 - sent0) / 1e6:.1f} MB |", flush=True)
 
         print_peak_rss(sampler.peak_rss_kib, "so far")
+        print_phase_rss(sampler.phase_rss_kib)
         if leave:
             leaving = node_dirs[0].name
             start = time.perf_counter()
             sent0 = sampler.sent_by_daemon()[leaving]
+            sampler.phase = "hand-off"
             testnet.leave_node(node_dirs[0], timeout_s=HEAL_TIMEOUT_S)
             sent1 = sampler.last_sent[leaving]
             print(f"| hand-off (graceful leave) | {leaving} | 1 | {time.perf_counter() - start:.0f} | "
                   f"{2 * names:,} chunks, {names:,} names | {(sent1 - sent0) / 1e6:.1f} MB (sent by the leaving "
                   f"node, sampled each second until it exited) |", flush=True)
         print_peak_rss(sampler.peak_rss_kib, "over the run")
+        print_phase_rss(sampler.phase_rss_kib)
 
 
 def print_peak_rss(peak_kib: dict[str, int], when: str) -> None:
     print(f"peak RSS (VmHWM) per daemon {when}, MiB: "
           + ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in sorted(peak_kib.items())), flush=True)
+
+
+def print_phase_rss(phase_kib: dict[str, dict[str, int]]) -> None:
+    daemons = sorted({name for found in phase_kib.values() for name in found})
+    print("\n| phase | " + " | ".join(f"{name} RSS, MiB" for name in daemons) + " |")
+    print("|---|" + "---|" * len(daemons))
+    for phase, found in phase_kib.items():
+        print(f"| {phase} | " + " | ".join(f"{found[n] / 1024:.0f}" if n in found else "-" for n in daemons) + " |",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,11 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leave", action="store_true",
                         help="end with a graceful leave of one node (its hand-off of every chunk and name)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the network (a temporary dir in it)")
+    parser.add_argument("--skip-rounds", action="store_true",
+                        help="do not wait for and report the anti-entropy and GC rounds (they run all the same)")
+    parser.add_argument("--stores", type=Path, default=None,
+                        help="a directory kept between runs: the stores are built there once per --names and "
+                             "hard-linked into the nodes (runs at several sizes then skip the build)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="p2pfs-bench-pernode-", dir=args.dir) as tmp:
         directory = Path(tmp) / "net"
         try:
-            run(directory, args.names, args.anti_entropy_interval_s, args.leave)
+            run(directory, args.names, args.anti_entropy_interval_s, args.leave, args.stores, args.skip_rounds)
         finally:
             if directory.exists():
                 testnet.down(directory)

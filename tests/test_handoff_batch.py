@@ -8,6 +8,8 @@ name-by-name hand-off did.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 import types
 
@@ -20,6 +22,7 @@ from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import BadReply
 from p2pfs.replication.handoff import HandOff, Pusher
 from p2pfs.ring import Ring, RingMember
+from p2pfs.storage import Timestamp
 from test_data_scale import NODES, ManualClock, cluster, files, inline
 
 
@@ -110,3 +113,46 @@ def test_a_page_out_of_order_is_the_owners_fault(tmp_path):
     hand, _ = hand_off_from(nodes, NODES[0])
     with pytest.raises(BadReply):
         trio.run(hand._owner_entries, OutOfOrder(), ["dir/a", "dir/c"])
+
+
+def transactions(statements: list[str]) -> int:
+    """Transactions in a statement trace: each BEGIN..COMMIT, and each write outside one (autocommit)."""
+    count, inside = 0, False
+    for statement in statements:
+        verb = statement.split(None, 1)[0].upper()
+        if verb == "BEGIN":
+            inside = True
+        elif verb in ("COMMIT", "ROLLBACK"):
+            count, inside = count + (verb == "COMMIT"), False
+        elif verb in ("INSERT", "DELETE", "UPDATE") and not inside:
+            count += 1
+    return count
+
+
+def test_a_hand_off_of_n_names_commits_once_a_batch_and_keeps_a_name_rewritten_meanwhile(tmp_path, monkeypatch):
+    # Name by name, each drop was its own commit (an fsync each: a leave of a million names
+    # made a million); a batch of names is now dropped in one.
+    monkeypatch.setattr(handoff, "HANDOFF_BATCH_NAMES", 100)
+    entries, _ = files(450, random.Random(24))
+    nodes = names_only(tmp_path, entries)
+    leaving = nodes[NODES[0]]
+    newer = dataclasses.replace(entries[10], version=Timestamp(entries[10].version.wall_ms + 1, 0))
+    statements: list[str] = []
+
+    async def offload(fn, *args):
+        if fn is handoff._drop_names_unless_hinted and newer.name in {e.name for e in args[1]}:
+            leaving.local.names.apply(newer)  # written here after the batch was handed off
+            statements.clear()
+            leaving.local.names._conn.set_trace_callback(statements.append)
+        return fn(*args)
+
+    hand, _ = hand_off_from(nodes, NODES[0])
+    hand._offload = offload
+    leaving.local.names._conn.set_trace_callback(statements.append)
+    dropped = trio.run(hand.names, Ring([RingMember(n) for n in NODES[1:]]), [e.name for e in entries])
+    leaving.local.names._conn.set_trace_callback(None)
+    assert dropped == len(entries) - 1
+    assert [row[0] for row in leaving.local.names.summaries()] == [newer.name]  # the newer version stays
+    # From the first batch's drop on, one commit per batch of 100 (the newer write's own commit
+    # came before the trace restarted).
+    assert transactions(statements) == math.ceil(len(entries) / 100) == 5

@@ -136,15 +136,17 @@ class Walk:
 
     writer: SnapshotWriter
     digester: BucketDigester = dataclasses.field(default_factory=BucketDigester)
-    not_ours: list = dataclasses.field(default_factory=list)  # at most NOT_OURS_KEYS_PER_ROUND_MAX
+    # Chunk ids or names placed elsewhere, at most NOT_OURS_KEYS_PER_ROUND_MAX.
+    not_ours: list = dataclasses.field(default_factory=list)
     held: int = 0  # keys walked
     with_dead_peer: int = 0  # keys one of whose other replicas is not alive
 
 
 def _walk_batch(walk: Walk, ring: Ring, rf: int, me: str, alive: set[str] | None,
-                items: list, key_of: Callable, item_of: Callable) -> None:
+                items: list, key_of: Callable, item_of: Callable, handed_of: Callable) -> None:
     """Place a batch of keys (in increasing order), feed the digests of the peers that share
-    them, and write the keys this node replicates to its snapshot. Blocking (a worker thread)."""
+    them, and write the keys this node replicates to its snapshot; of a key placed elsewhere,
+    keep what hand-off needs (``handed_of``). Blocking (a worker thread)."""
     for item in items:
         key = key_of(item)
         position = key_hash(key)
@@ -152,7 +154,7 @@ def _walk_batch(walk: Walk, ring: Ring, rf: int, me: str, alive: set[str] | None
         walk.held += 1
         if me not in preferred:
             if len(walk.not_ours) < NOT_OURS_KEYS_PER_ROUND_MAX:
-                walk.not_ours.append(item)
+                walk.not_ours.append(handed_of(item))
             continue
         bucket = position >> BUCKET_SHIFT
         walk.writer.add(bucket, key)
@@ -176,6 +178,12 @@ def _row_key(row: Row) -> bytes:
 
 def _row_item(row: Row) -> bytes:
     return name_item(*row)
+
+
+def _row_name(row: Row) -> str:
+    """What hand-off needs of a name placed elsewhere: a whole row (its version and writer
+    decoded) costs ~3 times the name, and a ring change can fill the round's 65,536."""
+    return row[0]
 
 
 def _digest_messages(digests: dict[int, tuple[bytes, int]]) -> tuple[dm.BucketDigest, ...]:
@@ -256,7 +264,7 @@ class AntiEntropy:
         log.info("anti-entropy round: %.3f s, %d chunks and %d names walked, %d peers, %d chunks pulled, "
                  "%d keys short", trio.current_time() - started_s, chunks.held, names.held, len(peers),
                  self.received_chunks - received_before, self.under_replicated_keys)
-        return NotOurs(ring, chunks.not_ours, [row[0] for row in names.not_ours])
+        return NotOurs(ring, chunks.not_ours, names.not_ours)
 
     async def refill_names(self) -> tuple[int, int]:
         """Name sync alone, with every live peer, whatever it shares with this node's index today.
@@ -305,11 +313,12 @@ class AntiEntropy:
         writer = await self._offload(self._new_writer, kind, directory)
         walk = Walk(writer)
         if kind == CHUNKS:
-            batches, key_of, item_of = self._chunk_batches(), _chunk_key, _chunk_key
+            batches, key_of, item_of, handed_of = self._chunk_batches(), _chunk_key, _chunk_key, _chunk_key
         else:
-            batches, key_of, item_of = self._name_batches(), _row_key, _row_item
+            batches, key_of, item_of, handed_of = self._name_batches(), _row_key, _row_item, _row_name
         async for batch in batches:
-            await self._offload(_walk_batch, walk, ring, self.config.rf, self.node_id, alive, batch, key_of, item_of)
+            await self._offload(_walk_batch, walk, ring, self.config.rf, self.node_id, alive, batch, key_of, item_of,
+                                handed_of)
         await self._offload(writer.finish)
         snapshot = KeySnapshot(directory, walk.digester.all_digests())
         installed = self._snapshots[kind]

@@ -136,14 +136,10 @@ class HandOff:
                 except ReplicaError as exc:
                     log.info("hand-off to %s paused: %s", short_id(owner), exc)
                     break
-        dropped = kept = 0
-        for chunk_id, owners in owners_of.items():
-            if len(owners) == min(rf, len(ring)) and confirmed[chunk_id] == len(owners):
-                await self._offload(self._local.drop_unless_hinted, chunk_id)
-                dropped += 1
-            else:
-                kept += 1
-        return dropped, kept
+        done = [chunk_id for chunk_id, owners in owners_of.items()
+                if len(owners) == min(rf, len(ring)) and confirmed[chunk_id] == len(owners)]
+        await self._offload(_drop_chunks_unless_hinted, self._local, done)  # one worker-thread call a batch
+        return len(done), len(owners_of) - len(done)
 
     async def names(self, ring: Ring, names: Iterable[str]) -> int:
         """Push names we do not own to their owners; drop ours once every live owner has it.
@@ -190,14 +186,11 @@ class HandOff:
                     confirmed[name] += 1
             except ReplicaError as exc:
                 log.info("name hand-off to %s paused: %s", short_id(owner), exc)
-        dropped = 0
-        for name, owners in owners_of.items():
-            if owners and confirmed[name] == len(owners) and self.node_id not in ring.preference_list(name_key(name), rf):
-                if not await self._offload(self._local.hints.is_hinted, HintKind.NAME, name.encode()):
-                    entry = ours[name]
-                    await self._offload(self._local.names.remove_if, name, entry.version, entry.writer)
-                    dropped += 1
-        return dropped
+        done = [ours[name] for name, owners in owners_of.items()
+                if owners and confirmed[name] == len(owners) and self.node_id not in ring.preference_list(name_key(name), rf)]
+        # One worker-thread call and one commit for the batch: name by name, a leave of a
+        # million names was a million commits, each an fsync.
+        return await self._offload(_drop_names_unless_hinted, self._local, done)
 
     async def _owner_entries(self, replica: Replica, names: list[str]) -> dict[str, NameEntry]:
         """What ``replica`` holds of ``names`` (sorted): its entries, absent where it holds none.
@@ -283,3 +276,20 @@ class HandOff:
         log.info("leave: handed off %d of %d chunks and %d of %d names",
                  dropped_chunks, chunks_seen, dropped_names, names_seen)
         return kept_chunks == 0 and dropped_names == names_seen
+
+
+def _drop_chunks_unless_hinted(local: LocalStore, chunk_ids: list[bytes]) -> None:
+    """Drop our copy of each chunk unless an owner still waits for it. Blocking (a worker thread)."""
+    for chunk_id in chunk_ids:
+        local.drop_unless_hinted(chunk_id)
+
+
+def _drop_names_unless_hinted(local: LocalStore, entries: list[NameEntry]) -> int:
+    """Drop each name still at the version handed off, unless hinted, in one commit; the count dropped.
+
+    Blocking (a worker thread). A name rewritten meanwhile is kept (``remove_many_if``
+    matches the version).
+    """
+    unhinted = [(e.name, e.version, e.writer) for e in entries
+                if not local.hints.is_hinted(HintKind.NAME, e.name.encode())]
+    return local.names.remove_many_if(unhinted) if unhinted else 0

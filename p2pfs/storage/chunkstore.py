@@ -444,6 +444,22 @@ class ChunkStore:
         ids.sort()
         return ids
 
+    def unused_since(self, chunk_ids: list[bytes], before_ms: int) -> list[bytes]:
+        """Those of ``chunk_ids`` held and not written or re-put since ``before_ms`` (the store's wall clock).
+
+        What garbage collection may judge at all: a chunk written within the grace may
+        belong to a put whose name is not written yet. One ``stat`` per id, no lock
+        (``delete_if_unused_since`` checks again, atomically, before removing).
+        """
+        old = []
+        for chunk_id in chunk_ids:
+            try:
+                if self._path(chunk_id).stat().st_mtime_ns < before_ms * 1_000_000:
+                    old.append(chunk_id)
+            except FileNotFoundError:
+                continue
+        return old
+
 
 def _parse_chunk_name(fanout_name: str, name: str) -> bytes | None:
     """The chunk id a file in ``chunks/<fanout_name>/`` stands for, or None if it isn't one."""
