@@ -19,7 +19,7 @@ import pytest
 
 from p2pfs.config import NodeSettings
 from p2pfs.replication.placement import ring_weight
-from p2pfs.ring import Ring, RingMember
+from p2pfs.ring import PLACEMENT_VERSION_NEWEST, Ring, RingMember
 
 from testnet_helpers import Net, running_testnet, wait_for
 
@@ -43,7 +43,7 @@ def chunks_held(net: Net, name: str) -> int:
 
 def preference(net: Net, chunk_id_hex: str) -> list[str]:
     members = [RingMember(net.node_id(n), "", ring_weight(NodeSettings().capacity_bytes)) for n in net.names]
-    return Ring(members).preference_list(bytes.fromhex(chunk_id_hex), 3)
+    return Ring.of_version(members, PLACEMENT_VERSION_NEWEST).preference_list(bytes.fromhex(chunk_id_hex), 3)
 
 
 def put_cutting_node3(net: Net, tmp_path: Path, name: str, cut) -> bytes:
