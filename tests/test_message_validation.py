@@ -43,6 +43,15 @@ TABLE: list[tuple[wire.Message, list[tuple[str, object]]]] = [
         ("hint_for", "x" * (mm.NODE_ID_CHARS_MAX + 1)), ("hint_for", 5),
     ]),
     (dm.StoreChunkReply(True), [("stored", 1)]),
+    (dm.StoreChunkChain(ID, b"data", "", (dm.ChainLink(HEX, ""),), 1000), [
+        ("chunk_id", ID[:31]), ("data", b""), ("data", bytes(CHUNK_SIZE_BYTES_MAX + 1)), ("hint_for", 5),
+        ("rest", [[HEX, ""]] * dm.RF_MAX), ("rest.0.node_id", ""), ("rest.0.hint_for", "x" * 129),
+        ("timeout_ms", 0), ("timeout_ms", dm.CHAIN_TIMEOUT_MS_MAX + 1),
+    ]),
+    (dm.StoreChunkChainReply((dm.ChainOutcome(HEX, True, ""),)), [
+        ("outcomes", []), ("outcomes", [[HEX, True, ""]] * (dm.RF_MAX + 1)), ("outcomes.0.node_id", ""),
+        ("outcomes.0.stored", 1), ("outcomes.0.reason", "x" * (dm.REASON_CHARS_MAX + 1)),
+    ]),
     (dm.FetchChunk(ID), [("chunk_id", ID[:31]), ("chunk_id", ID * 2)]),
     (dm.ChunkData(b"d"), [("data", b""), ("data", "text")]),
     (dm.HasChunks((ID,)), [

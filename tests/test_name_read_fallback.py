@@ -94,6 +94,12 @@ class FakeChunkCluster(FakeCluster):
         super().__init__()
         self.chunks: dict[tuple[str, bytes], bytes] = {}
 
+    @property
+    def local(self) -> FakeChunkReplica:
+        """This node's own replica, which a chunk read asks first when the node is one of the
+        chunk's replicas (it holds nothing here)."""
+        return FakeChunkReplica(ME, self)
+
     def __call__(self, node_id: str) -> FakeChunkReplica:
         return FakeChunkReplica(node_id, self)
 
