@@ -98,8 +98,12 @@ def wrap(node: DataNode, message_type: type, before) -> None:
 
 
 async def put_and_check(cluster: DataCluster, cut: Cut, name: str) -> bytes:
-    """Put a file at node 1 (its quorum met), and read it back byte-exact at another node."""
-    content = os.urandom(FILE_BYTES)
+    """Put a file at node 1 (its quorum met), and read it back byte-exact at another node.
+
+    The content is drawn from the file's name: its chunk ids decide which replicas each chunk
+    has, and so whether any chunk's replicas form a chain at all (with older nodes about, a
+    random file sometimes made none, and the test failed on a draw)."""
+    content = random.Random(name).randbytes(FILE_BYTES)
     coordinator = cluster.nodes[1]
     entry = await coordinator.data.put(name, _pieces(content), len(content))
     assert entry.manifest.size_bytes == len(content)
