@@ -25,6 +25,8 @@ from p2pfs.replication.view import PLACEMENT_FILE_NAME, RingView
 from p2pfs.ring import PLACEMENT_VERSION_NEWEST, REPLICAS_NEAREST, REPLICAS_WALK, Ring, RingMember
 from p2pfs.wire import Role
 
+from clock_helpers import StepClock
+
 FALLBACK_S = 100.0
 WAIT_S = 30.0  # generous: the machine running the suite may be loaded
 
@@ -97,24 +99,13 @@ def test_version_1_is_the_ring_before_multi_probe_hashing():
     assert Ring.of_version(ring.members.values(), 2).probes > 1
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def monotonic_s(self) -> float:
-        return self.now_s
-
-    def wall_ms(self) -> int:
-        return int(self.now_s * 1000)
-
-
-def make_view(tmp_path, members: list[Member], clock: Clock, own_version: int = 2) -> RingView:
+def make_view(tmp_path, members: list[Member], clock: StepClock, own_version: int = 2) -> RingView:
     config = ReplicationConfig(placement_version=own_version, placement_fallback_s=FALLBACK_S)
     return RingView(node_id(0), config, lambda: members, clock, placement_file=tmp_path / PLACEMENT_FILE_NAME)
 
 
 def test_the_view_switches_when_the_last_member_runs_the_new_version_and_reads_fall_back_for_a_while(tmp_path):
-    clock = Clock()
+    clock = StepClock()
     members = [member(0, 2), member(1, 2), member(2, 1), member(3, 1)]
     view = make_view(tmp_path, members, clock)
     assert view.ring().probes == 1
@@ -136,7 +127,7 @@ def test_the_view_switches_when_the_last_member_runs_the_new_version_and_reads_f
 def test_a_node_restarted_into_the_new_version_knows_that_it_changed(tmp_path):
     # The last node of an upgrade sees no member run the old version once it is back: the version
     # it placed by before its restart, kept in its data dir, says that the placement changed.
-    clock = Clock()
+    clock = StepClock()
     before = make_view(tmp_path, [member(0, 1), member(1, 1)], clock, own_version=1)
     assert before.ring().probes == 1
     after = make_view(tmp_path, [member(0, 2), member(1, 2)], clock)
@@ -156,7 +147,7 @@ def test_placement_settings_are_checked():
 
 async def test_a_big_other_ring_is_built_in_the_background_after_the_ring_in_use(tmp_path, monkeypatch):
     monkeypatch.setattr(view_module, "SYNC_BUILD_TOKENS_MAX", 0)
-    clock = Clock()
+    clock = StepClock()
     (tmp_path / PLACEMENT_FILE_NAME).write_text("1\n")  # it placed by version 1 before
     view = make_view(tmp_path, [member(i, 2) for i in range(4)], clock)
     async with trio.open_nursery() as nursery:
@@ -172,7 +163,7 @@ async def test_a_big_other_ring_is_built_in_the_background_after_the_ring_in_use
 
 
 def test_a_cluster_of_version_2_switches_to_3_once_every_member_runs_it_and_reads_fall_back_to_2(tmp_path):
-    clock = Clock()
+    clock = StepClock()
     members = [member(0, 3), member(1, 3), member(2, 3), member(3, 2)]
     view = make_view(tmp_path, members, clock, own_version=3)
     assert view.ring().replicas == REPLICAS_WALK and view.ring().probes > 1  # version 2
@@ -190,7 +181,7 @@ def test_a_cluster_of_version_2_switches_to_3_once_every_member_runs_it_and_read
 
 
 def test_a_cluster_upgraded_from_version_1_straight_to_3_falls_back_to_1(tmp_path):
-    clock = Clock()
+    clock = StepClock()
     (tmp_path / PLACEMENT_FILE_NAME).write_text("1\n")  # it placed by version 1 before its restart
     view = make_view(tmp_path, [member(i, 3) for i in range(4)], clock, own_version=3)
     assert view.ring().replicas == REPLICAS_NEAREST

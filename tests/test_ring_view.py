@@ -18,6 +18,8 @@ from p2pfs.replication.view import RingView
 from p2pfs import ring as ring_module
 from p2pfs.ring import PLACEMENT_VERSION_NEWEST
 
+from clock_helpers import StepClock
+
 WAIT_S = 30.0
 # The members run the newest placement (with version 1 in their records the view would build the
 # 2,048-token ring).
@@ -122,17 +124,6 @@ async def test_a_first_ring_is_built_in_place_even_when_big(big_rings):
         await nursery.start(view.run_rebuilds)
         assert len(view.ring()) == 3
         nursery.cancel_scope.cancel()
-
-
-class StepClock:
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def monotonic_s(self) -> float:
-        return self.now_s
-
-    def wall_ms(self) -> int:
-        return int(self.now_s * 1000)
 
 
 def test_the_ring_follows_every_change_though_it_is_not_derived_again_on_every_request():
