@@ -15,8 +15,9 @@ any number of uniformly hashed keys):
 - movement on one join and one leave, exact: the share of keys whose replica set changes, and
   the replica copies to make (at most), each as a multiple of the ideal min(rf, N)/N;
 - preference_list lookups per second;
-- what a request pays for placement at the biggest size: the view's ring(), unavailable() and
-  alive(), and write_plan and read_order with each version's ring (``request_figures``);
+- what a request pays for placement: the view's ring(), unavailable() and
+  alive(), write_plan and read_order with each version's ring, and the member lookups of every
+  request to a replica, at the sizes of --requests, by default the biggest (``request_figures``);
 - placement version 3 (replicas nearest to the key's probes) against version 2 (the walk from the
   winning token), on the same sampled keys and the same rings (``nearest_figures``): lookups and
   fallback lists per CPU second, load at rf, weight classes at rf, zones, and per join and leave
@@ -51,7 +52,9 @@ from p2pfs.clock import SystemClock
 from p2pfs import wire
 from p2pfs.membership import Member, MemberState
 from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.coordinator import Coordinator
 from p2pfs.replication.placement import (
+    Target,
     WEIGHT_REFERENCE_BYTES,
     placement_version,
     read_order,
@@ -59,6 +62,7 @@ from p2pfs.replication.placement import (
     unavailable_members,
     write_plan,
 )
+from p2pfs.replication.replicas import RemoteReplica
 from p2pfs.replication.view import RingView
 from p2pfs.ring import (
     PLACEMENT_VERSION_NEWEST,
@@ -175,12 +179,18 @@ def loop_block(ids: list[str]) -> dict[str, float]:
 
 
 REQUEST_CALLS = 50  # calls timed per figure of request_figures
+REQUEST_ROUNDS = 5  # alternating rounds of the member lookups, old and new; the median is reported
 
 
 def request_figures(ids: list[str], rf: int) -> dict[str, float]:
     """CPU milliseconds per call of what a request asks of placement, with ``ids`` as members:
     the view's answers (kept between membership changes) beside deriving them from every record,
-    as the view did on every call before; and write_plan and read_order with each version's ring."""
+    as the view did on every call before; write_plan and read_order with each version's ring; and
+    the member lookups of every request to a replica (its address) and every chunk write (its
+    replicas' protocol versions) by id, beside the walk of every record they did before.
+
+    ``members()`` copies the table and filters it, as the membership driver's does.
+    """
 
     class FixedClock:
         def monotonic_s(self) -> float:
@@ -191,7 +201,10 @@ def request_figures(ids: list[str], rf: int) -> dict[str, float]:
 
     members = [Member(n, Address("127.0.0.1", 7000), "", WEIGHT_REFERENCE_BYTES, ADVERTISED_VERSION, 1,
                       MemberState.ALIVE, 0.0) for n in ids]
-    view = RingView(ids[0], ReplicationConfig(), lambda: list(members), FixedClock())
+    table = {m.node_id: m for m in members}
+    excluded: frozenset[str] = frozenset()
+    view = RingView(ids[0], ReplicationConfig(),
+                    lambda: [m for m in list(table.values()) if m.node_id not in excluded], FixedClock())
     view.ring()
     grace_s = ReplicationConfig().dead_grace_s
 
@@ -218,7 +231,44 @@ def request_figures(ids: list[str], rf: int) -> dict[str, float]:
         for _ in range(REQUEST_CALLS):
             call()
         figures[name] = (time.process_time() - started_s) / REQUEST_CALLS * 1e3
-    return figures
+    return figures | member_lookup_figures(view, ids, rf)
+
+
+def member_lookup_figures(view: RingView, ids: list[str], rf: int) -> dict[str, float]:
+    """RemoteReplica._address and Coordinator._wire_versions (by id, RingView.member) against the
+    walk of every record they did before, alternating, in CPU ms per call."""
+    replica = RemoteReplica(ids[-1], None, view, None)
+    coordinator = Coordinator(node_id=ids[0], config=view.config, view=view, replicas=None, local=None,
+                              clock=view.clock, offload=None)
+    targets = [Target(n) for n in ids[-rf:]]
+
+    def address_walk() -> Address:
+        for member in view.members():
+            if member.node_id == replica.node_id:
+                return member.address
+        raise AssertionError("not a member")
+
+    def wire_versions_walk() -> dict[str, int]:
+        wanted = {t.node_id for t in targets}
+        return {m.node_id: m.protocol_version for m in view.members() if m.node_id in wanted}
+
+    assert address_walk() == replica._address()
+    assert wire_versions_walk() == coordinator._wire_versions(targets)
+    calls = {
+        "address_walk": address_walk,
+        "address_by_id": replica._address,
+        "wire_versions_walk": wire_versions_walk,
+        "wire_versions_by_id": lambda: coordinator._wire_versions(targets),
+        "members_copy": view.members,  # what any call pays to see whether a record changed
+    }
+    rounds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(REQUEST_ROUNDS):
+        for name, call in calls.items():
+            started_s = time.process_time()
+            for _ in range(REQUEST_CALLS):
+                call()
+            rounds[name].append((time.process_time() - started_s) / REQUEST_CALLS * 1e3)
+    return {name: statistics.median(cpu_ms) for name, cpu_ms in rounds.items()}
 
 
 def weight_figures(ids: list[str]) -> dict[str, float]:
@@ -587,11 +637,11 @@ def print_nearest(report: dict) -> None:
 
 
 def print_request(report: dict) -> None:
-    figures = report["request_cpu_ms"]
-    click.echo("")
-    click.echo(f"what a request pays for placement at {report['request_members']} members (CPU ms per call):")
-    for name, cpu_ms in figures.items():
-        click.echo(f"{name:>24} {cpu_ms:>9.3f}")
+    for row in report["requests"]:
+        click.echo("")
+        click.echo(f"what a request pays for placement at {row['members']} members (CPU ms per call):")
+        for name, cpu_ms in row["cpu_ms"].items():
+            click.echo(f"{name:>24} {cpu_ms:>9.3f}")
 
 
 def print_replica_rules(report: dict) -> None:
@@ -625,23 +675,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replica-rule", type=int, default=0, metavar="N",
                         help="also compare replica rules at N members, sampled over --rule-keys keys (0: skip)")
     parser.add_argument("--rule-keys", type=int, default=100_000, metavar="COUNT")
+    parser.add_argument("--requests", default="", metavar="N,N,...",
+                        help="member counts for what a request pays (default: the biggest of --members)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
-    members_max = max(int(n) for n in args.members.split(","))
+    sizes = [int(n) for n in args.members.split(",") if n]
+    requests = [int(n) for n in args.requests.split(",") if n] or sizes[-1:]
     report = {
         "tokens_per_weight": TOKENS_PER_WEIGHT_DEFAULT,
         "rf": args.rf,
         "seed": args.seed,
         "sizes": [
-            measure_size(int(n), rf=args.rf, lookups_count=args.lookups, moves_count=args.moves,
+            measure_size(n, rf=args.rf, lookups_count=args.lookups, moves_count=args.moves,
                          sample_keys=args.sample_keys, rng=rng)
-            for n in args.members.split(",")
+            for n in sizes
         ],
-        "request_members": members_max,
-        "request_cpu_ms": request_figures(node_ids(members_max, random.Random(args.seed)), args.rf),
+        "requests": [
+            {"members": n, "cpu_ms": request_figures(node_ids(n, random.Random(args.seed)), args.rf)}
+            for n in requests
+        ],
         "compare_members": args.compare,
         "compare_partitions": args.partitions,
         "compare": compare(args.compare, args.partitions, rng) if args.compare else [],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -14,6 +15,10 @@ from p2pfs import wire
 from p2pfs.membership import Member, MemberState
 from p2pfs.replication import view as view_module
 from p2pfs.replication.config import ReplicationConfig
+from p2pfs.replication.coordinator import Coordinator
+from p2pfs.replication.placement import Target
+from p2pfs.replication.errors import ReplicaDown
+from p2pfs.replication.replicas import RemoteReplica
 from p2pfs.replication.view import RingView
 from p2pfs import ring as ring_module
 from p2pfs.ring import PLACEMENT_VERSION_NEWEST
@@ -151,3 +156,50 @@ def test_the_ring_follows_every_change_though_it_is_not_derived_again_on_every_r
     assert members[3].node_id in view.ring()  # no longer leaving
     members.append(member(5))
     assert len(view.ring()) == 5 and member(5).node_id in view.ring()
+
+
+def replaced(record: Member, **changes) -> Member:
+    """A new record of the same member, as membership makes one when anything in it changes."""
+    return dataclasses.replace(record, incarnation=record.incarnation + 1, **changes)
+
+
+def test_a_member_s_record_is_looked_up_by_id_and_follows_every_change():
+    # members() hands out the one list it changes in place: what the view keeps must be a copy.
+    members = [member(i) for i in range(4)]
+    view = RingView(members[0].node_id, ReplicationConfig(), lambda: members, SystemClock())
+    config = ReplicationConfig()
+    coordinator = Coordinator(node_id=members[0].node_id, config=config, view=view, replicas=None, local=None,
+                              clock=SystemClock(), offload=None)
+    remote = RemoteReplica(members[2].node_id, None, view, None)
+    targets = [Target(m.node_id) for m in members[1:3]] + [Target("not-a-member")]
+    assert view.members_by_id()[members[2].node_id] is members[2]
+    assert remote._address() == members[2].address
+    assert coordinator._wire_versions(targets) == {m.node_id: ADVERTISED_VERSION for m in members[1:3]}
+    # The replica moved to another address, and another node was upgraded: the next request sees both.
+    members[2] = replaced(members[2], address=Address("127.0.0.1", 9002))
+    members[1] = replaced(members[1], protocol_version=ADVERTISED_VERSION + 1)
+    assert view.members_by_id()[members[2].node_id] is members[2]
+    assert remote._address() == Address("127.0.0.1", 9002)
+    assert coordinator._wire_versions(targets) == {members[1].node_id: ADVERTISED_VERSION + 1,
+                                                   members[2].node_id: ADVERTISED_VERSION}
+    # Reaped: no longer a member, so no address to send to.
+    del members[2]
+    assert remote.node_id not in view.members_by_id()
+    with pytest.raises(ReplicaDown, match="not a known member"):
+        remote._address()
+    assert coordinator._wire_versions(targets) == {members[1].node_id: ADVERTISED_VERSION + 1}
+    members.append(member(9))
+    assert view.members_by_id()[member(9).node_id] == member(9)
+
+
+def test_the_lookup_by_id_is_not_rebuilt_while_no_record_changes():
+    members = [member(i) for i in range(4)]
+    view = RingView(members[0].node_id, ReplicationConfig(), lambda: list(members), SystemClock())
+    view.members_by_id()
+    built = view._by_id
+    for m in members:
+        assert view.members_by_id()[m.node_id] is m
+    assert view._by_id is built
+    members[3] = replaced(members[3])
+    assert view.members_by_id()[members[3].node_id] is members[3]
+    assert view._by_id is not built

@@ -227,8 +227,8 @@ class Coordinator:
 
     def _wire_versions(self, targets: Sequence[Target]) -> dict[str, int]:
         """The advertised protocol_version of each target that is a known member."""
-        wanted = {t.node_id for t in targets}
-        return {m.node_id: m.protocol_version for m in self.view.members() if m.node_id in wanted}
+        members = self.view.members_by_id()
+        return {t.node_id: members[t.node_id].protocol_version for t in targets if t.node_id in members}
 
     async def _write_chain(
         self, quorum: WriteQuorum, store: WriteFn, chain: tuple[Target, ...], chunk_id: bytes, data: bytes,

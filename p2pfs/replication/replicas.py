@@ -68,10 +68,10 @@ class RemoteReplica:
         self._offload = offload
 
     def _address(self) -> Address:
-        for member in self._view.members():
-            if member.node_id == self.node_id:
-                return member.address
-        raise ReplicaDown(f"node {short_id(self.node_id)} is not a known member")
+        member = self._view.members_by_id().get(self.node_id)
+        if member is None:
+            raise ReplicaDown(f"node {short_id(self.node_id)} is not a known member")
+        return member.address
 
     async def _call(self, msg: wire.Message, reply_type: type[M], timeout_s: float | None = None) -> M:
         """``timeout_s``: the wait for the answer, ``replica_timeout_s`` unless given (a chain's hop)."""
