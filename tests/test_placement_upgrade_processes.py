@@ -1,19 +1,24 @@
-"""Upgrading a running cluster from placement version 1 to 2, node by node, with real daemons.
+"""Upgrading a running cluster to a newer placement version, node by node, with real daemons:
+from 1 to 2, and from 2 to 3.
 
-Four nodes start at placement version 1 (the ring of 2,048 tokens), as a cluster from before
-placement versions, and get files: small ones inside their name entries, bigger ones in chunks.
-Then each node is restarted with placement version 2, one after another, and every file is read
-through every live node after each step: while any member still runs version 1 the cluster places
-by version 1 and nothing moves; once the last one runs 2 every node switches, and a name whose new
-replicas do not have it yet is found at its version-1 replicas (``RingView.other_ring``).
-Afterwards anti-entropy has moved every name and chunk to its replicas under version 2, and off
-the others.
+The nodes start at the old placement version, as a cluster of old nodes (a node set to an older
+``placement_version`` advertises that version and no newer one, as a node of the old code does),
+and get files: small ones inside their name entries, bigger ones in chunks. Then each node is
+restarted with the new version, one after another, and every file is read through every live node
+after each step: while any member still runs the old version the cluster places by it and nothing
+moves; once the last one runs the new version every node switches, and a name whose new replicas
+do not have it yet is found at its old replicas (``RingView.other_ring``). Afterwards anti-entropy
+has moved every name and chunk to its replicas under the new version, and off the others.
 
 rf 2 and r 1, so that a name's two replicas under each version are often disjoint and a read
 asks one replica: with rf 3 on four nodes, any two replica sets share two nodes and a read
-quorum of two always meets one that holds the name, whichever placement it reads by. Without
-the lookup under version 1 the reads right after the switch fail (checked with
-placement_fallback_s = 0): anti-entropy runs every 20 s on each node, and they come first.
+quorum of two always meets one that holds the name, whichever placement it reads by.
+
+From 1 to 2: four nodes, anti-entropy every 20 s. Without the lookup under version 1 the reads
+right after the switch fail (checked with placement_fallback_s = 0): the first anti-entropy
+rounds come after them. From 2 to 3: every key keeps its coordinator (the rings' tokens are the
+same) and about half change their other replica on three nodes; three nodes and anti-entropy
+every 5 s keep it short (docs/BENCHMARKS.md, "Placement version 3 upgrade").
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import random
 import re
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,14 +47,30 @@ from testnet_helpers import CLI_TIMEOUT_S, Net, read_all, running_testnet, wait_
 
 pytestmark = pytest.mark.integration
 
-NODES = 4
 RF = 2
 CHUNK_SIZE_BYTES = 16 * 1024
 CAPACITY_BYTES = 10 * 1024**3  # the test network's default: weight 1
-# Anti-entropy rounds often enough to move the data within the test, seldom enough that the reads
-# right after the switch mostly come before the first round: those need the version-1 replicas.
-ANTI_ENTROPY_INTERVAL_S = 20.0
 MOVE_TIMEOUT_S = 180.0  # generous: the machine running the suite may be loaded
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    old: int  # the placement version the cluster starts at
+    new: int
+    nodes: int
+    # Anti-entropy rounds often enough to move the data within the test; from 1 to 2, seldom
+    # enough that the reads right after the switch mostly come before the first round, so that
+    # they need the old replicas.
+    anti_entropy_interval_s: float
+    # At least this share of the names change replicas, so that the test means something.
+    moved_share_min: float
+
+
+UPGRADES = [
+    pytest.param(Upgrade(1, 2, nodes=4, anti_entropy_interval_s=20.0, moved_share_min=0.5), id="1-to-2"),
+    pytest.param(Upgrade(2, 3, nodes=3, anti_entropy_interval_s=5.0, moved_share_min=0.3), id="2-to-3"),
+]
+
 
 def files() -> dict[str, bytes]:
     rng = random.Random(16)
@@ -77,9 +99,9 @@ def advertised_versions(net: Net) -> list[set[int]]:
 
     return trio.run(main)
 
-def upgrade_config(node_dir: Path) -> None:
+def upgrade_config(node_dir: Path, old: int, new: int) -> None:
     path = node_dir / CONFIG_FILE
-    text, count = re.subn(r"(?m)^placement_version = 1$", "placement_version = 2", path.read_text())
+    text, count = re.subn(rf"(?m)^placement_version = {old}$", f"placement_version = {new}", path.read_text())
     assert count == 1, f"no placement_version setting in {path}"
     path.write_text(text)
 
@@ -92,15 +114,17 @@ def chunk_held(node_dir: Path, chunk_id: bytes) -> bool:
     hex_id = chunk_id.hex()  # the store's layout: chunks/<first 2 hex digits>/<the rest>
     return (node_dir / "data" / CHUNKS_DIR_NAME / hex_id[:2] / hex_id[2:]).is_file()
 
-def test_a_cluster_upgraded_node_by_node_reads_every_file_and_moves_data_to_the_new_homes(tmp_path):
-    overrides = {"replication": {"placement_version": 1, "rf": RF, "w": RF, "r": 1,
+@pytest.mark.parametrize("upgrade", UPGRADES)
+def test_a_cluster_upgraded_node_by_node_reads_every_file_and_moves_data_to_the_new_homes(tmp_path, upgrade):
+    old, new, nodes = upgrade.old, upgrade.new, upgrade.nodes
+    overrides = {"replication": {"placement_version": old, "rf": RF, "w": RF, "r": 1,
                                  "chunk_size_bytes": CHUNK_SIZE_BYTES,
-                                 "anti_entropy_interval_s": ANTI_ENTROPY_INTERVAL_S}}
+                                 "anti_entropy_interval_s": upgrade.anti_entropy_interval_s}}
     expected = files()
-    with running_testnet(tmp_path / "net", nodes=NODES, overrides=overrides) as net:
+    with running_testnet(tmp_path / "net", nodes=nodes, overrides=overrides) as net:
         ids = {name: net.node_id(name) for name in net.names}
         members = [RingMember(i, "", ring_weight(CAPACITY_BYTES)) for i in ids.values()]
-        old_ring, new_ring = Ring.of_version(members, 1), Ring.of_version(members, 2)
+        old_ring, new_ring = Ring.of_version(members, old), Ring.of_version(members, new)
 
         def homes(key: bytes, ring: Ring) -> set[str]:
             return {n for n, i in ids.items() if i in ring.preference_list(key, RF)}
@@ -122,9 +146,9 @@ def test_a_cluster_upgraded_node_by_node_reads_every_file_and_moves_data_to_the_
             )
 
         moved = [f for f in expected if homes(name_key(f), old_ring) != homes(name_key(f), new_ring)]
-        assert len(moved) >= len(expected) // 2  # most names change homes: the test means something
+        assert len(moved) >= upgrade.moved_share_min * len(expected)
 
-        assert advertised_versions(net) == [{1}] * NODES
+        assert advertised_versions(net) == [{old}] * nodes
         write_all(net, expected, through=net.names)
         read_all(net, expected, through=net.names)
         assert names_at_homes(old_ring, only=True) and chunks_at_homes(old_ring, only=True)
@@ -132,19 +156,19 @@ def test_a_cluster_upgraded_node_by_node_reads_every_file_and_moves_data_to_the_
         for upgraded, name in enumerate(net.names, start=1):
             net.stop(name)
             read_all(net, expected, through=[n for n in net.names if n != name])
-            upgrade_config(net.directory / name)
+            upgrade_config(net.directory / name, old, new)
             net.start(name)
-            seen = {2} if upgraded == NODES else {1, 2}
-            wait_for(lambda: advertised_versions(net) == [seen] * NODES, timeout_s=60,
-                     what=f"{name} to rejoin advertising placement version 2")
+            seen = {new} if upgraded == nodes else {old, new}
+            wait_for(lambda: advertised_versions(net) == [seen] * nodes, timeout_s=60,
+                     what=f"{name} to rejoin advertising placement version {new}")
             read_all(net, expected, through=net.names)
-            # While a member runs version 1, everyone places by it: the data stays. (Not only there:
-            # reads while a node is stopped leave copies with stand-ins, for the node's hints.)
-            if upgraded < NODES:
+            # While a member runs the old version, everyone places by it: the data stays. (Not only
+            # there: reads while a node is stopped leave copies with stand-ins, for the node's hints.)
+            if upgraded < nodes:
                 assert names_at_homes(old_ring, only=False) and chunks_at_homes(old_ring, only=False)
 
         wait_for(lambda: names_at_homes(new_ring, only=True), timeout_s=MOVE_TIMEOUT_S,
-                 what="every name at its version-2 replicas only")
+                 what=f"every name at its version-{new} replicas only")
         wait_for(lambda: chunks_at_homes(new_ring, only=True), timeout_s=MOVE_TIMEOUT_S,
-                 what="every chunk at its version-2 replicas only")
+                 what=f"every chunk at its version-{new} replicas only")
         read_all(net, expected, through=net.names)
