@@ -22,7 +22,7 @@ from p2pfs.client.resume import PART_SUFFIX, STATE_SUFFIX
 from admin_helpers import samples
 from testnet_helpers import running_testnet
 
-OPERATIONS = ("put_small_file", "get_small_file", "put_file", "get_file", "held_chunks", "get_small_file")
+OPERATIONS = ("put_small_file", "get_small_file", "put_file", "get_file", "held_chunks")
 
 
 def _served(net) -> dict[str, float]:
