@@ -17,18 +17,29 @@ a local disk error) removes them. An exclusive lock on the partial file keeps tw
 gets from writing it at once. Retries at another node within one get resume the
 same way.
 
+A get that has nothing to resume asks a node that speaks the small-file messages
+with ``GetSmallFile``: a file of at most ``SMALL_FILE_BYTES_MAX`` comes whole in one
+answer (or in a short body) and is written to the partial file without a sidecar,
+since there is nothing worth resuming in it. A longer file is answered with the start
+of a stream, which is dropped at its header, and asked for again as above: one more
+request, and the node's first chunks read for nothing, for a file too large for that
+to matter.
+
 **A put of a path** cuts the file here first (at ``CHUNK_SIZE_BYTES_DEFAULT``, the
 chunk size nodes cut at, so the ids match those of a put the node cut), asks
 which chunks the cluster holds already at full replication, and sends only the
 others. So an interrupted put, or a retry at another node, does not send again
 what reached the cluster; the cost is reading the file twice (hashing is cheap
-next to sending).
+next to sending). A file of at most ``SMALL_FILE_BYTES_MAX`` goes whole in one
+``PutSmallFile`` to a node that speaks it, without being cut or asked about: there is
+at most one chunk, and asking which chunks are held would cost a request to save one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 from pathlib import Path
@@ -38,7 +49,8 @@ import trio
 
 from p2pfs import errors
 from p2pfs.client.direct import AlignedWriter, open_direct
-from p2pfs.client.node import READ_BYTES, Client, Progress
+from p2pfs.client.node import READ_BYTES, SMALL_FILE_BYTES_MAX, Client, Progress
+from p2pfs.replication import client_messages as cm
 from p2pfs.replication import messages as dm
 
 # Suffixes of the two files a resumable get keeps beside its target: the partial copy, and what it is of.
@@ -70,8 +82,8 @@ class Fetched:
     name: str
     size_bytes: int
     file_hash: bytes
-    version_wall_ms: int
-    version_logical: int
+    version_wall_ms: int | None  # None: fetched in one small-file answer, which names no version
+    version_logical: int | None
     received_bytes: int  # body bytes received in this get (all attempts)
     resumed_bytes: int  # bytes kept from an earlier get's partial file
 
@@ -132,6 +144,10 @@ def _verified_prefix(file: BinaryIO, manifest) -> tuple[int, int, Any]:
         hasher.update(data)
         kept_bytes += len(data)
     return len(manifest.chunks), kept_bytes, hasher
+
+
+class _LongerThanSmall(Exception):
+    """A get asked for in one small-file answer turned out longer: asked for again, resumably."""
 
 
 class _PartialGet:
@@ -195,6 +211,10 @@ class _PartialGet:
     async def attempt(self, client: Client) -> Fetched:
         from p2pfs.storage.manifest import Manifest, ManifestError
 
+        if self.manifest is None and client.speaks_small_files:
+            fetched = await self._attempt_small(client)
+            if fetched is not None:
+                return fetched
         first_chunk, kept_bytes, hasher = await trio.to_thread.run_sync(self._local, self._prepare)
         file_hash = self.manifest.file_hash if self.manifest is not None and first_chunk else b""
         self.progress(kept_bytes - self.shown_bytes)
@@ -247,6 +267,35 @@ class _PartialGet:
             )
         return Fetched(self.name, manifest.size_bytes, manifest.file_hash, header.version_wall_ms,
                        header.version_logical, self.received_bytes, self.resumed_bytes)
+
+    async def _attempt_small(self, client: Client) -> Fetched | None:
+        """Fetch the file in one small-file answer (``Client.get``); None if it is longer than
+        ``SMALL_FILE_BYTES_MAX`` (dropped at the answer's header, before any byte is written)."""
+        self._local(self._prepare)  # no sidecar: only empties the partial file, here rather than in a thread
+        self.progress(-self.shown_bytes)
+        self.shown_bytes = 0
+
+        def on_size(size_bytes: int) -> None:
+            if size_bytes > SMALL_FILE_BYTES_MAX:
+                raise _LongerThanSmall
+            self.on_size(size_bytes)
+
+        partial = self
+
+        class Sink:
+            def write(self, data: bytes) -> None:
+                partial._local(partial.file.write, data)
+                partial.received_bytes += len(data)
+                partial.shown_bytes += len(data)
+
+        try:
+            header = await client.get(self.name, Sink(), self.progress, on_size)
+        except _LongerThanSmall:
+            return None
+        if self.resumed_bytes is None:
+            self.resumed_bytes = 0
+        return Fetched(self.name, header.size_bytes, header.file_hash, None, None, self.received_bytes,
+                       self.resumed_bytes)
 
     def _restart(self) -> tuple[Any, int]:
         from p2pfs.storage import FileHasher
@@ -351,8 +400,25 @@ class _Cut:
         return cls(manifest, manifest.encode(), [ref.chunk_id for ref in manifest.chunks], offsets)
 
 
+def _small_content(path: Path, file: BinaryIO) -> bytes | None:
+    """The whole of ``file`` if it is at most ``SMALL_FILE_BYTES_MAX`` long, read here (on the
+    event loop: a few microseconds, less than a thread's round trip); None for a longer one."""
+    try:
+        size_bytes = os.fstat(file.fileno()).st_size
+        if size_bytes > min(SMALL_FILE_BYTES_MAX, cm.SMALL_FILE_BYTES_MAX):
+            return None
+        file.seek(0)
+        data = file.read(size_bytes + 1)
+    except OSError as exc:
+        raise errors.BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) != size_bytes:
+        raise errors.BadInput(f"{path} changed while it was read; put it again")
+    return data
+
+
 async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Progress) -> Stored:
-    """Put a local file, sending only the chunks the cluster does not hold yet (see the module).
+    """Put a local file, sending only the chunks the cluster does not hold yet (see the module);
+    one of at most ``SMALL_FILE_BYTES_MAX`` whole in one message, to a node that speaks it.
 
     The file is cut at the default chunk size; a cluster configured for another size
     says so in its first answer, and the file is cut again at that size.
@@ -367,7 +433,9 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
         except (ManifestError, ValueError) as exc:
             raise errors.BadInput(f"cannot put {path} in chunks of {chunk_size_bytes} bytes: {exc}") from None
 
-    cut = await trio.to_thread.run_sync(cut_at, CHUNK_SIZE_BYTES_DEFAULT)
+    small = _small_content(path, file)
+    # A small file is cut only if a node that does not speak the small-file messages needs it.
+    cut = None if small is not None else await trio.to_thread.run_sync(cut_at, CHUNK_SIZE_BYTES_DEFAULT)
     counted = {"sent": 0, "shown": 0}
 
     def show(count_bytes: int) -> None:
@@ -400,7 +468,13 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
         raise errors.PeerFault(f"node {client.node} changed its chunk size while a put asked it")
 
     async def attempt(client: Client) -> Stored:
+        nonlocal cut
         show(-counted["shown"])  # a new attempt at another node counts from nothing
+        if small is not None and client.speaks_small_files:
+            reply = await client.put(io.BytesIO(small), name, len(small), show)  # one PutSmallFile
+            return Stored(reply, len(small))
+        if cut is None:
+            cut = await trio.to_thread.run_sync(cut_at, CHUNK_SIZE_BYTES_DEFAULT)
         held = await held_chunks(client)
         show(sum(ref.size_bytes for ref, here in zip(cut.manifest.chunks, held) if here))
 

@@ -257,6 +257,8 @@ class Node:
             request = self.client_limit.paced_request(request)
         request = self.admin.counted_request(request)
         try:
+            if client:  # a small file in the request itself: charged as its body would be
+                await self.client_limit.take_in_message(request.msg)
             answer = await route(request)
         except net.RemoteError as exc:
             self.admin.record_request(request, exc.code.name.lower(), started_s)
@@ -266,6 +268,8 @@ class Node:
             raise
         if client and isinstance(answer, net.Reply):
             answer = self.client_limit.paced_reply(answer)
+        elif client:  # a small file in the answer itself (cm.SmallFile)
+            await self.client_limit.take_in_message(answer)
         return self.admin.record_answer(request, answer, started_s)
 
     def handle_oneway(self, conn: net.Connection, msg: wire.Message) -> None:

@@ -6,7 +6,10 @@ node serving many clients at once leaves room on its link for replication and
 repair (which have their own budget, ``repair_bytes_per_s``). A reload changes
 the rate at once, for transfers already running too. Holding back a put's body
 holds back the credit its stream grants, so the client slows down rather than
-the node buffering.
+the node buffering. A small file carried whole in a message rather than a body
+(``client_messages.PutSmallFile`` and its answer ``SmallFile``) is charged the same
+before the request is served or the answer sent: it cannot be slowed down part by part,
+but it is at most 64 KiB, and the next one waits for the budget.
 
 Transfers between nodes (a coordinator's chunk writes to replicas, repair) are
 not counted here: the client's bytes are counted once, where they enter or
@@ -19,7 +22,8 @@ from typing import AsyncIterable, AsyncIterator
 
 import trio
 
-from p2pfs import net
+from p2pfs import net, wire
+from p2pfs.replication import client_messages as cm
 from p2pfs.replication.healing import Pacer
 
 # The bucket holds this many seconds of the rate: a short burst goes out at once,
@@ -56,6 +60,11 @@ class Throttle:
         if delay_s > 0:
             self.waited_s += delay_s
             await trio.sleep(delay_s)
+
+    async def take_in_message(self, msg: wire.Message) -> None:
+        """Wait until a file carried in ``msg`` itself (the small-file messages) fits in the budget."""
+        if isinstance(msg, (cm.PutSmallFile, cm.SmallFile)):
+            await self.take(len(msg.content))
 
     def paced_request(self, request: net.IncomingRequest) -> net.IncomingRequest:
         """The request with its body (if any) read within the budget, whatever the rate becomes."""

@@ -17,7 +17,10 @@ from the name read at quorum. The entry is as durable as a chunk was (each
 replica's name index commits with a full fsync before it answers).
 
 A get reads the name from ``r`` replicas, takes the newest (last writer wins on
-HLC and node id) and repairs replicas that answered with something older. It
+HLC and node id) and repairs replicas that answered with something older. It asks
+``r`` of them first (this node first when it is one) and the others only when one
+fails, the answers disagree or say "absent", or ``NAME_READ_HEDGE_S`` passes
+(``quorum.ReadQuorum``): a get whose replicas agree costs ``r`` name reads, not ``rf``. It
 then fetches chunks ahead of the client, each from the best replica first,
 verifying every chunk against its id and moving on to the next replica on error,
 timeout or corruption.
@@ -48,7 +51,9 @@ from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import ReplicaDown, ReplicaError, ReplicaLacks
 from p2pfs.replication.local import LocalStore, Offload
 from p2pfs.replication.placement import Target, name_key, read_order, write_plan
-from p2pfs.replication.quorum import ChunkRead, QuorumError, ReadQuorum, WriteQuorum, quorum_size
+from p2pfs.replication.quorum import (
+    ChunkRead, QuorumError, ReadQuorum, WriteQuorum, name_read_order, quorum_size,
+)
 from p2pfs.replication.replicas import Replica, Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
@@ -75,6 +80,14 @@ VERSION_WRITES_MAX = 3
 # Background repairs (read repair of names and chunks) running at once; more are dropped
 # (anti-entropy catches what is dropped), so a burst of reads cannot pile up tasks.
 REPAIRS_CONCURRENT_MAX = 16
+
+# How long a name read waits for its first ``r`` replicas before it asks the others as well
+# (a hedged request). Two loopback or LAN round trips of a name read take a few milliseconds on
+# an idle node; 50 ms is the small-file target's p99, so a replica slower than that is hedged
+# rather than waited for, while a read whose replicas answer in time never costs the extra
+# request. Raising it saves requests on a loaded cluster and lengthens the tail a slow replica
+# makes; a read whose first replicas fail asks the others at once, without waiting for it.
+NAME_READ_HEDGE_S = 0.05
 
 
 class SizeMismatch(errors.BadInput):
@@ -408,8 +421,10 @@ class Coordinator:
 
     async def _ask_for_name(self, name: str, preferred: list[str], targets: list[Target], spare: list[str],
                             needed: int) -> ReadQuorum:
-        """Ask ``targets`` (stand-ins from ``spare`` for those that fail) for ``name``'s entry."""
-        quorum = ReadQuorum(f"reading name {name!r}", preferred, targets, spare, needed)
+        """Ask ``targets`` (stand-ins from ``spare`` for those that fail) for ``name``'s entry:
+        ``needed`` of them first, the rest when the quorum hands them out or the hedge passes."""
+        ordered = name_read_order(targets, self.node_id)
+        quorum = ReadQuorum(f"reading name {name!r}", preferred, ordered, spare, needed, ask_first=max(needed, 1))
 
         async def ask(target: Target | None, nursery: trio.Nursery) -> None:
             while target is not None:
@@ -417,17 +432,26 @@ class Coordinator:
                     entry = await self.replicas(target.node_id).get_name(name)
                 except ReplicaError as exc:
                     self.view.failed(target.node_id)
-                    target = quorum.on_failure(target, str(exc)).retry
-                    continue
-                quorum.on_answer(target, entry)
-                break
+                    decision = quorum.on_failure(target, str(exc))
+                else:
+                    decision = quorum.on_answer(target, entry)
+                for other in decision.more:
+                    nursery.start_soon(ask, other, nursery)
+                target = decision.retry
             if quorum.done:
                 nursery.cancel_scope.cancel()
+
+        async def hedge(nursery: trio.Nursery) -> None:
+            await trio.sleep(NAME_READ_HEDGE_S)
+            for other in quorum.hedge():
+                nursery.start_soon(ask, other, nursery)
 
         if not quorum.done:
             async with trio.open_nursery() as nursery:
                 for target in quorum.targets:
                     nursery.start_soon(ask, target, nursery)
+                if quorum.held:
+                    nursery.start_soon(hedge, nursery)
         return quorum
 
     # -- chunks -----------------------------------------------------------------

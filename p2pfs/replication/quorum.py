@@ -19,6 +19,13 @@ at a time:
   ``notfound_ok = false``). Short of ``r`` answers, a version found is returned
   rather than an error; "absent" is never answered short of ``r``. Replicas
   that answered with something older than the winner get read repair.
+  A read may ask only its first ``ask_first`` targets and hold the rest back
+  (a hedged read: "The Tail at Scale", Dean and Barroso, 2013): a held target is
+  asked when an asked one fails (before any stand-in), when the answers so far
+  disagree (it is then heard too, so that it is repaired as well), when they say
+  "absent" (every reachable preferred replica must say so), and when the driver's
+  hedge deadline passes (``hedge``). When the first answers agree, the held
+  targets are never asked.
 * ``ChunkRead``: a chunk is fetched from one replica at a time in
   ``placement.read_order``; replicas found without it (or with a corrupt copy)
   before one served it get the chunk back, if the ring places it on them.
@@ -51,10 +58,21 @@ class Decision:
 
     retry: Target | None = None
     done: bool = False
+    more: tuple[Target, ...] = ()  # held-back targets to ask now as well (a hedged read)
 
 
 WAIT = Decision()
 DONE = Decision(done=True)
+
+
+def name_read_order(targets: Sequence[Target], me: str) -> list[Target]:
+    """The targets of a name read, in the order a hedged read asks them.
+
+    This node first when it is one (its answer costs no request), then the preferred replicas,
+    then the stand-ins, each group in ring order: a stand-in's "nothing here" does not count
+    towards ``r``, so asking it among the first would often cost the held replica too.
+    """
+    return sorted(targets, key=lambda t: (t.node_id != me, bool(t.hint_for)))
 
 
 def quorum_size(wanted: int, ring_size: int) -> int:
@@ -126,13 +144,21 @@ class ReadOutcome:
 
 
 class ReadQuorum:
-    """One name read from its replicas until ``needed`` answers that count (see the module doc)."""
+    """One name read from its replicas until ``needed`` answers that count (see the module doc).
+
+    ``ask_first``: how many of ``targets`` (in the order given) are asked at once; the rest are
+    held back until ``Decision.more`` or ``hedge`` hands them out. None asks every target.
+    """
 
     def __init__(
-        self, what: str, preferred: Iterable[str], targets: Sequence[Target], spare: Sequence[str], needed: int
+        self, what: str, preferred: Iterable[str], targets: Sequence[Target], spare: Sequence[str], needed: int,
+        *, ask_first: int | None = None,
     ) -> None:
+        assert ask_first is None or ask_first >= 1, "a read asks at least one target first"
         self.what = what
-        self.targets = tuple(targets)
+        cut = len(targets) if ask_first is None else ask_first
+        self.targets = tuple(targets[:cut])  # asked first
+        self._held = list(targets[cut:])
         self._preferred = frozenset(preferred)
         self._stand_ins = _StandIns(spare)
         self._needed = needed
@@ -141,9 +167,17 @@ class ReadQuorum:
         self._preferred_waiting = {t.node_id for t in self.targets} & self._preferred
         self._counted = 0
         self._answers: dict[str, NameEntry | None] = {}
-        self._hint_of: dict[str, str] = {t.node_id: t.hint_for for t in self.targets}
+        self._hint_of: dict[str, str] = {t.node_id: t.hint_for for t in targets}
+        # Set when held targets were asked because the answers disagreed: the read then hears
+        # every target asked, so that all the stale ones are repaired.
+        self._hear_all = False
         self.errors: list[str] = []
         self.done = not self.targets
+
+    @property
+    def held(self) -> tuple[Target, ...]:
+        """The targets not asked yet."""
+        return tuple(self._held)
 
     def on_answer(self, target: Target, entry: NameEntry | None) -> Decision:
         """``target`` answered with its entry (None: it holds none)."""
@@ -153,20 +187,48 @@ class ReadQuorum:
         return self._settle(target)
 
     def on_failure(self, target: Target, reason: str) -> Decision:
-        """``target`` could not answer: ask the next stand-in in its place, if any is left."""
+        """``target`` could not answer: ask a held target, else the next stand-in, in its place."""
         self.errors.append(f"{short_id(target.node_id)}: {reason}")
         self._preferred_waiting.discard(target.node_id)
+        if self._held and not self.done:  # a preferred replica's answer counts where a stand-in's "nothing" does not
+            replacement = self._release(1)[0]
+            return Decision(retry=replacement, done=self.done)
         replacement = self._stand_ins.replace(target)
         if replacement is None:
             return self._settle(target)
         self._hint_of[replacement.node_id] = replacement.hint_for
         return Decision(retry=replacement, done=self.done)
 
+    def hedge(self) -> tuple[Target, ...]:
+        """The driver's hedge deadline passed before the read was done: every held target, to ask now."""
+        if self.done:
+            return ()
+        more = self._release(len(self._held))
+        self._outstanding += len(more)
+        return more
+
+    def _release(self, count: int) -> tuple[Target, ...]:
+        released, self._held = tuple(self._held[:count]), self._held[count:]
+        self._preferred_waiting.update(t.node_id for t in released if t.node_id in self._preferred)
+        return released
+
     def _settle(self, target: Target) -> Decision:
         self._preferred_waiting.discard(target.node_id)
         self._outstanding -= 1
-        found = any(entry is not None for entry in self._answers.values())
-        enough = self._counted >= self._needed and (found or not self._preferred_waiting)
+        winner = newest(self._answers.values())
+        enough = self._counted >= self._needed and (winner is not None or not self._preferred_waiting)
+        if self._hear_all and self._outstanding:
+            enough = False
+        if self._held and not self.done and (
+            (not enough and self._outstanding == 0)  # the asked ones are through, short of a read
+            or (enough and winner is None)  # "absent" needs the held preferred replicas too
+            or (enough and stale_replicas(self._answers, winner))  # a disagreement: hear and repair all
+        ):
+            if enough and winner is not None:
+                self._hear_all = True
+            more = self._release(len(self._held))
+            self._outstanding += len(more)
+            return Decision(more=more)
         if enough or self._outstanding == 0:
             self.done = True
         return DONE if self.done else WAIT
