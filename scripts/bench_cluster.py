@@ -19,6 +19,8 @@ With ``--idle-minutes M`` the largest network is then left idle for M minutes, a
 minutes with a CPU hog pinned to core 0 (``--hog`` picks either or both); suspicions, deaths and
 refutations in the logs during each window count as false alarms (every member was alive
 throughout), and each one is listed: observer, subject, accuser, incarnation, seconds into the window.
+``--kills-after-soak`` moves that network's kills after those windows. Each idle window also counts
+the spare connections: daemon pairs joined by more than one TCP connection.
 
 Each kill's detection is compared with ``MembershipConfig.detection_bound_s(N)``, the configured
 worst case (every live member must log DEAD within it). The machine's load average is read at every
@@ -59,8 +61,8 @@ from p2pfs.errors import P2pfsError
 from p2pfs.membership import MembershipConfig
 
 from bench_procs import (
-    SocketBytes, cpu_hog, cpu_s, create_on_free_ports, status_mib, stopped_at_exit,
-    tcp_bytes_by_socket, traffic_bytes_per_s,
+    SocketBytes, connections_per_pair, cpu_hog, cpu_s, create_on_free_ports, status_mib,
+    stopped_at_exit, tcp_bytes_by_socket, traffic_bytes_per_s,
 )
 
 NODES_DEFAULT = (5, 20)
@@ -292,6 +294,7 @@ def idle_cost(procs: list[testnet.NodeProcess], idle_s: float) -> dict:
     for pid, _local, _peer in sockets_after:
         open_sockets[pid] += 1
     traffic, closed = traffic_bytes_per_s(sockets_before, sockets_after, elapsed_s)
+    pairs_before, pairs_after = connections_per_pair(sockets_before), connections_per_pair(sockets_after)
     sent = [traffic.get(pid, SocketBytes(0, 0)).sent for pid in pids]
     received = [traffic.get(pid, SocketBytes(0, 0)).received for pid in pids]
     return {
@@ -303,6 +306,12 @@ def idle_cost(procs: list[testnet.NodeProcess], idle_s: float) -> dict:
         "sent_bytes_per_s": {"median": statistics.median(sent), "max": max(sent)},
         "received_bytes_per_s": {"median": statistics.median(received), "max": max(received)},
         "sockets_closed_during": closed,
+        # Daemon pairs joined by more than one connection (both dialled at once, say), at the
+        # window's start and end: each spare costs a connection's memory until it is closed.
+        "pairs_with_spare_connections": [sum(1 for n in pairs_before.values() if n > 1),
+                                         sum(1 for n in pairs_after.values() if n > 1)],
+        "spare_connections": [sum(n - 1 for n in pairs_before.values()),
+                              sum(n - 1 for n in pairs_after.values())],
     }
 
 
@@ -401,7 +410,8 @@ async def _time_kill(directory: Path, views: MemberViews, victim: testnet.NodePr
 
 
 def measure_network(work_dir: Path, nodes: int, kills: int, idle_s: float, idle_minutes: float,
-                    hogs: tuple[bool, ...], poll_s: float, result: dict, logs_to: Path | None) -> None:
+                    hogs: tuple[bool, ...], poll_s: float, result: dict, logs_to: Path | None,
+                    kills_after_soak: bool = False) -> None:
     """Every figure for one network size, filled into ``result`` as it is taken (so that a run cut
     short still reports what it measured); the network is stopped on the way out."""
     directory = work_dir / f"net{nodes}"
@@ -416,7 +426,7 @@ def measure_network(work_dir: Path, nodes: int, kills: int, idle_s: float, idle_
     try:
         with stopped_at_exit(directory):
             _measure_running(directory, client_ident, config, nodes, kills, idle_s, idle_minutes, hogs,
-                             poll_s, result)
+                             poll_s, result, kills_after_soak)
     finally:
         if logs_to is not None:
             keep_logs(directory, logs_to)
@@ -424,7 +434,7 @@ def measure_network(work_dir: Path, nodes: int, kills: int, idle_s: float, idle_
 
 def _measure_running(directory: Path, client_ident: identity.Identity, config: MembershipConfig,
                      nodes: int, kills: int, idle_s: float, idle_minutes: float, hogs: tuple[bool, ...],
-                     poll_s: float, result: dict) -> None:
+                     poll_s: float, result: dict, kills_after_soak: bool) -> None:
     """The phases of ``measure_network`` on the created network, in order."""
 
     async def start_phase() -> None:
@@ -461,10 +471,13 @@ def _measure_running(directory: Path, client_ident: identity.Identity, config: M
                 result["kills"].append(await _time_kill(directory, views, victim, config, nodes, poll_s))
             nursery.cancel_scope.cancel()
 
-    trio.run(kill_phase)
+    if not kills_after_soak:
+        trio.run(kill_phase)
     if idle_minutes > 0:
         result["long_idle"] = []
         long_idle(directory, idle_minutes, hogs, result["long_idle"])
+    if kills_after_soak:
+        trio.run(kill_phase)
 
 
 def long_idle(directory: Path, minutes: float, hogs: tuple[bool, ...], runs: list[dict]) -> None:
@@ -573,7 +586,10 @@ def print_report(results: list[dict]) -> None:
         if "idle" in r:
             anon, conns = r["idle"]["rss_anon_mib"], r["idle"]["tcp_connections"]
             print(f"\n{r['nodes']} processes: heap (RssAnon) {anon['median']:.1f} / {anon['max']:.1f} MiB, "
-                  f"TCP connections open {conns['median']:g} / {conns['max']:g} per daemon (median / max)")
+                  f"TCP connections open {conns['median']:g} / {conns['max']:g} per daemon (median / max); "
+                  f"spare connections between daemons at the window's start / end: "
+                  f"{' / '.join(map(str, r['idle']['spare_connections']))} "
+                  f"(pairs with more than one: {' / '.join(map(str, r['idle']['pairs_with_spare_connections']))})")
     closed = [r["idle"]["sockets_closed_during"] for r in results if "idle" in r]
     if any(closed):
         print(f"\n(sockets closed during the idle windows, whose bytes are not counted: {closed})")
@@ -623,6 +639,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hog", choices=sorted(HOGS), default="both",
                         help="which long idle windows: without the CPU hog, with it, or both in that "
                              "order (default %(default)s)")
+    parser.add_argument("--kills-after-soak", action="store_true",
+                        help="on the largest network, SIGKILL after the long idle windows rather than "
+                             "before them (detection on a cluster that has idled that long)")
     parser.add_argument("--poll-s", type=float, default=POLL_S_DEFAULT, metavar="SECONDS",
                         help="interval between reads of each member's view (default %(default)s)")
     parser.add_argument("--dir", type=Path, default=None, help="where the networks live (default: a temp dir)")
@@ -650,7 +669,8 @@ def run(args: argparse.Namespace) -> int:
                 results.append(result)
                 try:
                     measure_network(Path(work_dir), nodes, args.kills, args.idle_s, long_minutes,
-                                    HOGS[args.hog], args.poll_s, result, args.keep_logs)
+                                    HOGS[args.hog], args.poll_s, result, args.keep_logs,
+                                    args.kills_after_soak)
                 except (RuntimeError, P2pfsError, OSError) as exc:
                     result["error"] = f"{type(exc).__name__}: {exc}"
                     status = 1
