@@ -83,12 +83,14 @@ def tcp_bytes_by_socket(pids: set[int]) -> dict[tuple[int, str, str], SocketByte
 
 def connections_per_pair(sockets: dict[tuple[int, str, str], SocketBytes]) -> dict[frozenset[int], int]:
     """Connections between each pair of the processes in ``sockets`` (a reading of
-    ``tcp_bytes_by_socket``): a connection is counted once, from its two ends. A pair holding more
-    than one has a spare (both dialled at once, say); connections to processes outside are left out."""
-    owner_by_address = {local: pid for pid, local, _peer in sockets}
+    ``tcp_bytes_by_socket``): a connection is counted once, from its two ends, matched by both
+    addresses (Linux gives one local port to connections to different peers, so a local address
+    alone does not name a socket). A pair holding more than one has a spare (both dialled at once,
+    say); connections to processes outside are left out."""
+    owner = {(local, peer): pid for pid, local, peer in sockets}
     pairs: dict[frozenset[int], int] = {}
     for pid, local, peer in sockets:
-        other = owner_by_address.get(peer)
+        other = owner.get((peer, local))
         if other is None or other == pid or local > peer:  # outside, or the other end counts it
             continue
         pair = frozenset((pid, other))
