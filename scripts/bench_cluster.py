@@ -19,6 +19,11 @@ With ``--idle-minutes M`` the largest network is then left idle for M minutes, a
 minutes with a CPU hog pinned to core 0 (``--hog`` picks either or both); suspicions, deaths and
 refutations in the logs during each window count as false alarms (every member was alive
 throughout), and each one is listed: observer, subject, accuser, incarnation, seconds into the window.
+``--loss FRACTION`` adds one more such window with that fraction of all packets dropped at random:
+the whole run then happens in a network namespace of its own (``p2pfs.chaos.netns``: the chaos
+run's sandbox and its nft loss rule; needs root, nft and unshare), whose loopback the rule drops
+from, only during that window. ``--kills-after-soak`` moves that network's kills after those windows. Each idle window also counts
+the spare connections: daemon pairs joined by more than one TCP connection.
 
 Each kill's detection is compared with ``MembershipConfig.detection_bound_s(N)``, the configured
 worst case (every live member must log DEAD within it). The machine's load average is read at every
@@ -54,13 +59,14 @@ import trio
 
 from p2pfs import identity, testnet
 from p2pfs.address import Address
+from p2pfs.chaos import netns
 from p2pfs.client import Client
 from p2pfs.errors import P2pfsError
 from p2pfs.membership import MembershipConfig
 
 from bench_procs import (
-    SocketBytes, cpu_hog, cpu_s, create_on_free_ports, status_mib, stopped_at_exit,
-    tcp_bytes_by_socket, traffic_bytes_per_s,
+    SocketBytes, connections_per_pair, cpu_hog, cpu_s, create_on_free_ports, status_mib,
+    stopped_at_exit, tcp_bytes_by_socket, traffic_bytes_per_s,
 )
 
 NODES_DEFAULT = (5, 20)
@@ -292,6 +298,7 @@ def idle_cost(procs: list[testnet.NodeProcess], idle_s: float) -> dict:
     for pid, _local, _peer in sockets_after:
         open_sockets[pid] += 1
     traffic, closed = traffic_bytes_per_s(sockets_before, sockets_after, elapsed_s)
+    pairs_before, pairs_after = connections_per_pair(sockets_before), connections_per_pair(sockets_after)
     sent = [traffic.get(pid, SocketBytes(0, 0)).sent for pid in pids]
     received = [traffic.get(pid, SocketBytes(0, 0)).received for pid in pids]
     return {
@@ -303,6 +310,12 @@ def idle_cost(procs: list[testnet.NodeProcess], idle_s: float) -> dict:
         "sent_bytes_per_s": {"median": statistics.median(sent), "max": max(sent)},
         "received_bytes_per_s": {"median": statistics.median(received), "max": max(received)},
         "sockets_closed_during": closed,
+        # Daemon pairs joined by more than one connection (both dialled at once, say), at the
+        # window's start and end: each spare costs a connection's memory until it is closed.
+        "pairs_with_spare_connections": [sum(1 for n in pairs_before.values() if n > 1),
+                                         sum(1 for n in pairs_after.values() if n > 1)],
+        "spare_connections": [sum(n - 1 for n in pairs_before.values()),
+                              sum(n - 1 for n in pairs_after.values())],
     }
 
 
@@ -401,7 +414,9 @@ async def _time_kill(directory: Path, views: MemberViews, victim: testnet.NodePr
 
 
 def measure_network(work_dir: Path, nodes: int, kills: int, idle_s: float, idle_minutes: float,
-                    hogs: tuple[bool, ...], poll_s: float, result: dict, logs_to: Path | None) -> None:
+                    windows: tuple[tuple[bool, float], ...], poll_s: float, result: dict,
+                    logs_to: Path | None, kills_after_soak: bool = False,
+                    firewall: netns.Firewall | None = None) -> None:
     """Every figure for one network size, filled into ``result`` as it is taken (so that a run cut
     short still reports what it measured); the network is stopped on the way out."""
     directory = work_dir / f"net{nodes}"
@@ -415,16 +430,17 @@ def measure_network(work_dir: Path, nodes: int, kills: int, idle_s: float, idle_
                    "load_1m": {"start": load_1m()}})
     try:
         with stopped_at_exit(directory):
-            _measure_running(directory, client_ident, config, nodes, kills, idle_s, idle_minutes, hogs,
-                             poll_s, result)
+            _measure_running(directory, client_ident, config, nodes, kills, idle_s, idle_minutes, windows,
+                             poll_s, result, kills_after_soak, firewall)
     finally:
         if logs_to is not None:
             keep_logs(directory, logs_to)
 
 
 def _measure_running(directory: Path, client_ident: identity.Identity, config: MembershipConfig,
-                     nodes: int, kills: int, idle_s: float, idle_minutes: float, hogs: tuple[bool, ...],
-                     poll_s: float, result: dict) -> None:
+                     nodes: int, kills: int, idle_s: float, idle_minutes: float,
+                     windows: tuple[tuple[bool, float], ...], poll_s: float, result: dict,
+                     kills_after_soak: bool, firewall: netns.Firewall | None) -> None:
     """The phases of ``measure_network`` on the created network, in order."""
 
     async def start_phase() -> None:
@@ -461,31 +477,62 @@ def _measure_running(directory: Path, client_ident: identity.Identity, config: M
                 result["kills"].append(await _time_kill(directory, views, victim, config, nodes, poll_s))
             nursery.cancel_scope.cancel()
 
-    trio.run(kill_phase)
+    if not kills_after_soak:
+        trio.run(kill_phase)
     if idle_minutes > 0:
         result["long_idle"] = []
-        long_idle(directory, idle_minutes, hogs, result["long_idle"])
+        long_idle(directory, idle_minutes, windows, firewall, result["long_idle"])
+    if kills_after_soak:
+        trio.run(kill_phase)
 
 
-def long_idle(directory: Path, minutes: float, hogs: tuple[bool, ...], runs: list[dict]) -> None:
-    """False alarms over ``minutes`` idle, once per entry of ``hogs`` (True: with a CPU hog on
-    core 0), appended to ``runs`` as each window ends."""
+def long_idle(directory: Path, minutes: float, windows: tuple[tuple[bool, float], ...],
+              firewall: netns.Firewall | None, runs: list[dict]) -> None:
+    """False alarms over ``minutes`` idle, once per entry of ``windows``, (hog, loss): with a CPU
+    hog on core 0 or not, and with that fraction of packets dropped (through ``firewall``),
+    appended to ``runs`` as each window ends."""
     time.sleep(SETTLE_S)
     procs = testnet.status(directory)
-    for hog in hogs:
+    for hog, loss in windows:
         start_wall_s = time.time()
         loads = [load_1m()]
-        with cpu_hog(0) if hog else contextlib.nullcontext():
+        segments_before = tcp_segments()
+        with cpu_hog(0) if hog else contextlib.nullcontext(), packet_loss(firewall, loss):
             end_s = time.monotonic() + minutes * 60
             while (left_s := end_s - time.monotonic()) > 0:
                 time.sleep(min(LOAD_SAMPLE_S, left_s))  # the measurement is of doing nothing
                 loads.append(load_1m())
         end_wall_s = time.time()
+        segments = {key: count - segments_before[key] for key, count in tcp_segments().items()}
         still = sum(1 for p in testnet.status(directory) if p.running)
-        runs.append({"minutes": minutes, "cpu_hog": hog, "running_at_end": still, "nodes": len(procs),
+        runs.append({"minutes": minutes, "cpu_hog": hog, "loss_fraction": loss, "running_at_end": still,
+                     "nodes": len(procs), "tcp_segments": segments,
                      "load_1m": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
                      **alarms_between([p.directory for p in procs], start_wall_s, end_wall_s),
                      "alarm_details": alarm_details(procs, start_wall_s, end_wall_s)})
+
+
+def tcp_segments() -> dict[str, int]:
+    """TCP segments sent and retransmitted so far in this network namespace (/proc/net/snmp):
+    under packet loss, the retransmissions show the rule at work."""
+    header, values = [line.split()[1:] for line in Path("/proc/net/snmp").read_text().splitlines()
+                      if line.startswith("Tcp:")]
+    counts = dict(zip(header, map(int, values)))
+    return {"sent": counts["OutSegs"], "retransmitted": counts["RetransSegs"]}
+
+
+@contextlib.contextmanager
+def packet_loss(firewall: netns.Firewall | None, fraction: float):
+    """Drop ``fraction`` of the sandbox's loopback packets while the block runs (0: nothing)."""
+    if fraction == 0:
+        yield
+        return
+    assert firewall is not None, "packet loss needs the run's own network namespace"
+    trio.run(firewall.set_loss, fraction)
+    try:
+        yield
+    finally:
+        trio.run(firewall.heal)
 
 
 # ---------------------------------------------------------------------------
@@ -573,25 +620,32 @@ def print_report(results: list[dict]) -> None:
         if "idle" in r:
             anon, conns = r["idle"]["rss_anon_mib"], r["idle"]["tcp_connections"]
             print(f"\n{r['nodes']} processes: heap (RssAnon) {anon['median']:.1f} / {anon['max']:.1f} MiB, "
-                  f"TCP connections open {conns['median']:g} / {conns['max']:g} per daemon (median / max)")
+                  f"TCP connections open {conns['median']:g} / {conns['max']:g} per daemon (median / max); "
+                  f"spare connections between daemons at the window's start / end: "
+                  f"{' / '.join(map(str, r['idle']['spare_connections']))} "
+                  f"(pairs with more than one: {' / '.join(map(str, r['idle']['pairs_with_spare_connections']))})")
     closed = [r["idle"]["sockets_closed_during"] for r in results if "idle" in r]
     if any(closed):
         print(f"\n(sockets closed during the idle windows, whose bytes are not counted: {closed})")
     long_runs = [(r["nodes"], run) for r in results for run in r.get("long_idle", [])]
     if long_runs:
         print("\n### Long idle runs: false alarms (every member alive throughout)\n")
-        print("| processes | minutes | CPU hog on core 0 | suspicions | deaths | refutations "
-              "| daemons running at end | target (0 deaths) | load (1 min) min / median / max |")
-        print("|--:|--:|---|--:|--:|--:|--:|---|--:|")
+        print("| processes | minutes | CPU hog on core 0 | packets dropped | TCP segments retransmitted "
+              "| suspicions | deaths | refutations | daemons running at end | target (0 deaths) "
+              "| load (1 min) min / median / max |")
+        print("|--:|--:|---|--:|--:|--:|--:|--:|--:|---|--:|")
         for nodes, run in long_runs:
             load = run["load_1m"]
-            print(f"| {nodes} | {run['minutes']:g} | {'yes' if run['cpu_hog'] else 'no'} | {run['suspect']} "
+            print(f"| {nodes} | {run['minutes']:g} | {'yes' if run['cpu_hog'] else 'no'} "
+                  f"| {run['loss_fraction']:.0%} "
+                  f"| {run['tcp_segments']['retransmitted']:,} of {run['tcp_segments']['sent']:,} "
+                  f"| {run['suspect']} "
                   f"| {run['dead']} | {run['refuted']} | {run['running_at_end']} / {run['nodes']} "
                   f"| {_verdict(run['dead'] == 0)} | {load['min']:g} / {load['median']:g} / {load['max']:g} |")
         for nodes, run in long_runs:
             for alarm in run["alarm_details"]:
-                print(f"- {nodes} processes, {'with' if run['cpu_hog'] else 'without'} the hog: "
-                      f"{_alarm_line(alarm)}")
+                print(f"- {nodes} processes, {'with' if run['cpu_hog'] else 'without'} the hog, "
+                      f"{run['loss_fraction']:.0%} loss: {_alarm_line(alarm)}")
     for r in results:
         if "error" in r:
             print(f"\n{r['nodes']} processes: cut short: {r['error']}")
@@ -607,7 +661,7 @@ def _alarms(counts: dict[str, int]) -> str:
     return f"{counts['suspect']} suspect, {counts['dead']} dead, {counts['refuted']} refuted"
 
 
-HOGS = {"both": (False, True), "no": (False,), "only": (True,)}
+HOGS = {"both": (False, True), "no": (False,), "only": (True,), "none": ()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -621,8 +675,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also count false alarms over MINUTES idle, then MINUTES with a CPU hog, "
                              "on the largest network (default 0: skip)")
     parser.add_argument("--hog", choices=sorted(HOGS), default="both",
-                        help="which long idle windows: without the CPU hog, with it, or both in that "
-                             "order (default %(default)s)")
+                        help="which long idle windows: without the CPU hog, with it, both in that "
+                             "order, or none of these (the --loss window only) (default %(default)s)")
+    parser.add_argument("--loss", type=float, default=0.0, metavar="FRACTION",
+                        help="also a long idle window with FRACTION (0..1) of all packets dropped; runs "
+                             "everything in a network namespace of its own (root) (default 0: none)")
+    parser.add_argument("--kills-after-soak", action="store_true",
+                        help="on the largest network, SIGKILL after the long idle windows rather than "
+                             "before them (detection on a cluster that has idled that long)")
     parser.add_argument("--poll-s", type=float, default=POLL_S_DEFAULT, metavar="SECONDS",
                         help="interval between reads of each member's view (default %(default)s)")
     parser.add_argument("--dir", type=Path, default=None, help="where the networks live (default: a temp dir)")
@@ -638,19 +698,31 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(n) for n in args.nodes.split(",")]
     if any(n < 4 for n in sizes):
         raise SystemExit("--nodes: at least 4 processes (two seeds, a victim, an observer)")
+    if not 0 <= args.loss < 1:
+        raise SystemExit("--loss: a fraction, 0 to below 1")
+    windows = tuple((hog, 0.0) for hog in HOGS[args.hog]) + (((False, args.loss),) if args.loss else ())
+    if args.loss and not netns.inside_sandbox():
+        # Loss is a rule on a loopback of our own, never the host's: run again in a sandbox.
+        netns.enter_sandbox([sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
     results: list[dict] = []
     load_average = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%d %H:%M")
     status = 0
     try:
         with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=args.dir) as work_dir:
+            firewall = None
+            if netns.inside_sandbox():
+                firewall = netns.Firewall(Path(work_dir))
+                trio.run(netns.bring_up_loopback)
+                trio.run(firewall.setup)
             for nodes in sizes:
                 long_minutes = args.idle_minutes if nodes == max(sizes) else 0.0
                 result: dict = {"nodes": nodes}
                 results.append(result)
                 try:
                     measure_network(Path(work_dir), nodes, args.kills, args.idle_s, long_minutes,
-                                    HOGS[args.hog], args.poll_s, result, args.keep_logs)
+                                    windows, args.poll_s, result, args.keep_logs,
+                                    args.kills_after_soak, firewall)
                 except (RuntimeError, P2pfsError, OSError) as exc:
                     result["error"] = f"{type(exc).__name__}: {exc}"
                     status = 1

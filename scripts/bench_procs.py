@@ -81,6 +81,23 @@ def tcp_bytes_by_socket(pids: set[int]) -> dict[tuple[int, str, str], SocketByte
     return found
 
 
+def connections_per_pair(sockets: dict[tuple[int, str, str], SocketBytes]) -> dict[frozenset[int], int]:
+    """Connections between each pair of the processes in ``sockets`` (a reading of
+    ``tcp_bytes_by_socket``): a connection is counted once, from its two ends, matched by both
+    addresses (Linux gives one local port to connections to different peers, so a local address
+    alone does not name a socket). A pair holding more than one has a spare (both dialled at once,
+    say); connections to processes outside are left out."""
+    owner = {(local, peer): pid for pid, local, peer in sockets}
+    pairs: dict[frozenset[int], int] = {}
+    for pid, local, peer in sockets:
+        other = owner.get((peer, local))
+        if other is None or other == pid or local > peer:  # outside, or the other end counts it
+            continue
+        pair = frozenset((pid, other))
+        pairs[pair] = pairs.get(pair, 0) + 1
+    return pairs
+
+
 def traffic_bytes_per_s(before: dict, after: dict, seconds: float) -> tuple[dict[int, SocketBytes], int]:
     """Per-pid bytes per second between two readings, and how many sockets closed in between."""
     rates: dict[int, list[float]] = {}
