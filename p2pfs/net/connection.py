@@ -49,7 +49,7 @@ from . import mux as m
 from .budget import NodeLimits
 from .config import INCOMING_REQUESTS_PER_PEER_MAX, RECEIVE_BYTES, RECEIVE_BYTES_IDLE, NetConfig
 from .errors import ConnectionClosed, CreditTimeout, NetError, ProtocolViolation, RemoteError, RequestTimeout
-from .streams import BodyReader, Handlers, IncomingRequest, Reply, Response
+from .streams import BodyReader, Handlers, IncomingRequest, Piece, Reply, Response
 from .tls import TLSStream
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,7 @@ class Connection:
     def _new_body(self, stream_id: int) -> BodyReader:
         return BodyReader(stream_id, self.config.stream_idle_timeout_s, self._body_consumed)
 
-    async def _body_consumed(self, stream_id: int, data: bytes | memoryview, held_bytes: int) -> None:
+    async def _body_consumed(self, stream_id: int, data: Piece, held_bytes: int) -> None:
         self._limits.memory.give_back(held_bytes)
         credits = self._mux.body_consumed(stream_id, data)
         if credits:  # the stream's and the connection's, in one write

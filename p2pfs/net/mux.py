@@ -235,7 +235,7 @@ class BodyReceived:
     """A piece of the body arriving on ``stream_id`` (a request's or an answer's)."""
 
     stream_id: int
-    data: bytes | memoryview
+    data: bytes | bytearray | memoryview
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -387,7 +387,7 @@ class Mux:
         self._send(stream_id, K.STREAM_END)
         return Frame(K.STREAM_END, stream_id, 0, b"")
 
-    def body_consumed(self, stream_id: int, data: bytes | memoryview) -> list[Frame]:
+    def body_consumed(self, stream_id: int, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Our reader took ``data`` off a body; returns the CREDIT frames now due (stream, connection)."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.receive_window is None:
@@ -535,9 +535,9 @@ class Mux:
                 self._connection_receive.consume(units)
             except ProtocolViolation:
                 raise ProtocolViolation(f"stream {stream_id} exceeded the connection's credit") from None
-            # A body's consumers take bytes (a chunk is stored and sent on as the object it came in).
-            data = frame.payload if type(frame.payload) is bytes else bytes(frame.payload)
-            return [BodyReceived(stream_id, data)]
+            # The payload as it came: a large one is the buffer TLS decrypted it into
+            # (``wire.FrameDecoder``), handed to the consumer uncopied (``BodyReader.buffers``).
+            return [BodyReceived(stream_id, frame.payload)]
         if kind is K.STREAM_END:
             return [BodyEnded(stream_id)]
         if kind is K.ERROR and before is Half.BODY:
