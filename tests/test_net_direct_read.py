@@ -227,3 +227,23 @@ async def test_a_body_lends_its_large_pieces_uncopied_and_iterates_as_bytes(nurs
     assert copied == pieces
     assert all(type(piece) is bytes for piece in copied)
 
+
+async def test_a_header_and_its_payload_leave_in_one_socket_write(make_identity):
+    """A large frame's header and payload are encrypted one after the other and flushed together:
+    one socket write (and one trio wait) per frame on the sending node, not two."""
+    sender, receiver = await _tls_pair(make_identity)
+    writes: list[int] = []
+    transport_send_all = sender.transport_stream.send_all
+
+    async def counted(data) -> None:
+        writes.append(len(data))
+        await transport_send_all(data)
+
+    sender.transport_stream.send_all = counted
+    header, payload = b"header", _payload(LARGE_BYTES)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender.send_all, header, payload)
+        buffer = bytearray(len(header) + len(payload))
+        assert await receiver.receive_into(memoryview(buffer)) == len(buffer)
+    assert buffer == header + payload
+    assert len(writes) == 1

@@ -54,7 +54,8 @@ from .tls import TLSStream
 
 log = logging.getLogger(__name__)
 
-# Payloads up to this size are sent in one write with their header; larger ones are not copied.
+# Payloads up to this size are copied behind their header into one TLS write; larger ones are
+# written after it uncopied. Either way the frame leaves in one socket write (TLSStream.send_all).
 _COALESCE_PAYLOAD_BYTES_MAX = 64 * 1024
 # Seconds a caller that gave up spends at most telling the peer (CANCEL), and a closing
 # connection spends at most on its close_notify.
@@ -474,14 +475,11 @@ class Connection:
             with trio.fail_after(self.config.send_timeout_s):
                 if isinstance(payload, m.Scattered):
                     # The first part is the small head of the message: it goes with the header.
-                    await self._stream.send_all(header + payload.parts[0])
-                    for part in payload.parts[1:]:
-                        await self._stream.send_all(part)
+                    await self._stream.send_all(header + payload.parts[0], *payload.parts[1:])
                 elif len(payload) <= _COALESCE_PAYLOAD_BYTES_MAX:
                     await self._stream.send_all(header + payload)
                 else:
-                    await self._stream.send_all(header)
-                    await self._stream.send_all(payload)
+                    await self._stream.send_all(header, payload)
         except trio.TooSlowError:
             reason = f"peer did not read for {self.config.send_timeout_s} s"
             self._mark_closed(reason)

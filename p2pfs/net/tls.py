@@ -141,9 +141,14 @@ class TLSStream:
                 min(_DIRECT_RECEIVE_BYTES, size_bytes - filled_bytes + _RECORD_OVERHEAD_BYTES)
             )
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview, *more: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` and then each of ``more``, encrypted one after another and flushed
+        to the socket together: a frame's header and its uncopied payload leave in one
+        socket write, not two."""
         try:
             self._tls.write(data)
+            for part in more:
+                self._tls.write(part)
         except ssl.SSLError as exc:
             raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
         await self._flush()
