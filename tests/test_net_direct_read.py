@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfs import net, wire
-from p2pfs.net.config import RECEIVE_BYTES_IDLE
+from p2pfs.net.config import RECEIVE_BYTES_IDLE, STREAM_DATA_BYTES_MAX
 from p2pfs.net.tls import TLSStream
 from p2pfs.address import Address
 from p2pfs.wire import Frame, FrameKind, Role
@@ -247,3 +247,29 @@ async def test_a_header_and_its_payload_leave_in_one_socket_write(make_identity)
         assert await receiver.receive_into(memoryview(buffer)) == len(buffer)
     assert buffer == header + payload
     assert len(writes) == 1
+
+
+async def test_a_scattered_body_piece_goes_as_one_frame_and_arrives_as_one_buffer(nursery, make_identity):
+    """A get's coordinator sends the chunks it has ready in one frame (``net.Scattered``), parts
+    uncopied; the reader gets them as one piece. One larger than a frame goes part by part."""
+    chunks = [_payload(1 << 20, seed) for seed in range(4)]
+    too_large = [_payload(3 << 20, 5), _payload(2 << 20, 6)]
+
+    class Streaming(_Handlers):
+        async def handle_request(self, request):
+            async def body(send) -> None:
+                await send(net.Scattered((b"", *chunks), sum(map(len, chunks))))
+                await send(net.Scattered((b"", *too_large), sum(map(len, too_large))))
+
+            return net.Reply(request.msg, body)
+
+    endpoint = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), Streaming(), config=FAST)
+    await nursery.start(endpoint.run)
+    address = Address("127.0.0.1", endpoint.bound_port)
+    async with net.client_connection(make_identity(Role.CLIENT), address, config=FAST) as conn:
+        async with conn.open_request(Echo(b"frames"), timeout_s=30) as response:
+            pieces = [piece async for piece in response.body.buffers()]
+    assert pieces[0] == b"".join(chunks)
+    assert STREAM_DATA_BYTES_MAX == len(pieces[0])  # four chunks of 1 MiB: one frame
+    assert b"".join(pieces[1:]) == b"".join(too_large)
+    assert all(len(piece) <= STREAM_DATA_BYTES_MAX for piece in pieces)

@@ -47,7 +47,13 @@ from p2pfs.wire import ErrorCode, Frame
 
 from . import mux as m
 from .budget import NodeLimits
-from .config import INCOMING_REQUESTS_PER_PEER_MAX, RECEIVE_BYTES, RECEIVE_BYTES_IDLE, NetConfig
+from .config import (
+    INCOMING_REQUESTS_PER_PEER_MAX,
+    RECEIVE_BYTES,
+    RECEIVE_BYTES_IDLE,
+    STREAM_DATA_BYTES_MAX,
+    NetConfig,
+)
 from .errors import ConnectionClosed, CreditTimeout, NetError, ProtocolViolation, RemoteError, RequestTimeout
 from .streams import BodyReader, Handlers, IncomingRequest, Piece, Reply, Response
 from .tls import TLSStream
@@ -498,18 +504,33 @@ class Connection:
         with contextlib.suppress(NetError):
             await self._send_frame(self._mux.respond_error(stream_id, code, text))
 
-    async def _send_data(self, stream_id: int, data: bytes | memoryview) -> None:
-        """Send one piece of a streamed body, cut into frames as credit allows."""
+    async def _send_data(self, stream_id: int, data: bytes | memoryview | m.Scattered) -> None:
+        """Send one piece of a streamed body, cut into frames as credit allows.
+
+        A ``Scattered`` piece of at most ``STREAM_DATA_BYTES_MAX`` goes as one frame, its
+        parts uncopied, once the credit for all of it is there (several chunks in one frame
+        cost the per-frame work once); a larger one goes part by part."""
+        if isinstance(data, m.Scattered):
+            if len(data) > STREAM_DATA_BYTES_MAX:
+                for part in data.parts:
+                    await self._send_data(stream_id, part)
+                return
+            await self._wait_sendable(stream_id, len(data), whole=True)
+            await self._send_frame(self._mux.send_data(stream_id, data))
+            return
         view = memoryview(data)
         while view:  # each pass sends at least one byte, or fails on the idle deadline
             size_bytes = await self._wait_sendable(stream_id, len(view))
             await self._send_frame(self._mux.send_data(stream_id, view[:size_bytes]))
             view = view[size_bytes:]
 
-    async def _wait_sendable(self, stream_id: int, want_bytes: int) -> int:
+    async def _wait_sendable(self, stream_id: int, want_bytes: int, *, whole: bool = False) -> int:
+        """Bytes of ``want_bytes`` the credit lets go in the next frame, once it lets any
+        (or, ``whole``, all of them) go."""
+        least_bytes = want_bytes if whole else 1
         try:
             with trio.fail_after(self.config.stream_idle_timeout_s):
-                while (size_bytes := self._mux.sendable_bytes(stream_id, want_bytes)) == 0:
+                while (size_bytes := self._mux.sendable_bytes(stream_id, want_bytes)) < least_bytes:
                     if self._closed.is_set():
                         raise ConnectionClosed(self.close_reason or "closed")
                     wakeup = self._send_wakeups[stream_id] = trio.Event()
