@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import trio
 
+from p2pfs import net
+
 from p2pfs.address import Address
 from p2pfs.clock import SystemClock
 from p2pfs.membership import Member, MemberState
@@ -21,7 +23,8 @@ from p2pfs.replication.quorum import QuorumError
 from p2pfs.replication.replicas import Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.storage import NAMES_FILE_NAME, ChunkStore, NameIndex, chunk_id_of
-from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MIN
+from p2pfs.net.config import STREAM_DATA_BYTES_MAX
+from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MIN, ChunkRef
 
 ME = "a" * 64
 
@@ -71,3 +74,27 @@ def test_a_corrupt_copy_here_is_quarantined_and_the_read_fails_over(tmp_path):
         trio.run(coordinator.fetch_chunk, chunk_id)
     assert not store.has(chunk_id)  # quarantined
     assert chunk_id in coordinator.local.corrupt_pending  # for the repair to fetch it again
+
+
+def test_chunks_fetched_ahead_leave_together_in_frames_of_at_most_the_frame_size(tmp_path):
+    """The chunks ready after the one due go with it in one body piece, up to one frame, uncopied."""
+    coordinator, store, _ = _coordinator(tmp_path)
+    chunks = [bytes([index]) * CHUNK_SIZE_BYTES_MIN for index in range(3 * coordinator.config.get_window_chunks)]
+    refs = []
+    for data in chunks:
+        store.put(chunk_id_of(data), data)
+        refs.append(ChunkRef(chunk_id_of(data), len(data)))
+    sent = []
+
+    async def send(piece) -> None:
+        sent.append(piece)
+
+    trio.run(coordinator.stream_chunks, refs, send)
+    assert b"".join(bytes(piece) for piece in sent) == b"".join(chunks)
+    assert len(sent) < len(chunks)  # the offload here is inline: every window is ready at once
+    assert all(len(piece) <= STREAM_DATA_BYTES_MAX for piece in sent)
+    together = [piece for piece in sent if isinstance(piece, net.Scattered)]
+    assert together
+    for piece in together:  # whole chunks as read, behind an empty head (it goes with the frame's header)
+        assert piece.parts[0] == b""
+        assert [len(part) for part in piece.parts[1:]] == [CHUNK_SIZE_BYTES_MIN] * (len(piece.parts) - 1)

@@ -12,11 +12,13 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfs import net, wire
-from p2pfs.net.config import RECEIVE_BYTES_IDLE
+from p2pfs.net.config import RECEIVE_BYTES_IDLE, STREAM_DATA_BYTES_MAX
+from p2pfs.net.tls import TLSStream
 from p2pfs.address import Address
 from p2pfs.wire import Frame, FrameKind, Role
 
@@ -152,3 +154,122 @@ def test_a_peer_announcing_a_large_frame_is_counted_for_all_of_it():
     assert decoder.next_frame() is None
     assert decoder.buffered_bytes == 4 + declared_body_bytes
     assert decoder.direct_bytes_due == declared_body_bytes - 7
+
+
+async def _tls_pair(make_identity) -> tuple[TLSStream, TLSStream]:
+    """Two ends of TLS over a local socket pair, handshaken."""
+    left, right = trio.socket.socketpair()
+    server = TLSStream(trio.SocketStream(left), make_identity(Role.NODE).server_context(), server_side=True)
+    client = TLSStream(trio.SocketStream(right), make_identity(Role.CLIENT).client_context(), server_side=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        nursery.start_soon(client.do_handshake)
+    return server, client
+
+
+async def test_a_direct_read_returns_only_with_its_buffer_full(make_identity):
+    """``receive_into`` fills the frame's whole payload, however many socket reads it takes, so
+    the connection's read loop runs once per large frame, not once per socket read."""
+    sender, receiver = await _tls_pair(make_identity)
+    data = _payload(3 * 64 * 1024 + 5)
+    buffer = bytearray(len(data))
+    returned: list[int] = []
+
+    async def receive() -> None:
+        returned.append(await receiver.receive_into(memoryview(buffer)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        for start in range(0, len(data), 64 * 1024):  # four pieces, the receiver waiting between them
+            await trio.testing.wait_all_tasks_blocked()
+            assert returned == [], "returned before its buffer was full"
+            await sender.send_all(data[start : start + 64 * 1024])
+    assert returned == [len(data)]
+    assert buffer == data
+    await sender.send_all(b"xy")  # and what follows is read as before
+    assert await receiver.receive_some(100) == b"xy"
+
+
+async def test_a_direct_read_cut_short_by_the_peer_returns_what_came(make_identity):
+    sender, receiver = await _tls_pair(make_identity)
+    buffer = bytearray(100_000)
+    await sender.send_all(b"a" * 1000)
+    await sender.aclose()
+    with trio.fail_after(10):
+        assert await receiver.receive_into(memoryview(buffer)) == 1000
+        assert await receiver.receive_into(memoryview(buffer)[1000:]) == 0
+    assert buffer[:1000] == b"a" * 1000
+
+
+async def test_a_body_lends_its_large_pieces_uncopied_and_iterates_as_bytes(nursery, make_identity):
+    """``BodyReader.buffers()`` hands a large piece on as the buffer it was decrypted into
+    (a get's output copies it once, into its disk buffer); iterating gives bytes, as stores want."""
+    pieces = [_payload(LARGE_BYTES, 1), b"small", _payload(1 << 20, 2)]
+
+    class Streaming(_Handlers):
+        async def handle_request(self, request):
+            async def body(send) -> None:
+                for piece in pieces:
+                    await send(piece)
+
+            return net.Reply(request.msg, body)
+
+    endpoint = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), Streaming(), config=FAST)
+    await nursery.start(endpoint.run)
+    address = Address("127.0.0.1", endpoint.bound_port)
+    async with net.client_connection(make_identity(Role.CLIENT), address, config=FAST) as conn:
+        async with conn.open_request(Echo(b"lend"), timeout_s=30) as response:
+            lent = [piece async for piece in response.body.buffers()]
+        async with conn.open_request(Echo(b"copy"), timeout_s=30) as response:
+            copied = [piece async for piece in response.body]
+    assert lent == pieces
+    assert [type(piece) for piece in lent] == [bytearray, bytes, bytearray]
+    assert copied == pieces
+    assert all(type(piece) is bytes for piece in copied)
+
+
+async def test_a_header_and_its_payload_leave_in_one_socket_write(make_identity):
+    """A large frame's header and payload are encrypted one after the other and flushed together:
+    one socket write (and one trio wait) per frame on the sending node, not two."""
+    sender, receiver = await _tls_pair(make_identity)
+    writes: list[int] = []
+    transport_send_all = sender.transport_stream.send_all
+
+    async def counted(data) -> None:
+        writes.append(len(data))
+        await transport_send_all(data)
+
+    sender.transport_stream.send_all = counted
+    header, payload = b"header", _payload(LARGE_BYTES)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender.send_all, header, payload)
+        buffer = bytearray(len(header) + len(payload))
+        assert await receiver.receive_into(memoryview(buffer)) == len(buffer)
+    assert buffer == header + payload
+    assert len(writes) == 1
+
+
+async def test_a_scattered_body_piece_goes_as_one_frame_and_arrives_as_one_buffer(nursery, make_identity):
+    """A get's coordinator sends the chunks it has ready in one frame (``net.Scattered``), parts
+    uncopied; the reader gets them as one piece. One larger than a frame goes part by part."""
+    chunks = [_payload(1 << 20, seed) for seed in range(4)]
+    too_large = [_payload(3 << 20, 5), _payload(2 << 20, 6)]
+
+    class Streaming(_Handlers):
+        async def handle_request(self, request):
+            async def body(send) -> None:
+                await send(net.Scattered((b"", *chunks), sum(map(len, chunks))))
+                await send(net.Scattered((b"", *too_large), sum(map(len, too_large))))
+
+            return net.Reply(request.msg, body)
+
+    endpoint = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), Streaming(), config=FAST)
+    await nursery.start(endpoint.run)
+    address = Address("127.0.0.1", endpoint.bound_port)
+    async with net.client_connection(make_identity(Role.CLIENT), address, config=FAST) as conn:
+        async with conn.open_request(Echo(b"frames"), timeout_s=30) as response:
+            pieces = [piece async for piece in response.body.buffers()]
+    assert pieces[0] == b"".join(chunks)
+    assert STREAM_DATA_BYTES_MAX == len(pieces[0])  # four chunks of 1 MiB: one frame
+    assert b"".join(pieces[1:]) == b"".join(too_large)
+    assert all(len(piece) <= STREAM_DATA_BYTES_MAX for piece in pieces)

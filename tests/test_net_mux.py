@@ -33,6 +33,9 @@ class NodeOnlyNote(wire.Message):
     value: int
 
 
+# The unit the stream window is counted in: 8 frames of 1 MiB (config.STREAM_WINDOW_FRAMES).
+WINDOW_FRAME_BYTES = 1024 * 1024
+
 def pair(*, serving: bool = True, serves_max: int = 4) -> tuple[m.Mux, m.Mux]:
     dialler = m.Mux(dialled=True, peer_role=Role.NODE, serving=True, serves_max=serves_max)
     acceptor = m.Mux(dialled=False, peer_role=Role.NODE, serving=serving, serves_max=serves_max)
@@ -308,8 +311,8 @@ def test_a_sender_sends_a_window_of_bytes_then_waits_for_credit():
     big = STREAM_DATA_BYTES_MAX * 3
     assert dialler.sendable_bytes(stream_id, big) == STREAM_DATA_BYTES_MAX  # cut to frame size
     assert dialler.sendable_bytes(stream_id, 10) == 10
-    full = b"x" * STREAM_DATA_BYTES_MAX
-    for _ in range(STREAM_WINDOW_FRAMES):  # the window holds exactly this many full frames
+    full = b"x" * WINDOW_FRAME_BYTES
+    for _ in range(STREAM_WINDOW_FRAMES):  # the window holds exactly this many frames of 1 MiB
         acceptor.receive_frame(dialler.send_data(stream_id, full))
     assert dialler.sendable_bytes(stream_id, 10) == 0
     with pytest.raises(LocalProtocolError):
@@ -325,6 +328,24 @@ def test_a_sender_sends_a_window_of_bytes_then_waits_for_credit():
     assert grants[-1] == [stream_credit, connection_credit]
     assert dialler.receive_frame(stream_credit) == [m.SendUnblocked(stream_id)]
     assert dialler.sendable_bytes(stream_id, 10) == 10
+
+
+def test_a_largest_frame_taken_is_credited_back_at_once():
+    """Two frames of STREAM_DATA_BYTES_MAX fill the window; the credit of one comes back as soon
+    as the reader takes it, so the sender of such frames never waits for two to be read."""
+    dialler, acceptor = pair()
+    stream_id, request = dialler.start_request(ECHO, with_body=True)
+    acceptor.receive_frame(request)
+    largest = b"x" * STREAM_DATA_BYTES_MAX
+    for _ in range(2):
+        acceptor.receive_frame(dialler.send_data(stream_id, largest))
+    assert dialler.sendable_bytes(stream_id, STREAM_DATA_BYTES_MAX) < STREAM_DATA_BYTES_MAX
+    stream_credit = frame(K.CREDIT, stream_id, wire.encode_credit(cost(largest)))
+    connection_credit = frame(K.CREDIT, m.CONNECTION_STREAM_ID, wire.encode_credit(cost(largest)))
+    assert acceptor.body_consumed(stream_id, largest) == [stream_credit, connection_credit]
+    dialler.receive_frame(stream_credit)
+    dialler.receive_frame(connection_credit)
+    assert dialler.sendable_bytes(stream_id, STREAM_DATA_BYTES_MAX) == STREAM_DATA_BYTES_MAX
 
 
 def test_small_frames_cost_their_upkeep():
@@ -450,7 +471,7 @@ def test_credit_for_a_stream_without_a_body_is_ignored():
 def test_no_stream_credit_is_returned_once_the_body_has_ended():
     _, acceptor = pair()
     acceptor.receive_frame(frame(K.REQUEST_STREAM, 1, msg=ECHO))
-    full = b"x" * STREAM_DATA_BYTES_MAX
+    full = b"x" * WINDOW_FRAME_BYTES
     for _ in range(STREAM_WINDOW_FRAMES):
         acceptor.receive_frame(frame(K.STREAM_DATA, 1, full))
     acceptor.receive_frame(frame(K.STREAM_END, 1))

@@ -242,8 +242,8 @@ async def _get(coordinator, name: str) -> bytes:
     entry = await coordinator.read_name(name)
     received = bytearray()
 
-    async def send(data: bytes) -> None:
-        received.extend(data)
+    async def send(data) -> None:  # bytes, or several chunks in one piece (net.Scattered)
+        received.extend(bytes(data))
 
     await coordinator.stream_file(entry.manifest, 0, send)
     return bytes(received)

@@ -227,7 +227,7 @@ class Client:
 
     @contextlib.asynccontextmanager
     async def get_from(self, name: str, file_hash: bytes,
-                       first_chunk: int) -> AsyncIterator[tuple[dm.GetFileFromReply, AsyncIterator[bytes]]]:
+                       first_chunk: int) -> AsyncIterator[tuple[dm.GetFileFromReply, AsyncIterator[bytes | bytearray]]]:
         """A resumable get's header and body (chunks from ``header.first_chunk`` on)."""
         from p2pfs.net.heap import keep_freed_buffers  # here: ctypes costs other commands start-up time
 
@@ -238,4 +238,5 @@ class Client:
                 header = response.msg
                 if not isinstance(header, dm.GetFileFromReply) or response.body is None:
                     raise errors.PeerFault(f"node {self.node} answered a get with {type(header).__name__}")
-                yield header, response.body
+                # Each piece the buffer it was decrypted into: the caller copies it into its output.
+                yield header, response.body.buffers()

@@ -50,6 +50,7 @@ _HOMES = {
     "IncomingRequest": "streams",
     "Reply": "streams",
     "Response": "streams",
+    "Scattered": "mux",
     "TLSStream": "tls",
 }
 
@@ -57,7 +58,8 @@ __all__ = [
     "BodyReader", "ConnectError", "Connection", "ConnectionClosed", "Endpoint", "Handlers",
     "HandshakeError", "IncomingRequest", "NetConfig", "NetError", "ProtocolViolation",
     "RemoteBadRequest", "RemoteError", "RemoteForbidden", "RemoteNotFound", "RemoteStorageFull",
-    "RemoteUnavailable", "Reply", "RequestTimeout", "Response", "TLSStream", "client_connection", "dial",
+    "RemoteUnavailable", "Reply", "RequestTimeout", "Response", "Scattered", "TLSStream", "client_connection",
+    "dial",
 ]
 
 

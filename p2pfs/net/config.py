@@ -11,21 +11,31 @@ import dataclasses
 
 from p2pfs.config import doc
 
-# Largest STREAM_DATA payload we send; bodies are cut to this size. Well under
-# wire.FRAME_SIZE_BYTES_MAX, and large enough that per-frame costs vanish.
-STREAM_DATA_BYTES_MAX = 1024 * 1024
+# Largest STREAM_DATA payload we send; bodies are cut to this size. Half of
+# wire.FRAME_SIZE_BYTES_MAX, and four chunks of the default size: a get's coordinator sends
+# the chunks it has ready in one frame (``Scattered``), which took 0.3-0.55 CPU-s per GiB off it
+# against a frame per 1 MiB chunk (docs/BENCHMARKS.md, "Get: the coordinator's RSS over
+# repeated gets, and fewer copies"). The receiver holds a whole frame before it can use any
+# of it: frame_read_timeout_s must allow one to arrive on the slowest link served.
+STREAM_DATA_BYTES_MAX = 4 * 1024 * 1024
 # What a STREAM_DATA frame costs in credit beyond its payload: the bookkeeping of
 # one buffered piece (a bytes object, its slot in the body buffer, the event that
 # carried it; ~100-200 bytes in CPython). Without it a peer sending empty or 1-byte
 # frames could make us hold millions of objects within a window counted in bytes.
 STREAM_DATA_FRAME_COST_BYTES = 256
-# Full frames a stream's window holds. 8 frames of 1 MiB keep a 1 Gbit/s link busy
+# Frames of 1 MiB a stream's window holds. 8 frames of 1 MiB keep a 1 Gbit/s link busy
 # up to ~60 ms of round trip, and are 8 chunks of the default chunk size: the
 # sender never waits for credit while the receiver keeps up (the window before it
-# counted bytes held the same 8 frames, so honest transfers pace as they did).
+# counted bytes held the same 8 frames, so honest transfers pace as they did). Two
+# frames of STREAM_DATA_BYTES_MAX fit in it. Peers assume each other's window without
+# asking, so its size is part of the protocol: it stayed the same when frames grew to 4 MiB.
 STREAM_WINDOW_FRAMES = 8
 # Bytes a stream's receiver buffers at most; the sender starts with this much credit.
-STREAM_WINDOW_BYTES = STREAM_WINDOW_FRAMES * (STREAM_DATA_BYTES_MAX + STREAM_DATA_FRAME_COST_BYTES)
+STREAM_WINDOW_BYTES = STREAM_WINDOW_FRAMES * (1024 * 1024 + STREAM_DATA_FRAME_COST_BYTES)
+# Credit a stream's receiver frees before it grants it back: one largest frame, so that
+# a sender of such frames gets room for the next as soon as one has been taken (half the
+# window, the connection's rule, would wait for two of them: a pause in every other frame).
+STREAM_GRANT_BYTES_MIN = STREAM_DATA_BYTES_MAX + STREAM_DATA_FRAME_COST_BYTES
 # Bytes of body all the streams of one connection buffer at most together (HTTP/2's
 # connection window, RFC 9113 section 6.9.1). Four streams at full pace: a client's
 # parallel transfers share it without waiting, and 512 concurrent requests on one
@@ -129,8 +139,8 @@ class NetConfig:
     frame_read_timeout_s: float = doc(
         "A frame whose first bytes arrived must be complete within this many seconds, or the "
         "connection is closed: a peer cannot hold a buffer (up to a whole declared frame, 8 MiB) "
-        "and a reader by sending part of a frame and then nothing. Our largest frames are 1 MiB "
-        "of body, so 30 s allows a link as slow as ~35 KB/s; lower it to free stuck buffers sooner.",
+        "and a reader by sending part of a frame and then nothing. Our largest frames are 4 MiB "
+        "of body, so 30 s allows a link as slow as ~140 KB/s; lower it to free stuck buffers sooner.",
         default=30.0,
     )
     connection_idle_timeout_s: float = doc(

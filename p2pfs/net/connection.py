@@ -47,14 +47,21 @@ from p2pfs.wire import ErrorCode, Frame
 
 from . import mux as m
 from .budget import NodeLimits
-from .config import INCOMING_REQUESTS_PER_PEER_MAX, RECEIVE_BYTES, RECEIVE_BYTES_IDLE, NetConfig
+from .config import (
+    INCOMING_REQUESTS_PER_PEER_MAX,
+    RECEIVE_BYTES,
+    RECEIVE_BYTES_IDLE,
+    STREAM_DATA_BYTES_MAX,
+    NetConfig,
+)
 from .errors import ConnectionClosed, CreditTimeout, NetError, ProtocolViolation, RemoteError, RequestTimeout
-from .streams import BodyReader, Handlers, IncomingRequest, Reply, Response
+from .streams import BodyReader, Handlers, IncomingRequest, Piece, Reply, Response
 from .tls import TLSStream
 
 log = logging.getLogger(__name__)
 
-# Payloads up to this size are sent in one write with their header; larger ones are not copied.
+# Payloads up to this size are copied behind their header into one TLS write; larger ones are
+# written after it uncopied. Either way the frame leaves in one socket write (TLSStream.send_all).
 _COALESCE_PAYLOAD_BYTES_MAX = 64 * 1024
 # Seconds a caller that gave up spends at most telling the peer (CANCEL), and a closing
 # connection spends at most on its close_notify.
@@ -382,7 +389,7 @@ class Connection:
     def _new_body(self, stream_id: int) -> BodyReader:
         return BodyReader(stream_id, self.config.stream_idle_timeout_s, self._body_consumed)
 
-    async def _body_consumed(self, stream_id: int, data: bytes | memoryview, held_bytes: int) -> None:
+    async def _body_consumed(self, stream_id: int, data: Piece, held_bytes: int) -> None:
         self._limits.memory.give_back(held_bytes)
         credits = self._mux.body_consumed(stream_id, data)
         if credits:  # the stream's and the connection's, in one write
@@ -474,14 +481,11 @@ class Connection:
             with trio.fail_after(self.config.send_timeout_s):
                 if isinstance(payload, m.Scattered):
                     # The first part is the small head of the message: it goes with the header.
-                    await self._stream.send_all(header + payload.parts[0])
-                    for part in payload.parts[1:]:
-                        await self._stream.send_all(part)
+                    await self._stream.send_all(header + payload.parts[0], *payload.parts[1:])
                 elif len(payload) <= _COALESCE_PAYLOAD_BYTES_MAX:
                     await self._stream.send_all(header + payload)
                 else:
-                    await self._stream.send_all(header)
-                    await self._stream.send_all(payload)
+                    await self._stream.send_all(header, payload)
         except trio.TooSlowError:
             reason = f"peer did not read for {self.config.send_timeout_s} s"
             self._mark_closed(reason)
@@ -500,18 +504,33 @@ class Connection:
         with contextlib.suppress(NetError):
             await self._send_frame(self._mux.respond_error(stream_id, code, text))
 
-    async def _send_data(self, stream_id: int, data: bytes | memoryview) -> None:
-        """Send one piece of a streamed body, cut into frames as credit allows."""
+    async def _send_data(self, stream_id: int, data: bytes | memoryview | m.Scattered) -> None:
+        """Send one piece of a streamed body, cut into frames as credit allows.
+
+        A ``Scattered`` piece of at most ``STREAM_DATA_BYTES_MAX`` goes as one frame, its
+        parts uncopied, once the credit for all of it is there (several chunks in one frame
+        cost the per-frame work once); a larger one goes part by part."""
+        if isinstance(data, m.Scattered):
+            if len(data) > STREAM_DATA_BYTES_MAX:
+                for part in data.parts:
+                    await self._send_data(stream_id, part)
+                return
+            await self._wait_sendable(stream_id, len(data), whole=True)
+            await self._send_frame(self._mux.send_data(stream_id, data))
+            return
         view = memoryview(data)
         while view:  # each pass sends at least one byte, or fails on the idle deadline
             size_bytes = await self._wait_sendable(stream_id, len(view))
             await self._send_frame(self._mux.send_data(stream_id, view[:size_bytes]))
             view = view[size_bytes:]
 
-    async def _wait_sendable(self, stream_id: int, want_bytes: int) -> int:
+    async def _wait_sendable(self, stream_id: int, want_bytes: int, *, whole: bool = False) -> int:
+        """Bytes of ``want_bytes`` the credit lets go in the next frame, once it lets any
+        (or, ``whole``, all of them) go."""
+        least_bytes = want_bytes if whole else 1
         try:
             with trio.fail_after(self.config.stream_idle_timeout_s):
-                while (size_bytes := self._mux.sendable_bytes(stream_id, want_bytes)) == 0:
+                while (size_bytes := self._mux.sendable_bytes(stream_id, want_bytes)) < least_bytes:
                     if self._closed.is_set():
                         raise ConnectionClosed(self.close_reason or "closed")
                     wakeup = self._send_wakeups[stream_id] = trio.Event()

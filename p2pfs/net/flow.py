@@ -25,7 +25,7 @@ class LocalProtocolError(Exception):
     """This end misused the multiplexer (a bug here, not the peer's fault)."""
 
 
-def flow_units(payload: bytes | memoryview) -> int:
+def flow_units(payload: bytes | bytearray | memoryview) -> int:
     """What one STREAM_DATA payload costs in credit, in bytes: its length plus the frame's upkeep."""
     return len(payload) + STREAM_DATA_FRAME_COST_BYTES
 

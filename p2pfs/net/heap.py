@@ -15,6 +15,17 @@ flight (``put_window_chunks``, ``get_window_chunks``, the net's stream credit)
 bound what the heap grows to in the first place. The daemon sets them at start
 (``replication.memory``), a client when it starts a get.
 
+**One arena.** glibc gives each new thread that allocates an arena of its own (up to 8 per
+core), and a block freed goes back to the arena it came from.
+A chunk read from disk is allocated in a worker thread (``trio.to_thread``), so each worker
+thread's arena came to keep its own window of freed chunk buffers, each below the trim
+threshold: a get's coordinator kept about 10 MiB per arena, and as repeated gets brought
+more worker threads in, its RSS rose from 129 to 156 MiB over four 1 GiB gets (8 arenas;
+docs/BENCHMARKS.md). ``ARENAS_MAX`` keeps every thread on one arena, where the buffers one
+thread frees are the ones the next reuses, and the trim threshold bounds the free memory
+kept once, not once per arena. What it could cost is contention, but the threads here
+allocate under Python's GIL (a bytes object, a buffer), so two rarely want the heap at once.
+
 **Giving back.** glibc keeps blocks a process frees in its heap for reuse, and
 ``keep_freed_buffers`` raises its thresholds on purpose. The cost
 shows after abuse: 100 connections that filled the node's memory budget with
@@ -37,12 +48,16 @@ log = logging.getLogger(__name__)
 # mallopt(3) parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 # Blocks below this come from the heap: every chunk (CHUNK_SIZE_BYTES_MAX is 4 MiB) and
 # a frame of a few chunks. 32 MiB is glibc's largest allowed value on 64-bit systems.
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # Free space kept at the top of a heap before it is returned to the kernel: a window
 # of chunks (8 x 1 MiB per put or get, a few transfers at once) plus a margin.
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+# Arenas the process's threads share: one (see the module docstring). Threads that already
+# have an arena keep it, so the thresholds are set before the first worker thread starts.
+ARENAS_MAX = 1
 
 
 _kept: bool | None = None  # what keep_freed_buffers did, once per process
@@ -69,8 +84,10 @@ def _set_thresholds() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    done = (
+        bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+        and bool(mallopt(_M_ARENA_MAX, ARENAS_MAX))
     )
     if not done:
         log.info("malloc refused the buffer thresholds; chunk buffers stay in their own mappings")

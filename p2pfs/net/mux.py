@@ -60,6 +60,7 @@ from . import flow
 from .config import (
     CONNECTION_WINDOW_BYTES,
     INCOMING_REQUESTS_PER_CONNECTION_MAX,
+    STREAM_GRANT_BYTES_MIN,
     STREAM_WINDOW_BYTES,
 )
 from .errors import ConnectionClosed, ProtocolViolation, RemoteError
@@ -235,7 +236,7 @@ class BodyReceived:
     """A piece of the body arriving on ``stream_id`` (a request's or an answer's)."""
 
     stream_id: int
-    data: bytes | memoryview
+    data: bytes | bytearray | memoryview
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -303,14 +304,17 @@ class Mux:
         self.peer_role = peer_role
         self.serving = serving
         self._window_units = window_units
+        # A stream's freed credit goes back once one largest frame's worth is freed
+        # (STREAM_GRANT_BYTES_MIN), or half its window if that is less.
+        self._grant_units_min = max(1, min(STREAM_GRANT_BYTES_MIN, window_units // 2))
         # What all the bodies on this connection may send and buffer together.
         self._connection_send = SendWindow(connection_window_units)
-        # Connection credit goes back in the batches a stream's does (half a stream window), not
-        # half the connection window: the streams that share it each hold up to a window of it,
-        # and what one frees must not wait for half of everything to be freed. For one stream
-        # the two credits then fall due together and go out in one write.
+        # Connection credit goes back in the batches a stream's does, not half the connection
+        # window: the streams that share it each hold up to a window of it, and what one frees
+        # must not wait for half of everything to be freed. For one stream the two credits
+        # then fall due together and go out in one write.
         self._connection_receive = ReceiveWindow(
-            connection_window_units, max(1, min(connection_window_units, window_units) // 2)
+            connection_window_units, min(connection_window_units, self._grant_units_min)
         )
         self._serves_max = serves_max
         self._first_stream_id = 1 if dialled else 2
@@ -387,7 +391,7 @@ class Mux:
         self._send(stream_id, K.STREAM_END)
         return Frame(K.STREAM_END, stream_id, 0, b"")
 
-    def body_consumed(self, stream_id: int, data: bytes | memoryview) -> list[Frame]:
+    def body_consumed(self, stream_id: int, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Our reader took ``data`` off a body; returns the CREDIT frames now due (stream, connection)."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.receive_window is None:
@@ -503,7 +507,7 @@ class Mux:
             return [SendFrame(_error_frame(stream_id, ErrorCode.BAD_REQUEST, f"{type(msg).__name__} takes no body"))]
         stream = _Stream(Side.SERVE, sending=Half.IDLE, receiving=Half.BODY if has_body else Half.DONE)
         if has_body:
-            stream.receive_window = ReceiveWindow(self._window_units)
+            stream.receive_window = ReceiveWindow(self._window_units, self._grant_units_min)
         self._streams[stream_id] = stream
         self._serves_count += 1
         return [RequestReceived(stream_id, msg, has_body)]
@@ -535,9 +539,9 @@ class Mux:
                 self._connection_receive.consume(units)
             except ProtocolViolation:
                 raise ProtocolViolation(f"stream {stream_id} exceeded the connection's credit") from None
-            # A body's consumers take bytes (a chunk is stored and sent on as the object it came in).
-            data = frame.payload if type(frame.payload) is bytes else bytes(frame.payload)
-            return [BodyReceived(stream_id, data)]
+            # The payload as it came: a large one is the buffer TLS decrypted it into
+            # (``wire.FrameDecoder``), handed to the consumer uncopied (``BodyReader.buffers``).
+            return [BodyReceived(stream_id, frame.payload)]
         if kind is K.STREAM_END:
             return [BodyEnded(stream_id)]
         if kind is K.ERROR and before is Half.BODY:
@@ -552,7 +556,7 @@ class Mux:
         else:
             has_body = kind is K.RESPONSE_STREAM
             if has_body:
-                stream.receive_window = ReceiveWindow(self._window_units)
+                stream.receive_window = ReceiveWindow(self._window_units, self._grant_units_min)
             msg = wire.decode_message(frame.msg_type, frame.payload)
             events.append(ResponseReceived(stream_id, msg, has_body))
         return events

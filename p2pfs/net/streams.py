@@ -46,17 +46,27 @@ class Handlers(Protocol):
     def handle_oneway(self, conn: "Connection", msg: wire.Message) -> None: ...
 
 
+# A piece of a body as the transport hands it on: bytes, or (a large one) the bytearray it was
+# decrypted into.
+Piece = bytes | bytearray | memoryview
+PIECE_TYPES = (bytes, bytearray, memoryview)
 # Told that the consumer took a piece of a body off its buffer, and the bytes of the node's
 # memory budget it held (to return the credit and the memory).
-Consumed = Callable[[int, bytes | memoryview, int], Awaitable[None]]
+Consumed = Callable[[int, Piece, int], Awaitable[None]]
 
 
 class BodyReader:
     """The receiving side of a streamed body: a buffer the reader task fills, the consumer drains.
 
-    Each piece comes with the bytes of the node's memory budget it holds
+    Each piece comes with the bytes of the node's memory budget it held
     (``budget.py``); they go back when the consumer takes the piece, or when the
     stream closes with the piece unread (``discard``).
+
+    Iterated, it yields each piece as ``bytes`` (a chunk is stored and sent on as the
+    object it came in). ``buffers()`` yields each piece as it came instead: a large
+    piece is the very buffer TLS decrypted it into (``wire.FrameDecoder``), which
+    nothing else holds or reuses, so the consumer may keep it; a copy of every large
+    piece fewer, for a consumer that copies the bytes on anyway (a get's output file).
     """
 
     def __init__(self, stream_id: int, idle_s: float, consumed: Consumed) -> None:
@@ -64,16 +74,16 @@ class BodyReader:
         self._idle_s = idle_s
         self._consumed = consumed
         # Items: (data, budget bytes), None for the end, or a RemoteError the sender raised mid-stream.
-        self._send, self._receive = trio.open_memory_channel[tuple[bytes, int] | RemoteError | None](
+        self._send, self._receive = trio.open_memory_channel[tuple[Piece, int] | RemoteError | None](
             BODY_BUFFER_ITEMS_MAX
         )
         self.held_bytes = 0
         self.finished = False
 
-    def push(self, item: bytes | memoryview | RemoteError | None, held_bytes: int = 0) -> None:
+    def push(self, item: Piece | RemoteError | None, held_bytes: int = 0) -> None:
         """Called by the reader with what the mux let through, which the buffer always has room for."""
         try:
-            self._send.send_nowait((item, held_bytes) if isinstance(item, (bytes, memoryview)) else item)
+            self._send.send_nowait((item, held_bytes) if isinstance(item, PIECE_TYPES) else item)
         except trio.WouldBlock:
             raise AssertionError(f"stream {self._stream_id} buffered beyond its credit") from None
         self.held_bytes += held_bytes
@@ -93,30 +103,38 @@ class BodyReader:
         return held
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        idle_s = self._idle_s
-        while True:
-            try:
-                with trio.fail_after(idle_s):
-                    data = await self._receive.receive()
-            except trio.EndOfChannel:
-                raise ConnectionClosed(f"stream {self._stream_id} ended before its end marker") from None
-            except trio.TooSlowError:
-                raise RequestTimeout(f"no data on stream {self._stream_id} for {idle_s} s") from None
-            if data is None:
-                self.finished = True
-                return
-            if isinstance(data, RemoteError):
-                self.finished = True
-                raise data
-            data, held_bytes = data
-            self.held_bytes -= held_bytes
-            await self._consumed(self._stream_id, data, held_bytes)
+        while (data := await self._next()) is not None:
+            yield data if type(data) is bytes else bytes(data)
+
+    async def buffers(self) -> AsyncIterator[Piece]:
+        """The pieces as they came, uncopied (see the class): read them, or keep them."""
+        while (data := await self._next()) is not None:
             yield data
+
+    async def _next(self) -> Piece | None:
+        """The next piece (its budget bytes and credit given back), or None at the body's end."""
+        try:
+            with trio.fail_after(self._idle_s):
+                item = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise ConnectionClosed(f"stream {self._stream_id} ended before its end marker") from None
+        except trio.TooSlowError:
+            raise RequestTimeout(f"no data on stream {self._stream_id} for {self._idle_s} s") from None
+        if item is None:
+            self.finished = True
+            return None
+        if isinstance(item, RemoteError):
+            self.finished = True
+            raise item
+        data, held_bytes = item
+        self.held_bytes -= held_bytes
+        await self._consumed(self._stream_id, data, held_bytes)
+        return data
 
     async def drain(self) -> int:
         """Read the body to its end, discarding it; returns the byte count."""
         total = 0
-        async for data in self:
+        async for data in self.buffers():  # counted, not kept: no copy
             total += len(data)
         return total
 

@@ -42,6 +42,7 @@ import trio
 from p2pfs import errors, net, wire
 from p2pfs.clock import Clock
 from p2pfs.ids import short_id
+from p2pfs.net.config import STREAM_DATA_BYTES_MAX
 from p2pfs.replication import messages as dm
 from p2pfs.replication.quorum_chain import (
     BadChainReply, ChainRefused, ChainResult, chain_capable, check_chain, head_failed, hop_times, plan_chunk_write,
@@ -602,7 +603,12 @@ class Coordinator:
         await self.stream_chunks(manifest.chunks[first_chunk:], send)
 
     async def stream_chunks(self, refs: Sequence[ChunkRef], send: Callable[[bytes], Awaitable[None]]) -> None:
-        """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss."""
+        """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss.
+
+        The chunks already fetched after the one due go with it, up to one frame
+        (``STREAM_DATA_BYTES_MAX``), uncopied (``net.Scattered``): the per-frame work of the
+        send path, and the receiver's, is done once for several chunks. Nothing waits for
+        a chunk to join: a frame takes what is ready."""
         pending = iter(enumerate(refs))
         slots: collections.deque[_Slot] = collections.deque()
         error: str | None = None
@@ -628,6 +634,17 @@ class Coordinator:
                     break
                 data, slot.data = slot.data, None
                 start_next()
+                parts = [data]
+                size_bytes = len(data)
+                while slots and slots[0].done.is_set() and slots[0].error is None and (
+                        size_bytes + len(slots[0].data) <= STREAM_DATA_BYTES_MAX):
+                    ready = slots.popleft()
+                    parts.append(ready.data)
+                    size_bytes += len(ready.data)
+                    ready.data = None
+                    start_next()
+                if len(parts) > 1:  # the first part goes with the frame's header (copied): none
+                    data = net.Scattered((b"", *parts), size_bytes)
                 try:
                     await send(data)
                 except errors.P2pfsError as exc:
