@@ -16,6 +16,7 @@ import trio
 from p2pfs import net, wire
 from p2pfs.address import Address
 from p2pfs.net import endpoint as endpoint_module
+from p2pfs.net.connection import frame_read_allowed_s
 from p2pfs.wire import FrameKind, Role
 
 from wire_helpers import Echo
@@ -109,8 +110,32 @@ async def test_a_partial_frame_then_silence_is_closed_within_the_read_timeout(nu
     address = await _endpoint(nursery, make_identity(Role.NODE), Handlers(), PARTIAL)
     stream = await _authenticated_raw(make_identity(Role.CLIENT), address)
     # Declares the largest frame allowed (8 MiB), minus one byte, sends its first bytes, then nothing.
-    await stream.send_all(struct.pack(">I", wire.FRAME_SIZE_BYTES_MAX - 1) + b"\0" * 100)
-    await _read_until_closed(stream, bound_s=PARTIAL.frame_read_timeout_s + SLACK_S)
+    frame_bytes = wire.FRAME_SIZE_BYTES_MAX - 1
+    await stream.send_all(struct.pack(">I", frame_bytes) + b"\0" * 100)
+    allowed_s = frame_read_allowed_s(PARTIAL.frame_read_timeout_s, frame_bytes)
+    await _read_until_closed(stream, bound_s=allowed_s + SLACK_S)
+
+
+async def test_a_large_frame_is_given_time_by_its_size(nursery, make_identity):
+    """A frame of 4 MiB on a link that delivers one MiB per timeout is not cut off after one timeout.
+
+    With one timeout per frame whatever its size, a node whose peer sends 4 MiB frames (a get's
+    coordinator) could not be served over a link a quarter as fast as one sending 1 MiB frames.
+    """
+    address = await _endpoint(nursery, make_identity(Role.NODE), Handlers(), PARTIAL)
+    stream = await _authenticated_raw(make_identity(Role.CLIENT), address)
+    frame_bytes = 4 * 1024 * 1024
+    await stream.send_all(struct.pack(">I", frame_bytes) + b"\0" * 100)
+    started_s = trio.current_time()
+    await _read_until_closed(stream, bound_s=frame_read_allowed_s(PARTIAL.frame_read_timeout_s, frame_bytes) + SLACK_S)
+    # Deadlines never fire early: a close sooner than the size allows is the rule broken, not load.
+    assert trio.current_time() - started_s >= 4 * PARTIAL.frame_read_timeout_s * 0.95
+
+
+def test_a_frame_is_allowed_its_timeout_per_mib_and_a_small_one_the_whole_timeout():
+    assert frame_read_allowed_s(30.0, 100) == 30.0
+    assert frame_read_allowed_s(30.0, 1024 * 1024) == 30.0
+    assert frame_read_allowed_s(30.0, 4 * 1024 * 1024) == 120.0
 
 
 async def test_a_connection_with_nothing_open_is_closed_when_idle(nursery, make_identity):

@@ -137,10 +137,11 @@ class NetConfig:
         default=15.0,
     )
     frame_read_timeout_s: float = doc(
-        "A frame whose first bytes arrived must be complete within this many seconds, or the "
-        "connection is closed: a peer cannot hold a buffer (up to a whole declared frame, 8 MiB) "
-        "and a reader by sending part of a frame and then nothing. Our largest frames are 4 MiB "
-        "of body, so 30 s allows a link as slow as ~140 KB/s; lower it to free stuck buffers sooner.",
+        "A frame whose first bytes arrived must be complete within this many seconds for each MiB "
+        "it declares (a frame of at most 1 MiB: this many seconds), or the connection is closed: a "
+        "peer cannot hold a buffer (up to a whole declared frame, 8 MiB) and a reader by sending "
+        "part of a frame and then nothing. 30 s per MiB allows a link as slow as ~35 KB/s, for our "
+        "largest frames (4 MiB of body) as for small ones; lower it to free stuck buffers sooner.",
         default=30.0,
     )
     connection_idle_timeout_s: float = doc(

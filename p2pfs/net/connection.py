@@ -21,7 +21,8 @@ a peer does wrong is a WARNING once per peer and kind per interval
 
 Anything a peer does wrong (bad frame, unknown type, wrong role, exceeding its
 credit) closes that one connection with a logged reason. So does holding it
-without progress: a frame started and not finished within ``frame_read_timeout_s``,
+without progress: a frame started and not finished within ``frame_read_timeout_s``
+for each MiB it declares (``frame_read_allowed_s``),
 or nothing received and no request open for ``connection_idle_timeout_s``. The
 reader waits under one cancel scope whose deadline is moved whenever one of
 those changes (a frame begins or ends, a request opens or closes), so the
@@ -67,6 +68,21 @@ _COALESCE_PAYLOAD_BYTES_MAX = 64 * 1024
 # connection spends at most on its close_notify.
 _CANCEL_SEND_S_MAX = 1.0
 _CLOSE_S_MAX = 0.5
+# The unit a started frame's read deadline scales with (frame_read_allowed_s).
+_MIB = 1024 * 1024
+
+
+def frame_read_allowed_s(timeout_s_per_mib: float, frame_bytes: int) -> float:
+    """How long a started frame of ``frame_bytes`` may take to arrive: ``timeout_s_per_mib`` for
+    each MiB, and never less than that for a small one.
+
+    A fixed time per frame would make the slowest link a node can serve depend on how large its
+    peers' frames are (a get's coordinator sends up to 4 MiB in one); scaling with the declared
+    size keeps one minimum rate, while a peer that stops mid-frame still frees the buffer it
+    holds within a bounded time.
+    """
+    return timeout_s_per_mib * max(1.0, frame_bytes / _MIB)
+
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
@@ -125,6 +141,9 @@ class Connection:
         # The reader's wait and what its deadline is computed from (trio time, seconds).
         self._read_scope: trio.CancelScope | None = None
         self._partial_frame_since_s: float | None = None
+        # Bytes of the frame under way that the decoder holds or will (its whole size once its
+        # header is in, for a frame read into a buffer of its own): what its deadline scales with.
+        self._partial_frame_bytes = 0
         self._quiet_since_s = 0.0
 
     def __repr__(self) -> str:
@@ -301,6 +320,7 @@ class Connection:
             self._reader_bytes -= held_bytes
             if not self._execute(events, held_bytes):
                 self._limits.memory.give_back(held_bytes)
+        self._partial_frame_bytes = decoder.buffered_bytes
         if decoder.buffered_bytes == 0:
             self._partial_frame_since_s = None
         elif completed or self._partial_frame_since_s is None:
@@ -309,16 +329,19 @@ class Connection:
     def _read_deadline_s(self) -> float:
         """When the reader gives up: a started frame must finish; a connection nobody uses must hear something."""
         if self._partial_frame_since_s is not None:
-            return self._partial_frame_since_s + self.config.frame_read_timeout_s
+            return self._partial_frame_since_s + self._partial_frame_allowed_s()
         if self._pending or self._serving:
             return math.inf  # each request has its own deadline
         return self._quiet_since_s + self.config.connection_idle_timeout_s
+
+    def _partial_frame_allowed_s(self) -> float:
+        return frame_read_allowed_s(self.config.frame_read_timeout_s, self._partial_frame_bytes)
 
     def _stall_reason(self) -> str:
         if self._awaiting_memory:
             return "the node's memory budget stayed spent until the read deadline"
         if self._partial_frame_since_s is not None:
-            return f"a frame was not completed within {self.config.frame_read_timeout_s} s"
+            return f"a frame was not completed within {self._partial_frame_allowed_s():g} s"
         return f"idle for {self.config.connection_idle_timeout_s} s"
 
     def _streams_changed(self) -> None:
