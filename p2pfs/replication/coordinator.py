@@ -185,12 +185,27 @@ class Coordinator:
     # -- writes -----------------------------------------------------------------
 
     def _write_quorum(self, key: bytes, what: str) -> WriteQuorum:
-        """The quorum of a write of ``key``: its plan's targets, stand-ins and ``w``."""
+        """The quorum of a write of ``key``: its plan's targets, stand-ins and ``w``.
+
+        A preferred replica left out with no stand-in in its place is named in the quorum's
+        errors with the reason it was left out, so a write that misses ``w`` that way says why
+        (it said "no replica could be reached": a replica in back-off after an earlier write's
+        timeout looked the same as one that was down)."""
         ring = self.view.ring()
-        targets, spare = write_plan(ring, key, self.config.rf, self.view.unavailable())
+        unavailable = self.view.unavailable()
+        targets, spare = write_plan(ring, key, self.config.rf, unavailable)
         if not targets:  # written nowhere is not written: never acknowledge it
             raise QuorumError(f"{what}: no replica to write to")
-        return WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
+        quorum = WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
+        if len(targets) < self.config.rf and unavailable:
+            covered = {t.hint_for or t.node_id for t in targets}
+            alive = self.view.alive()
+            for node_id in ring.preference_list(key, self.config.rf):
+                if node_id in unavailable and node_id not in covered:
+                    why = ("skipped: failed a request in the last replica_backoff_s" if node_id in alive
+                           else "skipped: suspected or dead in membership")
+                    quorum.errors.append(f"{short_id(node_id)}: {why}")
+        return quorum
 
     async def _attempt(self, quorum: WriteQuorum, write: WriteFn, target: Target | None) -> None:
         """Write directly to ``target``, then to stand-ins in its place while they fail."""
