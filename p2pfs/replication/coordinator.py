@@ -54,7 +54,6 @@ from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
 from p2pfs.storage import (
     ChunkCorrupt,
-    ChunkMismatch,
     ChunkRef,
     ClockDriftError,
     FileHasher,
@@ -129,9 +128,8 @@ WriteFn = Callable[[Replica, Target], Awaitable[object]]
 class ChunkWrites:
     """The chunks of one put being written at quorum, at most ``put_window_chunks`` at a time.
 
-    The first chunk short of its quorum is kept in ``failures``, and the first that does not
-    hash to its id (``checked=False``) in ``mismatched``; either ends the put (by cancelling
-    its nursery), so the caller raises it past the nursery, not a group.
+    The first chunk short of its quorum is kept in ``failures`` and ends the put (by
+    cancelling its nursery), so the caller raises it past the nursery, not a group.
     """
 
     def __init__(self, coordinator: Coordinator, nursery: trio.Nursery) -> None:
@@ -139,22 +137,17 @@ class ChunkWrites:
         self._nursery = nursery
         self._window = trio.Semaphore(coordinator.config.put_window_chunks)
         self.failures: list[QuorumError] = []
-        self.mismatched: list[int] = []  # indexes of chunks whose bytes are not their id's
 
-    async def start(self, index: int, chunk_id: bytes, data: bytes, *, checked: bool = True) -> None:
-        """Start writing chunk ``index`` once the window has room; ``checked``: as for
-        ``Coordinator.write_chunk``."""
+    async def start(self, index: int, chunk_id: bytes, data: bytes) -> None:
+        """Start writing chunk ``index`` once the window has room (the chunk's id is checked)."""
         await self._window.acquire()
-        self._nursery.start_soon(self._write, index, chunk_id, data, checked)
+        self._nursery.start_soon(self._write, index, chunk_id, data)
 
-    async def _write(self, index: int, chunk_id: bytes, data: bytes, checked: bool) -> None:
+    async def _write(self, index: int, chunk_id: bytes, data: bytes) -> None:
         try:
-            await self._coordinator.write_chunk(chunk_id, data, f"chunk {index}", checked=checked)
+            await self._coordinator.write_chunk(chunk_id, data, f"chunk {index}")
         except QuorumError as exc:
             self.failures.append(exc)
-            self._nursery.cancel_scope.cancel()
-        except ChunkMismatch:
-            self.mismatched.append(index)
             self._nursery.cancel_scope.cancel()
         finally:
             self._window.release()
@@ -230,17 +223,9 @@ class Coordinator:
 
     # -- chunk writes, chain or star (quorum_chain.py) ---------------------------------------
 
-    async def write_chunk(self, chunk_id: bytes, data: bytes, what: str, *, checked: bool = True) -> int:
-        """Write a chunk at quorum, down a chain where the replicas know chains
-        (``chain.plan_chunk_write``), directly otherwise; QuorumError below ``w``.
-
-        ``checked``: this node hashed ``data`` to ``chunk_id`` already. Bytes it has not (a
-        client's, ``Resumable.put_known``) are hashed in the worker-thread hop that writes this
-        node's own copy (one hop per chunk, not two), or in a hop of their own when this node
-        holds no copy; ChunkMismatch, and nothing counted, if they do not match. The chain's head
-        is sent them meanwhile (it checks every chunk itself), but no other peer, and no answer
-        is counted and no peer's health noted before the check has passed.
-        """
+    async def write_chunk(self, chunk_id: bytes, data: bytes, what: str) -> int:
+        """Write a chunk this node hashed at quorum, down a chain where the replicas know chains
+        (``chain.plan_chunk_write``), directly otherwise; QuorumError below ``w``."""
 
         def store(replica: Replica, target: Target) -> Awaitable[None]:
             return replica.store_chunk(chunk_id, data, target.hint_for, hashed=True)
@@ -248,49 +233,11 @@ class Coordinator:
         quorum = self._write_quorum(chunk_id, what)
         plan = plan_chunk_write(quorum.targets, self.node_id, self._wire_versions(quorum.targets),
                                 self.config.chunk_write_shape)
-        passed = trio.Event()  # the bytes hash to chunk_id
-        mismatch = False
-
-        async def check_here(nursery: trio.Nursery) -> None:
-            nonlocal mismatch
-            target = plan.local[0] if plan.local else None
-            try:
-                if target is None:
-                    if await self._offload(chunk_id_of, data) != chunk_id:
-                        raise ChunkMismatch(f"data does not hash to chunk {chunk_id.hex()}")
-                else:
-                    await self.replicas.local.store_chunk_checked(chunk_id, data, target.hint_for)
-            except ChunkMismatch:
-                mismatch = True
-                nursery.cancel_scope.cancel()
-                return
-            except ReplicaError as exc:  # hashed before the write failed: the bytes are right
-                passed.set()
-                self.view.failed(target.node_id)
-                await self._attempt(quorum, store, quorum.on_failure(target, str(exc)).retry)
-                return
-            passed.set()
-            if target is not None:
-                self.view.succeeded(target.node_id)
-                quorum.on_answer(target)
-
-        async def direct(target: Target) -> None:
-            await passed.wait()
-            await self._attempt(quorum, store, target)
-
         async with trio.open_nursery() as nursery:
-            if checked:
-                passed.set()
-                for target in plan.local:
-                    nursery.start_soon(self._attempt, quorum, store, target)
-            else:
-                nursery.start_soon(check_here, nursery)
-            for target in plan.star:
-                nursery.start_soon(direct, target)
+            for target in plan.local + plan.star:
+                nursery.start_soon(self._attempt, quorum, store, target)
             if plan.chain:
-                nursery.start_soon(self._write_chain, quorum, store, plan.chain, chunk_id, data, passed, nursery)
-        if mismatch:
-            raise ChunkMismatch(f"{what} does not hash to its id {chunk_id.hex()}")
+                nursery.start_soon(self._write_chain, quorum, store, plan.chain, chunk_id, data, nursery)
         return quorum.check()
 
     def _wire_versions(self, targets: Sequence[Target]) -> dict[str, int]:
@@ -300,12 +247,11 @@ class Coordinator:
 
     async def _write_chain(
         self, quorum: WriteQuorum, store: WriteFn, chain: tuple[Target, ...], chunk_id: bytes, data: bytes,
-        passed: trio.Event, nursery: trio.Nursery,
+        nursery: trio.Nursery,
     ) -> None:
-        """Send the chunk down ``chain``; once its bytes are known right (``passed``), count what
-        comes back and write the rest directly: a stand-in (with a hint) for each node reported
-        failed, the node itself for each one unacknowledged (the star fallback, ``quorum_chain.py``).
-        A head that refused a chunk that was wrong is never taken for a failing node."""
+        """Send the chunk down ``chain``; count what comes back, and write the rest directly: a
+        stand-in (with a hint) for each node reported failed, the node itself for each one
+        unacknowledged (the star fallback, ``quorum_chain.py``)."""
         head = chain[0]
         rest = tuple(dm.ChainLink(t.node_id, t.hint_for) for t in chain[1:])
         try:
@@ -315,7 +261,6 @@ class Coordinator:
             result = read_reply(chain, answered)
         except (ReplicaError, BadChainReply) as exc:
             result = head_failed(chain, str(exc))
-        await passed.wait()
         # The head's health is what this node saw of its own peer; the nodes after it are the
         # head's business (it skips those failing as it sees them).
         if result.outcomes[0].stored:
@@ -326,13 +271,8 @@ class Coordinator:
             nursery.start_soon(self._attempt, quorum, store, target)
 
     async def on_store_chunk_chain(self, request: net.IncomingRequest) -> dm.StoreChunkChainReply:
-        """A chain that reached this node: pass the chunk on while checking it against its id and
-        storing it here (one worker-thread hop), and answer with this node's outcome and those
-        after it, within the time the message gives.
-
-        The chunk goes on before this node's check: the next node checks it too, so a wrong
-        chunk is stored nowhere, and this one answers BAD_REQUEST; the next node's answer is
-        not taken as a sign of its health until this node's check has passed."""
+        """A chain that reached this node: verify the chunk, pass it on while storing it here, and
+        answer with this node's outcome and those after it, within the time the message gives."""
         msg = request.msg
         times = hop_times(trio.current_time(), msg.timeout_ms, self.config.replica_timeout_s)
         rest = tuple(Target(link.node_id, link.hint_for) for link in msg.rest)
@@ -340,71 +280,58 @@ class Coordinator:
             check_chain(self.node_id, msg.hint_for, rest, self.config.rf)
         except ChainRefused as exc:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, str(exc)) from None
+        if await self._offload(chunk_id_of, msg.data) != msg.chunk_id:
+            raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "the chunk does not match its id")
         own: list[dm.ChainOutcome] = []
         after: list[dm.ChainOutcome] = []
-        passed = trio.Event()  # the chunk hashes to its id
-        mismatch = False
 
-        async def store_here(nursery: trio.Nursery) -> None:
-            nonlocal mismatch
+        async def store_here() -> None:
             try:
-                await self.replicas.local.store_chunk_checked(msg.chunk_id, msg.data, msg.hint_for)
-            except ChunkMismatch:
-                mismatch = True
-                nursery.cancel_scope.cancel()
-                return
-            except ReplicaError as exc:  # hashed before the write failed: the chunk is right
+                await self.replicas.local.store_chunk(msg.chunk_id, msg.data, msg.hint_for, hashed=True)
+            except ReplicaError as exc:
                 own.append(dm.ChainOutcome(self.node_id, False, _reason(f"{short_id(self.node_id)}: {exc}")))
             else:
                 own.append(dm.ChainOutcome(self.node_id, True, ""))
-            passed.set()
 
         async def pass_on() -> None:
-            result, reached = await self._forward(rest, msg.chunk_id, msg.data, times.forward_wait_s)
+            result = await self._forward(rest, msg.chunk_id, msg.data, times.forward_wait_s)
             after.extend(dm.ChainOutcome(o.target.node_id, o.stored, _reason(o.reason)) for o in result.outcomes)
-            if reached is not None:
-                await passed.wait()
-                if reached:
-                    self.view.succeeded(rest[0].node_id)
-                else:
-                    self.view.failed(rest[0].node_id)
 
         with trio.move_on_at(times.answer_by_s):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(store_here, nursery)
+                nursery.start_soon(store_here)
                 if rest:
                     nursery.start_soon(pass_on)
-        if mismatch:
-            raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, "the chunk does not match its id")
         if not own:  # the disk did not answer in time: nothing after it can be vouched for either
             own.append(dm.ChainOutcome(self.node_id, False, "its store did not finish in time"))
         return dm.StoreChunkChainReply(tuple(own + after))
 
     async def _forward(
         self, rest: tuple[Target, ...], chunk_id: bytes, data: bytes, wait_s: float | None
-    ) -> tuple[ChainResult, bool | None]:
+    ) -> ChainResult:
         """Pass a chunk on to ``rest[0]`` (a chain again when more follow, else a plain store, which
-        every version knows); what became of ``rest`` as far as this node can tell, and whether
-        ``rest[0]`` answered well (None: it was not asked), for the caller to note in the view."""
+        every version knows); what became of ``rest`` as far as this node can tell."""
         head = rest[0]
         if wait_s is None:
-            return head_failed(rest, "no time left to pass the chunk on"), None
+            return head_failed(rest, "no time left to pass the chunk on")
         if head.node_id in self.view.unavailable():
-            return head_failed(rest, f"unavailable as seen from {short_id(self.node_id)}"), None
+            return head_failed(rest, f"unavailable as seen from {short_id(self.node_id)}")
         replica = self.replicas.remote(head.node_id)
         try:
             if len(rest) == 1:
                 await replica.store_chunk(chunk_id, data, head.hint_for, timeout_s=wait_s)
                 answered = [(head.node_id, True, "")]
             elif not chain_capable(self._wire_versions(rest[:1]).get(head.node_id, 0)):
-                return ChainResult((), rest), None  # the sender writes it and those after it directly
+                return ChainResult((), rest)  # the sender writes it and those after it directly
             else:
                 links = tuple(dm.ChainLink(t.node_id, t.hint_for) for t in rest[1:])
                 answered = await replica.store_chunk_chain(chunk_id, data, head.hint_for, links, wait_s)
             result = read_reply(rest, answered)
         except (ReplicaError, BadChainReply) as exc:
-            return head_failed(rest, f"{short_id(head.node_id)}: {exc}"), False
-        return result, True
+            self.view.failed(head.node_id)
+            return head_failed(rest, f"{short_id(head.node_id)}: {exc}")
+        self.view.succeeded(head.node_id)
+        return result
 
     async def write_name(self, entry: NameEntry) -> int:
         return (await self._write_name_counting(entry))[0]

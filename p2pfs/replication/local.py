@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 from p2pfs.clock import Clock
 from p2pfs.replication.errors import LocalFailure, ReplicaLacks
 from p2pfs.replication.hints import HintKind, HintStore
-from p2pfs.storage import ChunkCorrupt, ChunkMismatch, ChunkMissing, ChunkStore, NameEntry, NameIndex, StorageError
+from p2pfs.storage import ChunkCorrupt, ChunkMissing, ChunkStore, NameEntry, NameIndex, StorageError
 from p2pfs.storage.hlc import check_not_ahead
 from p2pfs.storage.names import NameReadDeferred
 
@@ -89,20 +89,6 @@ class LocalReplica:
     async def store_chunk(self, chunk_id: bytes, data: bytes, hint_for: str = "", *, hashed: bool = False) -> None:
         try:
             await self._offload(functools.partial(self._local.store_chunk, hashed=hashed), chunk_id, data, hint_for)
-        except StorageError as exc:
-            raise LocalFailure(str(exc)) from exc
-
-    async def store_chunk_checked(self, chunk_id: bytes, data: bytes, hint_for: str = "") -> None:
-        """Hash bytes this process has not checked (a client's, a peer's) and write them, in one
-        worker-thread hop: ChunkMismatch (nothing written) if they do not hash to ``chunk_id``,
-        which is the sender's fault, not this replica's; a LocalFailure otherwise.
-
-        One hop, not a hash hop then a write hop: on this loaded two-core machine a thread round
-        trip costs more than hashing 1 MiB (docs/BENCHMARKS.md, "Receive path and thread hops")."""
-        try:
-            await self._offload(self._local.store_chunk, chunk_id, data, hint_for)
-        except ChunkMismatch:
-            raise
         except StorageError as exc:
             raise LocalFailure(str(exc)) from exc
 

@@ -36,6 +36,7 @@ from p2pfs.replication import messages as dm
 from p2pfs.replication.coordinator import ChunkWrites, Coordinator
 from p2pfs.replication.errors import ReplicaError
 from p2pfs.replication.handlers import HAS_CHUNKS_MAX
+from p2pfs.replication.local import Offload
 from p2pfs.replication.quorum import QuorumError, quorum_size
 from p2pfs.replication.replicas import Replicas
 from p2pfs.replication.view import RingView
@@ -49,11 +50,12 @@ ExistingFile = Callable[[str], Awaitable[NameEntry]]
 class Resumable:
     """The routes of resumable gets and puts, over the coordinator of one node."""
 
-    def __init__(self, *, coordinator: Coordinator, view: RingView, replicas: Replicas,
+    def __init__(self, *, coordinator: Coordinator, view: RingView, replicas: Replicas, offload: Offload,
                  existing_file: ExistingFile) -> None:
         self._coordinator = coordinator
         self._view = view
         self._replicas = replicas
+        self._offload = offload
         self._existing_file = existing_file
 
     def routes(self) -> dict[type, Callable]:
@@ -183,10 +185,7 @@ class Resumable:
     async def _store_sent(self, given: Manifest, held: bytes, body: AsyncIterable[bytes]) -> None:
         """Write each chunk the body carries at quorum, ``put_window_chunks`` at a time.
 
-        Each chunk is checked against its id where it is written (``Coordinator.write_chunk``
-        with ``checked=False``: the hash in the hop that writes this node's copy), so the body
-        is read on while the chunks before are hashed. Errors are raised past the nursery, so
-        that the route sees them, not a group around them.
+        Errors are raised past the nursery, so that the route sees them, not a group around them.
         """
         refused: list[str] = []
         # The client's stream failing is raised past the nursery, as in Coordinator.put.
@@ -219,17 +218,18 @@ class Resumable:
                     break
                 if data is None:
                     refused.append("the body ended before the last chunk it should carry")
+                elif await self._offload(chunk_id_of, data) != ref.chunk_id:
+                    refused.append(f"chunk {index} does not match its id in the manifest")
+                if refused:
                     nursery.cancel_scope.cancel()
                     break
-                await writes.start(index, ref.chunk_id, data, checked=False)
+                await writes.start(index, ref.chunk_id, data)
             else:
                 try:
                     if buffer or await anext(pieces, None) is not None:
                         refused.append("the body carries more than the manifest lists")
                 except errors.P2pfsError as exc:
                     stream_error = exc
-        if writes.mismatched:
-            refused.insert(0, f"chunk {writes.mismatched[0]} does not match its id in the manifest")
         if refused:
             raise net.RemoteError(wire.ErrorCode.BAD_REQUEST, refused[0])
         if writes.failures:

@@ -250,7 +250,8 @@ class DataService:
             dm.StoreChunkChain: self.coordinator.on_store_chunk_chain,
         }
         self._routes.update(Resumable(
-            coordinator=self.coordinator, view=view, replicas=replicas, existing_file=self._existing_file,
+            coordinator=self.coordinator, view=view, replicas=replicas, offload=offload,
+            existing_file=self._existing_file,
         ).routes())
 
     def _start_background(self, nursery: trio.Nursery) -> None:
