@@ -39,7 +39,7 @@ class TwoBlobs(wire.Message):
 
 @wire.message(60302, senders=(Role.NODE, Role.CLIENT))
 class BlobAndTuple(wire.Message):
-    """Test-only: a large field beside one that is not a plain value (encoded whole)."""
+    """Test-only: a large field beside one that is not a plain value (packed as encode_message packs it)."""
 
     blob: bytes
     items: tuple[int, ...]
@@ -51,7 +51,10 @@ class BlobAndTuple(wire.Message):
     (dm.ChunkData(CHUNK), True),
     (TwoBlobs(BIG, -3, CHUNK, "ünïcode", True, 0.5, None), True),
     (dm.StoreChunk(chunk_id_of(BIG[:-1]), BIG[:-1], ""), False),  # one byte short of the threshold
-    (BlobAndTuple(CHUNK, (1, 2, 3)), False),
+    (BlobAndTuple(CHUNK, (1, 2, 3)), True),
+    # A chain's chunk, with the records of the rest of the chain after it.
+    (dm.StoreChunkChain(chunk_id_of(CHUNK), CHUNK, "", (dm.ChainLink("c" * 64, ""), dm.ChainLink("d" * 64, "e" * 64)),
+                        9000), True),
     (dm.FetchChunk(chunk_id_of(b"x")), False),
 ])
 def test_a_payload_in_parts_is_the_encoded_message_byte_for_byte(msg, scattered):
@@ -76,6 +79,16 @@ def test_the_large_fields_are_sent_from_the_message_itself():
     assert large[0] is msg.first
     assert large[1] is msg.second
     assert len(payload.parts[0]) < 16  # the head goes out with the frame header
+
+
+def test_a_chains_chunk_is_sent_from_the_message_itself():
+    """The default chunk write (a chain) sends its chunk uncopied at the coordinator and at every
+    node that passes it on, as a star write does; it was packed whole (copied) for its records."""
+    msg = dm.StoreChunkChain(chunk_id_of(CHUNK), CHUNK, "", (dm.ChainLink("c" * 64, ""),), 9000)
+    payload = m.encode_payload(msg)
+    assert isinstance(payload, m.Scattered)
+    assert [part for part in payload.parts if part is msg.data] == [msg.data]
+    assert bytes(payload) == wire.encode_message(msg)
 
 
 def test_requests_and_answers_carry_scattered_payloads():

@@ -100,9 +100,6 @@ class Scattered:
         return b"".join(self.parts)
 
 
-# The plain values a message field may hold for its message to be scattered (exact types); any
-# other field (a record, a tuple, an enum) sends the message through ``wire.encode_message`` whole.
-_SCALAR_TYPES = frozenset({bytes, str, int, float, bool, type(None)})
 # msgpack's fixarray header holds up to 15 items (a larger message is encoded whole).
 _FIXARRAY_ITEMS_MAX = 15
 
@@ -122,7 +119,7 @@ def encode_payload(msg: wire.Message) -> bytes | Scattered:
     values = [getattr(msg, name) for name in _field_names(type(msg))]
     if not any(type(v) is bytes and len(v) >= SCATTER_FIELD_BYTES_MIN for v in values):
         return wire.encode_message(msg)
-    if len(values) > _FIXARRAY_ITEMS_MAX or not all(type(v) in _SCALAR_TYPES for v in values):
+    if len(values) > _FIXARRAY_ITEMS_MAX:
         return wire.encode_message(msg)
     parts: list[bytes] = []
     small = [bytes((0x90 | len(values),))]  # msgpack fixarray of the fields, in order
@@ -133,7 +130,9 @@ def encode_payload(msg: wire.Message) -> bytes | Scattered:
             parts.append(value)
             small = []
         else:
-            small.append(msgpack.packb(value, use_bin_type=True))
+            # Packed as wire.encode_message packs it: a record or a tuple of records (the ``rest``
+            # of a StoreChunkChain) as arrays, so a chain's chunk is not copied into a payload either.
+            small.append(msgpack.packb(wire._to_wire(value), use_bin_type=True))
     if small:
         parts.append(b"".join(small))
     return Scattered(tuple(parts), sum(len(part) for part in parts))

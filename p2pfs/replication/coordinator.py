@@ -42,6 +42,7 @@ import trio
 from p2pfs import errors, net, wire
 from p2pfs.clock import Clock
 from p2pfs.ids import short_id
+from p2pfs.membership import MemberState
 from p2pfs.net.config import STREAM_DATA_BYTES_MAX
 from p2pfs.replication import messages as dm
 from p2pfs.replication.quorum_chain import (
@@ -192,12 +193,38 @@ class Coordinator:
     # -- writes -----------------------------------------------------------------
 
     def _write_quorum(self, key: bytes, what: str) -> WriteQuorum:
-        """The quorum of a write of ``key``: its plan's targets, stand-ins and ``w``."""
+        """The quorum of a write of ``key``: its plan's targets, stand-ins and ``w``.
+
+        A preferred replica that membership only suspects, and that has no stand-in to take its
+        place, is written all the same: suspicion is SWIM's "maybe dead", which a loaded node
+        earns for a second and refutes (3 of 29 loaded 1 GiB puts saw it, docs/BENCHMARKS.md),
+        and on 3 nodes at rf = 3 there is never a stand-in, so a chunk planned while both peers
+        were suspected failed at once. Writing it instead costs at most ``replica_timeout_s``
+        if the node is really down, then its back-off applies. Any other preferred replica left
+        out with no stand-in is named in the quorum's errors with the reason, so a write that
+        misses ``w`` says why (it said "no replica could be reached")."""
         ring = self.view.ring()
-        targets, spare = write_plan(ring, key, self.config.rf, self.view.unavailable())
+        unavailable = self.view.unavailable()
+        targets, spare = write_plan(ring, key, self.config.rf, unavailable)
+        skipped: list[tuple[str, str]] = []
+        if len(targets) < self.config.rf and unavailable:
+            covered = {t.hint_for or t.node_id for t in targets}
+            backing_off = self.view.health.backing_off(self.view.clock.monotonic_s())
+            suspected = {m.node_id for m in self.view.members() if m.state is MemberState.SUSPECT}
+            for node_id in ring.preference_list(key, self.config.rf):
+                if node_id not in unavailable or node_id in covered:
+                    continue
+                if node_id in backing_off:
+                    skipped.append((node_id, "skipped: failed a request in the last replica_backoff_s"))
+                elif node_id in suspected:
+                    targets.append(Target(node_id))
+                else:
+                    skipped.append((node_id, "skipped: dead or gone in membership"))
         if not targets:  # written nowhere is not written: never acknowledge it
             raise QuorumError(f"{what}: no replica to write to")
-        return WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
+        quorum = WriteQuorum(what, targets, spare, quorum_size(self.config.w, len(ring)))
+        quorum.errors.extend(f"{short_id(node_id)}: {why}" for node_id, why in skipped)
+        return quorum
 
     async def _attempt(self, quorum: WriteQuorum, write: WriteFn, target: Target | None) -> None:
         """Write directly to ``target``, then to stand-ins in its place while they fail."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import mmap
 import os
 import secrets
 import threading
@@ -66,6 +67,16 @@ _CHUNK_ID_HEX_CHARS = 2 * CHUNK_ID_BYTES
 _HEX_DIGITS = frozenset("0123456789abcdef")
 # errnos that mean "the disk (or our quota on it) is full".
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Direct (``O_DIRECT``) writes: a chunk is copied into a page-aligned buffer of this pool and
+# the disk is handed that buffer, instead of the kernel copying it into fresh page-cache pages
+# (a quarter of a put replica's CPU samples: docs/BENCHMARKS.md, "Put: a chain's chunk
+# uncopied"). One buffer per chunk being written at once; a write that finds none free (more
+# concurrent writers than this: the put window is 8) writes through the page cache as before.
+DIRECT_BUFFERS_MAX = 8
+# Alignment of a direct write's buffer address and length: a multiple of the common logical
+# block sizes (512, 4096).
+DIRECT_BLOCK_BYTES = 4096
+_DIRECT_BUFFER_BYTES = -(-CHUNK_SIZE_BYTES_MAX // DIRECT_BLOCK_BYTES) * DIRECT_BLOCK_BYTES
 
 
 class ChunkMissing(StorageError):
@@ -104,6 +115,13 @@ class ChunkStore:
         # Tells apart two quarantines of one chunk within the same millisecond.
         self._quarantine_serials = itertools.count()
         self._stripes = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
+        # Aligned buffers for direct writes, made when first needed (anonymous maps: page-aligned,
+        # and only the pages a chunk touches count in RSS), at most DIRECT_BUFFERS_MAX.
+        self._direct_buffers: list[mmap.mmap] = []
+        self._direct_buffers_made = 0
+        self._direct_lock = threading.Lock()
+        # False once the file system refused O_DIRECT: plain writes from then on.
+        self._direct_ok = hasattr(os, "O_DIRECT")
         self._used_lock = threading.Lock()
         # Content bytes the node holds outside chunk files, counted against the same capacity.
         self._also_used_bytes: Callable[[], int] = lambda: 0
@@ -304,14 +322,18 @@ class ChunkStore:
         return self._stripes[chunk_id[0] % LOCK_STRIPES]
 
     def _write_new(self, path: Path, view: memoryview) -> None:
-        """Write ``view`` to a temp file beside ``path``, fsync it, rename it to ``path``."""
+        """Write ``view`` to a temp file beside ``path``, fsync it, rename it to ``path``.
+
+        Written directly (``_write_direct``) where it can be, else through the page cache;
+        either way the fsync below is what makes it durable before the rename."""
         temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, modes.FILE_MODE)
             try:
-                written_bytes = 0
-                while written_bytes < view.nbytes:
-                    written_bytes += os.write(fd, view[written_bytes:])
+                if not self._write_direct(temp, fd, view):
+                    written_bytes = 0
+                    while written_bytes < view.nbytes:
+                        written_bytes += os.write(fd, view[written_bytes:])
                 os.utime(fd, ns=self._stamp_ns())
                 os.fsync(fd)
             finally:
@@ -325,6 +347,60 @@ class ChunkStore:
                 # A read-only or failing disk: this replica refuses, a coordinator tries another.
                 raise StorageError(f"cannot write chunk {path.name}: {exc}") from exc
             raise
+
+    def _write_direct(self, temp: Path, fd: int, view: memoryview) -> bool:
+        """Write ``view`` to the empty file ``fd`` has open at ``temp`` past the page cache:
+        copied into an aligned buffer, written padded to a whole block, then cut back to its
+        length. False (nothing written) where that cannot be done: no buffer free, or a file
+        system without direct I/O (then no further chunk tries it)."""
+        if not self._direct_ok:
+            return False
+        buffer = self._take_direct_buffer()
+        if buffer is None:
+            return False
+        try:
+            try:
+                direct_fd = os.open(temp, os.O_WRONLY | os.O_DIRECT)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct_ok = False  # tmpfs on older kernels and others: no direct I/O
+                return False
+            try:
+                size_bytes = view.nbytes
+                padded_bytes = -(-size_bytes // DIRECT_BLOCK_BYTES) * DIRECT_BLOCK_BYTES
+                with memoryview(buffer) as aligned:
+                    aligned[:size_bytes] = view
+                    aligned[size_bytes:padded_bytes] = bytes(padded_bytes - size_bytes)
+                    written_bytes = 0
+                    while written_bytes < padded_bytes:
+                        try:
+                            written_bytes += os.write(direct_fd, aligned[written_bytes:padded_bytes])
+                        except OSError as exc:
+                            if exc.errno != errno.EINVAL or written_bytes:
+                                raise
+                            self._direct_ok = False  # the open was taken, the write refused
+                            return False
+            finally:
+                os.close(direct_fd)
+            if padded_bytes != size_bytes:
+                os.ftruncate(fd, size_bytes)
+            return True
+        finally:
+            self._give_back_direct_buffer(buffer)
+
+    def _take_direct_buffer(self) -> mmap.mmap | None:
+        with self._direct_lock:
+            if self._direct_buffers:
+                return self._direct_buffers.pop()
+            if self._direct_buffers_made >= DIRECT_BUFFERS_MAX:
+                return None
+            self._direct_buffers_made += 1
+        return mmap.mmap(-1, _DIRECT_BUFFER_BYTES)  # anonymous: page-aligned
+
+    def _give_back_direct_buffer(self, buffer: mmap.mmap) -> None:
+        with self._direct_lock:
+            self._direct_buffers.append(buffer)
 
     def _read(self, path: Path, chunk_id: bytes) -> tuple[bytes, tuple[int, int]]:
         """The file's bytes and its (device, inode), read without trusting its size."""
