@@ -190,6 +190,19 @@ def success_share(ops: list[Op], kind: str) -> dict:
     return {"ok": ok, "total": total, "fraction": round(ok / total, 5) if total else 1.0}
 
 
+def kinds_run_through(ops: list[Op], faults: list[Fault]) -> set[str]:
+    """Fault kinds with at least one fault that an acknowledged operation was running during.
+
+    A run says something about a fault only if the workload went on through it. How many
+    operations fit in a run depends on the machine's load; this does not, so it is what a
+    short run must show.
+    """
+    acknowledged = [op for op in ops if op.outcome == OK and op.complete_s is not None]
+    return {fault.kind for fault in faults
+            if any(op.invoke_s <= (math.inf if fault.end_s is None else fault.end_s)
+                   and op.complete_s >= fault.start_s for op in acknowledged)}
+
+
 def summarize(seed: int, ops: list[Op], faults: list[Fault], violations: list[Violation],
               notes: list[str]) -> dict:
     """Counts for the summary: operations by kind and outcome, failures by error, faults by kind."""

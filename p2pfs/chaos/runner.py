@@ -22,7 +22,7 @@ import trio
 
 from p2pfs.chaos import checker, nemesis
 from p2pfs.chaos.checker import READ_ERROR_PREFIX, Violation
-from p2pfs.chaos.cluster import DATA_DIR, LOG_FILE, Cluster, Timings, user_error_in
+from p2pfs.chaos.cluster import DATA_DIR, LOG_FILE, ChaosNode, Cluster, Timings, user_error_in
 from p2pfs.chaos.history import ABSENT, Fault, HistoryWriter, Op
 from p2pfs.chaos.netns import Firewall, bring_up_loopback
 from p2pfs.chaos.workload import Workload, name_pool
@@ -43,7 +43,8 @@ SETTLE_TIMEOUT_S = 90.0
 FSCK_TIMEOUT_S = 90.0
 # Deadline of one CLI fsck call.
 FSCK_CALL_TIMEOUT_S = 60.0
-# Deadline of one read made while checking; generous, as the cluster is quiet by then.
+# Deadline of one read made while checking (and of the connection that carries it);
+# generous, as the cluster is quiet by then.
 CHECK_READ_TIMEOUT_S = 30.0
 # Pause between two polls of the cluster while waiting for it to settle.
 SETTLE_POLL_S = 1.0
@@ -86,13 +87,21 @@ class Run:
         self.faults: list[Fault] = []
         self.violations: list[Violation] = []
         self.notes: list[str] = []
+        # Seconds each phase took, in order: where a slow run spent its time.
+        self.phases_s: dict[str, float] = {}
         self._t0 = 0.0
+        self._phase_started_s = 0.0
         self._history: HistoryWriter | None = None
         self.cluster = Cluster(options.out_dir / "cluster", options.nodes, options.timings)
         self.firewall = Firewall(options.out_dir)
 
     def clock(self) -> float:
         return round(trio.current_time() - self._t0, 4)
+
+    def _end_phase(self, phase: str) -> None:
+        now_s = trio.current_time()
+        self.phases_s[phase] = round(now_s - self._phase_started_s, 1)
+        self._phase_started_s = now_s
 
     def _record_op(self, op: Op) -> None:
         self.ops.append(op)
@@ -105,7 +114,7 @@ class Run:
     async def run(self) -> dict:
         """The whole run; returns the summary (violations empty means pass)."""
         options = self.options
-        self._t0 = trio.current_time()
+        self._t0 = self._phase_started_s = trio.current_time()
         self._history = HistoryWriter(options.out_dir / HISTORY_FILE, options.header())
         try:
             await bring_up_loopback()
@@ -118,7 +127,9 @@ class Run:
             lagging = await self.cluster.wait_converged(CONVERGE_TIMEOUT_S)
             if lagging:
                 raise Unavailable(f"the cluster did not converge at the start ({', '.join(lagging)} lagging)")
+            self._end_phase("start")
             await self._chaos()
+            self._end_phase("workload")
             await self._check()
         finally:
             with trio.CancelScope(shield=True):
@@ -126,6 +137,7 @@ class Run:
                 await self.firewall.heal()
         summary = checker.summarize(options.seed, self.ops, self.faults, self.violations, self.notes)
         summary["elapsed_s"] = round(trio.current_time() - self._t0, 1)
+        summary["phases_s"] = self.phases_s
         self._history.write({"type": "result", **summary})
         self._history.close()
         (options.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -135,7 +147,7 @@ class Run:
         return summary
 
     async def _chaos(self) -> None:
-        """The workload for ``duration_s`` while the nemesis works through its schedule."""
+        """The workload for ``duration_s`` (and on while the nemesis is still at work), under the nemesis."""
         options = self.options
         names = [n.name for n in self.cluster.nodes]
         faults = nemesis.schedule(options.seed, options.kinds, options.duration_s, names, options.timings)
@@ -152,8 +164,12 @@ class Run:
         started_s = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(workload.run, stop)
-            nursery.start_soon(chaos.run, faults, started_s)
-            await trio.sleep_until(started_s + options.duration_s)  # the run's length, not a sync
+            # The workload goes on until the nemesis is through its schedule too: on a loaded
+            # machine a fault's restart takes tens of seconds and pushes the later faults past
+            # the run's length, and a fault with no operations around it tests nothing.
+            async with trio.open_nursery() as faults_nursery:
+                faults_nursery.start_soon(chaos.run, faults, started_s)
+                await trio.sleep_until(started_s + options.duration_s)  # the run's length, not a sync
             stop.set()
         log.info("workload done: %d operations; healing and checking", len(self.ops))
 
@@ -165,14 +181,17 @@ class Run:
         lagging = await self.cluster.wait_converged(CONVERGE_TIMEOUT_S)
         if lagging:
             self.notes.append(f"membership had not converged {CONVERGE_TIMEOUT_S:.0f} s after the heal")
+        self._end_phase("converge")
         log.info("waiting for fsck to find every name and chunk fully replicated")
         self.violations += await self.check_fsck()
+        self._end_phase("fsck")
         final = await self._settle()
         self.violations += checker.check_reads(self.ops)
         self.violations += checker.check_final_values(self.ops, self.faults, final)
         views = {n.name: await self.cluster.members_seen_by(n) for n in self.cluster.nodes}
         self.violations += checker.check_membership(views, {n.name: n.node_id for n in self.cluster.nodes})
         self.violations += await self._check_listing()
+        self._end_phase("reads")
 
     async def _restart_crashed(self) -> None:
         """A daemon that is not running after the heal died on its own: a violation, then a restart."""
@@ -184,28 +203,44 @@ class Run:
                     + " | ".join(lines)))
                 await self.cluster.start(node)
 
-    async def _read_everywhere(self, name: str, full: bool) -> dict[str, str]:
-        """What a read of ``name`` through each node returns: a hash, ABSENT, or an error."""
-        found = {}
-        for node in self.cluster.nodes:
+    async def _read_everywhere(self, names: list[str], full: bool) -> dict[str, dict[str, str]]:
+        """What a read of each name through each node returns: a hash, ABSENT, or an error.
+
+        The nodes are read at once, each over one connection while it serves:
+        a fresh TLS handshake per read made the checks the part of a run that
+        grew most on a loaded machine (hundreds of handshakes), and it checks
+        nothing a reused connection does not. After any error but "not found"
+        the next read opens a new connection, so one bad read cannot spoil the
+        rest.
+        """
+        found: dict[str, dict[str, str]] = {name: {} for name in names}
+        async with trio.open_nursery() as nursery:
+            for node in self.cluster.nodes:
+                nursery.start_soon(self._read_through, node, names, full, found)
+        return found
+
+    async def _read_through(self, node: ChaosNode, names: list[str], full: bool,
+                            found: dict[str, dict[str, str]]) -> None:
+        pending = collections.deque(names)
+        while pending:
+            # Each read, and the connection that carries the first, has CHECK_READ_TIMEOUT_S.
+            scope = trio.CancelScope(deadline=trio.current_time() + CHECK_READ_TIMEOUT_S)
             try:
-                with trio.fail_after(CHECK_READ_TIMEOUT_S):
+                with scope:
                     async with Client.connect(self.cluster.client_identity, node.address) as client:
-                        if full:
-                            sink = io.BytesIO()
-                            await client.get(name, sink)
-                            found[node.name] = hashlib.sha256(sink.getvalue()).hexdigest()
-                        else:
-                            reply = await client.stat(name)
-                            found[node.name] = f"{reply.version_wall_ms}.{reply.version_logical}.{reply.writer}"
-            except trio.TooSlowError:
-                found[node.name] = f"{READ_ERROR_PREFIX} no answer in {CHECK_READ_TIMEOUT_S} s"
+                        while pending:
+                            found[pending[0]][node.name] = await _read_one(client, pending[0], full)
+                            pending.popleft()
+                            scope.deadline = trio.current_time() + CHECK_READ_TIMEOUT_S
             except (P2pfsError, BaseExceptionGroup) as exc:
                 error = user_error_in(exc)
                 if error is None:
                     raise
-                found[node.name] = ABSENT if isinstance(error, NotFound) else f"{READ_ERROR_PREFIX} {error}"
-        return found
+                found[pending.popleft()][node.name] = (ABSENT if isinstance(error, NotFound)
+                                                       else f"{READ_ERROR_PREFIX} {error}")
+                continue
+            if scope.cancelled_caught:
+                found[pending.popleft()][node.name] = f"{READ_ERROR_PREFIX} no answer in {CHECK_READ_TIMEOUT_S} s"
 
     async def _settle(self) -> dict[str, dict[str, str]]:
         """Wait until every node reports the same version of every name, twice running; then read all in full.
@@ -219,11 +254,9 @@ class Run:
         unsettled = names
         with trio.move_on_after(SETTLE_TIMEOUT_S):
             while agreeing_rounds < SETTLE_ROUNDS:
-                unsettled = []
-                for name in names:
-                    seen = await self._read_everywhere(name, full=False)
-                    if len(set(seen.values())) != 1 or any(v.startswith(READ_ERROR_PREFIX) for v in seen.values()):
-                        unsettled.append(name)
+                unsettled = [name for name, seen in (await self._read_everywhere(names, full=False)).items()
+                             if len(set(seen.values())) != 1
+                             or any(v.startswith(READ_ERROR_PREFIX) for v in seen.values())]
                 agreeing_rounds = 0 if unsettled else agreeing_rounds + 1
                 if unsettled:
                     log.info("settling: %d names differ between nodes", len(unsettled))
@@ -232,12 +265,13 @@ class Run:
         if unsettled:
             self.notes.append(f"{len(unsettled)} names still differed between nodes {SETTLE_TIMEOUT_S:.0f} s "
                               "after the heal")
+        self._end_phase("settle")
         log.info("reading every name through every node")
-        final = {name: await self._read_everywhere(name, full=True) for name in names}
+        final = await self._read_everywhere(names, full=True)
         for name, seen in final.items():
             if len(set(seen.values())) > 1:  # for the diagnosis: does it persist or flip?
                 await trio.sleep(SETTLE_POLL_S)  # give a transient answer time to change
-                again = await self._read_everywhere(name, full=True)
+                again = (await self._read_everywhere([name], full=True))[name]
                 self.notes.append(f"{name} read again {SETTLE_POLL_S:.0f} s later: "
                                   + "; ".join(f"{n}: {v[:12]}" for n, v in sorted(again.items())))
         return final
@@ -323,3 +357,16 @@ def _fsck_counts(stdout: bytes) -> str:
 def run_chaos(options: RunOptions) -> dict:
     options.out_dir.mkdir(parents=True, exist_ok=True)
     return trio.run(Run(options).run)
+
+
+async def _read_one(client: Client, name: str, full: bool) -> str:
+    """A full read's SHA-256, or a stat's version; ABSENT if the node says there is no such name."""
+    try:
+        if full:
+            sink = io.BytesIO()
+            await client.get(name, sink)
+            return hashlib.sha256(sink.getvalue()).hexdigest()
+        reply = await client.stat(name)
+        return f"{reply.version_wall_ms}.{reply.version_logical}.{reply.writer}"
+    except NotFound:  # an answer: the connection stays good for the next read
+        return ABSENT

@@ -164,7 +164,7 @@ class SimEndpoint:
                     upload = None
                     if body is not None:
                         upload = SimStream()
-                        scopes.append(self._carry(upload, address, self._address, address, pieces=body))
+                        scopes.append(self._carry(upload, target, self._address, address, pieces=body))
                     request = net.IncomingRequest(_SimConn(self._peer), _through_codec(msg), upload)
                     result = await _answer(target, request)
                     if scopes:
@@ -172,7 +172,7 @@ class SimEndpoint:
                     download = None
                     if isinstance(result, net.Reply):
                         download = SimStream()
-                        scopes.append(self._carry(download, address, address, self._address, writer=result.body))
+                        scopes.append(self._carry(download, target, address, self._address, writer=result.body))
                         result = result.msg
                     await self._hop(address, self._address)
                     if target.crashed:
@@ -201,13 +201,15 @@ class SimEndpoint:
         while self._cluster.network.blocked(src, dst):
             await trio.sleep(BLOCKED_POLL_S)
 
-    def _carry(self, stream: SimStream, owner: Address, src: Address, dst: Address, *,
+    def _carry(self, stream: SimStream, owner: "DataNode", src: Address, dst: Address, *,
                pieces: AsyncIterable[bytes] | None = None,
                writer: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]] | None = None,
                ) -> trio.CancelScope:
         """Start moving a body (from ``pieces`` or a ``net.Reply`` writer) into ``stream``,
-        in a task of ``owner``'s node, as a real connection's tasks belong to it; returns
-        the scope that stops it."""
+        in a task of ``owner``, as a real connection's tasks belong to its process; returns
+        the scope that stops it. If ``owner`` crashed while the request was under way (its
+        handler runs in the caller's task and can still finish), nothing is carried: the
+        reader learns the sender vanished, as over a connection whose process died."""
         scope = trio.CancelScope()
 
         async def send(data: bytes) -> None:
@@ -234,7 +236,10 @@ class SimEndpoint:
                 finally:
                     stream._send.close()  # stopped midway (the sender crashed): the reader learns it
 
-        self._cluster.by_address[owner].nursery.start_soon(carry)
+        if owner.crashed:  # its nursery is closed to new tasks
+            stream._send.close()
+        else:
+            owner.nursery.start_soon(carry)
         return scope
 
 
