@@ -210,13 +210,13 @@ class Coordinator:
         if len(targets) < self.config.rf and unavailable:
             covered = {t.hint_for or t.node_id for t in targets}
             backing_off = self.view.health.backing_off(self.view.clock.monotonic_s())
-            suspected = {m.node_id for m in self.view.members() if m.state is MemberState.SUSPECT}
+            members = self.view.members_by_id()
             for node_id in ring.preference_list(key, self.config.rf):
                 if node_id not in unavailable or node_id in covered:
                     continue
                 if node_id in backing_off:
                     skipped.append((node_id, "skipped: failed a request in the last replica_backoff_s"))
-                elif node_id in suspected:
+                elif (member := members.get(node_id)) is not None and member.state is MemberState.SUSPECT:
                     targets.append(Target(node_id))
                 else:
                     skipped.append((node_id, "skipped: dead or gone in membership"))
