@@ -58,6 +58,9 @@ SAMPLE_INTERVAL_S = 1.0
 HEAL_TIMEOUT_S = 7200.0
 ROUNDS_TIMEOUT_S = 7200.0
 LOSS_FRACTION = 0.10
+# How long the daemons may take to start and see each other: a daemon opening two million
+# chunks on a loaded machine passed testnet's 60 s before its membership started.
+CONVERGE_TIMEOUT_S = 1800.0
 # GC's interval in anti-entropy intervals: its first round (at 0.75 of it at the soonest) comes
 # after two anti-entropy rounds, so their traffic is measured alone.
 GC_INTERVALS = 6
@@ -253,6 +256,7 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
     with Sampler(directory) as sampler:
         start = time.perf_counter()
         sampler.phase = "start-up"
+        testnet.CONVERGE_TIMEOUT_S = CONVERGE_TIMEOUT_S
         procs = testnet.up(directory, NODES, 0)
         sampler.phase = "anti-entropy"
         print(f"3 daemons up and converged in {time.perf_counter() - start:.0f} s", flush=True)
