@@ -121,3 +121,24 @@ def test_the_client_gives_up_after_its_bound_of_requests(monkeypatch):
     with pytest.raises(errors.Unavailable):
         trio.run(Client(conn, "127.0.0.1:1").fsck)
     assert len(conn.asked) == 3
+
+
+def test_a_report_once_given_is_not_given_again_and_one_nobody_waited_for_goes_to_the_next_request(slow_cluster):
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(slow_cluster.serve)
+            while not isinstance(first := await slow_cluster.on_fsck(None), dm.FsckReply):
+                pass
+            first_job = slow_cluster._job
+            # A new check for the next request: the report was given (a second `p2pfs fsck`
+            # after a repair must not see the report from before it).
+            assert isinstance(await slow_cluster.on_fsck(None), dm.FsckPending)
+            second_job = slow_cluster._job
+            assert second_job is not first_job
+            with trio.fail_after(100):
+                await second_job.done.wait()  # ends while no request waits
+            assert await slow_cluster.on_fsck(None) == second_job.reply == first  # kept for its asker
+            assert slow_cluster._job is second_job
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -17,9 +17,9 @@ deadline is 300 s; at 250,000 names one took 750 s on a loaded machine). So a
 request starts the check as a job on the node, or joins the one under way, and
 waits for it at most ``FSCK_ANSWER_WAIT_S``: the answer is the report, or
 ``FsckPending`` with the counts so far, and the client asks again. One job runs at
-a time (two clients asking at once share it); its report is kept for
-``FSCK_REPORT_KEPT_S`` for the asker's next request, and a job nobody has asked
-about for ``FSCK_ABANDONED_S`` is stopped.
+a time (two clients asking at once share it); a report no request was waiting for
+is kept for the next request (once, ``FSCK_REPORT_KEPT_S`` at most), and a job
+nobody has asked about for ``FSCK_ABANDONED_S`` is stopped.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ FSCK_REF_CACHE_KIB = 8192
 # client's deadline (p2pfs.client.deadlines.FSCK_TIMEOUT_S, 300 s) on a loaded machine, and
 # long enough that a small cluster's fsck is one request, as it always was.
 FSCK_ANSWER_WAIT_S = 60.0
-# A finished job's report is given to requests for this long: the asker's next request comes
-# a round trip after its FsckPending, so the report must outlive that gap; a request after it
-# starts a fresh check.
+# A job that ends while no request waits for it (its asker is between a FsckPending and its
+# next request) keeps its report for the next request, once, and for this long at most; any
+# other request starts a fresh check, so a report is never older than the request it answers
+# by more than this.
 FSCK_REPORT_KEPT_S = 30.0
 # A job no request has asked about for this long is stopped: its asker went away.
 FSCK_ABANDONED_S = 5 * FSCK_ANSWER_WAIT_S
@@ -78,6 +79,7 @@ class FsckJob:
     reply: dm.FsckReply | None = None
     error: errors.P2pfsError | None = None
     finished_s: float = 0.0
+    answered: bool = False  # its report (or error) was given to a request
 
 
 class _Stream:
@@ -164,12 +166,14 @@ class Fsck:
             return await self.run()
         now_s = trio.current_time()
         job = self._job
-        if job is None or (job.done.is_set() and now_s - job.finished_s > FSCK_REPORT_KEPT_S):
+        if job is None or (job.done.is_set() and (job.answered or now_s - job.finished_s > FSCK_REPORT_KEPT_S)):
             job = self._job = FsckJob(asked_s=now_s)
             self._nursery.start_soon(self._run_job, job)
         job.asked_s = now_s
         with trio.move_on_after(FSCK_ANSWER_WAIT_S):
             await job.done.wait()
+        if job.done.is_set():
+            job.answered = True
         if job.error is not None:
             raise job.error
         if job.reply is not None:
