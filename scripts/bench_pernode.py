@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pfs import identity, testnet  # noqa: E402
 from p2pfs.client import Client  # noqa: E402
-from p2pfs.client import node as client_node  # noqa: E402
 from p2pfs.storage import CHUNK_SIZE_BYTES_MIN, ChunkRef, Manifest, NameIndex, chunk_id_of  # noqa: E402
 from p2pfs.storage.names import NAMES_FILE_NAME  # noqa: E402
 
@@ -57,9 +56,11 @@ TAIL_BYTES = 16
 WRITER = "e" * 64
 SAMPLE_INTERVAL_S = 1.0
 HEAL_TIMEOUT_S = 7200.0
-FSCK_DEADLINE_S = 7200.0
 ROUNDS_TIMEOUT_S = 7200.0
 LOSS_FRACTION = 0.10
+# How long the daemons may take to start and see each other: a daemon opening two million
+# chunks on a loaded machine passed testnet's 60 s before its membership started.
+CONVERGE_TIMEOUT_S = 1800.0
 # GC's interval in anti-entropy intervals: its first round (at 0.75 of it at the soonest) comes
 # after two anti-entropy rounds, so their traffic is measured alone.
 GC_INTERVALS = 6
@@ -213,13 +214,9 @@ def wait_rounds(node_dirs: list[Path], pattern: re.Pattern, count: int, skip: di
 
 
 async def fsck_and_ls(ident, address) -> dict:
-    # fsck is one request: the client's 300 s deadline is shorter than an fsck of a few
-    # hundred thousand names takes on a loaded machine.
-    client_node.FSCK_TIMEOUT_S = FSCK_DEADLINE_S
+    # fsck takes as many requests as it needs (each answered within a minute, FsckPending
+    # while the node's check runs), so the client's own deadlines hold at any size.
     async with Client.connect(ident, address) as client:
-        start = time.perf_counter()
-        report = await client.fsck()
-        fsck_s = time.perf_counter() - start
         start, listed, after, pages = time.perf_counter(), 0, "", 0
         while True:
             page = await client.ls("", after=after)
@@ -228,11 +225,23 @@ async def fsck_and_ls(ident, address) -> dict:
             if not after:
                 break
         ls_s = time.perf_counter() - start
+        print(f"ls: {listed} names in {pages} pages, {ls_s:.1f} s", flush=True)
+        start = time.perf_counter()
+        report = await client.fsck()
+        fsck_s = time.perf_counter() - start
     return {"fsck_s": fsck_s, "report": report, "ls_s": ls_s, "listed": listed, "pages": pages}
 
 
+def lose_chunks(victim: Path) -> int:
+    """Remove LOSS_FRACTION of a stopped node's chunk files; returns how many it held."""
+    files = sorted(p for sub in (victim / "data" / "chunks").iterdir() for p in sub.iterdir())
+    for path in random.Random(1).sample(files, int(len(files) * LOSS_FRACTION)):
+        path.unlink()
+    return len(files)
+
+
 def run(directory: Path, names: int, interval_s: float, leave: bool, template: Path | None,
-        skip_rounds: bool) -> None:
+        skip_rounds: bool, heal_first: bool) -> None:
     overrides = {"replication": {"anti_entropy_interval_s": interval_s, "gc_interval_s": GC_INTERVALS * interval_s,
                                  "leave_handoff_timeout_s": 3600.0}}
     testnet.create(directory, NODES, 0, overrides)
@@ -240,12 +249,30 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
     build_s = build_stores(node_dirs, names) if template is None else stores_from(template, names, node_dirs)
     print(f"built {names:,} names and {2 * names:,} chunks per node in {build_s:.0f} s", flush=True)
     ident = identity.load_identity(directory / testnet.CLIENT_DIR)
+    victim = node_dirs[-1]
+    if heal_first:
+        whole = lose_chunks(victim)
+        print(f"{victim.name} lost {int(whole * LOSS_FRACTION):,} of its {whole:,} chunks before the start", flush=True)
     with Sampler(directory) as sampler:
         start = time.perf_counter()
         sampler.phase = "start-up"
+        testnet.CONVERGE_TIMEOUT_S = CONVERGE_TIMEOUT_S
         procs = testnet.up(directory, NODES, 0)
         sampler.phase = "anti-entropy"
         print(f"3 daemons up and converged in {time.perf_counter() - start:.0f} s", flush=True)
+        if heal_first:
+            sampler.phase = "heal (every node's first rounds)"
+            sent0 = sampler.sent_bytes()
+            wait_whole(victim, whole, start)
+            heal_s = time.perf_counter() - start
+            heal_rounds = rounds(victim, AE_ROUND)
+            print(f"| heal: {int(whole * LOSS_FRACTION):,} of {whole:,} chunks lost before the start | {victim.name} | "
+                  f"{len(heal_rounds)} | whole {heal_s:.0f} s after the start | "
+                  f"{sum(int(r[5]) for r in heal_rounds)} pulled by its rounds | "
+                  f"{(sampler.sent_bytes() - sent0) / 1e6:.1f} MB |", flush=True)
+            print_peak_rss(sampler.peak_rss_kib, "so far")
+            print_phase_rss(sampler.phase_rss_kib)
+            sampler.phase = "anti-entropy"
         if not skip_rounds:
             sent0, t0 = sampler.sent_bytes(), time.perf_counter()
             ae = wait_rounds(node_dirs, AE_ROUND, 2, {})
@@ -285,33 +312,24 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
 
         print_peak_rss(sampler.peak_rss_kib, "so far")
         print_phase_rss(sampler.phase_rss_kib)
-        victim = node_dirs[-1]
-        testnet.stop_node(victim, kill=False)
-        files = sorted(p for sub in (victim / "data" / "chunks").iterdir() for p in sub.iterdir())
-        lost = random.Random(1).sample(files, int(len(files) * LOSS_FRACTION))
-        for path in lost:
-            path.unlink()
-        whole = len(files)
-        del files, lost
-        skip = {victim: len(rounds(victim, AE_ROUND))}
-        sent0 = sampler.sent_bytes()
-        start = time.perf_counter()
-        sampler.phase = "heal"
-        testnet.start_node(victim)
-        deadline = start + HEAL_TIMEOUT_S
-        while chunk_count(victim) < whole:
-            if time.perf_counter() > deadline:
-                raise TimeoutError("the node did not heal")
-            time.sleep(5 * SAMPLE_INTERVAL_S)
-        heal_s = time.perf_counter() - start
-        sent1 = sampler.sent_bytes()
-        heal_rounds = rounds(victim, AE_ROUND)[skip[victim]:]
-        print(f"| heal: {int(whole * LOSS_FRACTION):,} of {whole:,} chunks lost | {victim.name} | "
-              f"{len(heal_rounds)} | whole {heal_s:.0f} s after its start | "
-              f"{sum(int(r[5]) for r in heal_rounds)} pulled by its rounds | {(sent1 - sent0) / 1e6:.1f} MB |", flush=True)
-
-        print_peak_rss(sampler.peak_rss_kib, "so far")
-        print_phase_rss(sampler.phase_rss_kib)
+        if not heal_first:
+            testnet.stop_node(victim, kill=False)
+            whole = lose_chunks(victim)
+            skip = {victim: len(rounds(victim, AE_ROUND))}
+            sent0 = sampler.sent_bytes()
+            start = time.perf_counter()
+            sampler.phase = "heal"
+            testnet.start_node(victim)
+            wait_whole(victim, whole, start)
+            heal_s = time.perf_counter() - start
+            sent1 = sampler.sent_bytes()
+            heal_rounds = rounds(victim, AE_ROUND)[skip[victim]:]
+            print(f"| heal: {int(whole * LOSS_FRACTION):,} of {whole:,} chunks lost | {victim.name} | "
+                  f"{len(heal_rounds)} | whole {heal_s:.0f} s after its start | "
+                  f"{sum(int(r[5]) for r in heal_rounds)} pulled by its rounds | {(sent1 - sent0) / 1e6:.1f} MB |",
+                  flush=True)
+            print_peak_rss(sampler.peak_rss_kib, "so far")
+            print_phase_rss(sampler.phase_rss_kib)
         if leave:
             leaving = node_dirs[0].name
             start = time.perf_counter()
@@ -324,6 +342,14 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
                   f"node, sampled each second until it exited) |", flush=True)
         print_peak_rss(sampler.peak_rss_kib, "over the run")
         print_phase_rss(sampler.phase_rss_kib)
+
+
+def wait_whole(victim: Path, whole: int, start: float) -> None:
+    """Until ``victim`` holds ``whole`` chunk files again (counted every 5 s), within HEAL_TIMEOUT_S."""
+    while chunk_count(victim) < whole:
+        if time.perf_counter() > start + HEAL_TIMEOUT_S:
+            raise TimeoutError("the node did not heal")
+        time.sleep(5 * SAMPLE_INTERVAL_S)
 
 
 def print_peak_rss(peak_kib: dict[str, int], when: str) -> None:
@@ -352,14 +378,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", type=Path, default=None,
                         help="a directory kept between runs: the stores are built there once per --names and "
                              "hard-linked into the nodes (runs at several sizes then skip the build)")
+    parser.add_argument("--heal-first", action="store_true",
+                        help="the last node loses its chunks before the network starts, and the heal is timed from "
+                             "the start (at full scale the heal then does not wait for the other phases)")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="copy every daemon's log here at the end (each round's line: time, keys, pulls)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="p2pfs-bench-pernode-", dir=args.dir) as tmp:
         directory = Path(tmp) / "net"
         try:
-            run(directory, args.names, args.anti_entropy_interval_s, args.leave, args.stores, args.skip_rounds)
+            run(directory, args.names, args.anti_entropy_interval_s, args.leave, args.stores, args.skip_rounds,
+                args.heal_first)
         finally:
             if directory.exists():
                 testnet.down(directory)
+                if args.logs is not None:
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                    for status in testnet.status(directory):
+                        shutil.copyfile(status.directory / "daemon.log", args.logs / f"{status.name}.log")
     return 0
 
 

@@ -40,6 +40,16 @@ def test_the_buckets_an_answer_lists(ours, theirs, answered, keys_max, expected)
     assert buckets_to_answer(ours, theirs, answered, keys_max) == expected
 
 
+@pytest.mark.parametrize("ours, keys_wanted, expected", [
+    ({1: (D1, 4), 2: (D2, 4), 3: (D3, 4)}, 8, [1, 2]),  # as many as fit in what an answer aims at
+    ({1: (D1, 9), 2: (D2, 1)}, 8, [1]),  # the first goes whatever its size, up to keys_max
+    ({1: (D1, 11), 2: (D2, 9), 3: (D3, 1)}, 8, [2]),  # over keys_max: never; then the first that fits
+    ({1: (D1, 2), 2: (D2, 2)}, 100, [1, 2]),  # keys_max still bounds an answer
+])
+def test_an_answer_lists_what_it_aims_at_and_at_least_one_bucket(ours, keys_wanted, expected):
+    assert buckets_to_answer(ours, {}, set(), 10, keys_wanted) == expected
+
+
 def test_only_keys_of_the_named_bucket_that_both_replicate_count():
     ring = Ring([RingMember(n) for n in ("a" * 64, "b" * 64, "c" * 64, "d" * 64)])
     me, peer = "a" * 64, "b" * 64
@@ -156,3 +166,27 @@ def test_ids_a_peer_lists_outside_the_bucket_it_names_or_outside_what_both_hold_
     assert sorted(hostile.fetched) == sorted(inside)  # the same list three times: worked once
     held = set(victim.local.chunks.iter_ids())
     assert set(inside) <= held and not set(outside) & held and stranger not in held
+
+
+def test_the_under_replicated_estimate_counts_each_key_once_in_bounded_memory():
+    # A heal of a tenth of two million chunks finds 200,000 keys short; a set of them grew the
+    # healing node's memory with its data (~95 bytes a key, up to 6 MiB at its old cap).
+    import tracemalloc
+
+    rng = random.Random(7)
+    keys = [rng.randbytes(32) for _ in range(100_000)]
+    tracemalloc.start()
+    try:
+        short = ShortKeys()
+        for key in keys + keys[::3]:  # some keys short with two peers: counted once
+            short.add(key)
+        held_bytes = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held_bytes < 1 << 20  # ~0.5 MiB: the exact part and a 128 KiB bitmap
+    assert abs(short.total() - len(keys)) <= len(keys) // 100
+    small = ShortKeys()
+    for key in keys[:1000] + keys[:10]:
+        small.add(key)
+    small.count(5)
+    assert small.total() == 1005  # exact while the keys fit

@@ -113,8 +113,8 @@ class CountingOffload:
 
     async def __call__(self, fn, *args):
         result = fn(*args)
-        if fn is next and result is not None:
-            self.batches.append(len(result))  # ChunkStore.iter_id_batches
+        if (fn is next and result is not None) or getattr(fn, "__name__", "") == "ids_after":
+            self.batches.append(len(result))  # ChunkStore.iter_id_batches (gc), ids_after (a walk)
         elif getattr(fn, "__name__", "") == "summaries_after":
             self.batches.append(len(result[0]))
         return result
@@ -340,6 +340,45 @@ def test_a_node_heals_although_a_walk_of_a_peers_store_outlasts_a_request(tmp_pa
     assert sorted(victim.local.chunks.iter_ids()) == all_ids
     assert len(victim.local.names.summaries()) == 300
     assert victim.anti_entropy.received_chunks == len(lost)  # each pulled once, from one peer
+    assert victim.anti_entropy.queued_chunks == 0
+
+
+# A round's deadline (10 intervals, 600 s at least) cut every round of a node holding two
+# million chunks on a loaded machine, and each round began again with a fresh walk, so the
+# node never healed. Here a walk alone outlasts a round (ROUND_DEADLINE_S): a walk cut short
+# goes on in the next round, and exchanges cut short go on from the same walks.
+ROUND_DEADLINE_S = 0.6
+
+
+def test_a_node_heals_although_its_walk_and_its_exchanges_each_outlast_a_round(tmp_path, monkeypatch):
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_IDS", BATCH)
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_NAMES", BATCH)
+    entries, blobs = files(300, random.Random(13))
+    nodes = cluster(tmp_path, entries, blobs, costly_offload)
+    peer, other, victim = (nodes[n] for n in NODES)
+    all_ids = sorted(victim.local.chunks.iter_ids())
+    lost = random.Random(14).sample(all_ids, len(all_ids) // 10)
+    rounds = []
+
+    async def main() -> None:
+        await peer.anti_entropy.round()
+        await other.anti_entropy.round()
+        started_s = trio.current_time()
+        await victim.anti_entropy._walk_chunks(ring3(), None)
+        assert trio.current_time() - started_s > ROUND_DEADLINE_S  # the premise: a walk outlasts a round
+        for chunk_id in lost:
+            victim.local.chunks.delete(chunk_id)
+        for _ in range(100):
+            with trio.move_on_after(ROUND_DEADLINE_S) as scope:
+                await victim.anti_entropy.round()
+            rounds.append(scope.cancelled_caught)
+            if sorted(victim.local.chunks.iter_ids()) == all_ids:
+                return
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert sorted(victim.local.chunks.iter_ids()) == all_ids
+    assert rounds.count(True) >= 2  # healed across rounds that were cut
+    assert victim.anti_entropy.received_chunks == len(lost)
     assert victim.anti_entropy.queued_chunks == 0
 
 

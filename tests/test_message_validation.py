@@ -144,6 +144,7 @@ TABLE: list[tuple[wire.Message, list[tuple[str, object]]]] = [
         ("problems.0", ["missing", "names", "", [], []]),
         ("problems.0.holders", ["x" * 129]), ("problems.0.wanted", ["n"] * (fields.NODES_PER_MESSAGE_MAX + 1)),
     ]),
+    (dm.FsckPending(0, 0), [("names_checked", -1), ("chunks_checked", 2**63), ("", [0])]),
     (nm.StatusRequest(), [("", ["surplus"])]),
     (nm.StatusReply(HEX, "127.0.0.1", 7000, "0.1.0", 1.0, "", 0, 0, 1, 0, 0, 0), [
         ("node_id", ""), ("host", ""), ("host", "h" * 256), ("port", -1), ("port", 65536),

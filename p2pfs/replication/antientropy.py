@@ -40,8 +40,10 @@ gets keep the bandwidth they need.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -88,11 +90,31 @@ ANTI_ENTROPY_DIR_NAME = "antientropy"
 # Chunks pulled from one peer at once: a pull waits on a round trip, a hash check and an
 # fsync, so a few in flight keep the link busy; the repair pacer still bounds the bytes.
 PULLS_IN_FLIGHT_MAX = 8
+# Keys one SyncChunks or SyncNames answer aims at (its first bucket goes whatever its size, up
+# to the message's cap): placing 65,536 ids on the ring cost an answering node ~0.5 CPU-s, past
+# the asker's 10 s request deadline on a loaded machine, and the two answers of a heal's two
+# peers held ~10 MiB decoded at once. 8,192 ids (256 KiB on the wire) are one bucket at two
+# million chunks; a smaller answer costs an exchange more, a round trip (the asker makes up to
+# EXCHANGES_PER_ROUND_MAX, enough for every bucket one at a time).
+ANSWER_IDS_WANTED = 8192
+ANSWER_NAMES_WANTED = ANSWER_IDS_WANTED // 4
 # Keys a round hands to hand-off (held here, placed elsewhere); the rest the next round.
 NOT_OURS_KEYS_PER_ROUND_MAX = 65536
-# Keys remembered one by one for the under-replicated estimate; past it they are counted,
-# and a key short with two peers may then count twice.
-SHORT_KEYS_TRACKED_MAX = 65536
+# Rounds that go on exchanging from the same walks when each is cut by its deadline before its
+# exchanges end (a big heal: at two million chunks a walk alone takes minutes); the next
+# round after that walks afresh even so.
+ROUNDS_PER_WALK_MAX = 8
+# Peers whose cut exchange's listed buckets are kept for the next exchange (``_unfinished``):
+# at most repair_concurrency exchanges run at once, so a few cover every cut one.
+UNFINISHED_PEERS_MAX = 8
+# Keys remembered one by one for the under-replicated estimate, exact while they fit.
+SHORT_KEYS_TRACKED_MAX = 4096
+# Past them, each key sets one bit of a bitmap and the keys are counted from the bits left
+# unset (linear counting: Whang, Vander-Zanden and Taylor, "A linear-time probabilistic
+# counting algorithm", 1990): 2^20 bits (128 KiB) count a million keys within ~0.1%. A set
+# of the keys cost ~95 bytes a key, 6 MiB at its old cap of 65,536, which a heal of a tenth
+# of 250,000 names' chunks reached (it grew the healing node's memory with its data).
+SHORT_KEYS_BITMAP_BITS = 1 << 20
 
 Summary = tuple[Timestamp, str, bool]  # version, writer, tombstone
 Row = tuple[str, Timestamp, str, bool]  # name, version, writer, tombstone
@@ -108,10 +130,15 @@ class NotOurs:
 
 
 class ShortKeys:
-    """The under-replicated estimate: keys short of a live copy, each counted once while they fit."""
+    """The under-replicated estimate: keys short of a live copy, each counted once, in bounded memory.
+
+    Exact up to SHORT_KEYS_TRACKED_MAX keys; past them an estimate (linear counting) whose
+    memory does not grow with the keys, so a big heal's estimate costs what a small one's does.
+    """
 
     def __init__(self) -> None:
         self._keys: set[bytes] = set()
+        self._bits: bytearray | None = None  # SHORT_KEYS_BITMAP_BITS, made when the set is full
         self._counted = 0
 
     def add(self, key: bytes) -> None:
@@ -119,15 +146,25 @@ class ShortKeys:
             return
         if len(self._keys) < SHORT_KEYS_TRACKED_MAX:
             self._keys.add(key)
-        else:
-            self._counted += 1
+            return
+        if self._bits is None:
+            self._bits = bytearray(SHORT_KEYS_BITMAP_BITS // 8)
+        bit = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % SHORT_KEYS_BITMAP_BITS
+        self._bits[bit >> 3] |= 1 << (bit & 7)
 
     def count(self, keys: int) -> None:
         """Keys found short without their ids at hand (a walk's, a failed peer's)."""
         self._counted += keys
 
     def total(self) -> int:
-        return len(self._keys) + self._counted
+        return len(self._keys) + self._estimated() + self._counted
+
+    def _estimated(self) -> int:
+        """The distinct keys past the set, from the bitmap: m ln(m / unset bits)."""
+        if self._bits is None:
+            return 0
+        unset = SHORT_KEYS_BITMAP_BITS - sum(byte.bit_count() for byte in self._bits)
+        return round(SHORT_KEYS_BITMAP_BITS * math.log(SHORT_KEYS_BITMAP_BITS / max(unset, 1)))
 
 
 @dataclasses.dataclass(slots=True)
@@ -140,13 +177,32 @@ class Walk:
     not_ours: list = dataclasses.field(default_factory=list)
     held: int = 0  # keys walked
     with_dead_peer: int = 0  # keys one of whose other replicas is not alive
+    # Where the walk is: the last chunk id or name (UTF-8) walked, b"" before the first. A walk
+    # cut by its round's deadline goes on from here in the next round (see ``AntiEntropy.round``).
+    after: bytes = b""
+    ring: Ring | None = None  # the ring the walk places keys on, from its first batch to its last
+    alive: set[str] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Walked:
+    """What a round's exchanges need of its two walks; kept while a deadline cuts the exchanges."""
+
+    ring: Ring
+    peers: frozenset[str]  # the peers the walks found keys shared with
+    chunks_held: int
+    names_held: int
+    with_dead_peer: int
+    rounds: int = 1  # rounds that have exchanged from these walks
 
 
 def _walk_batch(walk: Walk, ring: Ring, rf: int, me: str, alive: set[str] | None,
-                items: list, key_of: Callable, item_of: Callable, handed_of: Callable) -> None:
+                items: list, key_of: Callable, item_of: Callable, handed_of: Callable, cursor_of: Callable) -> None:
     """Place a batch of keys (in increasing order), feed the digests of the peers that share
     them, and write the keys this node replicates to its snapshot; of a key placed elsewhere,
-    keep what hand-off needs (``handed_of``). Blocking (a worker thread)."""
+    keep what hand-off needs (``handed_of``); then move the walk's cursor past the batch, in
+    the same call, so that a walk cut between two calls goes on exactly after the batch it
+    took in. Blocking (a worker thread)."""
     for item in items:
         key = key_of(item)
         position = key_hash(key)
@@ -166,6 +222,8 @@ def _walk_batch(walk: Walk, ring: Ring, rf: int, me: str, alive: set[str] | None
             walk.digester.add(peer, bucket, digest_item)
             dead = dead or (alive is not None and peer not in alive)
         walk.with_dead_peer += dead
+    if items:
+        walk.after = cursor_of(items[-1])
 
 
 def _chunk_key(chunk_id: bytes) -> bytes:
@@ -176,6 +234,10 @@ def _row_key(row: Row) -> bytes:
     return name_key(row[0])
 
 
+def _row_cursor(row: Row) -> bytes:
+    return row[0].encode("utf-8")
+
+
 def _row_item(row: Row) -> bytes:
     return name_item(*row)
 
@@ -184,6 +246,17 @@ def _row_name(row: Row) -> str:
     """What hand-off needs of a name placed elsewhere: a whole row (its version and writer
     decoded) costs ~3 times the name, and a ring change can fill the round's 65,536."""
     return row[0]
+
+
+def _note_answered(answered: set[int], found: dict) -> None:
+    """Each bucket is listed to a peer once per pass: an answer that lists nothing ends the
+    asker's exchanges, and the next pass lists again what still differs. (Once per walk, a
+    bucket whose exchange a round's deadline cut was not listed again until this node walked
+    again, minutes at two million chunks.)"""
+    if found:
+        answered.update(found)
+    else:
+        answered.clear()
 
 
 def _digest_messages(digests: dict[int, tuple[bytes, int]]) -> tuple[dm.BucketDigest, ...]:
@@ -218,6 +291,17 @@ class AntiEntropy:
         self._previous_dirs: dict[str, Path | None] = {CHUNKS: None, NAMES: None}
         self._walk_locks = {CHUNKS: trio.Lock(), NAMES: trio.Lock()}
         self._walk_serials = itertools.count()
+        # A walk of each kind that a round's deadline cut, to go on with (see ``round``).
+        self._walks: dict[str, Walk | None] = {CHUNKS: None, NAMES: None}
+        # The walks of the last round whose exchanges its deadline cut, to exchange from again.
+        self._exchanges_cut: Walked | None = None
+        # Walks of a round its deadline cut before its other walk ended: the next round's.
+        self._walked: dict[str, Walk | None] = {CHUNKS: None, NAMES: None}
+        # Per peer, the buckets an answer listed whose exchange was cut before they were
+        # reconciled: the next exchange with that peer starts with them (the peer lists each
+        # bucket once per pass, so they would wait for its next pass). One answer's ids a peer,
+        # for at most UNFINISHED_PEERS_MAX peers.
+        self._unfinished: dict[str, dict[int, list[bytes]]] = {}
         # Chunks being pulled now, by any peer's exchange (at most repair_concurrency at once).
         self._pulling: set[bytes] = set()
 
@@ -234,15 +318,36 @@ class AntiEntropy:
             return None  # the leave's own hand-off is at work
         started_s = trio.current_time()
         received_before = self.received_chunks
-        ring = self._view.ring()
         me = self.node_id
         alive = self._view.alive()
-        chunks, chunk_snapshot = await self._walk(CHUNKS, ring, alive)
-        names, name_snapshot = await self._walk(NAMES, ring, alive)
-        peers = sorted(((chunks.digester.peers() | names.digester.peers()) & alive) - {me})
+        # The work of a round is paged across rounds: the round's deadline (10 intervals, 600 s at
+        # least) cut every round of a node holding two million chunks on a loaded machine, in its
+        # walk or in its exchanges, and the next round began again from nothing, so a node that
+        # lost chunks never healed. A walk cut short goes on where it stopped; exchanges cut
+        # short go on, in the next round, from the same walks (their snapshots still answer
+        # peers), up to ROUNDS_PER_WALK_MAX rounds, before the node walks again.
+        cut = self._exchanges_cut
+        if cut is not None and cut.rounds < ROUNDS_PER_WALK_MAX and None not in self._snapshots.values():
+            walked = dataclasses.replace(cut, rounds=cut.rounds + 1)
+            not_ours = NotOurs(walked.ring, [], [])  # handed off by the round that walks next
+        else:
+            self._exchanges_cut = None
+            if self._walked[CHUNKS] is None:
+                self._walked[CHUNKS] = (await self._walk(CHUNKS, self._view.ring(), alive))[0]
+            if self._walked[NAMES] is None:
+                self._walked[NAMES] = (await self._walk(NAMES, self._walked[CHUNKS].ring, alive))[0]
+            chunks, names = self._walked[CHUNKS], self._walked[NAMES]
+            self._walked = {CHUNKS: None, NAMES: None}
+            walked = Walked(chunks.ring, frozenset(chunks.digester.peers() | names.digester.peers()), chunks.held,
+                            names.held, chunks.with_dead_peer + names.with_dead_peer)
+            not_ours = NotOurs(chunks.ring, chunks.not_ours, names.not_ours)
+            del chunks, names
+        ring = walked.ring
+        chunk_snapshot, name_snapshot = self._snapshots[CHUNKS], self._snapshots[NAMES]
+        peers = sorted((walked.peers & alive) - {me})
         limiter = trio.CapacityLimiter(self.config.repair_concurrency)
         short = ShortKeys()
-        short.count(chunks.with_dead_peer + names.with_dead_peer)
+        short.count(walked.with_dead_peer)
 
         async def with_peer(peer: str) -> None:
             chunk_digests = chunk_snapshot.digests(peer)
@@ -255,16 +360,21 @@ class AntiEntropy:
                     short.count(sum(n for _, n in chunk_digests.values()) + sum(n for _, n in name_digests.values()))
                     log.info("anti-entropy with %s stopped: %s", short_id(peer), exc)
 
-        async with trio.open_nursery() as nursery:
-            for peer in peers:
-                nursery.start_soon(with_peer, peer)
-        self.chunks_held = chunks.held
+        self._exchanges_cut = walked  # until every exchange has ended
+        try:
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(with_peer, peer)
+        finally:
+            # One line a round, whole or cut: what it cost and found (scripts/bench_pernode.py reads it).
+            log.info("anti-entropy round: %.3f s, %d chunks and %d names walked, %d peers, %d chunks pulled, "
+                     "%d keys short%s", trio.current_time() - started_s, walked.chunks_held, walked.names_held,
+                     len(peers), self.received_chunks - received_before, short.total(),
+                     "" if walked.rounds == 1 else f", exchanges from the walks of {walked.rounds} rounds")
+        self._exchanges_cut = None
+        self.chunks_held = walked.chunks_held
         self.under_replicated_keys = short.total()
-        # One line a round: what it cost and found (scripts/bench_pernode.py reads it).
-        log.info("anti-entropy round: %.3f s, %d chunks and %d names walked, %d peers, %d chunks pulled, "
-                 "%d keys short", trio.current_time() - started_s, chunks.held, names.held, len(peers),
-                 self.received_chunks - received_before, self.under_replicated_keys)
-        return NotOurs(ring, chunks.not_ours, names.not_ours)
+        return not_ours
 
     async def refill_names(self) -> tuple[int, int]:
         """Name sync alone, with every live peer, whatever it shares with this node's index today.
@@ -289,18 +399,16 @@ class AntiEntropy:
 
     # -- walks and their snapshots ----------------------------------------------------------
 
-    async def _chunk_batches(self) -> AsyncIterator[list[bytes]]:
-        batches = self._local.chunks.iter_id_batches(SCAN_BATCH_IDS)
-        while (batch := await self._offload(next, batches, None)) is not None:
+    async def _chunk_batches(self, walk: Walk) -> AsyncIterator[list[bytes]]:
+        while batch := await self._offload(self._local.chunks.ids_after, walk.after, SCAN_BATCH_IDS):
             yield batch
 
-    async def _name_batches(self) -> AsyncIterator[list[Row]]:
-        after = b""
+    async def _name_batches(self, walk: Walk) -> AsyncIterator[list[Row]]:
         while True:
-            rows, after = await self._offload(self._local.names.summaries_after, after, SCAN_BATCH_NAMES)
+            rows, more = await self._offload(self._local.names.summaries_after, walk.after, SCAN_BATCH_NAMES)
             if rows:
                 yield rows
-            if not after:
+            if not more:
                 return
 
     async def _walk(self, kind: str, ring: Ring, alive: set[str] | None) -> tuple[Walk, KeySnapshot]:
@@ -309,17 +417,25 @@ class AntiEntropy:
             return await self._walk_locked(kind, ring, alive)
 
     async def _walk_locked(self, kind: str, ring: Ring, alive: set[str] | None) -> tuple[Walk, KeySnapshot]:
-        directory = self._snapshot_dir / f"{kind}-{next(self._walk_serials)}"
-        writer = await self._offload(self._new_writer, kind, directory)
-        walk = Walk(writer)
+        """Walk, or go on with the walk of this kind a deadline cut (on its own ring: one walk,
+        one placement)."""
+        walk = self._walks[kind]
+        if walk is None:
+            directory = self._snapshot_dir / f"{kind}-{next(self._walk_serials)}"
+            writer = await self._offload(self._new_writer, kind, directory)
+            walk = self._walks[kind] = Walk(writer, ring=ring, alive=alive)
         if kind == CHUNKS:
-            batches, key_of, item_of, handed_of = self._chunk_batches(), _chunk_key, _chunk_key, _chunk_key
+            batches, key_of, item_of, handed_of, cursor_of = (self._chunk_batches(walk), _chunk_key, _chunk_key,
+                                                              _chunk_key, _chunk_key)
         else:
-            batches, key_of, item_of, handed_of = self._name_batches(), _row_key, _row_item, _row_name
+            batches, key_of, item_of, handed_of, cursor_of = (self._name_batches(walk), _row_key, _row_item,
+                                                              _row_name, _row_cursor)
         async for batch in batches:
-            await self._offload(_walk_batch, walk, ring, self.config.rf, self.node_id, alive, batch, key_of, item_of,
-                                handed_of)
-        await self._offload(writer.finish)
+            await self._offload(_walk_batch, walk, walk.ring, self.config.rf, self.node_id, walk.alive, batch,
+                                key_of, item_of, handed_of, cursor_of)
+        await self._offload(walk.writer.finish)
+        self._walks[kind] = None
+        directory = walk.writer.directory
         snapshot = KeySnapshot(directory, walk.digester.all_digests())
         installed = self._snapshots[kind]
         self._previous_dirs[kind] = None if installed is None else installed.directory
@@ -386,26 +502,35 @@ class AntiEntropy:
                            digests: dict[int, tuple[bytes, int]], short: ShortKeys) -> None:
         remote = self._replicas.remote(peer)
         done: set[int] = set()
+        fresh: dict[int, list[bytes]] = self._unfinished.pop(peer, {})
         for _ in range(EXCHANGES_PER_ROUND_MAX):
-            answer = await remote.sync_chunks(_digest_messages(digests))
-            fresh: dict[int, list[bytes]] = {}
-            for bucket, ids in answer:
-                if bucket not in done and bucket not in fresh:
-                    fresh[bucket] = ids
+            if not fresh:
+                answer = await remote.sync_chunks(_digest_messages(digests))
+                for bucket, ids in answer:
+                    if bucket not in done and bucket not in fresh:
+                        fresh[bucket] = ids
+                del answer
             if not fresh:
                 # Equal, or only buckets reconciled this round still differ (an older peer
                 # lists a bucket again after a push; the rings disagree for a moment; a put
                 # landed meanwhile): the next round decides.
                 return
             done.update(fresh)
-            for bucket, ids in fresh.items():  # one bucket's keys in memory at a time
-                theirs = await self._offload(placed_on_both, ring, self.config.rf, self.node_id, peer, bucket, ids)
-                listed = await self._offload(self._listed, snapshot, ring, peer, [bucket], None)
-                now_held = await self._reconcile_bucket(peer, remote, listed.get(bucket, []), theirs, short)
-                if now_held:
-                    digests[bucket] = (digest_of(now_held), len(now_held))
-                else:
-                    digests.pop(bucket, None)
+            try:
+                while fresh:  # one bucket's keys in memory at a time, besides the answer's
+                    bucket, ids = next(iter(fresh.items()))
+                    theirs = await self._offload(placed_on_both, ring, self.config.rf, self.node_id, peer, bucket, ids)
+                    listed = await self._offload(self._listed, snapshot, ring, peer, [bucket], None)
+                    now_held = await self._reconcile_bucket(peer, remote, listed.get(bucket, []), theirs, short)
+                    del fresh[bucket]
+                    if now_held:
+                        digests[bucket] = (digest_of(now_held), len(now_held))
+                    else:
+                        digests.pop(bucket, None)
+            except BaseException:
+                if fresh and len(self._unfinished) < UNFINISHED_PEERS_MAX:
+                    self._unfinished[peer] = fresh  # cut (the round's deadline, a peer's error)
+                raise
 
     async def _reconcile_bucket(self, peer: str, remote, mine: list[bytes], theirs: list[bytes],
                                 short: ShortKeys) -> set[bytes]:
@@ -505,9 +630,9 @@ class AntiEntropy:
         snapshot = await self._answering(CHUNKS)
         theirs = {d.bucket: (d.digest, d.count) for d in request.msg.buckets}
         answered = snapshot.answered(peer)
-        picked = buckets_to_answer(snapshot.digests(peer), theirs, answered, IDS_PER_MESSAGE_MAX)
+        picked = buckets_to_answer(snapshot.digests(peer), theirs, answered, IDS_PER_MESSAGE_MAX, ANSWER_IDS_WANTED)
         found = await self._offload(self._listed, snapshot, self._view.ring(), peer, picked, IDS_PER_MESSAGE_MAX)
-        answered.update(found)
+        _note_answered(answered, found)
         return dm.SyncChunksReply(tuple(dm.BucketChunks(b, b"".join(sorted(ids))) for b, ids in found.items()))
 
     # -- names ------------------------------------------------------------------------
@@ -575,10 +700,11 @@ class AntiEntropy:
         snapshot = await self._answering(NAMES)
         theirs = {d.bucket: (d.digest, d.count) for d in request.msg.buckets}
         answered = snapshot.answered(peer)
-        picked = buckets_to_answer(snapshot.digests(peer), theirs, answered, NAMES_PER_MESSAGE_MAX)
+        picked = buckets_to_answer(snapshot.digests(peer), theirs, answered, NAMES_PER_MESSAGE_MAX,
+                                   ANSWER_NAMES_WANTED)
         found = await self._offload(self._rows_listed, snapshot, self._view.ring(), peer, picked,
                                     NAMES_PER_MESSAGE_MAX)
-        answered.update(found)
+        _note_answered(answered, found)
         answer = [dm.NameSummary(name, version.wall_ms, version.logical, writer, tomb)
                   for rows in found.values() for name, version, writer, tomb in rows]
         return dm.SyncNamesReply(tuple(found), tuple(answer))

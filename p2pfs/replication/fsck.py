@@ -11,16 +11,29 @@ a name is classified once every node's stream has passed it. The chunks the newe
 version of each name refers to go, as they are found, into a temporary SQLite file
 (private, deleted when closed; ``FSCK_REF_CACHE_KIB`` of page cache), which gives
 them back in id order for the merge with the nodes' chunk lists.
+
+An fsck of a million names takes longer than any request may wait (the client's
+deadline is 300 s; at 250,000 names one took 750 s on a loaded machine). So a
+request starts the check as a job on the node, or joins the one under way, and
+waits for it at most ``FSCK_ANSWER_WAIT_S``: the answer is the report, or
+``FsckPending`` with the counts so far, and the client asks again. One job runs at
+a time (two clients asking at once share it); a report no request was waiting for
+is kept for the next request (once, ``FSCK_REPORT_KEPT_S`` at most), and a job
+nobody has asked about for ``FSCK_ABANDONED_S`` is stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import logging
 import sqlite3
 from collections import defaultdict
 from typing import Callable
 
-from p2pfs import net
+import trio
+
+from p2pfs import errors, net
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import BadReply, ReplicaError
@@ -29,6 +42,8 @@ from p2pfs.replication.placement import name_key
 from p2pfs.replication.replicas import LIST_PAGE_NAMES, PAGES_PER_NODE_MAX, Replica, Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.storage import NameEntry
+
+log = logging.getLogger(__name__)
 
 # Problems an fsck answer lists by name (the counts cover all of them).
 FSCK_PROBLEMS_LISTED_MAX = 50
@@ -40,6 +55,31 @@ FSCK_CHUNK_PAGE_IDS = 8192
 FSCK_REF_BATCH = 4096
 # Page cache of the temporary table of referenced ids, KiB; the rest of it stays on disk.
 FSCK_REF_CACHE_KIB = 8192
+# How long one Fsck request waits for the job before it answers FsckPending: well inside the
+# client's deadline (p2pfs.client.deadlines.FSCK_TIMEOUT_S, 300 s) on a loaded machine, and
+# long enough that a small cluster's fsck is one request, as it always was.
+FSCK_ANSWER_WAIT_S = 60.0
+# A job that ends while no request waits for it (its asker is between a FsckPending and its
+# next request) keeps its report for the next request, once, and for this long at most; any
+# other request starts a fresh check, so a report is never older than the request it answers
+# by more than this.
+FSCK_REPORT_KEPT_S = 30.0
+# A job no request has asked about for this long is stopped: its asker went away.
+FSCK_ABANDONED_S = 5 * FSCK_ANSWER_WAIT_S
+
+
+@dataclasses.dataclass(slots=True)
+class FsckJob:
+    """One check under way or just finished, and its counts so far (FsckPending's)."""
+
+    asked_s: float  # when a request last asked about it (trio's clock)
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    names_checked: int = 0
+    chunks_checked: int = 0
+    reply: dm.FsckReply | None = None
+    error: errors.P2pfsError | None = None
+    finished_s: float = 0.0
+    answered: bool = False  # its report (or error) was given to a request
 
 
 class _Stream:
@@ -110,11 +150,61 @@ class Fsck:
         self._view = view
         self._replicas = replicas
         self._offload = offload or _inline
+        # Where jobs run (``serve``); until it runs, a request checks within itself, as before.
+        self._nursery: trio.Nursery | None = None
+        self._job: FsckJob | None = None
 
-    async def on_fsck(self, request: net.IncomingRequest) -> dm.FsckReply:
-        return await self.run()
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run the jobs that requests start, for as long as the node runs."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
-    async def run(self) -> dm.FsckReply:
+    async def on_fsck(self, request: net.IncomingRequest) -> dm.FsckReply | dm.FsckPending:
+        if self._nursery is None:
+            return await self.run()
+        now_s = trio.current_time()
+        job = self._job
+        if job is None or (job.done.is_set() and (job.answered or now_s - job.finished_s > FSCK_REPORT_KEPT_S)):
+            job = self._job = FsckJob(asked_s=now_s)
+            self._nursery.start_soon(self._run_job, job)
+        job.asked_s = now_s
+        with trio.move_on_after(FSCK_ANSWER_WAIT_S):
+            await job.done.wait()
+        if job.done.is_set():
+            job.answered = True
+        if job.error is not None:
+            raise job.error
+        if job.reply is not None:
+            return job.reply
+        job.asked_s = trio.current_time()
+        return dm.FsckPending(names_checked=job.names_checked, chunks_checked=job.chunks_checked)
+
+    async def _run_job(self, job: FsckJob) -> None:
+        async def abandoned(scope: trio.CancelScope) -> None:
+            while trio.current_time() - job.asked_s <= FSCK_ABANDONED_S:
+                await trio.sleep(FSCK_ANSWER_WAIT_S)
+            scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(abandoned, nursery.cancel_scope)
+                try:
+                    job.reply = await self.run(job)
+                except errors.P2pfsError as exc:
+                    job.error = exc
+                except Exception as exc:  # a bug here must not end the node's other jobs
+                    log.exception("fsck failed")
+                    job.error = errors.Unavailable(f"the check failed: {exc}")
+                nursery.cancel_scope.cancel()
+        finally:
+            if job.reply is None and job.error is None:
+                job.error = errors.Unavailable("the check was stopped: nobody asked for it")
+            job.finished_s = trio.current_time()
+            job.done.set()
+
+    async def run(self, progress: FsckJob | None = None) -> dm.FsckReply:
         ring = self._view.ring()
         rf = self.config.rf
         wanted_copies = min(rf, len(ring))
@@ -143,9 +233,9 @@ class Fsck:
 
         refs = await self._offload(_RefTable)
         try:
-            names_checked, unreachable = await self._names(everyone, ring, rf, classify, refs)
+            names_checked, unreachable = await self._names(everyone, ring, rf, classify, refs, progress)
             chunks_checked, corrupt_holders, chunks_unreachable = await self._chunks(everyone, ring, rf, classify,
-                                                                                     refs)
+                                                                                     refs, progress)
             unreachable |= chunks_unreachable
         finally:
             await self._offload(refs.close)
@@ -167,7 +257,8 @@ class Fsck:
             problems=tuple(problems),
         )
 
-    async def _names(self, everyone: list[str], ring, rf: int, classify, refs: _RefTable) -> tuple[int, set[str]]:
+    async def _names(self, everyone: list[str], ring, rf: int, classify, refs: _RefTable,
+                     progress: FsckJob | None) -> tuple[int, set[str]]:
         """Merge every node's names in name order; classify each, and note the chunks of the newest."""
         unreachable: set[str] = set()
 
@@ -197,6 +288,8 @@ class Fsck:
                 if entry.supersedes(newest):
                     newest = entry
             checked += 1
+            if progress is not None:
+                progress.names_checked = checked
             current = {node for node, entry in versions if entry.key == newest.key}
             classify("names", newest.name, current, ring.preference_list(name_key(newest.name), rf))
             if newest.manifest is not None:
@@ -208,7 +301,8 @@ class Fsck:
             await self._offload(refs.add, pending)
         return checked, unreachable
 
-    async def _chunks(self, everyone: list[str], ring, rf: int, classify, refs: _RefTable):
+    async def _chunks(self, everyone: list[str], ring, rf: int, classify, refs: _RefTable,
+                      progress: FsckJob | None):
         """Merge the referenced ids with every node's ids, all in id order."""
         corrupt: set[bytes] = set()
 
@@ -241,6 +335,8 @@ class Fsck:
         while batch := await self._offload(refs.after, after, FSCK_REF_BATCH):
             for chunk_id in batch:
                 checked += 1
+                if progress is not None:
+                    progress.chunks_checked = checked
                 classify("chunks", chunk_id.hex(), await holders_of(chunk_id), ring.preference_list(chunk_id, rf))
             after = batch[-1]
         await holders_of(None)

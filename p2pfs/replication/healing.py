@@ -147,22 +147,26 @@ class BucketDigester:
 
 
 def buckets_to_answer(
-    ours: dict[int, tuple[bytes, int]], theirs: dict[int, tuple[bytes, int]], answered: set[int], keys_max: int
+    ours: dict[int, tuple[bytes, int]], theirs: dict[int, tuple[bytes, int]], answered: set[int], keys_max: int,
+    keys_wanted: int | None = None,
 ) -> list[int]:
     """The buckets one SyncChunks or SyncNames answer lists, in increasing order.
 
     Those whose digests differ and that were not listed to this peer before from the same
     walk (``answered``: the asker has worked them since, which the walk cannot show), as many
-    as fit in ``keys_max`` keys by our counts. A bucket over ``keys_max`` on its own is
+    as fit in ``keys_wanted`` keys by our counts (``keys_max`` when not given), and the first
+    of them whatever its size up to ``keys_max``: an answer's cost and memory follow what it
+    lists, and the asker comes back for the rest. A bucket over ``keys_max`` on its own is
     never listed, since no answer could carry it; the buckets after it still are (an older
     node answered nothing at all then, and the rest waited behind it for good).
     """
+    wanted = keys_max if keys_wanted is None else min(keys_wanted, keys_max)
     picked, total = [], 0
     for bucket in differing_buckets(ours, theirs):
         count = ours.get(bucket, (b"", 0))[1]
         if bucket in answered or count > keys_max:
             continue
-        if total + count > keys_max:
+        if picked and total + count > wanted:
             break
         picked.append(bucket)
         total += count

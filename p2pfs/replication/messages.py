@@ -564,3 +564,19 @@ class StoreChunkChainReply(wire.Message):
 
     def __post_init__(self) -> None:
         check_int(len(self.outcomes), "outcomes", 1, RF_MAX)
+
+
+# --- fsck across requests (node to client) -----------------------------------
+
+
+@wire.message(79, senders=BOTH)
+class FsckPending(wire.Message):
+    """The answer to Fsck while the check is still under way (p2pfs/replication/fsck.py): what
+    it has checked so far. The client asks again; the node's job goes on meanwhile."""
+
+    names_checked: int
+    chunks_checked: int
+
+    def __post_init__(self) -> None:
+        check_count(self.names_checked, "names_checked")
+        check_count(self.chunks_checked, "chunks_checked")

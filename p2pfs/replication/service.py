@@ -205,6 +205,7 @@ class DataService:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.coordinator.repairs.run)
                 await nursery.start(self.view.run_rebuilds)
+                await nursery.start(self._fsck.serve)  # fsck jobs outlive the requests that ask
                 self._start_background(nursery)
                 task_status.started()
         finally:
@@ -240,7 +241,7 @@ class DataService:
                 config=config, local=local, repair=self.coordinator.repair_chunk, rng=self.rng, offload=offload
             )
         self._replicas = replicas
-        fsck = Fsck(config=config, view=view, replicas=replicas, offload=offload)
+        fsck = self._fsck = Fsck(config=config, view=view, replicas=replicas, offload=offload)
         self._routes = {
             **ReplicaHandlers(local, self.coordinator.observe, offload).routes(),
             dm.SyncChunks: self._anti_entropy.on_sync_chunks,
