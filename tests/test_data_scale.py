@@ -21,12 +21,13 @@ import trio
 import trio.testing
 from hypothesis import given, strategies as st
 
+from p2pfs import net, wire
 from p2pfs.replication import antientropy, fsck, gc
 from p2pfs.replication import messages as dm
 from p2pfs.replication.antientropy import AntiEntropy
 from p2pfs.replication.background import RepairPacer
 from p2pfs.replication.config import ReplicationConfig
-from p2pfs.replication.errors import ReplicaDown
+from p2pfs.replication.errors import ReplicaDown, ReplicaRefused
 from p2pfs.replication.fsck import Fsck
 from p2pfs.replication.gc import GarbageCollector, ReferenceFilter
 from p2pfs.replication.handoff import Pusher
@@ -219,6 +220,8 @@ class Remote:
                 return await handler(request)
         except trio.TooSlowError:
             raise ReplicaDown(f"no answer within {self._asker.request_deadline_s} s") from None
+        except net.RemoteError as exc:  # an error the handler answered with
+            raise ReplicaRefused(exc.code, exc.text) from exc
 
     async def sync_chunks(self, digests):
         reply = await self._answer(self._peer.anti_entropy.on_sync_chunks, dm.SyncChunks(digests))
@@ -380,6 +383,91 @@ def test_a_node_heals_although_its_walk_and_its_exchanges_each_outlast_a_round(t
     assert rounds.count(True) >= 2  # healed across rounds that were cut
     assert victim.anti_entropy.received_chunks == len(lost)
     assert victim.anti_entropy.queued_chunks == 0
+
+
+# A restarted node's first round came before membership converged: its ring held only itself,
+# and its walk (kept on the ring it began with, across rounds when cut) found no peer, so the
+# heal waited for a whole walk for nothing. Here the first round is cut by its deadline while
+# the ring is the node's alone, the peers then come into its ring, and the next round must heal.
+def test_a_node_whose_first_ring_holds_only_itself_heals_once_its_peers_come(tmp_path, monkeypatch):
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_IDS", BATCH)
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_NAMES", BATCH)
+    entries, blobs = files(300, random.Random(15))
+    nodes = cluster(tmp_path, entries, blobs, costly_offload)
+    peer, other, victim = (nodes[n] for n in NODES)
+    all_ids = sorted(victim.local.chunks.iter_ids())
+    lost = random.Random(16).sample(all_ids, len(all_ids) // 10)
+    rings = {"now": Ring([RingMember(victim.node_id)])}
+    victim.anti_entropy._view.ring = lambda: rings["now"]
+
+    async def main() -> None:
+        await peer.anti_entropy.round()  # the peers' own rounds: what they answer from
+        await other.anti_entropy.round()
+        for chunk_id in lost:
+            victim.local.chunks.delete(chunk_id)
+        with trio.move_on_after(ROUND_DEADLINE_S):
+            await victim.anti_entropy.round()
+        rings["now"] = ring3()  # membership converged
+        await victim.anti_entropy.round()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert sorted(victim.local.chunks.iter_ids()) == all_ids
+    assert victim.anti_entropy.received_chunks == len(lost)
+    assert victim.anti_entropy.queued_chunks == 0
+
+
+def test_a_cut_walk_goes_on_only_on_a_ring_that_places_keys_as_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_IDS", BATCH)
+    entries, blobs = files(300, random.Random(17))
+    node = cluster(tmp_path, entries, blobs, costly_offload)[NODES[0]]
+    two = Ring([RingMember(n) for n in NODES[:2]])
+
+    async def main():
+        with trio.move_on_after(STORE_CALL_S * 3) as scope:
+            await node.anti_entropy._walk_chunks(two, None)
+        assert scope.cancelled_caught  # the premise: the walk on the ring of two was cut
+        cut = node.anti_entropy._walks[antientropy.CHUNKS]
+        # Another ring of the same members places keys alike: the walk goes on where it stopped.
+        assert await node.anti_entropy._walk_chunks(Ring([RingMember(n) for n in NODES[:2]]), None) is cut
+        with trio.move_on_after(STORE_CALL_S * 3):
+            await node.anti_entropy._walk_chunks(two, None)
+        cut = node.anti_entropy._walks[antientropy.CHUNKS]
+        walk = await node.anti_entropy._walk_chunks(ring3(), None)
+        assert walk is not cut
+        return walk
+
+    walk = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    by_peer, _ = shared_keys(ring3(), 3, NODES[0], node.local.chunks.iter_ids())
+    assert walk.held == len(blobs)  # walked afresh on the ring of three
+    for peer in NODES[1:]:
+        assert walk.digester.digests(peer) == bucket_digests(by_bucket(by_peer[peer]))
+
+
+# Each peer asked a node that had not finished its first walk waited out its 10 s request
+# deadline (the walk took minutes at three million keys); the node now answers "not ready".
+def test_a_sync_request_before_the_first_walk_ends_is_answered_not_ready_within_its_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(antientropy, "SCAN_BATCH_IDS", BATCH)
+    monkeypatch.setattr(antientropy, "FIRST_WALK_WAIT_S", STORE_CALL_S * 3)
+    entries, blobs = files(300, random.Random(19))
+    nodes = cluster(tmp_path, entries, blobs, costly_offload)
+    asker, peer = nodes[NODES[0]], nodes[NODES[1]]
+    asker.request_deadline_s = REQUEST_DEADLINE_S
+    remote = Remote(asker, peer)
+
+    async def main():
+        started_s = trio.current_time()
+        with pytest.raises(ReplicaRefused) as refused:
+            await remote.sync_chunks(())
+        assert refused.value.code == wire.ErrorCode.UNAVAILABLE
+        assert trio.current_time() - started_s < REQUEST_DEADLINE_S  # answered, not timed out
+        for _ in range(100):  # each request's wait walks on from where the last one stopped
+            try:
+                return await remote.sync_chunks(())
+            except ReplicaRefused:
+                continue
+
+    answer = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert answer and {c for _, ids in answer for c in ids} <= set(peer.local.chunks.iter_ids())
 
 
 # -- garbage collection --------------------------------------------------------------------

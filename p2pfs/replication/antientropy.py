@@ -50,7 +50,7 @@ from typing import AsyncIterator, Callable
 
 import trio
 
-from p2pfs import net
+from p2pfs import net, wire
 from p2pfs.ids import short_id
 from p2pfs.replication import messages as dm
 from p2pfs.replication.background import RepairPacer
@@ -107,6 +107,13 @@ ROUNDS_PER_WALK_MAX = 8
 # Peers whose cut exchange's listed buckets are kept for the next exchange (``_unfinished``):
 # at most repair_concurrency exchanges run at once, so a few cover every cut one.
 UNFINISHED_PEERS_MAX = 8
+# How long a peer's sync request waits for this node's first walk of a kind (seconds): less
+# than the asker's request deadline (replica_timeout_s, 10 s by default), so that a node whose
+# first walk takes minutes (491 s at three million keys) answers "not ready" (UNAVAILABLE)
+# and the asker goes on with its other peers, instead of each asker waiting out its deadline.
+# A small store's walk ends well within it, and the request is answered as before. The walk
+# a request starts or joins is kept when the wait ends, and goes on at the next walk.
+FIRST_WALK_WAIT_S = 2.0
 # Keys remembered one by one for the under-replicated estimate, exact while they fit.
 SHORT_KEYS_TRACKED_MAX = 4096
 # Past them, each key sets one bit of a bitmap and the keys are counted from the bits left
@@ -194,6 +201,16 @@ class Walked:
     names_held: int
     with_dead_peer: int
     rounds: int = 1  # rounds that have exchanged from these walks
+
+
+def _same_placement(a: Ring, b: Ring) -> bool:
+    """True if the two rings place every key alike: the same members and the same placement.
+
+    The ring view rebuilds its ring only when its members change, so a ring kept from an
+    earlier round is the current one exactly when nothing that moves keys changed.
+    """
+    return a is b or (a.members == b.members
+                      and (a.tokens_per_weight, a.probes, a.replicas) == (b.tokens_per_weight, b.probes, b.replicas))
 
 
 def _walk_batch(walk: Walk, ring: Ring, rf: int, me: str, alive: set[str] | None,
@@ -320,6 +337,26 @@ class AntiEntropy:
         received_before = self.received_chunks
         me = self.node_id
         alive = self._view.alive()
+        ring_now = self._view.ring()
+        if not set(ring_now.members) - {me}:
+            # No peer to reconcile with: a restarted node's first round came 10 s after boot,
+            # before membership had converged, and its walk (kept to the end on the ring it
+            # began with) spent 491 s on three million keys to find 0 peers, and the heal
+            # waited for it. Nothing is handed off either: a ring of this node alone places
+            # everything here. The next round, once peers are in the ring, walks.
+            log.info("anti-entropy round: skipped, the ring has no member but this node")
+            return NotOurs(ring_now, [], [])
+        # Work carried over from earlier rounds (a cut walk, a walk whose round was cut before
+        # its other walk ended, cut exchanges) goes on only while the ring places keys as it did
+        # when the walk began: on another ring the keys' homes differ, so the walk would
+        # exchange with the wrong peers, or with none (the ring of a node that had just
+        # started). The ring changes when members join, leave or die past their grace, a few
+        # times in a cluster's day; a walk dropped for it costs one walk.
+        for kind, walked_before in self._walked.items():
+            if walked_before is not None and not _same_placement(walked_before.ring, ring_now):
+                self._walked[kind] = None
+        if self._exchanges_cut is not None and not _same_placement(self._exchanges_cut.ring, ring_now):
+            self._exchanges_cut = None
         # The work of a round is paged across rounds: the round's deadline (10 intervals, 600 s at
         # least) cut every round of a node holding two million chunks on a loaded machine, in its
         # walk or in its exchanges, and the next round began again from nothing, so a node that
@@ -333,7 +370,7 @@ class AntiEntropy:
         else:
             self._exchanges_cut = None
             if self._walked[CHUNKS] is None:
-                self._walked[CHUNKS] = (await self._walk(CHUNKS, self._view.ring(), alive))[0]
+                self._walked[CHUNKS] = (await self._walk(CHUNKS, ring_now, alive))[0]
             if self._walked[NAMES] is None:
                 self._walked[NAMES] = (await self._walk(NAMES, self._walked[CHUNKS].ring, alive))[0]
             chunks, names = self._walked[CHUNKS], self._walked[NAMES]
@@ -418,8 +455,11 @@ class AntiEntropy:
 
     async def _walk_locked(self, kind: str, ring: Ring, alive: set[str] | None) -> tuple[Walk, KeySnapshot]:
         """Walk, or go on with the walk of this kind a deadline cut (on its own ring: one walk,
-        one placement)."""
+        one placement) if ``ring`` places keys as that ring does; on another ring the cut walk
+        is dropped (see ``round``) and its directory removed by the next writer's."""
         walk = self._walks[kind]
+        if walk is not None and not _same_placement(walk.ring, ring):
+            walk = self._walks[kind] = None
         if walk is None:
             directory = self._snapshot_dir / f"{kind}-{next(self._walk_serials)}"
             writer = await self._offload(self._new_writer, kind, directory)
@@ -460,13 +500,19 @@ class AntiEntropy:
         return SnapshotWriter(directory)
 
     async def _answering(self, kind: str) -> KeySnapshot:
-        """The snapshot that answers a peer; before this node's first walk, that walk, now."""
+        """The snapshot that answers a peer; before this node's first walk, that walk, for at
+        most FIRST_WALK_WAIT_S, else an UNAVAILABLE error ("not ready"): the asker's exchange
+        with this node stops there and its next round asks again."""
         snapshot = self._snapshots[kind]
         if snapshot is None:
-            async with self._walk_locks[kind]:  # a request that found none waits for the walk under way
-                snapshot = self._snapshots[kind]
-                if snapshot is None:
-                    _, snapshot = await self._walk_locked(kind, self._view.ring(), None)
+            with trio.move_on_after(FIRST_WALK_WAIT_S):
+                async with self._walk_locks[kind]:  # a request that found none waits for the walk under way
+                    snapshot = self._snapshots[kind]
+                    if snapshot is None:
+                        _, snapshot = await self._walk_locked(kind, self._view.ring(), None)
+            if snapshot is None:
+                raise net.RemoteError(wire.ErrorCode.UNAVAILABLE, f"not ready: this node's first walk of its {kind} "
+                                      "has not ended")
         return snapshot
 
     def _listed(self, snapshot: KeySnapshot, ring: Ring, peer: str, buckets: list[int],
