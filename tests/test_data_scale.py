@@ -407,6 +407,8 @@ def test_a_node_whose_first_ring_holds_only_itself_heals_once_its_peers_come(tmp
             victim.local.chunks.delete(chunk_id)
         with trio.move_on_after(ROUND_DEADLINE_S):
             await victim.anti_entropy.round()
+        assert victim.anti_entropy.chunks_held == len(all_ids) - len(lost)  # a round's figures all the same
+        assert victim.anti_entropy.under_replicated_keys == 0
         rings["now"] = ring3()  # membership converged
         await victim.anti_entropy.round()
 

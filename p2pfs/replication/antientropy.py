@@ -24,7 +24,13 @@ answer's worth per round. What a peer lists is checked before anything moves:
 only chunk ids of the buckets it names that both nodes replicate
 (``healing.placed_on_both``), only names of those buckets. A stale list costs a
 question, not a transfer: the asker pulls only what it still lacks and pushes only
-what the peer still lacks (``HasChunks``).
+what the peer still lacks (``HasChunks``). Before this node's first walk ends, a request
+waits for it at most ``FIRST_WALK_WAIT_S`` and is then refused (UNAVAILABLE): the asker goes
+on with its other peers and asks again next round, rather than waiting out its deadline.
+
+A round whose ring holds this node alone (a node just started, before membership converged)
+does not walk: there is no one to exchange with. Work carried over from earlier rounds (see
+``AntiEntropy.round``) goes on only on a ring that places keys as the one it began on.
 
 Compatibility: the messages are unchanged. An older node asking this one gets the
 answers it expects (ids or names of differing buckets), only from the last walk,
@@ -343,8 +349,14 @@ class AntiEntropy:
             # before membership had converged, and its walk (kept to the end on the ring it
             # began with) spent 491 s on three million keys to find 0 peers, and the heal
             # waited for it. Nothing is handed off either: a ring of this node alone places
-            # everything here. The next round, once peers are in the ring, walks.
-            log.info("anti-entropy round: skipped, the ring has no member but this node")
+            # everything here. The next round, once peers are in the ring, walks. The figures
+            # are still given (a node alone is a cluster of one, and its metrics say a round ran):
+            # the chunks from a listing of the store, far cheaper than a walk (no placement, no
+            # digests), and 0 keys short, as a walk on this ring found (no other replica to lack).
+            self.chunks_held = await self._offload(self._local.chunks.count_ids)
+            self.under_replicated_keys = 0
+            log.info("anti-entropy round: skipped, the ring has no member but this node; %d chunks held",
+                     self.chunks_held)
             return NotOurs(ring_now, [], [])
         # Work carried over from earlier rounds (a cut walk, a walk whose round was cut before
         # its other walk ended, cut exchanges) goes on only while the ring places keys as it did
