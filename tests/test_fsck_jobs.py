@@ -18,7 +18,8 @@ import pytest
 import trio
 import trio.testing
 
-from p2pfs import errors, wire
+from p2pfs import errors, identity, net, wire
+from p2pfs.address import Address
 from p2pfs.client.node import Client
 from p2pfs.replication import fsck
 from p2pfs.replication import messages as dm
@@ -275,3 +276,75 @@ def test_only_two_new_ends_agree_on_fsck_pending(make_identity, old_offer) -> No
     # A new client on an older node: the small-file messages still, if that node offered them.
     agreed = _handshake(client.client_context(), _offering(node, ssl.PROTOCOL_TLS_SERVER, old_offer))
     assert agreed == (old, old) and wire.alpn_speaks(old, wire.ALPN_SMALL_FILES) == bool(old_offer)
+
+
+# --- over real TLS connections on 127.0.0.1 -----------------------------------------------------
+
+
+class _FsckNode:
+    """A node's request handling for Fsck alone; its check takes ``CHECK_S`` (trio's clock)."""
+
+    CHECK_S = 8 * ANSWER_WAIT_S
+
+    def __init__(self) -> None:
+        self.checker = fsck.Fsck(config=None, view=None, replicas=None)
+        self.checker.run = self._check
+        self.answers: list[str] = []
+
+    async def _check(self, progress=None) -> dm.FsckReply:
+        await trio.sleep(self.CHECK_S)
+        return REPORT
+
+    async def handle_request(self, request):
+        reply = await self.checker.on_fsck(request)
+        self.answers.append(type(reply).__name__)
+        return reply
+
+    def handle_oneway(self, conn, msg) -> None:
+        raise AssertionError(f"unexpected {msg}")
+
+
+@pytest.fixture
+async def fsck_node(nursery, make_identity, monkeypatch):
+    monkeypatch.setattr(fsck, "FSCK_ANSWER_WAIT_S", ANSWER_WAIT_S)
+    handlers = _FsckNode()
+    await nursery.start(handlers.checker.serve)
+    endpoint = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), handlers)
+    await nursery.start(endpoint.run)
+    return handlers, Address("127.0.0.1", endpoint.bound_port)
+
+
+def _client_offering(monkeypatch, alpn: tuple[str, ...]) -> None:
+    """Clients made from here on offer ``alpn`` in the handshake, as an older release's did."""
+    made = identity.Identity.client_context
+
+    def client_context(self):
+        ctx = made(self)
+        if self.role is Role.CLIENT:
+            ctx.set_alpn_protocols(list(alpn))
+        return ctx
+
+    monkeypatch.setattr(identity.Identity, "client_context", client_context)
+
+
+async def test_a_new_client_is_answered_pending_then_the_report_over_tls(fsck_node, make_identity):
+    handlers, address = fsck_node
+    with trio.fail_after(60):
+        async with Client.connect(make_identity(Role.CLIENT), address) as client:
+            assert await client.fsck() == REPORT
+    assert handlers.answers[-1] == "FsckReply" and len(handlers.answers) >= 2
+    assert set(handlers.answers[:-1]) == {"FsckPending"}
+
+
+async def test_an_older_client_gets_the_report_in_one_answer_over_tls(fsck_node, make_identity, monkeypatch):
+    """The older client (offers only the small-file messages) asks as it did: one Fsck, a
+    FsckReply expected within its deadline (it does not know FsckPending)."""
+    handlers, address = fsck_node
+    _client_offering(monkeypatch, (wire.ALPN_SMALL_FILES,))
+    with trio.fail_after(60):
+        async with Client.connect(make_identity(Role.CLIENT), address) as client:
+            assert client.conn.alpn_protocol == wire.ALPN_SMALL_FILES
+            started_s = trio.current_time()
+            assert await client._call(dm.Fsck(), dm.FsckReply, timeout_s=60) == REPORT
+            assert trio.current_time() - started_s >= _FsckNode.CHECK_S  # held past the answer wait
+    assert handlers.answers == ["FsckReply"]
