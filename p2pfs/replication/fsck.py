@@ -171,10 +171,10 @@ class Fsck:
         if self._nursery is None:
             return await self.run()
         # FsckPending only to a client that said in the TLS handshake that it knows it, as the
-        # small-file messages are offered (wire.ALPN_FSCK_PENDING): Fsck has no field to say so
-        # in, and a field added to it would make an older node refuse a newer client's request
-        # (a message must have exactly its fields), where ALPN is ignored by an end that does not
-        # know it. An older client waits for the report, as it did before the jobs, for as long
+        # small-file messages are offered (wire.ALPN_FSCK_PENDING): the hello's version must match
+        # exactly, Fsck has no field to say so in, and a field added to it would make an older
+        # node refuse a newer client's request (a message must have exactly its fields), where
+        # ALPN is ignored by an end that does not know it. An older client waits for the report, as it did before the jobs, for as long
         # as its deadline (the job runs on if that passes, for a next request to find).
         knows_pending = wire.alpn_speaks(request.conn.alpn_protocol, wire.ALPN_FSCK_PENDING)
         now_s = trio.current_time()
