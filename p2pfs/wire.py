@@ -584,5 +584,14 @@ class Hello(Message):
 # other), so an end says what more it speaks there instead: an end that offers no ALPN ignores
 # the offer and the handshake goes on without it, so neither end sends what the other may not
 # know. ALPN_SMALL_FILES: the small-file messages (``replication.client_messages``, 90-92).
+# ALPN_FSCK_PENDING: those, and ``FsckPending`` in answer to ``Fsck`` (an older client would
+# call it unexpected; it is held until the report instead). ALPN agrees on one name, so each
+# name speaks all the ones after it: newest first, and a server picks its first the client offered.
 ALPN_SMALL_FILES = "p2pfs-small-files"
-ALPN_PROTOCOLS = (ALPN_SMALL_FILES,)
+ALPN_FSCK_PENDING = "p2pfs-fsck-pending"
+ALPN_PROTOCOLS = (ALPN_FSCK_PENDING, ALPN_SMALL_FILES)
+
+
+def alpn_speaks(agreed: str | None, extension: str) -> bool:
+    """Whether a connection that agreed on ``agreed`` in its handshake speaks ``extension``."""
+    return agreed in ALPN_PROTOCOLS and ALPN_PROTOCOLS.index(agreed) <= ALPN_PROTOCOLS.index(extension)

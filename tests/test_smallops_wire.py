@@ -100,7 +100,9 @@ def _without_alpn(ident: identity.Identity, side: int) -> ssl.SSLContext:
 
 def test_two_new_ends_agree_on_the_small_file_messages(make_identity) -> None:
     node, client = make_identity(Role.NODE), make_identity(Role.CLIENT)
-    assert _handshake(client.client_context(), node.server_context()) == (wire.ALPN_SMALL_FILES,) * 2
+    # The newest name agreed speaks the small-file messages too (wire.ALPN_PROTOCOLS).
+    assert _handshake(client.client_context(), node.server_context()) == (wire.ALPN_FSCK_PENDING,) * 2
+    assert wire.alpn_speaks(wire.ALPN_FSCK_PENDING, wire.ALPN_SMALL_FILES)
 
 
 def test_a_new_client_and_an_old_node_agree_on_nothing_and_still_connect(make_identity) -> None:
@@ -149,7 +151,7 @@ def test_new_and_old_clients_read_each_others_files_on_real_daemons(tmp_path: Pa
             monkeypatch.setattr(Client, "speaks_small_files", property(lambda self: speaks))
             with trio.fail_after(CLI_TIMEOUT_S):
                 async with Client.connect(ident, address) as client:
-                    assert client.conn.alpn_protocol == wire.ALPN_SMALL_FILES  # the daemon offers it
+                    assert wire.alpn_speaks(client.conn.alpn_protocol, wire.ALPN_SMALL_FILES)  # the daemon offers it
                     await what(client)
 
         def put(prefix: str):

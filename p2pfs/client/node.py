@@ -66,7 +66,7 @@ class Client:
     def speaks_small_files(self) -> bool:
         """Whether the node takes a small put and answers a small get in one message
         (``client_messages.PutSmallFile``, ``GetSmallFile``): it said so in the TLS handshake."""
-        return self.conn.alpn_protocol == wire.ALPN_SMALL_FILES
+        return wire.alpn_speaks(self.conn.alpn_protocol, wire.ALPN_SMALL_FILES)
 
     @classmethod
     @contextlib.asynccontextmanager

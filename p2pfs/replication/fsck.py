@@ -19,7 +19,9 @@ waits for it at most ``FSCK_ANSWER_WAIT_S``: the answer is the report, or
 ``FsckPending`` with the counts so far, and the client asks again. One job runs at
 a time (two clients asking at once share it); a report no request was waiting for
 is kept for the next request (once, ``FSCK_REPORT_KEPT_S`` at most), and a job
-nobody has asked about for ``FSCK_ABANDONED_S`` is stopped.
+nobody has asked about for ``FSCK_ABANDONED_S`` is stopped. Only a client that offered
+``wire.ALPN_FSCK_PENDING`` is answered FsckPending; an older one's request is held until
+the report (``FSCK_HELD_WAIT_S`` at most), as before.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Callable
 
 import trio
 
-from p2pfs import errors, net
+from p2pfs import errors, net, wire
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import BadReply, ReplicaError
@@ -66,6 +68,9 @@ FSCK_ANSWER_WAIT_S = 60.0
 FSCK_REPORT_KEPT_S = 30.0
 # A job no request has asked about for this long is stopped: its asker went away.
 FSCK_ABANDONED_S = 5 * FSCK_ANSWER_WAIT_S
+# How long a request from a client that does not know FsckPending waits for the report: the
+# deadline such a client gives fsck (p2pfs.client.deadlines.FSCK_TIMEOUT_S); it is gone after.
+FSCK_HELD_WAIT_S = 300.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -80,6 +85,7 @@ class FsckJob:
     error: errors.P2pfsError | None = None
     finished_s: float = 0.0
     answered: bool = False  # its report (or error) was given to a request
+    waiting: int = 0  # requests waiting for it now (it is not abandoned while one waits)
 
 
 class _Stream:
@@ -164,26 +170,39 @@ class Fsck:
     async def on_fsck(self, request: net.IncomingRequest) -> dm.FsckReply | dm.FsckPending:
         if self._nursery is None:
             return await self.run()
+        # FsckPending only to a client that said in the TLS handshake that it knows it, as the
+        # small-file messages are offered (wire.ALPN_FSCK_PENDING): the hello's version must match
+        # exactly, Fsck has no field to say so in, and a field added to it would make an older
+        # node refuse a newer client's request (a message must have exactly its fields), where
+        # ALPN is ignored by an end that does not know it. An older client waits for the report, as it did before the jobs, for as long
+        # as its deadline (the job runs on if that passes, for a next request to find).
+        knows_pending = wire.alpn_speaks(request.conn.alpn_protocol, wire.ALPN_FSCK_PENDING)
         now_s = trio.current_time()
         job = self._job
         if job is None or (job.done.is_set() and (job.answered or now_s - job.finished_s > FSCK_REPORT_KEPT_S)):
             job = self._job = FsckJob(asked_s=now_s)
             self._nursery.start_soon(self._run_job, job)
         job.asked_s = now_s
-        with trio.move_on_after(FSCK_ANSWER_WAIT_S):
-            await job.done.wait()
+        job.waiting += 1
+        try:
+            with trio.move_on_after(FSCK_ANSWER_WAIT_S if knows_pending else FSCK_HELD_WAIT_S):
+                await job.done.wait()
+        finally:
+            job.waiting -= 1
+            job.asked_s = trio.current_time()
         if job.done.is_set():
             job.answered = True
         if job.error is not None:
             raise job.error
         if job.reply is not None:
             return job.reply
-        job.asked_s = trio.current_time()
+        if not knows_pending:
+            raise errors.Unavailable(f"the check did not end within {FSCK_HELD_WAIT_S:g} s; it goes on")
         return dm.FsckPending(names_checked=job.names_checked, chunks_checked=job.chunks_checked)
 
     async def _run_job(self, job: FsckJob) -> None:
         async def abandoned(scope: trio.CancelScope) -> None:
-            while trio.current_time() - job.asked_s <= FSCK_ABANDONED_S:
+            while job.waiting or trio.current_time() - job.asked_s <= FSCK_ABANDONED_S:
                 await trio.sleep(FSCK_ANSWER_WAIT_S)
             scope.cancel()
 
