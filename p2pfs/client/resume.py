@@ -29,11 +29,12 @@ to matter.
 chunk size nodes cut at, so the ids match those of a put the node cut), asks
 which chunks the cluster holds already at full replication, and sends only the
 others. So an interrupted put, or a retry at another node, does not send again
-what reached the cluster; the cost is reading the file twice, but hashing it only
-once per id: the send reuses the cut's chunk ids and file hash (see ``put_path`` for
-what keeps a file that changed in between from being stored under them). A file of at most ``SMALL_FILE_BYTES_MAX`` goes whole in one
-``PutSmallFile`` to a node that speaks it, without being cut or asked about: there is
-at most one chunk, and asking which chunks are held would cost a request to save one.
+what reached the cluster; the cost is reading the file twice, but not hashing it
+twice: the send reuses the cut's chunk ids and file hash (``put_path`` says what keeps
+a file changed in between from being stored under them). A file of at most
+``SMALL_FILE_BYTES_MAX`` goes whole in one ``PutSmallFile`` to a node that speaks it,
+without being cut or asked about: there is at most one chunk, and asking which chunks
+are held would cost a request to save one.
 """
 
 from __future__ import annotations
@@ -439,8 +440,9 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
     and refuses the put otherwise; chunks not sent are held already under their ids. The
     client checks only the file's size and modification time after each read, which
     costs no hashing and turns the common case (a file written to meanwhile) into a clear
-    error before anything is sent; a write the modification time misses (within its
-    clock's granularity, or with the time set back) is still an error, the node's refusal.
+    error before the changed chunk is sent; a write the modification time misses (within
+    its clock's granularity, or with the time set back) is still an error, the node's
+    refusal. Either way the name is not written.
     """
     from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT, ManifestError
 
