@@ -17,7 +17,7 @@ import trio
 
 from p2pfs import errors, identity, testnet
 from p2pfs.client import Client
-from p2pfs.client.resume import PART_SUFFIX, STATE_SUFFIX, cut_file
+from p2pfs.client.resume import PART_SUFFIX, STATE_SUFFIX, cut_file, file_version, put_path
 from p2pfs.replication import messages as dm
 from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT
 from testnet_helpers import CLI_TIMEOUT_S, running_testnet
@@ -175,6 +175,48 @@ def test_a_node_refuses_a_put_that_skips_chunks_it_does_not_hold(net, tmp_path):
     assert net.cli("stat", "resume/forged.bin", check=False).returncode != 0
     reply = trio.run(put, [False, False, False], data)
     assert reply.size_bytes == len(data) and reply.file_hash == manifest.file_hash
+
+
+def put_changed_after_the_cut(net, path: Path, name: str, change) -> None:
+    """Put ``path`` through ``put_path``, calling ``change(version)`` (the file's size and
+    mtime at the cut) after the cut and before anything is sent."""
+    ident = identity.load_identity(net.directory / testnet.CLIENT_DIR)
+
+    async def run(what, attempt, resend):
+        with open(path, "rb") as f:  # the cut happened already: its version is the file's now
+            version = file_version(f)
+        change(version)
+        async with Client.connect(ident, net.status()["node1"].address) as client:
+            return await attempt(client)
+
+    async def put():
+        with trio.fail_after(CLI_TIMEOUT_S), open(path, "rb") as f:
+            await put_path(run, path, f, name, lambda count_bytes: None)
+
+    trio.run(put)
+
+
+@pytest.mark.parametrize("mtime_kept", [False, True], ids=["mtime-moved", "mtime-set-back"])
+def test_a_file_changed_between_the_cut_and_the_send_is_never_stored(net, tmp_path, mtime_kept):
+    """The send reuses the cut's ids: a file rewritten in between (same size) is refused, by
+    the client when its mtime moved, by the node's id check when the mtime was set back."""
+    path = tmp_path / "changing.bin"
+    path.write_bytes(os.urandom(3 * CHUNK + 11))
+    name = f"resume/changing-{mtime_kept}.bin"
+
+    def change(version: tuple[int, int]) -> None:
+        size_bytes, mtime_ns = version
+        with open(path, "r+b") as f:
+            f.seek(CHUNK + 5)
+            f.write(os.urandom(100))
+        later_ns = mtime_ns if mtime_kept else mtime_ns + 2_000_000_000  # moved past any timestamp granularity
+        os.utime(path, ns=(later_ns, later_ns))
+        assert path.stat().st_size == size_bytes
+
+    expected = "does not match its id" if mtime_kept else "changed while it was read"
+    with pytest.raises(errors.BadInput, match=expected):
+        put_changed_after_the_cut(net, path, name, change)
+    assert net.cli("stat", name, check=False).returncode != 0
 
 
 def test_a_node_sends_only_the_chunks_after_the_first_asked_for_of_the_same_version(net, tmp_path):

@@ -29,10 +29,12 @@ to matter.
 chunk size nodes cut at, so the ids match those of a put the node cut), asks
 which chunks the cluster holds already at full replication, and sends only the
 others. So an interrupted put, or a retry at another node, does not send again
-what reached the cluster; the cost is reading the file twice (hashing is cheap
-next to sending). A file of at most ``SMALL_FILE_BYTES_MAX`` goes whole in one
-``PutSmallFile`` to a node that speaks it, without being cut or asked about: there is
-at most one chunk, and asking which chunks are held would cost a request to save one.
+what reached the cluster; the cost is reading the file twice, but not hashing it
+twice: the send reuses the cut's chunk ids and file hash (``put_path`` says what keeps
+a file changed in between from being stored under them). A file of at most
+``SMALL_FILE_BYTES_MAX`` goes whole in one ``PutSmallFile`` to a node that speaks it,
+without being cut or asked about: there is at most one chunk, and asking which chunks
+are held would cost a request to save one.
 """
 
 from __future__ import annotations
@@ -383,21 +385,29 @@ def can_cut(size_bytes: int) -> bool:
     return 0 <= size_bytes <= MANIFEST_CHUNKS_MAX * CHUNK_SIZE_BYTES_DEFAULT
 
 
+def file_version(file: BinaryIO) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of an open file: what says it was not written to."""
+    facts = os.fstat(file.fileno())
+    return facts.st_size, facts.st_mtime_ns
+
+
 @dataclasses.dataclass
 class _Cut:
-    """A local file cut into chunks: its manifest, and where each chunk starts."""
+    """A local file cut into chunks: its manifest, where each chunk starts, and the file's
+    ``file_version`` when the cut began (every later read is checked against it)."""
 
     manifest: Any
     encoded: bytes
     ids: list[bytes]
     offsets: list[int]
+    version: tuple[int, int]
 
     @classmethod
-    def of(cls, manifest: Any) -> _Cut:
+    def of(cls, manifest: Any, version: tuple[int, int]) -> _Cut:
         offsets = [0]
         for ref in manifest.chunks:
             offsets.append(offsets[-1] + ref.size_bytes)
-        return cls(manifest, manifest.encode(), [ref.chunk_id for ref in manifest.chunks], offsets)
+        return cls(manifest, manifest.encode(), [ref.chunk_id for ref in manifest.chunks], offsets, version)
 
 
 def _small_content(path: Path, file: BinaryIO) -> bytes | None:
@@ -422,12 +432,30 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
 
     The file is cut at the default chunk size; a cluster configured for another size
     says so in its first answer, and the file is cut again at that size.
+
+    The cut is the only pass that hashes: its chunk ids and file hash come from one read,
+    so the manifest describes one content, and the send does not hash again. What keeps
+    a file changed between the cut and the send from being stored under the cut's ids is
+    the node, which checks every chunk it receives against its id (replication.resumable)
+    and refuses the put otherwise; chunks not sent are held already under their ids. The
+    client checks only the file's size and modification time after each read, which
+    costs no hashing and turns the common case (a file written to meanwhile) into a clear
+    error before the changed chunk is sent; a write the modification time misses (within
+    its clock's granularity, or with the time set back) is still an error, the node's
+    refusal. Either way the name is not written.
     """
-    from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT, ManifestError, chunk_id_of
+    from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_DEFAULT, ManifestError
+
+    def changed() -> errors.BadInput:
+        return errors.BadInput(f"{path} changed while it was read; put it again")
 
     def cut_at(chunk_size_bytes: int) -> _Cut:
         try:
-            return _Cut.of(cut_file(file, chunk_size_bytes))
+            version = file_version(file)
+            cut = _Cut.of(cut_file(file, chunk_size_bytes), version)
+            if file_version(file) != version:
+                raise changed()
+            return cut
         except OSError as exc:
             raise errors.BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
         except (ManifestError, ValueError) as exc:
@@ -446,10 +474,11 @@ async def put_path(run: Run, path: Path, file: BinaryIO, name: str, progress: Pr
         try:
             file.seek(cut.offsets[index])
             data = file.read(cut.manifest.chunks[index].size_bytes)
+            version = file_version(file)  # after the read: a write before it shows here
         except OSError as exc:
             raise errors.BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
-        if chunk_id_of(data) != cut.ids[index]:
-            raise errors.BadInput(f"{path} changed while it was read; put it again")
+        if len(data) != cut.manifest.chunks[index].size_bytes or version != cut.version:
+            raise changed()
         return data
 
     async def held_chunks(client: Client) -> list[bool]:
