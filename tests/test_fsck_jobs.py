@@ -25,7 +25,7 @@ from p2pfs.replication import fsck
 from p2pfs.replication import messages as dm
 from p2pfs.wire import Role
 from test_data_scale import NODES, cluster, costly_offload, files
-from test_smallops_wire import _handshake
+from test_smallops_wire import _handshake, _offering
 
 ANSWER_WAIT_S = 0.25
 
@@ -248,20 +248,6 @@ def test_the_client_takes_a_report_in_one_answer_from_a_node_that_never_sends_pe
 
 
 # --- who is told FsckPending: what the TLS handshake agrees on ---------------------------------
-
-
-def _offering(ident, side: int, alpn: tuple[str, ...]) -> ssl.SSLContext:
-    """A context as an end of an older release makes it: offering ``alpn`` (or nothing)."""
-    ctx = ssl.SSLContext(side)
-    if side == ssl.PROTOCOL_TLS_CLIENT:
-        ctx.check_hostname = False
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=str(ident.ca_path))
-    ctx.load_cert_chain(certfile=str(ident.cert_path), keyfile=str(ident.key_path))
-    if alpn:
-        ctx.set_alpn_protocols(list(alpn))
-    return ctx
 
 
 @pytest.mark.parametrize("old_offer", [(), (wire.ALPN_SMALL_FILES,)], ids=["no-alpn", "small-files"])

@@ -86,8 +86,9 @@ def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> tuple[
     raise AssertionError("the handshake did not finish")
 
 
-def _without_alpn(ident: identity.Identity, side: int) -> ssl.SSLContext:
-    """A context as an end before the small-file messages made it: no ALPN offered."""
+def _offering(ident: identity.Identity, side: int, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A context as an end of an older release makes it: offering ``alpn`` (by default nothing,
+    as before the small-file messages)."""
     ctx = ssl.SSLContext(side)
     if side == ssl.PROTOCOL_TLS_CLIENT:
         ctx.check_hostname = False
@@ -95,6 +96,8 @@ def _without_alpn(ident: identity.Identity, side: int) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cafile=str(ident.ca_path))
     ctx.load_cert_chain(certfile=str(ident.cert_path), keyfile=str(ident.key_path))
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -107,12 +110,12 @@ def test_two_new_ends_agree_on_the_small_file_messages(make_identity) -> None:
 
 def test_a_new_client_and_an_old_node_agree_on_nothing_and_still_connect(make_identity) -> None:
     node, client = make_identity(Role.NODE), make_identity(Role.CLIENT)
-    assert _handshake(client.client_context(), _without_alpn(node, ssl.PROTOCOL_TLS_SERVER)) == (None, None)
+    assert _handshake(client.client_context(), _offering(node, ssl.PROTOCOL_TLS_SERVER)) == (None, None)
 
 
 def test_an_old_client_and_a_new_node_agree_on_nothing_and_still_connect(make_identity) -> None:
     node, client = make_identity(Role.NODE), make_identity(Role.CLIENT)
-    assert _handshake(_without_alpn(client, ssl.PROTOCOL_TLS_CLIENT), node.server_context()) == (None, None)
+    assert _handshake(_offering(client, ssl.PROTOCOL_TLS_CLIENT), node.server_context()) == (None, None)
 
 
 # --- on real daemons ------------------------------------------------------------------------------
