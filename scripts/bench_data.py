@@ -299,30 +299,20 @@ def print_large(report: dict) -> None:
                   f"| {' / '.join(f'{x:.0f}' for x in r['daemon_rss_mib_max_by_half'])} "
                   f"| {r['cli_rss_mib_peak']:.0f} {_verdict(r['cli_rss_mib_peak'] < TARGET_CLI_RSS_MIB)} "
                   f"| {r['cli_cpu_s_per_gib']:.1f}; {', '.join(f'{x:.1f}' for x in r['daemon_cpu_s_per_gib'])} |")
-    print_get_cpu(report)
-    print_put_cpu(report)
+    print_cpu(report, "get", TARGET_GET_CPU_S_PER_GIB)
+    print_cpu(report, "put", TARGET_PUT_CPU_S_PER_GIB)
     if any(large.get("put", {}).get("daemon_rss_peak_since") == "daemon start" for large in report["large"]):
         print("\n(daemon peaks are since each daemon started: resetting VmHWM was not permitted)")
 
 
-def print_get_cpu(report: dict) -> None:
-    """A get's CPU over all processes, the figure its target is set in."""
+def print_cpu(report: dict, kind: str, target_cpu_s_per_gib: float) -> None:
+    """A put's or a get's CPU over all processes, the figure its target is set in."""
     for large in report["large"]:
-        if "get" in large:
-            r = large["get"]
+        if kind in large:
+            r = large[kind]
             total = r["cli_cpu_s_per_gib"] + sum(r["daemon_cpu_s_per_gib"])
-            print(f"\n{large['size_bytes'] // MIB} MiB get: {total:.1f} CPU-s/GiB over the CLI and the daemons "
-                  f"(<= {TARGET_GET_CPU_S_PER_GIB:g}) {_verdict(total <= TARGET_GET_CPU_S_PER_GIB)}")
-
-
-def print_put_cpu(report: dict) -> None:
-    """A put's CPU over all processes, the figure its target is set in."""
-    for large in report["large"]:
-        if "put" in large:
-            r = large["put"]
-            total = r["cli_cpu_s_per_gib"] + sum(r["daemon_cpu_s_per_gib"])
-            print(f"\n{large['size_bytes'] // MIB} MiB put: {total:.1f} CPU-s/GiB over the CLI and the daemons "
-                  f"(<= {TARGET_PUT_CPU_S_PER_GIB:g}) {_verdict(total <= TARGET_PUT_CPU_S_PER_GIB)}")
+            print(f"\n{large['size_bytes'] // MIB} MiB {kind}: {total:.1f} CPU-s/GiB over the CLI and the daemons "
+                  f"(<= {target_cpu_s_per_gib:g}) {_verdict(total <= target_cpu_s_per_gib)}")
 
 
 def print_small(small: dict) -> None:
