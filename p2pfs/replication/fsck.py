@@ -12,6 +12,16 @@ version of each name refers to go, as they are found, into a temporary SQLite fi
 (private, deleted when closed; ``FSCK_REF_CACHE_KIB`` of page cache), which gives
 them back in id order for the merge with the nodes' chunk lists.
 
+The streams are read at different moments, so data on the move can fall between
+them: a leaving node hands a name to its new owner and drops its copy, and a scan
+that read the owner's page before the copy and the leaver's after the drop sees one
+copy too few. A key the scan finds at fault gets a second look before it is reported
+(``FSCK_SECOND_LOOK_NAMES_MAX`` names, ``FSCK_SECOND_LOOK_CHUNKS_MAX`` chunks a check,
+beyond which the scan's verdict stands): the nodes the scan saw holding it outside
+its owners are asked again first, then its owners. Data moves only by copying to an
+owner before dropping elsewhere (hand-off, rebalancing), so a copy dropped before the
+first of those reads is at its owner by the second.
+
 An fsck of a million names takes longer than any request may wait (the client's
 deadline is 300 s; at 250,000 names one took 750 s on a loaded machine). So a
 request starts the check as a job on the node, or joins the one under way, and
@@ -39,6 +49,7 @@ from p2pfs import errors, net, wire
 from p2pfs.replication import messages as dm
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.errors import BadReply, ReplicaError
+from p2pfs.replication.fields import HAS_CHUNKS_IDS_MAX
 from p2pfs.replication.local import Offload
 from p2pfs.replication.placement import name_key
 from p2pfs.replication.replicas import LIST_PAGE_NAMES, PAGES_PER_NODE_MAX, Replica, Replicas
@@ -55,6 +66,12 @@ FSCK_NAME_PAGE = LIST_PAGE_NAMES
 FSCK_CHUNK_PAGE_IDS = 8192
 # Referenced ids written to the temporary table per insert (one worker-thread call).
 FSCK_REF_BATCH = 4096
+# Keys at fault in the scan looked at again before they are reported, a check: a name costs
+# one request per owner and per other holder, so a cluster with a dead node's worth of
+# names at fault is not asked about each of them; the scan's verdict stands for the rest.
+FSCK_SECOND_LOOK_NAMES_MAX = 256
+# Chunks are asked about in batches, so more of them: one batch per node and per pass.
+FSCK_SECOND_LOOK_CHUNKS_MAX = HAS_CHUNKS_IDS_MAX
 # Page cache of the temporary table of referenced ids, KiB; the rest of it stays on disk.
 FSCK_REF_CACHE_KIB = 8192
 # How long one Fsck request waits for the job before it answers FsckPending: well inside the
@@ -237,18 +254,31 @@ class Fsck:
             if len(problems) < FSCK_PROBLEMS_LISTED_MAX:
                 problems.append(dm.FsckProblem(kind, what, key, tuple(sorted(holders)), tuple(wanted)))
 
-        def classify(what: str, key: str, holders: set[str], wanted: list[str]) -> None:
+        def verdict(holders: set[str], wanted: list[str]) -> str | None:
             # At risk: fewer live copies than rf, wherever they are. Not at risk but
             # not done: copies on the wrong nodes (after a join, say), or too many.
             live = holders & alive
             if not holders:
-                problem("missing", what, key, holders, wanted)
-            elif len(live) < wanted_copies:
-                problem("under_replicated", what, key, holders, wanted)
-            elif not set(wanted) <= live:
-                problem("misplaced", what, key, holders, wanted)
-            elif len(holders) > wanted_copies:
-                problem("over_replicated", what, key, holders, wanted)
+                return "missing"
+            if len(live) < wanted_copies:
+                return "under_replicated"
+            if not set(wanted) <= live:
+                return "misplaced"
+            if len(holders) > wanted_copies:
+                return "over_replicated"
+            return None
+
+        second_look: dict[str, list[_Suspect]] = {"names": [], "chunks": []}
+        second_look_max = {"names": FSCK_SECOND_LOOK_NAMES_MAX, "chunks": FSCK_SECOND_LOOK_CHUNKS_MAX}
+
+        def classify(what: str, key: str, holders: set[str], wanted: list[str]) -> None:
+            kind = verdict(holders, wanted)
+            if kind is None:
+                return
+            if len(second_look[what]) < second_look_max[what]:
+                second_look[what].append(_Suspect(key, wanted, holders))
+            else:
+                problem(kind, what, key, holders, wanted)
 
         refs = await self._offload(_RefTable)
         try:
@@ -258,6 +288,13 @@ class Fsck:
             unreachable |= chunks_unreachable
         finally:
             await self._offload(refs.close)
+        await self._look_again_at_names(second_look["names"])
+        await self._look_again_at_chunks(second_look["chunks"])
+        for what, suspects in second_look.items():
+            for suspect in suspects:
+                kind = verdict(suspect.holders, suspect.wanted)
+                if kind is not None:
+                    problem(kind, what, suspect.key, suspect.holders, suspect.wanted)
         for chunk_id, holders in sorted(corrupt_holders.items()):
             problem("corrupt", "chunks", chunk_id.hex(), holders, ring.preference_list(chunk_id, rf))
         return dm.FsckReply(
@@ -360,6 +397,74 @@ class Fsck:
             after = batch[-1]
         await holders_of(None)
         return checked, corrupt_holders, {stream.node_id for stream in streams if stream.failed}
+
+
+    async def _look_again_at_names(self, suspects: list[_Suspect]) -> None:
+        """Ask each suspect name's other holders, then its owners, for it; who holds the newest now.
+
+        A suspect none of them could be asked about keeps what the scan saw.
+        """
+        for suspect in suspects:
+            found: list[tuple[str, NameEntry]] = []
+            for node_id in _sources_then_owners(suspect):
+                try:
+                    entry = await self._replicas(node_id).get_name(suspect.key)
+                except ReplicaError:
+                    found = []
+                    break
+                if entry is not None:
+                    found.append((node_id, entry))
+            if not found:
+                continue
+            newest = found[0][1]
+            for _, entry in found[1:]:
+                if entry.supersedes(newest):
+                    newest = entry
+            suspect.holders = {node_id for node_id, entry in found if entry.key == newest.key}
+
+    async def _look_again_at_chunks(self, suspects: list[_Suspect]) -> None:
+        """Ask every suspect chunk's other holders, then (all of those answered) its owners, for it.
+
+        One batch per node and pass. A suspect one of whose nodes could not be asked keeps
+        what the scan saw.
+        """
+        if not suspects:
+            return
+        failed: set[str] = set()
+        held: dict[bytes, set[str]] = defaultdict(set)
+        for asks_owners in (False, True):
+            by_node: dict[str, list[bytes]] = defaultdict(list)
+            for suspect in suspects:
+                chunk_id = bytes.fromhex(suspect.key)
+                nodes = suspect.wanted if asks_owners else sorted(suspect.holders - set(suspect.wanted))
+                for node_id in nodes:
+                    by_node[node_id].append(chunk_id)
+            for node_id, ids in sorted(by_node.items()):
+                try:
+                    present = await self._replicas(node_id).has_chunks(tuple(ids))
+                except ReplicaError:
+                    failed.add(node_id)
+                    continue
+                for chunk_id, has in zip(ids, present):
+                    if has:
+                        held[chunk_id].add(node_id)
+        for suspect in suspects:
+            if not (failed & (suspect.holders | set(suspect.wanted))):
+                suspect.holders = held[bytes.fromhex(suspect.key)]
+
+
+@dataclasses.dataclass(slots=True)
+class _Suspect:
+    """A key the scan found at fault: where it wants to be, and who holds it (the scan's, then the second look's)."""
+
+    key: str
+    wanted: list[str]
+    holders: set[str]
+
+
+def _sources_then_owners(suspect: _Suspect) -> list[str]:
+    """The nodes to ask about a suspect, in the order that sees a copy-then-drop move whole."""
+    return sorted(suspect.holders - set(suspect.wanted)) + list(suspect.wanted)
 
 
 async def _push(heap: list, stream: _Stream, index: int, unreachable: set[str]) -> None:
