@@ -60,7 +60,6 @@ from p2pfs.replication.replicas import Replica, Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
 from p2pfs.storage import (
-    ChunkCorrupt,
     ChunkRef,
     ClockDriftError,
     FileHasher,
@@ -495,12 +494,13 @@ class Coordinator:
         preferred = ring.preference_list(chunk_id, rf)
         if self.node_id in preferred:
             # Its own copy first, read and verified in one thread hop (asking ``has`` first made
-            # two per chunk). A corrupt copy, quarantined now, is asked again as the holder below:
-            # found lacking there, it is repaired as before.
+            # two per chunk). Without a good copy (a corrupt one quarantined now, or earlier by
+            # the scrub or another read), it is asked again as the holder below: found lacking
+            # there, it is repaired once another replica serves the chunk.
             try:
                 return await self.replicas.local.fetch_chunk(chunk_id)
-            except ReplicaLacks as exc:
-                held = isinstance(exc.__cause__, ChunkCorrupt)
+            except ReplicaLacks:
+                held = True
         else:
             held = await self._offload(self.local.chunks.has, chunk_id)
         order = read_order(
