@@ -15,9 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from p2pfs.chaos import checker, nemesis, netns, nfq, workload
 from p2pfs.chaos.cluster import Timings
@@ -173,6 +176,45 @@ def test_pauses_straddle_the_suspicion_timeout():
     long = [f.hold_s for f in faults if f.kind == nemesis.PAUSE_LONG]
     assert short and max(short) < membership.suspicion_timeout_s_min(len(NODES))
     assert long and min(long) > membership.detection_bound_s(len(NODES))
+
+
+class _SlowRestartCluster:
+    """A cluster whose restarts take ``restart_s`` (as under load), on trio's mock clock."""
+
+    def __init__(self, restart_s: float) -> None:
+        self.restart_s = restart_s
+        self.nodes = [types.SimpleNamespace(name=n, host=n, paused=False, running=True) for n in NODES]
+
+    def node(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    async def kill(self, node) -> None:
+        node.running = False
+
+    async def start(self, node) -> None:
+        await trio.sleep(self.restart_s)
+        node.running = True
+
+
+class _NoFirewall:
+    async def heal(self) -> None:
+        pass
+
+
+def test_a_fault_that_ran_late_still_leaves_its_quiet_gap_before_the_next():
+    planned = [nemesis.PlannedFault(0.0, nemesis.KILL, (NODES[0],), 2.0, {}),
+               nemesis.PlannedFault(5.0, nemesis.KILL, (NODES[1],), 2.0, {})]  # 3 s of quiet between
+    faults: list[Fault] = []
+
+    async def main() -> None:
+        chaos = nemesis.Nemesis(cluster=_SlowRestartCluster(restart_s=30.0), firewall=_NoFirewall(),
+                                clock=trio.current_time, record=faults.append)
+        await chaos.run(planned, trio.current_time())
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    first, second = faults
+    assert first.end_s == 32.0  # 2 s down, 30 s to restart: 27 s past the next fault's time
+    assert second.start_s - first.end_s == 3.0
 
 
 def test_the_workload_plan_is_a_function_of_the_seed_and_puts_are_unique():

@@ -147,11 +147,20 @@ class Nemesis:
         self._skewed: list[str] = []
 
     async def run(self, faults: list[PlannedFault], run_started_s: float) -> None:
-        """Inject each fault at its time; whatever happens, leave the cluster healed."""
+        """Inject each fault at its time; whatever happens, leave the cluster healed.
+
+        A fault that ran late (a restart under load can take half a minute) still leaves
+        its planned quiet gap before the next: the next one starts at its time, or that
+        gap after the late heal, whichever is later.
+        """
         try:
+            healed_s, planned_end_s = run_started_s, 0.0
             for planned in faults:
-                await trio.sleep_until(run_started_s + planned.start_s)  # the schedule's clock, not a sync
+                gap_s = planned.start_s - planned_end_s
+                # The schedule's clock, not a sync.
+                await trio.sleep_until(max(run_started_s + planned.start_s, healed_s + gap_s))
                 await self._inject(planned)
+                healed_s, planned_end_s = trio.current_time(), planned.start_s + planned.hold_s
         finally:
             with trio.CancelScope(shield=True):
                 await self.heal_everything()
