@@ -454,7 +454,8 @@ class Coordinator:
         ordered = name_read_order(targets, self.node_id)
         quorum = ReadQuorum(f"reading name {name!r}", preferred, ordered, spare, needed, ask_first=max(needed, 1))
 
-        async def ask(target: Target | None, nursery: trio.Nursery) -> None:
+        async def ask(target: Target | None, nursery: trio.Nursery, *, once: bool = False) -> None:
+            """Ask ``target``, then whoever replaces it; ``once``: a replacement gets a task of its own."""
             while target is not None:
                 try:
                     entry = await self.replicas(target.node_id).get_name(name)
@@ -466,20 +467,32 @@ class Coordinator:
                 for other in decision.more:
                     nursery.start_soon(ask, other, nursery)
                 target = decision.retry
+                if once and target is not None:
+                    nursery.start_soon(ask, target, nursery)
+                    target = None
             if quorum.done:
                 nursery.cancel_scope.cancel()
 
-        async def hedge(nursery: trio.Nursery) -> None:
-            await trio.sleep(NAME_READ_HEDGE_S)
-            for other in quorum.hedge():
-                nursery.start_soon(ask, other, nursery)
-
         if not quorum.done:
+            hedge_at_s = trio.current_time() + NAME_READ_HEDGE_S
             async with trio.open_nursery() as nursery:
+                # This node's own replica is asked in the nursery's body, after the others are
+                # started, and the hedge waits there too: its read is answered on the event loop
+                # (``LocalReplica.get_name``), so a task of its own, and one for the hedge, were
+                # two spawns per read for nothing (docs/BENCHMARKS.md, "Small files: a name read's
+                # tasks"). Whoever finishes the read cancels the nursery, the body's wait with it.
+                own = None
                 for target in quorum.targets:
-                    nursery.start_soon(ask, target, nursery)
-                if quorum.held:
-                    nursery.start_soon(hedge, nursery)
+                    if target.node_id == self.node_id:
+                        own = target
+                    else:
+                        nursery.start_soon(ask, target, nursery)
+                if own is not None:
+                    await ask(own, nursery, once=True)  # a replica asked in its place must not hold up the hedge
+                if quorum.held and not quorum.done:
+                    await trio.sleep_until(hedge_at_s)
+                    for other in quorum.hedge():
+                        nursery.start_soon(ask, other, nursery)
         return quorum
 
     # -- chunks -----------------------------------------------------------------
