@@ -54,7 +54,7 @@ from p2pfs.replication.errors import ReplicaDown, ReplicaError, ReplicaLacks
 from p2pfs.replication.local import LocalStore, Offload
 from p2pfs.replication.placement import Target, name_key, read_order, write_plan
 from p2pfs.replication.quorum import (
-    ChunkRead, QuorumError, ReadQuorum, WriteQuorum, name_read_order, quorum_size,
+    ChunkRead, QuorumError, ReadQuorum, Spare, WriteQuorum, name_read_order, quorum_size,
 )
 from p2pfs.replication.replicas import Replica, Replicas
 from p2pfs.replication.view import RingView
@@ -168,6 +168,25 @@ class ChunkWrites:
             self._window.release()
 
 
+def _plan(ring: Ring, key: bytes, rf: int, unavailable: set[str]) -> tuple[list[str], list[Target], Spare]:
+    """``key``'s preferred replicas and ``placement.write_plan``'s targets and stand-ins, the
+    stand-ins found only when a target fails if every preferred replica is available.
+
+    ``write_plan`` works out the preference list twice more (once for the fallbacks), and
+    ``ring.preference_list`` cost a small get or put about 0.1 ms of CPU each time
+    (docs/BENCHMARKS.md, "Small files: a name read's tasks, the stand-ins found when needed");
+    when no preferred replica is unavailable its targets are the preferred replicas themselves,
+    and the stand-ins matter only to replace one that fails.
+    """
+    preferred = ring.preference_list(key, rf)
+    if unavailable.isdisjoint(preferred):
+        return preferred, [Target(node_id) for node_id in preferred], (
+            lambda: [node_id for node_id in ring.fallback_list(key, rf) if node_id not in unavailable]
+        )
+    targets, spare = write_plan(ring, key, rf, unavailable)
+    return preferred, targets, spare
+
+
 class Coordinator:
     def __init__(
         self, *, node_id: str, config: ReplicationConfig, view: RingView, replicas: Replicas,
@@ -205,13 +224,13 @@ class Coordinator:
         misses ``w`` says why (it said "no replica could be reached")."""
         ring = self.view.ring()
         unavailable = self.view.unavailable()
-        targets, spare = write_plan(ring, key, self.config.rf, unavailable)
+        preferred, targets, spare = _plan(ring, key, self.config.rf, unavailable)
         skipped: list[tuple[str, str]] = []
         if len(targets) < self.config.rf and unavailable:
             covered = {t.hint_for or t.node_id for t in targets}
             backing_off = self.view.health.backing_off(self.view.clock.monotonic_s())
             members = self.view.members_by_id()
-            for node_id in ring.preference_list(key, self.config.rf):
+            for node_id in preferred:
                 if node_id not in unavailable or node_id in covered:
                     continue
                 if node_id in backing_off:
@@ -424,9 +443,8 @@ class Coordinator:
     async def _read_name_on(self, ring: Ring, name: str, *, repair: bool = True) -> NameEntry | None:
         key = name_key(name)
         rf = self.config.rf
-        preferred = ring.preference_list(key, rf)
         unavailable = self.view.unavailable()
-        targets, spare = write_plan(ring, key, rf, unavailable)
+        preferred, targets, spare = _plan(ring, key, rf, unavailable)
         needed = quorum_size(self.config.r, len(ring))
         quorum = await self._ask_for_name(name, preferred, targets, spare, needed)
         try:
@@ -447,7 +465,7 @@ class Coordinator:
                 self.repairs.spawn(self.replicas(target.node_id).put_name, outcome.winner, target.hint_for)
         return outcome.winner
 
-    async def _ask_for_name(self, name: str, preferred: list[str], targets: list[Target], spare: list[str],
+    async def _ask_for_name(self, name: str, preferred: list[str], targets: list[Target], spare: Spare,
                             needed: int) -> ReadQuorum:
         """Ask ``targets`` (stand-ins from ``spare`` for those that fail) for ``name``'s entry:
         ``needed`` of them first, the rest when the quorum hands them out or the hedge passes."""
