@@ -179,3 +179,26 @@ def test_stand_ins_are_found_once_and_only_when_a_target_fails():
     read = ReadQuorum("r", ["p0", "p1"], [Target("p0"), Target("p1")], find, 2)
     assert read.on_failure(Target("p1"), "down").retry == Target("s0", hint_for="p1")
     assert calls == [1, 1]
+
+
+async def _write(config: ReplicationConfig, me: str, members: list[Member], cluster: FakeCluster,
+                 entry: NameEntry, counter: SpawnCounter) -> int:
+    view = RingView(me, config, lambda: members, SystemClock())
+    coordinator = Coordinator(node_id=me, config=config, view=view, replicas=cluster, local=None,
+                              clock=SystemClock(), offload=None)
+    view.ring()  # built before the count starts
+    trio.lowlevel.add_instrument(counter)
+    with trio.fail_after(WAIT_S):
+        acks = await coordinator.write_name(entry)
+    trio.lowlevel.remove_instrument(counter)
+    return acks
+
+
+def test_a_name_write_spawns_a_task_per_peer_and_none_for_this_node():
+    nodes, members = _members(3)
+    cluster = FakeCluster(_entry("old"), nodes)
+    counter = SpawnCounter()
+    new = NameEntry("a", Timestamp(200, 0), "e" * 64, None)
+    assert _run(_write, ReplicationConfig(rf=3, w=2, r=2), nodes[0], members, cluster, new, counter) == 3
+    assert all(cluster.entries[node] == new for node in nodes)
+    assert counter.spawned == 2  # 3 before: this node's write had a task of its own
