@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from p2pfs import net
 from p2pfs.address import Address
 from p2pfs.clock import SystemClock
 from p2pfs.membership import Member, MemberState
@@ -24,6 +25,9 @@ from p2pfs.replication.placement import Target, name_key, write_plan
 from p2pfs.replication.quorum import ReadQuorum, WriteQuorum
 from p2pfs.replication.view import RingView
 from p2pfs.storage import NameEntry, Timestamp
+from p2pfs.wire import FrameKind, Role
+
+from wire_helpers import Echo
 
 WAIT_S = 10.0
 
@@ -202,3 +206,67 @@ def test_a_name_write_spawns_a_task_per_peer_and_none_for_this_node():
     assert _run(_write, ReplicationConfig(rf=3, w=2, r=2), nodes[0], members, cluster, new, counter) == 3
     assert all(cluster.entries[node] == new for node in nodes)
     assert counter.spawned == 2  # 3 before: this node's write had a task of its own
+
+
+class EchoHandlers:
+    async def handle_request(self, request: net.IncomingRequest):
+        return request.msg
+
+    def handle_oneway(self, conn, msg) -> None:
+        pass
+
+
+class StepsOf(trio.abc.Instrument):
+    """How often one task is run: each time it yields to the scheduler and is resumed."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_small_request_on_a_free_connection_takes_the_send_lock_without_a_scheduler_trip(
+        nursery, make_identity):
+    """``Connection._send_frame`` takes a free send lock at once: a request and its answer cost
+    the caller one scheduler trip fewer (``Lock.acquire`` yields even when the lock is free)."""
+    server = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), EchoHandlers(),
+                          config=net.NetConfig(handshake_timeout_s=5.0))
+    await nursery.start(server.run)
+    async with net.client_connection(make_identity(Role.CLIENT), Address("127.0.0.1", server.bound_port)) as conn:
+        assert await conn.request(Echo(b"warm"), timeout_s=WAIT_S) == Echo(b"warm")
+        counted = []
+        for _ in range(5):  # the fewest of a few: a socket that is not writable at once adds a wait
+            steps = StepsOf(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(steps)
+            assert await conn.request(Echo(b"x" * 4096), timeout_s=WAIT_S) == Echo(b"x" * 4096)
+            trio.lowlevel.remove_instrument(steps)
+            counted.append(steps.steps)
+    assert min(counted) <= 4, counted  # 5 before: the lock's yield, the socket lock's, the socket
+    # write's, TLS's closing checkpoint, and the answer's arrival
+
+
+async def test_a_cancelled_caller_sends_nothing(nursery, make_identity):
+    """The free lock's shortcut keeps the lock's cancellation point: a caller cancelled before
+    sending raises Cancelled and does not send its request, and the connection stays usable."""
+    server = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), EchoHandlers(),
+                          config=net.NetConfig(handshake_timeout_s=5.0))
+    await nursery.start(server.run)
+    async with net.client_connection(make_identity(Role.CLIENT), Address("127.0.0.1", server.bound_port)) as conn:
+        sent = []
+        send_all = conn._stream.send_all
+
+        async def recording_send_all(*parts):
+            sent.append(parts)
+            await send_all(*parts)
+
+        conn._stream.send_all = recording_send_all
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await conn.request(Echo(b"never"), timeout_s=WAIT_S)
+        assert scope.cancelled_caught
+        # Only the CANCEL that ends any abandoned request (the peer ignores one for a stream it never saw).
+        assert [bytes(parts[0])[4] for parts in sent] == [FrameKind.CANCEL]
+        assert await conn.request(Echo(b"after"), timeout_s=WAIT_S) == Echo(b"after")
