@@ -493,8 +493,9 @@ class Connection:
             raise ConnectionClosed(self.close_reason or "closed")
         # A free lock is taken without a trip through the scheduler (``Lock.acquire`` yields
         # even then): the socket write below yields anyway, and a small request or answer paid
-        # for both (docs/BENCHMARKS.md, "Small files: a name read's tasks"). A cancelled caller
-        # still stops here, as it did at the lock, before anything is sent.
+        # for both (docs/BENCHMARKS.md, "Small files: a name read's tasks, the stand-ins found
+        # when needed, the send lock"). A cancelled caller still stops here, as it did at the
+        # lock, before anything is sent.
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._send_lock.locked():
             await self._send_lock.acquire()

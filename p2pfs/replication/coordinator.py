@@ -172,11 +172,11 @@ def _plan(ring: Ring, key: bytes, rf: int, unavailable: set[str]) -> tuple[list[
     """``key``'s preferred replicas and ``placement.write_plan``'s targets and stand-ins, the
     stand-ins found only when a target fails if every preferred replica is available.
 
-    ``write_plan`` works out the preference list twice more (once for the fallbacks), and
-    ``ring.preference_list`` cost a small get or put about 0.1 ms of CPU each time
-    (docs/BENCHMARKS.md, "Small files: a name read's tasks, the stand-ins found when needed");
-    when no preferred replica is unavailable its targets are the preferred replicas themselves,
-    and the stand-ins matter only to replace one that fails.
+    ``write_plan`` works out the preference list twice more (once for the fallbacks): three
+    per name read were about 5% of the daemons' event-loop CPU in a small get (docs/BENCHMARKS.md,
+    "Small files: a name read's tasks, the stand-ins found when needed, the send lock"). When no
+    preferred replica is unavailable its targets are the preferred replicas themselves, and the
+    stand-ins matter only to replace one that fails.
     """
     preferred = ring.preference_list(key, rf)
     if unavailable.isdisjoint(preferred):
@@ -507,7 +507,8 @@ class Coordinator:
                 # started, and the hedge waits there too: its read is answered on the event loop
                 # (``LocalReplica.get_name``), so a task of its own, and one for the hedge, were
                 # two spawns per read for nothing (docs/BENCHMARKS.md, "Small files: a name read's
-                # tasks"). Whoever finishes the read cancels the nursery, the body's wait with it.
+                # tasks, the stand-ins found when needed, the send lock"). Whoever finishes the
+                # read cancels the nursery, the body's wait with it.
                 own = None
                 for target in quorum.targets:
                     if target.node_id == self.node_id:
