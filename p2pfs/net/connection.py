@@ -491,13 +491,25 @@ class Connection:
         header = wire.frame_header(frame.kind, frame.stream_id, frame.msg_type, len(frame.payload))
         if self._closed.is_set():
             raise ConnectionClosed(self.close_reason or "closed")
-        async with self._send_lock:
+        # A free lock is taken without a trip through the scheduler (``Lock.acquire`` yields
+        # even then): the socket write below yields anyway, and a small request or answer paid
+        # for both (docs/BENCHMARKS.md, "Small files: a name read's tasks, the stand-ins found
+        # when needed, the send lock"). A cancelled caller still stops here, as it did at the
+        # lock, before anything is sent.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._send_lock.locked():
+            await self._send_lock.acquire()
+        else:
+            self._send_lock.acquire_nowait()
+        try:
             # A frame goes out whole, whoever is cancelled meanwhile: a TLS stream is broken for
             # good by a send cancelled midway (and half a frame would derail the peer's
             # decoder anyway), which would fail every other request on the connection, e.g. when
             # a quorum read cancels its slowest replica. send_timeout_s still bounds the wait.
             with trio.CancelScope(shield=True):
                 await self._send_frame_whole(header, frame.payload)
+        finally:
+            self._send_lock.release()
 
     async def _send_frame_whole(self, header: bytes, payload: bytes | memoryview | m.Scattered) -> None:
         try:

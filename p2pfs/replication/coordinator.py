@@ -54,7 +54,7 @@ from p2pfs.replication.errors import ReplicaDown, ReplicaError, ReplicaLacks
 from p2pfs.replication.local import LocalStore, Offload
 from p2pfs.replication.placement import Target, name_key, read_order, write_plan
 from p2pfs.replication.quorum import (
-    ChunkRead, QuorumError, ReadQuorum, WriteQuorum, name_read_order, quorum_size,
+    ChunkRead, QuorumError, ReadQuorum, Spare, WriteQuorum, name_read_order, quorum_size,
 )
 from p2pfs.replication.replicas import Replica, Replicas
 from p2pfs.replication.view import RingView
@@ -167,6 +167,25 @@ class ChunkWrites:
             self._window.release()
 
 
+def _plan(ring: Ring, key: bytes, rf: int, unavailable: set[str]) -> tuple[list[str], list[Target], Spare]:
+    """``key``'s preferred replicas and ``placement.write_plan``'s targets and stand-ins, the
+    stand-ins found only when a target fails if every preferred replica is available.
+
+    ``write_plan`` works out the preference list twice more (once for the fallbacks): three
+    per name read were about 5% of the daemons' event-loop CPU in a small get (docs/BENCHMARKS.md,
+    "Small files: a name read's tasks, the stand-ins found when needed, the send lock"). When no
+    preferred replica is unavailable its targets are the preferred replicas themselves, and the
+    stand-ins matter only to replace one that fails.
+    """
+    preferred = ring.preference_list(key, rf)
+    if unavailable.isdisjoint(preferred):
+        return preferred, [Target(node_id) for node_id in preferred], (
+            lambda: [node_id for node_id in ring.fallback_list(key, rf) if node_id not in unavailable]
+        )
+    targets, spare = write_plan(ring, key, rf, unavailable)
+    return preferred, targets, spare
+
+
 class Coordinator:
     def __init__(
         self, *, node_id: str, config: ReplicationConfig, view: RingView, replicas: Replicas,
@@ -204,13 +223,13 @@ class Coordinator:
         misses ``w`` says why (it said "no replica could be reached")."""
         ring = self.view.ring()
         unavailable = self.view.unavailable()
-        targets, spare = write_plan(ring, key, self.config.rf, unavailable)
+        preferred, targets, spare = _plan(ring, key, self.config.rf, unavailable)
         skipped: list[tuple[str, str]] = []
         if len(targets) < self.config.rf and unavailable:
             covered = {t.hint_for or t.node_id for t in targets}
             backing_off = self.view.health.backing_off(self.view.clock.monotonic_s())
             members = self.view.members_by_id()
-            for node_id in ring.preference_list(key, self.config.rf):
+            for node_id in preferred:
                 if node_id not in unavailable or node_id in covered:
                     continue
                 if node_id in backing_off:
@@ -242,8 +261,17 @@ class Coordinator:
         """Write to the key's replicas (stand-ins for the unavailable); QuorumError below ``w``."""
         quorum = self._write_quorum(key, what)
         async with trio.open_nursery() as nursery:
+            # This node's write goes in the nursery's body once the others are started, rather
+            # than in a task of its own: one spawn fewer per write, and the same wait, since the
+            # nursery ends only when every attempt has.
+            own = None
             for target in quorum.targets:
-                nursery.start_soon(self._attempt, quorum, write, target)
+                if target.node_id == self.node_id:
+                    own = target
+                else:
+                    nursery.start_soon(self._attempt, quorum, write, target)
+            if own is not None:
+                await self._attempt(quorum, write, own)
         return quorum.check()
 
     # -- chunk writes, chain or star (quorum_chain.py) ---------------------------------------
@@ -423,9 +451,8 @@ class Coordinator:
     async def _read_name_on(self, ring: Ring, name: str, *, repair: bool = True) -> NameEntry | None:
         key = name_key(name)
         rf = self.config.rf
-        preferred = ring.preference_list(key, rf)
         unavailable = self.view.unavailable()
-        targets, spare = write_plan(ring, key, rf, unavailable)
+        preferred, targets, spare = _plan(ring, key, rf, unavailable)
         needed = quorum_size(self.config.r, len(ring))
         quorum = await self._ask_for_name(name, preferred, targets, spare, needed)
         try:
@@ -446,14 +473,15 @@ class Coordinator:
                 self.repairs.spawn(self.replicas(target.node_id).put_name, outcome.winner, target.hint_for)
         return outcome.winner
 
-    async def _ask_for_name(self, name: str, preferred: list[str], targets: list[Target], spare: list[str],
+    async def _ask_for_name(self, name: str, preferred: list[str], targets: list[Target], spare: Spare,
                             needed: int) -> ReadQuorum:
         """Ask ``targets`` (stand-ins from ``spare`` for those that fail) for ``name``'s entry:
         ``needed`` of them first, the rest when the quorum hands them out or the hedge passes."""
         ordered = name_read_order(targets, self.node_id)
         quorum = ReadQuorum(f"reading name {name!r}", preferred, ordered, spare, needed, ask_first=max(needed, 1))
 
-        async def ask(target: Target | None, nursery: trio.Nursery) -> None:
+        async def ask(target: Target | None, nursery: trio.Nursery, *, once: bool = False) -> None:
+            """Ask ``target``, then whoever replaces it; ``once``: a replacement gets a task of its own."""
             while target is not None:
                 try:
                     entry = await self.replicas(target.node_id).get_name(name)
@@ -465,20 +493,33 @@ class Coordinator:
                 for other in decision.more:
                     nursery.start_soon(ask, other, nursery)
                 target = decision.retry
+                if once and target is not None:
+                    nursery.start_soon(ask, target, nursery)
+                    target = None
             if quorum.done:
                 nursery.cancel_scope.cancel()
 
-        async def hedge(nursery: trio.Nursery) -> None:
-            await trio.sleep(NAME_READ_HEDGE_S)
-            for other in quorum.hedge():
-                nursery.start_soon(ask, other, nursery)
-
         if not quorum.done:
+            hedge_at_s = trio.current_time() + NAME_READ_HEDGE_S
             async with trio.open_nursery() as nursery:
+                # This node's own replica is asked in the nursery's body, after the others are
+                # started, and the hedge waits there too: its read is answered on the event loop
+                # (``LocalReplica.get_name``), so a task of its own, and one for the hedge, were
+                # two spawns per read for nothing (docs/BENCHMARKS.md, "Small files: a name read's
+                # tasks, the stand-ins found when needed, the send lock"). Whoever finishes the
+                # read cancels the nursery, the body's wait with it.
+                own = None
                 for target in quorum.targets:
-                    nursery.start_soon(ask, target, nursery)
-                if quorum.held:
-                    nursery.start_soon(hedge, nursery)
+                    if target.node_id == self.node_id:
+                        own = target
+                    else:
+                        nursery.start_soon(ask, target, nursery)
+                if own is not None:
+                    await ask(own, nursery, once=True)  # a replica asked in its place must not hold up the hedge
+                if quorum.held and not quorum.done:
+                    await trio.sleep_until(hedge_at_s)
+                    for other in quorum.hedge():
+                        nursery.start_soon(ask, other, nursery)
         return quorum
 
     # -- chunks -----------------------------------------------------------------

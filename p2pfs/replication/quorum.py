@@ -40,7 +40,7 @@ tests/test_quorum.py drive these directly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from p2pfs import errors
 from p2pfs.ids import short_id
@@ -80,13 +80,21 @@ def quorum_size(wanted: int, ring_size: int) -> int:
     return min(wanted, ring_size)
 
 
+# The stand-ins of a quorum, or how to find them when the first target fails: finding them
+# walks the ring past the preference list, work that most reads and writes never need.
+Spare = Sequence[str] | Callable[[], Sequence[str]]
+
+
 class _StandIns:
     """The stand-ins not used yet, handed out in ring order to replace failed targets."""
 
-    def __init__(self, spare: Sequence[str]) -> None:
-        self._spare = list(spare)
+    def __init__(self, spare: Spare) -> None:
+        self._find = spare if callable(spare) else None
+        self._spare = [] if callable(spare) else list(spare)
 
     def replace(self, failed: Target) -> Target | None:
+        if self._find is not None:
+            self._spare, self._find = list(self._find()), None
         if not self._spare:
             return None
         return Target(self._spare.pop(0), hint_for=failed.hint_for or failed.node_id)
@@ -95,7 +103,7 @@ class _StandIns:
 class WriteQuorum:
     """One key written to its targets, stand-ins replacing failures, ``needed`` acks to succeed."""
 
-    def __init__(self, what: str, targets: Sequence[Target], spare: Sequence[str], needed: int) -> None:
+    def __init__(self, what: str, targets: Sequence[Target], spare: Spare, needed: int) -> None:
         self.what = what
         self.targets = tuple(targets)
         self._stand_ins = _StandIns(spare)
@@ -151,7 +159,7 @@ class ReadQuorum:
     """
 
     def __init__(
-        self, what: str, preferred: Iterable[str], targets: Sequence[Target], spare: Sequence[str], needed: int,
+        self, what: str, preferred: Iterable[str], targets: Sequence[Target], spare: Spare, needed: int,
         *, ask_first: int | None = None,
     ) -> None:
         assert ask_first is None or ask_first >= 1, "a read asks at least one target first"
