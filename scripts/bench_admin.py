@@ -14,6 +14,12 @@ with its admin listener on, as `testnet up` makes them. After ``SETTLE_S`` of qu
   scrape takes from the event loop whatever else the machine is doing.
 
 Targets (issue 15): idle under 0.5 % of a core and 60 MiB per daemon; a scrape under 10 ms.
+
+``--hooks-only`` measures instead, in this process and without daemons, what the admin's hook
+costs each request a node answers with a message (most of a peer's requests: a name read or
+write): CPU microseconds of ``AdminService.record_answer``, best of ``HOOK_ROUNDS`` rounds of
+``HOOK_CALLS`` calls. A small-file get costs about 1.5 CPU-ms over every process, with three
+or four such requests in it.
 """
 
 from __future__ import annotations
@@ -24,10 +30,17 @@ import re
 import statistics
 import tempfile
 import time
+import types
 import urllib.request
 from pathlib import Path
 
-from p2pfs import testnet
+import prometheus_client
+import trio
+
+from p2pfs import testnet, wire
+from p2pfs.node.admin.metrics import RequestMetrics
+from p2pfs.node.admin.server import AdminService
+from p2pfs.replication import messages as dm
 
 NODES_DEFAULT = 5
 IDLE_S_DEFAULT = 60.0
@@ -37,6 +50,10 @@ SCRAPES_DEFAULT = 50
 SETTLE_S = 10.0
 # One local scrape answers in milliseconds; this only stops a hung benchmark.
 HTTP_TIMEOUT_S = 10.0
+
+# The hook benchmark: calls per round, and rounds (the best is reported: the machine is shared).
+HOOK_CALLS = 100_000
+HOOK_ROUNDS = 5
 
 TARGET_IDLE_CPU_PERCENT = 0.5
 TARGET_IDLE_RSS_MIB = 60.0
@@ -104,13 +121,37 @@ def scrape_cost(procs: list[testnet.NodeProcess], scrapes: int) -> dict:
     }
 
 
+def hook_cost_us() -> float:
+    """CPU microseconds of the admin's hook for one peer's request answered with a message."""
+    admin = types.SimpleNamespace(requests=RequestMetrics(prometheus_client.CollectorRegistry()))
+    admin.record_request = types.MethodType(AdminService.record_request, admin)
+    peer = types.SimpleNamespace(role=wire.Role.NODE, short_id="0123456789ab")
+    request = types.SimpleNamespace(conn=types.SimpleNamespace(peer=peer), msg=dm.GetName("a/name"), peer=peer)
+    answer = dm.GetNameReply(None)
+
+    async def one_round() -> float:
+        started_s = trio.current_time()
+        cpu_s = time.process_time()
+        for _ in range(HOOK_CALLS):
+            AdminService.record_answer(admin, request, answer, started_s)
+        return (time.process_time() - cpu_s) / HOOK_CALLS * 1e6
+
+    return min(trio.run(one_round) for _ in range(HOOK_ROUNDS))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py admin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=NODES_DEFAULT)
     parser.add_argument("--idle-s", type=float, default=IDLE_S_DEFAULT)
     parser.add_argument("--scrape-interval-s", type=float, default=SCRAPE_INTERVAL_S_DEFAULT)
     parser.add_argument("--scrapes", type=int, default=SCRAPES_DEFAULT, help="per daemon")
+    parser.add_argument("--hooks-only", action="store_true",
+                        help="only the per-request hook's CPU cost, in this process (no daemons)")
     args = parser.parse_args(argv)
+    if args.hooks_only:
+        print(f"the admin's hook, a peer's request answered with a message: {hook_cost_us():.2f} CPU-us "
+              f"(best of {HOOK_ROUNDS} rounds of {HOOK_CALLS:,} calls)")
+        return 0
     with tempfile.TemporaryDirectory(prefix="p2pfs-bench-admin-") as tmp:
         directory = Path(tmp) / "net"
         try:

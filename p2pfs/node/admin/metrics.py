@@ -21,6 +21,8 @@ scrape cannot see after the fact, and are counted here as they happen:
 
 from __future__ import annotations
 
+import functools
+
 import collections
 import dataclasses
 import time
@@ -57,8 +59,14 @@ REQUEST_DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 OPERATION_ALIASES = {"GetFileFrom": "get_file", "PutFileKnown": "put_file"}
 
 
+# Message types whose label value is kept: each request type once (there are a few dozen).
+OPERATION_NAMES_CACHED_MAX = 256
+
+
+@functools.lru_cache(maxsize=OPERATION_NAMES_CACHED_MAX)
 def operation_name(msg_type: type) -> str:
-    """``PutFile`` -> ``put_file``: the request message's type as a label value."""
+    """``PutFile`` -> ``put_file``: the request message's type as a label value (worked out
+    once per type: every request a node serves asks for it, up to three times)."""
     name = msg_type.__name__
     if name in OPERATION_ALIASES:
         return OPERATION_ALIASES[name]
@@ -86,10 +94,20 @@ class RequestMetrics:
             "p2pfs_request_body_bytes", "Bytes of streamed request bodies received, by operation.",
             ["operation"], registry=registry,
         )
+        # (operation, outcome) -> its request counter and duration histogram: as many as the
+        # label sets the metrics export anyway (operations x outcomes, both fixed lists).
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe(self, operation: str, outcome: str, duration_s: float) -> None:
-        self.requests.labels(operation, outcome).inc()
-        self.duration.labels(operation).observe(duration_s)
+        # The labelled children are kept by the metric itself; holding them here skips the
+        # label checks and the metric's lock for every request (one per operation and outcome).
+        children = self._children.get((operation, outcome))
+        if children is None:
+            children = self._children[(operation, outcome)] = (self.requests.labels(operation, outcome),
+                                                               self.duration.labels(operation))
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(duration_s)
 
     def add_bytes_out(self, operation: str, size_bytes: int) -> None:
         self.bytes_out.labels(operation).inc(size_bytes)

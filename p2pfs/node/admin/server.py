@@ -238,15 +238,15 @@ class AdminService:
         operation = operation_name(type(request.msg))
         self.requests.observe(operation, outcome, duration_s)
         peer = request.peer
-        fields = {"operation": operation, "outcome": outcome, "duration_s": round(duration_s, 6),
-                  "peer": peer.short_id}
-        name = getattr(request.msg, "name", None)
-        if isinstance(name, str):
-            fields["file_name"] = name
-        if peer.role is Role.CLIENT:
-            fields["client_id"] = peer.short_id
         level = logging.INFO if peer.role is Role.CLIENT else logging.DEBUG
-        if log.isEnabledFor(level):
+        if log.isEnabledFor(level):  # a peer's requests are most of them, and not logged by default
+            fields = {"operation": operation, "outcome": outcome, "duration_s": round(duration_s, 6),
+                      "peer": peer.short_id}
+            name = getattr(request.msg, "name", None)
+            if isinstance(name, str):
+                fields["file_name"] = name
+            if peer.role is Role.CLIENT:
+                fields["client_id"] = peer.short_id
             log.log(level, "%s %s%s: %s in %.3f s", operation, "for client " if peer.role is Role.CLIENT else "from ",
                     peer.short_id, outcome, duration_s, extra=fields)
 
