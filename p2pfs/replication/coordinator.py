@@ -61,7 +61,9 @@ from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
 from p2pfs.storage import (
     ChunkCorrupt,
+    ChunkMissing,
     ChunkRef,
+    ChunkStore,
     ClockDriftError,
     FileHasher,
     HybridClock,
@@ -90,6 +92,14 @@ REPAIRS_CONCURRENT_MAX = 16
 # request. Raising it saves requests on a loaded cluster and lengthens the tail a slow replica
 # makes; a read whose first replicas fail asks the others at once, without waiting for it.
 NAME_READ_HEDGE_S = 0.05
+
+# Chunks a get reads from this node's own disk in one worker-thread trip: a frame's worth of
+# 1 MiB chunks (STREAM_DATA_BYTES_MAX), so the chunks of one trip leave in one frame. Each
+# trip is a futex wake-up and a trio task switch each way (on this project's 2-core machine
+# about as much CPU as reading and hashing a chunk from the page cache, docs/BENCHMARKS.md);
+# four chunks share them. The window (``get_window_chunks``, 8) holds two trips, so one is
+# read while the other is sent; a larger trip would leave the disk idle while it is sent.
+LOCAL_READ_CHUNKS_MAX = 4
 
 
 class SizeMismatch(errors.BadInput):
@@ -632,25 +642,45 @@ class Coordinator:
     async def stream_chunks(self, refs: Sequence[ChunkRef], send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss.
 
-        The chunks already fetched after the one due go with it, up to one frame
-        (``STREAM_DATA_BYTES_MAX``), uncopied (``net.Scattered``): the per-frame work of the
-        send path, and the receiver's, is done once for several chunks. Nothing waits for
-        a chunk to join: a frame takes what is ready."""
-        pending = iter(enumerate(refs))
+        Chunks this node should hold are read here, up to ``LOCAL_READ_CHUNKS_MAX`` in
+        one worker-thread trip (``_read_here_into``); others, and one found missing or
+        corrupt here, are fetched one by one (``fetch_chunk``). The chunks already
+        fetched after the one due go with it, up to one frame (``STREAM_DATA_BYTES_MAX``),
+        uncopied (``net.Scattered``): the per-frame work of the send path, and the
+        receiver's, is done once for several chunks. Nothing waits for a chunk to join:
+        a frame takes what is ready."""
         slots: collections.deque[_Slot] = collections.deque()
         error: str | None = None
         send_error: errors.P2pfsError | None = None  # the client went away or stopped reading
+        window_chunks = self.config.get_window_chunks
+        ring = self.view.ring()
+        started = 0  # refs[:started] are being fetched or sent
         async with trio.open_nursery() as nursery:
 
-            def start_next() -> None:
-                item = next(pending, None)
-                if item is not None:
+            def refill() -> None:
+                """Start fetches until the window is full: runs of chunks held here in trips of
+                up to LOCAL_READ_CHUNKS_MAX, any other chunk on its own."""
+                nonlocal started
+                while started < len(refs) and len(slots) < window_chunks:
+                    trip: list[tuple[_Slot, int, bytes]] = []
+                    trip_max = min(LOCAL_READ_CHUNKS_MAX, window_chunks - len(slots))
+                    while started < len(refs) and len(trip) < trip_max:
+                        chunk_id = refs[started].chunk_id
+                        if self.node_id not in ring.preference_list(chunk_id, self.config.rf):
+                            break
+                        slot = _Slot()
+                        slots.append(slot)
+                        trip.append((slot, started, chunk_id))
+                        started += 1
+                    if trip:
+                        nursery.start_soon(self._read_here_into, trip, nursery)
+                        continue
                     slot = _Slot()
                     slots.append(slot)
-                    nursery.start_soon(self._fetch_into, slot, item[0], item[1].chunk_id)
+                    nursery.start_soon(self._fetch_into, slot, started, refs[started].chunk_id)
+                    started += 1
 
-            for _ in range(self.config.get_window_chunks):
-                start_next()
+            refill()
             while slots:
                 slot = slots.popleft()
                 await slot.done.wait()
@@ -660,7 +690,6 @@ class Coordinator:
                     nursery.cancel_scope.cancel()
                     break
                 data, slot.data = slot.data, None
-                start_next()
                 parts = [data]
                 size_bytes = len(data)
                 while slots and slots[0].done.is_set() and slots[0].error is None and (
@@ -669,7 +698,7 @@ class Coordinator:
                     parts.append(ready.data)
                     size_bytes += len(ready.data)
                     ready.data = None
-                    start_next()
+                refill()
                 if len(parts) > 1:  # the first part goes with the frame's header (copied): none
                     data = net.Scattered((b"", *parts), size_bytes)
                 try:
@@ -683,6 +712,20 @@ class Coordinator:
         if error is not None:
             raise QuorumError(error)
 
+    async def _read_here_into(self, trip: list[tuple[_Slot, int, bytes]], nursery: trio.Nursery) -> None:
+        """Read chunks this node should hold in one worker-thread trip, each verified against
+        its id (``ChunkStore.get``); one missing here, or corrupt (quarantined by the read, and
+        noted for repair as ``LocalReplica.fetch_chunk`` does), is fetched as any other chunk."""
+        found = await self._offload(_read_held, self.local.chunks, [chunk_id for _, _, chunk_id in trip])
+        for (slot, index, chunk_id), data in zip(trip, found, strict=True):
+            if isinstance(data, bytes):
+                slot.data = data
+                slot.done.set()
+                continue
+            if isinstance(data, ChunkCorrupt):
+                self.local.corrupt_pending.add(chunk_id)
+            nursery.start_soon(self._fetch_into, slot, index, chunk_id)
+
     async def _fetch_into(self, slot: _Slot, index: int, chunk_id: bytes) -> None:
         try:
             slot.data = await self.fetch_chunk(chunk_id, index)
@@ -690,6 +733,17 @@ class Coordinator:
             slot.error = str(exc)
         finally:
             slot.done.set()
+
+
+def _read_held(chunks: ChunkStore, chunk_ids: list[bytes]) -> list[bytes | ChunkMissing | ChunkCorrupt]:
+    """Each chunk's verified bytes, or why this node cannot serve it (run in a worker thread)."""
+    found: list[bytes | ChunkMissing | ChunkCorrupt] = []
+    for chunk_id in chunk_ids:
+        try:
+            found.append(chunks.get(chunk_id))
+        except (ChunkMissing, ChunkCorrupt) as exc:
+            found.append(exc)
+    return found
 
 
 def _reason(text: str) -> str:
