@@ -7,6 +7,9 @@ loaded 2-core machine cost more than the copy and the hash of the chunk (docs/BE
 
 from __future__ import annotations
 
+import mmap
+import random
+
 import pytest
 import trio
 
@@ -22,9 +25,10 @@ from p2pfs.replication.local import LocalReplica, LocalStore
 from p2pfs.replication.quorum import QuorumError
 from p2pfs.replication.replicas import Replicas
 from p2pfs.replication.view import RingView
-from p2pfs.storage import NAMES_FILE_NAME, ChunkStore, NameIndex, chunk_id_of
+from p2pfs.storage import NAMES_FILE_NAME, ChunkCorrupt, ChunkMissing, ChunkStore, NameIndex, chunk_id_of
+from p2pfs.storage.chunkstore import DIRECT_BLOCK_BYTES, DIRECT_READ_BUFFER_BYTES
 from p2pfs.net.config import STREAM_DATA_BYTES_MAX
-from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MIN, ChunkRef
+from p2pfs.storage.manifest import CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN, ChunkRef
 
 ME = "a" * 64
 
@@ -148,3 +152,28 @@ def test_a_chunk_a_trip_cannot_read_here_is_fetched_on_its_own(tmp_path, damage)
     assert (bad in coordinator.local.corrupt_pending) == (damage == "corrupt")
     assert offload.hops >= 2  # the trip, then the chunk on its own
 
+
+def test_a_chunk_read_past_the_page_cache_is_the_chunk_and_a_bad_one_is_quarantined(tmp_path):
+    """``ChunkStore.get_direct``: the bytes ``get`` gives, in the caller's aligned buffer (no page
+    cached); a copy that no longer hashes to its id, or grew past it, is quarantined as by ``get``."""
+    store = ChunkStore(tmp_path, 1 << 30, clock=SystemClock())
+    buffer = mmap.mmap(-1, DIRECT_READ_BUFFER_BYTES)
+    sizes = [1, DIRECT_BLOCK_BYTES, DIRECT_BLOCK_BYTES + 1, 1024 * 1024, CHUNK_SIZE_BYTES_MAX]
+    for size in sizes:
+        data = random.Random(size).randbytes(size)
+        store.put(chunk_id_of(data), data)
+        got = store.get_direct(chunk_id_of(data), buffer)
+        assert got == data
+        if isinstance(got, memoryview):  # a file system without O_DIRECT gives get's bytes
+            assert got.obj is buffer
+    with pytest.raises(ChunkMissing):
+        store.get_direct(bytes(32), buffer)
+    for damage in ("rotten", "grown"):
+        data = damage.encode() * 1000
+        chunk_id = chunk_id_of(data)
+        store.put(chunk_id, data)
+        path = next(p for p in tmp_path.rglob(chunk_id.hex()[2:]) if p.is_file())
+        path.write_bytes(b"x" * len(data) if damage == "rotten" else data + b"!")
+        with pytest.raises(ChunkCorrupt):
+            store.get_direct(chunk_id, buffer)
+        assert not store.has(chunk_id)  # quarantined

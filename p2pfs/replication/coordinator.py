@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import mmap
 from typing import AsyncIterable, Awaitable, Callable, Sequence
 
 import trio
@@ -72,6 +73,7 @@ from p2pfs.storage import (
     NameEntry,
     chunk_id_of,
 )
+from p2pfs.storage.chunkstore import DIRECT_READ_BUFFER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,10 @@ class _Slot:
     """One chunk being fetched ahead of the client."""
 
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
     error: str | None = None
+    # The buffer a chunk read here was read into (``ChunkStore.get_direct``), reused once it is sent.
+    buffer: mmap.mmap | None = None
 
 
 WriteFn = Callable[[Replica, Target], Awaitable[object]]
@@ -643,18 +647,35 @@ class Coordinator:
         """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss.
 
         Chunks this node should hold are read here, up to ``LOCAL_READ_CHUNKS_MAX`` in
-        one worker-thread trip (``_read_here_into``); others, and one found missing or
-        corrupt here, are fetched one by one (``fetch_chunk``). The chunks already
+        one worker-thread trip (``_read_here_into``), past the page cache into buffers
+        reused for the whole get; others, and one found missing or corrupt here, are
+        fetched one by one (``fetch_chunk``). The chunks already
         fetched after the one due go with it, up to one frame (``STREAM_DATA_BYTES_MAX``),
         uncopied (``net.Scattered``): the per-frame work of the send path, and the
         receiver's, is done once for several chunks. Nothing waits for a chunk to join:
-        a frame takes what is ready."""
+        a frame takes what is ready. ``send`` is done with a piece's bytes when it
+        returns (a connection has encrypted them): the read buffers are reused."""
         slots: collections.deque[_Slot] = collections.deque()
         error: str | None = None
         send_error: errors.P2pfsError | None = None  # the client went away or stopped reading
         window_chunks = self.config.get_window_chunks
         ring = self.view.ring()
         started = 0  # refs[:started] are being fetched or sent
+        # Read buffers: one per chunk in the window, and those of a frame being sent while the
+        # window refills; a chunk read when none is free is read into bytes (ChunkStore.get).
+        buffers_max = window_chunks + LOCAL_READ_CHUNKS_MAX
+        buffers_made = 0
+        free_buffers: list[mmap.mmap] = []
+
+        def take_buffer() -> mmap.mmap | None:
+            nonlocal buffers_made
+            if free_buffers:
+                return free_buffers.pop()
+            if buffers_made == buffers_max:
+                return None
+            buffers_made += 1
+            return mmap.mmap(-1, DIRECT_READ_BUFFER_BYTES)  # anonymous: page-aligned, resident once read into
+
         async with trio.open_nursery() as nursery:
 
             def refill() -> None:
@@ -668,12 +689,12 @@ class Coordinator:
                         chunk_id = refs[started].chunk_id
                         if self.node_id not in ring.preference_list(chunk_id, self.config.rf):
                             break
-                        slot = _Slot()
+                        slot = _Slot(buffer=take_buffer())
                         slots.append(slot)
                         trip.append((slot, started, chunk_id))
                         started += 1
                     if trip:
-                        nursery.start_soon(self._read_here_into, trip, nursery)
+                        nursery.start_soon(self._read_here_into, trip, nursery, free_buffers)
                         continue
                     slot = _Slot()
                     slots.append(slot)
@@ -692,11 +713,13 @@ class Coordinator:
                 data, slot.data = slot.data, None
                 parts = [data]
                 size_bytes = len(data)
+                sending = [slot.buffer]
                 while slots and slots[0].done.is_set() and slots[0].error is None and (
                         size_bytes + len(slots[0].data) <= STREAM_DATA_BYTES_MAX):
                     ready = slots.popleft()
                     parts.append(ready.data)
                     size_bytes += len(ready.data)
+                    sending.append(ready.buffer)
                     ready.data = None
                 refill()
                 if len(parts) > 1:  # the first part goes with the frame's header (copied): none
@@ -707,23 +730,32 @@ class Coordinator:
                     send_error = exc  # raised past the nursery like a fetch's error
                     nursery.cancel_scope.cancel()
                     break
+                # Sent: TLS has encrypted the bytes out of the buffers, which can take the next reads.
+                del data, parts
+                free_buffers.extend(buffer for buffer in sending if buffer is not None)
         if send_error is not None:
             raise send_error
         if error is not None:
             raise QuorumError(error)
 
-    async def _read_here_into(self, trip: list[tuple[_Slot, int, bytes]], nursery: trio.Nursery) -> None:
+    async def _read_here_into(self, trip: list[tuple[_Slot, int, bytes]], nursery: trio.Nursery,
+                              free_buffers: list[mmap.mmap]) -> None:
         """Read chunks this node should hold in one worker-thread trip, each verified against
-        its id (``ChunkStore.get``); one missing here, or corrupt (quarantined by the read, and
-        noted for repair as ``LocalReplica.fetch_chunk`` does), is fetched as any other chunk."""
-        found = await self._offload(_read_held, self.local.chunks, [chunk_id for _, _, chunk_id in trip])
+        its id (``ChunkStore.get_direct`` into the slot's buffer, or ``get``); one missing here,
+        or corrupt (quarantined by the read, and noted for repair as ``LocalReplica.fetch_chunk``
+        does), is fetched as any other chunk, and its buffer goes back to ``free_buffers``."""
+        found = await self._offload(_read_held, self.local.chunks,
+                                    [(chunk_id, slot.buffer) for slot, _, chunk_id in trip])
         for (slot, index, chunk_id), data in zip(trip, found, strict=True):
-            if isinstance(data, bytes):
+            if not isinstance(data, Exception):
                 slot.data = data
                 slot.done.set()
                 continue
             if isinstance(data, ChunkCorrupt):
                 self.local.corrupt_pending.add(chunk_id)
+            if slot.buffer is not None:
+                free_buffers.append(slot.buffer)
+                slot.buffer = None
             nursery.start_soon(self._fetch_into, slot, index, chunk_id)
 
     async def _fetch_into(self, slot: _Slot, index: int, chunk_id: bytes) -> None:
@@ -735,12 +767,14 @@ class Coordinator:
             slot.done.set()
 
 
-def _read_held(chunks: ChunkStore, chunk_ids: list[bytes]) -> list[bytes | ChunkMissing | ChunkCorrupt]:
-    """Each chunk's verified bytes, or why this node cannot serve it (run in a worker thread)."""
-    found: list[bytes | ChunkMissing | ChunkCorrupt] = []
-    for chunk_id in chunk_ids:
+def _read_held(chunks: ChunkStore, reads: list[tuple[bytes, mmap.mmap | None]],
+               ) -> list[bytes | memoryview | ChunkMissing | ChunkCorrupt]:
+    """Each chunk's verified bytes (in its buffer, if it has one), or why this node cannot
+    serve it (run in a worker thread)."""
+    found: list[bytes | memoryview | ChunkMissing | ChunkCorrupt] = []
+    for chunk_id, buffer in reads:
         try:
-            found.append(chunks.get(chunk_id))
+            found.append(chunks.get(chunk_id) if buffer is None else chunks.get_direct(chunk_id, buffer))
         except (ChunkMissing, ChunkCorrupt) as exc:
             found.append(exc)
     return found
