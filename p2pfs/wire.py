@@ -37,7 +37,7 @@ import enum
 import struct
 import types
 import typing
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import msgpack
 
@@ -409,7 +409,7 @@ class _DirectFrame:
     stream_id: int
     msg_type: int
     payload_bytes: int
-    payload: bytearray | None = None  # made by direct_buffer (or when fed bytes), once
+    payload: bytearray | memoryview | None = None  # made by direct_buffer (or when fed bytes), once
     filled_bytes: int = 0
 
 
@@ -426,12 +426,20 @@ class FrameDecoder:
     ``buffered_bytes`` counts that whole frame from when its header is in, so a caller
     that takes it from a memory budget before asking for the buffer holds what it will
     allocate. Fed bytes keep working in every state.
+
+    ``lend(kind_raw, stream_id, payload_bytes)``, if given, may supply that buffer: a
+    writable view of exactly ``payload_bytes`` that the frame's consumer owns (a get's
+    output stage, ``client/direct.py``), so the bytes are decrypted where they are used
+    next; None, and the decoder makes a ``bytearray`` as before. It is asked once per
+    large frame, with the header as the peer sent it (not yet checked).
     """
 
-    def __init__(self, frame_size_bytes_max: int = FRAME_SIZE_BYTES_MAX) -> None:
+    def __init__(self, frame_size_bytes_max: int = FRAME_SIZE_BYTES_MAX, *,
+                 lend: Callable[[int, int, int], memoryview | None] | None = None) -> None:
         self._buffer = bytearray()
         self._frame_size_bytes_max = frame_size_bytes_max
         self._direct: _DirectFrame | None = None
+        self._lend = lend
 
     @property
     def buffered_bytes(self) -> int:
@@ -532,7 +540,10 @@ class FrameDecoder:
     def _absorb(self, direct: _DirectFrame) -> None:
         """Make the payload buffer if need be, and move the fed bytes that belong to it there."""
         if direct.payload is None:
-            direct.payload = bytearray(direct.payload_bytes)
+            lent = self._lend(direct.kind_raw, direct.stream_id, direct.payload_bytes) if self._lend else None
+            if lent is not None:
+                assert len(lent) == direct.payload_bytes and not lent.readonly, (len(lent), direct.payload_bytes)
+            direct.payload = lent if lent is not None else bytearray(direct.payload_bytes)
         count_bytes = min(len(self._buffer), direct.payload_bytes - direct.filled_bytes)
         if count_bytes:
             with memoryview(self._buffer) as view:

@@ -9,6 +9,11 @@ start-up and the final fsync included), the CLI's CPU (``wait4``) and each daemo
 get, per GiB. On a shared machine the CPU-seconds are the figure to judge by; MB/s move with the
 load. ``bench.py data`` measures the same get against the machine's TLS ceiling.
 
+``--cold`` drops the networks' files from the page cache before each get (``POSIX_FADV_DONTNEED``
+on each file, not the machine's whole cache), so every get reads its chunks from the disk, as the
+first get after a put does in ``bench.py data`` (chunks are written past the page cache); without
+it, gets after the first read them from the cache.
+
 Memory: after each get, each daemon's RSS and its peak since it started (``VmHWM``), and the CLI's
 peak (``ru_maxrss``). The daemons' peaks are started afresh after the put, and the networks live on
 through all the rounds, so the peaks show what repeated gets make a daemon keep; the last table says whether any stayed under ``DAEMON_RSS_MIB_MAX`` and
@@ -87,6 +92,20 @@ def _held(peak_mib: float, limit_mib: int) -> str:
     return f"{peak_mib:.0f}" if peak_mib < limit_mib else f"**{peak_mib:.0f}, over**"
 
 
+def evict(directory: Path) -> None:
+    """Drop the clean page-cache pages of every file under ``directory`` (this run's files only)."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:  # a temp file gone meanwhile, a socket
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def nodes_of(tree: Path, network: Path) -> list[dict]:
     found = json.loads(p2pfs(tree, None, "testnet", "status", "--dir", str(network), "--json"))
     return found["nodes"] if isinstance(found, dict) else found
@@ -97,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file-mib", type=int, default=1024, metavar="MIB")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where the networks live (default: temp)")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the networks' files from the page cache before each get (reads from the disk)")
     parser.add_argument("trees", nargs="+", metavar="LABEL=DIR", help="a code tree to measure, by label")
     args = parser.parse_args(argv)
     trees = {label: Path(path).resolve() for label, path in (t.split("=", 1) for t in args.trees)}
@@ -127,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             for _, nodes in networks.values():
                 for node in nodes:
                     reset_peak_rss(node["pid"])
-            print(f"{args.file_mib} MiB get at node2, {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}\n")
+            print(f"{args.file_mib} MiB get at node2, {args.rounds} rounds{', from the disk (--cold)' if args.cold else ''}; "
+                  f"load average {os.getloadavg()[0]:.1f}\n")
             print("| tree | round | load | seconds | MB/s | CPU-s/GiB, all | CLI | daemons "
                   "| daemons' RSS MiB, now (peak) | CLI peak RSS MiB |")
             print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
@@ -136,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 for label in order:
                     tree, (network, nodes) = trees[label], networks[label]
                     output = work_dir / f"out-{label}"
+                    if args.cold:
+                        evict(network)
                     before = [cpu_s(n["pid"]) for n in nodes]
                     seconds, cli_cpu_s, cli_rss_mib = timed_cli(tree, network, "--node", nodes[1]["address"], "get", NAME,
                                                    "-o", str(output))

@@ -106,3 +106,55 @@ def test_fits_says_whether_a_piece_lands_in_the_buffer_without_a_disk_write(tmp_
         assert path.stat().st_size == STAGE_BYTES  # the full buffer went out
         writer.close()
     assert path.read_bytes() == b"x" * 100 + b"y" * (STAGE_BYTES - 101) + b"z"
+
+
+@pytest.mark.parametrize("use_direct", [True, False], ids=["direct", "plain"])
+def test_lent_pieces_are_written_from_where_they_landed_and_their_buffers_lent_again(
+        tmp_path, monkeypatch, use_direct):
+    """A piece received into a buffer the writer lent goes to the disk from that buffer (no copy
+    into the stage), after what the stage held; its buffer is lent again. Pieces not lent, and
+    a lent one not of whole blocks (the file's last), go through the stage; the file holds
+    exactly the bytes, in order (plain writes need no whole blocks)."""
+    rng = random.Random(7)
+    path = tmp_path / "part"
+    path.write_bytes(b"")
+    written_from: list[object] = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        written_from.append(memoryview(data).obj)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(direct.os, "pwrite", pwrite)
+    expected = bytearray()
+    with open(path, "r+b") as f:
+        direct_fd = open_direct(path, f.fileno()) if use_direct else None
+        try:
+            writer = AlignedWriter(f.fileno(), direct_fd, 0)
+            plain = rng.randbytes(1024 * 1024)  # came before the lending: through the stage
+            writer.write(plain)
+            expected += plain
+            lent_buffers = set()
+            for size in [STAGE_BYTES, 1024 * 1024, 3 * 1024 * 1024, 2 * 1024 * 1024 + 100]:
+                piece = writer.lend(size)
+                assert piece is not None and len(piece) == size and writer.is_lent(piece)
+                data = rng.randbytes(size)
+                piece[:] = data  # what the connection decrypts into it
+                lent_buffers.add(id(piece.obj))
+                writer.write(piece)
+                expected += data
+            assert len(lent_buffers) == 1  # each piece written gave its buffer back
+            held = [writer.lend(STAGE_BYTES) for _ in range(direct.LENT_BUFFERS_MAX)]
+            assert all(piece is not None for piece in held)
+            assert writer.lend(STAGE_BYTES) is None  # all out: the reader makes its own
+            assert writer.lend(direct.LENT_BUFFER_BYTES + 1) is None  # larger than any piece
+            assert not writer.is_lent(bytearray(10)) and not writer.is_lent(memoryview(b"x"))
+            writer.close()
+            assert writer.lend(1024 * 1024) is None  # closed
+        finally:
+            if direct_fd is not None:
+                os.close(direct_fd)
+    assert path.read_bytes() == bytes(expected)
+    lent_writes = [obj for obj in written_from if id(obj) in lent_buffers]
+    # Direct: the three pieces of whole blocks went out from their buffer; plain writes take any.
+    assert len(lent_writes) == (3 if use_direct else 4)

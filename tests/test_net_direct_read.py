@@ -273,3 +273,41 @@ async def test_a_scattered_body_piece_goes_as_one_frame_and_arrives_as_one_buffe
     assert STREAM_DATA_BYTES_MAX == len(pieces[0])  # four chunks of 1 MiB: one frame
     assert b"".join(pieces[1:]) == b"".join(too_large)
     assert all(len(piece) <= STREAM_DATA_BYTES_MAX for piece in pieces)
+
+
+async def test_a_consumer_that_lends_buffers_gets_its_large_pieces_decrypted_into_them(nursery, make_identity):
+    """``Buffers.lend``: from then on each large piece lands in a buffer the consumer lent (a get's
+    output stage), asked for at its exact size; small pieces come as bytes, and a large one the
+    lender has no buffer for comes in one the reader made."""
+    pieces = [_payload(LARGE_BYTES, 1), b"small", _payload(1 << 20, 2), _payload(1 << 20, 3)]
+    lent_now = trio.Event()
+
+    class Streaming(_Handlers):
+        async def handle_request(self, request):
+            async def body(send) -> None:
+                await lent_now.wait()  # nothing is read before the lending: each piece is asked for
+                for piece in pieces:
+                    await send(piece)
+
+            return net.Reply(request.msg, body)
+
+    endpoint = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), Streaming(), config=FAST)
+    await nursery.start(endpoint.run)
+    address = Address("127.0.0.1", endpoint.bound_port)
+    owned = [bytearray(1 << 20), bytearray(1 << 20)]
+    asked: list[int] = []
+
+    def lender(size_bytes: int) -> memoryview | None:
+        asked.append(size_bytes)
+        return memoryview(owned[len(asked) - 1])[:size_bytes] if len(asked) <= len(owned) else None
+
+    async with net.client_connection(make_identity(Role.CLIENT), address, config=FAST) as conn:
+        async with conn.open_request(Echo(b"lend"), timeout_s=30) as response:
+            buffers = response.body.buffers()
+            buffers.lend(lender)
+            lent_now.set()
+            received = [piece async for piece in buffers]
+    assert asked == [LARGE_BYTES, 1 << 20, 1 << 20]
+    assert received == pieces
+    assert [type(piece) for piece in received] == [memoryview, bytes, memoryview, bytearray]
+    assert received[0].obj is owned[0] and received[2].obj is owned[1]

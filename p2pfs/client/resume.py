@@ -245,12 +245,14 @@ class _PartialGet:
                                                    kept_bytes)
 
             def write(data: bytes) -> None:
+                hasher.update(data)  # first: a lent piece's buffer is lent again once written
                 writer.write(data)
-                hasher.update(data)
 
+            body.lend(writer.lend)  # large pieces decrypted into the writer's own buffers (direct.py)
             try:
                 async for data in body:
-                    if writer.fits(len(data)):  # a copy and a hash: cheaper here than a thread's round trip
+                    if writer.fits(len(data)) and not writer.is_lent(data):
+                        # a copy and a hash: cheaper here than a thread's round trip
                         self._local(write, data)
                     else:  # and a write to the disk
                         await trio.to_thread.run_sync(self._local, write, data)

@@ -223,7 +223,7 @@ class Connection:
             await self._stream.aclose()
 
     async def _read_loop(self) -> None:
-        decoder = wire.FrameDecoder()
+        decoder = wire.FrameDecoder(lend=self._lend_payload)
         self._quiet_since_s = trio.current_time()
         memory = self._limits.memory
         try:
@@ -295,6 +295,17 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
             self.close_reason = f"connection lost: {exc!r}"
             log.debug("connection to %s lost: %r", self.peer.short_id, exc)
+
+    def _lend_payload(self, kind_raw: int, stream_id: int, payload_bytes: int) -> memoryview | None:
+        """The buffer to read a large body piece into, if the consumer of the answer it belongs
+        to lends one (``streams.Buffers.lend``); None: the decoder makes its own. The header
+        is not checked yet: a frame the mux then refuses closes the connection as before."""
+        if kind_raw != wire.FrameKind.STREAM_DATA:
+            return None
+        pending = self._pending.get(stream_id)
+        if pending is None or pending.body is None or pending.body.lender is None:
+            return None
+        return pending.body.lender(payload_bytes)
 
     async def _reserve(self, size_bytes: int) -> None:
         """Hold at least ``size_bytes`` of the budget for the reader, waiting for room if need be."""

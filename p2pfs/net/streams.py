@@ -53,6 +53,9 @@ PIECE_TYPES = (bytes, bytearray, memoryview)
 # Told that the consumer took a piece of a body off its buffer, and the bytes of the node's
 # memory budget it held (to return the credit and the memory).
 Consumed = Callable[[int, Piece, int], Awaitable[None]]
+# Asked, by the connection's reader, for a buffer of exactly this many bytes to decrypt a large
+# piece of the body into: a writable view the consumer owns, or None (the reader makes one).
+Lender = Callable[[int], memoryview | None]
 
 
 class BodyReader:
@@ -67,6 +70,9 @@ class BodyReader:
     piece is the very buffer TLS decrypted it into (``wire.FrameDecoder``), which
     nothing else holds or reuses, so the consumer may keep it; a copy of every large
     piece fewer, for a consumer that copies the bytes on anyway (a get's output file).
+    A consumer can go one copy further and lend the buffers themselves
+    (``Buffers.lend``): a large piece is then decrypted into a buffer of its own,
+    so a get's output is written to the disk from where TLS put it.
     """
 
     def __init__(self, stream_id: int, idle_s: float, consumed: Consumed) -> None:
@@ -79,6 +85,8 @@ class BodyReader:
         )
         self.held_bytes = 0
         self.finished = False
+        # Where the reader gets buffers for large pieces from, once the consumer lends them.
+        self.lender: Lender | None = None
 
     def push(self, item: Piece | RemoteError | None, held_bytes: int = 0) -> None:
         """Called by the reader with what the mux let through, which the buffer always has room for."""
@@ -106,10 +114,9 @@ class BodyReader:
         while (data := await self._next()) is not None:
             yield data if type(data) is bytes else bytes(data)
 
-    async def buffers(self) -> AsyncIterator[Piece]:
+    def buffers(self) -> "Buffers":
         """The pieces as they came, uncopied (see the class): read them, or keep them."""
-        while (data := await self._next()) is not None:
-            yield data
+        return Buffers(self)
 
     async def _next(self) -> Piece | None:
         """The next piece (its budget bytes and credit given back), or None at the body's end."""
@@ -137,6 +144,38 @@ class BodyReader:
         async for data in self.buffers():  # counted, not kept: no copy
             total += len(data)
         return total
+
+
+class Buffers:
+    """A body's pieces as they came (``BodyReader.buffers``), and the consumer's way to lend
+    the buffers large pieces are decrypted into.
+
+    ``lend(lender)`` is for a consumer that owns buffers the pieces should land in (a get's
+    aligned output stage, ``client/direct.py``): from the next large frame on, the reader
+    asks ``lender`` for each one's buffer, and the piece yielded is that buffer; what
+    arrived before is yielded as it came. The consumer must not reuse a lent buffer it
+    has not yet been given back as a piece.
+    """
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: BodyReader) -> None:
+        self._reader = reader
+
+    def lend(self, lender: Lender | None) -> None:
+        """Have large pieces decrypted into ``lender``'s buffers from now on (None: stop)."""
+        self._reader.lender = lender
+
+    def __aiter__(self) -> "Buffers":
+        return self
+
+    async def __anext__(self) -> Piece:
+        if self._reader.finished:
+            raise StopAsyncIteration
+        data = await self._reader._next()
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
 
 @dataclasses.dataclass(slots=True)

@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import mmap
 from typing import AsyncIterable, Awaitable, Callable, Sequence
 
 import trio
@@ -60,7 +61,10 @@ from p2pfs.replication.replicas import Replica, Replicas
 from p2pfs.replication.view import RingView
 from p2pfs.ring import Ring
 from p2pfs.storage import (
+    ChunkCorrupt,
+    ChunkMissing,
     ChunkRef,
+    ChunkStore,
     ClockDriftError,
     FileHasher,
     HybridClock,
@@ -69,6 +73,7 @@ from p2pfs.storage import (
     NameEntry,
     chunk_id_of,
 )
+from p2pfs.storage.chunkstore import DIRECT_READ_BUFFER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,14 @@ REPAIRS_CONCURRENT_MAX = 16
 # request. Raising it saves requests on a loaded cluster and lengthens the tail a slow replica
 # makes; a read whose first replicas fail asks the others at once, without waiting for it.
 NAME_READ_HEDGE_S = 0.05
+
+# Chunks a get reads from this node's own disk in one worker-thread trip: a frame's worth of
+# 1 MiB chunks (STREAM_DATA_BYTES_MAX), so the chunks of one trip leave in one frame. Each
+# trip is a futex wake-up and a trio task switch each way (on this project's 2-core machine
+# about as much CPU as reading and hashing a chunk from the page cache, docs/BENCHMARKS.md);
+# four chunks share them. The window (``get_window_chunks``, 8) holds two trips, so one is
+# read while the other is sent; a larger trip would leave the disk idle while it is sent.
+LOCAL_READ_CHUNKS_MAX = 4
 
 
 class SizeMismatch(errors.BadInput):
@@ -132,8 +145,10 @@ class _Slot:
     """One chunk being fetched ahead of the client."""
 
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
     error: str | None = None
+    # The buffer a chunk read here was read into (``ChunkStore.get_direct``), reused once it is sent.
+    buffer: mmap.mmap | None = None
 
 
 WriteFn = Callable[[Replica, Target], Awaitable[object]]
@@ -673,25 +688,62 @@ class Coordinator:
     async def stream_chunks(self, refs: Sequence[ChunkRef], send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send chunks in order while up to ``get_window_chunks`` are fetched ahead; QuorumError on a loss.
 
-        The chunks already fetched after the one due go with it, up to one frame
-        (``STREAM_DATA_BYTES_MAX``), uncopied (``net.Scattered``): the per-frame work of the
-        send path, and the receiver's, is done once for several chunks. Nothing waits for
-        a chunk to join: a frame takes what is ready."""
-        pending = iter(enumerate(refs))
+        Chunks this node should hold are read here, up to ``LOCAL_READ_CHUNKS_MAX`` in
+        one worker-thread trip (``_read_here_into``), past the page cache into buffers
+        reused for the whole get; others, and one found missing or corrupt here, are
+        fetched one by one (``fetch_chunk``). The chunks already
+        fetched after the one due go with it, up to one frame (``STREAM_DATA_BYTES_MAX``),
+        uncopied (``net.Scattered``): the per-frame work of the send path, and the
+        receiver's, is done once for several chunks. Nothing waits for a chunk to join:
+        a frame takes what is ready. ``send`` is done with a piece's bytes when it
+        returns (a connection has encrypted them): the read buffers are reused."""
         slots: collections.deque[_Slot] = collections.deque()
         error: str | None = None
         send_error: errors.P2pfsError | None = None  # the client went away or stopped reading
+        window_chunks = self.config.get_window_chunks
+        ring = self.view.ring()
+        started = 0  # refs[:started] are being fetched or sent
+        # Read buffers: one per chunk in the window, and those of a frame being sent while the
+        # window refills; a chunk read when none is free is read into bytes (ChunkStore.get).
+        buffers_max = window_chunks + LOCAL_READ_CHUNKS_MAX
+        buffers_made = 0
+        free_buffers: list[mmap.mmap] = []
+
+        def take_buffer() -> mmap.mmap | None:
+            nonlocal buffers_made
+            if free_buffers:
+                return free_buffers.pop()
+            if buffers_made == buffers_max:
+                return None
+            buffers_made += 1
+            return mmap.mmap(-1, DIRECT_READ_BUFFER_BYTES)  # anonymous: page-aligned, resident once read into
+
         async with trio.open_nursery() as nursery:
 
-            def start_next() -> None:
-                item = next(pending, None)
-                if item is not None:
+            def refill() -> None:
+                """Start fetches until the window is full: runs of chunks held here in trips of
+                up to LOCAL_READ_CHUNKS_MAX, any other chunk on its own."""
+                nonlocal started
+                while started < len(refs) and len(slots) < window_chunks:
+                    trip: list[tuple[_Slot, int, bytes]] = []
+                    trip_max = min(LOCAL_READ_CHUNKS_MAX, window_chunks - len(slots))
+                    while started < len(refs) and len(trip) < trip_max:
+                        chunk_id = refs[started].chunk_id
+                        if self.node_id not in ring.preference_list(chunk_id, self.config.rf):
+                            break
+                        slot = _Slot(buffer=take_buffer())
+                        slots.append(slot)
+                        trip.append((slot, started, chunk_id))
+                        started += 1
+                    if trip:
+                        nursery.start_soon(self._read_here_into, trip, nursery, free_buffers)
+                        continue
                     slot = _Slot()
                     slots.append(slot)
-                    nursery.start_soon(self._fetch_into, slot, item[0], item[1].chunk_id)
+                    nursery.start_soon(self._fetch_into, slot, started, refs[started].chunk_id)
+                    started += 1
 
-            for _ in range(self.config.get_window_chunks):
-                start_next()
+            refill()
             while slots:
                 slot = slots.popleft()
                 await slot.done.wait()
@@ -701,16 +753,17 @@ class Coordinator:
                     nursery.cancel_scope.cancel()
                     break
                 data, slot.data = slot.data, None
-                start_next()
                 parts = [data]
                 size_bytes = len(data)
+                sending = [slot.buffer]
                 while slots and slots[0].done.is_set() and slots[0].error is None and (
                         size_bytes + len(slots[0].data) <= STREAM_DATA_BYTES_MAX):
                     ready = slots.popleft()
                     parts.append(ready.data)
                     size_bytes += len(ready.data)
+                    sending.append(ready.buffer)
                     ready.data = None
-                    start_next()
+                refill()
                 if len(parts) > 1:  # the first part goes with the frame's header (copied): none
                     data = net.Scattered((b"", *parts), size_bytes)
                 try:
@@ -719,10 +772,33 @@ class Coordinator:
                     send_error = exc  # raised past the nursery like a fetch's error
                     nursery.cancel_scope.cancel()
                     break
+                # Sent: TLS has encrypted the bytes out of the buffers, which can take the next reads.
+                del data, parts
+                free_buffers.extend(buffer for buffer in sending if buffer is not None)
         if send_error is not None:
             raise send_error
         if error is not None:
             raise QuorumError(error)
+
+    async def _read_here_into(self, trip: list[tuple[_Slot, int, bytes]], nursery: trio.Nursery,
+                              free_buffers: list[mmap.mmap]) -> None:
+        """Read chunks this node should hold in one worker-thread trip, each verified against
+        its id (``ChunkStore.get_direct`` into the slot's buffer, or ``get``); one missing here,
+        or corrupt (quarantined by the read, and noted for repair as ``LocalReplica.fetch_chunk``
+        does), is fetched as any other chunk, and its buffer goes back to ``free_buffers``."""
+        found = await self._offload(_read_held, self.local.chunks,
+                                    [(chunk_id, slot.buffer) for slot, _, chunk_id in trip])
+        for (slot, index, chunk_id), data in zip(trip, found, strict=True):
+            if not isinstance(data, Exception):
+                slot.data = data
+                slot.done.set()
+                continue
+            if isinstance(data, ChunkCorrupt):
+                self.local.corrupt_pending.add(chunk_id)
+            if slot.buffer is not None:
+                free_buffers.append(slot.buffer)
+                slot.buffer = None
+            nursery.start_soon(self._fetch_into, slot, index, chunk_id)
 
     async def _fetch_into(self, slot: _Slot, index: int, chunk_id: bytes) -> None:
         try:
@@ -731,6 +807,19 @@ class Coordinator:
             slot.error = str(exc)
         finally:
             slot.done.set()
+
+
+def _read_held(chunks: ChunkStore, reads: list[tuple[bytes, mmap.mmap | None]],
+               ) -> list[bytes | memoryview | ChunkMissing | ChunkCorrupt]:
+    """Each chunk's verified bytes (in its buffer, if it has one), or why this node cannot
+    serve it (run in a worker thread)."""
+    found: list[bytes | memoryview | ChunkMissing | ChunkCorrupt] = []
+    for chunk_id, buffer in reads:
+        try:
+            found.append(chunks.get(chunk_id) if buffer is None else chunks.get_direct(chunk_id, buffer))
+        except (ChunkMissing, ChunkCorrupt) as exc:
+            found.append(exc)
+    return found
 
 
 def _reason(text: str) -> str:

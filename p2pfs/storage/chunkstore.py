@@ -77,6 +77,10 @@ DIRECT_BUFFERS_MAX = 8
 # block sizes (512, 4096).
 DIRECT_BLOCK_BYTES = 4096
 _DIRECT_BUFFER_BYTES = -(-CHUNK_SIZE_BYTES_MAX // DIRECT_BLOCK_BYTES) * DIRECT_BLOCK_BYTES
+# A direct read's buffer (``get_direct``): the largest chunk and the block that shows a file
+# longer than that, in whole blocks. Pages are resident only once read into, so a buffer that
+# holds 1 MiB chunks costs 1 MiB of RSS.
+DIRECT_READ_BUFFER_BYTES = _DIRECT_BUFFER_BYTES + DIRECT_BLOCK_BYTES
 
 
 class ChunkMissing(StorageError):
@@ -233,6 +237,57 @@ class ChunkStore:
         else:
             return data
         self._quarantine(path, inode, reason)
+        raise ChunkCorrupt(f"chunk {chunk_id.hex()} failed verification ({reason}) and was quarantined")
+
+    def get_direct(self, chunk_id: bytes, buffer: mmap.mmap) -> bytes | memoryview:
+        """The chunk's bytes, verified, as ``get``, but read past the page cache into ``buffer``
+        (page-aligned, ``DIRECT_READ_BUFFER_BYTES``): a view of it, valid until the buffer is reused.
+
+        Chunks are written past the page cache, so a get's read would fetch them from the disk
+        into fresh cache pages and copy them out; read directly, the disk fills the buffer and
+        no page is cached (nor evicted later). Where the file system has no direct I/O,
+        ``get``'s bytes. Raises ChunkMissing, or ChunkCorrupt after quarantining.
+        """
+        assert len(buffer) >= DIRECT_READ_BUFFER_BYTES, len(buffer)
+        if not self._direct_ok:
+            return self.get(chunk_id)
+        path = self._path(chunk_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except FileNotFoundError:
+            raise ChunkMissing(f"chunk {chunk_id.hex()} is not held") from None
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return self.get(chunk_id)  # no direct reads here
+        try:
+            stat = os.fstat(fd)
+            # As _read: at most one byte past what the file should hold, so a file that grew is caught.
+            limit_bytes = min(stat.st_size, CHUNK_SIZE_BYTES_MAX) + 1
+            view = memoryview(buffer)
+            got_bytes = 0
+            # Direct reads start at whole blocks: a short read (the file's end) ends the loop.
+            while got_bytes < limit_bytes and got_bytes % DIRECT_BLOCK_BYTES == 0:
+                wanted_bytes = -(-(limit_bytes - got_bytes) // DIRECT_BLOCK_BYTES) * DIRECT_BLOCK_BYTES
+                try:
+                    count_bytes = os.preadv(fd, [view[got_bytes:got_bytes + wanted_bytes]], got_bytes)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    return self.get(chunk_id)  # the open was taken, the read refused
+                if not count_bytes:
+                    break
+                got_bytes += count_bytes
+        finally:
+            os.close(fd)
+        data = view[:min(got_bytes, limit_bytes)]
+        if len(data) > CHUNK_SIZE_BYTES_MAX:
+            reason = f"file is larger than {CHUNK_SIZE_BYTES_MAX} bytes"
+        elif (actual_id := chunk_id_of(data)) != chunk_id:
+            reason = f"content hashes to {actual_id.hex()}"
+        else:
+            return data
+        self._quarantine(path, (stat.st_dev, stat.st_ino), reason)
         raise ChunkCorrupt(f"chunk {chunk_id.hex()} failed verification ({reason}) and was quarantined")
 
     def verify(self, chunk_id: bytes) -> bool:
