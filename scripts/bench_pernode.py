@@ -74,6 +74,10 @@ AE_ROUND = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, (\d+) chunks an
 # (antientropy.py): no time, its chunks held; parsed into AE_ROUND's fields (0 s, 0 names, 0 peers).
 AE_SKIPPED = re.compile(r"^(\S+) .*anti-entropy round: skipped, the ring has no member but this node; "
                         r"(\d+) chunks held")
+# A round cut by its deadline (background.py) logs this after its own line, except a round cut
+# in its walk, which logs no line of its own: that round is read from this line alone (its
+# deadline's seconds, its keys unknown: "-").
+AE_CUT = re.compile(r"^(\S+) .*anti-entropy round cut at its deadline of ([\d.]+) s")
 GC_ROUND = re.compile(r"^(\S+) .*gc round: ([\d.]+) s, (\d+) references from (\d+) nodes, (\d+) chunks judged, "
                       r"(\d+) removed(?:, (\S+(?: \d+)?) candidates)?")
 
@@ -239,12 +243,18 @@ def rounds_in(log: str, pattern: re.Pattern) -> list[tuple]:
     """Each round's fields, in the log's order; for AE_ROUND, a skipped round's line too (as a
     round of 0 s that walked and pulled nothing, and ``"skipped"`` last)."""
     found = []
+    logged = False  # whether the round now ending logged its own line
     for line in log.splitlines():
         m = pattern.match(line)
         if m:
             found.append(m.groups())
+            logged = True
         elif pattern is AE_ROUND and (m := AE_SKIPPED.match(line)):
             found.append((m.group(1), "0", m.group(2), "0", "0", "0", "0", "skipped"))
+        elif pattern is AE_ROUND and (m := AE_CUT.match(line)):
+            if not logged:
+                found.append((m.group(1), m.group(2), "-", "-", "-", "0", "-", "cut in its walk"))
+            logged = False
     return found
 
 
@@ -414,8 +424,10 @@ def log_time_s(stamp: str) -> float:
 def read_series(path: Path) -> list[tuple[float, dict[str, int]]]:
     series = []
     for line in path.read_text().splitlines():
+        if not line.endswith(tuple("0123456789\t")):
+            continue  # the line being written when the file was read
         t, *fields = line.split("\t")
-        series.append((float(t), {k: int(v) for k, v in (f.split("=") for f in fields)}))
+        series.append((float(t), {k: int(v) for k, v in (f.split("=") for f in fields if f)}))
     return series
 
 
@@ -447,11 +459,14 @@ def report(logs: Path) -> None:
             end = log_time_s(r[0])
             seconds = float(r[1])
             kind = ("anti-entropy, skipped (ring of itself alone)" if r[7] == "skipped"
+                    else "anti-entropy, cut in its walk (no line of its own)" if r[7] == "cut in its walk"
                     else f"anti-entropy, exchanges from the walks of {r[7]} rounds" if r[7] else "anti-entropy")
+            walked = "-" if r[2] == "-" else f"{int(r[2]):,} chunks, {int(r[3]):,} names"
+            short = "-" if r[6] == "-" else f"{int(r[6]):,}"
             mine = sent_between(series, log_path.stem, end - seconds, end) / 1e6 if series else float("nan")
             every = sent_between(series, None, end - seconds, end) / 1e6 if series else float("nan")
-            print(f"| {kind} | {log_path.stem} | {r[0][11:19]} | {seconds:.1f} | {int(r[2]):,} chunks, {int(r[3]):,} names "
-                  f"| {r[4]} | {int(r[5]):,} | {int(r[6]):,} | {mine:.1f} | {every:.1f} |", flush=True)
+            print(f"| {kind} | {log_path.stem} | {r[0][11:19]} | {seconds:.1f} | {walked} "
+                  f"| {r[4]} | {int(r[5]):,} | {short} | {mine:.1f} | {every:.1f} |", flush=True)
         for r in rounds_in(text, GC_ROUND):
             end, seconds = log_time_s(r[0]), float(r[1])
             mine = sent_between(series, log_path.stem, end - seconds, end) / 1e6 if series else float("nan")

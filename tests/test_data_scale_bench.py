@@ -28,6 +28,7 @@ LOG = """\
 2026-11-27T16:27:13.953Z INFO node=ec98 p2pfs.replication.antientropy: anti-entropy round: 491.190 s, 1800000 chunks and 1000000 names walked, 2 peers, 0 chunks pulled, 0 keys short
 2026-11-27T16:37:25.733Z INFO node=ec98 p2pfs.replication.antientropy: anti-entropy round: 600.031 s, 1800151 chunks and 1000000 names walked, 2 peers, 30853 chunks pulled, 40543 keys short, exchanges from the walks of 2 rounds
 2026-11-27T16:37:25.743Z WARNING node=ec98 p2pfs.replication.background: anti-entropy round cut at its deadline of 600 s
+2026-11-27T16:47:25.800Z WARNING node=ec98 p2pfs.replication.background: anti-entropy round cut at its deadline of 600 s
 2026-11-27T16:39:15.000Z INFO node=ec98 p2pfs.replication.gc: gc round: 310.800 s, 2000000 references from 1 nodes, 2000000 chunks judged, 0 removed, 0 candidates
 """
 
@@ -38,8 +39,9 @@ def test_every_anti_entropy_round_is_read_the_skipped_and_the_continued_ones_too
         ("16:19:01", "0", "1800000", "0"),  # skipped: no time, its chunks held
         ("16:27:13", "491.190", "1800000", "0"),
         ("16:37:25", "600.031", "1800151", "30853"),
+        ("16:47:25", "600", "-", "0"),  # cut in its walk: no line of its own, its deadline's seconds
     ]
-    assert [r[7] for r in found] == ["skipped", None, "2"]
+    assert [r[7] for r in found] == ["skipped", None, "2", "cut in its walk"]
     assert len(bench.rounds_in(LOG, bench.GC_ROUND)) == 1
 
 
