@@ -28,6 +28,8 @@ Everything it creates is under one temporary directory, removed at the end.
 from __future__ import annotations
 
 import argparse
+import bisect
+import datetime
 import os
 import random
 import re
@@ -58,6 +60,8 @@ SAMPLE_INTERVAL_S = 1.0
 HEAL_TIMEOUT_S = 7200.0
 ROUNDS_TIMEOUT_S = 7200.0
 LOSS_FRACTION = 0.10
+# The traffic samples, kept beside the logs (``--logs``): a line a second, every daemon's bytes sent.
+SERIES_FILE_NAME = "traffic.tsv"
 # How long the daemons may take to start and see each other: a daemon opening two million
 # chunks on a loaded machine passed testnet's 60 s before its membership started.
 CONVERGE_TIMEOUT_S = 1800.0
@@ -65,7 +69,15 @@ CONVERGE_TIMEOUT_S = 1800.0
 # after two anti-entropy rounds, so their traffic is measured alone.
 GC_INTERVALS = 6
 AE_ROUND = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, (\d+) chunks and (\d+) names walked, (\d+) peers, "
-                      r"(\d+) chunks pulled, (\d+) keys short")
+                      r"(\d+) chunks pulled, (\d+) keys short(?:, exchanges from the walks of (\d+) rounds)?")
+# A round whose ring holds its node alone does not walk, and says so in a line of its own
+# (antientropy.py): no time, its chunks held; parsed into AE_ROUND's fields (0 s, 0 names, 0 peers).
+AE_SKIPPED = re.compile(r"^(\S+) .*anti-entropy round: skipped, the ring has no member but this node; "
+                        r"(\d+) chunks held")
+# A round cut by its deadline (background.py) logs this after its own line, except a round cut
+# in its walk, which logs no line of its own: that round is read from this line alone (its
+# deadline's seconds, its keys unknown: "-").
+AE_CUT = re.compile(r"^(\S+) .*anti-entropy round cut at its deadline of ([\d.]+) s")
 GC_ROUND = re.compile(r"^(\S+) .*gc round: ([\d.]+) s, (\d+) references from (\d+) nodes, (\d+) chunks judged, "
                       r"(\d+) removed(?:, (\S+(?: \d+)?) candidates)?")
 
@@ -140,10 +152,21 @@ def chunk_count(node_dir: Path) -> int:
 
 
 class Sampler:
-    """Every daemon's peak RSS and the TCP bytes its sockets sent, read once a second."""
+    """Every daemon's peak RSS and the TCP bytes its sockets sent, read once a second.
 
-    def __init__(self, directory: Path) -> None:
+    With ``series``, each sample's time and every daemon's bytes sent so far (over every
+    socket it had, closed ones included: ``sent_total``) go to that file, a line a sample,
+    so that each round's traffic is read off its window afterwards (``report``).
+    """
+
+    def __init__(self, directory: Path, series: Path | None = None) -> None:
         self._directory = directory
+        self._series = series
+        # Per daemon, the bytes sent by every socket seen so far: a socket's bytes_sent when
+        # last seen, summed (sockets that close keep what they sent until then).
+        self.sent_total: dict[str, int] = {}
+        self._socket_sent: dict[tuple[str, str, str], int] = {}
+        self._sent_lock = threading.Lock()  # the sampling thread and the phases' reads both count
         self.peak_rss_kib: dict[str, int] = {}
         # The highest RSS (VmRSS) each daemon had while each phase of the run was under way.
         self.phase = "start"
@@ -170,6 +193,10 @@ class Sampler:
                 in_phase = self.phase_rss_kib.setdefault(self.phase, {})
                 in_phase[name] = max(in_phase.get(name, 0), rss)
             self.last_sent.update(self.sent_by_daemon())
+            if self._series is not None:
+                with open(self._series, "a") as f:
+                    f.write(f"{time.time():.3f}\t" + "\t".join(f"{n}={b}" for n, b in sorted(self.sent_total.items()))
+                            + "\n")
 
     def sent_bytes(self) -> int:
         """TCP bytes sent so far by every daemon's open sockets (loopback: each byte once)."""
@@ -178,15 +205,25 @@ class Sampler:
     def sent_by_daemon(self) -> dict[str, int]:
         pids = self.pids()
         out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
+        with self._sent_lock:
+            return self._count_sent(pids, out)
+
+    def _count_sent(self, pids: dict[int, str], out: str) -> dict[str, int]:
         sent_by: dict[str, int] = dict.fromkeys(pids.values(), 0)
-        owner = None
+        owner = socket = None
         for line in out.splitlines():
             found = re.search(r"pid=(\d+)", line)
             if found:
                 owner = int(found.group(1))
+                fields = line.split()
+                socket = (fields[3], fields[4])  # local and peer address
             sent = re.search(r"bytes_sent:(\d+)", line)
             if sent and owner in pids:
-                sent_by[pids[owner]] += int(sent.group(1))
+                name, sent_bytes = pids[owner], int(sent.group(1))
+                sent_by[name] += sent_bytes
+                before = self._socket_sent.get((name, *socket), 0)
+                self.sent_total[name] = self.sent_total.get(name, 0) + max(0, sent_bytes - before)
+                self._socket_sent[(name, *socket)] = sent_bytes
         return sent_by
 
     def __enter__(self) -> Sampler:
@@ -199,8 +236,26 @@ class Sampler:
 
 
 def rounds(node_dir: Path, pattern: re.Pattern) -> list[tuple]:
-    log = (node_dir / "daemon.log").read_text(errors="replace")
-    return [m.groups() for m in map(pattern.match, log.splitlines()) if m]
+    return rounds_in((node_dir / "daemon.log").read_text(errors="replace"), pattern)
+
+
+def rounds_in(log: str, pattern: re.Pattern) -> list[tuple]:
+    """Each round's fields, in the log's order; for AE_ROUND, a skipped round's line too (as a
+    round of 0 s that walked and pulled nothing, and ``"skipped"`` last)."""
+    found = []
+    logged = False  # whether the round now ending logged its own line
+    for line in log.splitlines():
+        m = pattern.match(line)
+        if m:
+            found.append(m.groups())
+            logged = True
+        elif pattern is AE_ROUND and (m := AE_SKIPPED.match(line)):
+            found.append((m.group(1), "0", m.group(2), "0", "0", "0", "0", "skipped"))
+        elif pattern is AE_ROUND and (m := AE_CUT.match(line)):
+            if not logged:
+                found.append((m.group(1), m.group(2), "-", "-", "-", "0", "-", "cut in its walk"))
+            logged = False
+    return found
 
 
 def wait_rounds(node_dirs: list[Path], pattern: re.Pattern, count: int, skip: dict[Path, int]) -> dict:
@@ -241,7 +296,7 @@ def lose_chunks(victim: Path) -> int:
 
 
 def run(directory: Path, names: int, interval_s: float, leave: bool, template: Path | None,
-        skip_rounds: bool, heal_first: bool) -> None:
+        skip_rounds: bool, heal_first: bool, series: Path | None = None, fsck_during_heal: bool = False) -> None:
     overrides = {"replication": {"anti_entropy_interval_s": interval_s, "gc_interval_s": GC_INTERVALS * interval_s,
                                  "leave_handoff_timeout_s": 3600.0}}
     testnet.create(directory, NODES, 0, overrides)
@@ -253,16 +308,25 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
     if heal_first:
         whole = lose_chunks(victim)
         print(f"{victim.name} lost {int(whole * LOSS_FRACTION):,} of its {whole:,} chunks before the start", flush=True)
-    with Sampler(directory) as sampler:
+    with Sampler(directory, series) as sampler:
         start = time.perf_counter()
         sampler.phase = "start-up"
         testnet.CONVERGE_TIMEOUT_S = CONVERGE_TIMEOUT_S
         procs = testnet.up(directory, NODES, 0)
         sampler.phase = "anti-entropy"
         print(f"3 daemons up and converged in {time.perf_counter() - start:.0f} s", flush=True)
+        result = None
         if heal_first:
             sampler.phase = "heal (every node's first rounds)"
             sent0 = sampler.sent_bytes()
+            if fsck_during_heal:
+                # ls and fsck through the first node while the last one heals: at full scale each
+                # takes minutes, and one after the other they would not fit a working session.
+                sampler.phase = "heal, with ls and fsck through node1"
+                beside_result: dict = {}
+                beside = threading.Thread(
+                    target=lambda: beside_result.update(trio.run(fsck_and_ls, ident, procs[0].address)), daemon=True)
+                beside.start()
             wait_whole(victim, whole, start)
             heal_s = time.perf_counter() - start
             heal_rounds = rounds(victim, AE_ROUND)
@@ -272,6 +336,12 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
                   f"{(sampler.sent_bytes() - sent0) / 1e6:.1f} MB |", flush=True)
             print_peak_rss(sampler.peak_rss_kib, "so far")
             print_phase_rss(sampler.phase_rss_kib)
+            if fsck_during_heal:
+                sampler.phase = "ls and fsck through node1, after the heal"
+                beside.join()
+                if not beside_result:
+                    raise RuntimeError("ls or fsck during the heal failed (see above)")
+                result = beside_result
             sampler.phase = "anti-entropy"
         if not skip_rounds:
             sent0, t0 = sampler.sent_bytes(), time.perf_counter()
@@ -300,13 +370,15 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
                       f"{found[0][2]} references from {found[0][3]} nodes, {found[0][6]} candidates | {gc_bytes / 1e6:.1f} MB a round (all daemons; {ae_during_gc} "
                       f"anti-entropy rounds' share taken off) |", flush=True)
         sent0 = sampler.sent_bytes()
-        sampler.phase = "fsck, ls"
-        result = trio.run(fsck_and_ls, ident, procs[0].address)
+        if result is None:
+            sampler.phase = "fsck, ls"
+            result = trio.run(fsck_and_ls, ident, procs[0].address)
         sent1 = sampler.sent_bytes()
-        report = result["report"]
-        print(f"| fsck | {procs[0].name} | 1 | {result['fsck_s']:.1f} | {report.names_checked} names, "
-              f"{report.chunks_checked} chunks, {report.chunks_under_replicated} under-replicated | "
-              f"ls and fsck together {(sent1 - sent0) / 1e6:.1f} MB |", flush=True)
+        checked = result["report"]
+        print(f"| fsck | {procs[0].name} | 1 | {result['fsck_s']:.1f} | {checked.names_checked} names, "
+              f"{checked.chunks_checked} chunks, {checked.chunks_under_replicated} under-replicated | "
+              + ("traffic: see the rounds' table |" if fsck_during_heal else
+                 f"ls and fsck together {(sent1 - sent0) / 1e6:.1f} MB |"), flush=True)
         print(f"| ls, paged | {procs[0].name} | {result['pages']} pages | {result['ls_s']:.1f} | "
               f"{result['listed']} names | - |", flush=True)
 
@@ -342,6 +414,66 @@ def run(directory: Path, names: int, interval_s: float, leave: bool, template: P
                   f"node, sampled each second until it exited) |", flush=True)
         print_peak_rss(sampler.peak_rss_kib, "over the run")
         print_phase_rss(sampler.phase_rss_kib)
+
+
+def log_time_s(stamp: str) -> float:
+    """A daemon log line's UTC time (``2026-11-27T16:18:50.772Z``) in seconds since the epoch."""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def read_series(path: Path) -> list[tuple[float, dict[str, int]]]:
+    series = []
+    for line in path.read_text().splitlines():
+        if not line.endswith(tuple("0123456789\t")):
+            continue  # the line being written when the file was read
+        t, *fields = line.split("\t")
+        series.append((float(t), {k: int(v) for k, v in (f.split("=") for f in fields if f)}))
+    return series
+
+
+def sent_between(series: list[tuple[float, dict[str, int]]], name: str | None, t0: float, t1: float) -> int:
+    """Bytes ``name`` (every daemon if None) sent between t0 and t1, from the samples nearest."""
+    times = [t for t, _ in series]
+
+    def at(t: float) -> dict[str, int]:
+        i = bisect.bisect_right(times, t) - 1
+        return series[max(i, 0)][1] if series else {}
+
+    before, after = at(t0), at(t1)
+    names = [name] if name is not None else sorted(after)
+    return sum(max(0, after.get(n, 0) - before.get(n, 0)) for n in names)
+
+
+def report(logs: Path) -> None:
+    """Every anti-entropy and GC round of each node's kept log, with its time and the bytes sent
+    during it (the node's own, and every daemon's: rounds, heals and requests overlap), from the
+    traffic samples kept beside the logs (``traffic.tsv``)."""
+    series_path = logs / SERIES_FILE_NAME
+    series = read_series(series_path) if series_path.exists() else []
+    print("\n| job | node | ended (UTC) | time, s | walked | peers | chunks pulled | keys short | "
+          "sent by the node in the round, MB | sent by every daemon in the round, MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for log_path in sorted(logs.glob("node*.log")):
+        text = log_path.read_text(errors="replace")
+        for r in rounds_in(text, AE_ROUND):
+            end = log_time_s(r[0])
+            seconds = float(r[1])
+            kind = ("anti-entropy, skipped (ring of itself alone)" if r[7] == "skipped"
+                    else "anti-entropy, cut in its walk (no line of its own)" if r[7] == "cut in its walk"
+                    else f"anti-entropy, exchanges from the walks of {r[7]} rounds" if r[7] else "anti-entropy")
+            walked = "-" if r[2] == "-" else f"{int(r[2]):,} chunks, {int(r[3]):,} names"
+            short = "-" if r[6] == "-" else f"{int(r[6]):,}"
+            mine = sent_between(series, log_path.stem, end - seconds, end) / 1e6 if series else float("nan")
+            every = sent_between(series, None, end - seconds, end) / 1e6 if series else float("nan")
+            print(f"| {kind} | {log_path.stem} | {r[0][11:19]} | {seconds:.1f} | {walked} "
+                  f"| {r[4]} | {int(r[5]):,} | {short} | {mine:.1f} | {every:.1f} |", flush=True)
+        for r in rounds_in(text, GC_ROUND):
+            end, seconds = log_time_s(r[0]), float(r[1])
+            mine = sent_between(series, log_path.stem, end - seconds, end) / 1e6 if series else float("nan")
+            every = sent_between(series, None, end - seconds, end) / 1e6 if series else float("nan")
+            print(f"| gc | {log_path.stem} | {r[0][11:19]} | {seconds:.1f} | {int(r[4]):,} chunks judged, "
+                  f"{int(r[2]):,} references from {r[3]} nodes, {r[6]} candidates | - | - | - | {mine:.1f} | {every:.1f} |",
+                  flush=True)
 
 
 def wait_whole(victim: Path, whole: int, start: float) -> None:
@@ -382,20 +514,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="the last node loses its chunks before the network starts, and the heal is timed from "
                              "the start (at full scale the heal then does not wait for the other phases)")
     parser.add_argument("--logs", type=Path, default=None,
-                        help="copy every daemon's log here at the end (each round's line: time, keys, pulls)")
+                        help="copy every daemon's log here at the end (each round's line: time, keys, pulls), "
+                             f"keep the traffic samples there ({SERIES_FILE_NAME}), and end with every round's "
+                             "time and traffic")
+    parser.add_argument("--fsck-during-heal", action="store_true",
+                        help="with --heal-first: the paged ls and fsck run while the node heals, not after")
+    parser.add_argument("--report", type=Path, default=None, metavar="LOGS",
+                        help="only print every round's time and traffic from the logs kept in LOGS by --logs")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        report(args.report)
+        return 0
+    series = None
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        series = args.logs / SERIES_FILE_NAME
+        series.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="p2pfs-bench-pernode-", dir=args.dir) as tmp:
         directory = Path(tmp) / "net"
         try:
             run(directory, args.names, args.anti_entropy_interval_s, args.leave, args.stores, args.skip_rounds,
-                args.heal_first)
+                args.heal_first, series, args.fsck_during_heal)
         finally:
             if directory.exists():
                 testnet.down(directory)
                 if args.logs is not None:
-                    args.logs.mkdir(parents=True, exist_ok=True)
                     for status in testnet.status(directory):
                         shutil.copyfile(status.directory / "daemon.log", args.logs / f"{status.name}.log")
+    if args.logs is not None:
+        report(args.logs)
     return 0
 
 

@@ -113,8 +113,10 @@ class HandOff:
         alive = self._view.alive()
         pending: dict[str, list[bytes]] = defaultdict(list)
         owners_of: dict[bytes, list[str]] = {}
+        # One worker-thread call for the batch's hints, not one a chunk (see ``hinted_among``).
+        hinted = await self._offload(self._local.hints.hinted_among, HintKind.CHUNK, chunk_ids)
         for chunk_id in chunk_ids:
-            if await self._offload(self._local.hints.is_hinted, HintKind.CHUNK, chunk_id):
+            if chunk_id in hinted:
                 continue
             owners = ring.preference_list(chunk_id, rf)
             if self.node_id in owners:
@@ -165,10 +167,9 @@ class HandOff:
         ours: dict[str, NameEntry] = {}
         owners_of: dict[str, list[str]] = {}
         pending: dict[str, list[str]] = defaultdict(list)
-        for name in sorted(set(names)):
-            entry = await self._offload(self._local.names.get, name)
-            if entry is None:
-                continue
+        # The batch's entries in one worker-thread call, not one a name (a million at a leave).
+        for entry in await self._offload(_entries_of, self._local, sorted(set(names))):
+            name = entry.name
             ours[name] = entry
             owners_of[name] = [n for n in ring.preference_list(name_key(name), rf) if n != self.node_id]
             for owner in owners_of[name]:
@@ -279,9 +280,17 @@ class HandOff:
 
 
 def _drop_chunks_unless_hinted(local: LocalStore, chunk_ids: list[bytes]) -> None:
-    """Drop our copy of each chunk unless an owner still waits for it. Blocking (a worker thread)."""
+    """Drop our copy of each chunk unless an owner still waits for it (``LocalStore.drop_unless_hinted``,
+    with the batch's hints asked at once). Blocking (a worker thread)."""
+    hinted = local.hints.hinted_among(HintKind.CHUNK, chunk_ids)
     for chunk_id in chunk_ids:
-        local.drop_unless_hinted(chunk_id)
+        if chunk_id not in hinted:
+            local.chunks.delete(chunk_id)
+
+
+def _entries_of(local: LocalStore, names: list[str]) -> list[NameEntry]:
+    """This node's entries of ``names``, those it holds, in order. Blocking (a worker thread)."""
+    return [entry for entry in map(local.names.get, names) if entry is not None]
 
 
 def _drop_names_unless_hinted(local: LocalStore, entries: list[NameEntry]) -> int:
@@ -290,6 +299,6 @@ def _drop_names_unless_hinted(local: LocalStore, entries: list[NameEntry]) -> in
     Blocking (a worker thread). A name rewritten meanwhile is kept (``remove_many_if``
     matches the version).
     """
-    unhinted = [(e.name, e.version, e.writer) for e in entries
-                if not local.hints.is_hinted(HintKind.NAME, e.name.encode())]
+    hinted = local.hints.hinted_among(HintKind.NAME, [e.name.encode() for e in entries])
+    unhinted = [(e.name, e.version, e.writer) for e in entries if e.name.encode() not in hinted]
     return local.names.remove_many_if(unhinted) if unhinted else 0

@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from p2pfs.storage import modes
 from p2pfs.storage.errors import StorageError, StorageFull
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 HINTS_FILE_NAME = "hints.sqlite"
 # Hints handed over per owner per delivery round: bounds the work of one round.
 HINTS_PER_ROUND_MAX = 256
+# Keys asked about in one query of ``hinted_among``: under SQLite's bound on a statement's
+# parameters (999 in builds before 3.32).
+HINTED_QUERY_KEYS_MAX = 500
 # SQLite's primary result codes (sqlite3.h) for what is wrong with the file itself.
 _SQLITE_DAMAGED = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 _SQLITE_FULL = 13
@@ -205,6 +208,20 @@ class HintStore:
 
     def expire(self, older_than_ms: int) -> int:
         return self._run(lambda db: db.execute("DELETE FROM hints WHERE created_ms < ?", (older_than_ms,)).rowcount)
+
+    def hinted_among(self, kind: HintKind, keys: Sequence[bytes]) -> set[bytes]:
+        """Those of ``keys`` that some owner still waits for: ``is_hinted`` for a batch, a query
+        per HINTED_QUERY_KEYS_MAX keys (a leave asked once per key: three million queries and
+        worker-thread hops at two million chunks and a million names)."""
+        found: set[bytes] = set()
+        for start in range(0, len(keys), HINTED_QUERY_KEYS_MAX):
+            part = tuple(keys[start : start + HINTED_QUERY_KEYS_MAX])
+            rows = self._run(lambda db: db.execute(
+                f"SELECT DISTINCT key FROM hints WHERE kind = ? AND key IN ({', '.join('?' * len(part))})",
+                (int(kind), *part),
+            ).fetchall())
+            found.update(bytes(row[0]) for row in rows)
+        return found
 
 
 def _check_file(db: sqlite3.Connection) -> str | None:
