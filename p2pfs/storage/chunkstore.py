@@ -230,6 +230,12 @@ class ChunkStore:
         """The chunk's bytes, verified. Raises ChunkMissing, or ChunkCorrupt after quarantining."""
         path = self._path(chunk_id)
         data, inode = self._read(path, chunk_id)
+        return self._verified(chunk_id, data, path, inode)
+
+    def _verified(self, chunk_id: bytes, data: bytes | memoryview, path: Path,
+                  inode: tuple[int, int]) -> bytes | memoryview:
+        """``data`` if it is the chunk (read from ``path``, file ``inode``); else the file is
+        quarantined and ChunkCorrupt raised."""
         if len(data) > CHUNK_SIZE_BYTES_MAX:
             reason = f"file is larger than {CHUNK_SIZE_BYTES_MAX} bytes"
         elif (actual_id := chunk_id_of(data)) != chunk_id:
@@ -280,15 +286,7 @@ class ChunkStore:
                 got_bytes += count_bytes
         finally:
             os.close(fd)
-        data = view[:min(got_bytes, limit_bytes)]
-        if len(data) > CHUNK_SIZE_BYTES_MAX:
-            reason = f"file is larger than {CHUNK_SIZE_BYTES_MAX} bytes"
-        elif (actual_id := chunk_id_of(data)) != chunk_id:
-            reason = f"content hashes to {actual_id.hex()}"
-        else:
-            return data
-        self._quarantine(path, (stat.st_dev, stat.st_ino), reason)
-        raise ChunkCorrupt(f"chunk {chunk_id.hex()} failed verification ({reason}) and was quarantined")
+        return self._verified(chunk_id, view[:min(got_bytes, limit_bytes)], path, (stat.st_dev, stat.st_ino))
 
     def verify(self, chunk_id: bytes) -> bool:
         """Read and check one chunk (for a background scrub); quarantine it if bad.
