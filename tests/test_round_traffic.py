@@ -14,10 +14,11 @@ import random
 import trio
 
 from p2pfs import net
+from p2pfs.address import Address
 from p2pfs.replication import antientropy, gc
 from p2pfs.wire import Role
 from test_data_scale import NODES, cluster, files
-from test_net import FAST, Download, Upload, pattern, server  # noqa: F401 (server: the fixture)
+from test_net import FAST, Download, EchoHandlers, Upload, pattern, server  # noqa: F401 (server: the fixture)
 from wire_helpers import Echo
 
 # What a message adds to what it carries (its encoding), at most: the bounds below stay loose
@@ -120,3 +121,34 @@ def test_an_anti_entropy_rounds_line_carries_the_traffic_of_its_exchanges_and_pu
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("anti-entropy round:")]
     assert line.endswith(f", {len(calls) * Metering.REQUEST_BYTES} bytes sent and "
                          f"{len(calls) * Metering.ANSWER_BYTES} received in {len(calls)} requests"), line
+
+
+class RecordingHandlers(EchoHandlers):
+    """Echo handlers that note the meter each request is served under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meters: list[net.TrafficMeter | None] = []
+
+    async def handle_request(self, request: net.IncomingRequest):
+        self.meters.append(net.current_meter())
+        return await super().handle_request(request)
+
+
+async def test_a_connection_dialled_in_a_metered_block_serves_the_peer_outside_the_meter(
+        server, make_identity, nursery):
+    handlers = RecordingHandlers()
+    client = net.Endpoint(make_identity(Role.NODE), Address("127.0.0.1", 0), handlers, config=FAST)
+    await nursery.start(client.run)
+    with net.metered() as meter:
+        conn = await client.connect(server.address)  # dialled from the round's task
+        assert await conn.request(Echo(b"mine"), timeout_s=10) == Echo(b"mine")
+        with trio.fail_after(10):
+            while not server.connections():
+                await trio.sleep(0.01)
+    (back,) = server.connections()
+    # The peer asks this node over that connection: the handler runs in the connection's task,
+    # whose context was copied from the round's when it was dialled.
+    assert await back.request(Echo(b"theirs"), timeout_s=10) == Echo(b"theirs")
+    assert handlers.meters == [None]
+    assert meter.requests == 1

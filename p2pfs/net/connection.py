@@ -58,7 +58,7 @@ from .config import (
 from .errors import ConnectionClosed, CreditTimeout, NetError, ProtocolViolation, RemoteError, RequestTimeout
 from .streams import BodyReader, Handlers, IncomingRequest, Piece, Reply, Response
 from .tls import TLSStream
-from .traffic import TrafficMeter, current_meter
+from .traffic import TrafficMeter, current_meter, unmetered
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class Connection:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Read and dispatch frames until the connection ends. Handlers run in here."""
+        unmetered()  # a round may have dialled it, but what it serves is not the round's traffic
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

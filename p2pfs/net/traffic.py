@@ -6,7 +6,8 @@ and replicates, so a socket's counters cannot tell its traffic apart from the re
 connection counts each request opened inside it (``Connection.open_request``) into
 that meter. Trio copies the context into each task started from it, so the
 round's child tasks count into the same meter. Only the requester counts: what
-this node serves to others is their traffic.
+this node serves to others is their traffic (a connection's own tasks, even one a
+round dialled, count nothing: ``unmetered``).
 
 Counted: the payload bytes of the request and answer messages and of their streamed
 bodies (an answer's body as the reader takes each piece, whoever reads it); frame
@@ -41,6 +42,15 @@ _current: contextvars.ContextVar[TrafficMeter | None] = contextvars.ContextVar("
 def current_meter() -> TrafficMeter | None:
     """The meter requests made now count into, if any."""
     return _current.get()
+
+
+def unmetered() -> None:
+    """Count nothing more in this task, nor in the tasks it starts from now on.
+
+    For a task that serves others, started by whichever task needed it first: a connection
+    dialled by a round carries every later request on it, both ways, long after the round.
+    """
+    _current.set(None)
 
 
 @contextlib.contextmanager
