@@ -68,8 +68,12 @@ CONVERGE_TIMEOUT_S = 1800.0
 # GC's interval in anti-entropy intervals: its first round (at 0.75 of it at the soonest) comes
 # after two anti-entropy rounds, so their traffic is measured alone.
 GC_INTERVALS = 6
+# The round's own traffic, at the end of its line (p2pfs/net/traffic.py); absent from the logs of
+# daemons before it, whose fields read None.
+_TRAFFIC = r"(?:, (\d+) bytes sent and (\d+) received in (\d+) requests)?"
 AE_ROUND = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, (\d+) chunks and (\d+) names walked, (\d+) peers, "
-                      r"(\d+) chunks pulled, (\d+) keys short(?:, exchanges from the walks of (\d+) rounds)?")
+                      r"(\d+) chunks pulled, (\d+) keys short(?:, exchanges from the walks of (\d+) rounds)?"
+                      + _TRAFFIC)
 # A round whose ring holds its node alone does not walk, and says so in a line of its own
 # (antientropy.py): no time, its chunks held; parsed into AE_ROUND's fields (0 s, 0 names, 0 peers).
 AE_SKIPPED = re.compile(r"^(\S+) .*anti-entropy round: skipped, the ring has no member but this node; "
@@ -79,7 +83,7 @@ AE_SKIPPED = re.compile(r"^(\S+) .*anti-entropy round: skipped, the ring has no 
 # deadline's seconds, its keys unknown: "-").
 AE_CUT = re.compile(r"^(\S+) .*anti-entropy round cut at its deadline of ([\d.]+) s")
 GC_ROUND = re.compile(r"^(\S+) .*gc round: ([\d.]+) s, (\d+) references from (\d+) nodes, (\d+) chunks judged, "
-                      r"(\d+) removed(?:, (\S+(?: \d+)?) candidates)?")
+                      r"(\d+) removed(?:, (\S+(?: \d+)?) candidates" + _TRAFFIC + ")?")
 
 
 def build_stores(node_dirs: list[Path], names: int) -> float:
@@ -250,10 +254,10 @@ def rounds_in(log: str, pattern: re.Pattern) -> list[tuple]:
             found.append(m.groups())
             logged = True
         elif pattern is AE_ROUND and (m := AE_SKIPPED.match(line)):
-            found.append((m.group(1), "0", m.group(2), "0", "0", "0", "0", "skipped"))
+            found.append((m.group(1), "0", m.group(2), "0", "0", "0", "0", "skipped", None, None, None))
         elif pattern is AE_ROUND and (m := AE_CUT.match(line)):
             if not logged:
-                found.append((m.group(1), m.group(2), "-", "-", "-", "0", "-", "cut in its walk"))
+                found.append((m.group(1), m.group(2), "-", "-", "-", "0", "-", "cut in its walk", None, None, None))
             logged = False
     return found
 
@@ -444,15 +448,26 @@ def sent_between(series: list[tuple[float, dict[str, int]]], name: str | None, t
     return sum(max(0, after.get(n, 0) - before.get(n, 0)) for n in names)
 
 
+def own_traffic(fields: tuple) -> str:
+    """A round's own traffic from its line's last three fields: what its requests sent and their
+    answers brought, MB, and how many; "-" for a line of a daemon that did not count it."""
+    sent, received, requests = fields[-3:]
+    if sent is None:
+        return "-"
+    return f"{int(sent) / 1e6:.1f} / {int(received) / 1e6:.1f} ({int(requests):,})"
+
+
 def report(logs: Path) -> None:
-    """Every anti-entropy and GC round of each node's kept log, with its time and the bytes sent
-    during it (the node's own, and every daemon's: rounds, heals and requests overlap), from the
-    traffic samples kept beside the logs (``traffic.tsv``)."""
+    """Every anti-entropy and GC round of each node's kept log, with its time, its own traffic as
+    the daemon counted it (its requests and their answers, alone), and the bytes sent during it
+    (the node's own, and every daemon's: rounds, heals and requests overlap), from the traffic
+    samples kept beside the logs (``traffic.tsv``)."""
     series_path = logs / SERIES_FILE_NAME
     series = read_series(series_path) if series_path.exists() else []
     print("\n| job | node | ended (UTC) | time, s | walked | peers | chunks pulled | keys short | "
+          "the round's own requests: sent / received, MB (requests) | "
           "sent by the node in the round, MB | sent by every daemon in the round, MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for log_path in sorted(logs.glob("node*.log")):
         text = log_path.read_text(errors="replace")
         for r in rounds_in(text, AE_ROUND):
@@ -466,13 +481,14 @@ def report(logs: Path) -> None:
             mine = sent_between(series, log_path.stem, end - seconds, end) / 1e6 if series else float("nan")
             every = sent_between(series, None, end - seconds, end) / 1e6 if series else float("nan")
             print(f"| {kind} | {log_path.stem} | {r[0][11:19]} | {seconds:.1f} | {walked} "
-                  f"| {r[4]} | {int(r[5]):,} | {short} | {mine:.1f} | {every:.1f} |", flush=True)
+                  f"| {r[4]} | {int(r[5]):,} | {short} | {own_traffic(r)} | {mine:.1f} | {every:.1f} |", flush=True)
         for r in rounds_in(text, GC_ROUND):
             end, seconds = log_time_s(r[0]), float(r[1])
             mine = sent_between(series, log_path.stem, end - seconds, end) / 1e6 if series else float("nan")
             every = sent_between(series, None, end - seconds, end) / 1e6 if series else float("nan")
             print(f"| gc | {log_path.stem} | {r[0][11:19]} | {seconds:.1f} | {int(r[4]):,} chunks judged, "
-                  f"{int(r[2]):,} references from {r[3]} nodes, {r[6]} candidates | - | - | - | {mine:.1f} | {every:.1f} |",
+                  f"{int(r[2]):,} references from {r[3]} nodes, {r[6]} candidates | - | - | - | {own_traffic(r)} "
+                  f"| {mine:.1f} | {every:.1f} |",
                   flush=True)
 
 

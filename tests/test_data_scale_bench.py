@@ -45,6 +45,30 @@ def test_every_anti_entropy_round_is_read_the_skipped_and_the_continued_ones_too
     assert len(bench.rounds_in(LOG, bench.GC_ROUND)) == 1
 
 
+def test_a_rounds_own_traffic_is_read_from_its_line_and_older_lines_still_parse(bench, capsys, tmp_path):
+    counted = """\
+2026-11-27T20:01:00.000Z INFO node=ec98 p2pfs.replication.antientropy: anti-entropy round: 12.500 s, 1800 chunks and 1000 names walked, 2 peers, 3 chunks pulled, 4 keys short, 52311 bytes sent and 1048700 received in 18 requests
+2026-11-27T20:02:00.000Z INFO node=ec98 p2pfs.replication.antientropy: anti-entropy round: 600.031 s, 1800151 chunks and 1000000 names walked, 2 peers, 30853 chunks pulled, 40543 keys short, exchanges from the walks of 2 rounds, 9 bytes sent and 8 received in 1 requests
+2026-11-27T20:03:00.000Z INFO node=ec98 p2pfs.replication.gc: gc round: 3.100 s, 2000 references from 3 nodes, 2000 chunks judged, 5 removed, over 4096 candidates, 700 bytes sent and 2500000 received in 6 requests
+"""
+    ae = bench.rounds_in(counted, bench.AE_ROUND)
+    assert [(r[1], r[6], r[7], r[8:]) for r in ae] == [
+        ("12.500", "4", None, ("52311", "1048700", "18")),
+        ("600.031", "40543", "2", ("9", "8", "1")),
+    ]
+    (gc_round,) = bench.rounds_in(counted, bench.GC_ROUND)
+    assert gc_round[6:] == ("over 4096", "700", "2500000", "6")
+    # Lines of daemons that did not count: the same fields, the traffic unknown.
+    assert [r[8:] for r in bench.rounds_in(LOG, bench.AE_ROUND)] == [(None, None, None)] * 4
+    assert bench.rounds_in(LOG, bench.GC_ROUND)[0][6:] == ("0", None, None, None)
+    (tmp_path / "node1.log").write_text(counted + LOG)
+    bench.report(tmp_path)
+    table = capsys.readouterr().out
+    assert "| 0.1 / 1.0 (18) |" in table and "| 0.0 / 2.5 (6) |" in table
+    (older,) = [row for row in table.splitlines() if "| 16:27:13 |" in row]
+    assert older.endswith("| 0 | 0 | - | nan | nan |"), older  # its traffic unknown
+
+
 def test_a_rounds_traffic_is_what_was_sent_in_its_window_closed_sockets_included(bench, tmp_path):
     sampler = bench.Sampler(tmp_path)
     pids = {10: "node1", 20: "node2"}

@@ -14,6 +14,7 @@ One concern per module:
 * ``connection``: the trio driver of one connection, carrying out what the mux decides.
 * ``endpoint``: a node's listener and connection pool, and a client's connection.
 * ``hello``: what a handshake decides (the hello, the checks on the peer), pure.
+* ``traffic``: the bytes a round's own requests move (``metered``), counted by ``connection``. Pure.
 
 The rest of p2pfs uses the names re-exported here. Those of the trio modules are
 loaded on first use (PEP 562 ``__getattr__``), so that the pure modules (``mux``,
@@ -38,6 +39,7 @@ from .errors import (
     RemoteUnavailable,
     RequestTimeout,
 )
+from .traffic import TrafficMeter, current_meter, metered
 
 # Names loaded from their trio module on first use.
 _HOMES = {
@@ -58,8 +60,8 @@ __all__ = [
     "BodyReader", "ConnectError", "Connection", "ConnectionClosed", "Endpoint", "Handlers",
     "HandshakeError", "IncomingRequest", "NetConfig", "NetError", "ProtocolViolation",
     "RemoteBadRequest", "RemoteError", "RemoteForbidden", "RemoteNotFound", "RemoteStorageFull",
-    "RemoteUnavailable", "Reply", "RequestTimeout", "Response", "Scattered", "TLSStream", "client_connection",
-    "dial",
+    "RemoteUnavailable", "Reply", "RequestTimeout", "Response", "Scattered", "TLSStream", "TrafficMeter",
+    "client_connection", "current_meter", "dial", "metered",
 ]
 
 

@@ -58,6 +58,7 @@ from .config import (
 from .errors import ConnectionClosed, CreditTimeout, NetError, ProtocolViolation, RemoteError, RequestTimeout
 from .streams import BodyReader, Handlers, IncomingRequest, Piece, Reply, Response
 from .tls import TLSStream
+from .traffic import TrafficMeter, current_meter, unmetered
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class _Pending:
     answer: wire.Message | RemoteError | None = None
     arrived: trio.Event = dataclasses.field(default_factory=trio.Event)
     body: BodyReader | None = None
+    # Where the request's traffic is counted (``traffic.metered``), if anywhere.
+    meter: TrafficMeter | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -183,6 +186,7 @@ class Connection:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Read and dispatch frames until the connection ends. Handlers run in here."""
+        unmetered()  # a round may have dialled it, but what it serves is not the round's traffic
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -375,6 +379,8 @@ class Connection:
                     kept = True
                 case m.ResponseReceived(stream_id, msg, has_body):
                     pending = self._pending[stream_id]
+                    if pending.meter is not None:
+                        pending.meter.bytes_received += held_bytes - wire.FRAME_HEADER_BYTES
                     pending.body = self._new_body(stream_id) if has_body else None
                     pending.answer = msg
                     pending.arrived.set()
@@ -400,6 +406,8 @@ class Connection:
                     self._body(stream_id).push(error)
                 case m.ErrorReceived(stream_id, error):
                     pending = self._pending[stream_id]
+                    if pending.meter is not None:
+                        pending.meter.bytes_received += held_bytes - wire.FRAME_HEADER_BYTES
                     pending.answer = error
                     pending.arrived.set()
                 case m.OnewayReceived(msg):
@@ -425,6 +433,9 @@ class Connection:
 
     async def _body_consumed(self, stream_id: int, data: Piece, held_bytes: int) -> None:
         self._limits.memory.give_back(held_bytes)
+        pending = self._pending.get(stream_id)  # None for a body the peer sends with its request
+        if pending is not None and pending.meter is not None:
+            pending.meter.bytes_received += len(data)
         credits = self._mux.body_consumed(stream_id, data)
         if credits:  # the stream's and the connection's, in one write
             if self._closed.is_set():
@@ -588,9 +599,11 @@ class Connection:
             ) from None
         return size_bytes
 
-    async def _send_body(self, stream_id: int, body: AsyncIterable[bytes]) -> None:
+    async def _send_body(self, stream_id: int, body: AsyncIterable[bytes], meter: TrafficMeter | None) -> None:
         async for data in body:
             await self._send_data(stream_id, data)
+            if meter is not None:
+                meter.bytes_sent += len(data)
         await self._send_frame(self._mux.end_body(stream_id))
 
     async def send_oneway(self, msg: wire.Message) -> None:
@@ -617,12 +630,19 @@ class Connection:
     async def open_request(
         self, msg: wire.Message, *, timeout_s: float, body: AsyncIterable[bytes] | None = None
     ) -> AsyncIterator[Response]:
-        """Like ``request``, but yields a Response whose streamed body the caller reads."""
+        """Like ``request``, but yields a Response whose streamed body the caller reads.
+
+        Under ``traffic.metered()`` (a background round), the request, its body, its answer and
+        each piece of the answer's body read are counted into that meter."""
         stream_id, frame = self._mux.start_request(msg, with_body=body is not None)
-        pending = self._pending[stream_id] = _Pending()
+        meter = current_meter()
+        pending = self._pending[stream_id] = _Pending(meter=meter)
         self._streams_changed()
         try:
             await self._send_frame(frame)
+            if meter is not None:
+                meter.requests += 1
+                meter.bytes_sent += len(frame.payload)
             if body is not None:
                 await self._upload_then_wait(stream_id, pending, body, timeout_s)
             else:
@@ -661,7 +681,7 @@ class Connection:
 
             async def upload() -> None:
                 try:
-                    await self._send_body(stream_id, body)
+                    await self._send_body(stream_id, body, pending.meter)
                 except ConnectionClosed:
                     if pending.answer is None and not self._closed.is_set():
                         raise

@@ -337,6 +337,10 @@ class AntiEntropy:
         under-replicated when it began; a clean cluster gives 0. Each holder counts a key,
         so the cluster's figure is the maximum over nodes, not the sum.
         """
+        with net.metered() as meter:
+            return await self._round(meter)
+
+    async def _round(self, meter: net.TrafficMeter) -> NotOurs | None:
         if self.node_id in self._view.leaving:
             return None  # the leave's own hand-off is at work
         started_s = trio.current_time()
@@ -417,9 +421,10 @@ class AntiEntropy:
         finally:
             # One line a round, whole or cut: what it cost and found (scripts/bench_pernode.py reads it).
             log.info("anti-entropy round: %.3f s, %d chunks and %d names walked, %d peers, %d chunks pulled, "
-                     "%d keys short%s", trio.current_time() - started_s, walked.chunks_held, walked.names_held,
-                     len(peers), self.received_chunks - received_before, short.total(),
-                     "" if walked.rounds == 1 else f", exchanges from the walks of {walked.rounds} rounds")
+                     "%d keys short%s, %s", trio.current_time() - started_s, walked.chunks_held,
+                     walked.names_held, len(peers), self.received_chunks - received_before, short.total(),
+                     "" if walked.rounds == 1 else f", exchanges from the walks of {walked.rounds} rounds",
+                     meter.summary())
         self._exchanges_cut = None
         self.chunks_held = walked.chunks_held
         self.under_replicated_keys = short.total()

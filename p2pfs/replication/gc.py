@@ -42,6 +42,7 @@ from typing import Callable
 
 import trio
 
+from p2pfs import net
 from p2pfs.clock import Clock
 from p2pfs.ids import short_id
 from p2pfs.replication.config import ReplicationConfig
@@ -122,6 +123,10 @@ class GarbageCollector:
         The other nodes' names are read only when this node's own names leave chunks to
         judge (see the module docstring): a round with nothing to collect costs no traffic.
         """
+        with net.metered() as meter:
+            return await self._round(meter)
+
+    async def _round(self, meter: net.TrafficMeter) -> tuple[int, int]:
         started_s = trio.current_time()
         now_ms = self._clock.wall_ms()
         purged = await self._offload(
@@ -161,8 +166,8 @@ class GarbageCollector:
             log.info("gc: removed %d unreferenced chunks and %d old tombstones", removed, purged)
         # One line a round: what it cost (scripts/bench_pernode.py reads it).
         log.info("gc round: %.3f s, %d references from %d nodes, %d chunks judged, %d removed, "
-                 "%s candidates", trio.current_time() - started_s, self._references_read,
-                 1 + len(others) * read_others, judged, removed, found)
+                 "%s candidates, %s", trio.current_time() - started_s, self._references_read,
+                 1 + len(others) * read_others, judged, removed, found, meter.summary())
         return removed, purged
 
     async def _candidates(self, referenced: ReferenceFilter, before_ms: int) -> tuple[set[bytes] | None, int]:

@@ -237,6 +237,10 @@ class HandOff:
 
         Returns True if every key reached all its owners. Progress goes to the log.
         """
+        with net.metered() as meter:
+            return await self._leave(meter)
+
+    async def _leave(self, meter: net.TrafficMeter) -> bool:
         for_s = self.config.leave_handoff_timeout_s + LEAVING_MARGIN_S
         self._view.mark_leaving(self.node_id, for_s)
         told = 0
@@ -274,8 +278,8 @@ class HandOff:
             dropped_names += await self.names(without_me, [row[0] for row in rows])
             if not after:
                 break
-        log.info("leave: handed off %d of %d chunks and %d of %d names",
-                 dropped_chunks, chunks_seen, dropped_names, names_seen)
+        log.info("leave: handed off %d of %d chunks and %d of %d names, %s",
+                 dropped_chunks, chunks_seen, dropped_names, names_seen, meter.summary())
         return kept_chunks == 0 and dropped_names == names_seen
 
 
