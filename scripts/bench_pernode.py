@@ -78,9 +78,12 @@ AE_ROUND = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, (\d+) chunks an
 # (antientropy.py): no time, its chunks held; parsed into AE_ROUND's fields (0 s, 0 names, 0 peers).
 AE_SKIPPED = re.compile(r"^(\S+) .*anti-entropy round: skipped, the ring has no member but this node; "
                         r"(\d+) chunks held")
-# A round cut by its deadline (background.py) logs this after its own line, except a round cut
-# in its walk, which logs no line of its own: that round is read from this line alone (its
-# deadline's seconds, its keys unknown: "-").
+# A round cut in its walk says so in a line of its own (antientropy.py): its time and traffic,
+# its keys unknown ("-").
+AE_WALK_CUT = re.compile(r"^(\S+) .*anti-entropy round: ([\d.]+) s, cut in its walk[^,]*" + _TRAFFIC)
+# A round cut by its deadline (background.py) logs this after its own line. Daemons before
+# AE_WALK_CUT logged no line of their own for a round cut in its walk: that round is read from
+# this line alone (its deadline's seconds, its keys unknown: "-").
 AE_CUT = re.compile(r"^(\S+) .*anti-entropy round cut at its deadline of ([\d.]+) s")
 GC_ROUND = re.compile(r"^(\S+) .*gc round: ([\d.]+) s, (\d+) references from (\d+) nodes, (\d+) chunks judged, "
                       r"(\d+) removed(?:, (\S+(?: \d+)?) candidates" + _TRAFFIC + ")?")
@@ -255,6 +258,9 @@ def rounds_in(log: str, pattern: re.Pattern) -> list[tuple]:
             logged = True
         elif pattern is AE_ROUND and (m := AE_SKIPPED.match(line)):
             found.append((m.group(1), "0", m.group(2), "0", "0", "0", "0", "skipped", None, None, None))
+        elif pattern is AE_ROUND and (m := AE_WALK_CUT.match(line)):
+            found.append((m.group(1), m.group(2), "-", "-", "-", "0", "-", "cut in its walk", *m.groups()[2:]))
+            logged = True
         elif pattern is AE_ROUND and (m := AE_CUT.match(line)):
             if not logged:
                 found.append((m.group(1), m.group(2), "-", "-", "-", "0", "-", "cut in its walk", None, None, None))

@@ -45,6 +45,18 @@ def test_every_anti_entropy_round_is_read_the_skipped_and_the_continued_ones_too
     assert len(bench.rounds_in(LOG, bench.GC_ROUND)) == 1
 
 
+def test_a_round_cut_in_its_walk_is_read_from_its_own_line_once_with_its_traffic(bench):
+    log = (
+        "2026-11-27T20:10:00.000Z INFO node=ec98 p2pfs.replication.antientropy: anti-entropy round: "
+        "600.012 s, cut in its walk (the next round goes on with it), 24080 bytes sent and 10 received in 4 requests\n"
+        "2026-11-27T20:10:00.010Z WARNING node=ec98 p2pfs.replication.background: anti-entropy round cut at its "
+        "deadline of 600 s\n"
+    )
+    (found,) = bench.rounds_in(log, bench.AE_ROUND)
+    assert (found[0][11:19], found[1], found[2], found[7]) == ("20:10:00", "600.012", "-", "cut in its walk")
+    assert found[8:] == ("24080", "10", "4")
+
+
 def test_a_rounds_own_traffic_is_read_from_its_line_and_older_lines_still_parse(bench, capsys, tmp_path):
     counted = """\
 2026-11-27T20:01:00.000Z INFO node=ec98 p2pfs.replication.antientropy: anti-entropy round: 12.500 s, 1800 chunks and 1000 names walked, 2 peers, 3 chunks pulled, 4 keys short, 52311 bytes sent and 1048700 received in 18 requests

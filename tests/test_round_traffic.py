@@ -12,6 +12,7 @@ import os
 import random
 
 import trio
+import trio.testing
 
 from p2pfs import net
 from p2pfs.address import Address
@@ -121,6 +122,27 @@ def test_an_anti_entropy_rounds_line_carries_the_traffic_of_its_exchanges_and_pu
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("anti-entropy round:")]
     assert line.endswith(f", {len(calls) * Metering.REQUEST_BYTES} bytes sent and "
                          f"{len(calls) * Metering.ANSWER_BYTES} received in {len(calls)} requests"), line
+
+
+def test_a_round_its_deadline_cuts_in_its_walk_still_logs_its_line_with_its_traffic(tmp_path, monkeypatch, caplog):
+    entries, blobs = files(20, random.Random(37))
+    nodes = cluster(tmp_path, entries, blobs)
+    anti_entropy = nodes[NODES[0]].anti_entropy
+
+    async def endless_walk(*args):
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(anti_entropy, "_walk", endless_walk)
+
+    async def cut_round() -> None:
+        with trio.move_on_after(600):
+            await anti_entropy.round()
+
+    with caplog.at_level(logging.INFO, logger="p2pfs.replication.antientropy"):
+        trio.run(cut_round, clock=trio.testing.MockClock(autojump_threshold=0))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("anti-entropy round:")]
+    assert line == ("anti-entropy round: 600.000 s, cut in its walk (the next round goes on with it), "
+                    "0 bytes sent and 0 received in 0 requests"), line
 
 
 class RecordingHandlers(EchoHandlers):
