@@ -8,8 +8,6 @@ stay those of ``placement.write_plan`` and of the reads before.
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import trio
 import trio.testing
@@ -17,57 +15,26 @@ import trio.testing
 from p2pfs import net
 from p2pfs.address import Address
 from p2pfs.clock import SystemClock
-from p2pfs.membership import Member, MemberState
+from p2pfs.membership import Member
 from p2pfs.replication.config import ReplicationConfig
 from p2pfs.replication.coordinator import NAME_READ_HEDGE_S, Coordinator, _plan
-from p2pfs.replication.errors import ReplicaDown
 from p2pfs.replication.placement import Target, name_key, write_plan
 from p2pfs.replication.quorum import ReadQuorum, WriteQuorum
 from p2pfs.replication.view import RingView
 from p2pfs.storage import NameEntry, Timestamp
 from p2pfs.wire import FrameKind, Role
 
+from test_smallops_reads import FakeCluster, _members
 from wire_helpers import Echo
 
 WAIT_S = 10.0
 
 
-def _members(count: int) -> tuple[list[str], list[Member]]:
-    nodes = [hashlib.sha256(f"node-{i}".encode()).hexdigest() for i in range(count)]
-    members = [Member(n, Address("127.0.0.1", 7000 + i), "", 10 * 1024**3, 1, 1, MemberState.ALIVE, 0.0)
-               for i, n in enumerate(nodes)]
-    return nodes, members
-
-
-class FakeCluster:
-    """Every node's name replica: an entry each, some down (they fail), some slow (never answer)."""
-
-    def __init__(self, entry: NameEntry, nodes: list[str]) -> None:
-        self.entries = {node: entry for node in nodes}
-        self.down: set[str] = set()
-        self.slow: set[str] = set()
-        self.asked: list[str] = []
-
-    def __call__(self, node_id: str) -> FakeCluster.Replica:
-        return FakeCluster.Replica(node_id, self)
-
-    class Replica:
-        def __init__(self, node_id: str, cluster: FakeCluster) -> None:
-            self.node_id = node_id
-            self.cluster = cluster
-
-        async def get_name(self, name: str) -> NameEntry | None:
-            self.cluster.asked.append(self.node_id)
-            if self.node_id in self.cluster.slow:
-                await trio.sleep_forever()
-            await trio.lowlevel.checkpoint()
-            if self.node_id in self.cluster.down:
-                raise ReplicaDown(f"{self.node_id[:12]} is down")
-            return self.cluster.entries.get(self.node_id)
-
-        async def put_name(self, entry: NameEntry, hint_for: str = "") -> bool:
-            self.cluster.entries[self.node_id] = entry
-            return True
+def _cluster(entry: NameEntry, nodes: list[str]) -> FakeCluster:
+    """Every node's name replica holding ``entry``; some may be made down or slow."""
+    cluster = FakeCluster()
+    cluster.entries = {node: entry for node in nodes}
+    return cluster
 
 
 class SpawnCounter(trio.abc.Instrument):
@@ -105,7 +72,7 @@ def _run(fn, *args):
 
 def test_a_read_whose_replicas_agree_spawns_one_task_for_the_one_peer_asked():
     nodes, members = _members(3)
-    cluster = FakeCluster(_entry("a"), nodes)
+    cluster = _cluster(_entry("a"), nodes)
     counter = SpawnCounter()
     entry, elapsed_s = _run(_read, ReplicationConfig(rf=3, w=2, r=2), nodes[0], members, cluster, "a", counter)
     assert entry == _entry("a")
@@ -120,7 +87,7 @@ def test_this_node_failing_lets_its_slow_replacement_run_beside_the_hedge():
     config = ReplicationConfig(rf=5, w=3, r=3)
     nodes, members = _members(5)
     me = nodes[0]
-    cluster = FakeCluster(_entry("a"), nodes)
+    cluster = _cluster(_entry("a"), nodes)
     cluster.down.add(me)
 
     async def replacement() -> str:
@@ -200,7 +167,7 @@ async def _write(config: ReplicationConfig, me: str, members: list[Member], clus
 
 def test_a_name_write_spawns_a_task_per_peer_and_none_for_this_node():
     nodes, members = _members(3)
-    cluster = FakeCluster(_entry("old"), nodes)
+    cluster = _cluster(_entry("old"), nodes)
     counter = SpawnCounter()
     new = NameEntry("a", Timestamp(200, 0), "e" * 64, None)
     assert _run(_write, ReplicationConfig(rf=3, w=2, r=2), nodes[0], members, cluster, new, counter) == 3
