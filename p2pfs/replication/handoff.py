@@ -140,7 +140,7 @@ class HandOff:
                     break
         done = [chunk_id for chunk_id, owners in owners_of.items()
                 if len(owners) == min(rf, len(ring)) and confirmed[chunk_id] == len(owners)]
-        await self._offload(_drop_chunks_unless_hinted, self._local, done)  # one worker-thread call a batch
+        await self._offload(self._local.drop_many_unless_hinted, done)  # one worker-thread call a batch
         return len(done), len(owners_of) - len(done)
 
     async def names(self, ring: Ring, names: Iterable[str]) -> int:
@@ -281,15 +281,6 @@ class HandOff:
         log.info("leave: handed off %d of %d chunks and %d of %d names, %s",
                  dropped_chunks, chunks_seen, dropped_names, names_seen, meter.summary())
         return kept_chunks == 0 and dropped_names == names_seen
-
-
-def _drop_chunks_unless_hinted(local: LocalStore, chunk_ids: list[bytes]) -> None:
-    """Drop our copy of each chunk unless an owner still waits for it (``LocalStore.drop_unless_hinted``,
-    with the batch's hints asked at once). Blocking (a worker thread)."""
-    hinted = local.hints.hinted_among(HintKind.CHUNK, chunk_ids)
-    for chunk_id in chunk_ids:
-        if chunk_id not in hinted:
-            local.chunks.delete(chunk_id)
 
 
 def _entries_of(local: LocalStore, names: list[str]) -> list[NameEntry]:

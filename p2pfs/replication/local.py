@@ -77,6 +77,13 @@ class LocalStore:
             return False
         return self.chunks.delete(chunk_id)
 
+    def drop_many_unless_hinted(self, chunk_ids: list[bytes]) -> None:
+        """``drop_unless_hinted`` for a batch, its hints asked at once (``HintStore.hinted_among``)."""
+        hinted = self.hints.hinted_among(HintKind.CHUNK, chunk_ids)
+        for chunk_id in chunk_ids:
+            if chunk_id not in hinted:
+                self.chunks.delete(chunk_id)
+
 
 class LocalReplica:
     """This node as a replica: the ``Replica`` interface over ``LocalStore``, off the event loop."""
